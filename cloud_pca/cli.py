@@ -1,0 +1,102 @@
+"""``fruits-cloud``: the Spark side.  The same entry point runs under ``spark-submit`` (an EMR step) and
+from plain Python in local mode.
+
+    fruits-cloud pca --input s3://fruits-data/team-a/vectors/ --output s3://fruits-data/team-a/pca/
+    spark-submit cloud_pca/cli.py pca --input ... --output ...     # as an EMR step
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a file by spark-submit: make the project importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cloud_pca.job import JobConfig, JobError  # noqa: E402
+from cloud_pca.pca import SOLVERS, PCAInputError  # noqa: E402
+
+
+def _uri(u: str) -> str:
+    """Local paths become absolute ``file:`` URIs; s3:// and s3a:// pass through."""
+    if "://" in u or u.startswith("file:"):
+        return u
+    return "file://" + os.path.abspath(u)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fruits-cloud", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--verbose", "-v", action="store_true")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    parser.add_argument("--master", help="Spark master for local runs (default local[2]; ignored under spark-submit)")
+    parser.add_argument("--endpoint-url", default=os.environ.get("FRUITS_S3_ENDPOINT"),
+                        help="S3-compatible endpoint for s3a:// (a local server); default AWS")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("pca", help="StandardScaler + PCA over every vectors file under the input",
+                       description="Fit StandardScaler + PCA over all vectors under --input and write the "
+                                   "projections, the model, explained variance, plots and a summary under "
+                                   "OUTPUT/run=<id>/.\n\nexample: fruits-cloud pca --input s3://b/team/vectors/ "
+                                   "--output s3://b/team/pca/ --variance 0.95",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", action="append", default=[], help="vectors prefix (local, s3://, s3a://); repeatable")
+    p.add_argument("--output", required=True, help="output prefix; the run goes to OUTPUT/run=<id>/")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--k", type=int, help="number of components")
+    g.add_argument("--variance", type=float, help="smallest k reaching this explained variance (default 0.95)")
+    p.add_argument("--solver", choices=SOLVERS, default="gram", help="gram (fast, default) or spark (Spark ML reference)")
+    p.add_argument("--label-col", default="label")
+    p.add_argument("--model-sha256", help="use only vectors of this model fingerprint (needed when models are mixed)")
+    p.add_argument("--skip-bad-files", action="store_true",
+                   help="skip files that are not Parquet or not of the contract (listed in the summary) "
+                        "instead of failing")
+    p.add_argument("--run-id", help="name of the run folder (default: UTC time + random)")
+    p.add_argument("--no-plots", action="store_true")
+    return parser
+
+
+def cmd_pca(args) -> int:
+    from cloud_pca.job import run
+    from cloud_pca.spark import get_spark
+
+    if not args.input:
+        raise JobError("give at least one --input prefix")
+    spark = get_spark("fruits-pca", master=args.master, s3_endpoint=args.endpoint_url)
+    cfg = JobConfig(inputs=[_uri(u) for u in args.input], output=_uri(args.output), k=args.k,
+                    variance=args.variance, solver=args.solver, label_col=args.label_col,
+                    model_sha256=args.model_sha256, skip_bad_files=args.skip_bad_files, run_id=args.run_id,
+                    plots=not args.no_plots)
+    say = (lambda stage: None) if args.quiet else (lambda stage: print(f"[pca] {stage}", file=sys.stderr, flush=True))
+    result = run(spark, cfg, progress=say)
+    s = result.summary
+    print(f"run: {result.run_uri}")
+    print(f"rows in {s['rows_in']} = projected {s['projected']} + rejected {s['rejected']} + "
+          f"duplicates {s['duplicates']}; k={s['k']} ({s['k_reason']})")
+    print(json.dumps(s["timings_s"]))
+    return 0
+
+
+COMMANDS = {"pca": cmd_pca}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except (JobError, PCAInputError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # missing connector jars, Maven not found
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""PNG plots of a PCA run: the scree / cumulative variance curve, and the projections coloured by label."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def scree(explained: dict, max_components: int = 100) -> bytes:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratio = np.asarray(explained["explained_variance_ratio"])
+    cum = np.asarray(explained["cumulative"])
+    m = min(len(ratio), max(max_components, explained["k"] + 5))
+    x = np.arange(1, m + 1)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.bar(x, ratio[:m], color="#7aa6c2", label="per component")
+    ax.set_xlabel("principal component")
+    ax.set_ylabel("explained variance ratio")
+    ax2 = ax.twinx()
+    ax2.plot(x, cum[:m], color="#c0392b", lw=2, label="cumulative")
+    ax2.set_ylim(0, 1.02)
+    ax2.set_ylabel("cumulative")
+    k = explained["k"]
+    ax2.axvline(k, color="gray", ls="--")
+    ax2.annotate(f"k={k}: {cum[k - 1]:.1%}", (k, cum[k - 1]), textcoords="offset points", xytext=(8, -14))
+    ax.set_title(f"Scree plot ({explained['n_rows']} vectors, {explained['solver']} solver)")
+    return _png(fig)
+
+
+def _colors(labels):
+    import matplotlib.pyplot as plt
+
+    names = sorted({str(v) for v in labels})
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return names, {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+
+
+def scatter(sample, dims: int) -> bytes:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pcs = np.stack(sample["pca"].to_numpy()) if len(sample) else np.zeros((0, dims))
+    if pcs.shape[1] < dims:  # k smaller than the plot's dimension: pad with zeros, say so in the title
+        pcs = np.hstack([pcs, np.zeros((len(pcs), dims - pcs.shape[1]))])
+    labels = sample["label"].fillna("(no label)").astype(str).to_numpy()
+    names, colors = _colors(labels)
+    fig = plt.figure(figsize=(8, 6.5))
+    ax = fig.add_subplot(111, projection="3d" if dims == 3 else None)
+    for name in names:
+        sel = labels == name
+        pts = [pcs[sel, i] for i in range(dims)]
+        ax.scatter(*pts, s=8, alpha=0.7, color=colors[name], label=name)
+    ax.set_xlabel("PC1")
+    ax.set_ylabel("PC2")
+    if dims == 3:
+        ax.set_zlabel("PC3")
+    ax.set_title(f"First {dims} principal components ({len(pcs)} vectors)")
+    ax.legend(fontsize=7, markerscale=2, loc="best")
+    return _png(fig)
+
+
+def all_plots(explained: dict, sample) -> dict[str, bytes]:
+    return {"scree.png": scree(explained), "pca_2d.png": scatter(sample, 2), "pca_3d.png": scatter(sample, 3)}

@@ -1,0 +1,137 @@
+"""One way to get a SparkSession, for local mode, tests and EMR steps alike.
+
+Under ``spark-submit`` (an EMR step) the session the launcher configured is used as it is.  Started
+from plain Python, it runs in local mode with the S3 connector on the classpath and ``s3a://`` (and
+``s3://``, mapped to S3A) pointed at ``s3_endpoint`` when one is given.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Mapping
+
+
+def _under_spark_submit() -> bool:
+    # spark-submit starts the Python driver with a gateway already running.
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def s3a_conf(endpoint: str | None = None, access_key: str | None = None, secret_key: str | None = None,
+             region: str | None = None) -> dict[str, str]:
+    """Hadoop settings (``spark.hadoop.*``) for S3A against AWS or an S3-compatible endpoint."""
+    conf = {
+        "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "spark.hadoop.fs.s3a.fast.upload": "true",
+        "spark.hadoop.fs.s3a.connection.maximum": "64",
+        "spark.hadoop.fs.s3a.attempts.maximum": "3",
+        "spark.hadoop.fs.s3a.retry.limit": "3",
+    }
+    if endpoint:
+        conf.update({
+            "spark.hadoop.fs.s3a.endpoint": endpoint,
+            "spark.hadoop.fs.s3a.path.style.access": "true",
+            "spark.hadoop.fs.s3a.connection.ssl.enabled": str(endpoint.startswith("https")).lower(),
+            "spark.hadoop.fs.s3a.endpoint.region": region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            "spark.hadoop.fs.s3a.change.detection.mode": "none",
+        })
+    access_key = access_key or os.environ.get("AWS_ACCESS_KEY_ID")
+    secret_key = secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if access_key and secret_key:
+        conf.update({
+            "spark.hadoop.fs.s3a.aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
+            "spark.hadoop.fs.s3a.access.key": access_key,
+            "spark.hadoop.fs.s3a.secret.key": secret_key,
+        })
+    return conf
+
+
+def get_spark(app_name: str = "fruits", *, master: str | None = None, s3_endpoint: str | None = None,
+              conf: Mapping[str, str] | None = None):
+    """The active SparkSession, or a new one configured for this project.
+
+    >>> spark = get_spark(master="local[2]")   # doctest: +SKIP
+    """
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        if s3_endpoint:  # a session started elsewhere (tests, notebooks): set S3A at run time
+            hconf = active.sparkContext._jsc.hadoopConfiguration()
+            for key, value in s3a_conf(s3_endpoint).items():
+                hconf.set(key[len("spark.hadoop."):], value)
+        return active
+    # Executors' Python must be this interpreter (the venv), not whatever "python3" is on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name)
+    settings: dict[str, str] = {
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        "spark.sql.session.timeZone": "UTC",
+        # Images are big rows: keep Arrow batches small so a Python worker holds tens of MB, not GBs.
+        "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
+    }
+    if not _under_spark_submit():
+        from cloud_pca.connector import connector_jars
+
+        settings.update({
+            "spark.master": master or os.environ.get("FRUITS_SPARK_MASTER", "local[2]"),
+            "spark.jars": ",".join(str(p) for p in connector_jars()),
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+            "spark.driver.host": "127.0.0.1",
+            "spark.driver.bindAddress": "127.0.0.1",
+            "spark.driver.memory": os.environ.get("FRUITS_DRIVER_MEMORY", "4g"),
+            "spark.sql.shuffle.partitions": "8",
+            "spark.python.worker.reuse": "true",
+        })
+        settings.update(s3a_conf(s3_endpoint))
+    settings.update(conf or {})
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def write_bytes(spark, uri: str, data: bytes) -> None:
+    """Write a small file (JSON, CSV, PNG) through Hadoop, so local paths, s3a:// and EMR's s3:// all work."""
+    jvm = spark._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    out = fs.create(path, True)
+    try:
+        out.write(bytearray(data))
+    finally:
+        out.close()
+
+
+def read_bytes(spark, uri: str) -> bytes:
+    return bytes(spark.sparkContext.binaryFiles(uri).collect()[0][1])
+
+
+def list_files(spark, uri: str, suffixes: tuple[str, ...] = (".parquet",)) -> list[tuple[str, int]]:
+    """Files under ``uri`` (recursive) whose names end with ``suffixes``: (path, size) pairs, sorted.
+
+    Names starting with ``_`` or ``.`` (markers, temporary files) are left out, as Spark does.
+    """
+    jvm = spark._jvm
+    root = jvm.org.apache.hadoop.fs.Path(uri)
+    fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(root):
+        return []
+    it = fs.listFiles(root, True)
+    out = []
+    while it.hasNext():
+        st = it.next()
+        name = st.getPath().getName()
+        if name.startswith(("_", ".")) or not name.lower().endswith(suffixes):
+            continue
+        out.append((st.getPath().toString(), int(st.getLen())))
+    return sorted(out)
+
+
+def exists(spark, uri: str) -> bool:
+    jvm = spark._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    return bool(path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(path))

@@ -1,0 +1,84 @@
+"""A local S3-compatible server on 127.0.0.1 (moto's server mode), for the demo and the tests.
+
+``mode="thread"`` runs it inside this process (state survives a stop/start on the same port, which the
+fault tests use); ``mode="process"`` runs ``python -m moto.server`` as a child that is always stopped.
+Only loopback is ever bound or contacted.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                    "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalS3:
+    """``with LocalS3() as s3: s3.endpoint_url``."""
+
+    def __init__(self, port: int | None = None, *, mode: str = "thread", env: dict | None = None):
+        if mode not in ("thread", "process"):
+            raise ValueError(f"mode={mode!r} must be 'thread' or 'process'")
+        self.port = port or free_port()
+        self.mode = mode
+        self.env = env or {}
+        self._server = None
+        self._proc = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "LocalS3":
+        if self.mode == "thread":
+            from moto.server import ThreadedMotoServer
+
+            self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+            self._server.start()
+        else:
+            env = {**os.environ, **TEST_CREDENTIALS, **self.env}
+            self._proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        self._wait()
+        return self
+
+    def _wait(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise RuntimeError(f"the local S3 server exited with code {self._proc.returncode}")
+            try:
+                urllib.request.urlopen(self.endpoint_url + "/moto-api/", timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"the local S3 server did not answer on {self.endpoint_url} within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    def __enter__(self) -> "LocalS3":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

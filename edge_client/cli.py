@@ -1,0 +1,254 @@
+"""``fruits-edge``: vectorize photos on the device and upload only the vectors.
+
+A thin layer over :mod:`edge_client.vectorize` and :mod:`edge_client.upload`; user errors become one
+``Error: ...`` line and exit code 1.  Exit code 3 means "done, but some photos were rejected".
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from contract import ContractError
+from edge_client.vectorize import Summary, UserError, default_client_id, find_photos, vectorize
+
+EXIT_REJECTS = 3
+
+
+def _add_s3_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint-url", default=os.environ.get("FRUITS_S3_ENDPOINT"),
+                   help="S3-compatible endpoint (a local server, MinIO); default: AWS")
+    p.add_argument("--profile", help="AWS profile for the credentials")
+    p.add_argument("--region", help="AWS region (default: the profile's, else us-east-1)")
+    p.add_argument("--manifest", type=Path, help="where confirmed uploads are recorded (default ~/.fruits/)")
+    p.add_argument("--retries", type=int, default=8, help="attempts per request, with backoff (default 8)")
+    p.add_argument("--rows-per-object", type=int, default=5000, help="rows per S3 object (default 5000)")
+
+
+def _add_vectorize_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, help="a .tflite with its model card (default: the committed fp32 model)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2,
+                   help="parallel workers, each decoding and running a 1-thread interpreter (default: cores)")
+    p.add_argument("--label", help="label for every photo (default: the parent folder's name)")
+    p.add_argument("--client-id", default=None, help="who vectorized (default: FRUITS_CLIENT_ID or edge-<host>)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fruits-edge", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("vectorize", help="photos -> Parquet of 1280-d vectors",
+                       description="Vectorize photos with LiteRT into a Parquet file of the data contract.\n\n"
+                                   "example: fruits-edge vectorize ~/DCIM/fruits --out vectors.parquet",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("photos", nargs="+", help="folders (recursive) or photo files")
+    p.add_argument("--out", type=Path, required=True, help="the Parquet file to write")
+    _add_vectorize_options(p)
+
+    p = sub.add_parser("upload", help="upload vectors files to S3 (idempotent, resumable)",
+                       description="Upload vectors under s3://BUCKET/PREFIX/vectors/model=<sha256>/...\n\n"
+                                   "example: fruits-edge upload vectors.parquet s3://fruits-data/team-a",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="+", type=Path, help="vectors Parquet files")
+    p.add_argument("dest", help="s3://BUCKET[/PREFIX]")
+    p.add_argument("--client-id", default=None, help="override the files' client id in the key")
+    _add_s3_options(p)
+
+    p = sub.add_parser("sync", help="vectorize new photos and upload their vectors",
+                       description="Vectorize the photos not uploaded yet (by content) and upload them.\n\n"
+                                   "example: fruits-edge sync ~/DCIM/fruits s3://fruits-data/team-a",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("photos", nargs="+", help="folders or photo files")
+    p.add_argument("dest", help="s3://BUCKET[/PREFIX]")
+    p.add_argument("--keep", type=Path, help="also keep the vectors file here")
+    _add_vectorize_options(p)
+    _add_s3_options(p)
+
+    p = sub.add_parser("upload-raw", help="upload the photos themselves (for the server-side fallback)",
+                       description="For devices that cannot vectorize: upload photos under PREFIX/raw/.\n\n"
+                                   "example: fruits-edge upload-raw ~/DCIM/fruits s3://fruits-data/team-a",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("photos", nargs="+", help="folders or photo files")
+    p.add_argument("dest", help="s3://BUCKET[/PREFIX]")
+    p.add_argument("--label", help="label for every photo (default: the parent folder's name)")
+    p.add_argument("--client-id", default=None)
+    _add_s3_options(p)
+
+    p = sub.add_parser("export", help="Keras MobileNetV2 -> TFLite fp32/fp16/int8 with model cards (needs TensorFlow)",
+                       description="Export MobileNetV2 (no classifier, average pooling, 1280-d) to TFLite.\n\n"
+                                   "example: fruits-edge export --weights imagenet --input-size 224 --out models/",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default="imagenet", help="'imagenet' (downloads) or a .keras/.h5 file holding a MobileNetV2")
+    p.add_argument("--input-size", type=int, default=224, help="96, 128, 160, 192 or 224")
+    p.add_argument("--precision", action="append", choices=("fp32", "fp16", "int8"),
+                   help="repeat for several (default: all three)")
+    p.add_argument("--calibration", type=Path, help="folder of representative photos for int8 and parity "
+                                                    "(default: generated synthetic fruit photos)")
+    p.add_argument("--out", type=Path, default=Path("models"), help="output folder (default models/)")
+    return parser
+
+
+def _s3(args):
+    from edge_client.upload import Manifest, default_manifest_path, parse_s3_uri, s3_client
+
+    bucket, root = parse_s3_uri(args.dest)
+    client = s3_client(endpoint_url=args.endpoint_url, profile=args.profile, region=args.region,
+                       retries=args.retries)
+    return client, bucket, root, Manifest(args.manifest or default_manifest_path())
+
+
+def _report(summary: Summary) -> int:
+    print(f"vectorized: {summary.line()}")
+    if summary.rejects:
+        print(f"rejected {summary.rejected} photo(s), listed in {summary.rejects_file}:", file=sys.stderr)
+        for source, reason in summary.rejects[:10]:
+            print(f"  {source}: {reason}", file=sys.stderr)
+        if len(summary.rejects) > 10:
+            print(f"  ... and {len(summary.rejects) - 10} more", file=sys.stderr)
+        return EXIT_REJECTS
+    return 0
+
+
+def cmd_vectorize(args) -> int:
+    summary = Summary()
+    photos = find_photos(args.photos, label=args.label, summary=summary)
+    if not photos:
+        raise UserError(f"no photos found in {', '.join(args.photos)}")
+    vectorize(photos, args.out, model_path=args.model, threads=args.threads, client_id=args.client_id,
+              progress=not args.quiet, summary=summary)
+    print(f"wrote {summary.ok} vectors to {args.out}")
+    return _report(summary)
+
+
+def cmd_upload(args) -> int:
+    from edge_client.upload import upload_vectors
+
+    client, bucket, root, manifest = _s3(args)
+    try:
+        s = upload_vectors(client, args.files, bucket, root, manifest=manifest, client_id=args.client_id,
+                           rows_per_object=args.rows_per_object, endpoint_url=args.endpoint_url,
+                           progress=not args.quiet)
+    finally:
+        manifest.close()
+    print(f"uploaded: {s.line()}")
+    return 0
+
+
+def cmd_sync(args) -> int:
+    from edge_client.runtime import Model
+    from edge_client.upload import upload_vectors, check_bucket
+
+    client, bucket, root, manifest = _s3(args)
+    try:
+        check_bucket(client, bucket, args.endpoint_url)  # before spending minutes on inference
+        model = Model(args.model, threads=1)
+        summary = Summary()
+        photos = find_photos(args.photos, label=args.label, summary=summary)
+        if not photos:
+            raise UserError(f"no photos found in {', '.join(args.photos)}")
+        known = manifest.uploaded_ids(bucket, root, "vectors", model.sha256)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = args.keep or Path(tmp) / "vectors.parquet"
+            vectorize(photos, out, model_path=model.path, threads=args.threads,
+                      client_id=args.client_id or default_client_id(), skip_ids=known,
+                      progress=not args.quiet, summary=summary,
+                      rejects_path=(Path.cwd() / "sync.rejects.csv") if not args.keep else None)
+            code = _report(summary)
+            if summary.ok:
+                s = upload_vectors(client, [out], bucket, root, manifest=manifest,
+                                   rows_per_object=args.rows_per_object, endpoint_url=args.endpoint_url,
+                                   progress=not args.quiet)
+                print(f"uploaded: {s.line()}")
+            else:
+                print("uploaded: nothing new")
+    finally:
+        manifest.close()
+    return code
+
+
+def cmd_upload_raw(args) -> int:
+    from edge_client.upload import upload_raw
+
+    photos = find_photos(args.photos, label=args.label)
+    if not photos:
+        raise UserError(f"no photos found in {', '.join(args.photos)}")
+    client, bucket, root, manifest = _s3(args)
+    try:
+        s = upload_raw(client, photos, bucket, root, manifest=manifest,
+                       client_id=args.client_id or default_client_id(), endpoint_url=args.endpoint_url,
+                       progress=not args.quiet)
+    finally:
+        manifest.close()
+    print(f"uploaded photos: {s.line()}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        raise UserError("export needs TensorFlow: pip install 'fruits[export]'") from None
+    from models.export import export, load_inputs
+    from models.standin import PROVENANCE, standin_path
+
+    if args.calibration is not None:
+        cal_dir, parity_dir, cal_src = args.calibration, args.calibration, str(args.calibration)
+    else:
+        from demo.synthetic import generate
+
+        tmp = Path(tempfile.mkdtemp(prefix="fruits-calibration-"))
+        cal_dir = generate(tmp / "calibration", per_class=20, seed=101)
+        parity_dir = generate(tmp / "parity", per_class=10, seed=202)
+        cal_src = "synthetic fruit photos, seed 101, 20 per class (demo.synthetic)"
+    calibration = load_inputs(cal_dir, args.input_size)
+    parity = load_inputs(parity_dir, args.input_size, limit=200)
+    weights = args.weights
+    provenance = {"source": "keras.applications.MobileNetV2(weights='imagenet')"} if weights == "imagenet" else None
+    if weights != "imagenet" and Path(weights).resolve() == standin_path(fetch=False).resolve():
+        provenance = PROVENANCE
+    results = export(weights, input_size=args.input_size, precisions=args.precision or ("fp32", "fp16", "int8"),
+                     calibration=calibration, parity=parity, out_dir=args.out, provenance=provenance,
+                     calibration_source=cal_src,
+                     parity_source=("held-out synthetic photos, seed 202" if args.calibration is None
+                                    else f"{args.calibration} (same as calibration)"))
+    for r in results:
+        p = r.card.parity
+        print(f"{r.path}: {r.card.size_bytes / 1e6:.2f} MB, sha256 {r.card.sha256[:12]}..., cosine vs "
+              f"{p['reference']}: mean {p['cosine_mean']:.6f}, worst {p['cosine_min']:.6f}")
+    return 0
+
+
+COMMANDS = {"vectorize": cmd_vectorize, "upload": cmd_upload, "sync": cmd_sync, "upload-raw": cmd_upload_raw,
+            "export": cmd_export}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        from models.export import ExportError
+    except ImportError:  # pragma: no cover - models/ ships with the package
+        ExportError = ContractError
+    try:
+        return COMMANDS[args.command](args)
+    except (UserError, ContractError, ExportError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("Error: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Photo decoding and the model's preprocessing, defined once for the edge, the cloud and the export.
+
+The steps (recorded verbatim in every model card as :data:`PREPROCESSING`):
+
+1. refuse photos over ``max_pixels`` from the header alone (decompression bombs are never decoded);
+2. for JPEG, let the decoder downscale by a power of two while staying >= the model size (``draft``);
+3. apply the EXIF orientation;
+4. convert to RGB: alpha is composited on white (the fruit photos have white backgrounds), palette,
+   grayscale and CMYK are converted, 16-bit images are scaled to 8 bit;
+5. crop the largest centred square, resize it to ``size`` x ``size`` with Pillow's bilinear filter;
+6. scale to [-1, 1] as ``x / 127.5 - 1`` (MobileNetV2's ``preprocess_input``), float32, NHWC.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+PREPROCESSING = {
+    "version": 1,
+    "decode": "Pillow; JPEG draft (power-of-two downscale, never below the model size); EXIF orientation applied",
+    "color": "RGB; alpha composited on white; grayscale, palette and CMYK converted; 16-bit scaled to 8-bit",
+    "crop": "largest centred square",
+    "resize": "Pillow BILINEAR to input_size x input_size",
+    "scale": "x / 127.5 - 1 (range [-1, 1]), float32",
+    "layout": "NHWC, batch 1",
+}
+DEFAULT_MAX_PIXELS = 120_000_000  # a 108 MP phone photo passes; bigger headers are refused unread
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+class ImageRejected(ValueError):
+    """A photo that cannot be vectorized; the message is the reason that goes in the rejects list."""
+
+
+def image_id(data: bytes) -> str:
+    """The photo's identity in the data contract: sha256 of its bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, int, int]:
+    """Decode photo bytes to an upright RGB image (steps 1-4).  Raises :class:`ImageRejected`.
+
+    Returns the image (possibly downscaled by ``draft``) and the width and height of the upright photo
+    at full size.
+    """
+    if not data:
+        raise ImageRejected("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageRejected(f"{width}x{height} = {width * height} pixels is over the limit of "
+                                    f"{max_pixels} (decompression bomb?); not decoded")
+            if img.format == "JPEG":
+                img.draft("RGB", (size, size))
+            img.load()
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(f"decompression bomb refused: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageRejected("not an image Pillow can identify") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageRejected(f"cannot decode: {exc}") from None
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+        img = ImageOps.exif_transpose(img)
+    except Exception as exc:  # a corrupt EXIF block must not kill the batch
+        raise ImageRejected(f"bad EXIF orientation data: {exc}") from None
+    if orientation in (5, 6, 7, 8):  # a quarter turn swaps the sides
+        width, height = height, width
+    return to_rgb(img), width, height
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB (step 4)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr * (255.0 / peak), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode == "F":
+        arr = np.clip(np.asarray(img, dtype=np.float64), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def to_input(img: Image.Image, size: int) -> np.ndarray:
+    """Steps 5-6: centred square crop, bilinear resize, scale to [-1, 1]; returns (size, size, 3) float32."""
+    width, height = img.size
+    side = min(width, height)
+    if width != height:
+        left, top = (width - side) // 2, (height - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32)
+    return arr * np.float32(1.0 / 127.5) - np.float32(1.0)
+
+
+def preprocess(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int, int]:
+    """Photo bytes -> (model input, width, height of the upright photo)."""
+    img, width, height = decode(data, size, max_pixels=max_pixels)
+    return to_input(img, size), width, height

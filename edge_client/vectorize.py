@@ -1,0 +1,253 @@
+"""Photos -> 1280-d vectors in a Parquet file of the data contract.
+
+Decoding and inference overlap: ``threads`` workers each own a one-thread LiteRT interpreter and take a
+photo from bytes to vector (Pillow and LiteRT release the GIL), so N cores stay busy on N photos.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from contract import ContractError
+from contract.vectors import file_metadata, vector_schema
+from edge_client.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageRejected, image_id, preprocess
+from edge_client.runtime import Model, default_model_path
+
+log = logging.getLogger(__name__)
+ROW_GROUP = 2048
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad path, empty folder, bad option); shown as one ``Error:`` line."""
+
+
+@dataclass(frozen=True)
+class Photo:
+    path: Path
+    source: str          # relative to the input root, always valid UTF-8
+    label: str | None
+
+
+@dataclass
+class Summary:
+    out: Path | None = None
+    ok: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    skipped_known: int = 0       # already uploaded (sync)
+    skipped_not_image: int = 0   # files without an image extension
+    seconds: float = 0.0
+    rejects: list[tuple[str, str]] = field(default_factory=list)
+    rejects_file: Path | None = None
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.ok + self.rejected + self.duplicates) / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        parts = [f"{self.ok} ok", f"{self.rejected} rejected", f"{self.duplicates} duplicates"]
+        if self.skipped_known:
+            parts.append(f"{self.skipped_known} already uploaded")
+        if self.skipped_not_image:
+            parts.append(f"{self.skipped_not_image} skipped (not an image extension)")
+        return ", ".join(parts) + f" in {self.seconds:.1f} s ({self.images_per_s:.0f} images/s)"
+
+
+def printable(path: Path) -> str:
+    """A path as valid UTF-8 text: undecodable bytes of a file name become ``\\xNN`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def default_client_id() -> str:
+    env = os.environ.get("FRUITS_CLIENT_ID")
+    if env:
+        return env
+    host = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in socket.gethostname())[:100]
+    return f"edge-{host or 'unknown'}"
+
+
+def find_photos(inputs: Iterable[str | os.PathLike], *, label: str | None = None,
+                summary: Summary | None = None) -> list[Photo]:
+    """Photos under folders (recursive, sorted) or given as files; labels from the parent folder.
+
+    The Fruits-360 layout ``Training/<Class>/<n>_100.jpg`` gives the label ``<Class>``; a photo directly
+    in the root given has no label unless ``label`` is set.
+    """
+    photos: list[Photo] = []
+    for item in inputs:
+        root = Path(item)
+        if root.is_dir():
+            files = []
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames.sort()
+                files.extend(Path(dirpath) / name for name in sorted(filenames))
+        elif root.exists() or root.is_symlink():
+            files, root = [root], root.parent
+        else:
+            raise UserError(f"{printable(root)} does not exist")
+        for f in files:
+            if f.suffix.lower() not in IMAGE_EXTENSIONS:
+                if summary is not None:
+                    summary.skipped_not_image += 1
+                continue
+            rel = f.relative_to(root)
+            lab = label if label is not None else (printable(Path(rel.parent.name)) if rel.parent.name else None)
+            photos.append(Photo(f, printable(rel), lab))
+    return photos
+
+
+class _Rows:
+    """Column buffers for the contract's Parquet, written a row group at a time."""
+
+    def __init__(self, path: Path, model: Model):
+        import pyarrow.parquet as pq
+
+        self.schema = vector_schema().with_metadata(file_metadata(model.sha256, model.name))
+        self.tmp = path.with_name(f".{path.name}.part")
+        self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+        self.cols: dict[str, list] = {name: [] for name in self.schema.names}
+
+    def add(self, row: dict) -> None:
+        for name, values in self.cols.items():
+            values.append(row[name])
+        if len(self.cols["image_id"]) >= ROW_GROUP:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        if self.cols["image_id"]:
+            self.writer.write_table(pa.table(self.cols, schema=self.schema))
+            self.cols = {name: [] for name in self.cols}
+
+    def close(self, path: Path) -> None:
+        self.flush()
+        self.writer.close()
+        os.replace(self.tmp, path)
+
+    def abort(self) -> None:
+        try:
+            self.writer.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window: int) -> Iterator:
+    """``pool.map`` in order, with at most ``window`` items in flight (memory stays flat for 1M photos)."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def vectorize(photos: list[Photo], out: str | os.PathLike, *, model_path: str | os.PathLike | None = None,
+              threads: int = 2, client_id: str | None = None, skip_ids: set[str] | None = None,
+              max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True, summary: Summary | None = None,
+              rejects_path: str | os.PathLike | None = None) -> Summary:
+    """Vectorize ``photos`` into the Parquet file ``out``; rejects go to ``<out>.rejects.csv``.
+
+    ``skip_ids``: image ids to leave out (already uploaded); they are counted, not vectorized.
+    """
+    if not photos:
+        raise UserError("no photos to vectorize (looked for " + ", ".join(IMAGE_EXTENSIONS) + ")")
+    if threads < 1:
+        raise UserError(f"--threads={threads} must be at least 1")
+    summary = summary or Summary()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model_path = Path(model_path) if model_path else default_model_path()
+    first = Model(model_path, threads=1)  # validates the file and its card once, up front
+    model_bytes = model_path.read_bytes()
+    local = threading.local()
+    client = client_id or default_client_id()
+    skip_ids = skip_ids or set()
+
+    def work(photo: Photo):
+        try:
+            data = photo.path.read_bytes()
+        except OSError as exc:
+            return photo, None, f"cannot read: {exc.strerror or exc}"
+        iid = image_id(data)
+        if iid in skip_ids:
+            return photo, iid, None
+        try:
+            x, width, height = preprocess(data, first.input_size, max_pixels=max_pixels)
+        except ImageRejected as exc:
+            return photo, iid, str(exc)
+        model = getattr(local, "model", None)
+        if model is None:
+            model = local.model = Model(model_path, threads=1, model_bytes=model_bytes, card=first.card)
+        return photo, iid, (x, width, height, model.features(x))
+
+    from tqdm import tqdm
+
+    rows = _Rows(out, first)
+    seen: set[str] = set()
+    start = time.perf_counter()
+    bar = tqdm(total=len(photos), desc="vectorizing", unit="img", disable=not progress, leave=False)
+    try:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vectorize") as pool:
+            for photo, iid, result in _bounded_map(pool, work, photos, window=8 * threads):
+                bar.update(1)
+                if isinstance(result, str):
+                    summary.rejected += 1
+                    summary.rejects.append((photo.source, result))
+                elif result is None:
+                    summary.skipped_known += 1
+                elif iid in seen:
+                    summary.duplicates += 1
+                else:
+                    seen.add(iid)
+                    x, width, height, vec = result
+                    rows.add({"image_id": iid, "label": photo.label, "source": photo.source,
+                              "width": width, "height": height, "features": vec,
+                              "model_sha256": first.sha256, "model_name": first.name, "client_id": client,
+                              "vectorized_at": datetime.now(timezone.utc)})
+                    summary.ok += 1
+        rows.close(out)
+    except BaseException:
+        rows.abort()
+        raise
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - start
+    summary.out = out
+    write_rejects(summary, Path(rejects_path) if rejects_path else rejects_path_for(out))
+    return summary
+
+
+def rejects_path_for(out: Path) -> Path:
+    return out.with_name(out.stem + ".rejects.csv")
+
+
+def write_rejects(summary: Summary, path: Path) -> None:
+    """The rejects list (source, reason); a stale list from an earlier run is removed."""
+    if not summary.rejects:
+        path.unlink(missing_ok=True)
+        return
+    summary.rejects_file = path
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["source", "reason"])
+        w.writerows(summary.rejects)
+
+
+def check_model(model_path: str | os.PathLike | None) -> Model:
+    """Load a model and its card, turning contract errors into user errors (for the CLI)."""
+    try:
+        return Model(model_path, threads=1)
+    except ContractError as exc:
+        raise UserError(str(exc)) from None

@@ -1,0 +1,237 @@
+"""Export MobileNetV2 (no classifier, global average pooling, 1280-d) to TFLite at fp32, fp16 and int8.
+
+Needs the ``export`` group (TensorFlow).  TensorFlow is imported inside the functions, so importing this
+module stays cheap and the edge client never pays for it.
+
+    fruits-edge export --weights imagenet --input-size 224 --out models/
+    fruits-edge export --weights .cache/standin/dog_breed_mobilenetv2.h5 --input-size 160 --out models/
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import platform
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from contract import FEATURE_DIM, ModelCard, file_sha256
+from contract.vectors import card_path_for, cosine
+from edge_client.preprocess import IMAGE_EXTENSIONS, PREPROCESSING, ImageRejected, preprocess
+
+log = logging.getLogger(__name__)
+
+INPUT_SIZES = (96, 128, 160, 192, 224)
+PRECISIONS = ("fp32", "fp16", "int8")
+PARITY_GOALS = {"fp32": 0.99999, "fp16": 0.9999, "int8": 0.99}
+
+
+class ExportError(ValueError):
+    """A user error in an export request (bad weights file, size, calibration set)."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    card: ModelCard
+
+
+def model_name(input_size: int, precision: str) -> str:
+    return f"mobilenetv2_{input_size}_{precision}"
+
+
+# ------------------------------------------------------------------------------------------- the model
+def _find_mobilenetv2(model):
+    """The MobileNetV2 inside ``model`` (the model itself or a nested sub-model), or None."""
+    names = {layer.name for layer in model.layers}
+    if {"Conv_1", "block_16_project", "out_relu"} <= names:
+        return model
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            found = _find_mobilenetv2(layer)
+            if found is not None:
+                return found
+    return None
+
+
+def build_extractor(weights: str, input_size: int):
+    """A Keras model: (input_size, input_size, 3) in [-1, 1] -> 1280 floats (global average pooling)."""
+    import keras
+
+    if input_size not in INPUT_SIZES:
+        raise ExportError(f"--input-size={input_size} must be one of {', '.join(map(str, INPUT_SIZES))}")
+    shape = (input_size, input_size, 3)
+    if weights == "imagenet":
+        return keras.applications.MobileNetV2(input_shape=shape, include_top=False, pooling="avg",
+                                              weights="imagenet")
+    path = Path(weights)
+    if not path.is_file():
+        raise ExportError(f"--weights {weights}: no such file (use 'imagenet' or a .keras/.h5 file)")
+    try:
+        loaded = keras.models.load_model(path, compile=False)
+    except Exception as exc:
+        raise ExportError(f"--weights {weights}: Keras cannot load it ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200]})") from None
+    base = _find_mobilenetv2(loaded)
+    if base is None:
+        raise ExportError(f"--weights {weights}: no MobileNetV2 inside (looked for its layers Conv_1, "
+                          f"block_16_project and out_relu in the model and its nested models)")
+    match = re.match(r"mobilenetv2_([0-9.]+)_", base.name)
+    alpha = float(match.group(1)) if match else 1.0
+    fresh = keras.applications.MobileNetV2(input_shape=shape, alpha=alpha, include_top=False,
+                                           pooling="avg", weights=None)
+    try:
+        fresh.set_weights(base.get_weights())
+    except ValueError as exc:
+        raise ExportError(f"--weights {weights}: its MobileNetV2 does not match alpha={alpha}: {exc}") from None
+    if fresh.output_shape[-1] != FEATURE_DIM:
+        raise ExportError(f"--weights {weights}: output has {fresh.output_shape[-1]} features, need {FEATURE_DIM}")
+    return fresh
+
+
+# ------------------------------------------------------------------------------------------ conversion
+def convert(model, precision: str, representative: Callable[[], Iterable[list[np.ndarray]]] | None = None) -> bytes:
+    """Keras model -> .tflite bytes; fp16 stores float16 weights, int8 is full-integer with float I/O."""
+    import tensorflow as tf
+
+    if precision not in PRECISIONS:
+        raise ExportError(f"--precision={precision} must be one of {', '.join(PRECISIONS)}")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if precision == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "int8":
+        if representative is None:
+            raise ExportError("int8 needs calibration images (--calibration DIR)")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # Float input and output: callers feed the same [-1, 1] floats and read floats, whatever the precision.
+        converter.inference_input_type = tf.float32
+        converter.inference_output_type = tf.float32
+    # Keras prints its SavedModel signature (hundreds of lines) to stdout while converting; keep it out.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return converter.convert()
+
+
+def load_inputs(folder: str | os.PathLike, size: int, limit: int | None = None) -> np.ndarray:
+    """Preprocessed images of a folder (recursive, sorted), as (n, size, size, 3) float32."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ExportError(f"calibration folder {folder} does not exist")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    arrays = []
+    for p in files:
+        if limit is not None and len(arrays) >= limit:
+            break
+        try:
+            arrays.append(preprocess(p.read_bytes(), size)[0])
+        except ImageRejected as exc:
+            log.warning("calibration image %s skipped: %s", p, exc)
+    if not arrays:
+        raise ExportError(f"calibration folder {folder} holds no readable image "
+                          f"({', '.join(IMAGE_EXTENSIONS)})")
+    return np.stack(arrays)
+
+
+def tflite_features(model_bytes: bytes, inputs: np.ndarray, threads: int = 2) -> np.ndarray:
+    """Run a .tflite on preprocessed inputs with LiteRT (the runtime the edge and cloud use)."""
+    from edge_client.runtime import interpreter_class
+
+    interp = interpreter_class()(model_content=model_bytes, num_threads=threads)
+    interp.allocate_tensors()
+    i = interp.get_input_details()[0]["index"]
+    o = interp.get_output_details()[0]["index"]
+    out = np.empty((len(inputs), FEATURE_DIM), np.float32)
+    for n, x in enumerate(inputs):
+        interp.set_tensor(i, x[None])
+        interp.invoke()
+        out[n] = interp.get_tensor(o)[0]
+    return out
+
+
+def cosine_stats(a: np.ndarray, b: np.ndarray) -> dict:
+    cos = np.array([cosine(x, y) for x, y in zip(a, b)])
+    worst = int(np.argmin(cos))
+    return {"images": int(len(cos)), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+            "worst_image_index": worst}
+
+
+# ---------------------------------------------------------------------------------------------- export
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _versions() -> dict:
+    import keras
+    import tensorflow as tf
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def export(weights: str, *, input_size: int, precisions: Sequence[str] = PRECISIONS,
+           calibration: np.ndarray, parity: np.ndarray, out_dir: str | os.PathLike,
+           provenance: dict | None = None, calibration_source: str = "", parity_source: str = "") -> list[ExportResult]:
+    """Export the requested precisions into ``out_dir``; every .tflite gets its model card.
+
+    ``calibration`` and ``parity`` are preprocessed image batches (see :func:`load_inputs`); the parity
+    set should be held out from calibration.
+    """
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise ExportError(f"--precision={p} must be one of {', '.join(PRECISIONS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = build_extractor(weights, input_size)
+    keras_ref = model.predict(parity, batch_size=32, verbose=0).astype(np.float32)
+
+    def representative():
+        for x in calibration:
+            yield [x[None].astype(np.float32)]
+
+    blobs: dict[str, bytes] = {}
+    # fp32 first: it is the reference the reduced precisions are compared with.
+    for precision in sorted(set(precisions) | {"fp32"}, key=PRECISIONS.index):
+        log.info("converting %s", precision)
+        blobs[precision] = convert(model, precision, representative)
+    fp32_out = tflite_features(blobs["fp32"], parity)
+    weights_info = dict(provenance or {"source": weights})
+    results = []
+    for precision in precisions:
+        data = blobs[precision]
+        ours = fp32_out if precision == "fp32" else tflite_features(data, parity)
+        ref, ref_name = (keras_ref, "keras fp32") if precision == "fp32" else (fp32_out, "tflite fp32")
+        stats = cosine_stats(ours, ref)
+        stats.update(reference=ref_name, goal=PARITY_GOALS[precision], images_from=parity_source)
+        if precision == "int8":
+            stats["calibration_images"] = int(len(calibration))
+            stats["calibration_from"] = calibration_source
+        name = model_name(input_size, precision)
+        path = out_dir / f"{name}.tflite"
+        _write_atomic(path, data)
+        card = ModelCard(
+            name=name, input_size=input_size, output_dim=FEATURE_DIM, precision=precision,
+            sha256=file_sha256(path), size_bytes=len(data), preprocessing=dict(PREPROCESSING),
+            weights=weights_info, export={"tool": "fruits-edge export", **_versions(),
+                                          "input": "float32 [1, s, s, 3]", "output": "float32 [1, 1280]"},
+            parity=stats)
+        _write_atomic(card_path_for(path), card.to_json().encode())
+        log.info("%s: %d bytes, cosine vs %s min %.6f mean %.6f", path.name, len(data), ref_name,
+                 stats["cosine_min"], stats["cosine_mean"])
+        results.append(ExportResult(path, card))
+    return results
+

@@ -1,0 +1,76 @@
+"""Shared fixtures: a local S3 server on 127.0.0.1, a Spark session pointed at it, synthetic photos."""
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from demo.s3server import TEST_CREDENTIALS, LocalS3
+
+# Tests never use real AWS: fake credentials, no instance metadata look-ups, loopback endpoints only.
+os.environ.update(TEST_CREDENTIALS)
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+os.environ.pop("AWS_PROFILE", None)
+os.environ["PYSPARK_PYTHON"] = sys.executable
+os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    with LocalS3(mode="thread") as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server):
+    """A boto3 client on the local server."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1")
+
+
+@pytest.fixture
+def bucket(s3):
+    """An empty bucket of its own for each test."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def spark(s3_server):
+    from cloud_pca.spark import get_spark
+
+    session = get_spark("fruits-tests", master="local[2]", s3_endpoint=s3_server.endpoint_url)
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> Path:
+    """60 synthetic Fruits-360-like photos: Training/<Class>/<n>_100.jpg, 6 classes x 10."""
+    from demo.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("fruits"), per_class=10, n_classes=6, seed=7)
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    return MODELS / "mobilenetv2_160_fp32.tflite"
+
+
+@pytest.fixture(scope="session")
+def vectors_file(photos, model_path, tmp_path_factory) -> Path:
+    """The synthetic photos vectorized once by the edge client."""
+    from edge_client.vectorize import find_photos, vectorize
+
+    out = tmp_path_factory.mktemp("vectors") / "vectors.parquet"
+    vectorize(find_photos([photos]), out, model_path=model_path, threads=2, client_id="test-phone",
+              progress=False)
+    return out

@@ -1,0 +1,113 @@
+"""Layout, install groups, the S3 round trip through Spark, and the synthetic data."""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("script", ["fruits-edge", "fruits-cloud"])
+def test_console_scripts_help(script):
+    proc = subprocess.run([str(BIN / script), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage:" in proc.stdout and script in proc.stdout
+
+
+def _requirement_closure(dist: str, extras: set[str]) -> set[str]:
+    """Names of every distribution that installing dist[extras] pulls in (from installed metadata)."""
+    seen: set[str] = set()
+    todo = [(dist, frozenset(extras))]
+    while todo:
+        name, ex = todo.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if (key, ex) in seen:
+            continue
+        seen.add((key, ex))
+        try:
+            reqs = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for req in reqs:
+            spec, _, marker = req.partition(";")
+            m = re.match(r"\s*([A-Za-z0-9_.-]+)(\[([^\]]*)\])?", spec)
+            wanted_extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", marker)
+            if wanted_extra and wanted_extra.group(1) not in ex:
+                continue
+            if marker and not wanted_extra:
+                from packaging.markers import Marker
+                if not Marker(marker).evaluate():
+                    continue
+            sub_extras = frozenset(e.strip() for e in (m.group(3) or "").split(",") if e.strip())
+            todo.append((m.group(1), sub_extras))
+    return {k for k, _ in seen}
+
+
+def test_edge_group_pulls_in_neither_tensorflow_nor_spark():
+    edge = _requirement_closure("fruits", {"edge"})
+    assert {"ai-edge-litert", "pillow", "pyarrow", "boto3", "numpy"} <= edge
+    forbidden = {n for n in edge if n.startswith(("tensorflow", "keras", "pyspark", "tf-keras", "py4j"))}
+    assert not forbidden, f"the edge group pulls in {forbidden}"
+    # The closure is computed for real: the export group does reach TensorFlow.
+    assert "tensorflow-cpu" in _requirement_closure("fruits", {"export"})
+
+
+def test_edge_modules_import_without_tensorflow_or_spark():
+    code = ("import sys, edge_client.cli, edge_client.vectorize, edge_client.upload, edge_client.runtime, contract\n"
+            "heavy = [m for m in ('tensorflow', 'keras', 'pyspark', 'py4j') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_s3_round_trip_boto3_spark_pyarrow(spark, s3, bucket, s3_server):
+    table = pa.table({"image_id": ["a", "b", "c"], "x": [1.0, 2.0, 3.0]})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    s3.put_object(Bucket=bucket, Key="in/data.parquet", Body=buf.getvalue())
+
+    df = spark.read.parquet(f"s3a://{bucket}/in/")
+    assert sorted(r["image_id"] for r in df.collect()) == ["a", "b", "c"]
+    df.withColumn("y", df.x * 2).coalesce(1).write.mode("overwrite").parquet(f"s3a://{bucket}/out/")
+
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]]
+    parts = [k for k in keys if k.endswith(".parquet")]
+    assert len(parts) == 1 and "out/_SUCCESS" in keys
+    # pyarrow reads it back through its own S3 filesystem, against the same local server.
+    from pyarrow import fs
+
+    host = s3_server.endpoint_url.split("://")[1]
+    s3fs = fs.S3FileSystem(endpoint_override=host, scheme="http", access_key="testing", secret_key="testing",
+                           region="us-east-1")
+    back = pq.read_table(f"{bucket}/{parts[0]}", filesystem=s3fs).sort_by("image_id")
+    assert back.column("y").to_pylist() == [2.0, 4.0, 6.0]
+
+
+def test_synthetic_photos_are_deterministic_and_fruits360_shaped(tmp_path):
+    from PIL import Image
+
+    from demo.synthetic import class_names, generate
+
+    a = generate(tmp_path / "a", per_class=3, n_classes=4, seed=5)
+    b = generate(tmp_path / "b", per_class=3, n_classes=4, seed=5)
+    c = generate(tmp_path / "c", per_class=3, n_classes=4, seed=6)
+    files = sorted(p.relative_to(a) for p in a.rglob("*.jpg"))
+    assert [f.parent.name for f in files[::3]] == sorted(class_names(4))
+    assert all(re.fullmatch(r"\d+_100\.jpg", f.name) for f in files)
+    digest = lambda root: [hashlib.sha256((root / f).read_bytes()).hexdigest() for f in files]  # noqa: E731
+    assert digest(a) == digest(b)
+    assert digest(a) != digest(c)
+    img = Image.open(a / files[0])
+    assert img.size == (100, 100) and img.format == "JPEG"
+    arr = np.asarray(img)
+    assert (arr[0, 0] > 200).all(), "the background is white"
