@@ -1,0 +1,270 @@
+"""The edge client: vectorize (with every kind of bad photo), upload, sync, and faults against local S3."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import struct
+import zlib
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from contract import FEATURE_DIM, read_vectors
+from contract.vectors import cosine
+from edge_client.cli import main as edge_main
+from edge_client.preprocess import image_id
+
+
+def run_cli(*args):
+    return edge_main(["--quiet", *map(str, args)])
+
+
+def rows_by_source(path):
+    t = read_vectors(path)
+    return {r["source"]: r for r in t.to_pylist()}
+
+
+def test_vectorize_writes_the_contract(vectors_file, photos, model_path):
+    from contract import load_model_card
+
+    table = read_vectors(vectors_file)  # validates schema and values
+    assert table.num_rows == 60
+    card = load_model_card(model_path)
+    assert set(table.column("model_sha256").to_pylist()) == {card.sha256}
+    meta = pq.read_schema(vectors_file).metadata
+    assert meta[b"fruits.model_sha256"].decode() == card.sha256
+    labels = sorted(set(table.column("label").to_pylist()))
+    assert labels == sorted(p.name for p in photos.iterdir())
+    first = table.to_pylist()[0]
+    assert first["image_id"] == image_id((photos / first["source"]).read_bytes())
+    assert len(first["features"]) == FEATURE_DIM and (first["width"], first["height"]) == (100, 100)
+    assert pq.ParquetFile(vectors_file).metadata.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_vectors_separate_the_fruit_classes(vectors_file):
+    """Pretrained weights: photos of one class are closer to their class centroid than to others'."""
+    t = read_vectors(vectors_file).to_pandas()
+    x = np.stack(t["features"].to_numpy())
+    labels = t["label"].to_numpy()
+    classes = sorted(set(labels))
+    centroids = np.stack([x[labels == c].mean(axis=0) for c in classes])
+    d = ((x[:, None, :] - centroids[None]) ** 2).sum(-1)
+    accuracy = float((np.array(classes)[d.argmin(1)] == labels).mean())
+    assert accuracy >= 0.9, accuracy  # chance is 1/6
+
+
+def _bad_photo_folder(root, photos):
+    """One folder with every kind of troublesome photo the issue lists, next to a few good ones."""
+    src = sorted((photos / "Banana").glob("*.jpg"))
+    d = root / "Mixed"
+    d.mkdir(parents=True)
+    good = Image.open(src[0]).convert("RGB")
+    shutil.copy(src[0], d / "good.jpg")
+    shutil.copy(src[0], d / "same photo, other name.jpg")            # duplicate
+    (d / "zero.jpg").write_bytes(b"")
+    (d / "truncated.jpg").write_bytes(src[1].read_bytes()[:400])
+    (d / "text.jpg").write_text("this is not a photo")
+    rgba = good.convert("RGBA")
+    rgba.putalpha(200)
+    rgba.save(d / "alpha.png")
+    good.convert("L").save(d / "gray.jpg")
+    good.convert("L").save(d / "gray.png")
+    good.convert("CMYK").save(d / "cmyk.jpg")
+    arr16 = (np.asarray(good.convert("L"), np.uint16) * 257)
+    Image.fromarray(arr16).save(d / "sixteen.png")
+    # EXIF-rotated: pixels stored turned 90 degrees, orientation tag 6 says "rotate back".  Lossless
+    # PNG on both sides, so the only difference is the orientation handling.
+    upright = Image.open(src[2]).convert("RGB")
+    upright.save(d / "upright.png")
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(d / "rotated.png", exif=exif.tobytes())
+    # Decompression bomb: a PNG header that claims 40000 x 40000 pixels.
+    bomb = io.BytesIO()
+    Image.new("L", (1, 1)).save(bomb, "PNG")
+    data = bytearray(bomb.getvalue())
+    data[16:24] = struct.pack(">II", 40000, 40000)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # keep the IHDR chunk's CRC valid
+    (d / "bomb.png").write_bytes(bytes(data))
+    os.symlink(d / "does-not-exist.jpg", d / "unreadable.jpg")
+    weird = os.fsencode(str(d)) + b"/caf\xe9-latin1.jpg"
+    shutil.copy(src[3], weird)
+    shutil.copy(src[4], d / ("long-" + "x" * 200 + ".jpg"))
+    (d / "notes.txt").write_text("skipped by extension")
+    return root
+
+
+def test_vectorize_bad_photos_each_rejected_with_a_reason(tmp_path, photos, capsys):
+    root = _bad_photo_folder(tmp_path / "in", photos)
+    out = tmp_path / "v.parquet"
+    code = run_cli("vectorize", root, "--out", out, "--threads", "2")
+    assert code == 3, "exit code 3: done, with rejects"
+    printed = capsys.readouterr()
+    rows = rows_by_source(out)
+    with open(tmp_path / "v.rejects.csv", newline="") as f:
+        rejects = {r["source"]: r["reason"] for r in csv.DictReader(f)}
+    assert set(rejects) == {f"Mixed/{n}" for n in ("zero.jpg", "truncated.jpg", "text.jpg", "bomb.png",
+                                                   "unreadable.jpg")}
+    assert "empty" in rejects["Mixed/zero.jpg"]
+    assert "not an image" in rejects["Mixed/text.jpg"]
+    assert "decompression bomb" in rejects["Mixed/bomb.png"]
+    assert "cannot read" in rejects["Mixed/unreadable.jpg"]
+    assert "5 rejected" in printed.out and "1 duplicates" in printed.out and "1 skipped" in printed.out
+    # Converted, not rejected: alpha, grayscale, CMYK, 16-bit, rotated, odd names.
+    for name in ("alpha.png", "gray.jpg", "cmyk.jpg", "sixteen.png", "rotated.png", "caf\\xe9-latin1.jpg"):
+        assert f"Mixed/{name}" in rows, name
+    assert any(s.startswith("Mixed/long-xxxx") for s in rows)
+    # One of the two identical photos is kept, the other counted as a duplicate.
+    assert ("Mixed/good.jpg" in rows) != ("Mixed/same photo, other name.jpg" in rows)
+    # EXIF orientation honoured: the rotated file gives (nearly) the upright photo's vector.
+    rot, up = rows["Mixed/rotated.png"], rows["Mixed/upright.png"]
+    assert (rot["width"], rot["height"]) == (up["width"], up["height"])
+    assert cosine(rot["features"], up["features"]) >= 0.99999
+    # 16-bit is scaled to 8-bit: the same vector as the 8-bit gray version of the same pixels.
+    assert cosine(rows["Mixed/gray.png"]["features"], rows["Mixed/sixteen.png"]["features"]) >= 0.99999
+
+
+def test_vectorize_empty_folder_and_bad_model(tmp_path, photos, model_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert run_cli("vectorize", tmp_path / "empty", "--out", tmp_path / "x.parquet") == 1
+    assert capsys.readouterr().err.startswith("Error: no photos found")
+    fake = tmp_path / "fake.tflite"
+    fake.write_bytes(b"\0" * 64)
+    assert run_cli("vectorize", photos, "--out", tmp_path / "x.parquet", "--model", fake) == 1
+    assert "is not a .tflite model" in capsys.readouterr().err
+    copy = tmp_path / "m.tflite"
+    shutil.copy(model_path, copy)
+    card = model_path.with_suffix(".json").read_text().replace('"precision": "fp32"', '"precision": "fp32"')
+    copy.with_suffix(".json").write_text(card.replace(card.split('"sha256": "')[1][:64], "0" * 64))
+    assert run_cli("vectorize", photos, "--out", tmp_path / "x.parquet", "--model", copy) == 1
+    assert "does not match" in capsys.readouterr().err
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def list_keys(s3, bucket, prefix=""):
+    resp = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for o in resp.get("Contents", []))
+
+
+def bucket_rows(s3, bucket):
+    ids = []
+    for key in list_keys(s3, bucket, "team/vectors/"):
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        ids += read_vectors(io.BytesIO(body)).column("image_id").to_pylist()
+    return ids
+
+
+def test_upload_is_idempotent_and_content_named(tmp_path, vectors_file, s3, s3_server, bucket, capsys):
+    dest = f"s3://{bucket}/team"
+    common = ["--endpoint-url", s3_server.endpoint_url, "--rows-per-object", "25"]
+    assert run_cli("upload", vectors_file, dest, *common, "--manifest", tmp_path / "m1.sqlite") == 0
+    keys = list_keys(s3, bucket)
+    assert len(keys) == 3, "60 rows in objects of 25 rows"
+    assert all(k.startswith("team/vectors/model=") and "/client=test-phone/part-" in k for k in keys)
+    # Again with the same manifest: nothing new.  With a fresh manifest (another machine): same keys.
+    assert run_cli("upload", vectors_file, dest, *common, "--manifest", tmp_path / "m1.sqlite") == 0
+    assert run_cli("upload", vectors_file, dest, *common, "--manifest", tmp_path / "m2.sqlite") == 0
+    assert list_keys(s3, bucket) == keys
+    ids = bucket_rows(s3, bucket)
+    assert len(ids) == len(set(ids)) == 60
+    out = capsys.readouterr().out
+    assert "60 rows already uploaded" in out and "3 objects already there" in out
+
+
+def test_missing_bucket_is_one_clear_error(tmp_path, vectors_file, s3_server, capsys):
+    code = run_cli("upload", vectors_file, "s3://no-such-bucket-xyz/team", "--endpoint-url",
+                   s3_server.endpoint_url, "--manifest", tmp_path / "m.sqlite")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err == ["Error: bucket 'no-such-bucket-xyz' does not exist at " + s3_server.endpoint_url]
+
+
+def test_wrong_credentials_are_one_clear_error_and_nothing_is_written(tmp_path, vectors_file, capsys):
+    """A server that checks credentials (moto with IAM auth on): a wrong secret is refused up front."""
+    import boto3
+
+    from demo.s3server import LocalS3
+
+    with LocalS3(mode="process", env={"INITIAL_NO_AUTH_ACTION_COUNT": "3"}) as server:
+        iam = boto3.client("iam", endpoint_url=server.endpoint_url, region_name="us-east-1")
+        iam.create_user(UserName="phone")
+        key = iam.create_access_key(UserName="phone")["AccessKey"]
+        iam.put_user_policy(UserName="phone", PolicyName="s3", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        good = boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1",
+                            aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+        good.create_bucket(Bucket="fruits")
+        env = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": "wrong-secret"}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            code = run_cli("upload", vectors_file, "s3://fruits/team", "--endpoint-url", server.endpoint_url,
+                           "--manifest", tmp_path / "m.sqlite", "--retries", "1")
+        finally:
+            os.environ.update({k: v for k, v in old.items() if v is not None})
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and len(err) == 1
+        assert err[0].startswith("Error: ") and ("credentials" in err[0] or "access denied" in err[0]), err
+        assert good.list_objects_v2(Bucket="fruits").get("KeyCount", 0) == 0
+
+
+def test_server_stops_mid_upload_then_same_command_finishes(tmp_path, vectors_file, capsys):
+    import boto3
+
+    from demo.s3server import LocalS3
+    from edge_client import upload as up
+
+    server = LocalS3(mode="thread").start()
+    s3 = boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1")
+    bucket = "fault-test"
+    s3.create_bucket(Bucket=bucket)
+    args = ["upload", vectors_file, f"s3://{bucket}/team", "--endpoint-url", server.endpoint_url,
+            "--rows-per-object", "10", "--manifest", tmp_path / "m.sqlite", "--retries", "2"]
+    real = up.Manifest.record
+    calls = {"n": 0}
+
+    def record_then_crash(self, *a, **kw):
+        real(self, *a, **kw)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            server.stop()  # the server goes away after two confirmed objects
+
+    up.Manifest.record = record_then_crash
+    try:
+        assert run_cli(*args) == 1
+    finally:
+        up.Manifest.record = real
+    err = capsys.readouterr().err
+    assert err.startswith("Error: cannot reach S3") and "run" in err and "again" in err
+    server.start()  # same port, same in-memory state
+    try:
+        assert run_cli(*args) == 0
+        assert "20 rows already uploaded" in capsys.readouterr().out
+        ids = []
+        for key in list_keys(s3, bucket):
+            ids += read_vectors(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())).column(
+                "image_id").to_pylist()
+        assert len(ids) == len(set(ids)) == 60, "every row exactly once"
+        assert all(k.endswith(".parquet") for k in list_keys(s3, bucket)), "nothing else in the bucket"
+    finally:
+        server.stop()
+
+
+def test_sync_skips_photos_already_uploaded(tmp_path, photos, s3, s3_server, bucket, capsys):
+    args = ["--endpoint-url", s3_server.endpoint_url, "--manifest", tmp_path / "m.sqlite"]
+    few = tmp_path / "phone"
+    shutil.copytree(photos / "Orange", few / "Orange")
+    assert run_cli("sync", few, f"s3://{bucket}/team", *args) == 0
+    assert "10 rows in 1 new objects" in capsys.readouterr().out
+    shutil.copytree(photos / "Lime", few / "Lime")
+    assert run_cli("sync", few, f"s3://{bucket}/team", *args) == 0
+    out = capsys.readouterr().out
+    assert "10 already uploaded" in out and "10 rows in 1 new objects" in out
+    ids = bucket_rows(s3, bucket)
+    assert len(ids) == len(set(ids)) == 20
