@@ -1,0 +1,162 @@
+"""The Spark PCA: both solvers against numpy on low-rank data, bad input, and the job over s3a://."""
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cloud_pca.job import JobConfig, JobError, run
+from cloud_pca.pca import PCAInputError, fit_pca
+from contract import vector_schema
+
+
+def low_rank(n=400, d=1280, rank=5, seed=0):
+    """Data with `rank` strong directions of distinct variance, plus small noise."""
+    rng = np.random.RandomState(seed)
+    basis = np.linalg.qr(rng.randn(d, rank))[0]
+    scores = rng.randn(n, rank) * np.array([10.0, 7.0, 5.0, 3.0, 2.0])[:rank]
+    return (scores @ basis.T + 0.01 * rng.randn(n, d) + rng.rand(d)).astype(np.float32)
+
+
+def numpy_reference(x, k):
+    x = x.astype(np.float64)
+    std = x.std(axis=0, ddof=1)  # Spark's StandardScaler divides by n - 1
+    z = (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    values, vectors = np.linalg.eigh(np.cov(z, rowvar=False))
+    order = np.argsort(values)[::-1]
+    return vectors[:, order[:k]], values[order] / values.sum(), z @ vectors[:, order[:k]]
+
+
+def frame(spark, x):
+    return spark.createDataFrame([(i, [float(v) for v in row]) for i, row in enumerate(x)], "id long, features array<float>")
+
+
+@pytest.mark.slow
+def test_gram_and_spark_solvers_agree_with_numpy(spark):
+    x = low_rank()
+    df = frame(spark, x).repartition(3)
+    ref_pc, ref_ratio, ref_proj = numpy_reference(x, 5)
+    models = {s: fit_pca(df, k=5, solver=s) for s in ("gram", "spark")}
+    for solver, m in models.items():
+        sign = np.sign((m.components_ * ref_pc).sum(axis=0))  # components are defined up to sign
+        np.testing.assert_allclose(m.components_ * sign, ref_pc, atol=2e-4, err_msg=solver)
+        np.testing.assert_allclose(m.explained_variance_ratio_[:5], ref_ratio[:5], rtol=1e-4, err_msg=solver)
+        out = m.transform(df).orderBy("id").select("pca").collect()
+        proj = np.array([r["pca"].toArray() for r in out])
+        np.testing.assert_allclose(proj * sign, ref_proj, atol=2e-3 * np.abs(ref_proj).max(), err_msg=solver)
+    # Same sign convention: the two solvers give the same numbers, not only up to sign.
+    np.testing.assert_allclose(models["gram"].components_, models["spark"].components_, atol=2e-4)
+    assert models["gram"].explained_variance_ratio_[:5].sum() > 0.99
+
+
+def test_variance_picks_the_smallest_k_and_bad_k_is_explained(spark):
+    x = low_rank(n=120, seed=1)
+    df = frame(spark, x)
+    m = fit_pca(df, variance=0.9)
+    cum = np.cumsum(m.explained_variance_ratio_)
+    assert cum[m.k - 1] >= 0.9 and (m.k == 1 or cum[m.k - 2] < 0.9)
+    with pytest.raises(PCAInputError, match=r"k=2000 must be between 1 and min\(n_features=1280, n_rows=120\) = 120"):
+        fit_pca(df, k=2000)
+
+
+def test_constant_columns_do_not_make_nan(spark):
+    x = low_rank(n=50, seed=2)
+    x[:, :10] = 3.0
+    m = fit_pca(frame(spark, x), k=3)
+    assert (m.std_[:10] == 0).all()
+    proj = np.array([r["pca"].toArray() for r in m.transform(frame(spark, x)).collect()])
+    assert np.isfinite(proj).all() and np.isfinite(m.components_).all()
+
+
+def contract_rows(n, *, seed=0, model="a" * 64, dim=1280, start=0):
+    x = low_rank(n=n, seed=seed) if dim == 1280 else np.random.RandomState(seed).rand(n, dim).astype(np.float32)
+    ids = [f"{i + start:064x}" for i in range(n)]
+    return {"image_id": ids, "label": [f"class{i % 3}" for i in range(n)], "source": [f"p{i}.jpg" for i in range(n)],
+            "width": [100] * n, "height": [100] * n, "features": [list(map(float, r)) for r in x],
+            "model_sha256": [model] * n, "model_name": ["m"] * n, "client_id": ["phone"] * n,
+            "vectorized_at": [datetime(2026, 1, 1, tzinfo=timezone.utc)] * n}
+
+
+def put_rows(s3, bucket, key, rows):
+    buf = io.BytesIO()
+    pq.write_table(pa.table(rows, schema=vector_schema()), buf)
+    s3.put_object(Bucket=bucket, Key=key, Body=buf.getvalue())
+
+
+@pytest.mark.slow
+def test_job_over_s3a_with_bad_rows_reconciles(spark, s3, bucket):
+    from cloud_pca.pca import load_pipeline
+
+    good = contract_rows(150)
+    put_rows(s3, bucket, "v/model=a/part-1.parquet", good)
+    put_rows(s3, bucket, "v/model=a/part-1-again.parquet", {k: v[:20] for k, v in good.items()})  # 20 duplicates
+    bad = contract_rows(4, seed=3, start=1000)
+    bad["features"][0] = bad["features"][0][:100]                   # wrong length
+    bad["features"][1][5] = float("nan")                            # NaN
+    bad["features"][2][7] = float("inf")                            # infinite
+    bad["features"][3] = None                                       # null
+    put_rows(s3, bucket, "v/model=a/part-bad.parquet", bad)
+    result = run(spark, JobConfig(inputs=[f"s3a://{bucket}/v/"], output=f"s3a://{bucket}/pca", k=4, run_id="t1"))
+    s = result.summary
+    assert (s["rows_in"], s["projected"], s["rejected"], s["duplicates"]) == (174, 150, 4, 20)
+    assert s["reconciles"]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="pca/run=t1/")["Contents"]]
+    for part in ("projections/", "model/", "rejects/", "plots/scree.png", "plots/pca_3d.png", "plots/pca_2d.png",
+                 "explained_variance.json", "explained_variance.csv", "summary.json", "_SUCCESS.json"):
+        assert any(k.startswith(f"pca/run=t1/{part}") for k in keys), part
+    rejects = spark.read.parquet(f"s3a://{bucket}/pca/run=t1/rejects").collect()
+    reasons = sorted(r["reason"] for r in rejects)
+    assert reasons == ["NaN or infinite value in features", "NaN or infinite value in features",
+                       "features has 100 values, expected 1280", "null features"]
+    assert all(r["file"].endswith("part-bad.parquet") for r in rejects)
+    proj = spark.read.parquet(f"s3a://{bucket}/pca/run=t1/projections")
+    assert proj.count() == 150 and len(proj.first()["pca"]) == 4
+    reloaded = load_pipeline(f"s3a://{bucket}/pca/run=t1/model")
+    assert [type(st).__name__ for st in reloaded.stages] == ["StandardScalerModel", "PCAModel"]
+    png = s3.get_object(Bucket=bucket, Key="pca/run=t1/plots/scree.png")["Body"].read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    explained = json.loads(s3.get_object(Bucket=bucket, Key="pca/run=t1/explained_variance.json")["Body"].read())
+    assert explained["k"] == 4 and len(explained["cumulative"]) == 1280
+
+
+def test_job_refuses_mixed_models_bad_files_and_empty_prefix(spark, s3, bucket, capsys):
+    from cloud_pca.cli import main as cloud_main
+
+    put_rows(s3, bucket, "v/a.parquet", contract_rows(30))
+    put_rows(s3, bucket, "v/b.parquet", contract_rows(10, model="b" * 64, start=500))
+    with pytest.raises(JobError, match=r"2 different models .*aaaaaaaaaaaa\.\.\.: 30 rows.*--model-sha256"):
+        run(spark, JobConfig(inputs=[f"s3a://{bucket}/v/"], output=f"s3a://{bucket}/out", k=2, plots=False))
+    r = run(spark, JobConfig(inputs=[f"s3a://{bucket}/v/"], output=f"s3a://{bucket}/out", k=2, plots=False,
+                             model_sha256="a" * 64, run_id="sel"))
+    assert (r.summary["projected"], r.summary["rejected"]) == (30, 10)
+
+    s3.put_object(Bucket=bucket, Key="v/notes.parquet", Body=b"not parquet at all")
+    code = cloud_main(["pca", "--input", f"s3a://{bucket}/v/", "--output", f"s3a://{bucket}/out", "--k", "2",
+                       "--model-sha256", "a" * 64, "--no-plots"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("Error: s3a://") and "notes.parquet: not a readable Parquet file" in err[-1]
+    r = run(spark, JobConfig(inputs=[f"s3a://{bucket}/v/"], output=f"s3a://{bucket}/out", k=2, plots=False,
+                             model_sha256="a" * 64, skip_bad_files=True, run_id="skip"))
+    assert [b["file"].rsplit("/", 1)[-1] for b in r.summary["bad_files"]] == ["notes.parquet"]
+    with pytest.raises(JobError, match="no Parquet files under s3a://.*/empty/"):
+        run(spark, JobConfig(inputs=[f"s3a://{bucket}/empty/"], output=f"s3a://{bucket}/out", k=2))
+
+
+@pytest.mark.slow
+def test_edge_vectors_through_s3_to_pca(tmp_path, vectors_file, spark, s3, s3_server, bucket):
+    """The architecture end to end: edge upload -> s3a -> PCA job via the CLI, like an EMR step."""
+    from cloud_pca.cli import main as cloud_main
+    from edge_client.cli import main as edge_main
+
+    assert edge_main(["--quiet", "upload", str(vectors_file), f"s3://{bucket}/team", "--endpoint-url",
+                      s3_server.endpoint_url, "--manifest", str(tmp_path / "m.sqlite")]) == 0
+    code = cloud_main(["--quiet", "pca", "--input", f"s3://{bucket}/team/vectors/", "--output",
+                       f"s3://{bucket}/team/pca", "--variance", "0.9", "--run-id", "e2e"])
+    assert code == 0
+    summary = json.loads(s3.get_object(Bucket=bucket, Key="team/pca/run=e2e/summary.json")["Body"].read())
+    assert summary["projected"] == 60 and summary["cumulative_explained_variance"] >= 0.9
