@@ -106,10 +106,6 @@ def write_bytes(spark, uri: str, data: bytes) -> None:
         out.close()
 
 
-def read_bytes(spark, uri: str) -> bytes:
-    return bytes(spark.sparkContext.binaryFiles(uri).collect()[0][1])
-
-
 def list_files(spark, uri: str, suffixes: tuple[str, ...] = (".parquet",)) -> list[tuple[str, int]]:
     """Files under ``uri`` (recursive) whose names end with ``suffixes``: (path, size) pairs, sorted.
 
@@ -130,8 +126,3 @@ def list_files(spark, uri: str, suffixes: tuple[str, ...] = (".parquet",)) -> li
         out.append((st.getPath().toString(), int(st.getLen())))
     return sorted(out)
 
-
-def exists(spark, uri: str) -> bool:
-    jvm = spark._jvm
-    path = jvm.org.apache.hadoop.fs.Path(uri)
-    return bool(path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(path))

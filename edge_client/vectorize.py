@@ -18,7 +18,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from contract import ContractError
 from contract.vectors import file_metadata, vector_schema
 from edge_client.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageRejected, image_id, preprocess
 from edge_client.runtime import Model, default_model_path
@@ -244,10 +243,3 @@ def write_rejects(summary: Summary, path: Path) -> None:
         w.writerow(["source", "reason"])
         w.writerows(summary.rejects)
 
-
-def check_model(model_path: str | os.PathLike | None) -> Model:
-    """Load a model and its card, turning contract errors into user errors (for the CLI)."""
-    try:
-        return Model(model_path, threads=1)
-    except ContractError as exc:
-        raise UserError(str(exc)) from None
