@@ -218,10 +218,12 @@ def upload_vectors(client, files: Iterable[str | os.PathLike], bucket: str, root
             by = client_id or chunk.column("client_id")[0].as_py()
             key = vectors_object_key(root, model_sha, by, chunk_ids)
             try:
-                if manifest.has_object(bucket, key) or _exists(client, bucket, key):
+                known = manifest.has_object(bucket, key)
+                if known or _exists(client, bucket, key):
                     summary.objects_skipped += 1
-                    manifest.record(bucket, key, root=root, kind="vectors", model_sha256=model_sha,
-                                    image_ids=chunk_ids, rows=chunk.num_rows, size=0, etag="")
+                    if not known:  # on S3 already (another machine uploaded it): remember it here too
+                        manifest.record(bucket, key, root=root, kind="vectors", model_sha256=model_sha,
+                                        image_ids=chunk_ids, rows=chunk.num_rows, size=0, etag="")
                     bar.update(chunk.num_rows)
                     continue
                 buf = io.BytesIO()
