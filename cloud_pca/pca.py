@@ -3,7 +3,7 @@
 - ``solver="spark"``: Spark ML's ``StandardScaler`` then ``PCA`` (the reference; its covariance is built
   row by row with level-2 BLAS).
 - ``solver="gram"``: one distributed pass in which every partition sums ``n``, ``sum(x)`` and the Gram
-  matrix ``X^T X`` with numpy (level-3 BLAS) inside ``mapInPandas``; the driver adds the partials (one
+  matrix ``X^T X`` with numpy (level-3 BLAS) inside ``mapInArrow``; the driver adds the partials (one
   1280x1280 matrix each, never the rows) and takes ``eigh`` of the correlation matrix.
 
 Both return a :class:`FruitsPCAModel` wrapping a Spark ``PipelineModel`` (StandardScalerModel + PCAModel)
@@ -52,29 +52,60 @@ def moments_from_gram(n: int, total: np.ndarray, gram: np.ndarray) -> Moments:
     return Moments(n, mean, std, corr)
 
 
-def gram_moments(df, input_col: str = "features") -> Moments:
-    """Distributed n, sum and X^T X with numpy per partition; only d x d partials reach the driver."""
-    import pandas as pd
+def _arrow_rows(batch, input_col: str) -> np.ndarray:
+    """The list<float> column of an Arrow record batch as an (n, d) float64 array (one copy, no Python loop)."""
+    import pyarrow.compute as pc
+
+    col = batch.column(batch.schema.get_field_index(input_col))
+    if col.null_count:
+        raise PCAInputError(f"{col.null_count} null {input_col} value(s) reached the fit; validate rows first")
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    if len(lengths) == 0:
+        return np.zeros((0, 0))
+    d = int(lengths[0])
+    if (lengths != d).any():
+        raise PCAInputError(f"{input_col} vectors of different lengths ({sorted(set(lengths.tolist()))[:5]})")
+    values = col.flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(len(lengths), d).astype(np.float64)
+
+
+def gram_moments(df, input_col: str = "features", chunk_rows: int = 2048) -> Moments:
+    """Distributed n, sum and X^T X with numpy per partition; only d x d partials reach the driver.
+
+    Each task reads Arrow batches (``mapInArrow``: no pandas objects per row), stacks them into chunks of
+    ``chunk_rows`` rows and adds ``chunk.T @ chunk`` (level-3 BLAS, float64) to its partial Gram matrix.
+    """
+    import pyarrow as pa
 
     def partials(batches):
-        import numpy as np  # noqa: F811 - imported in the worker
+        n, total, gram, pending, held = 0, None, None, [], 0
 
-        n, total, gram = 0, None, None
-        for pdf in batches:
-            if len(pdf) == 0:
-                continue
-            x = np.stack(pdf[input_col].to_numpy()).astype(np.float64)
+        def flush():
+            nonlocal gram, total, pending, held
+            x = pending[0] if len(pending) == 1 else np.concatenate(pending)
             if gram is None:
                 total = np.zeros(x.shape[1])
                 gram = np.zeros((x.shape[1], x.shape[1]))
-            n += len(x)
             total += x.sum(axis=0)
-            gram += x.T @ x  # level-3 BLAS
+            gram += x.T @ x
+            pending, held = [], 0
+
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            x = _arrow_rows(batch, input_col)
+            n += len(x)
+            pending.append(x)
+            held += len(x)
+            if held >= chunk_rows:
+                flush()
+        if pending:
+            flush()
         if gram is not None:
-            yield pd.DataFrame({"n": [n], "total": [total.tobytes()], "gram": [gram.tobytes()]})
+            yield pa.RecordBatch.from_pydict({"n": [n], "total": [total.tobytes()], "gram": [gram.tobytes()]})
 
     rows = (df.select(input_col)
-              .mapInPandas(partials, schema="n long, total binary, gram binary")
+              .mapInArrow(partials, schema="n long, total binary, gram binary")
               .collect())
     if not rows:
         raise PCAInputError("no rows to fit")
@@ -148,6 +179,32 @@ class FruitsPCAModel:
 
         out = self.pipeline.transform(df.withColumn(VEC_COL, array_to_vector(F.col(input_col))))
         return out.drop(VEC_COL, SCALED_COL).withColumnRenamed("pca_out", output_col)
+
+    def project(self, df, input_col: str = "features", output_col: str = "pca"):
+        """``df``'s other columns plus ``output_col``: array<float> of k values, computed with numpy per Arrow
+        batch (``mapInArrow``). Same numbers as :meth:`transform` (the Spark ML pipeline) up to float32
+        rounding, without its per-row vector conversions, so it is the one the job uses for large inputs."""
+        import pyarrow as pa
+        from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
+
+        keep = [f for f in df.schema.fields if f.name != input_col]
+        schema = StructType(keep + [StructField(output_col, ArrayType(FloatType()))])
+        mean = self.mean_
+        inv = np.where(self.std_ > 0, 1.0 / np.where(self.std_ > 0, self.std_, 1.0), 0.0)
+        comps = self.components_
+        k = comps.shape[1]
+        names = [f.name for f in keep]
+
+        def apply(batches):
+            for batch in batches:
+                x = _arrow_rows(batch, input_col)
+                y = (((x - mean) * inv) @ comps).astype(np.float32) if len(x) else np.zeros((0, k), np.float32)
+                offsets = pa.array(np.arange(0, (len(y) + 1) * k, k, dtype=np.int32))
+                cols = [batch.column(batch.schema.get_field_index(c)) for c in names]
+                cols.append(pa.ListArray.from_arrays(offsets, pa.array(y.ravel(), pa.float32())))
+                yield pa.RecordBatch.from_arrays(cols, names=names + [output_col])
+
+        return df.mapInArrow(apply, schema)
 
     def save(self, uri: str) -> None:
         self.pipeline.write().overwrite().save(uri)

@@ -70,6 +70,10 @@ def get_spark(app_name: str = "fruits", *, master: str | None = None, s3_endpoin
         "spark.sql.session.timeZone": "UTC",
         # Images are big rows: keep Arrow batches small so a Python worker holds tens of MB, not GBs.
         "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
+        # One BLAS / interpreter thread per Python worker: Spark already runs one worker per core.
+        "spark.executorEnv.OMP_NUM_THREADS": "1",
+        "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
+        "spark.executorEnv.MKL_NUM_THREADS": "1",
     }
     if not _under_spark_submit():
         from cloud_pca.connector import connector_jars
@@ -106,8 +110,9 @@ def write_bytes(spark, uri: str, data: bytes) -> None:
         out.close()
 
 
-def list_files(spark, uri: str, suffixes: tuple[str, ...] = (".parquet",)) -> list[tuple[str, int]]:
-    """Files under ``uri`` (recursive) whose names end with ``suffixes``: (path, size) pairs, sorted.
+def list_files(spark, uri: str, suffixes: tuple[str, ...] | None = (".parquet",)) -> list[tuple[str, int]]:
+    """Files under ``uri`` (recursive) whose names end with ``suffixes`` (any name when ``None``, case-insensitive):
+    (path, size) pairs, sorted.
 
     Names starting with ``_`` or ``.`` (markers, temporary files) are left out, as Spark does.
     """
@@ -121,7 +126,7 @@ def list_files(spark, uri: str, suffixes: tuple[str, ...] = (".parquet",)) -> li
     while it.hasNext():
         st = it.next()
         name = st.getPath().getName()
-        if name.startswith(("_", ".")) or not name.lower().endswith(suffixes):
+        if name.startswith(("_", ".")) or (suffixes is not None and not name.lower().endswith(suffixes)):
             continue
         out.append((st.getPath().toString(), int(st.getLen())))
     return sorted(out)

@@ -49,6 +49,10 @@ def test_gram_and_spark_solvers_agree_with_numpy(spark):
         out = m.transform(df).orderBy("id").select("pca").collect()
         proj = np.array([r["pca"].toArray() for r in out])
         np.testing.assert_allclose(proj * sign, ref_proj, atol=2e-3 * np.abs(ref_proj).max(), err_msg=solver)
+        # The job's numpy projection (mapInArrow) gives the saved Spark pipeline's numbers.
+        fast = np.array([r["pca"] for r in m.project(df).orderBy("id").select("pca").collect()])
+        assert fast.shape == proj.shape
+        np.testing.assert_allclose(fast, proj, rtol=1e-5, atol=1e-5 * np.abs(proj).max(), err_msg=solver)
     # Same sign convention: the two solvers give the same numbers, not only up to sign.
     np.testing.assert_allclose(models["gram"].components_, models["spark"].components_, atol=2e-4)
     assert models["gram"].explained_variance_ratio_[:5].sum() > 0.99
@@ -71,6 +75,8 @@ def test_constant_columns_do_not_make_nan(spark):
     assert (m.std_[:10] == 0).all()
     proj = np.array([r["pca"].toArray() for r in m.transform(frame(spark, x)).collect()])
     assert np.isfinite(proj).all() and np.isfinite(m.components_).all()
+    fast = np.array([r["pca"] for r in m.project(frame(spark, x)).orderBy("id").collect()])
+    assert np.isfinite(fast).all()
 
 
 def contract_rows(n, *, seed=0, model="a" * 64, dim=1280, start=0):
