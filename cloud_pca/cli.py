@@ -2,6 +2,8 @@
 from plain Python in local mode.
 
     fruits-cloud pca --input s3://fruits-data/team-a/vectors/ --output s3://fruits-data/team-a/pca/
+    fruits-cloud featurize --images s3://fruits-data/team-a/raw/ --output s3://fruits-data/team-a/
+    fruits-cloud pca --input s3://.../vectors/ --images s3://.../raw/ --output s3://.../pca/   # both at once
     spark-submit cloud_pca/cli.py pca --input ... --output ...     # as an EMR step
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 if __package__ in (None, ""):  # run as a file by spark-submit: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from cloud_pca.featurize import FeaturizeError  # noqa: E402
 from cloud_pca.job import JobConfig, JobError  # noqa: E402
 from cloud_pca.pca import SOLVERS, PCAInputError  # noqa: E402
 
@@ -41,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--output s3://b/team/pca/ --variance 0.95",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", action="append", default=[], help="vectors prefix (local, s3://, s3a://); repeatable")
+    p.add_argument("--images", action="append", default=[],
+                   help="raw photos prefix to featurize in this run and fit together with --input; repeatable")
+    p.add_argument("--model", help="the .tflite for --images (local, s3://; its .json card next to it); "
+                                   "default: the committed models/mobilenetv2_160_fp32.tflite")
     p.add_argument("--output", required=True, help="output prefix; the run goes to OUTPUT/run=<id>/")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--k", type=int, help="number of components")
@@ -53,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of failing")
     p.add_argument("--run-id", help="name of the run folder (default: UTC time + random)")
     p.add_argument("--no-plots", action="store_true")
+
+    f = sub.add_parser("featurize", help="raw photos -> vectors (the data contract), for clients that cannot vectorize",
+                       description="Vectorize every photo under --images with the same TFLite model and "
+                                   "preprocessing as the edge client, and write the vectors under "
+                                   "OUTPUT/vectors/model=<sha>/client=server-spark/ (rejects next to them).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("--images", action="append", required=True, help="photos prefix (local, s3://, s3a://); repeatable")
+    f.add_argument("--output", required=True, help="dataset root to write vectors/ under")
+    f.add_argument("--model", help="the .tflite (local, s3://); default: the committed fp32 model")
+    f.add_argument("--threads", type=int, default=1, help="interpreter threads per task (default 1: Spark runs a "
+                                                          "task per core already)")
+    f.add_argument("--batch-rows", type=int, default=32, help="photos per Arrow batch (bounds worker memory)")
+    f.add_argument("--overwrite", action="store_true", help="replace vectors this command wrote before")
     return parser
 
 
@@ -60,24 +80,59 @@ def cmd_pca(args) -> int:
     from cloud_pca.job import run
     from cloud_pca.spark import get_spark
 
-    if not args.input:
-        raise JobError("give at least one --input prefix")
+    if not args.input and not args.images:
+        raise JobError("give at least one --input (vectors) or --images (raw photos) prefix")
     spark = get_spark("fruits-pca", master=args.master, s3_endpoint=args.endpoint_url)
     cfg = JobConfig(inputs=[_uri(u) for u in args.input], output=_uri(args.output), k=args.k,
                     variance=args.variance, solver=args.solver, label_col=args.label_col,
                     model_sha256=args.model_sha256, skip_bad_files=args.skip_bad_files, run_id=args.run_id,
-                    plots=not args.no_plots)
+                    plots=not args.no_plots, images=[_uri(u) for u in args.images],
+                    model_path=_uri(args.model) if args.model else None)
     say = (lambda stage: None) if args.quiet else (lambda stage: print(f"[pca] {stage}", file=sys.stderr, flush=True))
     result = run(spark, cfg, progress=say)
     s = result.summary
     print(f"run: {result.run_uri}")
     print(f"rows in {s['rows_in']} = projected {s['projected']} + rejected {s['rejected']} + "
           f"duplicates {s['duplicates']}; k={s['k']} ({s['k_reason']})")
+    if s.get("photos"):
+        p = s["photos"]
+        print(f"photos featurized: {p['ok']} ok, {p['rejected']} rejected, {p['not_image']} non-image files skipped")
     print(json.dumps(s["timings_s"]))
     return 0
 
 
-COMMANDS = {"pca": cmd_pca}
+def cmd_featurize(args) -> int:
+    import time
+
+    from cloud_pca.featurize import featurize, write_featurized
+    from cloud_pca.spark import get_spark
+    from edge_client.runtime import default_model_path
+
+    spark = get_spark("fruits-featurize", master=args.master, s3_endpoint=args.endpoint_url)
+    start = time.perf_counter()
+    if not args.quiet:
+        print(f"[featurize] photos under {', '.join(args.images)}", file=sys.stderr, flush=True)
+    feat = featurize(spark, [_uri(u) for u in args.images], model_path=_uri(args.model) if args.model
+                     else str(default_model_path()), threads=args.threads, batch_rows=args.batch_rows)
+    mode = "overwrite" if args.overwrite else "errorifexists"
+    try:
+        uri = write_featurized(feat, _uri(args.output), mode=mode)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        raise JobError(f"cannot write the vectors under {args.output}: {first} (use --overwrite to replace)") from None
+    rejects_uri = uri.rsplit("/vectors/", 1)[0] + "/rejects/featurize-" + feat.model_sha256[:12]
+    if feat.counts["rejected"]:
+        feat.rejects.write.mode("overwrite").parquet(rejects_uri)
+    c = feat.counts
+    seconds = time.perf_counter() - start
+    print(f"vectors: {uri}")
+    print(f"{c['ok']} vectorized, {c['rejected']} rejected" + (f" (see {rejects_uri})" if c["rejected"] else "")
+          + f", {c['not_image']} non-image files skipped; {c['photos'] / seconds:.0f} photos/s")
+    feat.unpersist()
+    return 3 if c["rejected"] else 0
+
+
+COMMANDS = {"pca": cmd_pca, "featurize": cmd_featurize}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
-    except (JobError, PCAInputError) as exc:
+    except (JobError, PCAInputError, FeaturizeError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     except RuntimeError as exc:  # missing connector jars, Maven not found

@@ -44,7 +44,9 @@ class JobConfig:
     skip_bad_files: bool = False
     run_id: str | None = None
     plots: bool = True
-    extra_vectors: object = None   # a DataFrame of contract rows made in this run (server-side featurization)
+    images: list[str] = field(default_factory=list)   # raw photos to featurize in this run (fallback)
+    model_path: str | None = None  # the .tflite for --images (local, s3://, s3a://); default: the committed one
+    batch_rows: int = 32           # photos per Arrow batch when featurizing
 
 
 @dataclass
@@ -162,15 +164,24 @@ def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
     if cfg.inputs:
         df, bad_files, n_files = read_inputs(spark, cfg.inputs, skip_bad_files=cfg.skip_bad_files)
         frames.append(df)
-    if cfg.extra_vectors is not None:
-        frames.append(cfg.extra_vectors.withColumn("file", F.lit("server-side featurization")))
+    feat = None
+    if cfg.images:
+        from cloud_pca.featurize import featurize
+        from edge_client.runtime import default_model_path
+
+        say(f"featurizing raw photos under {', '.join(cfg.images)}")
+        t = time.perf_counter()
+        feat = featurize(spark, cfg.images, model_path=cfg.model_path or str(default_model_path()),
+                         batch_rows=cfg.batch_rows)
+        timings["featurize_s"] = time.perf_counter() - t
+        frames.append(feat.vectors.withColumn("file", F.lit("featurized from " + ", ".join(cfg.images))))
     if not frames:
         raise JobError("nothing to fit: give --input and/or --images")
     df = frames[0]
     for other in frames[1:]:
         df = df.unionByName(other)
     df = classify(df, cfg.model_sha256).cache()
-    rows_in = df.count()
+    rows_in = df.count() + (feat.counts["rejected"] if feat else 0)
     if rows_in == 0:
         raise JobError(f"the input holds no rows ({n_files} file(s))")
     valid = df.filter(F.col("reason").isNull())
@@ -181,6 +192,8 @@ def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
     unique = ranked.filter(F.col("_n") == 1).drop("_n", "reason").cache()
     n_unique = unique.count()
     rejects = df.filter(F.col("reason").isNotNull()).select("image_id", "source", "client_id", "file", "reason")
+    if feat is not None:  # photos that could not be decoded
+        rejects = rejects.unionByName(feat.rejects)
     n_rejected = rejects.count()
     n_duplicates = rows_in - n_rejected - n_unique
     timings["read_validate_s"] = time.perf_counter() - t0
@@ -192,12 +205,8 @@ def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
 
     say("projecting and writing")
     t = time.perf_counter()
-    from pyspark.ml.functions import vector_to_array
-
     label = F.col(cfg.label_col) if cfg.label_col in unique.columns else F.lit(None).cast("string")
-    projected = (model.transform(unique.withColumn("_label", label))
-                 .select("image_id", F.col("_label").alias("label"), "client_id",
-                         vector_to_array("pca", "float32").alias("pca")))
+    projected = model.project(unique.select("image_id", label.alias("label"), "client_id", "features"))
     projected.write.mode("overwrite").parquet(f"{run_uri}/projections")
     model.save(f"{run_uri}/model")
     rejects.write.mode("overwrite").parquet(f"{run_uri}/rejects")
@@ -228,6 +237,7 @@ def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
     summary = {
         "run_id": run_id, "run_uri": run_uri, "inputs": cfg.inputs, "files": n_files,
         "bad_files": [{"file": f, "reason": r} for f, r in bad_files],
+        "photos": feat.counts if feat else None,
         "rows_in": int(rows_in), "projected": int(n_unique), "rejected": int(n_rejected),
         "duplicates": int(n_duplicates), "reconciles": rows_in == n_unique + n_rejected + n_duplicates,
         "model_sha256": cfg.model_sha256 or next(iter(model_counts), None), "rows_per_model": model_counts,
@@ -244,5 +254,7 @@ def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
                     "summary.json"] + (["plots/"] if cfg.plots else [])}).encode())
     df.unpersist()
     unique.unpersist()
+    if feat is not None:
+        feat.unpersist()
     return JobResult(run_uri, summary, explained, model, timings)
 

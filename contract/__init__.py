@@ -21,5 +21,8 @@ from contract.vectors import (  # noqa: F401
     vectors_object_key,
     vectors_prefix,
     raw_prefix,
+    raw_object_key,
+    label_from_path,
+    NO_LABEL,
     write_vectors,
 )

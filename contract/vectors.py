@@ -12,12 +12,14 @@ One row per image::
     client_id      string     who vectorized it (a device id, or "server:<host>" for the cloud fallback)
     vectorized_at  timestamp[us, UTC]
 
-Files are Parquet with zstd compression; the key-value metadata carries the fingerprint too.
+Files are Parquet with zstd compression; files the edge client writes carry the fingerprint in their
+key-value metadata too (Spark-written files, from the server-side fallback, carry it in the column only).
 
 S3 key layout under a dataset root ``s3://BUCKET/PREFIX``::
 
     PREFIX/vectors/model=<model_sha256>/client=<client_id>/part-<content>.parquet
-    PREFIX/raw/<client_id>/<image_id><ext>          (photos of clients that cannot vectorize)
+    PREFIX/raw/client=<client_id>/label=<label>/<image_id><ext>   (photos of clients that cannot vectorize;
+                                                 label URL-quoted, "_" when unknown)
     PREFIX/models/...                                (published models and projection artifacts)
     PREFIX/pca/run=<run_id>/...                      (outputs of the PCA job)
 
@@ -33,6 +35,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+from urllib.parse import quote, unquote
 
 CONTRACT_VERSION = "1"
 FEATURE_DIM = 1280
@@ -45,6 +48,7 @@ VECTOR_COLUMNS = (
     "model_sha256", "model_name", "client_id", "vectorized_at",
 )
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+NO_LABEL = "_"
 _CLIENT_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -97,6 +101,33 @@ def vectors_prefix(root_prefix: str, model_sha256: str | None = None) -> str:
 
 def raw_prefix(root_prefix: str) -> str:
     return _join(root_prefix, "raw") + "/"
+
+
+def raw_object_key(root_prefix: str, client_id: str, label: str | None, image_id: str, ext: str) -> str:
+    """The key of one raw photo: ``raw/client=<id>/label=<url-quoted label or _>/<image_id><ext>``.
+
+    The label is in the key (not only in object metadata) because Spark's ``binaryFile`` reader sees paths,
+    not metadata; :func:`label_from_path` reads it back.
+
+    >>> raw_object_key("team", "phone-1", "Apple Red", "ab" * 32, ".jpg")[:46]
+    'team/raw/client=phone-1/label=Apple%20Red/abab'
+    """
+    if not _CLIENT_RE.match(client_id):
+        raise ContractError(f"client_id={client_id!r} must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+    _check_sha(image_id, "image_id")
+    folder = "label=" + (quote(label, safe="") if label else NO_LABEL)
+    return _join(root_prefix, "raw", f"client={client_id}", folder, image_id + ext.lower())
+
+
+def label_from_path(path: str) -> str | None:
+    """The label of a photo from its path: a ``label=`` folder (raw upload layout) or else the parent folder
+    (Fruits-360 layout: ``Training/<label>/<file>``); ``None`` when there is no parent folder."""
+    parts = [p for p in path.replace("\\", "/").split("/") if p]
+    for part in reversed(parts[:-1]):
+        if part.startswith("label="):
+            value = part[len("label="):]
+            return None if value == NO_LABEL else unquote(value)
+    return parts[-2] if len(parts) >= 2 else None
 
 
 def content_key(model_sha256: str, image_ids: Iterable[str]) -> str:

@@ -19,7 +19,7 @@ from typing import Iterable
 from urllib.parse import urlparse
 
 from contract import ContractError, content_key, read_vectors, vectors_object_key
-from contract.vectors import file_metadata, raw_prefix
+from contract.vectors import file_metadata, raw_object_key
 from edge_client.vectorize import Photo, UserError
 
 log = logging.getLogger(__name__)
@@ -256,10 +256,11 @@ def upload_vectors(client, files: Iterable[str | os.PathLike], bucket: str, root
 
 def upload_raw(client, photos: list[Photo], bucket: str, root: str, *, manifest: Manifest, client_id: str,
                endpoint_url: str | None = None, progress: bool = True) -> UploadSummary:
-    """For clients that cannot vectorize: put the photos themselves under ``root/raw/<client>/``.
+    """For clients that cannot vectorize: put the photos themselves under ``root/raw/``.
 
-    Keys are ``<image_id><ext>`` so the same photo is stored once, whatever its name; the label and the
-    original name travel as object metadata (ASCII-escaped).
+    Keys are :func:`contract.raw_object_key`: ``client=<id>/label=<label>/<image_id><ext>``, so the same
+    photo is stored once whatever its name, and the server-side featurization reads the label from the key;
+    the original name travels as object metadata (ASCII-escaped).
     """
     from botocore.exceptions import BotoCoreError, ClientError
     from tqdm import tqdm
@@ -271,7 +272,6 @@ def upload_raw(client, photos: list[Photo], bucket: str, root: str, *, manifest:
     check_bucket(client, bucket, endpoint_url)
     start = time.perf_counter()
     done = manifest.uploaded_ids(bucket, root, "raw")
-    prefix = raw_prefix(root) + f"{client_id}/"
     for photo in tqdm(photos, desc="uploading photos", unit="img", disable=not progress, leave=False):
         try:
             data = photo.path.read_bytes()
@@ -282,7 +282,7 @@ def upload_raw(client, photos: list[Photo], bucket: str, root: str, *, manifest:
         if iid in done:
             summary.rows_skipped += 1
             continue
-        key = prefix + iid + photo.path.suffix.lower()
+        key = raw_object_key(root, client_id, photo.label, iid, photo.path.suffix)
         meta = {"fruits-source": photo.source.encode("ascii", "backslashreplace").decode()[:1024]}
         if photo.label is not None:
             meta["fruits-label"] = photo.label.encode("ascii", "backslashreplace").decode()

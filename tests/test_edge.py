@@ -19,6 +19,8 @@ from contract.vectors import cosine
 from edge_client.cli import main as edge_main
 from edge_client.preprocess import image_id
 
+from badphotos import bad_photo_folder
+
 
 def run_cli(*args):
     return edge_main(["--quiet", *map(str, args)])
@@ -58,50 +60,8 @@ def test_vectors_separate_the_fruit_classes(vectors_file):
     assert accuracy >= 0.9, accuracy  # chance is 1/6
 
 
-def _bad_photo_folder(root, photos):
-    """One folder with every kind of troublesome photo the issue lists, next to a few good ones."""
-    src = sorted((photos / "Banana").glob("*.jpg"))
-    d = root / "Mixed"
-    d.mkdir(parents=True)
-    good = Image.open(src[0]).convert("RGB")
-    shutil.copy(src[0], d / "good.jpg")
-    shutil.copy(src[0], d / "same photo, other name.jpg")            # duplicate
-    (d / "zero.jpg").write_bytes(b"")
-    (d / "truncated.jpg").write_bytes(src[1].read_bytes()[:400])
-    (d / "text.jpg").write_text("this is not a photo")
-    rgba = good.convert("RGBA")
-    rgba.putalpha(200)
-    rgba.save(d / "alpha.png")
-    good.convert("L").save(d / "gray.jpg")
-    good.convert("L").save(d / "gray.png")
-    good.convert("CMYK").save(d / "cmyk.jpg")
-    arr16 = (np.asarray(good.convert("L"), np.uint16) * 257)
-    Image.fromarray(arr16).save(d / "sixteen.png")
-    # EXIF-rotated: pixels stored turned 90 degrees, orientation tag 6 says "rotate back".  Lossless
-    # PNG on both sides, so the only difference is the orientation handling.
-    upright = Image.open(src[2]).convert("RGB")
-    upright.save(d / "upright.png")
-    stored = upright.transpose(Image.Transpose.ROTATE_90)
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    stored.save(d / "rotated.png", exif=exif.tobytes())
-    # Decompression bomb: a PNG header that claims 40000 x 40000 pixels.
-    bomb = io.BytesIO()
-    Image.new("L", (1, 1)).save(bomb, "PNG")
-    data = bytearray(bomb.getvalue())
-    data[16:24] = struct.pack(">II", 40000, 40000)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # keep the IHDR chunk's CRC valid
-    (d / "bomb.png").write_bytes(bytes(data))
-    os.symlink(d / "does-not-exist.jpg", d / "unreadable.jpg")
-    weird = os.fsencode(str(d)) + b"/caf\xe9-latin1.jpg"
-    shutil.copy(src[3], weird)
-    shutil.copy(src[4], d / ("long-" + "x" * 200 + ".jpg"))
-    (d / "notes.txt").write_text("skipped by extension")
-    return root
-
-
 def test_vectorize_bad_photos_each_rejected_with_a_reason(tmp_path, photos, capsys):
-    root = _bad_photo_folder(tmp_path / "in", photos)
+    root = bad_photo_folder(tmp_path / "in", photos)
     out = tmp_path / "v.parquet"
     code = run_cli("vectorize", root, "--out", out, "--threads", "2")
     assert code == 3, "exit code 3: done, with rejects"

@@ -1,0 +1,257 @@
+"""Server-side featurization: raw photos -> vectors in the data contract, with the edge client's own code.
+
+For clients that upload photos instead of vectors. Spark lists the photos (``binaryFile``, recursive; files
+whose extension is not an image extension are skipped and counted), and a pandas UDF of the iterator form
+runs :func:`edge_client.preprocess.preprocess` and :class:`edge_client.runtime.Model` (imported, not
+copied) on the same ``.tflite`` the devices use. So a photo gets the same vector whichever side computes it.
+
+- The model reaches the workers as EMR would ship it: ``SparkContext.addFile`` of the ``.tflite`` and its
+  card (a local path, ``s3://`` or ``s3a://``), opened on each worker with ``SparkFiles.get``; one
+  interpreter per Python worker (cached across tasks), one interpreter thread by default because Spark
+  already runs one task per core.
+- Arrow batches of photos are bounded (``batch_rows``, default 32) so a worker holds at most that many
+  photos' bytes at once; see the README for memory per worker.
+- Photos that cannot be decoded become rejects with their path and reason; the run goes on.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Iterator, Tuple
+from urllib.parse import unquote
+
+import pandas as pd
+
+from contract import VECTOR_COLUMNS, label_from_path, load_model_card
+from contract.vectors import card_path_for
+from edge_client.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+
+log = logging.getLogger(__name__)
+SERVER_CLIENT_ID = "server:spark"
+DEFAULT_BATCH_ROWS = 32
+RESULT_DDL = ("image_id string, label string, source string, width int, height int, "
+              "features array<float>, reason string")
+
+_WORKER_MODELS: dict = {}   # one interpreter per Python worker process, reused by every task it runs
+
+
+class FeaturizeError(ValueError):
+    """Input the featurization refuses (no photos, an unreadable model); the message says what."""
+
+
+@dataclass
+class Featurized:
+    """The outcome of :func:`featurize`: contract rows, rejects and the counts that reconcile them."""
+
+    vectors: object       # DataFrame with exactly the contract's columns (persisted)
+    rejects: object       # DataFrame: image_id, source, client_id, file, reason (persisted)
+    counts: dict          # files, not_image, photos, ok, rejected
+    model_sha256: str
+    model_name: str
+    cached: list = field(default_factory=list)   # what to unpersist when done
+
+    def unpersist(self) -> None:
+        for df in self.cached:
+            df.unpersist()
+
+
+def _worker_model(name: str, threads: int):
+    from pyspark import SparkFiles
+
+    from edge_client.runtime import Model
+
+    key = (name, threads)
+    model = _WORKER_MODELS.get(key)
+    if model is None:
+        model = _WORKER_MODELS[key] = Model(SparkFiles.get(name), threads=threads)
+    return model
+
+
+def ship_model(spark, model_path: str):
+    """``addFile`` the model and its card; returns the card, read back from the driver's SparkFiles copy."""
+    from pyspark import SparkFiles
+
+    model_path = str(model_path)
+    card_path = str(card_path_for(model_path)) if "://" not in model_path else model_path[: -len(".tflite")] + ".json"
+    if not model_path.endswith(".tflite"):
+        raise FeaturizeError(f"--model {model_path}: expected a .tflite file")
+    if "://" not in model_path and not os.path.exists(model_path):
+        raise FeaturizeError(f"--model {model_path}: no such file")
+    sc = spark.sparkContext
+    for path in (model_path, card_path):
+        try:
+            sc.addFile(path)
+        except Exception as exc:  # Py4JJavaError: not found / no access
+            first = str(exc).strip().splitlines()[0][:300]
+            raise FeaturizeError(f"cannot ship {path} to the workers: {first}") from None
+    local = SparkFiles.get(os.path.basename(model_path))
+    return load_model_card(local), os.path.basename(model_path)
+
+
+def _qualified(spark, uri: str) -> str:
+    jvm = spark._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return fs.makeQualified(path).toString().rstrip("/") + "/"
+
+
+def _relative(path: str, roots: list[str]) -> str:
+    for root in roots:
+        if path.startswith(root):
+            return path[len(root):]
+    return path
+
+
+def _listed_path(uri: str) -> str:
+    """A path from ``DataFrame.inputFiles`` (a URI: ``file:///a%20b``) spelled as the scan's ``path`` column
+    spells it (Hadoop's ``Path.toString``: ``file:/a b``)."""
+    path = unquote(uri)
+    return "file:/" + path[len("file:///"):] if path.startswith("file:///") else path
+
+
+def _unread_row(spark, path: str, roots: list[str], size: int) -> tuple:
+    """A rejects row for a listed photo the scan did not read: empty (Spark skips those) or gone."""
+    from edge_client.preprocess import ImageRejected, image_id, preprocess
+
+    jvm = spark._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    reason = "listed but gone when read (deleted during the run?)"
+    if fs.exists(hpath) and fs.getFileStatus(hpath).getLen() == 0:
+        try:
+            preprocess(b"", size)
+        except ImageRejected as exc:  # the edge client's own wording for an empty file
+            reason = str(exc)
+    source = _relative(path, roots)
+    return (image_id(b""), label_from_path(source), source, None, None, None, reason, path)
+
+
+def split_settings(spark, files, n_files: int, tasks_per_core: int, open_cost: int = 64 * 1024) -> dict[str, str]:
+    """File-split settings for a photo scan: about ``tasks_per_core`` tasks per core for small inputs.
+
+    Spark's defaults (4 MB "open cost" per file, 128 MB splits) cut 1,000 thumbnails into 32 tasks, and a
+    pandas UDF task costs about 0.1-0.2 s of fixed overhead here, which is more than the inference of 32
+    thumbnails; large inputs still get 128 MB splits.
+    """
+    total = int(files._jdf.queryExecution().optimizedPlan().stats().sizeInBytes())
+    slots = max(1, spark.sparkContext.defaultParallelism) * max(1, tasks_per_core)
+    split = -(-(total + n_files * open_cost) // slots)
+    split = max(1 << 20, min(128 << 20, split))
+    return {"spark.sql.files.openCostInBytes": str(open_cost), "spark.sql.files.maxPartitionBytes": str(split)}
+
+
+def featurize(spark, images: str | list[str], *, model_path: str, client_id: str = SERVER_CLIENT_ID,
+              threads: int = 1, batch_rows: int = DEFAULT_BATCH_ROWS, tasks_per_core: int = 2,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> Featurized:
+    """Vectorize every photo under ``images``; the result is persisted and counted (inference runs once)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.functions import pandas_udf
+
+    uris = [str(images)] if isinstance(images, (str, os.PathLike)) else [str(u) for u in images]
+    if threads < 1:
+        raise FeaturizeError(f"--threads={threads} must be at least 1")
+    if batch_rows < 1:
+        raise FeaturizeError(f"--batch-rows={batch_rows} must be at least 1")
+    card, model_file = ship_model(spark, model_path)
+    size = card.input_size
+    roots = []
+    for uri in uris:
+        try:
+            roots.append(_qualified(spark, uri))
+        except Exception as exc:
+            raise FeaturizeError(f"{uri}: {str(exc).strip().splitlines()[0][:300]}") from None
+
+    try:
+        files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(uris)
+        listed = [_listed_path(p) for p in files.inputFiles()]
+    except Exception as exc:  # AnalysisException: path does not exist; no access
+        raise FeaturizeError(f"cannot list photos under {', '.join(uris)}: "
+                             f"{str(exc).strip().splitlines()[0][:300]}") from None
+    photos = [p for p in listed if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS]
+    n_other = len(listed) - len(photos)
+    if not photos:
+        raise FeaturizeError(f"no photos under {', '.join(uris)} ({n_other} other file(s); looked for "
+                             f"{', '.join(IMAGE_EXTENSIONS)})")
+    ext = F.lower(F.regexp_extract("path", r"(\.[^./]+)$", 1))
+    is_image = ext.isin(*IMAGE_EXTENSIONS)
+
+    def vectorize_batches(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        from edge_client.preprocess import ImageRejected, image_id, preprocess
+
+        model = _worker_model(model_file, threads)
+        for paths, contents in batches:
+            out = {name: [] for name in ("image_id", "label", "source", "width", "height", "features", "reason")}
+            for path, data in zip(paths, contents):
+                data = bytes(data) if data is not None else b""
+                source = _relative(path, roots)
+                out["image_id"].append(image_id(data))
+                out["label"].append(label_from_path(source))
+                out["source"].append(source)
+                try:
+                    x, width, height = preprocess(data, size, max_pixels=max_pixels)
+                except ImageRejected as exc:
+                    out["width"].append(None)
+                    out["height"].append(None)
+                    out["features"].append(None)
+                    out["reason"].append(str(exc))
+                    continue
+                out["width"].append(width)
+                out["height"].append(height)
+                out["features"].append(model.features(x))
+                out["reason"].append(None)
+            yield pd.DataFrame(out)
+
+    udf = pandas_udf(vectorize_batches, RESULT_DDL)
+    result = (files.filter(is_image).select(udf("path", "content").alias("r"), F.col("path").alias("file"))
+              .select("r.*", "file"))
+    settings = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(batch_rows),
+                **split_settings(spark, files, len(listed), tasks_per_core)}
+    previous = {key: spark.conf.get(key) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        result = result.persist()
+        n_rows = result.count()   # runs the inference, with the bounded batch size and split size
+    except Exception as exc:
+        result.unpersist()
+        raise FeaturizeError(f"featurization failed: {str(exc).strip().splitlines()[0][:500]}") from None
+    finally:
+        for key, value in previous.items():
+            spark.conf.set(key, value)
+    cached = [result]
+    if n_rows < len(photos):
+        # Spark's file scan leaves zero-byte files out; every listed photo must be vectorized or rejected.
+        read = {r["file"] for r in result.select("file").collect()}
+        missing = [p for p in photos if p not in read]
+        extra = spark.createDataFrame([_unread_row(spark, p, roots, size) for p in missing],
+                                      RESULT_DDL + ", file string")
+        result = result.unionByName(extra).persist()
+        cached.append(result)
+        n_rows = result.count()
+
+    ok = result.filter(F.col("reason").isNull())
+    vectors = ok.select(
+        "image_id", "label", "source", "width", "height", "features",
+        F.lit(card.sha256).alias("model_sha256"), F.lit(card.name).alias("model_name"),
+        F.lit(client_id).alias("client_id"), F.current_timestamp().alias("vectorized_at"))
+    assert tuple(vectors.columns) == VECTOR_COLUMNS
+    rejects = result.filter(F.col("reason").isNotNull()).select(
+        "image_id", "source", F.lit(client_id).alias("client_id"), "file", "reason")
+    n_rejected = rejects.count()
+    if n_rows != len(photos):  # listed vs read: a file appeared or vanished during the run
+        log.warning("listed %d photos but read %d; the counts below are what was read", len(photos), n_rows)
+    counts = {"files": n_rows + n_other, "not_image": n_other, "photos": n_rows, "ok": n_rows - n_rejected,
+              "rejected": n_rejected}
+    log.info("featurized %s", counts)
+    return Featurized(vectors, rejects, counts, card.sha256, card.name, cached)
+
+
+def write_featurized(feat: Featurized, output: str, *, mode: str = "errorifexists") -> str:
+    """Write the vectors under the contract's key layout below ``output`` (a dataset root); returns the URI."""
+    from contract import vectors_prefix
+
+    uri = output.rstrip("/") + "/" + vectors_prefix("", feat.model_sha256).strip("/") + \
+        f"/client={SERVER_CLIENT_ID.replace(':', '-')}"
+    feat.vectors.write.mode(mode).option("compression", "zstd").parquet(uri)
+    return uri
