@@ -41,7 +41,11 @@ class LocalS3:
 
     def start(self) -> "LocalS3":
         if self.mode == "thread":
+            import logging
+
             from moto.server import ThreadedMotoServer
+
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
 
             self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
             self._server.start()

@@ -2,9 +2,15 @@
 
 Idempotence: rows are sorted by ``image_id`` and cut into objects of ``rows_per_object`` rows, each named
 by the fingerprint and the ids it holds (:func:`contract.vectors_object_key`).  Uploading the same rows
-again maps to the same keys, which already exist and are skipped; rows that the manifest says are
-already uploaded are left out before cutting.  An object is recorded in the manifest only after S3
-confirmed it, so an interrupted run resumes where it stopped.
+again maps to the same keys; every PUT is conditional (``If-None-Match: *``), so S3 itself refuses to
+write a key that exists (412) and nothing is ever overwritten.  Rows that the manifest says are already
+uploaded are left out before cutting.  An object is recorded in the manifest only after S3 confirmed it,
+so an interrupted run resumes where it stopped.
+
+Least privilege: the uploader never reads or lists the bucket. It needs ``s3:PutObject`` (and
+``s3:AbortMultipartUpload``) under ``vectors/`` and ``raw/`` only; ``bootstrap/policies.py`` grants
+exactly that. ``HeadBucket`` is tried first for a clear "bucket does not exist" message; a 403 there
+(write-only credentials cannot see the bucket) is not an error.
 """
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ from edge_client.vectorize import Photo, UserError
 
 log = logging.getLogger(__name__)
 DEFAULT_ROWS_PER_OBJECT = 5000  # ~15-25 MB of zstd Parquet: few PUTs, still resumable in small steps
+SINGLE_PUT_MAX = 64 * 1024 * 1024   # above this, a multipart upload in PART_SIZE parts
+PART_SIZE = 8 * 1024 * 1024
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -121,19 +129,52 @@ def check_bucket(client, bucket: str, endpoint_url: str | None = None) -> None:
 
     try:
         client.head_bucket(Bucket=bucket)
-    except (ClientError, BotoCoreError) as exc:
+    except ClientError as exc:
+        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 403:
+            log.debug("HeadBucket %s: 403; write-only credentials cannot check the bucket, going on", bucket)
+            return
+        _fail(exc, bucket, endpoint_url)
+    except BotoCoreError as exc:
         _fail(exc, bucket, endpoint_url)
 
 
-def _exists(client, bucket: str, key: str) -> bool:
+def _precondition_failed(exc) -> bool:
+    err = exc.response.get("Error", {})
+    return err.get("Code") in ("PreconditionFailed", "412") or \
+        exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412
+
+
+def put_if_absent(client, bucket: str, key: str, body: bytes, **extra) -> str | None:
+    """Write ``key`` unless it exists (S3 conditional write ``If-None-Match: *``).
+
+    Returns the ETag S3 confirmed, or ``None`` when the object was already there. Bodies over
+    :data:`SINGLE_PUT_MAX` go up as a multipart upload whose completion carries the same condition.
+    """
     from botocore.exceptions import ClientError
 
+    if len(body) <= SINGLE_PUT_MAX:
+        try:
+            return client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", **extra)["ETag"]
+        except ClientError as exc:
+            if _precondition_failed(exc):
+                return None
+            raise
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
     try:
-        client.head_object(Bucket=bucket, Key=key)
-        return True
-    except ClientError as exc:
-        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-            return False
+        parts = []
+        for number, start in enumerate(range(0, len(body), PART_SIZE), start=1):
+            resp = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                      Body=body[start:start + PART_SIZE])
+            parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+        return client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, IfNoneMatch="*",
+                                                MultipartUpload={"Parts": parts})["ETag"]
+    except BaseException as exc:
+        try:
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except Exception:  # the original error matters more; S3 lifecycle rules clean up leftovers
+            log.debug("abort of multipart upload %s failed", upload_id)
+        if isinstance(exc, ClientError) and _precondition_failed(exc):
+            return None
         raise
 
 
@@ -176,7 +217,6 @@ def upload_vectors(client, files: Iterable[str | os.PathLike], bucket: str, root
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-    from boto3.s3.transfer import TransferConfig
     from botocore.exceptions import BotoCoreError, ClientError
     from tqdm import tqdm
 
@@ -195,8 +235,6 @@ def upload_vectors(client, files: Iterable[str | os.PathLike], bucket: str, root
     counter = RequestCounter(client)
     start = time.perf_counter()
     check_bucket(client, bucket, endpoint_url)
-    transfer = TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=8 * 1024 * 1024,
-                              max_concurrency=4)
     for model_sha in sorted(set(table.column("model_sha256").to_pylist())):
         part = table.filter(pc.equal(table.column("model_sha256"), model_sha))
         # Same image twice (in two files): keep the first, as downstream would.
@@ -217,36 +255,35 @@ def upload_vectors(client, files: Iterable[str | os.PathLike], bucket: str, root
             chunk_ids = chunk.column("image_id").to_pylist()
             by = client_id or chunk.column("client_id")[0].as_py()
             key = vectors_object_key(root, model_sha, by, chunk_ids)
+            if manifest.has_object(bucket, key):
+                summary.objects_skipped += 1
+                bar.update(chunk.num_rows)
+                continue
+            buf = io.BytesIO()
+            pq.write_table(chunk.replace_schema_metadata(file_metadata(model_sha, model_name)), buf,
+                           compression="zstd")
+            body = buf.getvalue()
             try:
-                known = manifest.has_object(bucket, key)
-                if known or _exists(client, bucket, key):
-                    summary.objects_skipped += 1
-                    if not known:  # on S3 already (another machine uploaded it): remember it here too
-                        manifest.record(bucket, key, root=root, kind="vectors", model_sha256=model_sha,
-                                        image_ids=chunk_ids, rows=chunk.num_rows, size=0, etag="")
-                    bar.update(chunk.num_rows)
-                    continue
-                buf = io.BytesIO()
-                pq.write_table(chunk.replace_schema_metadata(file_metadata(model_sha, model_name)), buf,
-                               compression="zstd")
-                size = buf.tell()
-                buf.seek(0)
-                client.upload_fileobj(buf, bucket, key, Config=transfer, ExtraArgs={
-                    "ContentType": "application/vnd.apache.parquet",
-                    "Metadata": {"fruits-model-sha256": model_sha, "fruits-rows": str(chunk.num_rows),
-                                 "fruits-content": content_key(model_sha, chunk_ids)}})
-                etag = client.head_object(Bucket=bucket, Key=key)["ETag"]  # confirmed by S3
+                etag = put_if_absent(client, bucket, key, body, ContentType="application/vnd.apache.parquet",
+                                     Metadata={"fruits-model-sha256": model_sha, "fruits-rows": str(chunk.num_rows),
+                                               "fruits-content": content_key(model_sha, chunk_ids)})
             except (ClientError, BotoCoreError) as exc:
                 bar.close()
                 _fail(exc, bucket, endpoint_url)
             except ConnectionError as exc:  # urllib3 errors that botocore does not wrap
                 bar.close()
                 _fail(exc, bucket, endpoint_url)
+            if etag is None:  # on S3 already (another machine, or a run killed after the PUT): remember it
+                manifest.record(bucket, key, root=root, kind="vectors", model_sha256=model_sha,
+                                image_ids=chunk_ids, rows=chunk.num_rows, size=0, etag="")
+                summary.objects_skipped += 1
+                bar.update(chunk.num_rows)
+                continue
             manifest.record(bucket, key, root=root, kind="vectors", model_sha256=model_sha,
-                            image_ids=chunk_ids, rows=chunk.num_rows, size=size, etag=etag)
+                            image_ids=chunk_ids, rows=chunk.num_rows, size=len(body), etag=etag)
             summary.objects_put += 1
             summary.rows_put += chunk.num_rows
-            summary.bytes_put += size
+            summary.bytes_put += len(body)
             bar.update(chunk.num_rows)
         bar.close()
     summary.seconds = time.perf_counter() - start
@@ -287,12 +324,16 @@ def upload_raw(client, photos: list[Photo], bucket: str, root: str, *, manifest:
         if photo.label is not None:
             meta["fruits-label"] = photo.label.encode("ascii", "backslashreplace").decode()
         try:
-            resp = client.put_object(Bucket=bucket, Key=key, Body=data, Metadata=meta)
+            etag = put_if_absent(client, bucket, key, data, Metadata=meta)
         except (ClientError, BotoCoreError) as exc:
             _fail(exc, bucket, endpoint_url)
         manifest.record(bucket, key, root=root, kind="raw", model_sha256="", image_ids=[iid], rows=1,
-                        size=len(data), etag=resp.get("ETag", ""))
+                        size=len(data) if etag else 0, etag=etag or "")
         done.add(iid)
+        if etag is None:
+            summary.rows_skipped += 1
+            summary.objects_skipped += 1
+            continue
         summary.objects_put += 1
         summary.rows_put += 1
         summary.bytes_put += len(data)

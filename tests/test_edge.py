@@ -228,3 +228,19 @@ def test_sync_skips_photos_already_uploaded(tmp_path, photos, s3, s3_server, buc
     assert "10 already uploaded" in out and "10 rows in 1 new objects" in out
     ids = bucket_rows(s3, bucket)
     assert len(ids) == len(set(ids)) == 20
+
+
+def test_conditional_put_never_overwrites_single_or_multipart(s3, bucket, monkeypatch):
+    """Idempotence does not depend on reading the bucket: S3 refuses a second write of the same key."""
+    from edge_client import upload
+
+    assert upload.put_if_absent(s3, bucket, "k/small", b"first") is not None
+    assert upload.put_if_absent(s3, bucket, "k/small", b"second") is None
+    assert s3.get_object(Bucket=bucket, Key="k/small")["Body"].read() == b"first"
+    monkeypatch.setattr(upload, "SINGLE_PUT_MAX", 1024 * 1024)
+    monkeypatch.setattr(upload, "PART_SIZE", 5 * 1024 * 1024)  # S3's smallest part
+    big = os.urandom(11 * 1024 * 1024)
+    assert upload.put_if_absent(s3, bucket, "k/big", big) is not None
+    assert upload.put_if_absent(s3, bucket, "k/big", b"x" * len(big)) is None
+    assert s3.get_object(Bucket=bucket, Key="k/big")["Body"].read() == big
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []  # the refused one was aborted
