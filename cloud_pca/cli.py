@@ -73,7 +73,89 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "task per core already)")
     f.add_argument("--batch-rows", type=int, default=32, help="photos per Arrow batch (bounds worker memory)")
     f.add_argument("--overwrite", action="store_true", help="replace vectors this command wrote before")
+
+    e = sub.add_parser("emr", help="run the job on AWS EMR: plan | launch | status | terminate",
+                       description="A transient EMR 7.x cluster (Spark 3.5) whose steps are featurize (optional) "
+                                   "and PCA; it terminates itself when the steps end.\n\nexample: fruits-cloud emr "
+                                   "plan --bucket fruits-data --vectors 1000000",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    esub = e.add_subparsers(dest="emr_command", metavar="ACTION")
+    for name, text in (("plan", "print the run_job_flow request and the estimated cost; changes nothing"),
+                       ("launch", "create roles, harden the bucket, upload code/model/bootstrap, start the cluster")):
+        a = esub.add_parser(name, help=text, description=text)
+        a.add_argument("--bucket", required=True)
+        a.add_argument("--prefix", default="fruits", help="dataset root in the bucket (default fruits)")
+        a.add_argument("--region", default=os.environ.get("AWS_REGION", "eu-west-3"))
+        a.add_argument("--release", default="emr-7.5.0", help="EMR 7.x release (Spark 3.5)")
+        a.add_argument("--instance-type", default="m5.xlarge")
+        a.add_argument("--core-nodes", type=int, default=2, help="on-demand core nodes")
+        a.add_argument("--task-nodes", type=int, default=2, help="spot task nodes")
+        a.add_argument("--idle-timeout", type=int, default=3600, help="seconds idle before auto-termination")
+        a.add_argument("--images", action="store_true", help="add the featurize step for raw/ photos")
+        a.add_argument("--model", default="mobilenetv2_160_fp32.tflite", help="model file under models/")
+        a.add_argument("--k", type=int)
+        a.add_argument("--variance", type=float, default=0.95)
+        a.add_argument("--run-id")
+        a.add_argument("--subnet-id")
+        a.add_argument("--vectors", type=int, default=1_000_000, help="vectors to fit (for the cost estimate)")
+        a.add_argument("--raw-photos", type=int, default=0, help="raw photos to featurize (cost estimate)")
+        a.add_argument("--hours", type=float, help="cluster wall time, if known (else estimated)")
+        a.add_argument("--profile")
+    for name, text in (("status", "state of a cluster and its steps"), ("terminate", "terminate a cluster")):
+        a = esub.add_parser(name, help=text, description=text)
+        a.add_argument("cluster_id")
+        a.add_argument("--region", default=os.environ.get("AWS_REGION", "eu-west-3"))
+        a.add_argument("--profile")
     return parser
+
+
+def _emr_spec(args):
+    from bootstrap.emr import ClusterSpec
+
+    spec = ClusterSpec(bucket=args.bucket, prefix=args.prefix, region=args.region, release=args.release,
+                       instance_type=args.instance_type, core_nodes=args.core_nodes, task_nodes=args.task_nodes,
+                       idle_timeout_s=args.idle_timeout, images=args.images, model=args.model, k=args.k,
+                       variance=args.variance, subnet_id=args.subnet_id)
+    if args.run_id:
+        spec.run_id = args.run_id
+    return spec
+
+
+def cmd_emr(args) -> int:
+    from bootstrap import emr
+
+    if not args.emr_command:
+        raise emr.EMRError("give an action: plan, launch, status or terminate")
+    if args.emr_command in ("plan", "launch"):
+        spec = _emr_spec(args)
+        emr.validate(spec)
+        if args.emr_command == "plan":
+            print(json.dumps(emr.build_request(spec), indent=2))
+            cost = emr.estimate_cost(spec, vectors=args.vectors, raw_photos=args.raw_photos, hours=args.hours)
+            print(f"\ncost estimate for {args.vectors} vectors + {args.raw_photos} raw photos in {spec.region}:")
+            print("\n".join(cost.lines()))
+            return 0
+        import boto3
+
+        session = boto3.Session(profile_name=args.profile) if args.profile else boto3.Session()
+        say = (lambda m: None) if args.quiet else (lambda m: print(f"[emr] {m}", file=sys.stderr, flush=True))
+        out = emr.launch(spec, session=session, say=say)
+        print(f"cluster: {out['cluster_id']}")
+        print(f"follow it: fruits-cloud emr status {out['cluster_id']} --region {spec.region}")
+        return 0
+    import boto3
+
+    session = boto3.Session(profile_name=args.profile) if args.profile else boto3.Session()
+    client = session.client("emr", region_name=args.region)
+    if args.emr_command == "status":
+        st = emr.status(client, args.cluster_id)
+        print(f"{st['id']} {st['name']}: {st['state']}" + (f" ({st['reason']})" if st["reason"] else ""))
+        for step in st["steps"]:
+            print(f"  {step['state']:12s} {step['name']}")
+        return 0
+    emr.terminate(client, args.cluster_id)
+    print(f"terminating {args.cluster_id}")
+    return 0
 
 
 def cmd_pca(args) -> int:
@@ -132,7 +214,18 @@ def cmd_featurize(args) -> int:
     return 3 if c["rejected"] else 0
 
 
-COMMANDS = {"pca": cmd_pca, "featurize": cmd_featurize}
+COMMANDS = {"pca": cmd_pca, "featurize": cmd_featurize, "emr": cmd_emr}
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's to fix: one line, exit 1. ``bootstrap`` is not shipped to the EMR nodes."""
+    errors: list[type[Exception]] = [JobError, PCAInputError, FeaturizeError]
+    try:
+        from bootstrap.emr import EMRError
+        errors.append(EMRError)
+    except ImportError:
+        pass
+    return tuple(errors)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
-    except (JobError, PCAInputError, FeaturizeError) as exc:
+    except _user_errors() as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     except RuntimeError as exc:  # missing connector jars, Maven not found

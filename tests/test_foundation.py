@@ -6,13 +6,14 @@ import io
 import re
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from bootstrap.requirements import requirement_closure
 
 BIN = Path(sys.executable).parent
 
@@ -24,42 +25,13 @@ def test_console_scripts_help(script):
     assert "usage:" in proc.stdout and script in proc.stdout
 
 
-def _requirement_closure(dist: str, extras: set[str]) -> set[str]:
-    """Names of every distribution that installing dist[extras] pulls in (from installed metadata)."""
-    seen: set[str] = set()
-    todo = [(dist, frozenset(extras))]
-    while todo:
-        name, ex = todo.pop()
-        key = re.sub(r"[-_.]+", "-", name).lower()
-        if (key, ex) in seen:
-            continue
-        seen.add((key, ex))
-        try:
-            reqs = metadata.requires(name) or []
-        except metadata.PackageNotFoundError:
-            continue
-        for req in reqs:
-            spec, _, marker = req.partition(";")
-            m = re.match(r"\s*([A-Za-z0-9_.-]+)(\[([^\]]*)\])?", spec)
-            wanted_extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", marker)
-            if wanted_extra and wanted_extra.group(1) not in ex:
-                continue
-            if marker and not wanted_extra:
-                from packaging.markers import Marker
-                if not Marker(marker).evaluate():
-                    continue
-            sub_extras = frozenset(e.strip() for e in (m.group(3) or "").split(",") if e.strip())
-            todo.append((m.group(1), sub_extras))
-    return {k for k, _ in seen}
-
-
 def test_edge_group_pulls_in_neither_tensorflow_nor_spark():
-    edge = _requirement_closure("fruits", {"edge"})
+    edge = requirement_closure("fruits", {"edge"})
     assert {"ai-edge-litert", "pillow", "pyarrow", "boto3", "numpy"} <= edge
     forbidden = {n for n in edge if n.startswith(("tensorflow", "keras", "pyspark", "tf-keras", "py4j"))}
     assert not forbidden, f"the edge group pulls in {forbidden}"
     # The closure is computed for real: the export group does reach TensorFlow.
-    assert "tensorflow-cpu" in _requirement_closure("fruits", {"export"})
+    assert "tensorflow-cpu" in requirement_closure("fruits", {"export"})
 
 
 def test_edge_modules_import_without_tensorflow_or_spark():

@@ -1,0 +1,401 @@
+"""The Fruits! job on AWS EMR: a transient cluster whose steps are (optional) featurization and PCA.
+
+``plan`` builds the exact ``run_job_flow`` request and a cost estimate and changes nothing; ``launch``
+checks everything first, then creates the IAM roles (least privilege, :mod:`bootstrap.policies`), hardens
+the bucket, uploads the code, model and bootstrap action, and starts the cluster; if any of that fails it
+removes what it created and says so. The cluster terminates itself when its last step ends or fails
+(``KeepJobFlowAliveWhenNoSteps=False``, steps with ``TERMINATE_CLUSTER``); an idle timeout is a backstop.
+
+S3 layout under ``s3://BUCKET/PREFIX/``: ``code/`` (job zip + entry script), ``models/`` (.tflite + card),
+``bootstrap/`` (script + pinned requirements), ``vectors/`` and ``raw/`` (inputs), ``pca/`` (outputs),
+``logs/`` (EMR logs).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import zipfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bootstrap.policies import PolicyError, bucket_settings, check_bucket_name, policy_documents
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PRICES = HERE / "prices.json"
+BOOTSTRAP_SCRIPT = HERE / "emr-bootstrap.sh"
+REQUIREMENTS = HERE / "requirements-emr.txt"
+NODE_PYTHON = "/usr/bin/python3.11"
+CODE_PACKAGES = ("contract", "edge_client", "cloud_pca")
+DEFAULT_RELEASE = "emr-7.5.0"          # Spark 3.5.2
+DEFAULT_REGION = "eu-west-3"
+ROLE_SERVICE = "fruits-emr-service-role"
+ROLE_INSTANCE = "fruits-emr-instance-role"
+INSTANCE_PROFILE = "fruits-emr-instance-profile"
+SERVICE_POLICY_ARN = "arn:aws:iam::aws:policy/service-role/AmazonEMRServicePolicy_v2"
+_REGION_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+
+# Throughput assumptions for the time estimate, per vCPU, from benchmarks on the 2-core dev machine
+# (out/benchmarks/featurize.csv, pca.csv); override with --hours when you know better.
+FEATURIZE_IMAGES_PER_VCPU_S = 90.0
+PCA_VECTORS_PER_VCPU_S = 3000.0
+SETUP_HOURS = 0.25                     # provisioning + bootstrap (~10-15 min on EMR)
+
+
+class EMRError(ValueError):
+    """A request that cannot be planned or launched; the message says what to fix."""
+
+
+def load_prices(path: Path = PRICES) -> dict:
+    return json.loads(path.read_text())
+
+
+@dataclass
+class ClusterSpec:
+    bucket: str
+    prefix: str = "fruits"
+    region: str = DEFAULT_REGION
+    release: str = DEFAULT_RELEASE
+    instance_type: str = "m5.xlarge"
+    core_nodes: int = 2
+    task_nodes: int = 2
+    idle_timeout_s: int = 3600
+    images: bool = False                 # add the featurize step for raw/
+    model: str = "mobilenetv2_160_fp32.tflite"
+    k: int | None = None
+    variance: float = 0.95
+    run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+    subnet_id: str | None = None
+
+    def uri(self, *parts: str) -> str:
+        return "s3://" + "/".join(p.strip("/") for p in (self.bucket, self.prefix, *parts) if p.strip("/"))
+
+
+def validate(spec: ClusterSpec, prices: dict | None = None) -> None:
+    """Every check that can be made without AWS; raises :class:`EMRError` with one line."""
+    prices = prices or load_prices()
+    try:
+        check_bucket_name(spec.bucket)
+    except PolicyError as exc:
+        raise EMRError(str(exc)) from None
+    if not _REGION_RE.match(spec.region or ""):
+        raise EMRError(f"region {spec.region!r} is not an AWS region name (like eu-west-3 or us-east-1)")
+    m = re.fullmatch(r"emr-(\d+)\.(\d+)\.(\d+)", spec.release or "")
+    if not m:
+        raise EMRError(f"release {spec.release!r} is not an EMR release label (like {DEFAULT_RELEASE})")
+    if int(m.group(1)) != 7:
+        raise EMRError(f"release {spec.release} does not ship Spark 3.5: the job needs an EMR 7.x release "
+                       f"(e.g. {DEFAULT_RELEASE}), whose Spark is 3.5")
+    known = prices["ec2_on_demand_per_hour"]
+    if spec.instance_type not in known:
+        raise EMRError(f"instance type {spec.instance_type!r} is unknown here; known: {', '.join(sorted(known))} "
+                       f"(add its prices to bootstrap/prices.json)")
+    if spec.region not in known[spec.instance_type]:
+        regions = sorted(r for r in known[spec.instance_type] if r != "source")
+        raise EMRError(f"no price for {spec.instance_type} in {spec.region}; priced regions: {', '.join(regions)}")
+    if spec.core_nodes < 1 or spec.task_nodes < 0:
+        raise EMRError(f"core nodes must be >= 1 and task nodes >= 0 (got {spec.core_nodes}, {spec.task_nodes})")
+    if not 60 <= spec.idle_timeout_s <= 7 * 24 * 3600:
+        raise EMRError(f"idle timeout {spec.idle_timeout_s}s must be between 60 s and 7 days")
+    if not spec.model.endswith(".tflite"):
+        raise EMRError(f"model {spec.model!r}: expected a .tflite file name under models/")
+
+
+def _spark_submit(spec: ClusterSpec, args: list[str]) -> list[str]:
+    return ["spark-submit", "--deploy-mode", "cluster",
+            "--py-files", spec.uri("code", "fruits-code.zip"),
+            "--conf", f"spark.yarn.appMasterEnv.PYSPARK_PYTHON={NODE_PYTHON}",
+            "--conf", f"spark.executorEnv.PYSPARK_PYTHON={NODE_PYTHON}",
+            spec.uri("code", "fruits_job.py"), *args]
+
+
+def build_request(spec: ClusterSpec) -> dict:
+    """The exact ``run_job_flow`` request for ``spec``."""
+    model_uri = spec.uri("models", spec.model)
+    featurized = spec.uri("pca", "featurized", f"run={spec.run_id}")
+    steps = []
+    if spec.images:
+        steps.append({"Name": "fruits: featurize raw photos", "ActionOnFailure": "TERMINATE_CLUSTER",
+                      "HadoopJarStep": {"Jar": "command-runner.jar", "Args": _spark_submit(spec, [
+                          "featurize", "--images", spec.uri("raw") + "/", "--output", featurized,
+                          "--model", model_uri])}})
+    pca_args = ["pca", "--input", spec.uri("vectors") + "/"]
+    if spec.images:
+        pca_args += ["--input", featurized + "/vectors/"]
+    pca_args += ["--output", spec.uri("pca") + "/", "--run-id", spec.run_id]
+    pca_args += ["--k", str(spec.k)] if spec.k else ["--variance", str(spec.variance)]
+    steps.append({"Name": "fruits: StandardScaler + PCA", "ActionOnFailure": "TERMINATE_CLUSTER",
+                  "HadoopJarStep": {"Jar": "command-runner.jar", "Args": _spark_submit(spec, pca_args)}})
+    groups = [
+        {"Name": "master", "InstanceRole": "MASTER", "Market": "ON_DEMAND", "InstanceType": spec.instance_type,
+         "InstanceCount": 1},
+        {"Name": "core", "InstanceRole": "CORE", "Market": "ON_DEMAND", "InstanceType": spec.instance_type,
+         "InstanceCount": spec.core_nodes},
+    ]
+    if spec.task_nodes:
+        groups.append({"Name": "task (spot)", "InstanceRole": "TASK", "Market": "SPOT",
+                       "InstanceType": spec.instance_type, "InstanceCount": spec.task_nodes})
+    instances: dict = {"InstanceGroups": groups, "KeepJobFlowAliveWhenNoSteps": False,
+                       "TerminationProtected": False}
+    if spec.subnet_id:
+        instances["Ec2SubnetId"] = spec.subnet_id
+    return {
+        "Name": f"fruits-pca-{spec.run_id}",
+        "ReleaseLabel": spec.release,
+        "LogUri": spec.uri("logs") + "/",
+        "Applications": [{"Name": "Spark"}],
+        "Instances": instances,
+        "Steps": steps,
+        "BootstrapActions": [{"Name": "fruits: python3.11 + pinned libraries", "ScriptBootstrapAction": {
+            "Path": spec.uri("bootstrap", "emr-bootstrap.sh"),
+            "Args": [spec.uri("bootstrap", "requirements-emr.txt")]}}],
+        "Configurations": [
+            {"Classification": "spark-env", "Configurations": [
+                {"Classification": "export", "Properties": {"PYSPARK_PYTHON": NODE_PYTHON}}]},
+            {"Classification": "spark-defaults", "Properties": {
+                "spark.executorEnv.OMP_NUM_THREADS": "1", "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
+                "spark.sql.execution.arrow.pyspark.enabled": "true",
+                "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS"}},
+        ],
+        "AutoTerminationPolicy": {"IdleTimeout": spec.idle_timeout_s},
+        "ServiceRole": ROLE_SERVICE,
+        "JobFlowRole": INSTANCE_PROFILE,
+        "VisibleToAllUsers": True,
+        "Tags": [{"Key": "project", "Value": "fruits"}, {"Key": "run", "Value": spec.run_id}],
+    }
+
+
+@dataclass
+class CostEstimate:
+    hours: float
+    nodes: dict
+    ec2_on_demand: float
+    ec2_spot: float
+    emr_fee: float
+    s3_requests: float
+    s3_storage_month: float
+    total: float
+    assumptions: list[str]
+
+    def lines(self) -> list[str]:
+        return [f"estimated wall time {self.hours:.2f} h on {self.nodes}",
+                f"  EC2 on demand (master + core)  ${self.ec2_on_demand:9.2f}",
+                f"  EC2 spot (task)                ${self.ec2_spot:9.2f}",
+                f"  EMR fee (all nodes)            ${self.emr_fee:9.2f}",
+                f"  S3 requests                    ${self.s3_requests:9.2f}",
+                f"  S3 storage (one month)         ${self.s3_storage_month:9.2f}",
+                f"  total                          ${self.total:9.2f}",
+                *(f"  assumption: {a}" for a in self.assumptions)]
+
+
+def estimate_cost(spec: ClusterSpec, *, vectors: int, raw_photos: int = 0, hours: float | None = None,
+                  raw_bytes_per_photo: int = 4000, vector_bytes: int = 3600, rows_per_object: int = 5000,
+                  prices: dict | None = None) -> CostEstimate:
+    """Instance-hours x price + EMR fee + S3 requests and storage, from the prices file."""
+    p = prices or load_prices()
+    it, region = spec.instance_type, spec.region
+    vcpus = p["instance_vcpus"][it]
+    workers = (spec.core_nodes + spec.task_nodes) * vcpus
+    assumptions = []
+    if hours is None:
+        featurize_h = raw_photos / (FEATURIZE_IMAGES_PER_VCPU_S * workers) / 3600 if raw_photos else 0.0
+        pca_h = (vectors + raw_photos) / (PCA_VECTORS_PER_VCPU_S * workers) / 3600
+        hours = SETUP_HOURS + featurize_h + pca_h
+        assumptions.append(f"{SETUP_HOURS} h setup; featurize {FEATURIZE_IMAGES_PER_VCPU_S:.0f} photos/s and PCA "
+                           f"{PCA_VECTORS_PER_VCPU_S:.0f} vectors/s per vCPU (dev-machine benchmarks)")
+    on_demand_nodes = 1 + spec.core_nodes
+    ec2_od = on_demand_nodes * hours * p["ec2_on_demand_per_hour"][it][region]
+    ec2_spot = spec.task_nodes * hours * p["ec2_spot_per_hour"][it][region]
+    fee = (on_demand_nodes + spec.task_nodes) * hours * p["emr_fee_per_hour"][it][region]
+    s3 = p["s3"]
+    objects = math.ceil(vectors / rows_per_object) if vectors else 0
+    gets = objects + raw_photos + 50                     # + code, model, bootstrap, footers
+    puts = 200 + math.ceil((vectors + raw_photos) / 100_000)   # outputs, logs, plots
+    requests = gets / 1000 * s3["get_per_1000"] + puts / 1000 * s3["put_per_1000"]
+    stored_gb = (vectors * vector_bytes + raw_photos * raw_bytes_per_photo) / 1e9
+    storage = stored_gb * s3["storage_per_gb_month"]
+    assumptions.append(f"{vector_bytes} B per stored vector, {raw_bytes_per_photo} B per raw photo, "
+                       f"{rows_per_object} vectors per object; S3 prices: {s3['source']}")
+    total = ec2_od + ec2_spot + fee + requests + storage
+    return CostEstimate(round(hours, 4), {"on_demand": on_demand_nodes, "spot": spec.task_nodes, "type": it},
+                        ec2_od, ec2_spot, fee, requests, storage, total, assumptions)
+
+
+# --------------------------------------------------------------------------------------- AWS operations
+def code_zip() -> bytes:
+    """The job's packages as a zip for ``--py-files`` (no tests, no models, no caches)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for package in CODE_PACKAGES:
+            for path in sorted((ROOT / package).rglob("*.py")):
+                z.write(path, path.relative_to(ROOT).as_posix())
+    return buf.getvalue()
+
+
+def uploads(spec: ClusterSpec, models_dir: Path | None = None) -> dict[str, bytes | Path]:
+    """Key -> content (bytes or a local file) that ``launch`` puts in the bucket."""
+    models_dir = models_dir or ROOT / "models"
+    model = models_dir / spec.model
+    if not model.exists() or not model.with_suffix(".json").exists():
+        raise EMRError(f"model {model} or its card {model.with_suffix('.json').name} is missing")
+    key = lambda *parts: "/".join(p.strip("/") for p in (spec.prefix, *parts) if p.strip("/"))  # noqa: E731
+    return {
+        key("code", "fruits-code.zip"): code_zip(),
+        key("code", "fruits_job.py"): (ROOT / "cloud_pca" / "cli.py"),
+        key("bootstrap", "emr-bootstrap.sh"): BOOTSTRAP_SCRIPT,
+        key("bootstrap", "requirements-emr.txt"): REQUIREMENTS,
+        key("models", spec.model): model,
+        key("models", model.with_suffix(".json").name): model.with_suffix(".json"),
+    }
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+
+
+def check_credentials(sts) -> str:
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    try:
+        return sts.get_caller_identity()["Arn"]
+    except NoCredentialsError:
+        raise EMRError("no AWS credentials found (set AWS_PROFILE / --profile, or AWS_ACCESS_KEY_ID and "
+                       "AWS_SECRET_ACCESS_KEY); nothing was created") from None
+    except (ClientError, BotoCoreError) as exc:
+        raise EMRError(f"AWS rejected the credentials ({_first_line(exc)}); nothing was created") from None
+
+
+@dataclass
+class Created:
+    """What ``launch`` made, in order, so that a failure can undo it."""
+
+    roles: list[str] = field(default_factory=list)
+    role_policies: list[tuple[str, str]] = field(default_factory=list)
+    instance_profiles: list[str] = field(default_factory=list)
+    bucket: str | None = None
+    keys: list[str] = field(default_factory=list)
+    cluster_id: str | None = None
+
+
+def _ensure_roles(iam, spec: ClusterSpec, created: Created) -> None:
+    docs = policy_documents(spec.bucket, spec.prefix)
+    for role, trust in ((ROLE_SERVICE, "emr-service-trust"), (ROLE_INSTANCE, "emr-ec2-trust")):
+        try:
+            iam.get_role(RoleName=role)
+        except iam.exceptions.NoSuchEntityException:
+            iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(docs[trust]),
+                            Description="Fruits! EMR (least privilege, bootstrap/policies.py)",
+                            Tags=[{"Key": "project", "Value": "fruits"}])
+            created.roles.append(role)
+    iam.attach_role_policy(RoleName=ROLE_SERVICE, PolicyArn=SERVICE_POLICY_ARN)
+    iam.put_role_policy(RoleName=ROLE_INSTANCE, PolicyName="fruits-s3-least-privilege",
+                        PolicyDocument=json.dumps(docs["emr-instance-profile"]))
+    created.role_policies.append((ROLE_INSTANCE, "fruits-s3-least-privilege"))
+    try:
+        profile = iam.get_instance_profile(InstanceProfileName=INSTANCE_PROFILE)["InstanceProfile"]
+    except iam.exceptions.NoSuchEntityException:
+        profile = iam.create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)["InstanceProfile"]
+        created.instance_profiles.append(INSTANCE_PROFILE)
+    if ROLE_INSTANCE not in [r["RoleName"] for r in profile.get("Roles", [])]:
+        iam.add_role_to_instance_profile(InstanceProfileName=INSTANCE_PROFILE, RoleName=ROLE_INSTANCE)
+
+
+def harden_bucket(s3, bucket: str, prefix: str = "") -> None:
+    settings = bucket_settings()
+    s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=settings["PublicAccessBlockConfiguration"])
+    s3.put_bucket_encryption(Bucket=bucket,
+                             ServerSideEncryptionConfiguration=settings["ServerSideEncryptionConfiguration"])
+    s3.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls=settings["OwnershipControls"])
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy_documents(bucket, prefix)["bucket-policy"]))
+
+
+def _cleanup(created: Created, *, iam, s3, emr) -> list[str]:
+    """Undo ``created`` (newest first); returns one line per thing removed (or that could not be)."""
+    done = []
+
+    def attempt(label, fn):
+        try:
+            fn()
+            done.append(f"removed {label}")
+        except Exception as exc:  # keep cleaning; report what is left behind
+            done.append(f"could NOT remove {label}: {_first_line(exc)}")
+
+    if created.cluster_id:
+        attempt(f"cluster {created.cluster_id}", lambda: emr.terminate_job_flows(JobFlowIds=[created.cluster_id]))
+    for key in reversed(created.keys):
+        attempt(f"s3://{created.bucket}/{key}", lambda key=key: s3.delete_object(Bucket=created.bucket, Key=key))
+    for name in created.instance_profiles:
+        def drop_profile(name=name):
+            for role in iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"].get("Roles", []):
+                iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=role["RoleName"])
+            iam.delete_instance_profile(InstanceProfileName=name)
+        attempt(f"instance profile {name}", drop_profile)
+    for role in created.roles:
+        def drop_role(role=role):
+            for pol in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+                iam.delete_role_policy(RoleName=role, PolicyName=pol)
+            for att in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]:
+                iam.detach_role_policy(RoleName=role, PolicyArn=att["PolicyArn"])
+            iam.delete_role(RoleName=role)
+        attempt(f"role {role}", drop_role)
+    return done
+
+
+def launch(spec: ClusterSpec, *, session, models_dir: Path | None = None, say=print) -> dict:
+    """Create what the run needs and start the cluster. Returns {"cluster_id", "request", "created"}."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    validate(spec)
+    request = build_request(spec)
+    files = uploads(spec, models_dir)          # fails before anything exists if the model is missing
+    sts = session.client("sts", region_name=spec.region)
+    say(f"credentials: {check_credentials(sts)}")
+    s3 = session.client("s3", region_name=spec.region)
+    iam = session.client("iam", region_name=spec.region)
+    emr = session.client("emr", region_name=spec.region)
+    try:
+        s3.head_bucket(Bucket=spec.bucket)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise EMRError(f"bucket {spec.bucket!r} is not usable ({code or _first_line(exc)}): create it first "
+                       f"(in {spec.region}); nothing was created") from None
+    created = Created(bucket=spec.bucket)
+    try:
+        say("IAM roles and instance profile (least privilege)")
+        _ensure_roles(iam, spec, created)
+        for key, content in files.items():
+            body = content if isinstance(content, bytes) else Path(content).read_bytes()
+            s3.put_object(Bucket=spec.bucket, Key=key, Body=body)
+            created.keys.append(key)
+        say(f"uploaded {len(files)} objects (code, model, bootstrap) under s3://{spec.bucket}/{spec.prefix}/")
+        say(f"hardening bucket {spec.bucket} (public access block, SSE-S3, TLS-only policy)")
+        harden_bucket(s3, spec.bucket, spec.prefix)
+        cluster_id = emr.run_job_flow(**request)["JobFlowId"]
+        created.cluster_id = cluster_id
+    except (ClientError, BotoCoreError, OSError) as exc:
+        undone = _cleanup(created, iam=iam, s3=s3, emr=emr)
+        raise EMRError(f"launch failed ({_first_line(exc)}); cleaned up: "
+                       + ("; ".join(undone) if undone else "nothing had been created")) from None
+    say(f"cluster {cluster_id} starting; it terminates itself after its {len(request['Steps'])} step(s)")
+    return {"cluster_id": cluster_id, "request": request, "created": asdict(created)}
+
+
+def status(emr, cluster_id: str) -> dict:
+    try:
+        cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+    except Exception as exc:
+        raise EMRError(f"cluster {cluster_id}: {_first_line(exc)}") from None
+    steps = emr.list_steps(ClusterId=cluster_id)["Steps"]
+    return {"id": cluster_id, "name": cluster["Name"], "state": cluster["Status"]["State"],
+            "reason": cluster["Status"].get("StateChangeReason", {}).get("Message", ""),
+            "steps": [{"name": s["Name"], "state": s["Status"]["State"]} for s in reversed(steps)]}
+
+
+def terminate(emr, cluster_id: str) -> None:
+    try:
+        emr.terminate_job_flows(JobFlowIds=[cluster_id])
+    except Exception as exc:
+        raise EMRError(f"cluster {cluster_id}: {_first_line(exc)}") from None

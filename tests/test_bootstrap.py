@@ -1,0 +1,313 @@
+"""bootstrap/: least-privilege policies (evaluated, linted, enforced by a local S3), the EMR request and its
+launch against moto, the bootstrap action and the job code on the nodes' Python."""
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from bootstrap import emr, policies
+from bootstrap.requirements import REQUIREMENTS_EMR, emr_requirements
+from demo.s3server import LocalS3
+
+ROOT = Path(__file__).resolve().parent.parent
+BUCKET = "fruits-test-bucket"
+
+
+# ------------------------------------------------------------------------------------------- policies
+def test_no_wildcard_s3_allow_and_the_checker_catches_one():
+    docs = policies.policy_documents(BUCKET, "team")
+    for name in ("emr-instance-profile", "edge-uploader", "bucket-policy"):
+        assert policies.wildcard_findings(docs[name]) == [], name
+    bad = {"Statement": [{"Sid": "Old", "Effect": "Allow", "Action": ["s3:*"], "Resource": "*"}]}
+    assert len(policies.wildcard_findings(bad)) == 2
+    sneaky = {"Statement": [{"Sid": "Get", "Effect": "Allow", "Action": "s3:Get*", "Resource": "arn:aws:s3:::*"}]}
+    assert len(policies.wildcard_findings(sneaky)) == 2
+
+
+def test_allow_deny_matrix_is_the_intended_one():
+    matrix = policies.access_matrix(BUCKET, "team")
+    rw = "read+write+list"
+    assert matrix["emr-instance-profile"] == {
+        "bootstrap": "read+list", "code": "read+list", "models": "read+list", "raw": "read+list",
+        "vectors": "read+list", "pca": rw, "logs": rw, "other": ""}
+    assert matrix["edge-uploader"] == {
+        "bootstrap": "", "code": "", "models": "read", "raw": "write", "vectors": "write", "pca": "", "logs": "",
+        "other": ""}
+    docs = policies.policy_documents(BUCKET, "team")
+    key = f"arn:aws:s3:::{BUCKET}/team/vectors/x.parquet"
+    assert policies.allowed(docs["emr-instance-profile"], docs["bucket-policy"], "s3:GetObject", key)
+    assert not policies.allowed(docs["emr-instance-profile"], docs["bucket-policy"], "s3:GetObject", key,
+                                {"aws:SecureTransport": "false"}), "requests without TLS are denied"
+    assert not policies.allowed(docs["emr-instance-profile"], docs["bucket-policy"], "s3:ListBucket",
+                                f"arn:aws:s3:::{BUCKET}", {"s3:prefix": ""}), "no listing of the whole bucket"
+    assert not policies.allowed(docs["emr-instance-profile"], docs["bucket-policy"], "s3:GetObject",
+                                f"arn:aws:s3:::other-bucket/team/vectors/x")
+
+
+def test_committed_policy_files_are_what_the_function_makes():
+    docs = policies.policy_documents(policies.EXAMPLE_BUCKET)
+    for name, doc in docs.items():
+        assert json.loads((policies.POLICY_DIR / f"{name}.json").read_text()) == doc, name
+    assert json.loads((policies.POLICY_DIR / "bucket-settings.json").read_text()) == policies.bucket_settings()
+
+
+def test_parliament_finds_nothing():
+    from parliament import analyze_policy_string
+
+    docs = policies.policy_documents(BUCKET, "team")
+    for name in ("emr-instance-profile", "edge-uploader", "bucket-policy"):
+        findings = analyze_policy_string(json.dumps(docs[name])).findings
+        assert [(f.issue, f.detail) for f in findings] == [], name
+    # The linter is live: a broad policy does get findings.
+    broad = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObjct", "Resource": "*"}]}
+    assert analyze_policy_string(json.dumps(broad)).findings
+
+
+@pytest.mark.parametrize("name", ["", "Bad_Name", "ab", "a..b", "192.168.1.1", "x" * 64])
+def test_invalid_bucket_names_are_refused(name):
+    with pytest.raises(policies.PolicyError, match="bucket"):
+        policies.policy_documents(name)
+
+
+def test_edge_credentials_can_upload_but_not_list_or_read(tmp_path, vectors_file):
+    """The uploader policy, enforced by a local S3 with IAM checks on: `fruits-edge upload` works with it,
+    and the same keys cannot list the bucket or read the vectors back."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    from edge_client.cli import main as edge_main
+
+    # The first 8 requests are free (setting up); from then on the server checks every request.
+    with LocalS3(mode="process", env={"INITIAL_NO_AUTH_ACTION_COUNT": "8"}) as server:
+        kw = {"endpoint_url": server.endpoint_url, "region_name": "us-east-1"}
+        root = boto3.client("s3", aws_access_key_id="testing", aws_secret_access_key="testing", **kw)
+        iam = boto3.client("iam", aws_access_key_id="testing", aws_secret_access_key="testing", **kw)
+        root.create_bucket(Bucket=BUCKET)                                           # 1
+        root.put_object(Bucket=BUCKET, Key="team/models/card.json", Body=b"{}")      # 2
+        iam.create_user(UserName="phone")                                           # 3
+        doc = policies.policy_documents(BUCKET, "team")["edge-uploader"]
+        iam.put_user_policy(UserName="phone", PolicyName="edge", PolicyDocument=json.dumps(doc))  # 4
+        key = iam.create_access_key(UserName="phone")["AccessKey"]                   # 5
+        iam.create_user(UserName="admin")                                           # 6
+        admin_doc = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="admin", PolicyName="all", PolicyDocument=json.dumps(admin_doc))  # 7
+        admin_key = iam.create_access_key(UserName="admin")["AccessKey"]            # 8
+        root = boto3.client("s3", aws_access_key_id=admin_key["AccessKeyId"],
+                            aws_secret_access_key=admin_key["SecretAccessKey"], **kw)
+        env = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        phone = boto3.client("s3", aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                             aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], **kw)
+        assert phone.get_object(Bucket=BUCKET, Key="team/models/card.json")["Body"].read() == b"{}"
+
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            code = edge_main(["--quiet", "upload", str(vectors_file), f"s3://{BUCKET}/team", "--endpoint-url",
+                              server.endpoint_url, "--manifest", str(tmp_path / "m.sqlite")])
+            assert code == 0
+            # Again with a fresh manifest: S3 refuses the existing key (412), which counts as done.
+            code = edge_main(["--quiet", "upload", str(vectors_file), f"s3://{BUCKET}/team", "--endpoint-url",
+                              server.endpoint_url, "--manifest", str(tmp_path / "m2.sqlite")])
+            assert code == 0
+        finally:
+            for k, v in old.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        with pytest.raises(ClientError, match="AccessDenied"):
+            phone.list_objects_v2(Bucket=BUCKET, Prefix="team/vectors/")
+        keys = [o["Key"] for o in root.list_objects_v2(Bucket=BUCKET, Prefix="team/vectors/")["Contents"]]
+        assert len(keys) == 1
+        with pytest.raises(ClientError, match="AccessDenied"):
+            phone.get_object(Bucket=BUCKET, Key=keys[0])
+        with pytest.raises(ClientError, match="AccessDenied"):
+            phone.put_object(Bucket=BUCKET, Key="team/pca/run=x/summary.json", Body=b"{}")
+
+
+# --------------------------------------------------------------------------- the nodes: bootstrap, code
+def test_bootstrap_action_is_strict_pinned_and_leaves_spark_alone():
+    script = emr.BOOTSTRAP_SCRIPT.read_text()
+    assert script.startswith("#!/usr/bin/env bash") and "\nset -euo pipefail\n" in script
+    assert subprocess.run(["bash", "-n", str(emr.BOOTSTRAP_SCRIPT)]).returncode == 0
+    assert "pip install" in script and not re.search(r"pip install[^\n]*(pyspark|spark)", script)
+    assert "grep -Eiq '^(pyspark|py4j)=='" in script, "refuses a requirements file that would shadow EMR's Spark"
+    assert REQUIREMENTS_EMR.read_text() == emr_requirements(), "run: python -m bootstrap.requirements > " \
+                                                                "bootstrap/requirements-emr.txt"
+    lines = [ln for ln in REQUIREMENTS_EMR.read_text().splitlines() if ln and not ln.startswith("#")]
+    assert all("==" in ln for ln in lines) and not any(ln.startswith(("pyspark", "py4j")) for ln in lines)
+    assert {"numpy", "pandas", "pyarrow", "ai-edge-litert", "pillow"} <= {ln.split("==")[0] for ln in lines}
+
+
+def test_job_code_parses_as_python_311_and_imports_from_the_zip(tmp_path):
+    """What the nodes run: the --py-files zip, on Python 3.11 (the version the bootstrap installs)."""
+    data = emr.code_zip()
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        names = z.namelist()
+        for name in names:
+            ast.parse(z.read(name), filename=name, feature_version=(3, 11))
+    assert "cloud_pca/job.py" in names and "edge_client/preprocess.py" in names and "contract/vectors.py" in names
+    assert not any(n.startswith(("tests/", "models/", "bootstrap/")) for n in names)
+    (tmp_path / "code.zip").write_bytes(data)
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import cloud_pca.cli, cloud_pca.job, cloud_pca.featurize; "
+             "assert cloud_pca.job.__file__.startswith(sys.argv[1]), cloud_pca.job.__file__")
+    proc = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "code.zip")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr  # cloud_pca.cli must not need bootstrap/ (not on the nodes)
+
+
+# ------------------------------------------------------------------------------------------ EMR (moto)
+@pytest.fixture
+def aws(monkeypatch):
+    from moto import mock_aws
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+                 "AWS_DEFAULT_REGION": "eu-west-3"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")  # AWS managed policies (the EMR service role's)
+    with mock_aws():
+        import boto3
+
+        session = boto3.Session(region_name="eu-west-3")
+        session.client("s3", region_name="eu-west-3").create_bucket(
+            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
+        yield session
+
+
+def spec(**kw):
+    return emr.ClusterSpec(bucket=BUCKET, prefix="team", run_id="r1", **kw)
+
+
+def test_launch_creates_exactly_the_planned_cluster(aws):
+    planned = emr.build_request(spec(images=True, core_nodes=2, task_nodes=3))
+    out = emr.launch(spec(images=True, core_nodes=2, task_nodes=3), session=aws, say=lambda m: None)
+    assert out["request"] == planned, "plan and launch agree"
+    client = aws.client("emr", region_name="eu-west-3")
+    cluster = client.describe_cluster(ClusterId=out["cluster_id"])["Cluster"]
+    assert cluster["ReleaseLabel"] == "emr-7.5.0" and [a["Name"] for a in cluster["Applications"]] == ["Spark"]
+    assert cluster["AutoTerminate"] is True, "transient: terminates when the steps end"
+    assert cluster["ServiceRole"] == emr.ROLE_SERVICE and cluster["LogUri"] == f"s3://{BUCKET}/team/logs/"
+    groups = {g["InstanceGroupType"]: g for g in client.list_instance_groups(ClusterId=out["cluster_id"])["InstanceGroups"]}
+    assert groups["MASTER"]["Market"] == "ON_DEMAND" and groups["CORE"]["Market"] == "ON_DEMAND"
+    assert groups["TASK"]["Market"] == "SPOT" and groups["TASK"]["RequestedInstanceCount"] == 3
+    steps = list(reversed(client.list_steps(ClusterId=out["cluster_id"])["Steps"]))
+    assert [s["Name"] for s in steps] == ["fruits: featurize raw photos", "fruits: StandardScaler + PCA"]
+    assert [s["Config"]["Args"] for s in steps] == [s["HadoopJarStep"]["Args"] for s in planned["Steps"]]
+    assert all(s["ActionOnFailure"] == "TERMINATE_CLUSTER" for s in steps)
+    assert planned["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
+    assert {"Classification": "export", "Properties": {"PYSPARK_PYTHON": "/usr/bin/python3.11"}} in \
+        planned["Configurations"][0]["Configurations"]
+    # Roles and the least-privilege policy, exactly the generated document.
+    iam = aws.client("iam")
+    doc = iam.get_role_policy(RoleName=emr.ROLE_INSTANCE, PolicyName="fruits-s3-least-privilege")["PolicyDocument"]
+    assert doc == policies.policy_documents(BUCKET, "team")["emr-instance-profile"]
+    profile = iam.get_instance_profile(InstanceProfileName=emr.INSTANCE_PROFILE)["InstanceProfile"]
+    assert [r["RoleName"] for r in profile["Roles"]] == [emr.ROLE_INSTANCE]
+    # The bucket is hardened and holds the code, model and bootstrap.
+    s3 = aws.client("s3", region_name="eu-west-3")
+    assert all(s3.get_public_access_block(Bucket=BUCKET)["PublicAccessBlockConfiguration"].values())
+    rule = s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]["Rules"][0]
+    assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    assert json.loads(s3.get_bucket_policy(Bucket=BUCKET)["Policy"])["Statement"][0]["Sid"] == "DenyWithoutTLS"
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}
+    assert keys == {"team/code/fruits-code.zip", "team/code/fruits_job.py", "team/bootstrap/emr-bootstrap.sh",
+                    "team/bootstrap/requirements-emr.txt", "team/models/mobilenetv2_160_fp32.tflite",
+                    "team/models/mobilenetv2_160_fp32.json"}
+    st = emr.status(client, out["cluster_id"])
+    assert st["state"] in ("STARTING", "RUNNING", "WAITING") and len(st["steps"]) == 2
+    emr.terminate(client, out["cluster_id"])
+    assert emr.status(client, out["cluster_id"])["state"].startswith("TERMINAT")
+
+
+def test_plan_creates_nothing(aws, capsys):
+    from cloud_pca.cli import main as cloud_main
+
+    assert cloud_main(["emr", "plan", "--bucket", BUCKET, "--prefix", "team", "--vectors", "1000000"]) == 0
+    printed = capsys.readouterr().out
+    request = json.loads(printed[: printed.index("\ncost estimate")])
+    assert request["ReleaseLabel"].startswith("emr-7.") and "total" in printed
+    assert aws.client("emr", region_name="eu-west-3").list_clusters()["Clusters"] == []
+    assert aws.client("iam").list_roles()["Roles"] == []
+    assert "Contents" not in aws.client("s3", region_name="eu-west-3").list_objects_v2(Bucket=BUCKET)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bucket", "Bad_Bucket"], "bucket name 'Bad_Bucket' is invalid"),
+    (["--bucket", BUCKET, "--region", "mars-1"], "region 'mars-1' is not an AWS region"),
+    (["--bucket", BUCKET, "--instance-type", "m5.mega"], "instance type 'm5.mega' is unknown"),
+    (["--bucket", BUCKET, "--release", "emr-6.15.0"], "does not ship Spark 3.5"),
+    (["--bucket", "no-such-bucket-here"], "bucket 'no-such-bucket-here' is not usable"),
+])
+def test_bad_launch_input_is_one_line_and_creates_nothing(aws, capsys, args, message):
+    from cloud_pca.cli import main as cloud_main
+
+    assert cloud_main(["--quiet", "emr", "launch", *args]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: ") and message in err and "\n" not in err
+    assert aws.client("iam").list_roles()["Roles"] == []
+    assert aws.client("emr", region_name="eu-west-3").list_clusters()["Clusters"] == []
+
+
+def test_no_credentials_is_one_clear_line(monkeypatch, tmp_path):
+    import boto3
+
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(emr.EMRError, match="no AWS credentials found"):
+        emr.launch(spec(), session=boto3.Session(region_name="eu-west-3"), say=lambda m: None)
+
+
+@pytest.mark.parametrize("fail_at", ["PutObject", "RunJobFlow"])
+def test_failed_launch_removes_what_it_created(aws, fail_at):
+    from botocore.exceptions import ClientError
+
+    calls = {"n": 0}
+
+    def refuse(**_):
+        calls["n"] += 1
+        if fail_at == "RunJobFlow" or calls["n"] == 3:  # the third upload, or starting the cluster
+            raise ClientError({"Error": {"Code": "ServiceUnavailable", "Message": "no capacity"}}, fail_at)
+
+    class Failing:
+        """The real (moto) session, except that one call fails."""
+
+        def client(self, name, **kw):
+            client = aws.client(name, **kw)
+            service = {"s3": "s3", "emr": "emr"}.get(name)
+            if service and fail_at in {"s3": ("PutObject",), "emr": ("RunJobFlow",)}[service]:
+                client.meta.events.register(f"before-call.{service}.{fail_at}", refuse)
+            return client
+
+    with pytest.raises(emr.EMRError) as info:
+        emr.launch(spec(), session=Failing(), say=lambda m: None)
+    msg = str(info.value)
+    assert msg.startswith("launch failed (") and "no capacity" in msg
+    assert f"removed role {emr.ROLE_INSTANCE}" in msg and f"removed role {emr.ROLE_SERVICE}" in msg
+    assert f"removed instance profile {emr.INSTANCE_PROFILE}" in msg
+    assert aws.client("iam").list_roles()["Roles"] == []
+    assert aws.client("emr", region_name="eu-west-3").list_clusters()["Clusters"] == []
+    if fail_at == "PutObject":
+        assert msg.count(f"removed s3://{BUCKET}/team/") == 2 and "could NOT" not in msg
+        assert "Contents" not in aws.client("s3", region_name="eu-west-3").list_objects_v2(Bucket=BUCKET)
+    # (After RunJobFlow fails, the bucket already has its TLS-only policy, which moto evaluates without
+    # the aws:SecureTransport key and so denies the deletes; on AWS they go through over HTTPS.)
+
+
+def test_cost_estimate_uses_the_billed_prices():
+    s = spec(core_nodes=2, task_nodes=2)
+    paris = emr.estimate_cost(s, vectors=1_000_000, hours=1.0)
+    assert paris.ec2_on_demand == pytest.approx(3 * 0.224) and paris.ec2_spot == pytest.approx(2 * 0.064)
+    assert paris.emr_fee == pytest.approx(5 * 0.048)
+    s.region = "us-east-1"
+    virginia = emr.estimate_cost(s, vectors=1_000_000, hours=1.0)
+    assert virginia.ec2_on_demand == pytest.approx(3 * 0.192) and virginia.total < paris.total
