@@ -52,7 +52,10 @@ class LocalS3:
         else:
             env = {**os.environ, **TEST_CREDENTIALS, **self.env}
             self._proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                          # its own session: Ctrl-C in the terminal reaches us, not the server,
+                                          # so it keeps serving until we stop it in order
+                                          start_new_session=True)
         self._wait()
         return self
 

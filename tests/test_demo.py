@@ -1,0 +1,25 @@
+"""The README's main command, small: every stage runs, the report is written, nothing is left running."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_small(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "demo", "--per-class", "5", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "report:" in proc.stdout and "local S3 server stopped" in proc.stdout
+    summary = json.loads((out / "demo-summary.json").read_text())
+    # 50 photos: 40 sent as vectors, 10 sent raw and featurized by Spark; all projected.
+    assert summary["storage"]["edge_images"] == 40 and summary["photos"]["ok"] == 10
+    assert summary["projected"] == 50 and summary["reconciles"]
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "Headline" in html
+    assert {p.name for p in (out / "results" / "plots").iterdir()} == {"scree.png", "pca_2d.png", "pca_3d.png"}
+    assert (out / "results" / "_SUCCESS.json").exists()
