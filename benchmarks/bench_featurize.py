@@ -20,6 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_pca import PeakMemory  # noqa: E402
 from common import Recorder, timed  # noqa: E402
 from contract import read_vectors  # noqa: E402
 from demo.synthetic import generate  # noqa: E402
@@ -61,6 +62,9 @@ def main() -> int:
                                                        tasks_per_core=args.tasks_per_core))
             f.unpersist()
             warm.append(s)
+        with PeakMemory() as mem:   # one more run, not timed: the sampler itself costs CPU
+            featurize(spark, str(root), model_path=args.model, tasks_per_core=args.tasks_per_core).unpersist()
+        workers_mb = mem.peak["workers_mb"]
         warm_s = statistics.median(warm)
         spark.stop()
 
@@ -79,6 +83,7 @@ def main() -> int:
     print(f"{'featurize cold':22s} {cold_rate:9.0f} {cold_rate / edge_rate:13.2f}")
     print(f"{'featurize warm':22s} {warm_rate:9.0f} {warm_rate / edge_rate:13.2f}   runs: "
           + ", ".join(f"{n / s:.0f}" for s in warm))
+    print(f"Python workers' peak RSS, all together: {workers_mb:.0f} MB (local[2]: 2 workers + the daemon)")
     print(f"parity: same image_ids {same_ids}; cosine min {min(cos):.8f} mean {np.mean(cos):.8f} over {len(cos)}")
     for name, rate in (("edge_vectorize", edge_rate), ("featurize_cold", cold_rate), ("featurize_warm", warm_rate)):
         rec.add(measure="throughput", path=name, images=n, images_per_s=round(rate, 1),
@@ -86,6 +91,7 @@ def main() -> int:
     rec.add(measure="parity", images=len(cos), cosine_min=min(cos), cosine_mean=float(np.mean(cos)),
             same_image_ids=same_ids)
     rec.add(measure="spark_start", seconds=round(start_s, 2))
+    rec.add(measure="workers_peak_rss", mb=round(workers_mb))
     print(f"rows: {rec.save()}")
     return 0
 

@@ -103,6 +103,15 @@ def _relative(path: str, roots: list[str]) -> str:
     return path
 
 
+def _counts(result) -> tuple[int, int]:
+    """Rows and rejected rows in one Spark job (which also fills the cache)."""
+    from pyspark.sql import functions as F
+
+    row = result.select(F.count(F.lit(1)).alias("n"),
+                        F.sum(F.col("reason").isNotNull().cast("long")).alias("bad")).first()
+    return int(row["n"]), int(row["bad"] or 0)
+
+
 def _listed_path(uri: str) -> str:
     """A path from ``DataFrame.inputFiles`` (a URI: ``file:///a%20b``) spelled as the scan's ``path`` column
     spells it (Hadoop's ``Path.toString``: ``file:/a b``)."""
@@ -212,7 +221,7 @@ def featurize(spark, images: str | list[str], *, model_path: str, client_id: str
         spark.conf.set(key, value)
     try:
         result = result.persist()
-        n_rows = result.count()   # runs the inference, with the bounded batch size and split size
+        n_rows, n_rejected = _counts(result)   # runs the inference, with the bounded batch and split sizes
     except Exception as exc:
         result.unpersist()
         raise FeaturizeError(f"featurization failed: {str(exc).strip().splitlines()[0][:500]}") from None
@@ -228,7 +237,7 @@ def featurize(spark, images: str | list[str], *, model_path: str, client_id: str
                                       RESULT_DDL + ", file string")
         result = result.unionByName(extra).persist()
         cached.append(result)
-        n_rows = result.count()
+        n_rows, n_rejected = _counts(result)
 
     ok = result.filter(F.col("reason").isNull())
     vectors = ok.select(
@@ -238,7 +247,6 @@ def featurize(spark, images: str | list[str], *, model_path: str, client_id: str
     assert tuple(vectors.columns) == VECTOR_COLUMNS
     rejects = result.filter(F.col("reason").isNotNull()).select(
         "image_id", "source", F.lit(client_id).alias("client_id"), "file", "reason")
-    n_rejected = rejects.count()
     if n_rows != len(photos):  # listed vs read: a file appeared or vanished during the run
         log.warning("listed %d photos but read %d; the counts below are what was read", len(photos), n_rows)
     counts = {"files": n_rows + n_other, "not_image": n_other, "photos": n_rows, "ok": n_rows - n_rejected,
