@@ -199,21 +199,13 @@ def pca_costs(pca_rows: list[dict], prices: dict) -> list[dict]:
     return out
 
 
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def plots(rows: list[dict], costs: list[dict]) -> list[tuple[str, bytes]]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from cloud_pca.plots import png
 
     pngs = []
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -228,7 +220,7 @@ def plots(rows: list[dict], costs: list[dict]) -> list[tuple[str, bytes]]:
         ax.set_yscale("log")
         ax.set_title(title)
         ax.legend()
-    pngs.append(("bytes_and_throughput.png", _png(fig)))
+    pngs.append(("bytes_and_throughput.png", png(fig)))
 
     fig, ax = plt.subplots(figsize=(10, 4))
     sel = [c for c in costs if c["region"] == "eu-west-3"]
@@ -241,7 +233,7 @@ def plots(rows: list[dict], costs: list[dict]) -> list[tuple[str, bytes]]:
     ax.set_ylabel("USD per million images (eu-west-3)")
     ax.set_title("cost per million images: storage (1 month) + requests + EMR featurization")
     ax.legend()
-    pngs.append(("cost_per_million.png", _png(fig)))
+    pngs.append(("cost_per_million.png", png(fig)))
     return pngs
 
 

@@ -74,6 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-rows", type=int, default=32, help="photos per Arrow batch (bounds worker memory)")
     f.add_argument("--overwrite", action="store_true", help="replace vectors this command wrote before")
 
+    v = sub.add_parser("evaluate", help="identification accuracy vs bytes per image: full vectors, PCA k, dtypes",
+                       description="On labelled vectors: held-out split by image, StandardScaler + PCA on the "
+                                   "training part, kNN and a linear classifier on the full vectors and on k "
+                                   "components stored as float32/float16/int8; writes evaluation.json/.csv and "
+                                   "plots under OUTPUT.\n\nexample: fruits-cloud evaluate --input "
+                                   "s3://b/team/vectors/ --output s3://b/team/evaluation/",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("--input", action="append", required=True, help="vectors prefix; repeatable")
+    v.add_argument("--output", required=True)
+    v.add_argument("--ks", default="8,16,32,64,128,256,512", help="components to try (comma-separated)")
+    v.add_argument("--test-fraction", type=float, default=0.25)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--max-rows", type=int, default=200_000, help="rows the classifiers use (a sample beyond)")
+
     e = sub.add_parser("emr", help="run the job on AWS EMR: plan | launch | status | terminate",
                        description="A transient EMR 7.x cluster (Spark 3.5) whose steps are featurize (optional) "
                                    "and PCA; it terminates itself when the steps end.\n\nexample: fruits-cloud emr "
@@ -158,6 +172,34 @@ def cmd_emr(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from cloud_pca.evaluate import evaluate, plot
+    from cloud_pca.spark import get_spark, write_bytes
+
+    try:
+        ks = tuple(sorted({int(k) for k in args.ks.split(",") if k.strip()}))
+    except ValueError:
+        raise JobError(f"--ks {args.ks!r}: give integers separated by commas") from None
+    if not ks or ks[0] < 1:
+        raise JobError(f"--ks {args.ks!r}: components must be >= 1")
+    spark = get_spark("fruits-evaluate", master=args.master, s3_endpoint=args.endpoint_url)
+    if not args.quiet:
+        print("[evaluate] fitting PCA on the training split, then classifiers per form and dtype", file=sys.stderr)
+    ev = evaluate(spark, [_uri(u) for u in args.input], ks=ks, test_fraction=args.test_fraction, seed=args.seed,
+                  max_rows=args.max_rows)
+    out = _uri(args.output).rstrip("/")
+    write_bytes(spark, f"{out}/evaluation.json", ev.to_json().encode())
+    cols = ["form", "dims", "dtype", "bytes_per_image", "classifier", "accuracy", "explained_variance"]
+    csv = ",".join(cols) + "\n" + "".join(",".join(str(r[c]) for c in cols) + "\n" for r in ev.rows)
+    write_bytes(spark, f"{out}/evaluation.csv", csv.encode())
+    for name, data in plot(ev).items():
+        write_bytes(spark, f"{out}/{name}", data)
+    print(f"{ev.n_train} training / {ev.n_test} held-out images, {ev.classes} classes; results in {out}/")
+    for clf, a in ev.answer.items():
+        print(f"{clf}: {a['sentence']}")
+    return 0
+
+
 def cmd_pca(args) -> int:
     from cloud_pca.job import run
     from cloud_pca.spark import get_spark
@@ -214,12 +256,14 @@ def cmd_featurize(args) -> int:
     return 3 if c["rejected"] else 0
 
 
-COMMANDS = {"pca": cmd_pca, "featurize": cmd_featurize, "emr": cmd_emr}
+COMMANDS = {"pca": cmd_pca, "featurize": cmd_featurize, "evaluate": cmd_evaluate, "emr": cmd_emr}
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that are the user's to fix: one line, exit 1. ``bootstrap`` is not shipped to the EMR nodes."""
-    errors: list[type[Exception]] = [JobError, PCAInputError, FeaturizeError]
+    from cloud_pca.evaluate import EvaluateError
+
+    errors: list[type[Exception]] = [JobError, PCAInputError, FeaturizeError, EvaluateError]
     try:
         from bootstrap.emr import EMRError
         errors.append(EMRError)

@@ -6,7 +6,7 @@ import io
 import numpy as np
 
 
-def _png(fig) -> bytes:
+def png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -36,7 +36,7 @@ def scree(explained: dict, max_components: int = 100) -> bytes:
     ax2.axvline(k, color="gray", ls="--")
     ax2.annotate(f"k={k}: {cum[k - 1]:.1%}", (k, cum[k - 1]), textcoords="offset points", xytext=(8, -14))
     ax.set_title(f"Scree plot ({explained['n_rows']} vectors, {explained['solver']} solver)")
-    return _png(fig)
+    return png(fig)
 
 
 def _colors(labels):
@@ -69,7 +69,7 @@ def scatter(sample, dims: int) -> bytes:
         ax.set_zlabel("PC3")
     ax.set_title(f"First {dims} principal components ({len(pcs)} vectors)")
     ax.legend(fontsize=7, markerscale=2, loc="best")
-    return _png(fig)
+    return png(fig)
 
 
 def all_plots(explained: dict, sample) -> dict[str, bytes]:

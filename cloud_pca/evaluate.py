@@ -1,0 +1,201 @@
+"""How little must we store? Identification accuracy against bytes per image, measured.
+
+For labelled vectors: a held-out split by image (a hash of ``image_id`` and the seed, so duplicates never
+straddle it), StandardScaler + PCA fitted on the training part with the distributed gram solver, then for
+the full standardized 1280-d vectors and for the first k components (k in a range), each stored as
+float32, float16 or int8 (per-component symmetric scales from the training part), two classifiers:
+
+- k-nearest neighbours (k=5, Euclidean, majority vote, ties to the nearest);
+- a linear classifier (one-vs-rest ridge regression on one-hot labels, closed form, lambda=1).
+
+The fit is distributed; the classifiers run on the driver on at most ``max_rows`` rows (a random sample by
+the same hash), which is stated in the output. The answer: the smallest stored form whose accuracy is
+within 1 point of the full float32 vectors' accuracy, for each classifier.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": 4, "float16": 2, "int8": 1}
+DEFAULT_KS = (8, 16, 32, 64, 128, 256, 512)
+
+
+class EvaluateError(ValueError):
+    """Data the evaluation cannot use (no labels, one class, too few rows)."""
+
+
+def encode(x_train: np.ndarray, x: np.ndarray, dtype: str) -> np.ndarray:
+    """``x`` as stored in ``dtype`` and read back (scales for int8 from the training part)."""
+    if dtype == "float32":
+        return x.astype(np.float32).astype(np.float64)
+    if dtype == "float16":
+        return x.astype(np.float16).astype(np.float64)
+    scale = np.abs(x_train).max(axis=0) / 127.0
+    scale[scale == 0] = 1.0
+    return np.clip(np.round(x / scale), -127, 127).astype(np.int8).astype(np.float64) * scale
+
+
+def knn_predict(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, k: int = 5, chunk: int = 2048) -> np.ndarray:
+    classes, y_idx = np.unique(y_train, return_inverse=True)
+    out = np.empty(len(test), dtype=y_idx.dtype)
+    sq = (train ** 2).sum(axis=1)
+    for start in range(0, len(test), chunk):
+        t = test[start:start + chunk]
+        d = sq[None, :] - 2 * t @ train.T          # + |t|^2, the same for every neighbour of a row
+        nn = np.argsort(d, axis=1)[:, :k]
+        votes = np.zeros((len(t), len(classes)))
+        for rank in range(nn.shape[1]):            # nearer neighbours break ties
+            np.add.at(votes, (np.arange(len(t)), y_idx[nn[:, rank]]), 1.0 + 1e-3 * (k - rank))
+        out[start:start + chunk] = votes.argmax(axis=1)
+    return classes[out]
+
+
+def ridge_predict(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, lam: float = 1.0) -> np.ndarray:
+    classes, y_idx = np.unique(y_train, return_inverse=True)
+    onehot = np.eye(len(classes))[y_idx]
+    xb = np.hstack([train, np.ones((len(train), 1))])
+    w = np.linalg.solve(xb.T @ xb + lam * np.eye(xb.shape[1]), xb.T @ onehot)
+    return classes[(np.hstack([test, np.ones((len(test), 1))]) @ w).argmax(axis=1)]
+
+
+def split_of(image_id: str, seed: int) -> float:
+    """A number in [0, 1) fixed by the image and the seed."""
+    return int(hashlib.sha256(f"{seed}:{image_id}".encode()).hexdigest()[:8], 16) / 2**32
+
+
+@dataclass
+class Evaluation:
+    rows: list[dict]
+    answer: dict
+    n_train: int
+    n_test: int
+    classes: int
+    explained_cumulative: list[float]
+
+    def to_json(self) -> str:
+        return json.dumps({"n_train": self.n_train, "n_test": self.n_test, "classes": self.classes,
+                           "answer": self.answer, "results": self.rows,
+                           "explained_cumulative": self.explained_cumulative}, indent=1)
+
+
+def evaluate_arrays(x_train, y_train, x_test, y_test, model, ks=DEFAULT_KS) -> tuple[list[dict], dict]:
+    """Accuracy of every (representation, dtype, classifier); ``model`` is a fitted FruitsPCAModel."""
+    inv = np.where(model.std_ > 0, 1.0 / np.where(model.std_ > 0, model.std_, 1.0), 0.0)
+    z_train, z_test = (x_train - model.mean_) * inv, (x_test - model.mean_) * inv
+    p_train, p_test = z_train @ model.components_, z_test @ model.components_
+    cum = np.cumsum(model.explained_variance_ratio_)
+    forms = [("full", x_train.shape[1], z_train, z_test, 1.0)]
+    forms += [(f"pca{k}", k, p_train[:, :k], p_test[:, :k], float(cum[k - 1])) for k in ks if k <= p_train.shape[1]]
+    rows = []
+    for name, dims, tr, te, var in forms:
+        for dtype, width in DTYPES.items():
+            tr_q, te_q = encode(tr, tr, dtype), encode(tr, te, dtype)
+            for clf, fn in (("knn5", knn_predict), ("ridge", ridge_predict)):
+                acc = float((fn(tr_q, y_train, te_q) == y_test).mean())
+                rows.append({"form": name, "dims": dims, "dtype": dtype, "bytes_per_image": dims * width,
+                             "classifier": clf, "accuracy": acc, "explained_variance": var})
+    answer = {}
+    for clf in ("knn5", "ridge"):
+        ref = next(r for r in rows if r["form"] == "full" and r["dtype"] == "float32" and r["classifier"] == clf)
+        ok = [r for r in rows if r["classifier"] == clf and r["accuracy"] >= ref["accuracy"] - 0.01]
+        best = min(ok, key=lambda r: (r["bytes_per_image"], -r["accuracy"]))
+        answer[clf] = {
+            "form": best["form"], "dims": best["dims"], "dtype": best["dtype"],
+            "bytes_per_image": best["bytes_per_image"], "accuracy": best["accuracy"],
+            "full_accuracy": ref["accuracy"], "full_bytes": ref["bytes_per_image"],
+            "kept_accuracy_pct": 100 * best["accuracy"] / ref["accuracy"] if ref["accuracy"] else 0.0,
+            "storage_pct": 100 * best["bytes_per_image"] / ref["bytes_per_image"],
+            "sentence": (f"storing {best['dims']} {'components' if best['form'] != 'full' else 'values'} as "
+                         f"{best['dtype']}, {best['bytes_per_image']} bytes per image, keeps "
+                         f"{100 * best['accuracy'] / max(ref['accuracy'], 1e-9):.1f}% of the identification "
+                         f"accuracy of the full 1280-d vectors ({clf}: {best['accuracy']:.3f} vs "
+                         f"{ref['accuracy']:.3f}), at {100 * best['bytes_per_image'] / ref['bytes_per_image']:.1f}% "
+                         f"of the storage and upload ({ref['bytes_per_image']} bytes as float32)"),
+        }
+    return rows, answer
+
+
+def evaluate(spark, inputs: list[str], *, ks=DEFAULT_KS, test_fraction: float = 0.25, seed: int = 0,
+             max_rows: int = 200_000) -> Evaluation:
+    """Read labelled contract vectors under ``inputs`` and measure accuracy against bytes."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import Window
+
+    from cloud_pca.job import classify, read_inputs
+    from cloud_pca.pca import fit_pca
+
+    if not 0 < test_fraction < 1:
+        raise EvaluateError(f"--test-fraction={test_fraction} must be between 0 and 1")
+    df, _, _ = read_inputs(spark, inputs, skip_bad_files=False)
+    valid = classify(df, None).filter(F.col("reason").isNull() & F.col("label").isNotNull())
+    w = Window.partitionBy("image_id").orderBy(F.col("vectorized_at").asc_nulls_last(), F.col("source"))
+    unique = valid.withColumn("_n", F.row_number().over(w)).filter("_n = 1").select("image_id", "label", "features")
+    split_udf = F.udf(lambda i: split_of(i, seed), "double")
+    unique = unique.withColumn("_u", split_udf("image_id")).cache()
+    train = unique.filter(F.col("_u") >= test_fraction)
+    n_train = train.count()
+    n_labels = unique.select("label").distinct().count()
+    if n_labels < 2:
+        raise EvaluateError(f"need at least 2 labels to measure identification, found {n_labels}")
+    if n_train < 3:
+        raise EvaluateError(f"only {n_train} training rows; need more labelled vectors")
+    kmax = min(max(ks), n_train - 1, 1280)
+    model = fit_pca(train.select("features"), k=kmax, solver="gram")   # distributed
+    total = unique.count()
+    keep = min(1.0, max_rows / max(total, 1))
+    sample = unique.filter(F.rand(seed) < keep) if keep < 1 else unique
+    rows = sample.select("label", "features", "_u").toPandas()
+    unique.unpersist()
+    x = np.stack(rows["features"].to_numpy()).astype(np.float64)
+    y = rows["label"].to_numpy()
+    test = rows["_u"].to_numpy() < test_fraction
+    results, answer = evaluate_arrays(x[~test], y[~test], x[test], y[test], model, ks)
+    return Evaluation(results, answer, int((~test).sum()), int(test.sum()), n_labels,
+                      [float(v) for v in np.cumsum(model.explained_variance_ratio_)[:kmax]])
+
+
+def plot(ev: Evaluation) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cloud_pca.plots import png
+
+    out = {}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, clf in zip(axes, ("knn5", "ridge")):
+        for dtype, marker in (("float32", "o"), ("float16", "s"), ("int8", "^")):
+            pts = sorted((r["bytes_per_image"], r["accuracy"]) for r in ev.rows
+                         if r["classifier"] == clf and r["dtype"] == dtype and r["form"] != "full")
+            full = next(r for r in ev.rows if r["classifier"] == clf and r["dtype"] == dtype and r["form"] == "full")
+            if pts:
+                ax.plot(*zip(*pts), marker=marker, label=f"PCA k, {dtype}")
+            ax.scatter([full["bytes_per_image"]], [full["accuracy"]], marker="*", s=120,
+                       label=f"full 1280-d, {dtype}")
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes per image")
+        ax.set_ylabel("held-out accuracy")
+        ax.set_title(f"{clf}: accuracy vs bytes ({ev.n_test} test images, {ev.classes} classes)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    out["accuracy_vs_bytes.png"] = png(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for clf in ("knn5", "ridge"):
+        pts = sorted((r["explained_variance"], r["accuracy"]) for r in ev.rows
+                     if r["classifier"] == clf and r["dtype"] == "float32" and r["form"] != "full")
+        if pts:
+            ax.plot(*zip(*pts), "o-", label=clf)
+    ax.set_xlabel("cumulative explained variance of the k components")
+    ax.set_ylabel("held-out accuracy (float32)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    out["accuracy_vs_variance.png"] = png(fig)
+    return out

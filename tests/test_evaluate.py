@@ -1,0 +1,66 @@
+"""How little must we store: the evaluation's pieces, and the whole on the synthetic fruit vectors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cloud_pca.evaluate import EvaluateError, encode, evaluate, knn_predict, ridge_predict, split_of
+
+
+def test_encodings_round_trip_within_their_precision():
+    rng = np.random.RandomState(0)
+    x = rng.randn(200, 16) * np.linspace(0.1, 10, 16)
+    assert np.array_equal(encode(x, x, "float32"), x.astype(np.float32).astype(np.float64))
+    assert np.abs(encode(x, x, "float16") - x).max() <= np.abs(x).max() * 2 ** -10
+    err = np.abs(encode(x, x, "int8") - x)
+    assert (err <= np.abs(x).max(axis=0) / 127 / 2 + 1e-12).all()  # half a step of each column's scale
+
+
+def test_classifiers_and_split_on_separable_data():
+    rng = np.random.RandomState(1)
+    centers = rng.randn(4, 5) * 10
+    y = np.repeat(np.array(["a", "b", "c", "d"]), 30)
+    x = centers[np.repeat(np.arange(4), 30)] + rng.randn(120, 5)
+    test = np.arange(120) % 4 == 0
+    for fn in (knn_predict, ridge_predict):
+        assert (fn(x[~test], y[~test], x[test]) == y[test]).mean() >= 0.95, fn.__name__
+    u = [split_of(f"{i:064x}", 3) for i in range(1000)]
+    assert u == [split_of(f"{i:064x}", 3) for i in range(1000)] and 0 <= min(u) and max(u) < 1
+    assert 0.2 < np.mean(np.array(u) < 0.25) < 0.3
+
+
+@pytest.mark.slow
+def test_evaluate_on_the_synthetic_fruit_vectors(vectors_file, spark, tmp_path, capsys):
+    """6 classes x 10 photos: chance is 1/6; the full vectors identify the fruit far better, and the answer
+    is a stored form at most as big as the full vectors, within 1 point of their accuracy."""
+    ev = evaluate(spark, [f"file://{vectors_file}"], ks=(2, 4, 8), seed=0)
+    assert ev.classes == 6 and ev.n_train + ev.n_test == 60 and ev.n_test >= 8
+    assert len(ev.rows) == 4 * 3 * 2          # (full + 3 k) x 3 dtypes x 2 classifiers
+    full = {r["classifier"]: r["accuracy"] for r in ev.rows if r["form"] == "full" and r["dtype"] == "float32"}
+    assert min(full.values()) >= 0.75, full  # chance: 0.17
+    for clf, a in ev.answer.items():
+        assert a["accuracy"] >= full[clf] - 0.01 and a["bytes_per_image"] <= 1280 * 4
+        assert a["sentence"].startswith("storing ") and "bytes per image" in a["sentence"]
+    from cloud_pca.cli import main as cloud_main
+
+    assert cloud_main(["--quiet", "evaluate", "--input", str(vectors_file), "--output", str(tmp_path / "ev"),
+                       "--ks", "2,4"]) == 0
+    saved = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert set(saved["answer"]) == {"knn5", "ridge"}
+    assert (tmp_path / "ev" / "accuracy_vs_bytes.png").stat().st_size > 10_000
+    assert "knn5: storing" in capsys.readouterr().out
+
+
+def test_one_label_is_refused(tmp_path, spark):
+    from contract import write_vectors
+
+    n = 10
+    rows = {"image_id": [f"{i:064x}" for i in range(n)], "label": ["Apple"] * n, "source": ["x.jpg"] * n,
+            "width": [1] * n, "height": [1] * n, "features": [list(np.random.RandomState(i).rand(1280)) for i in range(n)],
+            "model_sha256": ["a" * 64] * n, "model_name": ["m"] * n, "client_id": ["c"] * n,
+            "vectorized_at": [None] * n}
+    write_vectors(tmp_path / "v.parquet", rows, model_sha256="a" * 64, model_name="m")
+    with pytest.raises(EvaluateError, match="at least 2 labels"):
+        evaluate(spark, [f"file://{tmp_path}/v.parquet"])
