@@ -74,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-rows", type=int, default=32, help="photos per Arrow batch (bounds worker memory)")
     f.add_argument("--overwrite", action="store_true", help="replace vectors this command wrote before")
 
+    b = sub.add_parser("publish", help="publish a run's projection + reference index for the devices",
+                       description="Write ROOT/models/projection-<id>.npz (mean, scale, first k components, model "
+                                   "fingerprint), ROOT/models/index-<id>.npz (per-label centroids) and the "
+                                   "pointer ROOT/models/projection-latest-<model_sha256>.json, for `fruits-edge "
+                                   "sync --project` and `fruits-edge identify`.\n\nexample: fruits-cloud publish "
+                                   "--run s3://b/team/pca/run=2026... --root s3://b/team --k 32",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("--run", required=True, help="a finished run folder (OUTPUT/run=<id>)")
+    b.add_argument("--root", required=True, help="the dataset root (s3://BUCKET/PREFIX)")
+    b.add_argument("--k", type=int, help="components to publish (default: the run's k)")
+
     v = sub.add_parser("evaluate", help="identification accuracy vs bytes per image: full vectors, PCA k, dtypes",
                        description="On labelled vectors: held-out split by image, StandardScaler + PCA on the "
                                    "training part, kNN and a linear classifier on the full vectors and on k "
@@ -172,6 +183,19 @@ def cmd_emr(args) -> int:
     return 0
 
 
+def cmd_publish(args) -> int:
+    from cloud_pca.publish import publish
+    from cloud_pca.spark import get_spark
+
+    spark = get_spark("fruits-publish", master=args.master, s3_endpoint=args.endpoint_url)
+    projection, index, written = publish(spark, _uri(args.run), _uri(args.root), k=args.k)
+    print(f"projection {projection.projection_id}: k={projection.k}, model {projection.model_sha256[:12]}..., "
+          f"{len(index.labels)} labels in the index")
+    for uri in written:
+        print(f"  {uri}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from cloud_pca.evaluate import evaluate, plot
     from cloud_pca.spark import get_spark, write_bytes
@@ -256,7 +280,8 @@ def cmd_featurize(args) -> int:
     return 3 if c["rejected"] else 0
 
 
-COMMANDS = {"pca": cmd_pca, "featurize": cmd_featurize, "evaluate": cmd_evaluate, "emr": cmd_emr}
+COMMANDS = {"pca": cmd_pca, "featurize": cmd_featurize, "publish": cmd_publish, "evaluate": cmd_evaluate,
+            "emr": cmd_emr}
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from contract import FEATURE_DIM, VECTOR_COLUMNS
+from contract.vectors import PROJECTION_COLUMN
 from cloud_pca.pca import fit_pca
 from cloud_pca.spark import list_files, write_bytes
 
@@ -112,23 +113,44 @@ def read_inputs(spark, inputs: list[str], *, skip_bad_files: bool) -> tuple[obje
         raise JobError(f"{path}: {reason}{more}; fix or remove it, or pass --skip-bad-files")
     if not good:
         raise JobError(f"none of the {len(files)} file(s) under {', '.join(inputs)} follows the contract")
-    df = (spark.read.schema(spark_schema()).parquet(*good)
-          .withColumn("file", F.input_file_name()))
+    # Projected vectors (k values and a projection_id column) and raw 1280-d vectors are different spaces.
+    projected = {p for p in good if PROJECTION_COLUMN in spark.read.parquet(p).schema.fieldNames()}
+    if projected and len(projected) < len(good):
+        raw = sorted(set(good) - projected)
+        raise JobError(f"refusing to mix projected vectors ({sorted(projected)[0]}, ...) with raw "
+                       f"{FEATURE_DIM}-d vectors ({raw[0]}, ...) in one fit: give one kind of --input")
+    schema = spark_schema()
+    if projected:
+        from pyspark.sql.types import StringType, StructField
+
+        schema = schema.add(StructField(PROJECTION_COLUMN, StringType()))
+    df = spark.read.schema(schema).parquet(*good).withColumn("file", F.input_file_name())
+    if projected:
+        ids = [r[0] for r in df.select(PROJECTION_COLUMN).distinct().limit(3).collect()]
+        if len(ids) > 1:
+            raise JobError(f"refusing to mix vectors of different projections ({', '.join(map(str, ids))}) in one fit")
     return df, bad, len(files)
 
 
-def classify(df, model_sha256: str | None):
-    """Add a ``reason`` column: null for a valid row, else why it is rejected."""
+def classify(df, model_sha256: str | None, dim: int | None = None):
+    """Add a ``reason`` column: null for a valid row, else why it is rejected. ``dim``: the vector length
+    (default 1280; projected vectors: the length of their first row)."""
     from pyspark.sql import functions as F
+
+    if dim is None:
+        dim = FEATURE_DIM
+        if PROJECTION_COLUMN in df.columns:
+            first = df.select(F.size("features").alias("n")).filter("n > 0").first()
+            dim = int(first["n"]) if first else FEATURE_DIM
 
     feats = F.col("features")
     bad_value = F.exists(feats, lambda x: F.isnan(x) | (F.abs(x) == F.lit(float("inf"))))
     reason = (F.when(F.col("image_id").isNull() | ~F.col("image_id").rlike("^[0-9a-f]{64}$"),
                      F.lit("image_id is not a sha256"))
               .when(feats.isNull(), F.lit("null features"))
-              .when(F.size(feats) != FEATURE_DIM,
+              .when(F.size(feats) != dim,
                     F.concat(F.lit("features has "), F.size(feats).cast("string"),
-                             F.lit(f" values, expected {FEATURE_DIM}")))
+                             F.lit(f" values, expected {dim}")))
               .when(F.exists(feats, lambda x: x.isNull()), F.lit("null value in features"))
               .when(bad_value, F.lit("NaN or infinite value in features")))
     if model_sha256:
@@ -163,6 +185,9 @@ def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
     frames, bad_files, n_files = [], [], 0
     if cfg.inputs:
         df, bad_files, n_files = read_inputs(spark, cfg.inputs, skip_bad_files=cfg.skip_bad_files)
+        if cfg.images and PROJECTION_COLUMN in df.columns:
+            raise JobError("refusing to mix projected --input vectors with raw photos (--images), which become "
+                           f"raw {FEATURE_DIM}-d vectors")
         frames.append(df)
     feat = None
     if cfg.images:

@@ -98,6 +98,20 @@ def get_spark(app_name: str = "fruits", *, master: str | None = None, s3_endpoin
     return spark
 
 
+def read_bytes(spark, uri: str) -> bytes:
+    """Read a small file through Hadoop (local, s3a://, EMR's s3://)."""
+    jvm = spark._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    stream = fs.open(path)
+    try:
+        out = jvm.java.io.ByteArrayOutputStream()
+        jvm.org.apache.hadoop.io.IOUtils.copyBytes(stream, out, 65536, False)
+        return bytes(out.toByteArray())
+    finally:
+        stream.close()
+
+
 def write_bytes(spark, uri: str, data: bytes) -> None:
     """Write a small file (JSON, CSV, PNG) through Hadoop, so local paths, s3a:// and EMR's s3:// all work."""
     jvm = spark._jvm

@@ -49,6 +49,7 @@ VECTOR_COLUMNS = (
 )
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 NO_LABEL = "_"
+PROJECTION_COLUMN = "projection_id"   # present only in projected vectors (contract.projection)
 _CLIENT_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -264,15 +265,17 @@ def validate_table(table, *, origin: str = "<table>", check_values: bool = True)
         row = int(np.flatnonzero(feats.is_null().to_numpy(zero_copy_only=False))[0])
         raise ContractError(f"{origin}: row {row}, column features: null")
     lengths = pc.list_value_length(feats).to_numpy(zero_copy_only=False)
-    wrong = np.flatnonzero(lengths != FEATURE_DIM)
+    # Projected vectors (a projection_id column) hold k values, the same k on every row.
+    dim = int(lengths[0]) if PROJECTION_COLUMN in names and lengths[0] > 0 else FEATURE_DIM
+    wrong = np.flatnonzero(lengths != dim)
     if wrong.size:
         row = int(wrong[0])
         raise ContractError(f"{origin}: row {row}, column features: {int(lengths[row])} values, "
-                            f"the contract needs {FEATURE_DIM}")
+                            f"the contract needs {dim}")
     values = pc.list_flatten(feats).to_numpy(zero_copy_only=False)
     finite = np.isfinite(values)
     if not finite.all():
-        row = int(np.flatnonzero(~finite)[0]) // FEATURE_DIM
+        row = int(np.flatnonzero(~finite)[0]) // dim
         raise ContractError(f"{origin}: row {row}, column features: NaN or infinite value")
     shas = table.column("model_sha256")
     bad = pc.invert(pc.fill_null(pc.match_substring_regex(shas, r"^[0-9a-f]{64}$"), False))

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("photos", nargs="+", help="folders or photo files")
     p.add_argument("dest", help="s3://BUCKET[/PREFIX]")
     p.add_argument("--keep", type=Path, help="also keep the vectors file here")
+    p.add_argument("--project", action="store_true",
+                   help="upload k-d projections instead of 1280-d vectors, with the projection published under "
+                        "PREFIX/models/ for this model (fruits-cloud publish)")
     _add_vectorize_options(p)
     _add_s3_options(p)
 
@@ -79,6 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", help="label for every photo (default: the parent folder's name)")
     p.add_argument("--client-id", default=None)
     _add_s3_options(p)
+
+    p = sub.add_parser("identify", help="the most likely fruit in a photo, from the published reference index",
+                       description="Vectorize one photo, project it with the published projection and rank the "
+                                   "labels of the reference index (per-class centroids).\n\n"
+                                   "example: fruits-edge identify apple.jpg --from s3://fruits-data/team-a\n"
+                                   "         fruits-edge identify apple.jpg --projection p.npz --index i.npz",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("photo", type=Path)
+    p.add_argument("--from", dest="source", help="s3://BUCKET[/PREFIX] where the projection and index are published")
+    p.add_argument("--projection", type=Path, help="a local projection-<id>.npz (instead of --from)")
+    p.add_argument("--index", type=Path, help="a local index-<id>.npz (instead of --from)")
+    p.add_argument("--top", type=int, default=3)
+    p.add_argument("--model", type=Path, help="the .tflite (default: the committed fp32 model)")
+    p.add_argument("--endpoint-url")
+    p.add_argument("--profile")
+    p.add_argument("--region")
 
     p = sub.add_parser("export", help="Keras MobileNetV2 -> TFLite fp32/fp16/int8 with model cards (needs TensorFlow)",
                        description="Export MobileNetV2 (no classifier, average pooling, 1280-d) to TFLite.\n\n"
@@ -152,7 +171,14 @@ def cmd_sync(args) -> int:
         photos = find_photos(args.photos, label=args.label, summary=summary)
         if not photos:
             raise UserError(f"no photos found in {', '.join(args.photos)}")
-        known = manifest.uploaded_ids(bucket, root, "vectors", model.sha256)
+        projection = None
+        if args.project:
+            from edge_client.project import fetch_projection
+
+            projection = fetch_projection(client, bucket, root, model.sha256, endpoint_url=args.endpoint_url)
+            print(f"projection {projection.projection_id}: {projection.k} components (run {projection.run})")
+        kind = f"projected:{projection.projection_id}" if projection else "vectors"
+        known = manifest.uploaded_ids(bucket, root, kind, model.sha256)
         with tempfile.TemporaryDirectory() as tmp:
             out = args.keep or Path(tmp) / "vectors.parquet"
             vectorize(photos, out, model_path=model.path, threads=args.threads,
@@ -161,9 +187,16 @@ def cmd_sync(args) -> int:
                       rejects_path=(Path.cwd() / "sync.rejects.csv") if not args.keep else None)
             code = _report(summary)
             if summary.ok:
+                if projection is not None:
+                    from edge_client.project import project_file
+
+                    projected = Path(tmp) / "projected.parquet"
+                    project_file(out, projection, projected)
+                    out = projected
                 s = upload_vectors(client, [out], bucket, root, manifest=manifest,
                                    rows_per_object=args.rows_per_object, endpoint_url=args.endpoint_url,
-                                   progress=not args.quiet)
+                                   progress=not args.quiet,
+                                   projection_id=projection.projection_id if projection else None)
                 print(f"uploaded: {s.line()}")
             else:
                 print("uploaded: nothing new")
@@ -224,8 +257,29 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_identify(args) -> int:
+    from edge_client.project import fetch_index, fetch_projection, identify, load_local
+    from edge_client.runtime import Model
+
+    model = Model(args.model, threads=1)
+    if args.source:
+        from edge_client.upload import parse_s3_uri, s3_client
+
+        bucket, root = parse_s3_uri(args.source)
+        client = s3_client(endpoint_url=args.endpoint_url, profile=args.profile, region=args.region)
+        projection = fetch_projection(client, bucket, root, model.sha256, endpoint_url=args.endpoint_url)
+        index = fetch_index(client, bucket, root, projection.projection_id, endpoint_url=args.endpoint_url)
+    elif args.projection and args.index:
+        projection, index = load_local(args.projection, "projection"), load_local(args.index, "index")
+    else:
+        raise UserError("give --from s3://BUCKET/PREFIX, or both --projection and --index")
+    for label, score in identify(args.photo, model, projection, index, top=args.top):
+        print(f"{score:6.3f}  {label}")
+    return 0
+
+
 COMMANDS = {"vectorize": cmd_vectorize, "upload": cmd_upload, "sync": cmd_sync, "upload-raw": cmd_upload_raw,
-            "export": cmd_export}
+            "identify": cmd_identify, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from typing import Iterable
 from urllib.parse import urlparse
 
 from contract import ContractError, content_key, read_vectors, vectors_object_key
+from contract.projection import projected_prefix
 from contract.vectors import file_metadata, raw_object_key
 from edge_client.vectorize import Photo, UserError
 
@@ -212,8 +213,10 @@ class UploadSummary:
 
 def upload_vectors(client, files: Iterable[str | os.PathLike], bucket: str, root: str, *, manifest: Manifest,
                    client_id: str | None = None, rows_per_object: int = DEFAULT_ROWS_PER_OBJECT,
-                   endpoint_url: str | None = None, progress: bool = True) -> UploadSummary:
-    """Upload the rows of vectors files under ``s3://bucket/root/vectors/``; see the module doc."""
+                   endpoint_url: str | None = None, progress: bool = True,
+                   projection_id: str | None = None) -> UploadSummary:
+    """Upload the rows of vectors files under ``s3://bucket/root/vectors/`` (or, for projected vectors
+    made with ``projection_id``, under ``root/projected/``); see the module doc."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -242,7 +245,8 @@ def upload_vectors(client, files: Iterable[str | os.PathLike], bucket: str, root
         first = {}
         for n, i in enumerate(ids):
             first.setdefault(i, n)
-        done = manifest.uploaded_ids(bucket, root, "vectors", model_sha)
+        kind = f"projected:{projection_id}" if projection_id else "vectors"
+        done = manifest.uploaded_ids(bucket, root, kind, model_sha)
         keep = sorted((i, n) for i, n in first.items() if i not in done)
         summary.rows_skipped += len(first) - len(keep)
         if not keep:
@@ -254,13 +258,18 @@ def upload_vectors(client, files: Iterable[str | os.PathLike], bucket: str, root
         for chunk in chunks:
             chunk_ids = chunk.column("image_id").to_pylist()
             by = client_id or chunk.column("client_id")[0].as_py()
-            key = vectors_object_key(root, model_sha, by, chunk_ids)
+            key = vectors_object_key(root, model_sha, by, chunk_ids) if not projection_id else (
+                projected_prefix(root, model_sha, projection_id)
+                + f"client={by}/part-{content_key(model_sha + projection_id, chunk_ids)}.parquet")
             if manifest.has_object(bucket, key):
                 summary.objects_skipped += 1
                 bar.update(chunk.num_rows)
                 continue
             buf = io.BytesIO()
-            pq.write_table(chunk.replace_schema_metadata(file_metadata(model_sha, model_name)), buf,
+            meta = file_metadata(model_sha, model_name)
+            if projection_id:
+                meta[b"fruits.projection_id"] = projection_id.encode()
+            pq.write_table(chunk.replace_schema_metadata(meta), buf,
                            compression="zstd")
             body = buf.getvalue()
             try:
@@ -274,12 +283,12 @@ def upload_vectors(client, files: Iterable[str | os.PathLike], bucket: str, root
                 bar.close()
                 _fail(exc, bucket, endpoint_url)
             if etag is None:  # on S3 already (another machine, or a run killed after the PUT): remember it
-                manifest.record(bucket, key, root=root, kind="vectors", model_sha256=model_sha,
+                manifest.record(bucket, key, root=root, kind=kind, model_sha256=model_sha,
                                 image_ids=chunk_ids, rows=chunk.num_rows, size=0, etag="")
                 summary.objects_skipped += 1
                 bar.update(chunk.num_rows)
                 continue
-            manifest.record(bucket, key, root=root, kind="vectors", model_sha256=model_sha,
+            manifest.record(bucket, key, root=root, kind=kind, model_sha256=model_sha,
                             image_ids=chunk_ids, rows=chunk.num_rows, size=len(body), etag=etag)
             summary.objects_put += 1
             summary.rows_put += chunk.num_rows

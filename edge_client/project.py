@@ -1,0 +1,121 @@
+"""On the device: fetch a published projection, project vectors to k values, and identify a fruit.
+
+Everything here uses numpy and pyarrow only (no Spark, no TensorFlow), and reads the bucket with
+``GetObject`` under ``models/`` only, which is all the uploader's credentials allow.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from contract import ContractError, read_vectors
+from contract.projection import (PROJECTION_COLUMN, Projection, ReferenceIndex, index_key, latest_projection_key,
+                                 projection_key)
+from contract.vectors import file_metadata
+from edge_client.vectorize import UserError
+
+
+def _get(client, bucket: str, key: str, what: str, endpoint_url: str | None) -> bytes:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from edge_client.upload import explain
+
+    try:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404"):
+            raise UserError(f"no {what} at s3://{bucket}/{key}") from None
+        raise UserError(explain(exc, bucket, endpoint_url)) from None
+    except BotoCoreError as exc:
+        raise UserError(explain(exc, bucket, endpoint_url)) from None
+
+
+def fetch_projection(client, bucket: str, root: str, model_sha256: str, *,
+                     endpoint_url: str | None = None) -> Projection:
+    """The projection published for ``model_sha256`` (via its pointer), checked against that fingerprint."""
+    import json
+
+    pointer = _get(client, bucket, latest_projection_key(root, model_sha256),
+                   f"projection published for model {model_sha256[:12]}... (run `fruits-cloud publish`)",
+                   endpoint_url)
+    try:
+        pid = json.loads(pointer)["projection_id"]
+    except (ValueError, KeyError):
+        raise UserError(f"s3://{bucket}/{latest_projection_key(root, model_sha256)}: not a projection pointer") from None
+    key = projection_key(root, pid)
+    try:
+        projection = Projection.from_bytes(_get(client, bucket, key, "projection", endpoint_url), f"s3://{bucket}/{key}")
+        projection.check_model(model_sha256, f"s3://{bucket}/{key}")
+    except ContractError as exc:
+        raise UserError(str(exc)) from None
+    return projection
+
+
+def fetch_index(client, bucket: str, root: str, projection_id: str, *,
+                endpoint_url: str | None = None) -> ReferenceIndex:
+    key = index_key(root, projection_id)
+    try:
+        return ReferenceIndex.from_bytes(_get(client, bucket, key, "reference index", endpoint_url),
+                                         f"s3://{bucket}/{key}")
+    except ContractError as exc:
+        raise UserError(str(exc)) from None
+
+
+def load_local(path: str | os.PathLike, kind: str):
+    data = Path(path).read_bytes()
+    try:
+        return (Projection if kind == "projection" else ReferenceIndex).from_bytes(data, str(path))
+    except ContractError as exc:
+        raise UserError(str(exc)) from None
+
+
+def project_file(vectors: str | os.PathLike, projection: Projection, out: str | os.PathLike) -> int:
+    """A vectors file -> its projected form (k values per row, ``projection_id`` column); returns rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = read_vectors(vectors)
+    shas = set(table.column("model_sha256").to_pylist())
+    for sha in shas:
+        try:
+            projection.check_model(sha, f"projection {projection.projection_id}")
+        except ContractError as exc:
+            raise UserError(str(exc)) from None
+    x = np.stack(table.column("features").to_numpy(zero_copy_only=False)) if table.num_rows else \
+        np.zeros((0, projection.mean.shape[0]))
+    y = projection.project(x)
+    feats = pa.ListArray.from_arrays(pa.array(np.arange(0, (len(y) + 1) * projection.k, projection.k, dtype=np.int32)),
+                                     pa.array(y.ravel(), pa.float32()))
+    idx = table.schema.get_field_index("features")
+    table = table.set_column(idx, "features", feats)
+    table = table.append_column(PROJECTION_COLUMN, pa.array([projection.projection_id] * table.num_rows, pa.string()))
+    meta = file_metadata(projection.model_sha256, projection.model_name)
+    meta[b"fruits.projection_id"] = projection.projection_id.encode()
+    pq.write_table(table.replace_schema_metadata(meta), out, compression="zstd")
+    read_vectors(out)  # what we wrote follows the contract's projected form
+    return table.num_rows
+
+
+def identify(photo: str | os.PathLike, model, projection: Projection, index: ReferenceIndex,
+             top: int = 3) -> list[tuple[str, float]]:
+    """The most likely labels of one photo, with scores that sum to 1 over all labels."""
+    from edge_client.preprocess import ImageRejected, preprocess
+
+    try:
+        projection.check_model(model.sha256, f"projection {projection.projection_id}")
+    except ContractError as exc:
+        raise UserError(str(exc)) from None
+    if index.projection_id != projection.projection_id:
+        raise UserError(f"the index belongs to projection {index.projection_id}, not {projection.projection_id}")
+    try:
+        data = Path(photo).read_bytes()
+    except OSError as exc:
+        raise UserError(f"{photo}: cannot read ({exc.strerror or exc})") from None
+    try:
+        x, _, _ = preprocess(data, model.input_size)
+    except ImageRejected as exc:
+        raise UserError(f"{photo}: {exc}") from None
+    return index.rank(projection.project(model.features(x)), top=top)

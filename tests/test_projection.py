@@ -1,0 +1,123 @@
+"""Edge-side projection and identification: the device projects as the cloud does, refuses another model's
+projection, uploads k-d vectors the PCA job keeps apart from raw ones, and identifies held-out photos."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cloud_pca.job import JobConfig, JobError, run
+from cloud_pca.publish import publish
+from contract import read_vectors
+from contract.projection import Projection, ReferenceIndex, latest_projection_key
+from edge_client.cli import main as edge_main
+
+K = 8
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, vectors_file, spark):
+    """A PCA run on the synthetic vectors (6 classes x 10) and its published projection + index."""
+    base = tmp_path_factory.mktemp("published")
+    (base / "in").mkdir()
+    (base / "in" / "v.parquet").write_bytes(vectors_file.read_bytes())
+    result = run(spark, JobConfig(inputs=[f"file://{base}/in"], output=f"file://{base}/pca", k=K, run_id="p",
+                                  plots=False))
+    projection, index, written = publish(spark, result.run_uri, f"file://{base}/root")
+    return base, result, projection, index
+
+
+@pytest.mark.slow
+def test_device_projection_equals_the_cloud_projection(published, vectors_file, spark):
+    base, result, projection, index = published
+    pid = projection.projection_id
+    on_disk = Projection.from_bytes((base / "root" / "models" / f"projection-{pid}.npz").read_bytes())
+    assert on_disk.k == K and on_disk.model_sha256 == result.summary["model_sha256"]
+    pointer = json.loads((base / "root" / latest_projection_key("", on_disk.model_sha256)).read_text())
+    assert pointer["projection_id"] == pid
+    edge = read_vectors(vectors_file).to_pydict()
+    device = on_disk.project(np.stack(edge["features"]))
+    cloud = {r["image_id"]: np.asarray(r["pca"]) for r in spark.read.parquet(f"{result.run_uri}/projections").collect()}
+    ref = np.stack([cloud[i] for i in edge["image_id"]])
+    # Tolerance: float32 storage of the artifact and of the projections, relative to the spread of the values.
+    np.testing.assert_allclose(device, ref, atol=1e-4 * np.abs(ref).max(), rtol=1e-4)
+    assert len(index.labels) == 6 and index.centroids.shape == (6, K) and index.counts.sum() == 60
+
+
+@pytest.mark.slow
+def test_identify_held_out_photos_beats_chance_widely(published, tmp_path, capsys):
+    """Photos never seen by the PCA (another seed): top-1 must be right for >= 80% of them. Chance is 1/6
+    (17%); the synthetic classes differ in colour and shape, and nearest-centroid on the full vectors already
+    separates them (test_edge), so 80% leaves room for noise but fails a broken projection or index."""
+    from demo.synthetic import generate
+
+    base, result, projection, index = published
+    pid = projection.projection_id
+    held_out = generate(tmp_path / "new", per_class=5, n_classes=6, seed=1234)
+    right = total = 0
+    for photo in sorted(held_out.rglob("*.jpg")):
+        code = edge_main(["identify", str(photo), "--projection", str(base / "root" / "models" / f"projection-{pid}.npz"),
+                          "--index", str(base / "root" / "models" / f"index-{pid}.npz"), "--top", "2"])
+        assert code == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        scores = [float(line.split()[0]) for line in lines]
+        assert len(lines) == 2 and scores[0] >= scores[1] and 0 < sum(scores) <= 1.0001
+        right += lines[0].split(None, 1)[1] == photo.parent.name
+        total += 1
+    assert total == 30 and right / total >= 0.8, f"{right}/{total}"
+
+
+@pytest.mark.slow
+def test_sync_project_uploads_kd_vectors_and_the_job_keeps_them_apart(published, tmp_path, photos, spark, s3,
+                                                                    s3_server, bucket, model_path, capsys):
+    base, result, projection, index = published
+    for path in (base / "root" / "models").iterdir():   # publish to the bucket as the cloud would
+        s3.upload_file(str(path), bucket, f"team/models/{path.name}")
+    common = ["--endpoint-url", s3_server.endpoint_url, "--manifest", str(tmp_path / "m.sqlite")]
+    # Another model's device is refused, with the reason, before anything is uploaded.
+    code = edge_main(["--quiet", "sync", str(photos), f"s3://{bucket}/team", "--project", "--model",
+                      str(model_path.with_name("mobilenetv2_160_fp16.tflite")), *common])
+    err = capsys.readouterr().err
+    assert code == 1 and "no projection published for model" in err  # projections are looked up by fingerprint
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="team/projected/")
+    # ... and a projection file of another model, handed over directly, is refused by its fingerprint.
+    pid = projection.projection_id
+    photo = next(photos.rglob("*.jpg"))
+    code = edge_main(["identify", str(photo), "--model", str(model_path.with_name("mobilenetv2_160_fp16.tflite")),
+                      "--projection", str(base / "root" / "models" / f"projection-{pid}.npz"),
+                      "--index", str(base / "root" / "models" / f"index-{pid}.npz")])
+    err = capsys.readouterr().err
+    assert code == 1 and "was fitted on vectors of model" in err and "this device's model is" in err
+    # The same model: k-d rows under projected/, in the contract's projected form.
+    assert edge_main(["--quiet", "sync", str(photos), f"s3://{bucket}/team", "--project", *common]) == 0
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="team/projected/")["Contents"]]
+    assert len(keys) == 1 and f"/projection={projection.projection_id}/" in keys[0]
+    local = tmp_path / "p.parquet"
+    s3.download_file(bucket, keys[0], str(local))
+    table = read_vectors(local)
+    assert table.num_rows == 60 and {len(f) for f in table.column("features").to_pylist()} == {K}
+    assert set(table.column("projection_id").to_pylist()) == {projection.projection_id}
+    # Raw 1280-d vectors next to them: one fit of both is refused; the projected ones alone are accepted.
+    assert edge_main(["--quiet", "sync", str(photos), f"s3://{bucket}/team", *common]) == 0
+    with pytest.raises(JobError, match="refusing to mix projected vectors"):
+        run(spark, JobConfig(inputs=[f"s3a://{bucket}/team/projected/", f"s3a://{bucket}/team/vectors/"],
+                             output=f"s3a://{bucket}/team/pca", k=2, plots=False))
+    alone = run(spark, JobConfig(inputs=[f"s3a://{bucket}/team/projected/"], output=f"s3a://{bucket}/team/pca",
+                                 k=2, plots=False, run_id="projected"))
+    assert alone.summary["projected"] == 60 and alone.model.components_.shape == (K, 2)
+
+
+def test_a_corrupt_or_foreign_artifact_is_refused(tmp_path):
+    from contract import ContractError
+
+    p = Projection(np.zeros(4), np.ones(4), np.eye(4)[:, :2], "a" * 64, "m")
+    data = bytearray(p.to_bytes())
+    assert Projection.from_bytes(bytes(data)).projection_id == p.projection_id
+    with pytest.raises(ContractError, match="not a projection artifact"):
+        Projection.from_bytes(b"not an npz")
+    with pytest.raises(ContractError, match="was fitted on vectors of model aaaaaaaaaaaa"):
+        p.check_model("b" * 64)
+    idx = ReferenceIndex(["x", "y"], np.array([[0.0, 0.0], [10.0, 10.0]]), np.array([3, 4]), p.projection_id)
+    back = ReferenceIndex.from_bytes(idx.to_bytes())
+    assert back.rank(np.array([9.0, 9.0]))[0][0] == "y" and back.labels == ["x", "y"]
