@@ -63,7 +63,27 @@ def prefix_bytes(s3, bucket: str, prefix: str) -> tuple[int, int]:
     return n, size
 
 
-def write_report(out: Path, summary: dict, explained: dict, storage: dict, stage_s: dict, photos_src: str) -> Path:
+def identify_new_photos(out: Path, s3, bucket: str, root: str, endpoint: str | None) -> dict:
+    """Held-out photos (another seed) identified on the 'device' from what the cloud published."""
+    from demo.synthetic import generate
+    from edge_client.project import fetch_index, fetch_projection, identify
+    from edge_client.runtime import Model
+
+    new = generate(out / "new-photos", per_class=2, n_classes=10, seed=4242)
+    model = Model(threads=1)
+    projection = fetch_projection(s3, bucket, root, model.sha256, endpoint_url=endpoint)
+    index = fetch_index(s3, bucket, root, projection.projection_id, endpoint_url=endpoint)
+    rows = []
+    for photo in sorted(new.rglob("*.jpg")):
+        (label, score), *_ = identify(photo, model, projection, index, top=1)
+        rows.append({"photo": f"{photo.parent.name}/{photo.name}", "identified as": label, "score": round(score, 3),
+                     "right": label == photo.parent.name})
+    return {"rows": rows, "accuracy": sum(r["right"] for r in rows) / len(rows), "k": projection.k,
+            "projection_id": projection.projection_id, "classes": len(index.labels)}
+
+
+def write_report(out: Path, summary: dict, explained: dict, storage: dict, stage_s: dict, photos_src: str,
+                 evaluation=None, identified: dict | None = None) -> Path:
     from demo.report import Report
 
     s = summary
@@ -91,6 +111,22 @@ def write_report(out: Path, summary: dict, explained: dict, storage: dict, stage
     ])
     page.text("For 100x100 thumbnails a vector is about as big as the photo; the saving of uploading vectors "
               "is for phone photos (see ./run bench compare).", note=True)
+    if evaluation is not None:
+        from cloud_pca.evaluate import plot as evaluation_plots
+
+        page.heading("How little must we store? (fruits-cloud evaluate)")
+        for clf, a in evaluation.answer.items():
+            page.text(f"{clf}: {a['sentence']}.")
+        page.text(f"{evaluation.n_train} training / {evaluation.n_test} held-out images (split by image), "
+                  f"{evaluation.classes} classes; kNN k=5 and a ridge linear classifier.", note=True)
+        page.images(sorted(evaluation_plots(evaluation).items()))
+    if identified is not None:
+        page.heading("Identification on the device (fruits-edge identify)")
+        page.text(f"{len(identified['rows'])} new photos, never seen by the PCA, identified from the published "
+                  f"{identified['k']}-component projection {identified['projection_id']} and its per-class "
+                  f"centroids: top-1 accuracy {identified['accuracy']:.0%} "
+                  f"(chance {1 / identified['classes']:.0%}).")
+        page.table(identified["rows"])
     page.heading("Plots")
     plots_dir = out / "results" / "plots"
     page.images([(p.name, p.read_bytes()) for p in sorted(plots_dir.glob("*.png"))])
@@ -219,6 +255,25 @@ def main(argv: list[str] | None = None) -> int:
         stage_s["spark job (incl. start)"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        stage("    how little must we store: fruits-cloud evaluate (held-out accuracy vs bytes per image)")
+        from cloud_pca.evaluate import evaluate
+
+        evaluation = evaluate(spark, [f"s3a://{bucket}/{root}/vectors/"], ks=(2, 4, 8, 16, 32, 64))
+        stage_s["evaluate"] = time.perf_counter() - t
+        t = time.perf_counter()
+        k_pub = min(32, result.summary["k"])
+        stage(f"    publishing a {k_pub}-component projection + reference index for the devices")
+        from cloud_pca.publish import publish
+
+        projection, index, _ = publish(spark, result.run_uri, f"s3a://{bucket}/{root}", k=k_pub)
+        stage_s["publish"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        stage("    a device identifies 20 new photos (never seen by the PCA) with fruits-edge identify")
+        identified = identify_new_photos(out, s3, bucket, root, endpoint)
+        stage_s["identify 20 photos"] = time.perf_counter() - t
+
+        t = time.perf_counter()
         stage(f"5/5 copying results from s3://{bucket}/{root}/pca/run=demo/ and writing the report")
         prefix = f"{root}/pca/run=demo/"
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -232,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                    "raw_objects": r_objects, "raw_bytes": r_bytes}
         stage_s["copy results"] = time.perf_counter() - t
         report = write_report(out, result.summary, result.explained, storage, stage_s,
-                              str(args.photos or "synthetic"))
+                              str(args.photos or "synthetic"), evaluation, identified)
     except KeyboardInterrupt:
         print("\nError: interrupted; stopping Spark and the local S3 server", file=sys.stderr)
         return 130
@@ -266,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{s['duplicates']} duplicates")
     print(f"PCA:      k={s['k']} components keep {s['cumulative_explained_variance']:.1%} of the variance "
           f"of 1280-d vectors ({s['solver']} solver)")
+    for clf, a in evaluation.answer.items():
+        print(f"store:    {clf}: {a['sentence']}")
+    print(f"identify: {identified['accuracy']:.0%} of {len(identified['rows'])} new photos right (chance "
+          f"{1 / identified['classes']:.0%}) from a {identified['k']}-component projection published to the bucket")
     print(f"wall:     {wall:.0f} s")
     return 0
 

@@ -20,6 +20,8 @@ def test_demo_end_to_end_small(tmp_path):
     assert summary["storage"]["edge_images"] == 40 and summary["photos"]["ok"] == 10
     assert summary["projected"] == 50 and summary["reconciles"]
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and "Headline" in html
+    assert html.count("data:image/png;base64,") == 5 and "Headline" in html  # 3 PCA plots + 2 evaluation plots
+    assert "How little must we store?" in html and "Identification on the device" in html
+    assert "store:    knn5: storing" in proc.stdout and "identify: " in proc.stdout
     assert {p.name for p in (out / "results" / "plots").iterdir()} == {"scree.png", "pca_2d.png", "pca_3d.png"}
     assert (out / "results" / "_SUCCESS.json").exists()
