@@ -16,7 +16,6 @@ json,md,html}`` with tables and plots.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import Recorder  # noqa: E402
-from demo.s3server import TEST_CREDENTIALS, LocalS3  # noqa: E402
+from demo.s3server import TEST_CREDENTIALS, LocalS3, prefix_bytes  # noqa: E402
 
 BUCKET = "bench-compare"
 VCPUS = 4                     # m5.xlarge
@@ -76,13 +75,6 @@ def make_phone_photos(root: Path, n: int, seed: int = 11) -> Path:
     return root / "Training"
 
 
-def prefix_bytes(s3, prefix: str) -> int:
-    total = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
-        total += sum(o["Size"] for o in page.get("Contents", []))
-    return total
-
-
 def measure_kind(kind: str, photos_root: Path, tmp: Path, server, log: RequestLog, spark, model: Path) -> list[dict]:
     """Edge and cloud paths on one set of photos; returns two measurement rows."""
     from cloud_pca.featurize import featurize
@@ -112,7 +104,8 @@ def measure_kind(kind: str, photos_root: Path, tmp: Path, server, log: RequestLo
     edge_req = log.take()
     edge = {"measure": "path", "kind": kind, "path": "edge", "images": n, "median_photo_bytes": statistics.median(sizes),
             "decode_preprocess_ms": round(decode_ms, 2),
-            "bytes_sent_per_image": us.bytes_put / n, "bytes_stored_per_image": prefix_bytes(client, f"{root}/vectors/") / n,
+            "bytes_sent_per_image": us.bytes_put / n,
+            "bytes_stored_per_image": prefix_bytes(client, BUCKET, f"{root}/vectors/")[1] / n,
             **request_rates(edge_req, n), "images_per_s_per_core": vs.ok / vs.seconds / CORES_HERE,
             "wall_s": edge_wall, "compute_s": vs.seconds}
 
@@ -142,7 +135,7 @@ def measure_kind(kind: str, photos_root: Path, tmp: Path, server, log: RequestLo
     cloud = {"measure": "path", "kind": kind, "path": "cloud", "images": n,
              "median_photo_bytes": statistics.median(sizes), "decode_preprocess_ms": round(decode_ms, 2),
              "bytes_sent_per_image": rs.bytes_put / n,
-             "bytes_stored_per_image": (prefix_bytes(client, f"{root}/raw/") + n * edge["bytes_stored_per_image"]) / n,
+             "bytes_stored_per_image": (prefix_bytes(client, BUCKET, f"{root}/raw/")[1] + n * edge["bytes_stored_per_image"]) / n,
              **request_rates(up_req + feat_req, n),
              "images_per_s_per_core": n / local_s / CORES_HERE,
              "images_per_s_per_core_via_local_s3": n / warm_s / CORES_HERE,

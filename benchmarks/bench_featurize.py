@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pca import PeakMemory  # noqa: E402
 from common import Recorder, timed  # noqa: E402
 from contract import read_vectors  # noqa: E402
+from contract.vectors import cosine  # noqa: E402
 from demo.synthetic import generate  # noqa: E402
 from edge_client.runtime import default_model_path  # noqa: E402
 from edge_client.vectorize import find_photos, vectorize  # noqa: E402
@@ -69,10 +70,7 @@ def main() -> int:
         spark.stop()
 
         edge = read_vectors(Path(tmp) / "edge.parquet").to_pydict()
-        cos = []
-        for iid, vec in zip(edge["image_id"], edge["features"]):
-            a, b = np.asarray(vec, np.float64), server[iid]
-            cos.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+        cos = [cosine(vec, server[iid]) for iid, vec in zip(edge["image_id"], edge["features"])]
         same_ids = set(edge["image_id"]) == set(server)
 
     cold_rate, warm_rate = n / cold_s, n / warm_s

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import Recorder  # noqa: E402
+from contract.vectors import features_array  # noqa: E402
 
 D = 1280
 SOLVERS = ("numpy", "gram", "spark")
@@ -48,9 +49,7 @@ def make_data(path: Path, n: int, seed: int = 0, rank: int = 48, chunk: int = 81
             z = rng.normal(size=(m, rank)).astype(np.float32) * scales
             x = np.clip(z @ basis * 0.2 + 0.5 + 0.05 * rng.normal(size=(m, D)).astype(np.float32), 0, 6)
             ids = pa.array([f"{i:064x}" for i in range(start, start + m)])
-            feats = pa.ListArray.from_arrays(pa.array(np.arange(0, (m + 1) * D, D, dtype=np.int32)),
-                                             pa.array(x.astype(np.float32).ravel()))
-            w.write_table(pa.table({"image_id": ids, "features": feats}, schema=schema))
+            w.write_table(pa.table({"image_id": ids, "features": features_array(x)}, schema=schema))
 
 
 class PeakMemory:

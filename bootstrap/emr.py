@@ -70,8 +70,11 @@ class ClusterSpec:
     run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     subnet_id: str | None = None
 
+    def key(self, *parts: str) -> str:
+        return "/".join(p.strip("/") for p in (self.prefix, *parts) if p.strip("/"))
+
     def uri(self, *parts: str) -> str:
-        return "s3://" + "/".join(p.strip("/") for p in (self.bucket, self.prefix, *parts) if p.strip("/"))
+        return f"s3://{self.bucket}/{self.key(*parts)}"
 
 
 def validate(spec: ClusterSpec, prices: dict | None = None) -> None:
@@ -241,7 +244,7 @@ def uploads(spec: ClusterSpec, models_dir: Path | None = None) -> dict[str, byte
     model = models_dir / spec.model
     if not model.exists() or not model.with_suffix(".json").exists():
         raise EMRError(f"model {model} or its card {model.with_suffix('.json').name} is missing")
-    key = lambda *parts: "/".join(p.strip("/") for p in (spec.prefix, *parts) if p.strip("/"))  # noqa: E731
+    key = spec.key
     return {
         key("code", "fruits-code.zip"): code_zip(),
         key("code", "fruits_job.py"): (ROOT / "cloud_pca" / "cli.py"),

@@ -125,17 +125,15 @@ def evaluate(spark, inputs: list[str], *, ks=DEFAULT_KS, test_fraction: float = 
              max_rows: int = 200_000) -> Evaluation:
     """Read labelled contract vectors under ``inputs`` and measure accuracy against bytes."""
     from pyspark.sql import functions as F
-    from pyspark.sql import Window
 
-    from cloud_pca.job import classify, read_inputs
+    from cloud_pca.job import classify, deduplicate, read_inputs
     from cloud_pca.pca import fit_pca
 
     if not 0 < test_fraction < 1:
         raise EvaluateError(f"--test-fraction={test_fraction} must be between 0 and 1")
     df, _, _ = read_inputs(spark, inputs, skip_bad_files=False)
     valid = classify(df, None).filter(F.col("reason").isNull() & F.col("label").isNotNull())
-    w = Window.partitionBy("image_id").orderBy(F.col("vectorized_at").asc_nulls_last(), F.col("source"))
-    unique = valid.withColumn("_n", F.row_number().over(w)).filter("_n = 1").select("image_id", "label", "features")
+    unique = deduplicate(valid).select("image_id", "label", "features")
     split_udf = F.udf(lambda i: split_of(i, seed), "double")
     unique = unique.withColumn("_u", split_udf("image_id")).cache()
     train = unique.filter(F.col("_u") >= test_fraction)

@@ -72,9 +72,10 @@ def spark_schema():
     ])
 
 
-def check_files(spark, files: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Split files into those whose Parquet schema follows the contract and (file, reason) for the rest."""
-    good, bad = [], []
+def check_files(spark, files: list[str]) -> tuple[list[str], list[tuple[str, str]], set[str]]:
+    """Split files into those whose Parquet schema follows the contract and (file, reason) for the rest;
+    also returns which good files hold projected vectors (a ``projection_id`` column)."""
+    good, bad, projected = [], [], set()
     expected = {f.name: f.dataType for f in spark_schema().fields}
     for path in files:
         try:
@@ -94,7 +95,9 @@ def check_files(spark, files: list[str]) -> tuple[list[str], list[tuple[str, str
                 f"{c} is {actual[c].simpleString()}, expected {expected[c].simpleString()}" for c in wrong)))
             continue
         good.append(path)
-    return good, bad
+        if PROJECTION_COLUMN in actual:
+            projected.add(path)
+    return good, bad, projected
 
 
 def read_inputs(spark, inputs: list[str], *, skip_bad_files: bool) -> tuple[object, list[tuple[str, str]], int]:
@@ -106,7 +109,7 @@ def read_inputs(spark, inputs: list[str], *, skip_bad_files: bool) -> tuple[obje
         files.extend(p for p, _ in list_files(spark, uri))
     if not files:
         raise JobError(f"no Parquet files under {', '.join(inputs)} (empty input prefix?)")
-    good, bad = check_files(spark, files)
+    good, bad, projected = check_files(spark, files)
     if bad and not skip_bad_files:
         path, reason = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
@@ -114,7 +117,6 @@ def read_inputs(spark, inputs: list[str], *, skip_bad_files: bool) -> tuple[obje
     if not good:
         raise JobError(f"none of the {len(files)} file(s) under {', '.join(inputs)} follows the contract")
     # Projected vectors (k values and a projection_id column) and raw 1280-d vectors are different spaces.
-    projected = {p for p in good if PROJECTION_COLUMN in spark.read.parquet(p).schema.fieldNames()}
     if projected and len(projected) < len(good):
         raw = sorted(set(good) - projected)
         raise JobError(f"refusing to mix projected vectors ({sorted(projected)[0]}, ...) with raw "
@@ -160,6 +162,15 @@ def classify(df, model_sha256: str | None, dim: int | None = None):
     return df.withColumn("reason", reason)
 
 
+def deduplicate(df):
+    """One row per image_id: the earliest vectorization of each image (then the source name)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    w = Window.partitionBy("image_id").orderBy(F.col("vectorized_at").asc_nulls_last(), F.col("source"))
+    return df.withColumn("_n", F.row_number().over(w)).filter(F.col("_n") == 1).drop("_n")
+
+
 def pick_model(df, model_sha256: str | None) -> dict[str, int]:
     """Rows per model fingerprint among valid rows; refuse a mix unless one is selected."""
     counts = {r["model_sha256"]: r["count"] for r in df.groupBy("model_sha256").count().collect()}
@@ -172,7 +183,6 @@ def pick_model(df, model_sha256: str | None) -> dict[str, int]:
 
 def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
     """Run the job; ``progress(stage)`` is called at each stage (for bars and logs)."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     say = progress or (lambda stage: log.info(stage))
@@ -211,10 +221,7 @@ def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
         raise JobError(f"the input holds no rows ({n_files} file(s))")
     valid = df.filter(F.col("reason").isNull())
     model_counts = pick_model(valid, cfg.model_sha256)
-    # Deduplicate by image_id: keep the earliest vectorization (then the source name) of each image.
-    w = Window.partitionBy("image_id").orderBy(F.col("vectorized_at").asc_nulls_last(), F.col("source"))
-    ranked = valid.withColumn("_n", F.row_number().over(w))
-    unique = ranked.filter(F.col("_n") == 1).drop("_n", "reason").cache()
+    unique = deduplicate(valid).drop("reason").cache()
     n_unique = unique.count()
     rejects = df.filter(F.col("reason").isNotNull()).select("image_id", "source", "client_id", "file", "reason")
     if feat is not None:  # photos that could not be decoded

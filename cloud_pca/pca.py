@@ -187,6 +187,8 @@ class FruitsPCAModel:
         import pyarrow as pa
         from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 
+        from contract.vectors import features_array
+
         keep = [f for f in df.schema.fields if f.name != input_col]
         schema = StructType(keep + [StructField(output_col, ArrayType(FloatType()))])
         mean = self.mean_
@@ -198,10 +200,9 @@ class FruitsPCAModel:
         def apply(batches):
             for batch in batches:
                 x = _arrow_rows(batch, input_col)
-                y = (((x - mean) * inv) @ comps).astype(np.float32) if len(x) else np.zeros((0, k), np.float32)
-                offsets = pa.array(np.arange(0, (len(y) + 1) * k, k, dtype=np.int32))
+                y = ((x - mean) * inv) @ comps if len(x) else np.zeros((0, k))
                 cols = [batch.column(batch.schema.get_field_index(c)) for c in names]
-                cols.append(pa.ListArray.from_arrays(offsets, pa.array(y.ravel(), pa.float32())))
+                cols.append(features_array(y))
                 yield pa.RecordBatch.from_arrays(cols, names=names + [output_col])
 
         return df.mapInArrow(apply, schema)

@@ -223,6 +223,21 @@ def write_vectors(path_or_file, rows: dict[str, Sequence], *, model_sha256: str,
     return table.num_rows
 
 
+def features_array(x):
+    """An (n, k) array as the contract's ``list<float32>`` column, in one block.
+
+    ``pa.array`` over a list of numpy rows converts value by value (0.3 s per 1,000 rows of 1280); this
+    builds the offsets and values directly (milliseconds).
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    x = np.asarray(x, dtype=np.float32)
+    n, k = (x.shape[0], x.shape[1]) if x.ndim == 2 else (0, 0)
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32) if k else np.zeros(n + 1, np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(x.ravel(), pa.float32()))
+
+
 def file_metadata(model_sha256: str, model_name: str) -> dict[bytes, bytes]:
     return {META_CONTRACT: CONTRACT_VERSION.encode(), META_MODEL_SHA256: model_sha256.encode(),
             META_MODEL_NAME: model_name.encode()}

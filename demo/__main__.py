@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from demo.s3server import TEST_CREDENTIALS, LocalS3
+from demo.s3server import TEST_CREDENTIALS, LocalS3, prefix_bytes
 
 BUCKET = "fruits-demo"
 
@@ -51,16 +51,6 @@ def split_photos(src: Path, edge_dir: Path, raw_dir: Path, raw_fraction: float) 
         n_raw += bool(to_raw)
         n_edge += not to_raw
     return n_edge, n_raw
-
-
-def prefix_bytes(s3, bucket: str, prefix: str) -> tuple[int, int]:
-    """(objects, bytes) under a prefix."""
-    n = size = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            n += 1
-            size += obj["Size"]
-    return n, size
 
 
 def identify_new_photos(out: Path, s3, bucket: str, root: str, endpoint: str | None) -> dict:
@@ -137,8 +127,8 @@ def write_report(out: Path, summary: dict, explained: dict, storage: dict, stage
     page.heading("Timings (seconds)")
     page.table([{"stage": k, "seconds": round(v, 2)} for k, v in stage_s.items()]
                + [{"stage": f"spark job: {k}", "seconds": v} for k, v in s["timings_s"].items()])
-    page.text(f"Files: results/ (projections/, model/, rejects/, explained_variance.json/.csv, summary.json, "
-              f"plots/), copied from the bucket.", note=True)
+    page.text("Files: results/ (projections/, model/, rejects/, explained_variance.json/.csv, summary.json, "
+              "plots/), copied from the bucket.", note=True)
     return page.write(out / "report.html")
 
 

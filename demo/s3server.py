@@ -89,3 +89,13 @@ class LocalS3:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def prefix_bytes(s3, bucket: str, prefix: str) -> tuple[int, int]:
+    """(objects, bytes) under a prefix."""
+    n = size = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            n += 1
+            size += obj["Size"]
+    return n, size

@@ -13,7 +13,7 @@ import numpy as np
 from contract import ContractError, read_vectors
 from contract.projection import (PROJECTION_COLUMN, Projection, ReferenceIndex, index_key, latest_projection_key,
                                  projection_key)
-from contract.vectors import file_metadata
+from contract.vectors import features_array, file_metadata
 from edge_client.vectorize import UserError
 
 
@@ -87,10 +87,8 @@ def project_file(vectors: str | os.PathLike, projection: Projection, out: str | 
     x = np.stack(table.column("features").to_numpy(zero_copy_only=False)) if table.num_rows else \
         np.zeros((0, projection.mean.shape[0]))
     y = projection.project(x)
-    feats = pa.ListArray.from_arrays(pa.array(np.arange(0, (len(y) + 1) * projection.k, projection.k, dtype=np.int32)),
-                                     pa.array(y.ravel(), pa.float32()))
     idx = table.schema.get_field_index("features")
-    table = table.set_column(idx, "features", feats)
+    table = table.set_column(idx, "features", features_array(y))
     table = table.append_column(PROJECTION_COLUMN, pa.array([projection.projection_id] * table.num_rows, pa.string()))
     meta = file_metadata(projection.model_sha256, projection.model_name)
     meta[b"fruits.projection_id"] = projection.projection_id.encode()
