@@ -50,7 +50,7 @@ def test_allow_deny_matrix_is_the_intended_one():
     assert not policies.allowed(docs["emr-instance-profile"], docs["bucket-policy"], "s3:ListBucket",
                                 f"arn:aws:s3:::{BUCKET}", {"s3:prefix": ""}), "no listing of the whole bucket"
     assert not policies.allowed(docs["emr-instance-profile"], docs["bucket-policy"], "s3:GetObject",
-                                f"arn:aws:s3:::other-bucket/team/vectors/x")
+                                "arn:aws:s3:::other-bucket/team/vectors/x")
 
 
 def test_committed_policy_files_are_what_the_function_makes():

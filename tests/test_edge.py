@@ -6,13 +6,9 @@ import io
 import json
 import os
 import shutil
-import struct
-import zlib
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
-from PIL import Image
 
 from contract import FEATURE_DIM, read_vectors
 from contract.vectors import cosine

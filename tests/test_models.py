@@ -1,7 +1,6 @@
 """The committed models: cards match files, re-export reproduces them, parity figures, bad export input."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
