@@ -30,8 +30,9 @@ def _add_s3_options(p: argparse.ArgumentParser) -> None:
 
 def _add_vectorize_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, help="a .tflite with its model card (default: the committed fp32 model)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2,
-                   help="parallel workers, each decoding and running a 1-thread interpreter (default: cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="parallel workers, each decoding and running a 1-thread interpreter (default: cores + 2, "
+                        "so a core stays busy while a worker waits for Python's GIL)")
     p.add_argument("--label", help="label for every photo (default: the parent folder's name)")
     p.add_argument("--client-id", default=None, help="who vectorized (default: FRUITS_CLIENT_ID or edge-<host>)")
 

@@ -13,7 +13,7 @@ import numpy as np
 from contract import ContractError, read_vectors
 from contract.projection import (PROJECTION_COLUMN, Projection, ReferenceIndex, index_key, latest_projection_key,
                                  projection_key)
-from contract.vectors import features_array, file_metadata
+from contract.vectors import features_array, file_metadata, parquet_options
 from edge_client.vectorize import UserError
 
 
@@ -92,7 +92,7 @@ def project_file(vectors: str | os.PathLike, projection: Projection, out: str | 
     table = table.append_column(PROJECTION_COLUMN, pa.array([projection.projection_id] * table.num_rows, pa.string()))
     meta = file_metadata(projection.model_sha256, projection.model_name)
     meta[b"fruits.projection_id"] = projection.projection_id.encode()
-    pq.write_table(table.replace_schema_metadata(meta), out, compression="zstd")
+    pq.write_table(table.replace_schema_metadata(meta), out, **parquet_options())
     read_vectors(out)  # what we wrote follows the contract's projected form
     return table.num_rows
 

@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 from contract import ContractError, content_key, read_vectors, vectors_object_key
 from contract.projection import projected_prefix
-from contract.vectors import file_metadata, raw_object_key
+from contract.vectors import file_metadata, parquet_options, raw_object_key
 from edge_client.vectorize import Photo, UserError
 
 log = logging.getLogger(__name__)
@@ -269,8 +269,7 @@ def upload_vectors(client, files: Iterable[str | os.PathLike], bucket: str, root
             meta = file_metadata(model_sha, model_name)
             if projection_id:
                 meta[b"fruits.projection_id"] = projection_id.encode()
-            pq.write_table(chunk.replace_schema_metadata(meta), buf,
-                           compression="zstd")
+            pq.write_table(chunk.replace_schema_metadata(meta), buf, **parquet_options())
             body = buf.getvalue()
             try:
                 etag = put_if_absent(client, bucket, key, body, ContentType="application/vnd.apache.parquet",

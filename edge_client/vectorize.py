@@ -1,7 +1,9 @@
 """Photos -> 1280-d vectors in a Parquet file of the data contract.
 
 Decoding and inference overlap: ``threads`` workers each own a one-thread LiteRT interpreter and take a
-photo from bytes to vector (Pillow and LiteRT release the GIL), so N cores stay busy on N photos.
+photo from bytes to vector (Pillow and LiteRT release the GIL).  The default is two workers more than cores:
+parts of decoding hold the GIL, and while a worker waits for it, a spare worker's interpreter keeps the core
+busy (on 2 cores, 4 workers ran 311-321 photos/s against 282-301 for 2, same run).
 """
 from __future__ import annotations
 
@@ -20,12 +22,13 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from contract.vectors import features_array, file_metadata, vector_schema
+from contract.vectors import features_array, file_metadata, parquet_options, vector_schema
 from edge_client.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageRejected, image_id, preprocess
 from edge_client.runtime import Model, default_model_path
 
 log = logging.getLogger(__name__)
 ROW_GROUP = 2048
+CHUNK = 8  # photos per task
 
 
 class UserError(Exception):
@@ -67,6 +70,11 @@ class Summary:
 def printable(path: Path) -> str:
     """A path as valid UTF-8 text: undecodable bytes of a file name become ``\\xNN`` escapes."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def default_workers() -> int:
+    """Workers for ``vectorize``: cores + 2 (see the module docstring)."""
+    return (os.cpu_count() or 2) + 2
 
 
 def default_client_id() -> str:
@@ -111,12 +119,14 @@ class _Rows:
     """Column buffers for the contract's Parquet, written a row group at a time."""
 
     def __init__(self, path: Path, model: Model):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         self.schema = vector_schema().with_metadata(file_metadata(model.sha256, model.name))
         self.tmp = path.with_name(f".{path.name}.part")
-        self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+        self.writer = pq.ParquetWriter(self.tmp, self.schema, **parquet_options())
         self.cols: dict[str, list] = {name: [] for name in self.schema.names}
+        pa.array([], pa.int64())  # its first call imports pandas (~0.4 s): pay that before the photos, not after
 
     def add(self, row: dict) -> None:
         for name, values in self.cols.items():
@@ -158,8 +168,13 @@ def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window
         yield pending.popleft().result()
 
 
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
 def vectorize(photos: list[Photo], out: str | os.PathLike, *, model_path: str | os.PathLike | None = None,
-              threads: int = 2, client_id: str | None = None, skip_ids: set[str] | None = None,
+              threads: int | None = None, client_id: str | None = None, skip_ids: set[str] | None = None,
               max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True, summary: Summary | None = None,
               rejects_path: str | os.PathLike | None = None) -> Summary:
     """Vectorize ``photos`` into the Parquet file ``out``; rejects go to ``<out>.rejects.csv``.
@@ -168,6 +183,7 @@ def vectorize(photos: list[Photo], out: str | os.PathLike, *, model_path: str | 
     """
     if not photos:
         raise UserError("no photos to vectorize (looked for " + ", ".join(IMAGE_EXTENSIONS) + ")")
+    threads = default_workers() if threads is None else threads
     if threads < 1:
         raise UserError(f"--threads={threads} must be at least 1")
     summary = summary or Summary()
@@ -205,7 +221,11 @@ def vectorize(photos: list[Photo], out: str | os.PathLike, *, model_path: str | 
     bar = tqdm(total=len(photos), desc="vectorizing", unit="img", disable=not progress, leave=False)
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vectorize") as pool:
-            for photo, iid, result in _bounded_map(pool, work, photos, window=8 * threads):
+            # Photos go to the workers CHUNK at a time: the main thread then wakes (and takes the GIL from
+            # a decoding worker) once per chunk, not once per photo.
+            results = (r for chunk in _bounded_map(pool, lambda chunk: [work(p) for p in chunk],
+                                                   _chunks(photos, CHUNK), window=4 * threads) for r in chunk)
+            for photo, iid, result in results:
                 bar.update(1)
                 if isinstance(result, str):
                     summary.rejected += 1

@@ -96,3 +96,57 @@ def test_export_bad_input_is_one_error_line_and_leaves_nothing(tmp_path, capsys)
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 1 and err[-1].startswith("Error: ") and message in err[-1], err
         assert not out.exists() or not list(out.glob("*.tflite")), "no partial .tflite left behind"
+
+
+@pytest.mark.slow
+def test_snapped_weights_are_exactly_what_the_int8_converter_stores(tmp_path):
+    """models.quantize assumes the converter rounds BN-folded weights per output channel with
+    scale = max|w| / 127; after snap_weights its rounding must then change nothing.  Checked on a small
+    random MobileNetV2 (He-normal convolutions: Keras's default init gives near-zero outputs)."""
+    pytest.importorskip("tensorflow")
+    import keras
+
+    from models.export import convert
+    from models.quantize import conv_bn_pairs, snap_weights
+    from edge_client.runtime import interpreter_class
+
+    model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, include_top=False,
+                                           pooling="avg", weights=None)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+            k = layer.get_weights()[0]
+            fan_in = np.prod(k.shape[:2]) * (1 if isinstance(layer, keras.layers.DepthwiseConv2D) else k.shape[2])
+            layer.set_weights([rng.normal(0, np.sqrt(2 / fan_in), k.shape).astype(np.float32)])
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            g, b, m, v = layer.get_weights()
+            layer.set_weights([rng.uniform(0.2, 3, g.shape), rng.normal(0, 0.5, b.shape), m,
+                               rng.uniform(0.5, 2, v.shape)])
+    images = rng.uniform(-1, 1, (8, 96, 96, 3)).astype(np.float32)
+    snap_weights(model, images, batch=4)
+
+    expected = []  # each conv's folded weights in TFLite's layout
+    for p in conv_bn_pairs(model):
+        layer, bn = model.get_layer(p.conv), model.get_layer(p.bn)
+        g, _, _, v = bn.get_weights()
+        gain = g / np.sqrt(v + bn.epsilon)
+        k = layer.get_weights()[0]
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            expected.append((k[..., 0] * gain)[None])                 # (1, h, w, C)
+        else:
+            expected.append(np.transpose(k * gain, (3, 0, 1, 2)))    # (out, h, w, in)
+    data = convert(model, "int8", lambda: ([x[None]] for x in images))
+    interp = interpreter_class()(model_content=data)
+    interp.allocate_tensors()
+    stored = []
+    for d in interp.get_tensor_details():
+        q = d["quantization_parameters"]
+        if d["dtype"] == np.int8 and len(q["scales"]) > 1:  # per-channel int8 = conv weights
+            w = interp.get_tensor(d["index"]).astype(np.float64)
+            shape = [1] * w.ndim
+            shape[q["quantized_dimension"]] = -1
+            stored.append(w * q["scales"].reshape(shape))
+    assert len(stored) == len(expected) == 52
+    for e in expected:
+        same = [s for s in stored if s.shape == e.shape and np.allclose(s, e, rtol=1e-5, atol=1e-7)]
+        assert same, f"no stored int8 weights equal the snapped {e.shape} weights"
