@@ -228,7 +228,7 @@ def cmd_export(args) -> int:
         import tensorflow  # noqa: F401
     except ImportError:
         raise UserError("export needs TensorFlow: pip install 'fruits[export]'") from None
-    from models.export import export, load_inputs
+    from models.export import export, load_inputs, load_named_inputs
     from models.standin import PROVENANCE, standin_path
 
     if args.calibration is not None:
@@ -241,20 +241,20 @@ def cmd_export(args) -> int:
         parity_dir = generate(tmp / "parity", per_class=10, seed=202)
         cal_src = "synthetic fruit photos, seed 101, 20 per class (demo.synthetic)"
     calibration = load_inputs(cal_dir, args.input_size)
-    parity = load_inputs(parity_dir, args.input_size, limit=200)
+    parity, parity_names = load_named_inputs(parity_dir, args.input_size, limit=200)
     weights = args.weights
     provenance = {"source": "keras.applications.MobileNetV2(weights='imagenet')"} if weights == "imagenet" else None
     if weights != "imagenet" and Path(weights).resolve() == standin_path(fetch=False).resolve():
         provenance = PROVENANCE
     results = export(weights, input_size=args.input_size, precisions=args.precision or ("fp32", "fp16", "int8"),
                      calibration=calibration, parity=parity, out_dir=args.out, provenance=provenance,
-                     calibration_source=cal_src,
+                     calibration_source=cal_src, parity_names=parity_names,
                      parity_source=("held-out synthetic photos, seed 202" if args.calibration is None
                                     else f"{args.calibration} (same as calibration)"))
     for r in results:
         p = r.card.parity
         print(f"{r.path}: {r.card.size_bytes / 1e6:.2f} MB, sha256 {r.card.sha256[:12]}..., cosine vs "
-              f"{p['reference']}: mean {p['cosine_mean']:.6f}, worst {p['cosine_min']:.6f}")
+              f"{p['reference']}: mean {p['cosine_mean']:.6f}, worst {p['cosine_min']:.6f} ({p['worst_image']})")
     return 0
 
 

@@ -123,22 +123,29 @@ def convert(model, precision: str, representative: Callable[[], Iterable[list[np
 
 def load_inputs(folder: str | os.PathLike, size: int, limit: int | None = None) -> np.ndarray:
     """Preprocessed images of a folder (recursive, sorted), as (n, size, size, 3) float32."""
+    return load_named_inputs(folder, size, limit)[0]
+
+
+def load_named_inputs(folder: str | os.PathLike, size: int,
+                      limit: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """:func:`load_inputs` and the paths (relative to ``folder``) of the images it kept, in the same order."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ExportError(f"calibration folder {folder} does not exist")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    arrays = []
+    arrays, names = [], []
     for p in files:
         if limit is not None and len(arrays) >= limit:
             break
         try:
             arrays.append(preprocess(p.read_bytes(), size)[0])
+            names.append(p.relative_to(folder).as_posix())
         except ImageRejected as exc:
             log.warning("calibration image %s skipped: %s", p, exc)
     if not arrays:
         raise ExportError(f"calibration folder {folder} holds no readable image "
                           f"({', '.join(IMAGE_EXTENSIONS)})")
-    return np.stack(arrays)
+    return np.stack(arrays), names
 
 
 def tflite_features(model_bytes: bytes, inputs: np.ndarray, threads: int = 2) -> np.ndarray:
@@ -186,7 +193,8 @@ def _versions() -> dict:
 
 def export(weights: str, *, input_size: int, precisions: Sequence[str] = PRECISIONS,
            calibration: np.ndarray, parity: np.ndarray, out_dir: str | os.PathLike,
-           provenance: dict | None = None, calibration_source: str = "", parity_source: str = "") -> list[ExportResult]:
+           provenance: dict | None = None, calibration_source: str = "", parity_source: str = "",
+           parity_names: Sequence[str] | None = None) -> list[ExportResult]:
     """Export the requested precisions into ``out_dir``; every .tflite gets its model card.
 
     ``calibration`` and ``parity`` are preprocessed image batches (see :func:`load_inputs`); the parity
@@ -224,6 +232,8 @@ def export(weights: str, *, input_size: int, precisions: Sequence[str] = PRECISI
         ref, ref_name = (keras_ref, "keras fp32") if precision == "fp32" else (fp32_out, "tflite fp32")
         stats = cosine_stats(ours, ref)
         stats.update(reference=ref_name, goal=PARITY_GOALS[precision], images_from=parity_source)
+        if parity_names is not None:
+            stats["worst_image"] = parity_names[stats["worst_image_index"]]
         if precision == "int8":
             stats["calibration_images"] = int(len(calibration))
             stats["calibration_from"] = calibration_source

@@ -44,6 +44,7 @@ def test_litert_reproduces_the_parity_in_the_cards(tmp_path):
         assert abs(cos.mean() - card.parity["cosine_mean"]) < 1e-4, (precision, cos.mean(), card.parity)
         assert abs(cos.min() - card.parity["cosine_min"]) < 1e-4, (precision, cos.min(), card.parity)
         assert int(np.argmin(cos)) == card.parity["worst_image_index"]
+        assert photos[int(np.argmin(cos))].source == card.parity["worst_image"]
     assert cosine(out["int8"][0], out["fp32"][0]) < 0.99999, "int8 is not a copy of fp32"
 
 
