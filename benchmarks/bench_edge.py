@@ -1,15 +1,14 @@
 """Edge benchmark: model size and latency per precision, and end-to-end `vectorize` throughput against
 the 2-core limit 2 / (d + i), all measured in one run on this machine.
 
-    ./run bench edge [--images 1000] [--repeats 3]
+    ./run bench edge [--images 1000] [--repeats 5]
 
 Every repeat measures d and i right before and right after its end-to-end run and uses their average; the
 table gives medians and the ratio is the median of the repeats' ratios (timings here drift by 10-20% from
-minute to minute). The end-to-end rate is
-the photo loop's (decode, preprocess, infer, write); ``call_images_per_s`` also counts the call's start-up
-(model load, imports). Then the
-fp32 and int8 vectors are uploaded to a local S3 server (moto on 127.0.0.1) to count bytes on S3 per image
-and S3 requests per 1,000 images, for a first upload and for an idempotent re-run.
+minute to minute). The end-to-end rate is the photo loop's (decode, preprocess, infer, write);
+``call_images_per_s`` also counts the call's start-up (model load, imports). Then the fp32 and int8 vectors
+are uploaded to a local S3 server (moto on 127.0.0.1) to count bytes on S3 per image and S3 requests per
+1,000 images, for a first upload and for an idempotent re-run.
 """
 from __future__ import annotations
 

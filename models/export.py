@@ -220,7 +220,7 @@ def export(weights: str, *, input_size: int, precisions: Sequence[str] = PRECISI
         if precision == "int8":
             # Plain post-training int8 loses too much here (cosine 0.936); see models/quantize.py.
             blobs[precision], int8_info = convert_int8_corrected(
-                model, calibration, lambda m, rep: convert(m, "int8", rep), log=log)
+                model, calibration, lambda m: convert(m, "int8", representative), log=log)
         else:
             blobs[precision] = convert(model, precision, representative)
     fp32_out = tflite_features(blobs["fp32"], parity)

@@ -27,11 +27,12 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
 INT8_MAX = 127.0
+RELU6_FLOOR = 0.5  # least fraction of ReLU6 outputs taken as linear when a mean shift is turned into a bias
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def _float_layer(reference, p: ConvBN, x: np.ndarray) -> np.ndarray:
     return np.clip(y, 0.0, 6.0) if p.relu6 else y
 
 
-def correct_from_int8(model, reference, model_bytes: bytes, images: np.ndarray, *, floor: float = 0.5,
+def correct_from_int8(model, reference, model_bytes: bytes, images: np.ndarray, *, floor: float = RELU6_FLOOR,
                       batch: int = 20) -> dict[str, float]:
     """Pass 2 (in place on ``model``): per-channel mean error of each int8 layer into its beta.
 
@@ -197,23 +198,20 @@ def copy_model(model):
     return twin
 
 
-def convert_int8_corrected(model, calibration: np.ndarray,
-                           convert: Callable[[object, Callable[[], Iterable[list[np.ndarray]]]], bytes],
+def convert_int8_corrected(model, calibration: np.ndarray, convert: Callable[[object], bytes],
                            *, log=None) -> tuple[bytes, dict]:
-    """Bias-corrected full-integer int8 of ``model`` (left untouched); returns the bytes and what was done."""
-    def representative():
-        for x in calibration:
-            yield [x[None].astype(np.float32)]
+    """Bias-corrected full-integer int8 of ``model`` (left untouched); returns the bytes and what was done.
 
+    ``convert`` turns a Keras model into int8 .tflite bytes, calibrated on the same ``calibration`` images.
+    """
     twin = copy_model(model)
     snap_weights(twin, calibration)
-    first = convert(twin, representative)
-    largest = correct_from_int8(twin, model, first, calibration)
+    largest = correct_from_int8(twin, model, convert(twin), calibration)
     if log:
         log.info("int8 bias correction: largest beta shift %.4f (%s)", max(largest.values()),
                  max(largest, key=largest.get))
     info = {"method": "bias correction (Nagel et al. 2019): weights snapped to the int8 grid with their mean "
                       "effect moved into the BN offset, then one pass of per-channel mean error of each int8 "
                       "layer (vs the float layer on the same int8 input) moved into the BN offset",
-            "images": int(len(calibration)), "relu6_linear_fraction_floor": 0.5}
-    return convert(twin, representative), info
+            "images": int(len(calibration)), "relu6_linear_fraction_floor": RELU6_FLOOR}
+    return convert(twin), info

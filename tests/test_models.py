@@ -35,8 +35,8 @@ def test_litert_reproduces_the_parity_in_the_cards(tmp_path):
 
     photos = find_photos([generate(tmp_path / "par", per_class=10, seed=202)])  # the export's parity set
     inputs = [preprocess(p.path.read_bytes(), 160)[0] for p in photos]
-    out = {p: np.stack([Model(MODELS / f"mobilenetv2_160_{p}.tflite").features(x) for x in inputs])
-           for p in PRECISIONS}
+    models = {p: Model(MODELS / f"mobilenetv2_160_{p}.tflite") for p in PRECISIONS}
+    out = {p: np.stack([m.features(x) for x in inputs]) for p, m in models.items()}
     for precision in ("fp16", "int8"):
         card = load_model_card(MODELS / f"mobilenetv2_160_{precision}.tflite")
         cos = np.array([cosine(a, b) for a, b in zip(out[precision], out["fp32"])])
