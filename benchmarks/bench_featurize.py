@@ -20,8 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_pca import PeakMemory  # noqa: E402
-from common import Recorder, timed  # noqa: E402
+from common import PeakMemory, Recorder, timed  # noqa: E402
 from contract import read_vectors  # noqa: E402
 from contract.vectors import cosine  # noqa: E402
 from demo.synthetic import generate  # noqa: E402

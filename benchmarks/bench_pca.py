@@ -1,7 +1,17 @@
 """PCA scaling benchmark: fit + transform + write for N vectors with the gram and spark solvers (Spark
-local[2]) against numpy covariance + eigh on the same data read from the same Parquet file.
+local[2]) against numpy covariance + eigh on the same data read from the same Parquet file; and, with
+``--cluster``, the PCA job on a standalone cluster against local mode.
 
     ./run bench pca [--sizes 10000,50000,100000] [--k 64]
+    ./run bench pca --cluster [--sizes 10000,100000,300000] [--files 100]
+
+``--cluster``: the whole job (``cloud_pca.job.run``: read and validate every file, deduplicate, fit, project,
+write, plots) on N vectors spread over ``--files`` contract files, in local mode (``local[2]``, one JVM,
+the project's local tuning) and on a standalone cluster on 127.0.0.1 (2 workers x 1 core; driver, master,
+workers and executors in separate JVMs; Spark's defaults, as on EMR). Each case is a fresh driver process
+that runs a warm-up job first (so neither side pays JVM or Python-worker start-up in the timing). Reported:
+seconds, the bytes of task results the driver received (fit and whole run; Spark's resultSize metric), and
+peak RSS of driver and executors. Then the driver bytes of the cluster run at 10 and 1,000 shuffle partitions.
 
 Every (solver, N) runs in its own child process so that peak memory is that case's alone: the driver's
 Python, the JVM (in local mode the driver and executor share it) and the Spark Python workers are sampled
@@ -17,18 +27,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from common import Recorder  # noqa: E402
-from contract.vectors import features_array  # noqa: E402
+from common import PeakMemory, Recorder
+from contract.vectors import features_array
 
 D = 1280
 SOLVERS = ("numpy", "gram", "spark")
@@ -50,47 +55,6 @@ def make_data(path: Path, n: int, seed: int = 0, rank: int = 48, chunk: int = 81
             x = np.clip(z @ basis * 0.2 + 0.5 + 0.05 * rng.normal(size=(m, D)).astype(np.float32), 0, 6)
             ids = pa.array([f"{i:064x}" for i in range(start, start + m)])
             w.write_table(pa.table({"image_id": ids, "features": features_array(x)}, schema=schema))
-
-
-class PeakMemory:
-    """Polls RSS of this process, its JVM child and its Python worker children; keeps each peak (MB)."""
-
-    def __init__(self, interval: float = 0.05):
-        import psutil
-
-        self.me = psutil.Process()
-        self.interval = interval
-        self.peak = {"driver_python_mb": 0.0, "jvm_mb": 0.0, "workers_mb": 0.0}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def sample(self) -> None:
-        import psutil
-
-        now = {"driver_python_mb": self.me.memory_info().rss / 2**20, "jvm_mb": 0.0, "workers_mb": 0.0}
-        for child in self.me.children(recursive=True):
-            try:
-                rss = child.memory_info().rss / 2**20
-                name = child.name()
-            except psutil.Error:
-                continue
-            now["jvm_mb" if "java" in name else "workers_mb"] += rss
-        for key, value in now.items():
-            self.peak[key] = max(self.peak[key], value)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.sample()
 
 
 def run_numpy(path: str, out: str, k: int) -> dict:
@@ -177,9 +141,140 @@ def slope(rows: list[dict], solver: str) -> tuple[float, float]:
     return float(a), float(b)
 
 
+# ---------------------------------------------------------------------------------- --cluster: the job
+def make_files(folder: Path, n: int, files: int, seed: int = 0) -> None:
+    """``n`` contract rows (the data of :func:`make_data`) in ``files`` Parquet files, laid out as uploads."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from contract.vectors import file_metadata, parquet_options, vector_schema, vectors_object_key
+
+    sha = "b" * 64
+    rng = np.random.default_rng(seed)
+    rank = 48
+    basis = rng.normal(size=(rank, D)).astype(np.float32)
+    scales = np.geomspace(3.0, 0.1, rank).astype(np.float32)
+    bounds = np.linspace(0, n, files + 1).astype(int)
+    schema = vector_schema().with_metadata(file_metadata(sha, "bench"))
+    for f in range(files):
+        lo, hi = bounds[f], bounds[f + 1]
+        m = hi - lo
+        z = rng.normal(size=(m, rank)).astype(np.float32) * scales
+        x = np.clip(z @ basis * 0.2 + 0.5 + 0.05 * rng.normal(size=(m, D)).astype(np.float32), 0, 6)
+        ids = [f"{seed:08x}{i:056x}" for i in range(lo, hi)]
+        table = pa.table({
+            "image_id": pa.array(ids), "label": pa.array([f"class{i % 10}" for i in range(lo, hi)]),
+            "source": pa.array([f"p{i}.jpg" for i in range(lo, hi)]), "width": pa.array([100] * m, pa.int32()),
+            "height": pa.array([100] * m, pa.int32()), "features": features_array(x),
+            "model_sha256": pa.array([sha] * m), "model_name": pa.array(["bench"] * m),
+            "client_id": pa.array([f"phone-{f % 7}"] * m),
+            "vectorized_at": pa.array([0] * m, pa.timestamp("us", tz="UTC"))}, schema=schema)
+        path = folder / vectors_object_key("", sha, f"phone-{f % 7}", ids)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path, **parquet_options())
+
+
+def job_child(args) -> int:
+    """One case of --cluster: a driver process (local mode or a client of the cluster); prints one JSON line."""
+    from cloud_pca.job import JobConfig, run
+    from cloud_pca.spark import get_spark
+    from common import cluster_groups, local_groups
+
+    conf = dict(kv.split("=", 1) for kv in args.conf)
+    spark = get_spark("fruits-bench-cluster", master=args.master, conf=conf)
+    run(spark, JobConfig(inputs=[f"file://{args.warmup}"], output=f"file://{args.out}-warmup", k=args.k,
+                         run_id="warmup"))
+    groups = local_groups() if args.master.startswith("local") else cluster_groups(
+        [int(p) for p in args.worker_pids.split(",")])
+    with PeakMemory(groups) as mem:
+        start = time.perf_counter()
+        result = run(spark, JobConfig(inputs=[f"file://{args.data}"], output=f"file://{args.out}", k=args.k,
+                                      run_id="bench"))
+        seconds = time.perf_counter() - start
+    s = result.summary
+    print(json.dumps({"seconds": seconds, "rows": s["projected"], "files": s["files"],
+                      "driver_bytes_fit": s["driver_result_bytes"]["fit"],
+                      "driver_bytes_run": s["driver_result_bytes"]["run"],
+                      "partitions": s["driver_result_bytes"]["partitions"],
+                      "shuffle_partitions": spark.conf.get("spark.sql.shuffle.partitions"),
+                      "timings": s["timings_s"], **{k: round(v) for k, v in mem.peak.items()}}))
+    spark.stop()
+    return 0
+
+
+def cluster_main(args) -> int:
+    from cloud_pca.standalone import LocalCluster, loopback_env
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rec = Recorder("pca_cluster")
+    rows = []
+    env = loopback_env()
+
+    def case(mode: str, master: str, data: Path, warm: Path, out: Path, pids: str = "", conf=()) -> dict:
+        cmd = [sys.executable, __file__, "--job-child", "--master", master, "--data", str(data), "--warmup",
+               str(warm), "--out", str(out), "--k", str(args.k), "--worker-pids", pids]
+        for kv in conf:
+            cmd += ["--conf", kv]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"Error: the {mode} case failed (exit {proc.returncode})")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    with tempfile.TemporaryDirectory(prefix="fruits-bench-cluster-") as tmp, \
+            LocalCluster(workers=2, cores=1) as cluster:
+        tmp = Path(tmp)
+        pids = ",".join(str(p) for p in cluster.pids[1:])   # the workers (not the master)
+        warm = tmp / "warm"
+        make_files(warm, 2000, 10, seed=99)
+        print(f"cluster {cluster.master_url}: 2 workers x 1 core; local mode: local[2]; k={args.k}", flush=True)
+        print(f"{'N':>7s} {'files':>5s} {'mode':8s} {'seconds':>8s} {'ratio':>6s} {'fit bytes':>10s} "
+              f"{'run bytes':>10s} {'parts':>5s} {'driver MB':>9s} {'executors MB':>12s}", flush=True)
+        for n in sizes:
+            data = tmp / f"n{n}"
+            make_files(data, n, args.files, seed=n)
+            local = None
+            for mode, master in (("local[2]", "local[2]"), ("cluster", cluster.master_url)):
+                r = case(mode, master, data, warm, tmp / f"out-{mode}-{n}", pids)
+                assert r["rows"] == n, r
+                local = r["seconds"] if mode == "local[2]" else local
+                driver_mb = r.get("driver_python_mb", 0) + r.get("driver_jvm_mb", r.get("jvm_mb", 0))
+                executors_mb = r.get("executor_jvms_mb", 0) + r.get("executor_python_mb", r.get("workers_mb", 0))
+                row = {"measure": "pca_job", "n": n, "files": r["files"], "mode": mode, "k": args.k,
+                       "seconds": round(r["seconds"], 2), "ratio_to_local": round(r["seconds"] / local, 2),
+                       "driver_bytes_fit": r["driver_bytes_fit"], "driver_bytes_run": r["driver_bytes_run"],
+                       "partitions": r["partitions"], "shuffle_partitions": r["shuffle_partitions"],
+                       "driver_mb": driver_mb, "executors_mb": executors_mb, "timings": r["timings"],
+                       **{k: v for k, v in r.items() if k.endswith("_mb")}}
+                rows.append(row)
+                rec.add(**row)
+                print(f"{n:7d} {r['files']:5d} {mode:8s} {r['seconds']:8.2f} {row['ratio_to_local']:6.2f} "
+                      f"{r['driver_bytes_fit']:10d} {r['driver_bytes_run']:10d} {r['partitions']:5d} "
+                      f"{driver_mb:9d} {executors_mb:12d}", flush=True)
+        n = sizes[len(sizes) // 2]
+        print(f"\ndriver bytes on the cluster at N={n} with 10 and 1,000 shuffle partitions:")
+        for parts in (10, 1000):
+            r = case("cluster", cluster.master_url, tmp / f"n{n}", warm, tmp / f"out-p{parts}", pids,
+                     conf=[f"spark.sql.shuffle.partitions={parts}"])
+            rec.add(measure="pca_job_driver_bytes", n=n, mode="cluster", shuffle_partitions=parts,
+                    seconds=round(r["seconds"], 2), driver_bytes_fit=r["driver_bytes_fit"],
+                    driver_bytes_run=r["driver_bytes_run"], partitions=r["partitions"])
+            print(f"  spark.sql.shuffle.partitions={parts:5d}: fit {r['driver_bytes_fit']} B, run "
+                  f"{r['driver_bytes_run']} B, {r['seconds']:.1f} s", flush=True)
+    path = rec.save()
+    print(f"\nwrote {path}, {path.with_suffix('.json')}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="10000,50000,100000")
+    ap.add_argument("--sizes", default=None, help="default 10000,50000,100000 (--cluster: 10000,100000,300000)")
+    ap.add_argument("--cluster", action="store_true", help="the job on a standalone cluster vs local[2]")
+    ap.add_argument("--files", type=int, default=100, help="--cluster: input files per N (uploads: <= 5,000 rows each)")
+    ap.add_argument("--job-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--master", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-pids", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--conf", action="append", default=[], help=argparse.SUPPRESS)
     ap.add_argument("--solvers", default=",".join(SOLVERS))
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -190,6 +285,12 @@ def main() -> int:
     args = ap.parse_args()
     if args.child:
         return child(args)
+    if args.job_child:
+        return job_child(args)
+    if args.cluster:
+        args.sizes = args.sizes or "10000,100000,300000"
+        return cluster_main(args)
+    args.sizes = args.sizes or "10000,50000,100000"
 
     sizes = [int(s) for s in args.sizes.split(",")]
     solvers = [s for s in args.solvers.split(",") if s]

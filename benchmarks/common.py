@@ -1,17 +1,26 @@
-"""Shared benchmark helpers: timing, CSV/JSON rows."""
+"""Shared benchmark helpers: timing, CSV/JSON rows, peak memory of process groups."""
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
+
+log = logging.getLogger("benchmarks")
+TIMINGS: list[tuple[str, float]] = []   # every timed() call of this process, in order
 
 
 def timed(label: str, fn: Callable[[], Any]) -> tuple[Any, float]:
+    """Run ``fn`` and return (its result, seconds); the label and time are logged and kept in TIMINGS."""
     start = time.perf_counter()
     result = fn()
-    return result, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    TIMINGS.append((label, seconds))
+    log.info("%s: %.3f s", label, seconds)
+    return result, seconds
 
 
 class Recorder:
@@ -35,3 +44,86 @@ class Recorder:
             w.writerows(self.rows)
         (self.out_dir / f"{self.name}.json").write_text(json.dumps(self.rows, indent=1))
         return path
+
+
+def _descendants(pids: Iterable[int]) -> list:
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            out.extend(psutil.Process(pid).children(recursive=True))
+        except psutil.Error:
+            continue
+    return out
+
+
+def local_groups() -> dict[str, Callable[[], list]]:
+    """This process (the driver's Python), its JVM, and the JVM's Python workers (local mode)."""
+    import os
+
+    import psutil
+
+    me = psutil.Process()
+
+    def children(java: bool):
+        return [p for p in _descendants([os.getpid()]) if _is_java(p) == java]
+
+    return {"driver_python_mb": lambda: [me], "jvm_mb": lambda: children(True), "workers_mb": lambda: children(False)}
+
+
+def cluster_groups(worker_pids: list[int]) -> dict[str, Callable[[], list]]:
+    """Driver (this Python + its JVM) and executors (the JVMs the standalone workers launched + their Python
+    workers); the master and worker daemons themselves are not counted."""
+    groups = local_groups()
+    driver = {"driver_python_mb": groups["driver_python_mb"], "driver_jvm_mb": groups["jvm_mb"]}
+
+    def executors(java: bool):
+        return [p for p in _descendants(worker_pids) if _is_java(p) == java]
+
+    driver.update({"executor_jvms_mb": lambda: executors(True), "executor_python_mb": lambda: executors(False)})
+    return driver
+
+
+def _is_java(proc) -> bool:
+    try:
+        return "java" in proc.name()
+    except Exception:
+        return False
+
+
+class PeakMemory:
+    """Polls the RSS of process groups every ``interval`` seconds; keeps each group's peak sum (MB)."""
+
+    def __init__(self, groups: dict[str, Callable[[], list]] | None = None, interval: float = 0.05):
+        self.groups = groups or local_groups()
+        self.interval = interval
+        self.peak = {name: 0.0 for name in self.groups}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        import psutil
+
+        for name, procs in self.groups.items():
+            total = 0.0
+            for p in procs():
+                try:
+                    total += p.memory_info().rss / 2**20
+                except psutil.Error:
+                    continue
+            self.peak[name] = max(self.peak[name], total)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()

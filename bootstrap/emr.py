@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bootstrap.policies import PolicyError, bucket_settings, check_bucket_name, policy_documents
+from cloud_pca.spark import CLUSTER_DEFAULTS
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -69,6 +70,8 @@ class ClusterSpec:
     variance: float = 0.95
     run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     subnet_id: str | None = None
+    evaluate: bool = False               # add the evaluate step (accuracy vs bytes per image)
+    publish_k: int | None = None         # add the publish step: projection + index with this many components
 
     def key(self, *parts: str) -> str:
         return "/".join(p.strip("/") for p in (self.prefix, *parts) if p.strip("/"))
@@ -105,6 +108,8 @@ def validate(spec: ClusterSpec, prices: dict | None = None) -> None:
         raise EMRError(f"idle timeout {spec.idle_timeout_s}s must be between 60 s and 7 days")
     if not spec.model.endswith(".tflite"):
         raise EMRError(f"model {spec.model!r}: expected a .tflite file name under models/")
+    if spec.publish_k is not None and not 1 <= spec.publish_k <= 1280:
+        raise EMRError(f"publish k={spec.publish_k} must be between 1 and 1280")
 
 
 def _spark_submit(spec: ClusterSpec, args: list[str]) -> list[str]:
@@ -132,6 +137,19 @@ def build_request(spec: ClusterSpec) -> dict:
     pca_args += ["--k", str(spec.k)] if spec.k else ["--variance", str(spec.variance)]
     steps.append({"Name": "fruits: StandardScaler + PCA", "ActionOnFailure": "TERMINATE_CLUSTER",
                   "HadoopJarStep": {"Jar": "command-runner.jar", "Args": _spark_submit(spec, pca_args)}})
+    run_uri = spec.uri("pca", f"run={spec.run_id}")
+    if spec.evaluate:
+        eval_args = ["evaluate", "--input", spec.uri("vectors") + "/"]
+        if spec.images:
+            eval_args += ["--input", featurized + "/vectors/"]
+        steps.append({"Name": "fruits: evaluate (accuracy vs bytes per image)", "ActionOnFailure": "TERMINATE_CLUSTER",
+                      "HadoopJarStep": {"Jar": "command-runner.jar", "Args": _spark_submit(
+                          spec, eval_args + ["--output", run_uri + "/evaluation"])}})
+    if spec.publish_k:
+        steps.append({"Name": "fruits: publish projection + index for the devices",
+                      "ActionOnFailure": "TERMINATE_CLUSTER",
+                      "HadoopJarStep": {"Jar": "command-runner.jar", "Args": _spark_submit(spec, [
+                          "publish", "--run", run_uri, "--root", spec.uri(), "--k", str(spec.publish_k)])}})
     groups = [
         {"Name": "master", "InstanceRole": "MASTER", "Market": "ON_DEMAND", "InstanceType": spec.instance_type,
          "InstanceCount": 1},
@@ -158,10 +176,8 @@ def build_request(spec: ClusterSpec) -> dict:
         "Configurations": [
             {"Classification": "spark-env", "Configurations": [
                 {"Classification": "export", "Properties": {"PYSPARK_PYTHON": NODE_PYTHON}}]},
-            {"Classification": "spark-defaults", "Properties": {
-                "spark.executorEnv.OMP_NUM_THREADS": "1", "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
-                "spark.sql.execution.arrow.pyspark.enabled": "true",
-                "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS"}},
+            # The job's own settings (cloud_pca.spark.CLUSTER_DEFAULTS), as in local mode; nothing else is tuned.
+            {"Classification": "spark-defaults", "Properties": dict(CLUSTER_DEFAULTS)},
         ],
         "AutoTerminationPolicy": {"IdleTimeout": spec.idle_timeout_s},
         "ServiceRole": ROLE_SERVICE,

@@ -79,6 +79,8 @@ def policy_documents(bucket: str, prefix: str = "") -> dict[str, dict]:
             {"Sid": "WriteResultsAndLogs", "Effect": "Allow",
              "Action": ["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
              "Resource": _objects(bucket, prefix, EMR_WRITE)},
+            {"Sid": "PublishProjectionsForDevices", "Effect": "Allow", "Action": ["s3:PutObject"],
+             "Resource": [f"arn:aws:s3:::{bucket}/{_p(prefix, 'models')}/{name}-*" for name in ("projection", "index")]},
             {"Sid": "ListOnlyItsPrefixes", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [bucket_arn],
              "Condition": {"StringLike": {"s3:prefix": _list_prefixes(prefix, EMR_READ + EMR_WRITE)}}},
             {"Sid": "FindTheBucket", "Effect": "Allow", "Action": ["s3:GetBucketLocation"], "Resource": [bucket_arn]},

@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--test-fraction", type=float, default=0.25)
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--max-rows", type=int, default=200_000, help="rows the classifiers use (a sample beyond)")
+    v.add_argument("--max-bytes", type=int, default=128 * 2**20,
+                   help="bytes of features collected to the driver for the classifiers (default 128 MiB, ~26k rows)")
 
     e = sub.add_parser("emr", help="run the job on AWS EMR: plan | launch | status | terminate",
                        description="A transient EMR 7.x cluster (Spark 3.5) whose steps are featurize (optional) "
@@ -117,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--task-nodes", type=int, default=2, help="spot task nodes")
         a.add_argument("--idle-timeout", type=int, default=3600, help="seconds idle before auto-termination")
         a.add_argument("--images", action="store_true", help="add the featurize step for raw/ photos")
+        a.add_argument("--evaluate", action="store_true", help="add the evaluate step (accuracy vs bytes per image)")
+        a.add_argument("--publish", type=int, metavar="K", dest="publish_k",
+                       help="add the publish step: a K-component projection + index under models/ for the devices")
         a.add_argument("--model", default="mobilenetv2_160_fp32.tflite", help="model file under models/")
         a.add_argument("--k", type=int)
         a.add_argument("--variance", type=float, default=0.95)
@@ -140,7 +145,8 @@ def _emr_spec(args):
     spec = ClusterSpec(bucket=args.bucket, prefix=args.prefix, region=args.region, release=args.release,
                        instance_type=args.instance_type, core_nodes=args.core_nodes, task_nodes=args.task_nodes,
                        idle_timeout_s=args.idle_timeout, images=args.images, model=args.model, k=args.k,
-                       variance=args.variance, subnet_id=args.subnet_id)
+                       variance=args.variance, subnet_id=args.subnet_id, evaluate=args.evaluate,
+                       publish_k=args.publish_k)
     if args.run_id:
         spec.run_id = args.run_id
     return spec
@@ -210,7 +216,7 @@ def cmd_evaluate(args) -> int:
     if not args.quiet:
         print("[evaluate] fitting PCA on the training split, then classifiers per form and dtype", file=sys.stderr)
     ev = evaluate(spark, [_uri(u) for u in args.input], ks=ks, test_fraction=args.test_fraction, seed=args.seed,
-                  max_rows=args.max_rows)
+                  max_rows=args.max_rows, max_bytes=args.max_bytes)
     out = _uri(args.output).rstrip("/")
     write_bytes(spark, f"{out}/evaluation.json", ev.to_json().encode())
     cols = ["form", "dims", "dtype", "bytes_per_image", "classifier", "accuracy", "explained_variance"]

@@ -8,8 +8,8 @@ float32, float16 or int8 (per-component symmetric scales from the training part)
 - k-nearest neighbours (k=5, Euclidean, majority vote, ties to the nearest);
 - a linear classifier (one-vs-rest ridge regression on one-hot labels, closed form, lambda=1).
 
-The fit is distributed; the classifiers run on the driver on at most ``max_rows`` rows (a random sample by
-the same hash), which is stated in the output. The answer: the smallest stored form whose accuracy is
+The fit is distributed; the classifiers run on the driver on at most ``max_rows`` rows and ``max_bytes`` of
+features (128 MiB: ~26k rows; a random sample beyond), which is stated in the output (``rows_total``). The answer: the smallest stored form whose accuracy is
 within 1 point of the full float32 vectors' accuracy, for each classifier.
 """
 from __future__ import annotations
@@ -21,9 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract import FEATURE_DIM
+
 log = logging.getLogger(__name__)
 DTYPES = {"float32": 4, "float16": 2, "int8": 1}
 DEFAULT_KS = (8, 16, 32, 64, 128, 256, 512)
+DEFAULT_MAX_BYTES = 128 * 2**20   # features collected to the driver for the classifiers: ~26k rows of 1280
 
 
 class EvaluateError(ValueError):
@@ -69,6 +72,14 @@ def split_of(image_id: str, seed: int) -> float:
     return int(hashlib.sha256(f"{seed}:{image_id}".encode()).hexdigest()[:8], 16) / 2**32
 
 
+def split_column(image_id_col: str, seed: int):
+    """:func:`split_of` as a Spark SQL expression (no Python UDF): the same number for the same image."""
+    from pyspark.sql import functions as F
+
+    head = F.substring(F.sha2(F.concat(F.lit(f"{seed}:"), F.col(image_id_col)), 256), 1, 8)
+    return F.conv(head, 16, 10).cast("double") / float(2**32)
+
+
 @dataclass
 class Evaluation:
     rows: list[dict]
@@ -77,9 +88,11 @@ class Evaluation:
     n_test: int
     classes: int
     explained_cumulative: list[float]
+    rows_total: int = 0       # labelled unique rows; the classifiers saw n_train + n_test of them (a sample)
 
     def to_json(self) -> str:
         return json.dumps({"n_train": self.n_train, "n_test": self.n_test, "classes": self.classes,
+                           "rows_total": self.rows_total,
                            "answer": self.answer, "results": self.rows,
                            "explained_cumulative": self.explained_cumulative}, indent=1)
 
@@ -122,20 +135,20 @@ def evaluate_arrays(x_train, y_train, x_test, y_test, model, ks=DEFAULT_KS) -> t
 
 
 def evaluate(spark, inputs: list[str], *, ks=DEFAULT_KS, test_fraction: float = 0.25, seed: int = 0,
-             max_rows: int = 200_000) -> Evaluation:
+             max_rows: int = 200_000, max_bytes: int = DEFAULT_MAX_BYTES) -> Evaluation:
     """Read labelled contract vectors under ``inputs`` and measure accuracy against bytes."""
     from pyspark.sql import functions as F
 
-    from cloud_pca.job import classify, deduplicate, read_inputs
+    from cloud_pca.job import classify, deduplicate, read_inputs, target_partitions
     from cloud_pca.pca import fit_pca
 
     if not 0 < test_fraction < 1:
         raise EvaluateError(f"--test-fraction={test_fraction} must be between 0 and 1")
     df, _, _ = read_inputs(spark, inputs, skip_bad_files=False)
     valid = classify(df, None).filter(F.col("reason").isNull() & F.col("label").isNotNull())
-    unique = deduplicate(valid).select("image_id", "label", "features")
-    split_udf = F.udf(lambda i: split_of(i, seed), "double")
-    unique = unique.withColumn("_u", split_udf("image_id")).cache()
+    unique = (deduplicate(valid).select("image_id", "label", "features")
+              .coalesce(target_partitions(spark, valid.count()))
+              .withColumn("_u", split_column("image_id", seed)).cache())
     train = unique.filter(F.col("_u") >= test_fraction)
     n_train = train.count()
     n_labels = unique.select("label").distinct().count()
@@ -146,8 +159,10 @@ def evaluate(spark, inputs: list[str], *, ks=DEFAULT_KS, test_fraction: float = 
     kmax = min(max(ks), n_train - 1, 1280)
     model = fit_pca(train.select("features"), k=kmax, solver="gram")   # distributed
     total = unique.count()
+    # The classifiers run on the driver: bound what is collected by bytes (float32 features), not only rows.
+    max_rows = max(1, min(max_rows, max_bytes // (FEATURE_DIM * 4)))
     keep = min(1.0, max_rows / max(total, 1))
-    sample = unique.filter(F.rand(seed) < keep) if keep < 1 else unique
+    sample = unique.filter(F.rand(seed) < keep).limit(max_rows) if keep < 1 else unique
     rows = sample.select("label", "features", "_u").toPandas()
     unique.unpersist()
     x = np.stack(rows["features"].to_numpy()).astype(np.float64)
@@ -155,7 +170,7 @@ def evaluate(spark, inputs: list[str], *, ks=DEFAULT_KS, test_fraction: float = 
     test = rows["_u"].to_numpy() < test_fraction
     results, answer = evaluate_arrays(x[~test], y[~test], x[test], y[test], model, ks)
     return Evaluation(results, answer, int((~test).sum()), int(test.sum()), n_labels,
-                      [float(v) for v in np.cumsum(model.explained_variance_ratio_)[:kmax]])
+                      [float(v) for v in np.cumsum(model.explained_variance_ratio_)[:kmax]], rows_total=int(total))
 
 
 def plot(ev: Evaluation) -> dict[str, bytes]:

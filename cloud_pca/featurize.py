@@ -231,8 +231,9 @@ def featurize(spark, images: str | list[str], *, model_path: str, client_id: str
     cached = [result]
     if n_rows < len(photos):
         # Spark's file scan leaves zero-byte files out; every listed photo must be vectorized or rejected.
-        read = {r["file"] for r in result.select("file").collect()}
-        missing = [p for p in photos if p not in read]
+        # Which ones: an anti-join on the executors, so the driver receives only the few unread paths.
+        listed_df = spark.createDataFrame([(p,) for p in photos], "file string")
+        missing = [r["file"] for r in listed_df.join(result.select("file"), "file", "left_anti").collect()]
         extra = spark.createDataFrame([_unread_row(spark, p, roots, size) for p in missing],
                                       RESULT_DDL + ", file string")
         result = result.unionByName(extra).persist()

@@ -24,7 +24,7 @@ import numpy as np
 from contract import FEATURE_DIM, VECTOR_COLUMNS
 from contract.vectors import PROJECTION_COLUMN
 from cloud_pca.pca import fit_pca
-from cloud_pca.spark import list_files, write_bytes
+from cloud_pca.spark import driver_traffic, list_files, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,17 @@ def deduplicate(df):
     return df.withColumn("_n", F.row_number().over(w)).filter(F.col("_n") == 1).drop("_n")
 
 
+def target_partitions(spark, rows: int, row_bytes: int = FEATURE_DIM * 4 + 256) -> int:
+    """Partitions for ``rows`` contract rows: one per ``spark.sql.files.maxPartitionBytes`` (128 MB) of
+    vectors, at least one per core.
+
+    The dedup shuffle leaves ``spark.sql.shuffle.partitions`` partitions (200 by default; AQE does not
+    coalesce a cached plan): without this, 1,000 rows become 200 tasks and 200 output files.
+    """
+    per = int(spark._jsparkSession.sessionState().conf().filesMaxPartitionBytes())
+    return max(spark.sparkContext.defaultParallelism, -(-rows * row_bytes // max(per, 1)))
+
+
 def pick_model(df, model_sha256: str | None) -> dict[str, int]:
     """Rows per model fingerprint among valid rows; refuse a mix unless one is selected."""
     counts = {r["model_sha256"]: r["count"] for r in df.groupBy("model_sha256").count().collect()}
@@ -183,6 +194,11 @@ def pick_model(df, model_sha256: str | None) -> dict[str, int]:
 
 def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
     """Run the job; ``progress(stage)`` is called at each stage (for bars and logs)."""
+    with driver_traffic(spark, "fruits-pca-run") as traffic:
+        return _run(spark, cfg, progress=progress, traffic=traffic)
+
+
+def _run(spark, cfg: JobConfig, *, progress=None, traffic=None) -> JobResult:
     from pyspark.sql import functions as F
 
     say = progress or (lambda stage: log.info(stage))
@@ -221,7 +237,7 @@ def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
         raise JobError(f"the input holds no rows ({n_files} file(s))")
     valid = df.filter(F.col("reason").isNull())
     model_counts = pick_model(valid, cfg.model_sha256)
-    unique = deduplicate(valid).drop("reason").cache()
+    unique = deduplicate(valid).drop("reason").coalesce(target_partitions(spark, rows_in)).cache()
     n_unique = unique.count()
     rejects = df.filter(F.col("reason").isNotNull()).select("image_id", "source", "client_id", "file", "reason")
     if feat is not None:  # photos that could not be decoded
@@ -232,8 +248,10 @@ def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
 
     say(f"fitting StandardScaler + PCA ({cfg.solver} solver) on {n_unique} vectors")
     t = time.perf_counter()
-    model = fit_pca(unique, k=cfg.k, variance=cfg.variance, solver=cfg.solver)
+    with driver_traffic(spark, "fruits-pca-fit") as fit_traffic:
+        model = fit_pca(unique, k=cfg.k, variance=cfg.variance, solver=cfg.solver)
     timings["fit_s"] = time.perf_counter() - t
+    log.info("fit: the driver received %d bytes of task results in %d jobs", fit_traffic["bytes"], fit_traffic["jobs"])
 
     say("projecting and writing")
     t = time.perf_counter()
@@ -276,6 +294,9 @@ def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
         "k": model.k, "k_reason": model.k_reason, "solver": cfg.solver,
         "cumulative_explained_variance": float(cum[model.k - 1]),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        # Task-result bytes the driver received (Spark's resultSize metric): the fit's and the whole run's.
+        "driver_result_bytes": {"fit": fit_traffic["bytes"], "run": traffic.read()["bytes"] if traffic else None,
+                                "partitions": unique.rdd.getNumPartitions()},
         "finished_at": datetime.now(timezone.utc).isoformat(),
     }
     write_bytes(spark, f"{run_uri}/summary.json", json.dumps(summary, indent=1).encode())

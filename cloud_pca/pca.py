@@ -69,11 +69,89 @@ def _arrow_rows(batch, input_col: str) -> np.ndarray:
     return values.reshape(len(lengths), d).astype(np.float64)
 
 
-def gram_moments(df, input_col: str = "features", chunk_rows: int = 2048) -> Moments:
-    """Distributed n, sum and X^T X with numpy per partition; only d x d partials reach the driver.
+@dataclass
+class GramSums:
+    """The additive statistics of a set of rows: ``n``, ``sum(x)`` and the upper triangle of ``X^T X``
+    (packed row by row, float64). Partials of partitions (or of uploads) add up with ``+``."""
+
+    n: int
+    total: np.ndarray     # (d,)
+    upper: np.ndarray     # (d * (d + 1) / 2,)
+
+    @property
+    def d(self) -> int:
+        return int(self.total.shape[0])
+
+    def __add__(self, other: "GramSums") -> "GramSums":
+        if other.d != self.d:
+            raise PCAInputError(f"cannot add statistics of {self.d}-d and {other.d}-d vectors")
+        return GramSums(self.n + other.n, self.total + other.total, self.upper + other.upper)
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> "GramSums":
+        """The statistics of the rows of ``x`` (n, d)."""
+        x = np.asarray(x, dtype=np.float64)
+        g = x.T @ x
+        return cls(len(x), x.sum(axis=0), g[np.triu_indices(x.shape[1])])
+
+    def gram(self) -> np.ndarray:
+        d = self.d
+        g = np.zeros((d, d))
+        g[np.triu_indices(d)] = self.upper
+        return g + np.triu(g, 1).T
+
+    def moments(self) -> Moments:
+        if self.n < 1:
+            raise PCAInputError("no rows to fit")
+        return moments_from_gram(self.n, self.total, self.gram())
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.total.nbytes + self.upper.nbytes)
+
+
+def _sum_keyed(key, values):
+    """One (key, sum) for the GramSums in ``values``; nothing for an empty partition."""
+    total = None
+    for v in values:
+        total = v if total is None else total + v
+    if total is not None:
+        yield key, total
+
+
+def tree_sum(partials, fan_in: int = 8) -> GramSums | None:
+    """Add an RDD of :class:`GramSums` on the executors, ``fan_in`` partials per task and level, so that the
+    driver receives one partial whatever the number of partitions (``RDD.treeReduce`` would send it
+    about sqrt(partitions) of them, 10 MB each)."""
+    if fan_in < 2:
+        raise PCAInputError(f"fan_in={fan_in} must be at least 2")
+    level = partials.mapPartitionsWithIndex(_sum_keyed)
+    n = level.getNumPartitions()
+    while n > 1:
+        n = -(-n // fan_in)
+        level = (level.map(lambda kv, f=fan_in: (kv[0] // f, kv[1]))
+                 .partitionBy(n, lambda key: key)            # key k -> partition k: exactly fan_in per task
+                 .mapPartitionsWithIndex(lambda i, it: _sum_keyed(i, (v for _, v in it))))
+    out = level.values().collect()
+    return out[0] if out else None
+
+
+def gram_partitions(df, max_tasks_per_core: int = 4):
+    """``df`` with at most ``max_tasks_per_core`` partitions per core (``coalesce``, no shuffle).
+
+    After a shuffle Spark keeps ``spark.sql.shuffle.partitions`` (200 by default, and AQE does not coalesce
+    a cached plan): hundreds of nearly empty tasks, each with its own Python round trip and its own partial.
+    """
+    cap = max(2, max_tasks_per_core * df.sparkSession.sparkContext.defaultParallelism)
+    return df.coalesce(cap) if df.rdd.getNumPartitions() > cap else df
+
+
+def gram_sums(df, input_col: str = "features", chunk_rows: int = 2048, fan_in: int = 8) -> GramSums:
+    """Distributed n, sum and X^T X with numpy per partition, added on the executors (:func:`tree_sum`):
+    the driver receives one packed partial (6.6 MB for d=1280), however many partitions ``df`` has.
 
     Each task reads Arrow batches (``mapInArrow``: no pandas objects per row), stacks them into chunks of
-    ``chunk_rows`` rows and adds ``chunk.T @ chunk`` (level-3 BLAS, float64) to its partial Gram matrix.
+    ``chunk_rows`` rows and adds ``chunk.T @ chunk`` (level-3 BLAS, float64) to its partial.
     """
     import pyarrow as pa
 
@@ -102,18 +180,22 @@ def gram_moments(df, input_col: str = "features", chunk_rows: int = 2048) -> Mom
         if pending:
             flush()
         if gram is not None:
-            yield pa.RecordBatch.from_pydict({"n": [n], "total": [total.tobytes()], "gram": [gram.tobytes()]})
+            upper = gram[np.triu_indices(gram.shape[0])]
+            yield pa.RecordBatch.from_pydict({"n": [n], "total": [total.tobytes()], "upper": [upper.tobytes()]})
 
-    rows = (df.select(input_col)
-              .mapInArrow(partials, schema="n long, total binary, gram binary")
-              .collect())
-    if not rows:
+    rows = (gram_partitions(df.select(input_col))
+            .mapInArrow(partials, schema="n long, total binary, upper binary")
+            .rdd.map(lambda r: GramSums(r["n"], np.frombuffer(r["total"], dtype=np.float64),
+                                        np.frombuffer(r["upper"], dtype=np.float64))))
+    total = tree_sum(rows, fan_in)
+    if total is None:
         raise PCAInputError("no rows to fit")
-    n = sum(r["n"] for r in rows)
-    total = sum(np.frombuffer(r["total"], dtype=np.float64) for r in rows)
-    d = total.shape[0]
-    gram = sum(np.frombuffer(r["gram"], dtype=np.float64).reshape(d, d) for r in rows)
-    return moments_from_gram(n, total, gram)
+    return total
+
+
+def gram_moments(df, input_col: str = "features", chunk_rows: int = 2048) -> Moments:
+    """:func:`gram_sums` turned into mean, std and correlation."""
+    return gram_sums(df, input_col, chunk_rows).moments()
 
 
 def eig_components(corr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -251,7 +333,9 @@ def spark_moments_and_components(df, input_col: str = "features"):
     from pyspark.ml.functions import array_to_vector
     from pyspark.sql import functions as F
 
-    vec = df.select(array_to_vector(F.col(input_col)).alias(VEC_COL)).cache()
+    # Spark ML's covariance is a treeAggregate of d x d partials (depth 2: about sqrt(partitions) reach the
+    # driver); bounding the partitions bounds them.
+    vec = gram_partitions(df.select(array_to_vector(F.col(input_col)).alias(VEC_COL))).cache()
     try:
         n = vec.count()
         scaler = StandardScaler(inputCol=VEC_COL, outputCol=SCALED_COL, withMean=True, withStd=True).fit(vec)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
+from contextlib import contextmanager
 from typing import Mapping
 
 
@@ -45,9 +47,47 @@ def s3a_conf(endpoint: str | None = None, access_key: str | None = None, secret_
     return conf
 
 
+# What every session of the job gets, in local mode, on a standalone cluster and on EMR (bootstrap/emr.py
+# writes these into the cluster's spark-defaults): settings of the job, not tuning for one machine.
+CLUSTER_DEFAULTS: dict[str, str] = {
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.session.timeZone": "UTC",
+    # Images are big rows: keep Arrow batches small so a Python worker holds tens of MB, not GBs.
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
+    # One BLAS / interpreter thread per Python worker: Spark already runs one worker per core.
+    "spark.executorEnv.OMP_NUM_THREADS": "1",
+    "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
+    "spark.executorEnv.MKL_NUM_THREADS": "1",
+    # S3A: keep directory markers (no DeleteObject on parents after each write).
+    "spark.hadoop.fs.s3a.directory.marker.retention": "keep",
+}
+
+# Only for a local-mode session started from plain Python (one JVM on this machine): never on a cluster,
+# where Spark's defaults apply as on EMR, so that tests on a cluster see what EMR would.
+LOCAL_MODE_TUNING: dict[str, str] = {
+    "spark.sql.shuffle.partitions": "8",
+    "spark.python.worker.reuse": "true",
+}
+
+
+def is_local_master(master: str) -> bool:
+    return master == "local" or master.startswith("local[")
+
+
+def is_loopback_master(master: str) -> bool:
+    """Local mode, or a standalone master on this machine (``spark://127.0.0.1:7077``)."""
+    return is_local_master(master) or master.startswith(("spark://127.0.0.1:", "spark://localhost:"))
+
+
 def get_spark(app_name: str = "fruits", *, master: str | None = None, s3_endpoint: str | None = None,
               conf: Mapping[str, str] | None = None):
     """The active SparkSession, or a new one configured for this project.
+
+    Under ``spark-submit`` (an EMR step) the launcher's configuration is used as it is. Otherwise
+    ``master`` (default ``FRUITS_SPARK_MASTER`` or ``local[2]``): local mode gets :data:`LOCAL_MODE_TUNING`;
+    a ``spark://`` master gets Spark's defaults, as EMR does. On this machine (local mode or a loopback
+    master) the driver binds to 127.0.0.1 only.
 
     >>> spark = get_spark(master="local[2]")   # doctest: +SKIP
     """
@@ -64,31 +104,24 @@ def get_spark(app_name: str = "fruits", *, master: str | None = None, s3_endpoin
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
-    settings: dict[str, str] = {
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
-        "spark.sql.session.timeZone": "UTC",
-        # Images are big rows: keep Arrow batches small so a Python worker holds tens of MB, not GBs.
-        "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
-        # One BLAS / interpreter thread per Python worker: Spark already runs one worker per core.
-        "spark.executorEnv.OMP_NUM_THREADS": "1",
-        "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
-        "spark.executorEnv.MKL_NUM_THREADS": "1",
-    }
+    settings: dict[str, str] = dict(CLUSTER_DEFAULTS)
     if not _under_spark_submit():
         from cloud_pca.connector import connector_jars
 
+        master = master or os.environ.get("FRUITS_SPARK_MASTER", "local[2]")
         settings.update({
-            "spark.master": master or os.environ.get("FRUITS_SPARK_MASTER", "local[2]"),
+            "spark.master": master,
             "spark.jars": ",".join(str(p) for p in connector_jars()),
-            "spark.ui.enabled": "false",
             "spark.ui.showConsoleProgress": "false",
-            "spark.driver.host": "127.0.0.1",
-            "spark.driver.bindAddress": "127.0.0.1",
-            "spark.driver.memory": os.environ.get("FRUITS_DRIVER_MEMORY", "4g"),
-            "spark.sql.shuffle.partitions": "8",
-            "spark.python.worker.reuse": "true",
         })
+        if is_loopback_master(master):
+            # Bind to loopback: without it Spark picks the machine's first non-loopback address.
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+            settings.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
+                             "spark.ui.enabled": "false"})
+        if is_local_master(master):
+            settings.update(LOCAL_MODE_TUNING)
+            settings["spark.driver.memory"] = os.environ.get("FRUITS_DRIVER_MEMORY", "4g")
         settings.update(s3a_conf(s3_endpoint))
     settings.update(conf or {})
     for key, value in settings.items():
@@ -145,3 +178,64 @@ def list_files(spark, uri: str, suffixes: tuple[str, ...] | None = (".parquet",)
         out.append((st.getPath().toString(), int(st.getLen())))
     return sorted(out)
 
+
+
+class DriverTraffic:
+    """Bytes of task results the driver received for the jobs run inside :func:`driver_traffic`."""
+
+    def __init__(self, sc, tag: str):
+        self.sc, self.tag = sc, tag
+        self.totals: dict = {"bytes": 0, "jobs": 0, "stages": 0, "largest_stage_bytes": 0}
+
+    def read(self) -> dict:
+        """The totals so far (also while the block still runs)."""
+        self.totals = _result_bytes(self.sc, self.tag)
+        return self.totals
+
+    def __getitem__(self, key: str):
+        return self.totals[key]
+
+
+@contextmanager
+def driver_traffic(spark, label: str = "fruits"):
+    """Measure what the jobs started inside the block sent to the driver: the sum of Spark's own
+    ``resultSize`` task metric (serialized task results, as checked against ``spark.driver.maxResultSize``)
+    over every stage of those jobs, read from the application's status store.
+
+    >>> with driver_traffic(spark, "fit") as traffic:   # doctest: +SKIP
+    ...     model = fit_pca(df, k=8)
+    >>> traffic["bytes"], traffic["jobs"]              # doctest: +SKIP
+    """
+    sc = spark.sparkContext
+    traffic = DriverTraffic(sc, f"{label}-{uuid.uuid4().hex[:10]}")
+    sc.addJobTag(traffic.tag)
+    try:
+        yield traffic
+    finally:
+        sc.removeJobTag(traffic.tag)
+        traffic.read()
+
+
+def _result_bytes(sc, tag: str) -> dict:
+    jsc = sc._jsc.sc()
+    jsc.listenerBus().waitUntilEmpty()          # the status store is filled by a listener, asynchronously
+    tracker, store = jsc.statusTracker(), jsc.statusStore()
+    jobs = list(tracker.getJobIdsForTag(tag))
+    total = stages = largest = 0
+    seen = set()
+    for job in jobs:
+        info = tracker.getJobInfo(job)
+        if info.isEmpty():
+            continue
+        for stage in info.get().stageIds():
+            if stage in seen:
+                continue
+            seen.add(stage)
+            try:
+                size = int(store.lastStageAttempt(stage).resultSize())
+            except Exception:  # a skipped stage (its shuffle output was reused) never ran: nothing sent
+                continue
+            stages += 1
+            total += size
+            largest = max(largest, size)
+    return {"bytes": total, "jobs": len(jobs), "stages": stages, "largest_stage_bytes": largest}

@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--raw-fraction", type=float, default=0.2, help="share of photos uploaded raw (default 0.2)")
     ap.add_argument("--out", type=Path, default=Path("out/demo"))
     ap.add_argument("--solver", default="gram", choices=("gram", "spark"))
+    ap.add_argument("--master", help="Spark master: local[2] (default) or a cluster, e.g. spark://127.0.0.1:7077 "
+                                     "from `./run cluster start`")
     ap.add_argument("--s3", help="use this S3 location (s3://BUCKET/PREFIX) instead of a local server")
     ap.add_argument("--endpoint-url", help="with --s3: an S3-compatible endpoint (default AWS)")
     args = ap.parse_args(argv)
@@ -232,11 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         stage_s["devices (vectorize + upload)"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        stage("4/5 cloud: Spark (local mode) reads s3a://, featurizes raw photos, fits StandardScaler + PCA")
+        master = args.master or "local[2]"
+        stage(f"4/5 cloud: Spark ({master}) reads s3a://, featurizes raw photos, fits StandardScaler + PCA")
         from cloud_pca.job import JobConfig, run
         from cloud_pca.spark import get_spark
 
-        spark = get_spark("fruits-demo", s3_endpoint=endpoint)
+        spark = get_spark("fruits-demo", master=master, s3_endpoint=endpoint)
         signal.signal(signal.SIGINT, _interrupt)  # SparkContext installs its own; ours also stops everything
         result = run(spark, JobConfig(inputs=[f"s3a://{bucket}/{root}/vectors/"],
                                       images=[f"s3a://{bucket}/{root}/raw/"] if n_raw else [],

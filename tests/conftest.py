@@ -44,6 +44,16 @@ def bucket(s3):
 
 
 @pytest.fixture(scope="session")
+def cluster():
+    """A Spark standalone cluster on 127.0.0.1: a master and two 1-core workers, each its own JVM (and
+    their executors too), started from the pyspark wheel; stopped at the end, also on failure."""
+    from cloud_pca.standalone import LocalCluster
+
+    with LocalCluster(workers=2, cores=1) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
 def spark(s3_server):
     from cloud_pca.spark import get_spark
 

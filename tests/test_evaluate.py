@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from cloud_pca.evaluate import EvaluateError, encode, evaluate, knn_predict, ridge_predict, split_of
+from cloud_pca.evaluate import EvaluateError, encode, evaluate, knn_predict, ridge_predict, split_column, split_of
 
 
 def test_encodings_round_trip_within_their_precision():
@@ -29,6 +29,14 @@ def test_classifiers_and_split_on_separable_data():
     u = [split_of(f"{i:064x}", 3) for i in range(1000)]
     assert u == [split_of(f"{i:064x}", 3) for i in range(1000)] and 0 <= min(u) and max(u) < 1
     assert 0.2 < np.mean(np.array(u) < 0.25) < 0.3
+
+
+def test_the_split_in_spark_is_the_split_in_python(spark):
+    """The held-out split is computed in Spark SQL (no Python UDF): exactly split_of's numbers."""
+    ids = [f"{i:064x}" for i in range(200)] + ["f" * 64]
+    df = spark.createDataFrame([(i,) for i in ids], "image_id string")
+    got = {r["image_id"]: r["u"] for r in df.select("image_id", split_column("image_id", 3).alias("u")).collect()}
+    assert got == {i: split_of(i, 3) for i in ids}
 
 
 @pytest.mark.slow
