@@ -64,7 +64,7 @@ class RequestLog(logging.Handler):
 
 
 def make_phone_photos(root: Path, n: int, seed: int = 11) -> Path:
-    from demo.synthetic import CLASSES, phone_photo
+    from models.synthetic import CLASSES, phone_photo
 
     rng = np.random.RandomState(seed)
     for i in range(n):
@@ -78,7 +78,7 @@ def make_phone_photos(root: Path, n: int, seed: int = 11) -> Path:
 def measure_kind(kind: str, photos_root: Path, tmp: Path, server, log: RequestLog, spark, model: Path) -> list[dict]:
     """Edge and cloud paths on one set of photos; returns two measurement rows."""
     from cloud_pca.featurize import featurize
-    from edge_client.preprocess import preprocess
+    from featurizer.preprocess import preprocess
     from edge_client.upload import Manifest, s3_client, upload_raw, upload_vectors
     from edge_client.vectorize import find_photos, vectorize
 
@@ -242,11 +242,11 @@ def main() -> int:
     from bootstrap.emr import load_prices
     from cloud_pca.spark import get_spark
     from demo.report import Report
-    from demo.synthetic import generate
-    from edge_client.runtime import default_model_path
+    from models.synthetic import generate
+    from models import model_path
 
     prices = load_prices()
-    model = default_model_path()
+    model = model_path()
     rec = Recorder("compare")
     started = time.perf_counter()
     log = RequestLog()

@@ -24,10 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Recorder, timed  # noqa: E402
-from demo.synthetic import generate  # noqa: E402
-from edge_client.preprocess import preprocess  # noqa: E402
+from models.synthetic import generate  # noqa: E402
+from featurizer.preprocess import preprocess  # noqa: E402
 from demo.s3server import TEST_CREDENTIALS, LocalS3  # noqa: E402
-from edge_client.runtime import MODELS_DIR, Model  # noqa: E402
+from featurizer.runtime import Model  # noqa: E402
+from models import model_path  # noqa: E402
 from edge_client.upload import Manifest, s3_client, upload_vectors  # noqa: E402
 from edge_client.vectorize import default_workers, find_photos, vectorize  # noqa: E402
 
@@ -75,7 +76,7 @@ def main() -> int:
         print(f"{'precision':9s} {'MB':>6s} {'1-thr ms':>9s} {'2-thr ms':>9s} {'d ms':>6s} {'limit/s':>8s} "
               f"{'e2e/s':>7s} {'e2e/limit':>9s} {'e2e/bare2':>9s}   e2e/limit of each repeat")
         for precision in ("fp32", "fp16", "int8"):
-            path = MODELS_DIR / f"mobilenetv2_160_{precision}.tflite"
+            path = model_path(f"mobilenetv2_160_{precision}.tflite")
             m1 = Model(path, threads=1)
             m2 = Model(path, threads=2)
             xs = [preprocess(b, m1.input_size)[0] for b in blobs[:200]]

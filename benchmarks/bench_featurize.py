@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PeakMemory, Recorder, timed  # noqa: E402
 from contract import read_vectors  # noqa: E402
 from contract.vectors import cosine  # noqa: E402
-from demo.synthetic import generate  # noqa: E402
-from edge_client.runtime import default_model_path  # noqa: E402
+from models.synthetic import generate  # noqa: E402
+from models import model_path  # noqa: E402
 from edge_client.vectorize import find_photos, vectorize  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--model", default=str(default_model_path()))
+    ap.add_argument("--model", default=str(model_path()))
     ap.add_argument("--tasks-per-core", type=int, default=2)
     args = ap.parse_args()
     rec = Recorder("featurize")

@@ -29,6 +29,15 @@ def _uri(u: str) -> str:
     return "file://" + os.path.abspath(u)
 
 
+def default_model() -> str:
+    """The committed fp32 model, for runs from this checkout (the EMR steps always pass --model)."""
+    try:
+        from models import model_path
+    except ImportError:
+        raise JobError("give --model (a .tflite with its card): the committed models are not shipped here") from None
+    return str(model_path())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fruits-cloud", description=__doc__.split("\n\n")[0])
     parser.add_argument("--verbose", "-v", action="store_true")
@@ -241,7 +250,7 @@ def cmd_pca(args) -> int:
                     variance=args.variance, solver=args.solver, label_col=args.label_col,
                     model_sha256=args.model_sha256, skip_bad_files=args.skip_bad_files, run_id=args.run_id,
                     plots=not args.no_plots, images=[_uri(u) for u in args.images],
-                    model_path=_uri(args.model) if args.model else None)
+                    model_path=_uri(args.model) if args.model else (default_model() if args.images else None))
     say = (lambda stage: None) if args.quiet else (lambda stage: print(f"[pca] {stage}", file=sys.stderr, flush=True))
     result = run(spark, cfg, progress=say)
     s = result.summary
@@ -260,14 +269,13 @@ def cmd_featurize(args) -> int:
 
     from cloud_pca.featurize import featurize, write_featurized
     from cloud_pca.spark import get_spark
-    from edge_client.runtime import default_model_path
 
     spark = get_spark("fruits-featurize", master=args.master, s3_endpoint=args.endpoint_url)
     start = time.perf_counter()
     if not args.quiet:
         print(f"[featurize] photos under {', '.join(args.images)}", file=sys.stderr, flush=True)
     feat = featurize(spark, [_uri(u) for u in args.images], model_path=_uri(args.model) if args.model
-                     else str(default_model_path()), threads=args.threads, batch_rows=args.batch_rows)
+                     else default_model(), threads=args.threads, batch_rows=args.batch_rows)
     mode = "overwrite" if args.overwrite else "errorifexists"
     try:
         uri = write_featurized(feat, _uri(args.output), mode=mode)

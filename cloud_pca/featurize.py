@@ -2,7 +2,7 @@
 
 For clients that upload photos instead of vectors. Spark lists the photos (``binaryFile``, recursive; files
 whose extension is not an image extension are skipped and counted), and a pandas UDF of the iterator form
-runs :func:`edge_client.preprocess.preprocess` and :class:`edge_client.runtime.Model` (imported, not
+runs :func:`featurizer.preprocess.preprocess` and :class:`featurizer.runtime.Model` (imported, not
 copied) on the same ``.tflite`` the devices use. So a photo gets the same vector whichever side computes it.
 
 - The model reaches the workers as EMR would ship it: ``SparkContext.addFile`` of the ``.tflite`` and its
@@ -25,7 +25,7 @@ import pandas as pd
 
 from contract import VECTOR_COLUMNS, label_from_path, load_model_card
 from contract.vectors import card_path_for
-from edge_client.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from featurizer.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 SERVER_CLIENT_ID = "server:spark"
@@ -59,7 +59,7 @@ class Featurized:
 def _worker_model(name: str, threads: int):
     from pyspark import SparkFiles
 
-    from edge_client.runtime import Model
+    from featurizer.runtime import Model
 
     key = (name, threads)
     model = _WORKER_MODELS.get(key)
@@ -121,7 +121,7 @@ def _listed_path(uri: str) -> str:
 
 def _unread_row(spark, path: str, roots: list[str], size: int) -> tuple:
     """A rejects row for a listed photo the scan did not read: empty (Spark skips those) or gone."""
-    from edge_client.preprocess import ImageRejected, image_id, preprocess
+    from featurizer.preprocess import ImageRejected, image_id, preprocess
 
     jvm = spark._jvm
     hpath = jvm.org.apache.hadoop.fs.Path(path)
@@ -186,7 +186,7 @@ def featurize(spark, images: str | list[str], *, model_path: str, client_id: str
     is_image = ext.isin(*IMAGE_EXTENSIONS)
 
     def vectorize_batches(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
-        from edge_client.preprocess import ImageRejected, image_id, preprocess
+        from featurizer.preprocess import ImageRejected, image_id, preprocess
 
         model = _worker_model(model_file, threads)
         for paths, contents in batches:

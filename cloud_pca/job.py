@@ -218,11 +218,12 @@ def _run(spark, cfg: JobConfig, *, progress=None, traffic=None) -> JobResult:
     feat = None
     if cfg.images:
         from cloud_pca.featurize import featurize
-        from edge_client.runtime import default_model_path
 
         say(f"featurizing raw photos under {', '.join(cfg.images)}")
         t = time.perf_counter()
-        feat = featurize(spark, cfg.images, model_path=cfg.model_path or str(default_model_path()),
+        if not cfg.model_path:
+            raise JobError("--images needs --model (the .tflite the devices use)")
+        feat = featurize(spark, cfg.images, model_path=cfg.model_path,
                          batch_rows=cfg.batch_rows)
         timings["featurize_s"] = time.perf_counter() - t
         frames.append(feat.vectors.withColumn("file", F.lit("featurized from " + ", ".join(cfg.images))))

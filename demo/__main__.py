@@ -33,7 +33,7 @@ def stage(msg: str) -> None:
 
 def split_photos(src: Path, edge_dir: Path, raw_dir: Path, raw_fraction: float) -> tuple[int, int]:
     """Every class folder split in two: about ``raw_fraction`` of its photos go to the raw-upload devices."""
-    from edge_client.preprocess import IMAGE_EXTENSIONS
+    from featurizer.preprocess import IMAGE_EXTENSIONS
 
     n_edge = n_raw = 0
     every = max(1, round(1 / raw_fraction)) if raw_fraction > 0 else 0
@@ -55,12 +55,14 @@ def split_photos(src: Path, edge_dir: Path, raw_dir: Path, raw_fraction: float) 
 
 def identify_new_photos(out: Path, s3, bucket: str, root: str, endpoint: str | None) -> dict:
     """Held-out photos (another seed) identified on the 'device' from what the cloud published."""
-    from demo.synthetic import generate
+    from models.synthetic import generate
     from edge_client.project import fetch_index, fetch_projection, identify
-    from edge_client.runtime import Model
+    from featurizer.runtime import Model
 
     new = generate(out / "new-photos", per_class=2, n_classes=10, seed=4242)
-    model = Model(threads=1)
+    from models import model_path
+
+    model = Model(model_path(), threads=1)
     projection = fetch_projection(s3, bucket, root, model.sha256, endpoint_url=endpoint)
     index = fetch_index(s3, bucket, root, projection.projection_id, endpoint_url=endpoint)
     rows = []
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.photos:
             photos = args.photos.resolve()
         else:
-            from demo.synthetic import generate
+            from models.synthetic import generate
 
             stage(f"1/5 generating {args.per_class * 10} synthetic fruit photos")
             photos = generate(out / "photos", per_class=args.per_class, progress=True)

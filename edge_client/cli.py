@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from contract import ContractError
+from models import model_path
 from edge_client.vectorize import Summary, UserError, default_client_id, find_photos, vectorize
 
 EXIT_REJECTS = 3
@@ -100,17 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile")
     p.add_argument("--region")
 
-    p = sub.add_parser("export", help="Keras MobileNetV2 -> TFLite fp32/fp16/int8 with model cards (needs TensorFlow)",
-                       description="Export MobileNetV2 (no classifier, average pooling, 1280-d) to TFLite.\n\n"
-                                   "example: fruits-edge export --weights imagenet --input-size 224 --out models/",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default="imagenet", help="'imagenet' (downloads) or a .keras/.h5 file holding a MobileNetV2")
-    p.add_argument("--input-size", type=int, default=224, help="96, 128, 160, 192 or 224")
-    p.add_argument("--precision", action="append", choices=("fp32", "fp16", "int8"),
-                   help="repeat for several (default: all three)")
-    p.add_argument("--calibration", type=Path, help="folder of representative photos for int8 and parity "
-                                                    "(default: generated synthetic fruit photos)")
-    p.add_argument("--out", type=Path, default=Path("models"), help="output folder (default models/)")
     return parser
 
 
@@ -140,7 +130,7 @@ def cmd_vectorize(args) -> int:
     photos = find_photos(args.photos, label=args.label, summary=summary)
     if not photos:
         raise UserError(f"no photos found in {', '.join(args.photos)}")
-    vectorize(photos, args.out, model_path=args.model, threads=args.threads, client_id=args.client_id,
+    vectorize(photos, args.out, model_path=args.model or model_path(), threads=args.threads, client_id=args.client_id,
               progress=not args.quiet, summary=summary)
     print(f"wrote {summary.ok} vectors to {args.out}")
     return _report(summary)
@@ -161,13 +151,13 @@ def cmd_upload(args) -> int:
 
 
 def cmd_sync(args) -> int:
-    from edge_client.runtime import Model
+    from featurizer.runtime import Model
     from edge_client.upload import upload_vectors, check_bucket
 
     client, bucket, root, manifest = _s3(args)
     try:
         check_bucket(client, bucket, args.endpoint_url)  # before spending minutes on inference
-        model = Model(args.model, threads=1)
+        model = Model(args.model or model_path(), threads=1)
         summary = Summary()
         photos = find_photos(args.photos, label=args.label, summary=summary)
         if not photos:
@@ -223,46 +213,11 @@ def cmd_upload_raw(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        raise UserError("export needs TensorFlow: pip install 'fruits[export]'") from None
-    from models.export import export, load_inputs, load_named_inputs
-    from models.standin import PROVENANCE, standin_path
-
-    if args.calibration is not None:
-        cal_dir, parity_dir, cal_src = args.calibration, args.calibration, str(args.calibration)
-    else:
-        from demo.synthetic import generate
-
-        tmp = Path(tempfile.mkdtemp(prefix="fruits-calibration-"))
-        cal_dir = generate(tmp / "calibration", per_class=20, seed=101)
-        parity_dir = generate(tmp / "parity", per_class=10, seed=202)
-        cal_src = "synthetic fruit photos, seed 101, 20 per class (demo.synthetic)"
-    calibration = load_inputs(cal_dir, args.input_size)
-    parity, parity_names = load_named_inputs(parity_dir, args.input_size, limit=200)
-    weights = args.weights
-    provenance = {"source": "keras.applications.MobileNetV2(weights='imagenet')"} if weights == "imagenet" else None
-    if weights != "imagenet" and Path(weights).resolve() == standin_path(fetch=False).resolve():
-        provenance = PROVENANCE
-    results = export(weights, input_size=args.input_size, precisions=args.precision or ("fp32", "fp16", "int8"),
-                     calibration=calibration, parity=parity, out_dir=args.out, provenance=provenance,
-                     calibration_source=cal_src, parity_names=parity_names,
-                     parity_source=("held-out synthetic photos, seed 202" if args.calibration is None
-                                    else f"{args.calibration} (same as calibration)"))
-    for r in results:
-        p = r.card.parity
-        print(f"{r.path}: {r.card.size_bytes / 1e6:.2f} MB, sha256 {r.card.sha256[:12]}..., cosine vs "
-              f"{p['reference']}: mean {p['cosine_mean']:.6f}, worst {p['cosine_min']:.6f} ({p['worst_image']})")
-    return 0
-
-
 def cmd_identify(args) -> int:
     from edge_client.project import fetch_index, fetch_projection, identify, load_local
-    from edge_client.runtime import Model
+    from featurizer.runtime import Model
 
-    model = Model(args.model, threads=1)
+    model = Model(args.model or model_path(), threads=1)
     if args.source:
         from edge_client.upload import parse_s3_uri, s3_client
 
@@ -280,7 +235,7 @@ def cmd_identify(args) -> int:
 
 
 COMMANDS = {"vectorize": cmd_vectorize, "upload": cmd_upload, "sync": cmd_sync, "upload-raw": cmd_upload_raw,
-            "identify": cmd_identify, "export": cmd_export}
+            "identify": cmd_identify}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,12 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        from models.export import ExportError
-    except ImportError:  # pragma: no cover - models/ ships with the package
-        ExportError = ContractError
-    try:
         return COMMANDS[args.command](args)
-    except (UserError, ContractError, ExportError) as exc:
+    except (UserError, ContractError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -100,7 +100,7 @@ def project_file(vectors: str | os.PathLike, projection: Projection, out: str | 
 def identify(photo: str | os.PathLike, model, projection: Projection, index: ReferenceIndex,
              top: int = 3) -> list[tuple[str, float]]:
     """The most likely labels of one photo, with scores that sum to 1 over all labels."""
-    from edge_client.preprocess import ImageRejected, preprocess
+    from featurizer.preprocess import ImageRejected, preprocess
 
     try:
         projection.check_model(model.sha256, f"projection {projection.projection_id}")

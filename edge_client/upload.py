@@ -310,7 +310,7 @@ def upload_raw(client, photos: list[Photo], bucket: str, root: str, *, manifest:
     from botocore.exceptions import BotoCoreError, ClientError
     from tqdm import tqdm
 
-    from edge_client.preprocess import image_id
+    from featurizer.preprocess import image_id
 
     summary = UploadSummary()
     counter = RequestCounter(client)

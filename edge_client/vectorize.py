@@ -23,8 +23,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from contract.vectors import features_array, file_metadata, parquet_options, vector_schema
-from edge_client.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageRejected, image_id, preprocess
-from edge_client.runtime import Model, default_model_path
+from featurizer.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageRejected, image_id, preprocess
+from featurizer.runtime import Model
 
 log = logging.getLogger(__name__)
 ROW_GROUP = 2048
@@ -173,7 +173,7 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[start:start + size]
 
 
-def vectorize(photos: list[Photo], out: str | os.PathLike, *, model_path: str | os.PathLike | None = None,
+def vectorize(photos: list[Photo], out: str | os.PathLike, *, model_path: str | os.PathLike,
               threads: int | None = None, client_id: str | None = None, skip_ids: set[str] | None = None,
               max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True, summary: Summary | None = None,
               rejects_path: str | os.PathLike | None = None) -> Summary:
@@ -189,7 +189,7 @@ def vectorize(photos: list[Photo], out: str | os.PathLike, *, model_path: str | 
     summary = summary or Summary()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model_path = Path(model_path) if model_path else default_model_path()
+    model_path = Path(model_path)
     first = Model(model_path, threads=1)  # validates the file and its card once, up front
     model_bytes = model_path.read_bytes()
     local = threading.local()

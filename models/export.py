@@ -3,8 +3,8 @@
 Needs the ``export`` group (TensorFlow).  TensorFlow is imported inside the functions, so importing this
 module stays cheap and the edge client never pays for it.
 
-    fruits-edge export --weights imagenet --input-size 224 --out models/
-    fruits-edge export --weights .cache/standin/dog_breed_mobilenetv2.h5 --input-size 160 --out models/
+    fruits-export --weights imagenet --input-size 224 --out models/
+    fruits-export --weights .cache/standin/dog_breed_mobilenetv2.h5 --input-size 160 --out models/
 """
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from contract import FEATURE_DIM, ModelCard, file_sha256
+from contract.errors import FruitsError
 from contract.vectors import card_path_for, cosine
-from edge_client.preprocess import IMAGE_EXTENSIONS, PREPROCESSING, ImageRejected, preprocess
+from featurizer.preprocess import IMAGE_EXTENSIONS, PREPROCESSING, ImageRejected, preprocess
 from models.quantize import convert_int8_corrected
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 PARITY_GOALS = {"fp32": 0.99999, "fp16": 0.9999, "int8": 0.99}
 
 
-class ExportError(ValueError):
+class ExportError(FruitsError, ValueError):
     """A user error in an export request (bad weights file, size, calibration set)."""
 
 
@@ -150,7 +151,7 @@ def load_named_inputs(folder: str | os.PathLike, size: int,
 
 def tflite_features(model_bytes: bytes, inputs: np.ndarray, threads: int = 2) -> np.ndarray:
     """Run a .tflite on preprocessed inputs with LiteRT (the runtime the edge and cloud use)."""
-    from edge_client.runtime import interpreter_class
+    from featurizer.runtime import interpreter_class
 
     interp = interpreter_class()(model_content=model_bytes, num_threads=threads)
     interp.allocate_tensors()
@@ -244,7 +245,7 @@ def export(weights: str, *, input_size: int, precisions: Sequence[str] = PRECISI
         card = ModelCard(
             name=name, input_size=input_size, output_dim=FEATURE_DIM, precision=precision,
             sha256=file_sha256(path), size_bytes=len(data), preprocessing=dict(PREPROCESSING),
-            weights=weights_info, export={"tool": "fruits-edge export", **_versions(),
+            weights=weights_info, export={"tool": "fruits-export", **_versions(),
                                           "input": "float32 [1, s, s, 3]", "output": "float32 [1, 1280]"},
             parity=stats)
         _write_atomic(card_path_for(path), card.to_json().encode())
@@ -253,3 +254,36 @@ def export(weights: str, *, input_size: int, precisions: Sequence[str] = PRECISI
         results.append(ExportResult(path, card))
     return results
 
+
+
+def export_models(weights: str, *, input_size: int, out_dir: str | os.PathLike,
+                  precisions: Sequence[str] = PRECISIONS, calibration_dir: str | os.PathLike | None = None,
+                  tmp_dir: str | os.PathLike | None = None) -> list[ExportResult]:
+    """:func:`export` from photos: ``calibration_dir`` for the int8 calibration and the parity figures, or
+    by default generated synthetic fruit photos (seed 101 to calibrate, a held-out seed 202 for parity).
+    Weights given as the offline stand-in get its provenance in the cards."""
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        raise ExportError("export needs TensorFlow: pip install 'fruits[export]'") from None
+    from models.standin import PROVENANCE, standin_path
+
+    if calibration_dir is not None:
+        cal_dir, parity_dir, cal_src = Path(calibration_dir), Path(calibration_dir), str(calibration_dir)
+        parity_src = f"{calibration_dir} (same as calibration)"
+    else:
+        from models.synthetic import generate
+
+        tmp = Path(tmp_dir or tempfile.mkdtemp(prefix="fruits-calibration-"))
+        cal_dir = generate(tmp / "calibration", per_class=20, seed=101)
+        parity_dir = generate(tmp / "parity", per_class=10, seed=202)
+        cal_src = "synthetic fruit photos, seed 101, 20 per class (models.synthetic)"
+        parity_src = "held-out synthetic photos, seed 202"
+    calibration = load_inputs(cal_dir, input_size)
+    parity, parity_names = load_named_inputs(parity_dir, input_size, limit=200)
+    provenance = {"source": "keras.applications.MobileNetV2(weights='imagenet')"} if weights == "imagenet" else None
+    if weights != "imagenet" and Path(weights).resolve() == standin_path(fetch=False).resolve():
+        provenance = PROVENANCE
+    return export(weights, input_size=input_size, precisions=precisions, calibration=calibration, parity=parity,
+                  out_dir=out_dir, provenance=provenance, calibration_source=cal_src, parity_names=parity_names,
+                  parity_source=parity_src)

@@ -135,7 +135,7 @@ def correct_from_int8(model, reference, model_bytes: bytes, images: np.ndarray, 
     ``reference`` is the untouched float model; ``model_bytes`` the int8 conversion of ``model``.
     Returns the largest correction per layer (for the log).
     """
-    from edge_client.runtime import interpreter_class
+    from featurizer.runtime import interpreter_class
 
     pairs = conv_bn_pairs(model)
     with warnings.catch_warnings():  # "preserve_all_tensors is for debugging": that is what this is

@@ -65,7 +65,7 @@ def spark(s3_server):
 @pytest.fixture(scope="session")
 def photos(tmp_path_factory) -> Path:
     """60 synthetic Fruits-360-like photos: Training/<Class>/<n>_100.jpg, 6 classes x 10."""
-    from demo.synthetic import generate
+    from models.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("fruits"), per_class=10, n_classes=6, seed=7)
 

@@ -152,7 +152,7 @@ def test_job_code_parses_as_python_311_and_imports_from_the_zip(tmp_path):
         names = z.namelist()
         for name in names:
             ast.parse(z.read(name), filename=name, feature_version=(3, 11))
-    assert "cloud_pca/job.py" in names and "edge_client/preprocess.py" in names and "contract/vectors.py" in names
+    assert "cloud_pca/job.py" in names and "featurizer/preprocess.py" in names and "contract/vectors.py" in names
     assert not any(n.startswith(("tests/", "models/", "bootstrap/")) for n in names)
     (tmp_path / "code.zip").write_bytes(data)
     probe = ("import sys; sys.path.insert(0, sys.argv[1]); import cloud_pca.cli, cloud_pca.job, cloud_pca.featurize; "

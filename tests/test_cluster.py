@@ -27,7 +27,7 @@ def uploaded(tmp_path_factory, s3_server, model_path):
     """360 synthetic photos of 6 fruits: 300 vectorized and uploaded by a 'device', 60 uploaded raw."""
     import boto3
 
-    from demo.synthetic import generate
+    from models.synthetic import generate
     from edge_client.cli import main as edge_main
 
     base = tmp_path_factory.mktemp("cluster-data")
@@ -112,9 +112,9 @@ def test_cluster_evaluate_and_publish_steps(cluster_run, uploaded, s3_server, sp
     """The run ends with what devices download: a projection and an index under models/, fitted by the run."""
     from cloud_pca.evaluate import evaluate
     from contract.projection import Projection
-    from demo.synthetic import class_names
+    from models.synthetic import class_names
     from edge_client.project import fetch_index, fetch_projection
-    from edge_client.runtime import Model
+    from featurizer.runtime import Model
 
     spec, _ = cluster_run
     s3, bucket = uploaded

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from contract import FEATURE_DIM, read_vectors
 from contract.vectors import cosine
 from edge_client.cli import main as edge_main
-from edge_client.preprocess import image_id
+from featurizer.preprocess import image_id
 
 from badphotos import bad_photo_folder
 

@@ -35,7 +35,7 @@ def test_edge_group_pulls_in_neither_tensorflow_nor_spark():
 
 
 def test_edge_modules_import_without_tensorflow_or_spark():
-    code = ("import sys, edge_client.cli, edge_client.vectorize, edge_client.upload, edge_client.runtime, contract\n"
+    code = ("import sys, edge_client.cli, edge_client.vectorize, edge_client.upload, featurizer.runtime, contract\n"
             "heavy = [m for m in ('tensorflow', 'keras', 'pyspark', 'py4j') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -68,7 +68,7 @@ def test_s3_round_trip_boto3_spark_pyarrow(spark, s3, bucket, s3_server):
 def test_synthetic_photos_are_deterministic_and_fruits360_shaped(tmp_path):
     from PIL import Image
 
-    from demo.synthetic import class_names, generate
+    from models.synthetic import class_names, generate
 
     a = generate(tmp_path / "a", per_class=3, n_classes=4, seed=5)
     b = generate(tmp_path / "b", per_class=3, n_classes=4, seed=5)

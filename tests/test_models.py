@@ -28,9 +28,9 @@ def test_committed_model_matches_its_card(precision):
 def test_litert_reproduces_the_parity_in_the_cards(tmp_path):
     """The cards' parity figures, recomputed with LiteRT alone on the same held-out photos."""
     from contract.vectors import cosine
-    from demo.synthetic import generate
-    from edge_client.preprocess import preprocess
-    from edge_client.runtime import Model
+    from models.synthetic import generate
+    from featurizer.preprocess import preprocess
+    from featurizer.runtime import Model
     from edge_client.vectorize import find_photos
 
     photos = find_photos([generate(tmp_path / "par", per_class=10, seed=202)])  # the export's parity set
@@ -54,7 +54,7 @@ def test_reexport_from_the_standin_reproduces_the_committed_models(tmp_path):
     deterministic here) whose LiteRT output equals Keras on held-out photos, and the same int8 model (same
     bytes on this machine; elsewhere the bias correction's float sums may round differently, so outputs)."""
     pytest.importorskip("tensorflow")
-    from demo.synthetic import generate
+    from models.synthetic import generate
     from models.export import build_extractor, cosine_stats, export, load_inputs, tflite_features
     from models.standin import PROVENANCE, standin_path
 
@@ -80,7 +80,7 @@ def test_export_bad_input_is_one_error_line_and_leaves_nothing(tmp_path, capsys)
     pytest.importorskip("tensorflow")
     import keras
 
-    from edge_client.cli import main
+    from models.cli import main
 
     not_mnv2 = tmp_path / "dense.keras"
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(not_mnv2)
@@ -93,7 +93,7 @@ def test_export_bad_input_is_one_error_line_and_leaves_nothing(tmp_path, capsys)
     ]
     for args, message in cases:
         out = tmp_path / "out"
-        code = main(["export", *args, "--out", str(out)])
+        code = main([*args, "--out", str(out)])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 1 and err[-1].startswith("Error: ") and message in err[-1], err
         assert not out.exists() or not list(out.glob("*.tflite")), "no partial .tflite left behind"
@@ -109,7 +109,7 @@ def test_snapped_weights_are_exactly_what_the_int8_converter_stores(tmp_path):
 
     from models.export import convert
     from models.quantize import conv_bn_pairs, snap_weights
-    from edge_client.runtime import interpreter_class
+    from featurizer.runtime import interpreter_class
 
     model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, include_top=False,
                                            pooling="avg", weights=None)

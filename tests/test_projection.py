@@ -50,7 +50,7 @@ def test_identify_held_out_photos_beats_chance_widely(published, tmp_path, capsy
     """Photos never seen by the PCA (another seed): top-1 must be right for >= 80% of them. Chance is 1/6
     (17%); the synthetic classes differ in colour and shape, and nearest-centroid on the full vectors already
     separates them (test_edge), so 80% leaves room for noise but fails a broken projection or index."""
-    from demo.synthetic import generate
+    from models.synthetic import generate
 
     base, result, projection, index = published
     pid = projection.projection_id

@@ -2,6 +2,8 @@
 
 Layout as in Fruits-360: ``ROOT/Training/<Class>/<n>_100.jpg``.  The classes differ in colour, shape
 and texture; each photo has its own rotation, scale, position and lighting.  Deterministic for a seed.
+They are the export's default calibration and parity sets (no photos ship with the repository), and the
+demo's, the tests' and the benchmarks' photos.
 """
 from __future__ import annotations
 

@@ -12,14 +12,6 @@ import numpy as np
 
 from contract import FEATURE_DIM, ContractError, ModelCard, load_model_card
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_MODEL_NAME = "mobilenetv2_160_fp32.tflite"
-
-
-def default_model_path() -> Path:
-    """The committed default model (``FRUITS_MODEL`` overrides it)."""
-    return Path(os.environ.get("FRUITS_MODEL", MODELS_DIR / DEFAULT_MODEL_NAME))
-
 
 def interpreter_class():
     """The first available TFLite interpreter class: LiteRT, then tflite_runtime, then tf.lite."""
@@ -46,9 +38,9 @@ class Model:
     Not thread-safe: give each thread its own ``Model`` (they share the file, not the interpreter).
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, *, threads: int = 1,
+    def __init__(self, path: str | os.PathLike, *, threads: int = 1,
                  model_bytes: bytes | None = None, card: ModelCard | None = None):
-        self.path = Path(path) if path is not None else default_model_path()
+        self.path = Path(path)
         self.card = card if card is not None else load_model_card(self.path)
         self.threads = threads
         cls = interpreter_class()
