@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from contract import layout
+from contract.errors import FruitsError
 from bootstrap.policies import PolicyError, bucket_settings, check_bucket_name, policy_documents
 from cloud_pca.spark import CLUSTER_DEFAULTS
 
@@ -46,7 +48,7 @@ PCA_VECTORS_PER_VCPU_S = 3000.0
 SETUP_HOURS = 0.25                     # provisioning + bootstrap (~10-15 min on EMR)
 
 
-class EMRError(ValueError):
+class EMRError(FruitsError, ValueError):
     """A request that cannot be planned or launched; the message says what to fix."""
 
 
@@ -73,11 +75,9 @@ class ClusterSpec:
     evaluate: bool = False               # add the evaluate step (accuracy vs bytes per image)
     publish_k: int | None = None         # add the publish step: projection + index with this many components
 
-    def key(self, *parts: str) -> str:
-        return "/".join(p.strip("/") for p in (self.prefix, *parts) if p.strip("/"))
-
-    def uri(self, *parts: str) -> str:
-        return f"s3://{self.bucket}/{self.key(*parts)}"
+    def uri(self, key: str = "") -> str:
+        """``s3://BUCKET/KEY``; keys come from :mod:`contract.layout` (``layout.folder(spec.prefix, "raw")``)."""
+        return layout.s3_uri(self.bucket, key or layout.check_root(self.prefix))
 
 
 def validate(spec: ClusterSpec, prices: dict | None = None) -> None:
@@ -108,38 +108,49 @@ def validate(spec: ClusterSpec, prices: dict | None = None) -> None:
         raise EMRError(f"idle timeout {spec.idle_timeout_s}s must be between 60 s and 7 days")
     if not spec.model.endswith(".tflite"):
         raise EMRError(f"model {spec.model!r}: expected a .tflite file name under models/")
+    from cloud_pca.pca import check_request
+
+    try:  # names that become keys, and the fit request, before anything is created
+        layout.check_root(spec.prefix)
+        layout.check_run_id(spec.run_id)
+        layout.model_key(spec.prefix, spec.model)
+        check_request(k=spec.k, variance=None if spec.k else spec.variance)
+    except FruitsError as exc:
+        raise EMRError(str(exc)) from None
     if spec.publish_k is not None and not 1 <= spec.publish_k <= 1280:
         raise EMRError(f"publish k={spec.publish_k} must be between 1 and 1280")
 
 
 def _spark_submit(spec: ClusterSpec, args: list[str]) -> list[str]:
     return ["spark-submit", "--deploy-mode", "cluster",
-            "--py-files", spec.uri("code", "fruits-code.zip"),
+            "--py-files", spec.uri(layout.code_key(spec.prefix, layout.CODE_ZIP)),
             "--conf", f"spark.yarn.appMasterEnv.PYSPARK_PYTHON={NODE_PYTHON}",
             "--conf", f"spark.executorEnv.PYSPARK_PYTHON={NODE_PYTHON}",
-            spec.uri("code", "fruits_job.py"), *args]
+            spec.uri(layout.code_key(spec.prefix, layout.ENTRY_SCRIPT)), *args]
 
 
 def build_request(spec: ClusterSpec) -> dict:
     """The exact ``run_job_flow`` request for ``spec``."""
-    model_uri = spec.uri("models", spec.model)
-    featurized = spec.uri("pca", "featurized", f"run={spec.run_id}")
+    root = spec.prefix
+    model_uri = spec.uri(layout.model_key(root, spec.model))
+    featurized = spec.uri(layout.featurized_prefix(root, spec.run_id)).rstrip("/")
+    vectors, raw = spec.uri(layout.vectors_prefix(root)), spec.uri(layout.raw_prefix(root))
     steps = []
     if spec.images:
         steps.append({"Name": "fruits: featurize raw photos", "ActionOnFailure": "TERMINATE_CLUSTER",
                       "HadoopJarStep": {"Jar": "command-runner.jar", "Args": _spark_submit(spec, [
-                          "featurize", "--images", spec.uri("raw") + "/", "--output", featurized,
+                          "featurize", "--images", raw, "--output", featurized,
                           "--model", model_uri])}})
-    pca_args = ["pca", "--input", spec.uri("vectors") + "/"]
+    pca_args = ["pca", "--input", vectors]
     if spec.images:
         pca_args += ["--input", featurized + "/vectors/"]
-    pca_args += ["--output", spec.uri("pca") + "/", "--run-id", spec.run_id]
+    pca_args += ["--output", spec.uri(layout.pca_prefix(root)), "--run-id", spec.run_id]
     pca_args += ["--k", str(spec.k)] if spec.k else ["--variance", str(spec.variance)]
     steps.append({"Name": "fruits: StandardScaler + PCA", "ActionOnFailure": "TERMINATE_CLUSTER",
                   "HadoopJarStep": {"Jar": "command-runner.jar", "Args": _spark_submit(spec, pca_args)}})
-    run_uri = spec.uri("pca", f"run={spec.run_id}")
+    run_uri = spec.uri(layout.run_prefix(root, spec.run_id)).rstrip("/")
     if spec.evaluate:
-        eval_args = ["evaluate", "--input", spec.uri("vectors") + "/"]
+        eval_args = ["evaluate", "--input", vectors]
         if spec.images:
             eval_args += ["--input", featurized + "/vectors/"]
         steps.append({"Name": "fruits: evaluate (accuracy vs bytes per image)", "ActionOnFailure": "TERMINATE_CLUSTER",
@@ -166,13 +177,13 @@ def build_request(spec: ClusterSpec) -> dict:
     return {
         "Name": f"fruits-pca-{spec.run_id}",
         "ReleaseLabel": spec.release,
-        "LogUri": spec.uri("logs") + "/",
+        "LogUri": spec.uri(layout.logs_prefix(root)),
         "Applications": [{"Name": "Spark"}],
         "Instances": instances,
         "Steps": steps,
         "BootstrapActions": [{"Name": "fruits: python3.11 + pinned libraries", "ScriptBootstrapAction": {
-            "Path": spec.uri("bootstrap", "emr-bootstrap.sh"),
-            "Args": [spec.uri("bootstrap", "requirements-emr.txt")]}}],
+            "Path": spec.uri(layout.bootstrap_key(root, layout.BOOTSTRAP_SCRIPT)),
+            "Args": [spec.uri(layout.bootstrap_key(root, layout.BOOTSTRAP_REQUIREMENTS))]}}],
         "Configurations": [
             {"Classification": "spark-env", "Configurations": [
                 {"Classification": "export", "Properties": {"PYSPARK_PYTHON": NODE_PYTHON}}]},
@@ -185,6 +196,15 @@ def build_request(spec: ClusterSpec) -> dict:
         "VisibleToAllUsers": True,
         "Tags": [{"Key": "project", "Value": "fruits"}, {"Key": "run", "Value": spec.run_id}],
     }
+
+
+def plan_text(spec: ClusterSpec, *, vectors: int, raw_photos: int = 0, hours: float | None = None) -> str:
+    """What ``fruits-cloud emr plan`` prints: the exact request, then the cost estimate."""
+    validate(spec)
+    cost = estimate_cost(spec, vectors=vectors, raw_photos=raw_photos, hours=hours)
+    return (json.dumps(build_request(spec), indent=2)
+            + f"\n\ncost estimate for {vectors} vectors + {raw_photos} raw photos in {spec.region}:\n"
+            + "\n".join(cost.lines()))
 
 
 @dataclass
@@ -256,18 +276,19 @@ def code_zip() -> bytes:
 
 def uploads(spec: ClusterSpec, models_dir: Path | None = None) -> dict[str, bytes | Path]:
     """Key -> content (bytes or a local file) that ``launch`` puts in the bucket."""
-    models_dir = models_dir or ROOT / "models"
-    model = models_dir / spec.model
+    from models import model_path
+
+    model = (models_dir / spec.model) if models_dir else model_path(spec.model)
     if not model.exists() or not model.with_suffix(".json").exists():
         raise EMRError(f"model {model} or its card {model.with_suffix('.json').name} is missing")
-    key = spec.key
+    root = spec.prefix
     return {
-        key("code", "fruits-code.zip"): code_zip(),
-        key("code", "fruits_job.py"): (ROOT / "cloud_pca" / "cli.py"),
-        key("bootstrap", "emr-bootstrap.sh"): BOOTSTRAP_SCRIPT,
-        key("bootstrap", "requirements-emr.txt"): REQUIREMENTS,
-        key("models", spec.model): model,
-        key("models", model.with_suffix(".json").name): model.with_suffix(".json"),
+        layout.code_key(root, layout.CODE_ZIP): code_zip(),
+        layout.code_key(root, layout.ENTRY_SCRIPT): (ROOT / "cloud_pca" / "cli.py"),
+        layout.bootstrap_key(root, layout.BOOTSTRAP_SCRIPT): BOOTSTRAP_SCRIPT,
+        layout.bootstrap_key(root, layout.BOOTSTRAP_REQUIREMENTS): REQUIREMENTS,
+        layout.model_key(root, spec.model): model,
+        layout.model_key(root, model.with_suffix(".json").name): model.with_suffix(".json"),
     }
 
 

@@ -25,6 +25,8 @@ import re
 import sys
 from pathlib import Path
 
+from contract.errors import FruitsError
+
 EMR_READ = ("vectors", "raw", "models", "code", "bootstrap")
 EMR_WRITE = ("pca", "logs")
 EDGE_WRITE = ("vectors", "raw")
@@ -35,7 +37,7 @@ POLICY_DIR = Path(__file__).resolve().parent / "policies"
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-class PolicyError(ValueError):
+class PolicyError(FruitsError, ValueError):
     """A bucket name or prefix the policies cannot be made for."""
 
 

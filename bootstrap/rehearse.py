@@ -14,7 +14,6 @@ executors, 1 GiB ``maxResultSize``), as on EMR.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,10 +21,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contract import layout
+from contract.errors import FruitsError
 from bootstrap.emr import NODE_PYTHON, ClusterSpec, build_request, uploads
 
 
-class RehearsalError(RuntimeError):
+class RehearsalError(FruitsError, RuntimeError):
     """A step failed; the message names it and ends with the tail of its output."""
 
 
@@ -48,8 +49,8 @@ class Rehearsal:
 
 def local_argv(args: list[str], *, code_dir: Path, spec: ClusterSpec) -> list[str]:
     """One step's ``spark-submit`` arguments, with the local substitutions (see the module docstring)."""
-    remote = {spec.uri("code", "fruits-code.zip"): str(code_dir / "fruits-code.zip"),
-              spec.uri("code", "fruits_job.py"): str(code_dir / "fruits_job.py")}
+    remote = {spec.uri(layout.code_key(spec.prefix, name)): str(code_dir / name)
+              for name in (layout.CODE_ZIP, layout.ENTRY_SCRIPT)}
     out = []
     for a in args:
         if a in remote:
@@ -94,7 +95,7 @@ def rehearse(spec: ClusterSpec, *, master: str, endpoint_url: str, s3_client=Non
     code_dir.mkdir(parents=True, exist_ok=True)
     for key, content in files.items():
         data = content if isinstance(content, bytes) else Path(content).read_bytes()
-        if key.startswith(spec.key("code") + "/"):
+        if key.startswith(layout.folder(spec.prefix, "code")):
             (code_dir / key.rsplit("/", 1)[1]).write_bytes(data)
         if s3_client is not None:
             s3_client.put_object(Bucket=spec.bucket, Key=key, Body=data)

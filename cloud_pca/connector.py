@@ -15,12 +15,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+from contract.errors import FruitsError
+
 # pyspark 3.5.x bundles Hadoop 3.3.4; hadoop-aws 3.3.4 was built against this SDK v1 bundle.
 HADOOP_VERSION = "3.3.4"
 ARTIFACTS = (
     ("org.apache.hadoop", "hadoop-aws", HADOOP_VERSION),
     ("com.amazonaws", "aws-java-sdk-bundle", "1.12.262"),
 )
+
+
+class ConnectorError(FruitsError, RuntimeError):
+    """The S3 connector jars are missing or do not match the installed pyspark; says what to do."""
 
 
 def jars_dir() -> Path:
@@ -44,7 +50,7 @@ def connector_jars(*, fetch: bool = True, quiet: bool = True) -> list[Path]:
     """Paths of the connector jars, fetched with Maven on first use."""
     bundled = bundled_hadoop_version()
     if bundled and bundled != HADOOP_VERSION:
-        raise RuntimeError(f"pyspark bundles Hadoop {bundled} but the connector is pinned to {HADOOP_VERSION}: "
+        raise ConnectorError(f"pyspark bundles Hadoop {bundled} but the connector is pinned to {HADOOP_VERSION}: "
                            f"update HADOOP_VERSION and the SDK in {__file__}")
     folder = jars_dir()
     paths = [folder / f"{a}-{v}.jar" for _, a, v in ARTIFACTS]
@@ -52,7 +58,7 @@ def connector_jars(*, fetch: bool = True, quiet: bool = True) -> list[Path]:
     if missing and fetch:
         mvn = shutil.which("mvn")
         if mvn is None:
-            raise RuntimeError("Maven (mvn) is needed once to fetch the S3 connector jars from Maven Central")
+            raise ConnectorError("Maven (mvn) is needed once to fetch the S3 connector jars from Maven Central")
         folder.mkdir(parents=True, exist_ok=True)
         for g, a, v in missing:
             if not quiet:
@@ -60,10 +66,10 @@ def connector_jars(*, fetch: bool = True, quiet: bool = True) -> list[Path]:
             cmd = [mvn, "-q", "-B", "dependency:copy", f"-Dartifact={g}:{a}:{v}", f"-DoutputDirectory={folder}"]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=folder)
             if proc.returncode != 0:
-                raise RuntimeError(f"mvn could not fetch {g}:{a}:{v}: {(proc.stdout + proc.stderr)[-800:]}")
+                raise ConnectorError(f"mvn could not fetch {g}:{a}:{v}: {(proc.stdout + proc.stderr)[-800:]}")
     still = [p for p in paths if not p.is_file()]
     if still:
-        raise RuntimeError(f"S3 connector jars missing: {', '.join(map(str, still))} (run ./run setup)")
+        raise ConnectorError(f"S3 connector jars missing: {', '.join(map(str, still))} (run ./run setup)")
     return paths
 
 
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         paths = connector_jars(quiet=args.quiet)
-    except RuntimeError as exc:
+    except ConnectorError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     if not args.quiet:

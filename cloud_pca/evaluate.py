@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from contract import FEATURE_DIM
+from contract.errors import FruitsError
+from contract.vectors import safe_inverse
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": 4, "float16": 2, "int8": 1}
@@ -29,7 +30,7 @@ DEFAULT_KS = (8, 16, 32, 64, 128, 256, 512)
 DEFAULT_MAX_BYTES = 128 * 2**20   # features collected to the driver for the classifiers: ~26k rows of 1280
 
 
-class EvaluateError(ValueError):
+class EvaluateError(FruitsError, ValueError):
     """Data the evaluation cannot use (no labels, one class, too few rows)."""
 
 
@@ -99,10 +100,10 @@ class Evaluation:
 
 def evaluate_arrays(x_train, y_train, x_test, y_test, model, ks=DEFAULT_KS) -> tuple[list[dict], dict]:
     """Accuracy of every (representation, dtype, classifier); ``model`` is a fitted FruitsPCAModel."""
-    inv = np.where(model.std_ > 0, 1.0 / np.where(model.std_ > 0, model.std_, 1.0), 0.0)
+    inv = safe_inverse(model.scale_)
     z_train, z_test = (x_train - model.mean_) * inv, (x_test - model.mean_) * inv
-    p_train, p_test = z_train @ model.components_, z_test @ model.components_
-    cum = np.cumsum(model.explained_variance_ratio_)
+    p_train, p_test = z_train @ model.components_.T, z_test @ model.components_.T
+    cum = np.cumsum(model.spectrum_)
     forms = [("full", x_train.shape[1], z_train, z_test, 1.0)]
     forms += [(f"pca{k}", k, p_train[:, :k], p_test[:, :k], float(cum[k - 1])) for k in ks if k <= p_train.shape[1]]
     rows = []
@@ -139,38 +140,60 @@ def evaluate(spark, inputs: list[str], *, ks=DEFAULT_KS, test_fraction: float = 
     """Read labelled contract vectors under ``inputs`` and measure accuracy against bytes."""
     from pyspark.sql import functions as F
 
-    from cloud_pca.job import classify, deduplicate, read_inputs, target_partitions
+    from cloud_pca.inputs import InputError, read_inputs
+    from cloud_pca.job import deduplicate
     from cloud_pca.pca import fit_pca
 
     if not 0 < test_fraction < 1:
         raise EvaluateError(f"--test-fraction={test_fraction} must be between 0 and 1")
-    df, _, _ = read_inputs(spark, inputs, skip_bad_files=False)
-    valid = classify(df, None).filter(F.col("reason").isNull() & F.col("label").isNotNull())
-    unique = (deduplicate(valid).select("image_id", "label", "features")
-              .coalesce(target_partitions(spark, valid.count()))
-              .withColumn("_u", split_column("image_id", seed)).cache())
-    train = unique.filter(F.col("_u") >= test_fraction)
-    n_train = train.count()
-    n_labels = unique.select("label").distinct().count()
-    if n_labels < 2:
-        raise EvaluateError(f"need at least 2 labels to measure identification, found {n_labels}")
-    if n_train < 3:
-        raise EvaluateError(f"only {n_train} training rows; need more labelled vectors")
-    kmax = min(max(ks), n_train - 1, 1280)
-    model = fit_pca(train.select("features"), k=kmax, solver="gram")   # distributed
-    total = unique.count()
-    # The classifiers run on the driver: bound what is collected by bytes (float32 features), not only rows.
-    max_rows = max(1, min(max_rows, max_bytes // (FEATURE_DIM * 4)))
-    keep = min(1.0, max_rows / max(total, 1))
-    sample = unique.filter(F.rand(seed) < keep).limit(max_rows) if keep < 1 else unique
-    rows = sample.select("label", "features", "_u").toPandas()
-    unique.unpersist()
+    if not ks or min(ks) < 1:
+        raise EvaluateError(f"ks={ks}: components must be >= 1")
+    try:
+        inputs = read_inputs(spark, inputs, skip_bad_files=False)
+    except InputError as exc:
+        raise EvaluateError(str(exc)) from None
+    valid = inputs.df.filter(F.col("reason").isNull() & F.col("label").isNotNull()).cache()
+    try:
+        unique, _ = deduplicate(valid)
+        unique = unique.select("image_id", "label", "features").withColumn("_u", split_column("image_id", seed))
+        train = unique.filter(F.col("_u") >= test_fraction)
+        n_train = train.count()
+        n_labels = unique.select("label").distinct().count()
+        if n_labels < 2:
+            raise EvaluateError(f"need at least 2 labels to measure identification, found {n_labels}")
+        if n_train < 3:
+            raise EvaluateError(f"only {n_train} training rows; need more labelled vectors")
+        kmax = min(max(ks), n_train - 1, inputs.dim)
+        model = fit_pca(train.select("features"), k=kmax, solver="gram")   # distributed
+        total = unique.count()
+        # The classifiers run on the driver: bound what is collected by bytes (float32 features), not only rows.
+        max_rows = max(1, min(max_rows, max_bytes // (inputs.dim * 4)))
+        keep = min(1.0, max_rows / max(total, 1))
+        sample = unique.filter(F.rand(seed) < keep).limit(max_rows) if keep < 1 else unique
+        rows = sample.select("label", "features", "_u").toPandas()
+    finally:
+        valid.unpersist()
     x = np.stack(rows["features"].to_numpy()).astype(np.float64)
     y = rows["label"].to_numpy()
     test = rows["_u"].to_numpy() < test_fraction
     results, answer = evaluate_arrays(x[~test], y[~test], x[test], y[test], model, ks)
     return Evaluation(results, answer, int((~test).sum()), int(test.sum()), n_labels,
-                      [float(v) for v in np.cumsum(model.explained_variance_ratio_)[:kmax]], rows_total=int(total))
+                      [float(v) for v in np.cumsum(model.spectrum_)[:kmax]], rows_total=int(total))
+
+
+def write_evaluation(spark, ev: Evaluation, output: str) -> list[str]:
+    """``evaluation.json``, ``evaluation.csv`` and the two plots under ``output``; returns what was written."""
+    from cloud_pca.spark import write_bytes
+
+    out = output.rstrip("/")
+    cols = ["form", "dims", "dtype", "bytes_per_image", "classifier", "accuracy", "explained_variance"]
+    files = {"evaluation.json": ev.to_json().encode(),
+             "evaluation.csv": (",".join(cols) + "\n" + "".join(",".join(str(r[c]) for c in cols) + "\n"
+                                                                for r in ev.rows)).encode(),
+             **plot(ev)}
+    for name, data in files.items():
+        write_bytes(spark, f"{out}/{name}", data)
+    return [f"{out}/{name}" for name in files]
 
 
 def plot(ev: Evaluation) -> dict[str, bytes]:

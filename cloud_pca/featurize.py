@@ -23,8 +23,10 @@ from urllib.parse import unquote
 
 import pandas as pd
 
-from contract import VECTOR_COLUMNS, label_from_path, load_model_card
-from contract.vectors import card_path_for
+from contract.errors import FruitsError, one_line
+from contract.layout import label_from_path
+from contract.vectors import VECTOR_COLUMNS
+from contract.card import card_path_for, load_model_card
 from featurizer.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ RESULT_DDL = ("image_id string, label string, source string, width int, height i
 _WORKER_MODELS: dict = {}   # one interpreter per Python worker process, reused by every task it runs
 
 
-class FeaturizeError(ValueError):
+class FeaturizeError(FruitsError, ValueError):
     """Input the featurization refuses (no photos, an unreadable model); the message says what."""
 
 
@@ -83,8 +85,7 @@ def ship_model(spark, model_path: str):
         try:
             sc.addFile(path)
         except Exception as exc:  # Py4JJavaError: not found / no access
-            first = str(exc).strip().splitlines()[0][:300]
-            raise FeaturizeError(f"cannot ship {path} to the workers: {first}") from None
+            raise FeaturizeError(f"cannot ship {path} to the workers: {one_line(exc)[:300]}") from None
     local = SparkFiles.get(os.path.basename(model_path))
     return load_model_card(local), os.path.basename(model_path)
 
@@ -150,40 +151,8 @@ def split_settings(spark, files, n_files: int, tasks_per_core: int, open_cost: i
     return {"spark.sql.files.openCostInBytes": str(open_cost), "spark.sql.files.maxPartitionBytes": str(split)}
 
 
-def featurize(spark, images: str | list[str], *, model_path: str, client_id: str = SERVER_CLIENT_ID,
-              threads: int = 1, batch_rows: int = DEFAULT_BATCH_ROWS, tasks_per_core: int = 2,
-              max_pixels: int = DEFAULT_MAX_PIXELS) -> Featurized:
-    """Vectorize every photo under ``images``; the result is persisted and counted (inference runs once)."""
-    from pyspark.sql import functions as F
-    from pyspark.sql.functions import pandas_udf
-
-    uris = [str(images)] if isinstance(images, (str, os.PathLike)) else [str(u) for u in images]
-    if threads < 1:
-        raise FeaturizeError(f"--threads={threads} must be at least 1")
-    if batch_rows < 1:
-        raise FeaturizeError(f"--batch-rows={batch_rows} must be at least 1")
-    card, model_file = ship_model(spark, model_path)
-    size = card.input_size
-    roots = []
-    for uri in uris:
-        try:
-            roots.append(_qualified(spark, uri))
-        except Exception as exc:
-            raise FeaturizeError(f"{uri}: {str(exc).strip().splitlines()[0][:300]}") from None
-
-    try:
-        files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(uris)
-        listed = [_listed_path(p) for p in files.inputFiles()]
-    except Exception as exc:  # AnalysisException: path does not exist; no access
-        raise FeaturizeError(f"cannot list photos under {', '.join(uris)}: "
-                             f"{str(exc).strip().splitlines()[0][:300]}") from None
-    photos = [p for p in listed if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS]
-    n_other = len(listed) - len(photos)
-    if not photos:
-        raise FeaturizeError(f"no photos under {', '.join(uris)} ({n_other} other file(s); looked for "
-                             f"{', '.join(IMAGE_EXTENSIONS)})")
-    ext = F.lower(F.regexp_extract("path", r"(\.[^./]+)$", 1))
-    is_image = ext.isin(*IMAGE_EXTENSIONS)
+def _vectorizer(model_file: str, threads: int, size: int, roots: list[str], max_pixels: int):
+    """The pandas UDF body: photo bytes -> contract columns or a reason, with the featurizer's own code."""
 
     def vectorize_batches(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
         from featurizer.preprocess import ImageRejected, image_id, preprocess
@@ -200,48 +169,97 @@ def featurize(spark, images: str | list[str], *, model_path: str, client_id: str
                 try:
                     x, width, height = preprocess(data, size, max_pixels=max_pixels)
                 except ImageRejected as exc:
-                    out["width"].append(None)
-                    out["height"].append(None)
-                    out["features"].append(None)
-                    out["reason"].append(str(exc))
-                    continue
+                    x, width, height, reason = None, None, None, str(exc)
+                else:
+                    reason = None
                 out["width"].append(width)
                 out["height"].append(height)
-                out["features"].append(model.features(x))
-                out["reason"].append(None)
+                out["features"].append(model.features(x) if x is not None else None)
+                out["reason"].append(reason)
             yield pd.DataFrame(out)
 
-    udf = pandas_udf(vectorize_batches, RESULT_DDL)
-    result = (files.filter(is_image).select(udf("path", "content").alias("r"), F.col("path").alias("file"))
-              .select("r.*", "file"))
-    settings = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(batch_rows),
-                **split_settings(spark, files, len(listed), tasks_per_core)}
+    return vectorize_batches
+
+
+def list_photos(spark, uris: list[str]) -> tuple[object, list[str], int]:
+    """The ``binaryFile`` scan of the photos (recursive), the listed photo paths, and the number of other files."""
+    try:
+        files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(uris)
+        listed = [_listed_path(p) for p in files.inputFiles()]
+    except Exception as exc:  # AnalysisException: path does not exist; no access
+        raise FeaturizeError(f"cannot list photos under {', '.join(uris)}: {one_line(exc)[:300]}") from None
+    photos = [p for p in listed if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS]
+    if not photos:
+        raise FeaturizeError(f"no photos under {', '.join(uris)} ({len(listed) - len(photos)} other file(s); "
+                             f"looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return files, photos, len(listed) - len(photos)
+
+
+def infer(spark, files, udf_body, *, batch_rows: int, split: dict[str, str]):
+    """Run the inference once: the result is persisted and counted with bounded batches and splits."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.functions import pandas_udf
+
+    ext = F.lower(F.regexp_extract("path", r"(\.[^./]+)$", 1))
+    udf = pandas_udf(udf_body, RESULT_DDL)
+    result = (files.filter(ext.isin(*IMAGE_EXTENSIONS))
+              .select(udf("path", "content").alias("r"), F.col("path").alias("file")).select("r.*", "file"))
+    settings = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(batch_rows), **split}
     previous = {key: spark.conf.get(key) for key in settings}
     for key, value in settings.items():
         spark.conf.set(key, value)
     try:
         result = result.persist()
-        n_rows, n_rejected = _counts(result)   # runs the inference, with the bounded batch and split sizes
+        n_rows, n_rejected = _counts(result)
     except Exception as exc:
         result.unpersist()
-        raise FeaturizeError(f"featurization failed: {str(exc).strip().splitlines()[0][:500]}") from None
+        raise FeaturizeError(f"featurization failed: {one_line(exc)[:500]}") from None
     finally:
         for key, value in previous.items():
             spark.conf.set(key, value)
+    return result, n_rows, n_rejected
+
+
+def add_unread(spark, result, photos: list[str], roots: list[str], size: int, n_rows: int):
+    """Spark's file scan leaves zero-byte files out: every listed photo must be vectorized or rejected. Which
+    ones were not read is an anti-join on the executors, so the driver receives only those few paths."""
+    if n_rows >= len(photos):
+        return result, None
+    listed_df = spark.createDataFrame([(p,) for p in photos], "file string")
+    missing = [r["file"] for r in listed_df.join(result.select("file"), "file", "left_anti").collect()]
+    extra = spark.createDataFrame([_unread_row(spark, p, roots, size) for p in missing], RESULT_DDL + ", file string")
+    return result.unionByName(extra).persist(), True
+
+
+def featurize(spark, images: str | list[str], *, model_path: str, client_id: str = SERVER_CLIENT_ID,
+              threads: int = 1, batch_rows: int = DEFAULT_BATCH_ROWS, tasks_per_core: int = 2,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> Featurized:
+    """Vectorize every photo under ``images``; the result is persisted and counted (inference runs once)."""
+    from pyspark.sql import functions as F
+
+    uris = [str(images)] if isinstance(images, (str, os.PathLike)) else [str(u) for u in images]
+    if threads < 1:
+        raise FeaturizeError(f"--threads={threads} must be at least 1")
+    if batch_rows < 1:
+        raise FeaturizeError(f"--batch-rows={batch_rows} must be at least 1")
+    card, model_file = ship_model(spark, model_path)
+    roots = []
+    for uri in uris:
+        try:
+            roots.append(_qualified(spark, uri))
+        except Exception as exc:
+            raise FeaturizeError(f"{uri}: {one_line(exc)[:300]}") from None
+    files, photos, n_other = list_photos(spark, uris)
+    body = _vectorizer(model_file, threads, card.input_size, roots, max_pixels)
+    result, n_rows, n_rejected = infer(spark, files, body, batch_rows=batch_rows,
+                                       split=split_settings(spark, files, len(photos) + n_other, tasks_per_core))
     cached = [result]
-    if n_rows < len(photos):
-        # Spark's file scan leaves zero-byte files out; every listed photo must be vectorized or rejected.
-        # Which ones: an anti-join on the executors, so the driver receives only the few unread paths.
-        listed_df = spark.createDataFrame([(p,) for p in photos], "file string")
-        missing = [r["file"] for r in listed_df.join(result.select("file"), "file", "left_anti").collect()]
-        extra = spark.createDataFrame([_unread_row(spark, p, roots, size) for p in missing],
-                                      RESULT_DDL + ", file string")
-        result = result.unionByName(extra).persist()
+    result, added = add_unread(spark, result, photos, roots, card.input_size, n_rows)
+    if added:
         cached.append(result)
         n_rows, n_rejected = _counts(result)
 
-    ok = result.filter(F.col("reason").isNull())
-    vectors = ok.select(
+    vectors = result.filter(F.col("reason").isNull()).select(
         "image_id", "label", "source", "width", "height", "features",
         F.lit(card.sha256).alias("model_sha256"), F.lit(card.name).alias("model_name"),
         F.lit(client_id).alias("client_id"), F.current_timestamp().alias("vectorized_at"))
@@ -256,9 +274,34 @@ def featurize(spark, images: str | list[str], *, model_path: str, client_id: str
     return Featurized(vectors, rejects, counts, card.sha256, card.name, cached)
 
 
+def featurize_to(spark, images: list[str], output: str, *, model_path: str, threads: int = 1,
+                 batch_rows: int = DEFAULT_BATCH_ROWS, overwrite: bool = False, say=lambda msg: None) -> dict:
+    """``fruits-cloud featurize``: featurize and write the vectors (and the rejects) under the dataset root
+    ``output``; returns where they went, the counts and the rate."""
+    import time
+
+    start = time.perf_counter()
+    say(f"photos under {', '.join(images)}")
+    feat = featurize(spark, images, model_path=model_path, threads=threads, batch_rows=batch_rows)
+    try:
+        try:
+            uri = write_featurized(feat, output, mode="overwrite" if overwrite else "errorifexists")
+        except Exception as exc:
+            raise FeaturizeError(f"cannot write the vectors under {output}: {one_line(exc)[:300]} "
+                                 f"(use --overwrite to replace)") from None
+        rejects_uri = output.rstrip("/") + "/rejects/featurize-" + feat.model_sha256[:12]
+        if feat.counts["rejected"]:
+            feat.rejects.write.mode("overwrite").parquet(rejects_uri)
+    finally:
+        feat.unpersist()
+    seconds = time.perf_counter() - start
+    return {"vectors": uri, "rejects": rejects_uri if feat.counts["rejected"] else None, "counts": feat.counts,
+            "photos_per_s": feat.counts["photos"] / seconds if seconds > 0 else 0.0}
+
+
 def write_featurized(feat: Featurized, output: str, *, mode: str = "errorifexists") -> str:
     """Write the vectors under the contract's key layout below ``output`` (a dataset root); returns the URI."""
-    from contract import vectors_prefix
+    from contract.layout import vectors_prefix
 
     uri = output.rstrip("/") + "/" + vectors_prefix("", feat.model_sha256).strip("/") + \
         f"/client={SERVER_CLIENT_ID.replace(':', '-')}"

@@ -1,14 +1,21 @@
-"""The PCA job: read every vectors file under a prefix, validate, deduplicate, fit, project, write.
+"""The PCA job: read every vectors file under the inputs, validate, deduplicate, fit, project, write.
 
-Output, under ``OUTPUT/run=<run_id>/``::
+Three stages, each a function: :func:`read_stage` (files checked against the contract, rows conformed,
+model fingerprints checked, duplicates found), :func:`fit_stage` (StandardScaler + PCA), and
+:func:`write_outputs`. Output, under ``OUTPUT/run=<run_id>/``::
 
-    projections/            Parquet: image_id, label, client_id, pca (k floats)
-    model/                  Spark ML PipelineModel (StandardScalerModel + PCAModel), loadable again
+    projections/            Parquet: image_id, label, client_id, pca (k floats), pca_model (the model's id)
+    model/                  the fitted model: a Spark ML PipelineModel (StandardScalerModel + PCAModel), with
+                            fruits-pca.npz (FruitsPCAModel.load) inside
     explained_variance.json / .csv   per component and cumulative, with the chosen k and why
     rejects/                Parquet: the rows refused, with file and reason
     plots/scree.png, plots/pca_2d.png, plots/pca_3d.png
-    summary.json            rows in / projected / rejected / duplicates, timings
-    _SUCCESS.json           written last: a run without it is not complete
+    summary.json            rows in = projected + rejected + duplicates (each counted on its own), timings,
+                            the bytes of task results the driver received
+    _SUCCESS.json           written last: run id, model id, k and rows; a run without it is not complete
+
+A run folder that exists is refused unless ``overwrite``; overwriting removes the old marker first, so a
+run killed half-way never looks complete.
 """
 from __future__ import annotations
 
@@ -21,15 +28,20 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from contract import FEATURE_DIM, VECTOR_COLUMNS
-from contract.vectors import PROJECTION_COLUMN
-from cloud_pca.pca import fit_pca
-from cloud_pca.spark import driver_traffic, list_files, write_bytes
+from contract.card import FEATURE_DIM
+from contract.errors import FruitsError, one_line
+from contract.layout import check_run_id, check_sha256
+from cloud_pca.inputs import InputError, Inputs, read_inputs
+from cloud_pca.pca import FruitsPCAModel, check_request, fit_pca
+from cloud_pca.spark import delete_path, driver_traffic, path_exists, write_bytes
 
 log = logging.getLogger(__name__)
+BROADCAST_LOSERS = 2_000_000    # duplicate rows dropped with a broadcast anti-join (8 bytes each) up to this many
+PLOT_SAMPLE = 5000
+MARKER = "_SUCCESS.json"
 
 
-class JobError(ValueError):
+class JobError(FruitsError, ValueError):
     """Input the job refuses (no files, a bad file, mixed models); the message names what and where."""
 
 
@@ -46,8 +58,21 @@ class JobConfig:
     run_id: str | None = None
     plots: bool = True
     images: list[str] = field(default_factory=list)   # raw photos to featurize in this run (fallback)
-    model_path: str | None = None  # the .tflite for --images (local, s3://, s3a://); default: the committed one
+    model_path: str | None = None  # the .tflite for --images (local, s3://, s3a://)
     batch_rows: int = 32           # photos per Arrow batch when featurizing
+    overwrite: bool = False
+
+    def check(self) -> None:
+        """Everything that can be checked before any data is read."""
+        check_request(k=self.k, variance=self.variance, solver=self.solver)
+        if self.run_id is not None:
+            check_run_id(self.run_id)
+        if self.model_sha256 is not None:
+            check_sha256(self.model_sha256)
+        if not self.inputs and not self.images:
+            raise JobError("nothing to fit: give --input (vectors) and/or --images (raw photos)")
+        if self.images and not self.model_path:
+            raise JobError("--images needs --model (the .tflite the devices use)")
 
 
 @dataclass
@@ -55,260 +80,247 @@ class JobResult:
     run_uri: str
     summary: dict
     explained: dict
-    model: object = None
+    model: FruitsPCAModel | None = None
     timings: dict = field(default_factory=dict)
 
 
-def spark_schema():
-    from pyspark.sql.types import (ArrayType, FloatType, IntegerType, StringType, StructField, StructType,
-                                   TimestampType)
+@dataclass
+class Prepared:
+    """What the read stage hands to the fit: the unique valid rows, the rejects and the counts."""
 
-    return StructType([
-        StructField("image_id", StringType()), StructField("label", StringType()),
-        StructField("source", StringType()), StructField("width", IntegerType()),
-        StructField("height", IntegerType()), StructField("features", ArrayType(FloatType())),
-        StructField("model_sha256", StringType()), StructField("model_name", StringType()),
-        StructField("client_id", StringType()), StructField("vectorized_at", TimestampType()),
-    ])
+    unique: object
+    rejects: object
+    counts: dict
+    model_counts: dict
+    inputs: Inputs | None = None
+    featurized: object = None
+    cached: list = field(default_factory=list)
 
-
-def check_files(spark, files: list[str]) -> tuple[list[str], list[tuple[str, str]], set[str]]:
-    """Split files into those whose Parquet schema follows the contract and (file, reason) for the rest;
-    also returns which good files hold projected vectors (a ``projection_id`` column)."""
-    good, bad, projected = [], [], set()
-    expected = {f.name: f.dataType for f in spark_schema().fields}
-    for path in files:
-        try:
-            schema = spark.read.parquet(path).schema
-        except Exception as exc:  # Spark's AnalysisException / Py4JJavaError for a non-Parquet file
-            msg = str(exc).strip().splitlines()[0][:200]
-            bad.append((path, f"not a readable Parquet file ({msg})"))
-            continue
-        actual = {f.name: f.dataType for f in schema.fields}
-        missing = [c for c in VECTOR_COLUMNS if c not in actual]
-        if missing:
-            bad.append((path, f"does not match the contract: missing column(s) {', '.join(missing)}"))
-            continue
-        wrong = [c for c in ("image_id", "features", "model_sha256") if actual[c] != expected[c]]
-        if wrong:
-            bad.append((path, "does not match the contract: " + ", ".join(
-                f"{c} is {actual[c].simpleString()}, expected {expected[c].simpleString()}" for c in wrong)))
-            continue
-        good.append(path)
-        if PROJECTION_COLUMN in actual:
-            projected.add(path)
-    return good, bad, projected
+    def release(self) -> None:
+        for df in self.cached:
+            df.unpersist()
+        if self.featurized is not None:
+            self.featurized.unpersist()
 
 
-def read_inputs(spark, inputs: list[str], *, skip_bad_files: bool) -> tuple[object, list[tuple[str, str]], int]:
-    """All contract rows under ``inputs`` with their file name; returns (df, bad files, n files)."""
+# ------------------------------------------------------------------------------------------ read stage
+def select_model(df, model_sha256: str | None):
+    """A refusal reason for rows of another fingerprint than the one selected (``--model-sha256``)."""
     from pyspark.sql import functions as F
 
-    files = []
-    for uri in inputs:
-        files.extend(p for p, _ in list_files(spark, uri))
-    if not files:
-        raise JobError(f"no Parquet files under {', '.join(inputs)} (empty input prefix?)")
-    good, bad, projected = check_files(spark, files)
-    if bad and not skip_bad_files:
-        path, reason = bad[0]
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise JobError(f"{path}: {reason}{more}; fix or remove it, or pass --skip-bad-files")
-    if not good:
-        raise JobError(f"none of the {len(files)} file(s) under {', '.join(inputs)} follows the contract")
-    # Projected vectors (k values and a projection_id column) and raw 1280-d vectors are different spaces.
-    if projected and len(projected) < len(good):
-        raw = sorted(set(good) - projected)
-        raise JobError(f"refusing to mix projected vectors ({sorted(projected)[0]}, ...) with raw "
-                       f"{FEATURE_DIM}-d vectors ({raw[0]}, ...) in one fit: give one kind of --input")
-    schema = spark_schema()
-    if projected:
-        from pyspark.sql.types import StringType, StructField
-
-        schema = schema.add(StructField(PROJECTION_COLUMN, StringType()))
-    df = spark.read.schema(schema).parquet(*good).withColumn("file", F.input_file_name())
-    if projected:
-        ids = [r[0] for r in df.select(PROJECTION_COLUMN).distinct().limit(3).collect()]
-        if len(ids) > 1:
-            raise JobError(f"refusing to mix vectors of different projections ({', '.join(map(str, ids))}) in one fit")
-    return df, bad, len(files)
+    if not model_sha256:
+        return df
+    other = F.col("reason").isNull() & (F.col("model_sha256") != F.lit(model_sha256))
+    return df.withColumn("reason", F.when(other, F.concat(F.lit("model fingerprint "), F.col("model_sha256"),
+                                                          F.lit(" not selected (--model-sha256)")))
+                         .otherwise(F.col("reason")))
 
 
-def classify(df, model_sha256: str | None, dim: int | None = None):
-    """Add a ``reason`` column: null for a valid row, else why it is rejected. ``dim``: the vector length
-    (default 1280; projected vectors: the length of their first row)."""
-    from pyspark.sql import functions as F
-
-    if dim is None:
-        dim = FEATURE_DIM
-        if PROJECTION_COLUMN in df.columns:
-            first = df.select(F.size("features").alias("n")).filter("n > 0").first()
-            dim = int(first["n"]) if first else FEATURE_DIM
-
-    feats = F.col("features")
-    bad_value = F.exists(feats, lambda x: F.isnan(x) | (F.abs(x) == F.lit(float("inf"))))
-    reason = (F.when(F.col("image_id").isNull() | ~F.col("image_id").rlike("^[0-9a-f]{64}$"),
-                     F.lit("image_id is not a sha256"))
-              .when(feats.isNull(), F.lit("null features"))
-              .when(F.size(feats) != dim,
-                    F.concat(F.lit("features has "), F.size(feats).cast("string"),
-                             F.lit(f" values, expected {dim}")))
-              .when(F.exists(feats, lambda x: x.isNull()), F.lit("null value in features"))
-              .when(bad_value, F.lit("NaN or infinite value in features")))
-    if model_sha256:
-        reason = reason.when(F.col("model_sha256") != F.lit(model_sha256),
-                             F.concat(F.lit("model fingerprint "), F.col("model_sha256"),
-                                      F.lit(" not selected (--model-sha256)")))
-    return df.withColumn("reason", reason)
+def pick_model(model_counts: dict[str, int], model_sha256: str | None) -> None:
+    """Refuse a mix of fingerprints unless one is selected (they cannot share one PCA)."""
+    if model_sha256 is None and len(model_counts) > 1:
+        listing = ", ".join(f"{sha[:12]}...: {n} rows" for sha, n in sorted(model_counts.items(), key=lambda kv: -kv[1]))
+        raise JobError(f"vectors from {len(model_counts)} different models ({listing}); they cannot share one PCA. "
+                       f"Select one with --model-sha256")
+    if model_sha256 is not None and model_counts and model_sha256 not in model_counts:
+        raise JobError(f"no vectors of model {model_sha256[:12]}... (found: "
+                       f"{', '.join(s[:12] + '...' for s in model_counts)})")
 
 
-def deduplicate(df):
-    """One row per image_id: the earliest vectorization of each image (then the source name)."""
+def losers(valid):
+    """``_rid`` of every duplicate to drop: for each image_id all rows but the earliest vectorization (then
+    by source, file). Only thin columns are shuffled, never the features."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    w = Window.partitionBy("image_id").orderBy(F.col("vectorized_at").asc_nulls_last(), F.col("source"))
-    return df.withColumn("_n", F.row_number().over(w)).filter(F.col("_n") == 1).drop("_n")
+    w = Window.partitionBy("image_id").orderBy(F.col("vectorized_at").asc_nulls_last(), F.col("source"),
+                                               F.col("file"), F.col("_rid"))
+    thin = valid.select("_rid", "image_id", "vectorized_at", "source", "file")
+    return thin.withColumn("_n", F.row_number().over(w)).filter(F.col("_n") > 1).select("_rid")
+
+
+def deduplicate(valid, spark=None):
+    """One row per image_id (see :func:`losers`); returns (unique rows, number of duplicates dropped)."""
+    from pyspark.sql import functions as F
+
+    if "_rid" not in valid.columns:
+        valid = valid.withColumn("_rid", F.monotonically_increasing_id())
+    drop = losers(valid)
+    n = drop.count()
+    if n == 0:
+        return valid, 0
+    if n <= BROADCAST_LOSERS:  # the usual case: a few duplicates, sent to every task (no shuffle of features)
+        return valid.join(F.broadcast(drop), "_rid", "left_anti"), n
+    spark = spark or valid.sparkSession
+    return valid.join(drop, "_rid", "left_anti").coalesce(target_partitions(spark, n)), n
 
 
 def target_partitions(spark, rows: int, row_bytes: int = FEATURE_DIM * 4 + 256) -> int:
     """Partitions for ``rows`` contract rows: one per ``spark.sql.files.maxPartitionBytes`` (128 MB) of
-    vectors, at least one per core.
-
-    The dedup shuffle leaves ``spark.sql.shuffle.partitions`` partitions (200 by default; AQE does not
-    coalesce a cached plan): without this, 1,000 rows become 200 tasks and 200 output files.
-    """
+    vectors, at least one per core (a shuffle would otherwise leave ``spark.sql.shuffle.partitions``)."""
     per = int(spark._jsparkSession.sessionState().conf().filesMaxPartitionBytes())
     return max(spark.sparkContext.defaultParallelism, -(-rows * row_bytes // max(per, 1)))
 
 
-def pick_model(df, model_sha256: str | None) -> dict[str, int]:
-    """Rows per model fingerprint among valid rows; refuse a mix unless one is selected."""
-    counts = {r["model_sha256"]: r["count"] for r in df.groupBy("model_sha256").count().collect()}
-    if model_sha256 is None and len(counts) > 1:
-        listing = ", ".join(f"{sha[:12]}...: {n} rows" for sha, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-        raise JobError(f"vectors from {len(counts)} different models ({listing}); they cannot share one PCA. "
-                       f"Select one with --model-sha256")
-    return counts
-
-
-def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
-    """Run the job; ``progress(stage)`` is called at each stage (for bars and logs)."""
-    with driver_traffic(spark, "fruits-pca-run") as traffic:
-        return _run(spark, cfg, progress=progress, traffic=traffic)
-
-
-def _run(spark, cfg: JobConfig, *, progress=None, traffic=None) -> JobResult:
+def read_stage(spark, cfg: JobConfig, say) -> Prepared:
+    """Inputs (and featurized photos) -> unique valid rows, rejects, and counts that each come from their
+    own count."""
     from pyspark.sql import functions as F
 
-    say = progress or (lambda stage: log.info(stage))
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-    run_id = cfg.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    run_uri = cfg.output.rstrip("/") + f"/run={run_id}"
-
-    say("reading and validating input files")
-    frames, bad_files, n_files = [], [], 0
+    frames, inputs, feat, photo_rejects = [], None, None, 0
     if cfg.inputs:
-        df, bad_files, n_files = read_inputs(spark, cfg.inputs, skip_bad_files=cfg.skip_bad_files)
-        if cfg.images and PROJECTION_COLUMN in df.columns:
+        say("reading and validating input files")
+        try:
+            inputs = read_inputs(spark, cfg.inputs, skip_bad_files=cfg.skip_bad_files)
+        except InputError as exc:
+            raise JobError(str(exc)) from None
+        if cfg.images and inputs.projected:
             raise JobError("refusing to mix projected --input vectors with raw photos (--images), which become "
                            f"raw {FEATURE_DIM}-d vectors")
-        frames.append(df)
-    feat = None
+        frames.append(inputs.df)
     if cfg.images:
         from cloud_pca.featurize import featurize
 
         say(f"featurizing raw photos under {', '.join(cfg.images)}")
-        t = time.perf_counter()
-        if not cfg.model_path:
-            raise JobError("--images needs --model (the .tflite the devices use)")
-        feat = featurize(spark, cfg.images, model_path=cfg.model_path,
-                         batch_rows=cfg.batch_rows)
-        timings["featurize_s"] = time.perf_counter() - t
-        frames.append(feat.vectors.withColumn("file", F.lit("featurized from " + ", ".join(cfg.images))))
-    if not frames:
-        raise JobError("nothing to fit: give --input and/or --images")
+        feat = featurize(spark, cfg.images, model_path=cfg.model_path, batch_rows=cfg.batch_rows)
+        photo_rejects = feat.counts["rejected"]
+        frames.append(feat.vectors.withColumn("file", F.lit("featurized from " + ", ".join(cfg.images)))
+                      .withColumn("reason", F.lit(None).cast("string")))
     df = frames[0]
     for other in frames[1:]:
-        df = df.unionByName(other)
-    df = classify(df, cfg.model_sha256).cache()
-    rows_in = df.count() + (feat.counts["rejected"] if feat else 0)
-    if rows_in == 0:
-        raise JobError(f"the input holds no rows ({n_files} file(s))")
-    valid = df.filter(F.col("reason").isNull())
-    model_counts = pick_model(valid, cfg.model_sha256)
-    unique = deduplicate(valid).drop("reason").coalesce(target_partitions(spark, rows_in)).cache()
-    n_unique = unique.count()
-    rejects = df.filter(F.col("reason").isNotNull()).select("image_id", "source", "client_id", "file", "reason")
-    if feat is not None:  # photos that could not be decoded
-        rejects = rejects.unionByName(feat.rejects)
-    n_rejected = rejects.count()
-    n_duplicates = rows_in - n_rejected - n_unique
-    timings["read_validate_s"] = time.perf_counter() - t0
+        df = df.unionByName(other, allowMissingColumns=True)
+    df = select_model(df, cfg.model_sha256).withColumn("_rid", F.monotonically_increasing_id()).cache()
+    cached = [df]
+    try:
+        per_model = df.groupBy("model_sha256", F.col("reason").isNull().alias("ok")).count().collect()
+        rows_in = sum(r["count"] for r in per_model) + photo_rejects
+        if rows_in == 0:
+            raise JobError(f"the input holds no rows ({len(inputs.files) if inputs else 0} file(s))")
+        model_counts = {r["model_sha256"]: r["count"] for r in per_model if r["ok"] and r["model_sha256"]}
+        pick_model(model_counts, cfg.model_sha256)
+        valid = df.filter(F.col("reason").isNull())
+        unique, n_duplicates = deduplicate(valid, spark)
+        unique = unique.drop("reason")
+        n_unique = unique.count()
+        rejects = df.filter(F.col("reason").isNotNull()).select("image_id", "source", "client_id", "file", "reason")
+        if feat is not None:  # photos that could not be decoded
+            rejects = rejects.unionByName(feat.rejects)
+        n_rejected = rejects.count()
+    except BaseException:
+        df.unpersist()
+        if feat is not None:
+            feat.unpersist()
+        raise
+    counts = {"rows_in": int(rows_in), "projected": int(n_unique), "rejected": int(n_rejected),
+              "duplicates": int(n_duplicates)}
+    return Prepared(unique, rejects, counts, model_counts, inputs, feat, cached)
 
-    say(f"fitting StandardScaler + PCA ({cfg.solver} solver) on {n_unique} vectors")
-    t = time.perf_counter()
-    with driver_traffic(spark, "fruits-pca-fit") as fit_traffic:
-        model = fit_pca(unique, k=cfg.k, variance=cfg.variance, solver=cfg.solver)
-    timings["fit_s"] = time.perf_counter() - t
-    log.info("fit: the driver received %d bytes of task results in %d jobs", fit_traffic["bytes"], fit_traffic["jobs"])
+
+# ------------------------------------------------------------------------------------------- fit stage
+def fit_stage(spark, cfg: JobConfig, data: Prepared, say) -> tuple[FruitsPCAModel, dict]:
+    say(f"fitting StandardScaler + PCA ({cfg.solver} solver) on {data.counts['projected']} vectors")
+    with driver_traffic(spark, "fruits-pca-fit") as traffic:
+        model = fit_pca(data.unique.select("features"), k=cfg.k, variance=cfg.variance, solver=cfg.solver)
+    log.info("fit: the driver received %d bytes of task results in %d jobs", traffic["bytes"], traffic["jobs"])
+    return model, traffic.totals
+
+
+# ---------------------------------------------------------------------------------------- write stage
+def prepare_output(spark, run_uri: str, *, overwrite: bool) -> None:
+    """Refuse an existing run folder unless ``overwrite``; then remove its marker first, then the rest."""
+    if not path_exists(spark, run_uri):
+        return
+    if not overwrite:
+        raise JobError(f"{run_uri} already exists: pass --overwrite to replace that run, or choose another --run-id")
+    delete_path(spark, f"{run_uri}/{MARKER}")     # first: a run killed from here on never looks complete
+    delete_path(spark, run_uri, recursive=True)
+
+
+def explained_variance(model: FruitsPCAModel, solver: str) -> dict:
+    cum = np.cumsum(model.spectrum_)
+    return {"k": model.n_components_, "why": model.choice_, "solver": solver, "n_rows": model.n_samples_,
+            "model_id": model.model_id_,
+            "explained_variance_ratio": [float(v) for v in model.spectrum_],
+            "cumulative": [float(v) for v in cum]}
+
+
+def write_outputs(spark, cfg: JobConfig, run_uri: str, data: Prepared, model: FruitsPCAModel, say) -> dict:
+    """Projections, model, rejects, explained variance and plots; returns the explained-variance record."""
+    from pyspark.sql import functions as F
 
     say("projecting and writing")
-    t = time.perf_counter()
+    unique = data.unique
     label = F.col(cfg.label_col) if cfg.label_col in unique.columns else F.lit(None).cast("string")
-    projected = model.project(unique.select("image_id", label.alias("label"), "client_id", "features"))
-    projected.write.mode("overwrite").parquet(f"{run_uri}/projections")
-    model.save(f"{run_uri}/model")
-    rejects.write.mode("overwrite").parquet(f"{run_uri}/rejects")
-    timings["transform_write_s"] = time.perf_counter() - t
-
-    cum = np.cumsum(model.explained_variance_ratio_)
-    explained = {
-        "k": model.k, "why": model.k_reason, "solver": cfg.solver, "n_rows": int(n_unique),
-        "explained_variance_ratio": [float(v) for v in model.explained_variance_ratio_],
-        "cumulative": [float(v) for v in cum],
-    }
+    projected = model.project(unique.select("image_id", label.alias("label"), "client_id", "features"),
+                              model_col="pca_model")
+    projected.write.mode("errorifexists").parquet(f"{run_uri}/projections")
+    model.save(spark, f"{run_uri}/model")
+    data.rejects.write.mode("errorifexists").parquet(f"{run_uri}/rejects")
+    explained = explained_variance(model, cfg.solver)
     write_bytes(spark, f"{run_uri}/explained_variance.json", json.dumps(explained, indent=1).encode())
     csv = "component,explained_variance_ratio,cumulative\n" + "".join(
-        f"{i + 1},{r:.8g},{c:.8g}\n" for i, (r, c) in enumerate(zip(model.explained_variance_ratio_, cum)))
+        f"{i + 1},{r:.8g},{c:.8g}\n" for i, (r, c) in enumerate(zip(explained["explained_variance_ratio"],
+                                                                     explained["cumulative"])))
     write_bytes(spark, f"{run_uri}/explained_variance.csv", csv.encode())
-
     if cfg.plots:
         say("plotting")
-        t = time.perf_counter()
         from cloud_pca import plots
 
-        sample = projected.limit(5000).toPandas()
+        sample = spark.read.parquet(f"{run_uri}/projections").limit(PLOT_SAMPLE).toPandas()
         for name, png in plots.all_plots(explained, sample).items():
             write_bytes(spark, f"{run_uri}/plots/{name}", png)
-        timings["plots_s"] = time.perf_counter() - t
+    return explained
 
-    timings["total_s"] = time.perf_counter() - t0
-    summary = {
-        "run_id": run_id, "run_uri": run_uri, "inputs": cfg.inputs, "files": n_files,
-        "bad_files": [{"file": f, "reason": r} for f, r in bad_files],
-        "photos": feat.counts if feat else None,
-        "rows_in": int(rows_in), "projected": int(n_unique), "rejected": int(n_rejected),
-        "duplicates": int(n_duplicates), "reconciles": rows_in == n_unique + n_rejected + n_duplicates,
-        "model_sha256": cfg.model_sha256 or next(iter(model_counts), None), "rows_per_model": model_counts,
-        "k": model.k, "k_reason": model.k_reason, "solver": cfg.solver,
-        "cumulative_explained_variance": float(cum[model.k - 1]),
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        # Task-result bytes the driver received (Spark's resultSize metric): the fit's and the whole run's.
-        "driver_result_bytes": {"fit": fit_traffic["bytes"], "run": traffic.read()["bytes"] if traffic else None,
-                                "partitions": unique.rdd.getNumPartitions()},
-        "finished_at": datetime.now(timezone.utc).isoformat(),
-    }
-    write_bytes(spark, f"{run_uri}/summary.json", json.dumps(summary, indent=1).encode())
-    # Last: the marker that says the run is complete.
-    write_bytes(spark, f"{run_uri}/_SUCCESS.json",
-                json.dumps({"run_id": run_id, "complete": True, "outputs": [
-                    "projections/", "model/", "rejects/", "explained_variance.json", "explained_variance.csv",
-                    "summary.json"] + (["plots/"] if cfg.plots else [])}).encode())
-    df.unpersist()
-    unique.unpersist()
-    if feat is not None:
-        feat.unpersist()
+
+def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
+    """Run the job; ``progress(stage)`` is called at each stage (for progress lines and logs)."""
+    cfg.check()
+    say = progress or (lambda stage: log.info(stage))
+    run_id = cfg.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    run_uri = cfg.output.rstrip("/") + f"/run={run_id}"
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with driver_traffic(spark, "fruits-pca-run") as traffic:
+        prepare_output(spark, run_uri, overwrite=cfg.overwrite)
+        data = read_stage(spark, cfg, say)
+        try:
+            timings["read_validate_s"] = time.perf_counter() - t0
+            t = time.perf_counter()
+            model, fit_traffic = fit_stage(spark, cfg, data, say)
+            timings["fit_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            explained = write_outputs(spark, cfg, run_uri, data, model, say)
+            timings["write_s"] = time.perf_counter() - t
+            timings["total_s"] = time.perf_counter() - t0
+            c = data.counts
+            summary = {
+                "run_id": run_id, "run_uri": run_uri, "inputs": cfg.inputs, "images": cfg.images,
+                "files": len(data.inputs.files) if data.inputs else 0,
+                "bad_files": [{"file": f, "reason": r} for f, r in (data.inputs.bad if data.inputs else [])],
+                "photos": data.featurized.counts if data.featurized else None,
+                **c, "reconciles": c["rows_in"] == c["projected"] + c["rejected"] + c["duplicates"],
+                "model_sha256": cfg.model_sha256 or next(iter(data.model_counts), None),
+                "rows_per_model": data.model_counts, "pca_model": model.model_id_,
+                "k": model.n_components_, "k_reason": model.choice_, "solver": cfg.solver,
+                "cumulative_explained_variance": float(np.sum(model.explained_variance_ratio_)),
+                "timings_s": {k: round(v, 3) for k, v in timings.items()},
+                # Task-result bytes the driver received (Spark's resultSize metric): the fit's and the run's.
+                "driver_result_bytes": {"fit": fit_traffic["bytes"], "run": traffic.read()["bytes"]},
+                "finished_at": datetime.now(timezone.utc).isoformat(),
+            }
+            write_bytes(spark, f"{run_uri}/summary.json", json.dumps(summary, indent=1).encode())
+            # Last: the marker that says the run is complete, with what publish checks the files against.
+            write_bytes(spark, f"{run_uri}/{MARKER}", json.dumps({
+                "run_id": run_id, "complete": True, "pca_model": model.model_id_, "k": model.n_components_,
+                "rows": c["projected"], "model_sha256": summary["model_sha256"],
+                "outputs": ["projections/", "model/", "rejects/", "explained_variance.json",
+                            "explained_variance.csv", "summary.json"] + (["plots/"] if cfg.plots else [])}).encode())
+        finally:
+            data.release()
     return JobResult(run_uri, summary, explained, model, timings)
 
+
+def describe(exc: BaseException) -> str:
+    """A Spark failure as one line for an ``Error:`` message (the Java exception's head, not py4j's wrapper)."""
+    java = getattr(exc, "java_exception", None)
+    return one_line(java.toString() if java is not None else exc)[:500]

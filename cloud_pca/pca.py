@@ -1,32 +1,58 @@
-"""StandardScaler + PCA in Spark, with two solvers that produce the same fitted Spark ML pipeline.
+"""StandardScaler + PCA in Spark, with two solvers that produce the same fitted model.
 
-- ``solver="spark"``: Spark ML's ``StandardScaler`` then ``PCA`` (the reference; its covariance is built
-  row by row with level-2 BLAS).
-- ``solver="gram"``: one distributed pass in which every partition sums ``n``, ``sum(x)`` and the Gram
-  matrix ``X^T X`` with numpy (level-3 BLAS) inside ``mapInArrow``; the driver adds the partials (one
-  1280x1280 matrix each, never the rows) and takes ``eigh`` of the correlation matrix.
+- ``solver="gram"`` (default): one distributed pass in which every partition sums ``n``, ``sum(x)``, the Gram
+  matrix ``X^T X`` (numpy, level-3 BLAS, inside ``mapInArrow``) and the per-column min and max; the partials
+  are added on the executors (:func:`tree_sum`), so the driver receives one packed partial whatever the
+  number of partitions, and takes ``eigh`` of the 1280x1280 correlation matrix.
+- ``solver="spark"``: Spark ML's ``StandardScaler`` then ``PCA`` (the reference).
 
-Both return a :class:`FruitsPCAModel` wrapping a Spark ``PipelineModel`` (StandardScalerModel + PCAModel)
-built from the same numbers, so saving, loading and ``transform`` are the same whichever solver ran.
-Conventions follow Spark: the standard deviation divides by ``n - 1`` (sklearn's by ``n``); a constant
-column has std 0 and scales to 0, never NaN; components are unit vectors whose largest-magnitude entry
-is positive (a sign convention, so that runs and solvers compare).
+Both return a :class:`FruitsPCAModel`, named as sklearn names a fitted PCA (``components_`` is (k, d),
+``explained_variance_ratio_`` has k values), which saves and loads as itself and also as the equivalent Spark
+``PipelineModel`` (StandardScalerModel + PCAModel). Conventions follow Spark: the standard deviation divides
+by ``n - 1`` (sklearn's by ``n``); a constant column (min == max) has std exactly 0 and scales to 0, never
+NaN; components are unit vectors whose largest-magnitude entry is positive, so that runs and solvers compare.
+
+>>> model = fit_pca(df, variance=0.95)                 # doctest: +SKIP
+>>> model.components_.shape, model.n_components_       # doctest: +SKIP
+((37, 1280), 37)
 """
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from contract.card import FEATURE_DIM
+from contract.errors import FruitsError
+from contract.vectors import features_array, features_matrix, safe_inverse
 
 log = logging.getLogger(__name__)
 SOLVERS = ("gram", "spark")
 VEC_COL = "features_vec"
 SCALED_COL = "scaled"
+DEFAULT_VARIANCE = 0.95
+MODEL_FILE = "fruits-pca.npz"
 
 
-class PCAInputError(ValueError):
-    """A request the data cannot satisfy (k out of range, too few rows)."""
+class PCAInputError(FruitsError, ValueError):
+    """A request the data cannot satisfy (k out of range, too few rows, constant data)."""
+
+
+def check_request(*, k: int | None, variance: float | None, solver: str = "gram",
+                  n_features: int = FEATURE_DIM) -> None:
+    """Everything about a fit request that can be checked before any data is read."""
+    if solver not in SOLVERS:
+        raise PCAInputError(f"solver={solver!r} must be one of {', '.join(SOLVERS)}")
+    if k is not None and variance is not None:
+        raise PCAInputError("give k or variance, not both")
+    if k is not None and not 1 <= k <= n_features:
+        raise PCAInputError(f"k={k} must be between 1 and n_features={n_features}")
+    if variance is not None and not 0.0 < variance <= 1.0:
+        raise PCAInputError(f"variance={variance} must be in (0, 1]")
 
 
 @dataclass
@@ -39,44 +65,17 @@ class Moments:
     corr: np.ndarray
 
 
-def moments_from_gram(n: int, total: np.ndarray, gram: np.ndarray) -> Moments:
-    mean = total / n
-    cov = (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
-    var = np.clip(np.diag(cov), 0.0, None)
-    std = np.sqrt(var)
-    # Columns that are constant up to rounding: std 0, as Spark does for exact constants.
-    tiny = std <= 1e-12 * max(1.0, float(np.abs(mean).max(initial=0.0)))
-    std[tiny] = 0.0
-    inv = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
-    corr = cov * np.outer(inv, inv)
-    return Moments(n, mean, std, corr)
-
-
-def _arrow_rows(batch, input_col: str) -> np.ndarray:
-    """The list<float> column of an Arrow record batch as an (n, d) float64 array (one copy, no Python loop)."""
-    import pyarrow.compute as pc
-
-    col = batch.column(batch.schema.get_field_index(input_col))
-    if col.null_count:
-        raise PCAInputError(f"{col.null_count} null {input_col} value(s) reached the fit; validate rows first")
-    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-    if len(lengths) == 0:
-        return np.zeros((0, 0))
-    d = int(lengths[0])
-    if (lengths != d).any():
-        raise PCAInputError(f"{input_col} vectors of different lengths ({sorted(set(lengths.tolist()))[:5]})")
-    values = col.flatten().to_numpy(zero_copy_only=False)
-    return values.reshape(len(lengths), d).astype(np.float64)
-
-
 @dataclass
 class GramSums:
-    """The additive statistics of a set of rows: ``n``, ``sum(x)`` and the upper triangle of ``X^T X``
-    (packed row by row, float64). Partials of partitions (or of uploads) add up with ``+``."""
+    """The additive statistics of a set of rows: ``n``, ``sum(x)``, the upper triangle of ``X^T X`` (packed
+    row by row, float64) and each column's min and max. Partials of partitions, or of uploads, add up
+    with ``+``."""
 
     n: int
     total: np.ndarray     # (d,)
     upper: np.ndarray     # (d * (d + 1) / 2,)
+    lo: np.ndarray        # (d,) column minimum
+    hi: np.ndarray        # (d,) column maximum
 
     @property
     def d(self) -> int:
@@ -85,14 +84,15 @@ class GramSums:
     def __add__(self, other: "GramSums") -> "GramSums":
         if other.d != self.d:
             raise PCAInputError(f"cannot add statistics of {self.d}-d and {other.d}-d vectors")
-        return GramSums(self.n + other.n, self.total + other.total, self.upper + other.upper)
+        return GramSums(self.n + other.n, self.total + other.total, self.upper + other.upper,
+                        np.minimum(self.lo, other.lo), np.maximum(self.hi, other.hi))
 
     @classmethod
     def of(cls, x: np.ndarray) -> "GramSums":
         """The statistics of the rows of ``x`` (n, d)."""
         x = np.asarray(x, dtype=np.float64)
         g = x.T @ x
-        return cls(len(x), x.sum(axis=0), g[np.triu_indices(x.shape[1])])
+        return cls(len(x), x.sum(axis=0), g[np.triu_indices(x.shape[1])], x.min(axis=0), x.max(axis=0))
 
     def gram(self) -> np.ndarray:
         d = self.d
@@ -101,13 +101,30 @@ class GramSums:
         return g + np.triu(g, 1).T
 
     def moments(self) -> Moments:
-        if self.n < 1:
+        """Mean, n-1 std and correlation; a column whose min equals its max has std exactly 0."""
+        n = self.n
+        if n < 1:
             raise PCAInputError("no rows to fit")
-        return moments_from_gram(self.n, self.total, self.gram())
+        mean = self.total / n
+        cov = (self.gram() - n * np.outer(mean, mean)) / max(n - 1, 1)
+        std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+        std[self.lo == self.hi] = 0.0     # exact, where the Gram formula leaves 1e-10..1e-8 of rounding
+        inv = safe_inverse(std)
+        return Moments(n, mean, std, cov * np.outer(inv, inv))
 
     @property
     def nbytes(self) -> int:
-        return int(self.total.nbytes + self.upper.nbytes)
+        return int(self.total.nbytes + self.upper.nbytes + self.lo.nbytes + self.hi.nbytes)
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, n=np.array(self.n), total=self.total, upper=self.upper, lo=self.lo, hi=self.hi)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "GramSums":
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return cls(int(z["n"]), z["total"], z["upper"], z["lo"], z["hi"])
 
 
 def _sum_keyed(key, values):
@@ -122,7 +139,7 @@ def _sum_keyed(key, values):
 def tree_sum(partials, fan_in: int = 8) -> GramSums | None:
     """Add an RDD of :class:`GramSums` on the executors, ``fan_in`` partials per task and level, so that the
     driver receives one partial whatever the number of partitions (``RDD.treeReduce`` would send it
-    about sqrt(partitions) of them, 10 MB each)."""
+    about sqrt(partitions) of them, 13 MB each for d=1280)."""
     if fan_in < 2:
         raise PCAInputError(f"fan_in={fan_in} must be at least 2")
     level = partials.mapPartitionsWithIndex(_sum_keyed)
@@ -147,66 +164,47 @@ def gram_partitions(df, max_tasks_per_core: int = 4):
 
 
 def gram_sums(df, input_col: str = "features", chunk_rows: int = 2048, fan_in: int = 8) -> GramSums:
-    """Distributed n, sum and X^T X with numpy per partition, added on the executors (:func:`tree_sum`):
-    the driver receives one packed partial (6.6 MB for d=1280), however many partitions ``df`` has.
-
-    Each task reads Arrow batches (``mapInArrow``: no pandas objects per row), stacks them into chunks of
-    ``chunk_rows`` rows and adds ``chunk.T @ chunk`` (level-3 BLAS, float64) to its partial.
-    """
+    """Distributed :class:`GramSums` of a list<float> column: numpy per partition (Arrow batches stacked into
+    chunks of ``chunk_rows`` rows, ``chunk.T @ chunk`` in float64), added on the executors with
+    :func:`tree_sum`. The driver receives one packed partial (6.6 MB for d=1280)."""
     import pyarrow as pa
 
     def partials(batches):
-        n, total, gram, pending, held = 0, None, None, [], 0
+        total, pending, held = None, [], 0
 
         def flush():
-            nonlocal gram, total, pending, held
-            x = pending[0] if len(pending) == 1 else np.concatenate(pending)
-            if gram is None:
-                total = np.zeros(x.shape[1])
-                gram = np.zeros((x.shape[1], x.shape[1]))
-            total += x.sum(axis=0)
-            gram += x.T @ x
+            nonlocal total, pending, held
+            part = GramSums.of(pending[0] if len(pending) == 1 else np.concatenate(pending))
+            total = part if total is None else total + part
             pending, held = [], 0
 
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            x = _arrow_rows(batch, input_col)
-            n += len(x)
+            x = features_matrix(batch.column(batch.schema.get_field_index(input_col)))
             pending.append(x)
             held += len(x)
             if held >= chunk_rows:
                 flush()
         if pending:
             flush()
-        if gram is not None:
-            upper = gram[np.triu_indices(gram.shape[0])]
-            yield pa.RecordBatch.from_pydict({"n": [n], "total": [total.tobytes()], "upper": [upper.tobytes()]})
+        if total is not None:
+            yield pa.RecordBatch.from_pydict({"sums": [total.to_bytes()]})
 
     rows = (gram_partitions(df.select(input_col))
-            .mapInArrow(partials, schema="n long, total binary, upper binary")
-            .rdd.map(lambda r: GramSums(r["n"], np.frombuffer(r["total"], dtype=np.float64),
-                                        np.frombuffer(r["upper"], dtype=np.float64))))
+            .mapInArrow(partials, schema="sums binary")
+            .rdd.map(lambda r: GramSums.from_bytes(bytes(r["sums"]))))
     total = tree_sum(rows, fan_in)
     if total is None:
         raise PCAInputError("no rows to fit")
     return total
 
 
-def gram_moments(df, input_col: str = "features", chunk_rows: int = 2048) -> Moments:
-    """:func:`gram_sums` turned into mean, std and correlation."""
-    return gram_sums(df, input_col, chunk_rows).moments()
-
-
 def eig_components(corr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigen-decomposition of the correlation matrix, descending: (components d x d, variance ratios)."""
+    """Eigen-decomposition of the correlation matrix, descending: (components as columns d x d, eigenvalues)."""
     values, vectors = np.linalg.eigh(corr)
     order = np.argsort(values)[::-1]
-    values = np.clip(values[order], 0.0, None)
-    vectors = vectors[:, order]
-    total = values.sum()
-    ratio = values / total if total > 0 else np.zeros_like(values)
-    return fix_signs(vectors), ratio
+    return fix_signs(vectors[:, order]), np.clip(values[order], 0.0, None)
 
 
 def fix_signs(components: np.ndarray) -> np.ndarray:
@@ -225,76 +223,171 @@ def choose_k(ratio: np.ndarray, *, k: int | None, variance: float | None, n_rows
         if not 1 <= k <= limit:
             raise PCAInputError(f"k={k} must be between 1 and min(n_features={d}, n_rows={n_rows}) = {limit}")
         return k, f"k={k} requested; cumulative explained variance {float(np.cumsum(ratio)[k - 1]):.4f}"
-    if variance is None:
-        variance = 0.95
-    if not 0.0 < variance <= 1.0:
-        raise PCAInputError(f"variance={variance} must be in (0, 1]")
+    variance = DEFAULT_VARIANCE if variance is None else variance
+    check_request(k=None, variance=variance)
     cum = np.cumsum(ratio)
-    chosen = int(np.searchsorted(cum, variance - 1e-12) + 1)
-    chosen = max(1, min(chosen, limit))
+    chosen = max(1, min(int(np.searchsorted(cum, variance - 1e-12) + 1), limit))
     return chosen, (f"smallest k whose cumulative explained variance reaches {variance}: "
                     f"k={chosen} gives {float(cum[chosen - 1]):.4f}")
 
 
 @dataclass
 class FruitsPCAModel:
-    """A fitted StandardScaler + PCA: numpy arrays plus the equivalent Spark ``PipelineModel``."""
+    """A fitted StandardScaler + PCA, with sklearn's names and shapes.
+
+    ``mean_`` and ``scale_`` (the n-1 standard deviation; 0 for a constant column) are the scaler's;
+    ``components_`` (k, d), ``explained_variance_`` and ``explained_variance_ratio_`` (k) the PCA's;
+    ``spectrum_`` holds all d variance ratios (the scree curve) and ``choice_`` why k was chosen.
+    """
 
     mean_: np.ndarray
-    std_: np.ndarray
-    components_: np.ndarray          # d x k
-    explained_variance_ratio_: np.ndarray   # all d ratios (the scree curve); the first k are kept
-    k: int
-    n_rows_: int
-    solver: str
-    pipeline: object = None          # pyspark.ml.PipelineModel
-    k_reason: str = ""
+    scale_: np.ndarray
+    components_: np.ndarray
+    explained_variance_: np.ndarray
+    explained_variance_ratio_: np.ndarray
+    spectrum_: np.ndarray
+    n_samples_: int
+    solver_: str
+    choice_: str = ""
+    _pipeline: object = field(default=None, repr=False, compare=False)
 
-    def transform_numpy(self, x: np.ndarray) -> np.ndarray:
-        inv = np.where(self.std_ > 0, 1.0 / np.where(self.std_ > 0, self.std_, 1.0), 0.0)
-        return ((np.asarray(x, np.float64) - self.mean_) * inv) @ self.components_
+    @property
+    def n_components_(self) -> int:
+        return int(self.components_.shape[0])
 
-    def transform(self, df, input_col: str = "features", output_col: str = "pca"):
-        """Add ``output_col`` (a Spark ML vector of k values) to a DataFrame with an array column."""
-        from pyspark.ml.functions import array_to_vector
-        from pyspark.sql import functions as F
+    @property
+    def n_features_in_(self) -> int:
+        return int(self.components_.shape[1])
 
-        out = self.pipeline.transform(df.withColumn(VEC_COL, array_to_vector(F.col(input_col))))
-        return out.drop(VEC_COL, SCALED_COL).withColumnRenamed("pca_out", output_col)
+    @property
+    def model_id_(self) -> str:
+        """16 hex characters naming the fitted numbers (what projections record as their ``pca_model``)."""
+        h = hashlib.sha256()
+        for a in (self.mean_, self.scale_, self.components_):
+            h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+        return h.hexdigest()[:16]
 
-    def project(self, df, input_col: str = "features", output_col: str = "pca"):
-        """``df``'s other columns plus ``output_col``: array<float> of k values, computed with numpy per Arrow
-        batch (``mapInArrow``). Same numbers as :meth:`transform` (the Spark ML pipeline) up to float32
-        rounding, without its per-row vector conversions, so it is the one the job uses for large inputs."""
+    @classmethod
+    def from_moments(cls, m: Moments, *, k: int | None = None, variance: float | None = None,
+                     solver: str = "gram") -> "FruitsPCAModel":
+        """The model of already computed moments (the gram solver, and the incremental refresh)."""
+        if m.n < 2:
+            raise PCAInputError(f"PCA needs at least 2 distinct rows, got {m.n}")
+        if not (m.std > 0).any():
+            raise PCAInputError(f"all {m.n} vectors are equal in every column (constant data): there is no "
+                                f"variance to explain")
+        comps, values = eig_components(m.corr)
+        return cls._chosen(m.mean, m.std, comps, values, m.n, k=k, variance=variance, solver=solver)
+
+    @classmethod
+    def _chosen(cls, mean, std, comps, values, n, *, k, variance, solver) -> "FruitsPCAModel":
+        total = float(values.sum())
+        if total <= 0:
+            raise PCAInputError(f"the {n} vectors have no variance to explain (constant data)")
+        ratio = values / total
+        kk, reason = choose_k(ratio, k=k, variance=variance, n_rows=n)
+        return cls(mean_=np.asarray(mean, np.float64), scale_=np.asarray(std, np.float64),
+                   components_=np.ascontiguousarray(comps[:, :kk].T), explained_variance_=values[:kk],
+                   explained_variance_ratio_=ratio[:kk], spectrum_=ratio, n_samples_=int(n), solver_=solver,
+                   choice_=reason)
+
+    # -------------------------------------------------------------------------------- using the model
+    def transform_array(self, x: np.ndarray) -> np.ndarray:
+        """(n, d) vectors -> (n, k) projections, float64."""
+        return ((np.asarray(x, np.float64) - self.mean_) * safe_inverse(self.scale_)) @ self.components_.T
+
+    def project(self, df, input_col: str = "features", output_col: str = "pca", model_col: str | None = None):
+        """``df``'s other columns plus ``output_col`` (array<float> of k values) and, when ``model_col`` is
+        given, this model's id: numpy per Arrow batch (``mapInArrow``), the same numbers as :meth:`transform`
+        (Spark ML's per-row pipeline) up to float32 rounding, several times faster."""
         import pyarrow as pa
-        from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
-
-        from contract.vectors import features_array
+        from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
 
         keep = [f for f in df.schema.fields if f.name != input_col]
-        schema = StructType(keep + [StructField(output_col, ArrayType(FloatType()))])
-        mean = self.mean_
-        inv = np.where(self.std_ > 0, 1.0 / np.where(self.std_ > 0, self.std_, 1.0), 0.0)
-        comps = self.components_
-        k = comps.shape[1]
-        names = [f.name for f in keep]
+        extra = [StructField(output_col, ArrayType(FloatType()))]
+        if model_col:
+            extra.append(StructField(model_col, StringType()))
+        schema = StructType(keep + extra)
+        mean, inv, comps_t, k = self.mean_, safe_inverse(self.scale_), self.components_.T, self.n_components_
+        names, model_id = [f.name for f in keep], self.model_id_
 
         def apply(batches):
             for batch in batches:
-                x = _arrow_rows(batch, input_col)
-                y = ((x - mean) * inv) @ comps if len(x) else np.zeros((0, k))
-                cols = [batch.column(batch.schema.get_field_index(c)) for c in names]
-                cols.append(features_array(y))
-                yield pa.RecordBatch.from_arrays(cols, names=names + [output_col])
+                x = features_matrix(batch.column(batch.schema.get_field_index(input_col)))
+                y = ((x - mean) * inv) @ comps_t if len(x) else np.zeros((0, k))
+                cols = [batch.column(batch.schema.get_field_index(c)) for c in names] + [features_array(y)]
+                out_names = names + [output_col]
+                if model_col:
+                    cols.append(pa.array([model_id] * batch.num_rows, pa.string()))
+                    out_names.append(model_col)
+                yield pa.RecordBatch.from_arrays(cols, names=out_names)
 
         return df.mapInArrow(apply, schema)
 
-    def save(self, uri: str) -> None:
-        self.pipeline.write().overwrite().save(uri)
+    def pipeline(self, spark):
+        """The equivalent Spark ML ``PipelineModel`` (StandardScalerModel -> PCAModel)."""
+        if self._pipeline is None:
+            self._pipeline = build_pipeline(spark, self.mean_, self.scale_, self.components_.T,
+                                            self.explained_variance_ratio_)
+        return self._pipeline
+
+    def transform(self, df, input_col: str = "features", output_col: str = "pca"):
+        """Add ``output_col`` (a Spark ML vector of k values) with the Spark ML pipeline."""
+        from pyspark.ml.functions import array_to_vector
+        from pyspark.sql import functions as F
+
+        out = self.pipeline(df.sparkSession).transform(df.withColumn(VEC_COL, array_to_vector(F.col(input_col))))
+        return out.drop(VEC_COL, SCALED_COL).withColumnRenamed("pca_out", output_col)
+
+    # ---------------------------------------------------------------------------------- save and load
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        meta = {"n_samples": self.n_samples_, "solver": self.solver_, "choice": self.choice_,
+                "model_id": self.model_id_, "format": 1}
+        np.savez(buf, mean=self.mean_, scale=self.scale_, components=self.components_,
+                 explained_variance=self.explained_variance_, spectrum=self.spectrum_, meta=np.array(json.dumps(meta)))
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, origin: str = "<model>") -> "FruitsPCAModel":
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                spectrum = z["spectrum"]
+                k = z["components"].shape[0]
+                model = cls(mean_=z["mean"], scale_=z["scale"], components_=z["components"],
+                            explained_variance_=z["explained_variance"], explained_variance_ratio_=spectrum[:k],
+                            spectrum_=spectrum, n_samples_=int(meta["n_samples"]), solver_=meta["solver"],
+                            choice_=meta.get("choice", ""))
+        except (ValueError, KeyError, OSError) as exc:
+            raise PCAInputError(f"{origin}: not a saved FruitsPCAModel ({exc})") from None
+        if model.model_id_ != meta.get("model_id"):
+            raise PCAInputError(f"{origin}: its numbers do not match its model id {meta.get('model_id')}")
+        return model
+
+    def save(self, spark, uri: str) -> None:
+        """Write ``uri/`` as a Spark ML ``PipelineModel`` (loadable with ``PipelineModel.load``) holding also
+        this model's own numbers in float64 (``fruits-pca.npz``, read back by :meth:`load`)."""
+        from cloud_pca.spark import write_bytes
+
+        self.pipeline(spark).write().overwrite().save(uri)
+        write_bytes(spark, f"{uri.rstrip('/')}/{MODEL_FILE}", self.to_bytes())
+
+    @classmethod
+    def load(cls, spark, uri: str) -> "FruitsPCAModel":
+        from cloud_pca.spark import read_bytes
+
+        path = f"{uri.rstrip('/')}/{MODEL_FILE}"
+        try:
+            data = read_bytes(spark, path)
+        except Exception as exc:  # Py4JJavaError: FileNotFoundException
+            raise PCAInputError(f"{path}: cannot read a saved model ({str(exc).strip().splitlines()[0][:200]})") from None
+        return cls.from_bytes(data, path)
 
 
 def build_pipeline(spark, mean: np.ndarray, std: np.ndarray, components: np.ndarray, ratio_k: np.ndarray):
-    """A Spark ``PipelineModel`` (StandardScalerModel -> PCAModel) holding the given numbers.
+    """A Spark ``PipelineModel`` (StandardScalerModel -> PCAModel) holding the given numbers (components as
+    columns, d x k).
 
     The JVM models are created with their (Scala ``private[ml]``, public in bytecode) constructors; the
     vectors and the matrix travel through a one-row DataFrame, not element by element over py4j.
@@ -328,7 +421,7 @@ def build_pipeline(spark, mean: np.ndarray, std: np.ndarray, components: np.ndar
 
 
 def spark_moments_and_components(df, input_col: str = "features"):
-    """The reference solver: Spark ML StandardScaler + PCA(k = d); returns (mean, std, n, comps, ratio)."""
+    """The reference solver: Spark ML StandardScaler + PCA(k = d); returns (mean, std, n, comps, eigenvalues)."""
     from pyspark.ml.feature import PCA, StandardScaler
     from pyspark.ml.functions import array_to_vector
     from pyspark.sql import functions as F
@@ -338,16 +431,24 @@ def spark_moments_and_components(df, input_col: str = "features"):
     vec = gram_partitions(df.select(array_to_vector(F.col(input_col)).alias(VEC_COL))).cache()
     try:
         n = vec.count()
+        if n < 2:
+            raise PCAInputError(f"PCA needs at least 2 distinct rows, got {n}")
         scaler = StandardScaler(inputCol=VEC_COL, outputCol=SCALED_COL, withMean=True, withStd=True).fit(vec)
         mean, std = scaler.mean.toArray(), scaler.std.toArray()
+        if not (std > 0).any():
+            raise PCAInputError(f"all {n} vectors are equal in every column (constant data): there is no "
+                                f"variance to explain")
         d = len(mean)
         pca = PCA(k=min(d, n), inputCol=SCALED_COL, outputCol="pca_out").fit(scaler.transform(vec))
         comps = pca.pc.toArray()
-        ratio = np.zeros(d)
-        ratio[: comps.shape[1]] = pca.explainedVariance.toArray()
+        # Spark's explainedVariance is normalised by the trace: scale back to eigenvalues of the correlation.
+        values = np.zeros(d)
+        values[: comps.shape[1]] = pca.explainedVariance.toArray() * float((std > 0).sum())
     finally:
         vec.unpersist()
-    return mean, std, n, fix_signs(comps), ratio
+    full = np.zeros((d, d))
+    full[:, : comps.shape[1]] = comps
+    return mean, std, n, fix_signs(full), values
 
 
 def fit_pca(df, *, k: int | None = None, variance: float | None = None, input_col: str = "features",
@@ -355,27 +456,13 @@ def fit_pca(df, *, k: int | None = None, variance: float | None = None, input_co
     """Fit StandardScaler + PCA on an array<float> column.
 
     >>> model = fit_pca(df, variance=0.95)           # doctest: +SKIP
-    >>> model.transform(df).select("image_id", "pca")  # doctest: +SKIP
+    >>> model.project(df).select("image_id", "pca")  # doctest: +SKIP
     """
-    if solver not in SOLVERS:
-        raise PCAInputError(f"solver={solver!r} must be one of {', '.join(SOLVERS)}")
-    if k is not None and variance is not None:
-        raise PCAInputError("give k or variance, not both")
-    spark = df.sparkSession
+    check_request(k=k, variance=variance, solver=solver)
     if solver == "gram":
-        m = gram_moments(df, input_col)
-        if m.n < 2:
-            raise PCAInputError(f"PCA needs at least 2 rows, got {m.n}")
-        comps, ratio = eig_components(m.corr)
-        mean, std, n = m.mean, m.std, m.n
-    else:
-        mean, std, n, comps, ratio = spark_moments_and_components(df, input_col)
-        if n < 2:
-            raise PCAInputError(f"PCA needs at least 2 rows, got {n}")
-    kk, reason = choose_k(ratio, k=k, variance=variance, n_rows=n)
-    pipeline = build_pipeline(spark, mean, std, comps[:, :kk], ratio[:kk])
-    return FruitsPCAModel(mean_=mean, std_=std, components_=comps[:, :kk], explained_variance_ratio_=ratio,
-                          k=kk, n_rows_=n, solver=solver, pipeline=pipeline, k_reason=reason)
+        return FruitsPCAModel.from_moments(gram_sums(df, input_col).moments(), k=k, variance=variance)
+    mean, std, n, comps, values = spark_moments_and_components(df, input_col)
+    return FruitsPCAModel._chosen(mean, std, comps, values, n, k=k, variance=variance, solver="spark")
 
 
 def load_pipeline(uri: str):

@@ -1,50 +1,83 @@
 """Publish a PCA run for the devices: the projection artifact (mean, scale, first k components, model
-fingerprint) and a reference index (per-label centroids in that space) under ``ROOT/models/``, plus the
-pointer ``projection-latest-<model_sha256>.json`` a device reads. See :mod:`contract.projection`.
+fingerprint) and a reference index (per-label centroids in that space) under ``ROOT/models/``, plus the pointer ``projection-latest-<model_sha256>.json`` a device reads. See
+:mod:`contract.projection`.
+
+A run is published only if its files agree: the marker, the summary, the saved model and the projections
+must name the same model, k and number of rows (a run killed half-way and re-run would otherwise mix two
+models' files).
 """
 from __future__ import annotations
 
 import json
 
-import numpy as np
-
-from contract.projection import Projection, ReferenceIndex, index_key, latest_projection_key, projection_key
-from cloud_pca.job import JobError
+from contract.errors import FruitsError, one_line
+from contract.layout import index_key, latest_projection_key, projection_key
+from contract.projection import Projection, ReferenceIndex
+from contract.vectors import safe_inverse
+from cloud_pca.pca import FruitsPCAModel, PCAInputError
 from cloud_pca.spark import read_bytes, write_bytes
 
 
-def projection_from_run(spark, run_uri: str, k: int | None = None) -> Projection:
-    from cloud_pca.pca import load_pipeline
+class PublishError(FruitsError, ValueError):
+    """A run that cannot be published (incomplete, inconsistent, unlabelled); says which file disagrees."""
 
-    run_uri = run_uri.rstrip("/")
+
+def _json(spark, uri: str, what: str) -> dict:
     try:
-        summary = json.loads(read_bytes(spark, f"{run_uri}/summary.json"))
-        read_bytes(spark, f"{run_uri}/_SUCCESS.json")
-    except Exception as exc:
-        raise JobError(f"{run_uri}: not a complete PCA run (no summary.json / _SUCCESS.json): "
-                       f"{str(exc).strip().splitlines()[0][:200]}") from None
-    pipeline = load_pipeline(f"{run_uri}/model")
-    scaler, pca = pipeline.stages
-    mean, std = scaler.mean.toArray(), scaler.std.toArray()
-    comps = pca.pc.toArray()
-    kk = k or comps.shape[1]
-    if not 1 <= kk <= comps.shape[1]:
-        raise JobError(f"k={kk} must be between 1 and the run's k={comps.shape[1]}")
-    scale = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
-    if summary.get("model_sha256") is None:
-        raise JobError(f"{run_uri}/summary.json names no model fingerprint")
-    return Projection(mean, scale, comps[:, :kk], summary["model_sha256"], "", summary.get("run_id", ""))
+        return json.loads(read_bytes(spark, uri))
+    except Exception as exc:  # missing file (Py4JJavaError) or not JSON
+        raise PublishError(f"{uri}: {what} is missing or unreadable ({one_line(exc)[:200]}); the run is not "
+                           f"complete") from None
+
+
+def check_run(spark, run_uri: str) -> tuple[dict, FruitsPCAModel]:
+    """The run's summary and model, after checking that marker, summary, model and projections agree."""
+    run_uri = run_uri.rstrip("/")
+    marker = _json(spark, f"{run_uri}/_SUCCESS.json", "the completion marker _SUCCESS.json")
+    summary = _json(spark, f"{run_uri}/summary.json", "summary.json")
+    try:
+        model = FruitsPCAModel.load(spark, f"{run_uri}/model")
+    except PCAInputError as exc:
+        raise PublishError(str(exc)) from None
+    expected = {"run_id": summary.get("run_id"), "pca_model": summary.get("pca_model"), "k": summary.get("k"),
+                "rows": summary.get("projected"), "model_sha256": summary.get("model_sha256")}
+    for key, value in expected.items():
+        if marker.get(key) != value:
+            raise PublishError(f"{run_uri}: _SUCCESS.json says {key}={marker.get(key)!r} but summary.json says "
+                               f"{value!r}: the folder mixes two runs; re-run it with --overwrite")
+    if model.model_id_ != marker["pca_model"] or model.n_components_ != marker["k"]:
+        raise PublishError(f"{run_uri}/model is model {model.model_id_} with k={model.n_components_}, the run's "
+                           f"marker names {marker['pca_model']} with k={marker['k']}: re-run it with --overwrite")
+    proj = spark.read.parquet(f"{run_uri}/projections")
+    found = {r["pca_model"]: r["count"] for r in proj.groupBy("pca_model").count().collect()}
+    if set(found) != {marker["pca_model"]} or found[marker["pca_model"]] != marker["rows"]:
+        raise PublishError(f"{run_uri}/projections holds {found} rows per model, the marker names "
+                           f"{marker['rows']} rows of {marker['pca_model']}: re-run it with --overwrite")
+    if not summary.get("model_sha256"):
+        raise PublishError(f"{run_uri}/summary.json names no model fingerprint")
+    return summary, model
+
+
+def projection_from_run(spark, run_uri: str, k: int | None = None) -> Projection:
+    summary, model = check_run(spark, run_uri)
+    kk = k or model.n_components_
+    if not 1 <= kk <= model.n_components_:
+        raise PublishError(f"k={kk} must be between 1 and the run's k={model.n_components_}")
+    return Projection(model.mean_, safe_inverse(model.scale_), model.components_[:kk].T, summary["model_sha256"],
+                      "", summary.get("run_id", ""))
 
 
 def centroids(spark, run_uri: str, k: int, projection_id: str) -> ReferenceIndex:
-    """Per-label means of the first k projected components, aggregated in Spark."""
+    """Per-label centroids of the first k projected components, aggregated in Spark."""
     from pyspark.sql import functions as F
 
     proj = spark.read.parquet(f"{run_uri.rstrip('/')}/projections").filter(F.col("label").isNotNull())
     rows = (proj.select("label", F.posexplode(F.slice("pca", 1, k)).alias("pos", "v"))
             .groupBy("label", "pos").agg(F.avg("v").alias("v"), F.count(F.lit(1)).alias("n")).collect())
     if not rows:
-        raise JobError(f"{run_uri}/projections has no labelled rows: nothing to identify with")
+        raise PublishError(f"{run_uri}/projections has no labelled rows: nothing to identify with")
+    import numpy as np
+
     labels = sorted({r["label"] for r in rows})
     at = {lab: i for i, lab in enumerate(labels)}
     c = np.zeros((len(labels), k))

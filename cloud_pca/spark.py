@@ -134,8 +134,7 @@ def get_spark(app_name: str = "fruits", *, master: str | None = None, s3_endpoin
 def read_bytes(spark, uri: str) -> bytes:
     """Read a small file through Hadoop (local, s3a://, EMR's s3://)."""
     jvm = spark._jvm
-    path = jvm.org.apache.hadoop.fs.Path(uri)
-    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    fs, path = _fs_path(spark, uri)
     stream = fs.open(path)
     try:
         out = jvm.java.io.ByteArrayOutputStream()
@@ -147,9 +146,7 @@ def read_bytes(spark, uri: str) -> bytes:
 
 def write_bytes(spark, uri: str, data: bytes) -> None:
     """Write a small file (JSON, CSV, PNG) through Hadoop, so local paths, s3a:// and EMR's s3:// all work."""
-    jvm = spark._jvm
-    path = jvm.org.apache.hadoop.fs.Path(uri)
-    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    fs, path = _fs_path(spark, uri)
     out = fs.create(path, True)
     try:
         out.write(bytearray(data))
@@ -163,9 +160,7 @@ def list_files(spark, uri: str, suffixes: tuple[str, ...] | None = (".parquet",)
 
     Names starting with ``_`` or ``.`` (markers, temporary files) are left out, as Spark does.
     """
-    jvm = spark._jvm
-    root = jvm.org.apache.hadoop.fs.Path(uri)
-    fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    fs, root = _fs_path(spark, uri)
     if not fs.exists(root):
         return []
     it = fs.listFiles(root, True)
@@ -239,3 +234,20 @@ def _result_bytes(sc, tag: str) -> dict:
             total += size
             largest = max(largest, size)
     return {"bytes": total, "jobs": len(jobs), "stages": stages, "largest_stage_bytes": largest}
+
+
+def _fs_path(spark, uri: str):
+    jvm = spark._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
+
+
+def path_exists(spark, uri: str) -> bool:
+    fs, path = _fs_path(spark, uri)
+    return bool(fs.exists(path))
+
+
+def delete_path(spark, uri: str, *, recursive: bool = False) -> bool:
+    """Delete a file (or a folder with ``recursive``); False when there was nothing to delete."""
+    fs, path = _fs_path(spark, uri)
+    return bool(fs.delete(path, recursive))

@@ -27,10 +27,12 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from contract.errors import FruitsError
+
 LOOPBACK = "127.0.0.1"
 
 
-class ClusterError(RuntimeError):
+class ClusterError(FruitsError, RuntimeError):
     """The local cluster could not be started or found; the message says why and where the logs are."""
 
 

@@ -16,6 +16,10 @@ class FruitsError(Exception):
     """Base of every error the commands report as one line; the message names what, where and why."""
 
 
+class ContractError(FruitsError, ValueError):
+    """Data that does not follow the contract; the message says file, row and column where known."""
+
+
 def common_options() -> argparse.ArgumentParser:
     """``--quiet`` / ``--verbose``, accepted before or after the subcommand (a parent parser for each)."""
     p = argparse.ArgumentParser(add_help=False)

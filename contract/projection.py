@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from contract.vectors import PROJECTION_COLUMN, ContractError, _check_sha, _join  # noqa: F401
+from contract.errors import ContractError
 
 
 @dataclass
@@ -115,26 +115,3 @@ class ReferenceIndex:
         p = np.exp(z) / np.exp(z).sum()
         order = np.argsort(d)[:top]
         return [(self.labels[i], float(p[i])) for i in order]
-
-
-def projection_key(root_prefix: str, projection_id: str) -> str:
-    return _join(root_prefix, "models", f"projection-{projection_id}.npz")
-
-
-def latest_projection_key(root_prefix: str, model_sha256: str) -> str:
-    _check_sha(model_sha256, "model_sha256")
-    return _join(root_prefix, "models", f"projection-latest-{model_sha256}.json")
-
-
-def index_key(root_prefix: str, projection_id: str) -> str:
-    return _join(root_prefix, "models", f"index-{projection_id}.npz")
-
-
-def projected_prefix(root_prefix: str, model_sha256: str | None = None, projection_id: str | None = None) -> str:
-    parts = ["projected"]
-    if model_sha256:
-        _check_sha(model_sha256, "model_sha256")
-        parts.append(f"model={model_sha256}")
-        if projection_id:
-            parts.append(f"projection={projection_id}")
-    return _join(root_prefix, *parts) + "/"

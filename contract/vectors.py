@@ -1,4 +1,5 @@
-"""Parquet schema of the vectors, S3 key layout, model fingerprint and model card.
+"""The vectors: Parquet schema, what a file may hold (one definition for the edge and the job), reading and
+writing.
 
 One row per image::
 
@@ -6,62 +7,50 @@ One row per image::
     label          string     fruit label (parent folder or --label), nullable
     source         string     path relative to the input root
     width, height  int32      size of the decoded photo (after EXIF orientation)
-    features       list<float32>, exactly FEATURE_DIM values
+    features       list<float32>, exactly FEATURE_DIM values (k values in the projected form)
     model_sha256   string     sha256 of the .tflite that produced the vector (the model fingerprint)
     model_name     string     the model card's name
-    client_id      string     who vectorized it (a device id, or "server:<host>" for the cloud fallback)
+    client_id      string     who vectorized it (a device id, or "server:spark" for the cloud fallback)
     vectorized_at  timestamp[us, UTC]
+    projection_id  string     only in projected vectors (contract.projection)
 
-Files are Parquet with zstd compression; files the edge client writes carry the fingerprint in their
-key-value metadata too (Spark-written files, from the server-side fallback, carry it in the column only).
+Files are zstd Parquet; files the edge client writes carry the fingerprint in their key-value metadata too.
 
-S3 key layout under a dataset root ``s3://BUCKET/PREFIX``::
-
-    PREFIX/vectors/model=<model_sha256>/client=<client_id>/part-<content>.parquet
-    PREFIX/raw/client=<client_id>/label=<label>/<image_id><ext>   (photos of clients that cannot vectorize;
-                                                 label URL-quoted, "_" when unknown)
-    PREFIX/models/...                                (published models and projection artifacts)
-    PREFIX/pca/run=<run_id>/...                      (outputs of the PCA job)
-
-``<content>`` is a hash of the fingerprint and the sorted image ids of the rows the object holds, so
-the same rows uploaded twice land on the same key and never create a second object.
+What a file may hold is decided here, once, for both sides (:func:`conform_schema` for the file,
+:func:`conform_table` for its rows): the edge refuses to upload a file the job would refuse, and the job reads
+every file the edge accepts. Lossless casts are applied (large or dictionary strings, any integer width
+that fits int32, integer labels as text, large or fixed-size float32 lists, any timestamp unit or zone,
+all-null columns); anything else is refused with the column, its type and what the contract needs.
+Timestamps are kept to the microsecond (``vectorized_at`` is informational: finer digits are dropped).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Sequence
-from urllib.parse import quote, unquote
+from typing import Sequence
+
+from contract.card import FEATURE_DIM, ContractError
+from contract.layout import SHA256_RE
 
 CONTRACT_VERSION = "1"
-FEATURE_DIM = 1280
 META_CONTRACT = b"fruits.contract_version"
 META_MODEL_SHA256 = b"fruits.model_sha256"
 META_MODEL_NAME = b"fruits.model_name"
+META_PROJECTION_ID = b"fruits.projection_id"
+PROJECTION_COLUMN = "projection_id"   # present only in projected vectors (contract.projection)
+SHA256_PATTERN = SHA256_RE.pattern
 
 VECTOR_COLUMNS = (
     "image_id", "label", "source", "width", "height", "features",
     "model_sha256", "model_name", "client_id", "vectorized_at",
 )
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-NO_LABEL = "_"
-PROJECTION_COLUMN = "projection_id"   # present only in projected vectors (contract.projection)
-_CLIENT_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_TEXT = ("image_id", "label", "source", "model_sha256", "model_name", "client_id", PROJECTION_COLUMN)
+_INT32 = (-(2 ** 31), 2 ** 31 - 1)
 
 
-class ContractError(ValueError):
-    """Data that does not follow the contract; the message says file, row and column where known."""
-
-
-def vector_schema():
+def vector_schema(projected: bool = False):
     """The Arrow schema of a vectors file (pyarrow is imported lazily: Spark-only code need not)."""
     import pyarrow as pa
 
-    return pa.schema([
+    fields = [
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("label", pa.string()),
         pa.field("source", pa.string()),
@@ -72,142 +61,177 @@ def vector_schema():
         pa.field("model_name", pa.string()),
         pa.field("client_id", pa.string()),
         pa.field("vectorized_at", pa.timestamp("us", tz="UTC")),
-    ])
+    ]
+    if projected:
+        fields.append(pa.field(PROJECTION_COLUMN, pa.string()))
+    return pa.schema(fields)
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes, hex.  The fingerprint of a .tflite and the ``image_id`` of a photo."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                return h.hexdigest()
-            h.update(block)
+# ------------------------------------------------------------------------------- what a file may hold
+def _text_like(t) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
 
 
-# --------------------------------------------------------------------------------------------- S3 layout
-def _join(prefix: str, *parts: str) -> str:
-    prefix = prefix.strip("/")
-    return "/".join([p for p in (prefix, *parts) if p])
+def _accepted(name: str, t) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_null(t):
+        return name not in ("image_id", "features")
+    if name == "label":
+        return _text_like(t) or (pa.types.is_integer(t) and t != pa.uint64())
+    if name in _TEXT:
+        return _text_like(t)
+    if name in ("width", "height"):
+        return pa.types.is_integer(t) and t != pa.uint64()
+    if name == "features":
+        return ((pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
+                and t.value_type == pa.float32())
+    if name == "vectorized_at":
+        return pa.types.is_timestamp(t)
+    return True
 
 
-def vectors_prefix(root_prefix: str, model_sha256: str | None = None) -> str:
-    """Key prefix of the vectors (of one model when ``model_sha256`` is given), ending with '/'."""
-    if model_sha256 is None:
-        return _join(root_prefix, "vectors") + "/"
-    _check_sha(model_sha256, "model_sha256")
-    return _join(root_prefix, "vectors", f"model={model_sha256}") + "/"
+_NEEDS = {
+    "features": "a list of float32 (list, large_list or fixed_size_list; float64 would be a lossy cast)",
+    "width": "an integer type (any width up to int64; values must fit int32)",
+    "height": "an integer type (any width up to int64; values must fit int32)",
+    "vectorized_at": "a timestamp (any unit and time zone)",
+    "label": "text (or integers, kept as text)",
+}
 
 
-def raw_prefix(root_prefix: str) -> str:
-    return _join(root_prefix, "raw") + "/"
+def is_projected(schema) -> bool:
+    return PROJECTION_COLUMN in schema.names
 
 
-def raw_object_key(root_prefix: str, client_id: str, label: str | None, image_id: str, ext: str) -> str:
-    """The key of one raw photo: ``raw/client=<id>/label=<url-quoted label or _>/<image_id><ext>``.
+def conform_schema(schema, origin: str = "<file>") -> None:
+    """Refuse a file whose columns the contract cannot take losslessly; the message names the column."""
+    missing = [c for c in VECTOR_COLUMNS if c not in schema.names]
+    if missing:
+        raise ContractError(f"{origin}: missing column(s) {', '.join(missing)}")
+    for name in VECTOR_COLUMNS + ((PROJECTION_COLUMN,) if is_projected(schema) else ()):
+        t = schema.field(name).type
+        if not _accepted(name, t):
+            raise ContractError(f"{origin}: column {name} has type {t}; the contract needs "
+                                f"{_NEEDS.get(name, 'text')}")
 
-    The label is in the key (not only in object metadata) because Spark's ``binaryFile`` reader sees paths,
-    not metadata; :func:`label_from_path` reads it back.
 
-    >>> raw_object_key("team", "phone-1", "Apple Red", "ab" * 32, ".jpg")[:46]
-    'team/raw/client=phone-1/label=Apple%20Red/abab'
+def _cast_text(col):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    if pa.types.is_integer(col.type):
+        return pc.cast(col, pa.string())
+    return col.cast(pa.string())
+
+
+def conform_table(table, *, origin: str = "<table>", dim: int | None = None, nanos_as_int: bool = False):
+    """``table`` in the contract's types (lossless casts) and, per row, why it is refused (null: a good row).
+
+    ``dim``: the vector length (default 1280; projected vectors: the length of the first row's). ``nanos_as_int``:
+    ``vectorized_at`` arrives as int64 nanoseconds (how Spark reads a ``timestamp[ns]`` column).
+    Returns ``(table, reasons)``; the table keeps every row, with nulls where a value could not be cast.
     """
-    if not _CLIENT_RE.match(client_id):
-        raise ContractError(f"client_id={client_id!r} must be 1-128 characters of A-Z a-z 0-9 . _ : -")
-    _check_sha(image_id, "image_id")
-    folder = "label=" + (quote(label, safe="") if label else NO_LABEL)
-    return _join(root_prefix, "raw", f"client={client_id}", folder, image_id + ext.lower())
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    conform_schema(table.schema, origin)
+    projected = is_projected(table.schema)
+    schema = vector_schema(projected)
+    n = table.num_rows
+    reasons = np.full(n, None, dtype=object)
+
+    def refuse(mask, message) -> None:
+        mask = np.asarray(mask, dtype=bool) & (reasons == None)  # noqa: E711 - elementwise
+        if mask.any():
+            for i in np.flatnonzero(mask):
+                reasons[i] = message(i) if callable(message) else message
+
+    cols = {}
+    for field in schema:
+        col = table.column(field.name).combine_chunks() if n else pa.array([], field.type)
+        if pa.types.is_null(col.type):
+            col = pa.nulls(n, field.type)
+        elif field.name in _TEXT:
+            col = _cast_text(col)
+        elif field.name in ("width", "height"):
+            values = col.to_numpy(zero_copy_only=False)
+            valid = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+            big = np.zeros(n, dtype=bool)
+            if valid.any():
+                v = values[valid].astype(np.float64)
+                big[np.flatnonzero(valid)] = (v < _INT32[0]) | (v > _INT32[1])
+            refuse(big, lambda i, name=field.name, vals=values: f"{name} {int(vals[i])} does not fit int32")
+            col = pc.if_else(pa.array(big), pa.nulls(n, col.type), col).cast(pa.int32()) if big.any() \
+                else col.cast(pa.int32())
+        elif field.name == "features":
+            col = col.cast(pa.list_(pa.float32()))
+        elif field.name == "vectorized_at":
+            if nanos_as_int and pa.types.is_integer(col.type):
+                col = col.cast(pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
+            col = col.cast(pa.timestamp(col.type.unit, tz="UTC")) if col.type.tz is None else col
+            col = col.cast(pa.timestamp("us", tz="UTC"), safe=False)
+        cols[field.name] = col
+    out = pa.table(cols, schema=schema)
+    if n:
+        _row_reasons(out, refuse, dim)
+    return out, pa.array(reasons.tolist(), pa.string())
 
 
-def label_from_path(path: str) -> str | None:
-    """The label of a photo from its path: a ``label=`` folder (raw upload layout) or else the parent folder
-    (Fruits-360 layout: ``Training/<label>/<file>``); ``None`` when there is no parent folder."""
-    parts = [p for p in path.replace("\\", "/").split("/") if p]
-    for part in reversed(parts[:-1]):
-        if part.startswith("label="):
-            value = part[len("label="):]
-            return None if value == NO_LABEL else unquote(value)
-    return parts[-2] if len(parts) >= 2 else None
+def _row_reasons(table, refuse, dim: int | None) -> None:
+    import numpy as np
+    import pyarrow.compute as pc
+
+    def null(col):
+        return np.asarray(table.column(col).is_null().to_numpy(zero_copy_only=False), dtype=bool)
+
+    ids = table.column("image_id")
+    refuse(null("image_id"), "image_id is null")
+    bad = ~np.asarray(pc.fill_null(pc.match_substring_regex(ids, SHA256_PATTERN), True).to_numpy(
+        zero_copy_only=False), dtype=bool)
+    refuse(bad, lambda i: f"image_id {str(ids[i].as_py())[:70]!r} is not a sha256")
+    feats = table.column("features")
+    refuse(null("features"), "null features")
+    lengths = pc.fill_null(pc.list_value_length(feats), -1).to_numpy(zero_copy_only=False)
+    if dim is None:
+        present = lengths[lengths > 0]
+        dim = int(present[0]) if is_projected(table.schema) and len(present) else FEATURE_DIM
+    refuse((lengths >= 0) & (lengths != dim), lambda i: f"features has {int(lengths[i])} values, expected {dim}")
+    ok = np.flatnonzero(lengths == dim)
+    if len(ok):
+        values = pc.list_flatten(feats.take(ok)).to_numpy(zero_copy_only=False)
+        grid = np.asarray(values, dtype=np.float64).reshape(len(ok), dim)   # a null value becomes NaN here
+        nulls = pc.list_flatten(feats.take(ok)).is_null().to_numpy(zero_copy_only=False).reshape(len(ok), dim)
+        has_null = np.zeros(len(lengths), dtype=bool)
+        has_null[ok] = nulls.any(axis=1)
+        refuse(has_null, "null value in features")
+        bad = np.zeros(len(lengths), dtype=bool)
+        bad[ok] = ~np.isfinite(grid).all(axis=1)
+        refuse(bad, "NaN or infinite value in features")
+    shas = table.column("model_sha256")
+    refuse(null("model_sha256"), "model_sha256 is null")
+    bad = ~np.asarray(pc.fill_null(pc.match_substring_regex(shas, SHA256_PATTERN), True).to_numpy(
+        zero_copy_only=False), dtype=bool)
+    refuse(bad, lambda i: f"model_sha256 {str(shas[i].as_py())[:70]!r} is not a sha256")
 
 
-def content_key(model_sha256: str, image_ids: Iterable[str]) -> str:
-    """Name of an object by what it holds: the fingerprint and the sorted image ids."""
-    h = hashlib.sha256(model_sha256.encode())
-    for image_id in sorted(image_ids):
-        h.update(b"\n" + image_id.encode())
-    return h.hexdigest()[:32]
+def validate_table(table, *, origin: str = "<table>", dim: int | None = None):
+    """The table in the contract's types; raises :class:`ContractError` naming file, row and reason at the
+    first row that :func:`conform_table` refuses."""
+    out, reasons = conform_table(table, origin=origin, dim=dim)
+    if reasons.null_count < len(reasons):
+        import numpy as np
 
-
-def vectors_object_key(root_prefix: str, model_sha256: str, client_id: str,
-                       image_ids: Iterable[str]) -> str:
-    """The full key of one vectors object.
-
-    >>> vectors_object_key("team", "a" * 64, "phone-1", ["x"])[:40]
-    'team/vectors/model=aaaaaaaaaaaaaaaaaaaaaaa'
-    """
-    if not _CLIENT_RE.match(client_id):
-        raise ContractError(f"client_id={client_id!r} must be 1-128 characters of A-Z a-z 0-9 . _ : -")
-    return (vectors_prefix(root_prefix, model_sha256)
-            + f"client={client_id}/part-{content_key(model_sha256, image_ids)}.parquet")
-
-
-def _check_sha(value: str, name: str) -> None:
-    if not isinstance(value, str) or not _SHA256_RE.match(value):
-        raise ContractError(f"{name}={value!r} is not a sha256 (64 lowercase hex characters)")
-
-
-# ---------------------------------------------------------------------------------------- the model card
-@dataclass
-class ModelCard:
-    """What the edge and the cloud must agree on to produce the same vectors."""
-
-    name: str
-    input_size: int
-    output_dim: int
-    precision: str
-    sha256: str
-    preprocessing: dict[str, Any]
-    weights: dict[str, Any] = field(default_factory=dict)
-    export: dict[str, Any] = field(default_factory=dict)
-    parity: dict[str, Any] = field(default_factory=dict)
-    size_bytes: int = 0
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
-
-
-def card_path_for(model_path: str | os.PathLike) -> Path:
-    return Path(model_path).with_suffix(".json")
-
-
-def load_model_card(model_path: str | os.PathLike, *, verify: bool = True) -> ModelCard:
-    """Read the card next to ``model_path`` and (by default) check that the file is the one it describes."""
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise ContractError(f"model file {model_path} does not exist")
-    with open(model_path, "rb") as f:
-        magic = f.read(8)
-    # A TFLite flatbuffer carries the identifier "TFL3" at bytes 4..8.
-    if magic[4:8] != b"TFL3":
-        raise ContractError(f"{model_path} is not a .tflite model (no TFL3 identifier)")
-    card_path = card_path_for(model_path)
-    if not card_path.is_file():
-        raise ContractError(f"model card {card_path} is missing: every .tflite needs its card next to it")
-    try:
-        data = json.loads(card_path.read_text())
-        card = ModelCard(**data)
-    except (ValueError, TypeError) as exc:
-        raise ContractError(f"model card {card_path} is not valid: {exc}") from None
-    if verify:
-        actual = file_sha256(model_path)
-        if actual != card.sha256:
-            raise ContractError(
-                f"model card {card_path} does not match {model_path.name}: card sha256 {card.sha256[:12]}..., "
-                f"file sha256 {actual[:12]}... (re-export the model or restore its card)")
-    if card.output_dim != FEATURE_DIM:
-        raise ContractError(f"model card {card_path}: output_dim={card.output_dim}, the contract needs {FEATURE_DIM}")
-    return card
+        row = int(np.flatnonzero(~np.asarray(reasons.is_null().to_numpy(zero_copy_only=False), dtype=bool))[0])
+        raise ContractError(f"{origin}: row {row}: {reasons[row].as_py()}")
+    return out
 
 
 # ---------------------------------------------------------------------------------- writing and reading
@@ -223,16 +247,30 @@ def parquet_options() -> dict:
             "use_dictionary": ["label", "model_sha256", "model_name", "client_id", PROJECTION_COLUMN]}
 
 
+def file_metadata(model_sha256: str, model_name: str, projection_id: str | None = None) -> dict[bytes, bytes]:
+    meta = {META_CONTRACT: CONTRACT_VERSION.encode(), META_MODEL_SHA256: model_sha256.encode(),
+            META_MODEL_NAME: model_name.encode()}
+    if projection_id:
+        meta[META_PROJECTION_ID] = projection_id.encode()
+    return meta
+
+
+def write_table(table, path_or_file, *, model_sha256: str, model_name: str, projection_id: str | None = None) -> int:
+    """Write a table of the contract (validated first) with the fingerprint in the file's metadata."""
+    import pyarrow.parquet as pq
+
+    table = validate_table(table, origin=str(path_or_file))
+    table = table.replace_schema_metadata(file_metadata(model_sha256, model_name, projection_id))
+    pq.write_table(table, path_or_file, **parquet_options())
+    return table.num_rows
+
+
 def write_vectors(path_or_file, rows: dict[str, Sequence], *, model_sha256: str, model_name: str) -> int:
     """Write one vectors file from column lists; returns the number of rows."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     table = pa.table({c: rows[c] for c in VECTOR_COLUMNS}, schema=vector_schema())
-    table = table.replace_schema_metadata(file_metadata(model_sha256, model_name))
-    validate_table(table, origin=str(path_or_file))
-    pq.write_table(table, path_or_file, **parquet_options())
-    return table.num_rows
+    return write_table(table, path_or_file, model_sha256=model_sha256, model_name=model_name)
 
 
 def features_array(x):
@@ -250,79 +288,51 @@ def features_array(x):
     return pa.ListArray.from_arrays(offsets, pa.array(x.ravel(), pa.float32()))
 
 
-def file_metadata(model_sha256: str, model_name: str) -> dict[bytes, bytes]:
-    return {META_CONTRACT: CONTRACT_VERSION.encode(), META_MODEL_SHA256: model_sha256.encode(),
-            META_MODEL_NAME: model_name.encode()}
-
-
-def validate_table(table, *, origin: str = "<table>", check_values: bool = True) -> None:
-    """Raise :class:`ContractError` naming file, row and column at the first violation."""
+def features_matrix(column, dim: int | None = None):
+    """The inverse of :func:`features_array`: a list<float> column (Array or ChunkedArray) as an (n, k) float64
+    array, with one copy and no Python loop; ``dim`` checks the length."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    schema = vector_schema()
-    names = table.schema.names
-    missing = [c for c in VECTOR_COLUMNS if c not in names]
-    if missing:
-        raise ContractError(f"{origin}: missing column(s) {', '.join(missing)}")
-    for f in schema:
-        actual = table.schema.field(f.name).type
-        if f.name == "features":
-            ok = pa.types.is_list(actual) or pa.types.is_large_list(actual) or pa.types.is_fixed_size_list(actual)
-            ok = ok and actual.value_type == pa.float32()
-        elif pa.types.is_timestamp(f.type):
-            ok = pa.types.is_timestamp(actual)
-        else:
-            ok = actual == f.type or (pa.types.is_integer(f.type) and pa.types.is_integer(actual))
-        if not ok:
-            raise ContractError(f"{origin}: column {f.name} has type {actual}, the contract needs {f.type}")
-    if not check_values or table.num_rows == 0:
-        return
-    ids = table.column("image_id")
-    if ids.null_count:
-        row = int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ContractError(f"{origin}: row {row}, column image_id: null")
-    bad = pc.invert(pc.match_substring_regex(ids, r"^[0-9a-f]{64}$"))
-    if pc.any(bad).as_py():
-        row = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
-        raise ContractError(f"{origin}: row {row}, column image_id: {ids[row].as_py()!r} is not a sha256")
-    feats = table.column("features")
-    if feats.null_count:
-        row = int(np.flatnonzero(feats.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ContractError(f"{origin}: row {row}, column features: null")
-    lengths = pc.list_value_length(feats).to_numpy(zero_copy_only=False)
-    # Projected vectors (a projection_id column) hold k values, the same k on every row.
-    dim = int(lengths[0]) if PROJECTION_COLUMN in names and lengths[0] > 0 else FEATURE_DIM
-    wrong = np.flatnonzero(lengths != dim)
-    if wrong.size:
-        row = int(wrong[0])
-        raise ContractError(f"{origin}: row {row}, column features: {int(lengths[row])} values, "
-                            f"the contract needs {dim}")
-    values = pc.list_flatten(feats).to_numpy(zero_copy_only=False)
-    finite = np.isfinite(values)
-    if not finite.all():
-        row = int(np.flatnonzero(~finite)[0]) // dim
-        raise ContractError(f"{origin}: row {row}, column features: NaN or infinite value")
-    shas = table.column("model_sha256")
-    bad = pc.invert(pc.fill_null(pc.match_substring_regex(shas, r"^[0-9a-f]{64}$"), False))
-    if pc.any(bad).as_py():
-        row = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
-        raise ContractError(f"{origin}: row {row}, column model_sha256: {shas[row].as_py()!r} is not a sha256")
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], pa.list_(pa.float32()))
+    n = len(column)
+    if n == 0:
+        return np.zeros((0, dim or 0))
+    if column.null_count:
+        raise ContractError(f"{column.null_count} null features row(s): validate rows first")
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    k = int(lengths[0])
+    if (lengths != k).any() or (dim is not None and k != dim):
+        raise ContractError(f"features of different lengths ({sorted(set(lengths.tolist()))[:5]}), expected "
+                            f"{dim if dim is not None else k}")
+    return pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float64).reshape(n, k)
 
 
 def read_vectors(path_or_file, *, validate: bool = True):
-    """Read a vectors file (path or file-like) as a pyarrow Table, validated against the contract."""
+    """Read a vectors file (path or file-like) as a pyarrow Table in the contract's types.
+
+    ``validate``: refuse the file at its first bad row (what the edge does before an upload); otherwise only
+    its schema is checked and the casts applied."""
     import pyarrow.parquet as pq
 
     origin = str(getattr(path_or_file, "name", path_or_file))
     try:
         table = pq.read_table(path_or_file)
     except Exception as exc:  # pyarrow raises several types for "not Parquet"
-        raise ContractError(f"{origin}: not a readable Parquet file ({exc})") from None
+        raise ContractError(f"{origin}: not a readable Parquet file ({str(exc).strip().splitlines()[0][:200]})") from None
     if validate:
-        validate_table(table, origin=origin)
-    return table
+        return validate_table(table, origin=origin)
+    return conform_table(table, origin=origin)[0]
+
+
+def safe_inverse(std):
+    """1/std, and 0 where std is 0 (a constant column scales to 0, as in Spark, never to NaN)."""
+    import numpy as np
+
+    std = np.asarray(std, dtype=np.float64)
+    return np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
 
 
 def cosine(a, b) -> float:
@@ -337,4 +347,3 @@ def cosine(a, b) -> float:
     if na == 0.0 or nb == 0.0:
         return 0.0
     return float(np.dot(a, b) / (na * nb))
-

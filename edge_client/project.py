@@ -8,12 +8,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from contract import ContractError, read_vectors
-from contract.projection import (PROJECTION_COLUMN, Projection, ReferenceIndex, index_key, latest_projection_key,
-                                 projection_key)
-from contract.vectors import features_array, file_metadata, parquet_options
+from contract.layout import index_key, latest_projection_key, projection_key
+from contract.projection import Projection, ReferenceIndex
+from contract.vectors import PROJECTION_COLUMN, features_array, features_matrix, file_metadata, parquet_options
 from edge_client.vectorize import UserError
 
 
@@ -84,14 +82,12 @@ def project_file(vectors: str | os.PathLike, projection: Projection, out: str | 
             projection.check_model(sha, f"projection {projection.projection_id}")
         except ContractError as exc:
             raise UserError(str(exc)) from None
-    x = np.stack(table.column("features").to_numpy(zero_copy_only=False)) if table.num_rows else \
-        np.zeros((0, projection.mean.shape[0]))
+    x = features_matrix(table.column("features"), projection.mean.shape[0])
     y = projection.project(x)
     idx = table.schema.get_field_index("features")
     table = table.set_column(idx, "features", features_array(y))
     table = table.append_column(PROJECTION_COLUMN, pa.array([projection.projection_id] * table.num_rows, pa.string()))
-    meta = file_metadata(projection.model_sha256, projection.model_name)
-    meta[b"fruits.projection_id"] = projection.projection_id.encode()
+    meta = file_metadata(projection.model_sha256, projection.model_name, projection.projection_id)
     pq.write_table(table.replace_schema_metadata(meta), out, **parquet_options())
     read_vectors(out)  # what we wrote follows the contract's projected form
     return table.num_rows

@@ -8,25 +8,28 @@ uploaded are left out before cutting.  An object is recorded in the manifest onl
 so an interrupted run resumes where it stopped.
 
 Least privilege: the uploader never reads or lists the bucket. It needs ``s3:PutObject`` (and
-``s3:AbortMultipartUpload``) under ``vectors/`` and ``raw/`` only; ``bootstrap/policies.py`` grants
-exactly that. ``HeadBucket`` is tried first for a clear "bucket does not exist" message; a 403 there
-(write-only credentials cannot see the bucket) is not an error.
+``s3:AbortMultipartUpload``) under its own ``client=<id>/`` folders of ``vectors/``, ``projected/`` and
+``raw/`` only; ``bootstrap/policies.py`` grants exactly that (from ``contract.layout``). ``HeadBucket`` is
+tried first for a clear "bucket does not exist" message; a 403 there (write-only credentials cannot see the
+bucket) is not an error.
+
+The manifest (:mod:`edge_client.manifest`) is keyed by endpoint, bucket and root; ``recheck`` ignores it and
+re-sends every object conditionally, which is how a device finds out that a bucket was emptied.
 """
 from __future__ import annotations
 
 import io
 import logging
 import os
-import sqlite3
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Iterable
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
-from contract import ContractError, content_key, read_vectors, vectors_object_key
-from contract.projection import projected_prefix
-from contract.vectors import file_metadata, parquet_options, raw_object_key
+from contract import ContractError, read_vectors
+from contract.layout import check_client_id, check_root, content_key, projected_object_key, raw_object_key, vectors_object_key
+from contract.vectors import file_metadata, parquet_options
+from edge_client.manifest import Manifest
 from edge_client.vectorize import Photo, UserError
 
 log = logging.getLogger(__name__)
@@ -36,62 +39,34 @@ PART_SIZE = 8 * 1024 * 1024
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` -> (bucket, prefix without slashes at the ends)."""
+    """``s3://bucket/prefix`` -> (bucket, prefix without slashes at the ends).
+
+    >>> parse_s3_uri("s3://fruits-data/team-a/")
+    ('fruits-data', 'team-a')
+    """
     parsed = urlparse(uri)
     if parsed.scheme not in ("s3", "s3a") or not parsed.netloc:
         raise UserError(f"{uri!r} is not an S3 URI (expected s3://BUCKET[/PREFIX])")
-    return parsed.netloc, parsed.path.strip("/")
-
-
-# -------------------------------------------------------------------------------------------- manifest
-class Manifest:
-    """What S3 confirmed: one SQLite file per device, safe to interrupt at any point."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path)
-        self.db.executescript("""
-            CREATE TABLE IF NOT EXISTS objects (
-                bucket TEXT, key TEXT, rows INTEGER, bytes INTEGER, etag TEXT, uploaded_at REAL,
-                PRIMARY KEY (bucket, key));
-            CREATE TABLE IF NOT EXISTS images (
-                bucket TEXT, root TEXT, kind TEXT, model_sha256 TEXT, image_id TEXT, key TEXT,
-                PRIMARY KEY (bucket, root, kind, model_sha256, image_id));
-        """)
-
-    def has_object(self, bucket: str, key: str) -> bool:
-        return self.db.execute("SELECT 1 FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone() is not None
-
-    def uploaded_ids(self, bucket: str, root: str, kind: str, model_sha256: str = "") -> set[str]:
-        cur = self.db.execute("SELECT image_id FROM images WHERE bucket=? AND root=? AND kind=? AND model_sha256=?",
-                              (bucket, root, kind, model_sha256))
-        return {r[0] for r in cur}
-
-    def record(self, bucket: str, key: str, *, root: str, kind: str, model_sha256: str,
-               image_ids: Iterable[str], rows: int, size: int, etag: str) -> None:
-        with self.db:  # one transaction: the object and its ids, or nothing
-            self.db.execute("INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?)",
-                            (bucket, key, rows, size, etag, time.time()))
-            self.db.executemany("INSERT OR IGNORE INTO images VALUES (?,?,?,?,?,?)",
-                                [(bucket, root, kind, model_sha256, i, key) for i in image_ids])
-
-    def close(self) -> None:
-        self.db.close()
-
-
-def default_manifest_path() -> Path:
-    return Path(os.environ.get("FRUITS_STATE", Path.home() / ".fruits")) / "upload-manifest.sqlite"
+    try:
+        return parsed.netloc, check_root(parsed.path)
+    except ContractError as exc:
+        raise UserError(str(exc)) from None
 
 
 # ------------------------------------------------------------------------------------------ S3 client
 def s3_client(*, endpoint_url: str | None = None, profile: str | None = None, region: str | None = None,
-              retries: int = 8):
-    """A boto3 S3 client with adaptive retries (backoff on throttling, 5xx and dropped connections)."""
+              retries: int = 8, session=None):
+    """A boto3 S3 client with adaptive retries (backoff on throttling, 5xx and dropped connections).
+
+    ``session``: a boto3 Session with the device's credentials (e.g. from a Cognito identity pool); default:
+    the standard credential chain (or ``profile``)."""
     import boto3
     from botocore.config import Config
 
-    session = boto3.Session(profile_name=profile) if profile else boto3.Session()
+    if retries < 1:
+        raise UserError(f"--retries={retries} must be at least 1")
+    if session is None:
+        session = boto3.Session(profile_name=profile) if profile else boto3.Session()
     config = Config(retries={"max_attempts": retries, "mode": "adaptive"}, connect_timeout=5, read_timeout=60,
                     s3={"addressing_style": "path"} if endpoint_url else None)
     return session.client("s3", endpoint_url=endpoint_url, region_name=region or session.region_name or "us-east-1",
@@ -198,33 +173,49 @@ class RequestCounter:
 @dataclass
 class UploadSummary:
     objects_put: int = 0
-    objects_skipped: int = 0
+    objects_skipped: int = 0       # refused by S3 (412: already there) or known to the manifest
     rows_put: int = 0
     rows_skipped: int = 0
+    rows_on_manifest_word: int = 0  # of rows_skipped: left out because the manifest says S3 has them
     bytes_put: int = 0
     requests: int = 0
     seconds: float = 0.0
+    refused: list[tuple[str, str]] = field(default_factory=list)   # (source, reason) not uploaded
 
     def line(self) -> str:
+        word = (f" ({self.rows_on_manifest_word} of them on the manifest's word, not re-checked with S3: "
+                f"--recheck)" if self.rows_on_manifest_word else "")
         return (f"{self.rows_put} rows in {self.objects_put} new objects ({self.bytes_put / 1e6:.2f} MB), "
-                f"{self.rows_skipped} rows already uploaded, {self.objects_skipped} objects already there; "
+                f"{self.rows_skipped} rows already uploaded{word}, {self.objects_skipped} objects already there; "
                 f"{self.requests} S3 requests in {self.seconds:.1f} s")
 
 
-def upload_vectors(client, files: Iterable[str | os.PathLike], bucket: str, root: str, *, manifest: Manifest,
-                   client_id: str | None = None, rows_per_object: int = DEFAULT_ROWS_PER_OBJECT,
-                   endpoint_url: str | None = None, progress: bool = True,
-                   projection_id: str | None = None) -> UploadSummary:
-    """Upload the rows of vectors files under ``s3://bucket/root/vectors/`` (or, for projected vectors
-    made with ``projection_id``, under ``root/projected/``); see the module doc."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-    from botocore.exceptions import BotoCoreError, ClientError
-    from tqdm import tqdm
+@dataclass
+class PlannedObject:
+    """One object to upload: its key and the rows (a contract table) it holds."""
 
-    if rows_per_object < 1:
-        raise UserError(f"--rows-per-object={rows_per_object} must be at least 1")
+    key: str
+    table: object
+    model_sha256: str
+    model_name: str
+    kind: str                   # "vectors" or "projected:<id>" (the manifest's kind)
+    projection_id: str | None = None
+
+    @property
+    def image_ids(self) -> list[str]:
+        return self.table.column("image_id").to_pylist()
+
+    def body(self) -> bytes:
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        meta = file_metadata(self.model_sha256, self.model_name, self.projection_id)
+        pq.write_table(self.table.replace_schema_metadata(meta), buf, **parquet_options())
+        return buf.getvalue()
+
+
+def read_tables(files: Iterable[str | os.PathLike]) -> list:
+    """The vectors files, each checked against the contract (the job's own definition) and cast to it."""
     tables = []
     for f in files:
         try:
@@ -233,107 +224,169 @@ def upload_vectors(client, files: Iterable[str | os.PathLike], bucket: str, root
             raise UserError(str(exc)) from None
     if not tables:
         raise UserError("no vectors files to upload")
+    return tables
+
+
+def plan_objects(tables: list, root: str, *, done: dict[str, set[str]], client_id: str | None = None,
+                 rows_per_object: int = DEFAULT_ROWS_PER_OBJECT,
+                 projection_id: str | None = None) -> tuple[list[PlannedObject], int]:
+    """Cut the rows into content-named objects: per model fingerprint, rows not in ``done[model]`` (the
+    manifest's image ids), the first row of each image id, sorted by image id, ``rows_per_object`` at a time.
+    Returns the objects and the number of rows left out because ``done`` has them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if rows_per_object < 1:
+        raise UserError(f"--rows-per-object={rows_per_object} must be at least 1")
     table = pa.concat_tables(tables)
-    summary = UploadSummary()
-    counter = RequestCounter(client)
-    start = time.perf_counter()
-    check_bucket(client, bucket, endpoint_url)
+    kind = f"projected:{projection_id}" if projection_id else "vectors"
+    planned, skipped = [], 0
     for model_sha in sorted(set(table.column("model_sha256").to_pylist())):
         part = table.filter(pc.equal(table.column("model_sha256"), model_sha))
-        # Same image twice (in two files): keep the first, as downstream would.
-        ids = part.column("image_id").to_pylist()
-        first = {}
-        for n, i in enumerate(ids):
-            first.setdefault(i, n)
-        kind = f"projected:{projection_id}" if projection_id else "vectors"
-        done = manifest.uploaded_ids(bucket, root, kind, model_sha)
-        keep = sorted((i, n) for i, n in first.items() if i not in done)
-        summary.rows_skipped += len(first) - len(keep)
+        first: dict[str, int] = {}
+        for n, i in enumerate(part.column("image_id").to_pylist()):
+            first.setdefault(i, n)    # same image twice (in two files): the first, as the job would keep
+        keep = sorted((i, n) for i, n in first.items() if i not in done.get(model_sha, set()))
+        skipped += len(first) - len(keep)
         if not keep:
             continue
         part = part.take(pa.array([n for _, n in keep]))
-        model_name = part.column("model_name")[0].as_py()
-        chunks = [part.slice(o, rows_per_object) for o in range(0, part.num_rows, rows_per_object)]
-        bar = tqdm(total=part.num_rows, desc="uploading vectors", unit="row", disable=not progress, leave=False)
-        for chunk in chunks:
-            chunk_ids = chunk.column("image_id").to_pylist()
-            by = client_id or chunk.column("client_id")[0].as_py()
-            key = vectors_object_key(root, model_sha, by, chunk_ids) if not projection_id else (
-                projected_prefix(root, model_sha, projection_id)
-                + f"client={by}/part-{content_key(model_sha + projection_id, chunk_ids)}.parquet")
-            if manifest.has_object(bucket, key):
+        by = client_id or _one_client(part)
+        model_name = part.column("model_name")[0].as_py() or ""
+        for offset in range(0, part.num_rows, rows_per_object):
+            chunk = part.slice(offset, rows_per_object)
+            ids = chunk.column("image_id").to_pylist()
+            key = (projected_object_key(root, model_sha, projection_id, by, ids) if projection_id
+                   else vectors_object_key(root, model_sha, by, ids))
+            planned.append(PlannedObject(key, chunk, model_sha, model_name, kind, projection_id))
+    return planned, skipped
+
+
+def _one_client(table) -> str:
+    clients = set(table.column("client_id").to_pylist())
+    if None in clients or len(clients) != 1:
+        raise UserError(f"the rows name {'no' if None in clients else len(clients)} client id(s) "
+                        f"({', '.join(sorted(str(c) for c in clients))[:200]}); pass --client-id to name who uploads")
+    try:
+        return check_client_id(clients.pop())
+    except ContractError as exc:
+        raise UserError(f"{exc}; pass --client-id") from None
+
+
+def upload_vectors(client, files: Iterable[str | os.PathLike], bucket: str, root: str, *, manifest: Manifest,
+                   client_id: str | None = None, rows_per_object: int = DEFAULT_ROWS_PER_OBJECT,
+                   endpoint_url: str | None = None, progress: bool = True,
+                   projection_id: str | None = None, recheck: bool = False) -> UploadSummary:
+    """Upload the rows of vectors files under ``s3://bucket/root/vectors/`` (or, for projected vectors
+    made with ``projection_id``, under ``root/projected/``); see the module doc. ``recheck``: send every object
+    again (conditionally), whatever the manifest says."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from tqdm import tqdm
+
+    if client_id is not None:
+        try:
+            check_client_id(client_id)
+        except ContractError as exc:
+            raise UserError(str(exc)) from None
+    tables = read_tables(files)
+    kind = f"projected:{projection_id}" if projection_id else "vectors"
+    shas = {sha for t in tables for sha in t.column("model_sha256").to_pylist()}
+    done = {} if recheck else {sha: manifest.uploaded_ids(bucket, root, kind, sha) for sha in shas}
+    planned, skipped = plan_objects(tables, root, done=done, client_id=client_id, rows_per_object=rows_per_object,
+                                    projection_id=projection_id)
+    summary = UploadSummary(rows_skipped=skipped, rows_on_manifest_word=skipped)
+    counter = RequestCounter(client)
+    start = time.perf_counter()
+    check_bucket(client, bucket, endpoint_url)
+    bar = tqdm(total=sum(o.table.num_rows for o in planned), desc="uploading vectors", unit="row",
+               disable=not progress, leave=False)
+    try:
+        for obj in planned:
+            rows = obj.table.num_rows
+            if not recheck and manifest.has_object(bucket, obj.key):
                 summary.objects_skipped += 1
-                bar.update(chunk.num_rows)
+                summary.rows_skipped += rows
+                summary.rows_on_manifest_word += rows
+                bar.update(rows)
                 continue
-            buf = io.BytesIO()
-            meta = file_metadata(model_sha, model_name)
-            if projection_id:
-                meta[b"fruits.projection_id"] = projection_id.encode()
-            pq.write_table(chunk.replace_schema_metadata(meta), buf, **parquet_options())
-            body = buf.getvalue()
+            body = obj.body()
             try:
-                etag = put_if_absent(client, bucket, key, body, ContentType="application/vnd.apache.parquet",
-                                     Metadata={"fruits-model-sha256": model_sha, "fruits-rows": str(chunk.num_rows),
-                                               "fruits-content": content_key(model_sha, chunk_ids)})
-            except (ClientError, BotoCoreError) as exc:
-                bar.close()
+                etag = put_if_absent(client, bucket, obj.key, body, ContentType="application/vnd.apache.parquet",
+                                     Metadata={"fruits-model-sha256": obj.model_sha256, "fruits-rows": str(rows),
+                                               "fruits-content": content_key(obj.model_sha256, obj.image_ids)})
+            except (ClientError, BotoCoreError, ConnectionError) as exc:  # urllib3 errors botocore does not wrap
                 _fail(exc, bucket, endpoint_url)
-            except ConnectionError as exc:  # urllib3 errors that botocore does not wrap
-                bar.close()
-                _fail(exc, bucket, endpoint_url)
-            if etag is None:  # on S3 already (another machine, or a run killed after the PUT): remember it
-                manifest.record(bucket, key, root=root, kind=kind, model_sha256=model_sha,
-                                image_ids=chunk_ids, rows=chunk.num_rows, size=0, etag="")
+            manifest.record(bucket, obj.key, root=root, kind=obj.kind, model_sha256=obj.model_sha256,
+                            image_ids=obj.image_ids, rows=rows, size=len(body) if etag else 0, etag=etag or "")
+            bar.update(rows)
+            if etag is None:  # on S3 already (another machine, or a run killed after the PUT)
                 summary.objects_skipped += 1
-                bar.update(chunk.num_rows)
+                summary.rows_skipped += rows
                 continue
-            manifest.record(bucket, key, root=root, kind=kind, model_sha256=model_sha,
-                            image_ids=chunk_ids, rows=chunk.num_rows, size=len(body), etag=etag)
             summary.objects_put += 1
-            summary.rows_put += chunk.num_rows
+            summary.rows_put += rows
             summary.bytes_put += len(body)
-            bar.update(chunk.num_rows)
+    finally:
         bar.close()
     summary.seconds = time.perf_counter() - start
     summary.requests = counter.total
     return summary
 
 
+def header_safe(text: str, limit: int = 1024) -> str:
+    """Text for an S3 user-metadata header: printable ASCII; anything else (newlines, accents) percent-encoded.
+
+    >>> header_safe("Pomme\nrouge é")
+    'Pomme%0Arouge %C3%A9'
+    """
+    return quote(text, safe=" !\"#$&'()*+,-./:;<=>?@[]^_`{|}~")[:limit]
+
+
 def upload_raw(client, photos: list[Photo], bucket: str, root: str, *, manifest: Manifest, client_id: str,
-               endpoint_url: str | None = None, progress: bool = True) -> UploadSummary:
+               endpoint_url: str | None = None, progress: bool = True, recheck: bool = False) -> UploadSummary:
     """For clients that cannot vectorize: put the photos themselves under ``root/raw/``.
 
-    Keys are :func:`contract.raw_object_key`: ``client=<id>/label=<label>/<image_id><ext>``, so the same
+    Keys are :func:`contract.layout.raw_object_key`: ``client=<id>/label=<label>/<image_id><ext>``, so the same
     photo is stored once whatever its name, and the server-side featurization reads the label from the key;
-    the original name travels as object metadata (ASCII-escaped).
+    the original name and label travel as object metadata, percent-encoded (:func:`header_safe`). A photo that
+    cannot be read or named is listed in ``summary.refused`` with its reason; the others go on.
     """
     from botocore.exceptions import BotoCoreError, ClientError
     from tqdm import tqdm
 
     from featurizer.preprocess import image_id
 
+    try:
+        check_client_id(client_id)
+    except ContractError as exc:
+        raise UserError(str(exc)) from None
     summary = UploadSummary()
     counter = RequestCounter(client)
     check_bucket(client, bucket, endpoint_url)
     start = time.perf_counter()
-    done = manifest.uploaded_ids(bucket, root, "raw")
+    done = set() if recheck else manifest.uploaded_ids(bucket, root, "raw")
     for photo in tqdm(photos, desc="uploading photos", unit="img", disable=not progress, leave=False):
         try:
             data = photo.path.read_bytes()
         except OSError as exc:
-            log.warning("%s: cannot read (%s); not uploaded", photo.source, exc)
+            summary.refused.append((photo.source, f"cannot read: {exc.strerror or exc}"))
             continue
         iid = image_id(data)
         if iid in done:
             summary.rows_skipped += 1
+            summary.rows_on_manifest_word += 1
             continue
-        key = raw_object_key(root, client_id, photo.label, iid, photo.path.suffix)
-        meta = {"fruits-source": photo.source.encode("ascii", "backslashreplace").decode()[:1024]}
+        try:
+            key = raw_object_key(root, client_id, photo.label, iid, photo.path.suffix)
+        except ContractError as exc:
+            summary.refused.append((photo.source, str(exc)))
+            continue
+        meta = {"fruits-source": header_safe(photo.source)}
         if photo.label is not None:
-            meta["fruits-label"] = photo.label.encode("ascii", "backslashreplace").decode()
+            meta["fruits-label"] = header_safe(photo.label)
         try:
             etag = put_if_absent(client, bucket, key, data, Metadata=meta)
-        except (ClientError, BotoCoreError) as exc:
+        except (ClientError, BotoCoreError, ConnectionError) as exc:
             _fail(exc, bucket, endpoint_url)
         manifest.record(bucket, key, root=root, kind="raw", model_sha256="", image_ids=[iid], rows=1,
                         size=len(data) if etag else 0, etag=etag or "")
@@ -348,5 +401,3 @@ def upload_raw(client, photos: list[Photo], bucket: str, root: str, *, manifest:
     summary.seconds = time.perf_counter() - start
     summary.requests = counter.total
     return summary
-
-

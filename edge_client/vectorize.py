@@ -22,8 +22,10 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from contract.errors import ContractError, FruitsError
+from contract.layout import check_client_id
 from contract.vectors import features_array, file_metadata, parquet_options, vector_schema
-from featurizer.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageRejected, image_id, preprocess
+from featurizer.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, NOT_PHOTOS, ImageRejected, image_id, preprocess
 from featurizer.runtime import Model
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ ROW_GROUP = 2048
 CHUNK = 8  # photos per task
 
 
-class UserError(Exception):
+class UserError(FruitsError):
     """A mistake the user can fix (bad path, empty folder, bad option); shown as one ``Error:`` line."""
 
 
@@ -49,9 +51,10 @@ class Summary:
     rejected: int = 0
     duplicates: int = 0
     skipped_known: int = 0       # already uploaded (sync)
-    skipped_not_image: int = 0   # files without an image extension
+    skipped_not_image: int = 0   # files that are not photos (named in ``skipped``)
     seconds: float = 0.0
-    rejects: list[tuple[str, str]] = field(default_factory=list)
+    rejects: list[tuple[str, str]] = field(default_factory=list)   # photos refused: (source, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # other files: (source, reason)
     rejects_file: Path | None = None
 
     @property
@@ -63,7 +66,7 @@ class Summary:
         if self.skipped_known:
             parts.append(f"{self.skipped_known} already uploaded")
         if self.skipped_not_image:
-            parts.append(f"{self.skipped_not_image} skipped (not an image extension)")
+            parts.append(f"{self.skipped_not_image} skipped (not photos)")
         return ", ".join(parts) + f" in {self.seconds:.1f} s ({self.images_per_s:.0f} images/s)"
 
 
@@ -85,9 +88,25 @@ def default_client_id() -> str:
     return f"edge-{host or 'unknown'}"
 
 
+def _walk(root: Path) -> Iterator[Path]:
+    """Files under ``root``, sorted, following symlinked folders (each real folder once: no loops)."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield Path(dirpath) / name
+
+
 def find_photos(inputs: Iterable[str | os.PathLike], *, label: str | None = None,
                 summary: Summary | None = None) -> list[Photo]:
-    """Photos under folders (recursive, sorted) or given as files; labels from the parent folder.
+    """Photos under folders (recursive, sorted, symlinked folders followed) or given as files; labels from
+    the parent folder. Every other file is named in ``summary.skipped`` (or, for an image format that is not a
+    photo, such as SVG, in ``summary.rejects``) with its reason: nothing is left out silently.
 
     The Fruits-360 layout ``Training/<Class>/<n>_100.jpg`` gives the label ``<Class>``; a photo directly
     in the root given has no label unless ``label`` is set.
@@ -96,23 +115,42 @@ def find_photos(inputs: Iterable[str | os.PathLike], *, label: str | None = None
     for item in inputs:
         root = Path(item)
         if root.is_dir():
-            files = []
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames.sort()
-                files.extend(Path(dirpath) / name for name in sorted(filenames))
+            files = list(_walk(root))
         elif root.exists() or root.is_symlink():
             files, root = [root], root.parent
         else:
             raise UserError(f"{printable(root)} does not exist")
         for f in files:
-            if f.suffix.lower() not in IMAGE_EXTENSIONS:
-                if summary is not None:
-                    summary.skipped_not_image += 1
-                continue
             rel = f.relative_to(root)
+            ext = f.suffix.lower()
+            if ext not in IMAGE_EXTENSIONS:
+                if summary is not None:
+                    if ext in NOT_PHOTOS:
+                        summary.rejected += 1
+                        summary.rejects.append((printable(rel), NOT_PHOTOS[ext]))
+                    else:
+                        summary.skipped_not_image += 1
+                        summary.skipped.append((printable(rel), f"skipped: not a photo (extension "
+                                                                f"{printable(Path(ext)) or 'none'})"))
+                continue
             lab = label if label is not None else (printable(Path(rel.parent.name)) if rel.parent.name else None)
             photos.append(Photo(f, printable(rel), lab))
     return photos
+
+
+def check_output(out: Path, photos: list[Photo]) -> None:
+    """Refuse an output that would replace something else than a vectors file (a photo, say)."""
+    if out.suffix.lower() != ".parquet":
+        raise UserError(f"--out {printable(out)}: the vectors file must end with .parquet")
+    real = os.path.realpath(out)
+    if any(os.path.realpath(p.path) == real for p in photos):
+        raise UserError(f"--out {printable(out)} is one of the input photos; it would be replaced")
+    if out.exists():
+        if out.is_dir():
+            raise UserError(f"--out {printable(out)} is a folder")
+        with open(out, "rb") as f:
+            if f.read(4) != b"PAR1":
+                raise UserError(f"--out {printable(out)} exists and is not a Parquet file; it would be replaced")
 
 
 class _Rows:
@@ -186,14 +224,19 @@ def vectorize(photos: list[Photo], out: str | os.PathLike, *, model_path: str | 
     threads = default_workers() if threads is None else threads
     if threads < 1:
         raise UserError(f"--threads={threads} must be at least 1")
+    client = client_id or default_client_id()
+    try:
+        check_client_id(client)
+    except ContractError as exc:
+        raise UserError(f"{exc} (--client-id or FRUITS_CLIENT_ID)") from None
     summary = summary or Summary()
     out = Path(out)
+    check_output(out, photos)
     out.parent.mkdir(parents=True, exist_ok=True)
     model_path = Path(model_path)
     first = Model(model_path, threads=1)  # validates the file and its card once, up front
     model_bytes = model_path.read_bytes()
     local = threading.local()
-    client = client_id or default_client_id()
     skip_ids = skip_ids or set()
 
     def work(photo: Photo):
@@ -259,13 +302,13 @@ def rejects_path_for(out: Path) -> Path:
 
 
 def write_rejects(summary: Summary, path: Path) -> None:
-    """The rejects list (source, reason); a stale list from an earlier run is removed."""
-    if not summary.rejects:
+    """Every photo refused and every file skipped, with the reason; a stale list from an earlier run is removed."""
+    if not summary.rejects and not summary.skipped:
         path.unlink(missing_ok=True)
         return
     summary.rejects_file = path
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["source", "reason"])
-        w.writerows(summary.rejects)
+        w.writerows(summary.rejects + summary.skipped)
 

@@ -29,7 +29,28 @@ PREPROCESSING = {
     "layout": "NHWC, batch 1",
 }
 DEFAULT_MAX_PIXELS = 120_000_000  # a 108 MP phone photo passes; bigger headers are refused unread
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+# Photo formats: what phones and cameras save (HEIC is an iPhone camera's default; AVIF newer Androids').
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".gif")
+# Known image formats that are not photos: refused with a reason (never skipped silently).
+NOT_PHOTOS = {".svg": "an SVG is a vector drawing, not a photo: export it as JPEG or PNG",
+              ".svgz": "an SVG is a vector drawing, not a photo: export it as JPEG or PNG",
+              ".pdf": "a PDF is a document, not a photo"}
+
+
+def _register_heif() -> str | None:
+    """Let Pillow open HEIC/HEIF: the decode-only ``pi-heif`` (what the edge and EMR groups install), or
+    ``pillow-heif``. Returns the plugin's name, None when neither is installed."""
+    for module in ("pi_heif", "pillow_heif"):
+        try:
+            plugin = __import__(module)
+        except ImportError:
+            continue
+        plugin.register_heif_opener()
+        return module
+    return None
+
+
+HEIF_PLUGIN = _register_heif()
 
 
 class ImageRejected(ValueError):
@@ -57,6 +78,8 @@ def decode(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> t
             if width * height > max_pixels:
                 raise ImageRejected(f"{width}x{height} = {width * height} pixels is over the limit of "
                                     f"{max_pixels} (decompression bomb?); not decoded")
+            if getattr(img, "n_frames", 1) > 1 and img.format in ("GIF", "PNG", "WEBP"):
+                raise ImageRejected(f"an animation ({img.format}, {img.n_frames} frames), not a photo")
             if img.format == "JPEG":
                 img.draft("RGB", (size, size))
             img.load()
@@ -65,6 +88,8 @@ def decode(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> t
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected(f"decompression bomb refused: {exc}") from None
     except Image.UnidentifiedImageError:
+        if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftyphevc") and HEIF_PLUGIN is None:
+            raise ImageRejected("a HEIC photo, and no HEIF decoder is installed: pip install pi-heif") from None
         raise ImageRejected("not an image Pillow can identify") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRejected(f"cannot decode: {exc}") from None

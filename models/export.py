@@ -23,7 +23,8 @@ import numpy as np
 
 from contract import FEATURE_DIM, ModelCard, file_sha256
 from contract.errors import FruitsError
-from contract.vectors import card_path_for, cosine
+from contract.card import card_path_for
+from contract.vectors import cosine
 from featurizer.preprocess import IMAGE_EXTENSIONS, PREPROCESSING, ImageRejected, preprocess
 from models.quantize import convert_int8_corrected
 
@@ -262,10 +263,10 @@ def export_models(weights: str, *, input_size: int, out_dir: str | os.PathLike,
     """:func:`export` from photos: ``calibration_dir`` for the int8 calibration and the parity figures, or
     by default generated synthetic fruit photos (seed 101 to calibrate, a held-out seed 202 for parity).
     Weights given as the offline stand-in get its provenance in the cards."""
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        raise ExportError("export needs TensorFlow: pip install 'fruits[export]'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ExportError("export needs TensorFlow: pip install 'fruits[export]'")
     from models.standin import PROVENANCE, standin_path
 
     if calibration_dir is not None:

@@ -227,7 +227,7 @@ def test_launch_creates_exactly_the_planned_cluster(aws):
 
 
 def test_plan_creates_nothing(aws, capsys):
-    from cloud_pca.cli import main as cloud_main
+    from bootstrap.cli import main as cloud_main
 
     assert cloud_main(["emr", "plan", "--bucket", BUCKET, "--prefix", "team", "--vectors", "1000000"]) == 0
     printed = capsys.readouterr().out
@@ -246,7 +246,7 @@ def test_plan_creates_nothing(aws, capsys):
     (["--bucket", "no-such-bucket-here"], "bucket 'no-such-bucket-here' is not usable"),
 ])
 def test_bad_launch_input_is_one_line_and_creates_nothing(aws, capsys, args, message):
-    from cloud_pca.cli import main as cloud_main
+    from bootstrap.cli import main as cloud_main
 
     assert cloud_main(["--quiet", "emr", "launch", *args]) == 1
     err = capsys.readouterr().err.strip()

@@ -43,9 +43,11 @@ def test_gram_and_spark_solvers_agree_with_numpy(spark):
     ref_pc, ref_ratio, ref_proj = numpy_reference(x, 5)
     models = {s: fit_pca(df, k=5, solver=s) for s in ("gram", "spark")}
     for solver, m in models.items():
-        sign = np.sign((m.components_ * ref_pc).sum(axis=0))  # components are defined up to sign
-        np.testing.assert_allclose(m.components_ * sign, ref_pc, atol=2e-4, err_msg=solver)
-        np.testing.assert_allclose(m.explained_variance_ratio_[:5], ref_ratio[:5], rtol=1e-4, err_msg=solver)
+        assert m.components_.shape == (5, 1280) and m.explained_variance_ratio_.shape == (5,)  # sklearn's shapes
+        assert m.n_components_ == 5 and m.n_features_in_ == 1280 and m.n_samples_ == 400 and m.solver_ == solver
+        sign = np.sign((m.components_.T * ref_pc).sum(axis=0))  # components are defined up to sign
+        np.testing.assert_allclose(m.components_.T * sign, ref_pc, atol=2e-4, err_msg=solver)
+        np.testing.assert_allclose(m.explained_variance_ratio_, ref_ratio[:5], rtol=1e-4, err_msg=solver)
         out = m.transform(df).orderBy("id").select("pca").collect()
         proj = np.array([r["pca"].toArray() for r in out])
         np.testing.assert_allclose(proj * sign, ref_proj, atol=2e-3 * np.abs(ref_proj).max(), err_msg=solver)
@@ -55,28 +57,65 @@ def test_gram_and_spark_solvers_agree_with_numpy(spark):
         np.testing.assert_allclose(fast, proj, rtol=1e-5, atol=1e-5 * np.abs(proj).max(), err_msg=solver)
     # Same sign convention: the two solvers give the same numbers, not only up to sign.
     np.testing.assert_allclose(models["gram"].components_, models["spark"].components_, atol=2e-4)
-    assert models["gram"].explained_variance_ratio_[:5].sum() > 0.99
+    assert models["gram"].explained_variance_ratio_.sum() > 0.99
 
 
 def test_variance_picks_the_smallest_k_and_bad_k_is_explained(spark):
     x = low_rank(n=120, seed=1)
     df = frame(spark, x)
     m = fit_pca(df, variance=0.9)
-    cum = np.cumsum(m.explained_variance_ratio_)
-    assert cum[m.k - 1] >= 0.9 and (m.k == 1 or cum[m.k - 2] < 0.9)
-    with pytest.raises(PCAInputError, match=r"k=2000 must be between 1 and min\(n_features=1280, n_rows=120\) = 120"):
+    cum = np.cumsum(m.spectrum_)
+    assert cum[m.n_components_ - 1] >= 0.9 and (m.n_components_ == 1 or cum[m.n_components_ - 2] < 0.9)
+    with pytest.raises(PCAInputError, match=r"k=200 must be between 1 and min\(n_features=1280, n_rows=120\) = 120"):
+        fit_pca(df, k=200)
+    with pytest.raises(PCAInputError, match=r"k=2000 must be between 1 and n_features=1280"):
         fit_pca(df, k=2000)
 
 
-def test_constant_columns_do_not_make_nan(spark):
+def test_constant_columns_get_std_exactly_zero_and_no_nan(spark):
+    """A constant column (min == max) has std exactly 0 in both solvers (the Gram formula alone leaves
+    1e-10..5e-8 of rounding), scales to 0, and never makes NaN."""
     x = low_rank(n=50, seed=2)
     x[:, :10] = 3.0
-    m = fit_pca(frame(spark, x), k=3)
-    assert (m.std_[:10] == 0).all()
-    proj = np.array([r["pca"].toArray() for r in m.transform(frame(spark, x)).collect()])
-    assert np.isfinite(proj).all() and np.isfinite(m.components_).all()
-    fast = np.array([r["pca"] for r in m.project(frame(spark, x)).orderBy("id").collect()])
-    assert np.isfinite(fast).all()
+    x[:, 10] = 1234.5678
+    for solver in ("gram", "spark"):
+        m = fit_pca(frame(spark, x), k=3, solver=solver)
+        assert (m.scale_[:11] == 0).all() and (m.scale_[11:] > 0).all(), solver
+        assert np.isfinite(m.components_).all() and (m.components_[:, :11] == 0).all(), solver
+        proj = np.array([r["pca"].toArray() for r in m.transform(frame(spark, x)).collect()])
+        assert np.isfinite(proj).all()
+        fast = np.array([r["pca"] for r in m.project(frame(spark, x)).orderBy("id").collect()])
+        assert np.isfinite(fast).all()
+
+
+def test_degenerate_input_and_bad_requests_are_refused(spark):
+    """All rows identical is an error, not "k=1, 100% explained"; k and variance are checked first."""
+    same = np.tile(low_rank(n=1, seed=3), (20, 1))
+    for solver in ("gram", "spark"):
+        with pytest.raises(PCAInputError, match=r"all 20 vectors are equal in every column"):
+            fit_pca(frame(spark, same), variance=0.95, solver=solver)
+    with pytest.raises(PCAInputError, match=r"variance=1.5 must be in \(0, 1\]"):
+        fit_pca(None, variance=1.5)         # no data touched: the request is checked before any
+    with pytest.raises(PCAInputError, match=r"k=0 must be between 1 and n_features=1280"):
+        fit_pca(None, k=0)
+
+
+def test_model_saves_and_loads_as_itself_and_as_a_spark_pipeline(spark, tmp_path):
+    from cloud_pca.pca import FruitsPCAModel, load_pipeline
+
+    x = low_rank(n=80, seed=4)
+    df = frame(spark, x)
+    m = fit_pca(df, k=4)
+    uri = f"file://{tmp_path}/model"
+    m.save(spark, uri)
+    back = FruitsPCAModel.load(spark, uri)
+    assert back.model_id_ == m.model_id_ and back.n_components_ == 4 and back.choice_ == m.choice_
+    np.testing.assert_array_equal(back.components_, m.components_)
+    np.testing.assert_array_equal(back.spectrum_, m.spectrum_)
+    np.testing.assert_allclose(back.transform_array(x), m.transform_array(x))
+    pipeline = load_pipeline(uri)   # the same folder is a Spark ML PipelineModel
+    assert [type(st).__name__ for st in pipeline.stages] == ["StandardScalerModel", "PCAModel"]
+    np.testing.assert_allclose(pipeline.stages[1].pc.toArray(), m.components_.T)
 
 
 def contract_rows(n, *, seed=0, model="a" * 64, dim=1280, start=0):

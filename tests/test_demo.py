@@ -16,9 +16,12 @@ def test_demo_end_to_end_small(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "report:" in proc.stdout and "local S3 server stopped" in proc.stdout
     summary = json.loads((out / "demo-summary.json").read_text())
-    # 50 photos: 40 sent as vectors, 10 sent raw and featurized by Spark; all projected.
-    assert summary["storage"]["edge_images"] == 40 and summary["photos"]["ok"] == 10
-    assert summary["projected"] == 50 and summary["reconciles"]
+    # 50 photos: 2 per class held out of every upload (identified at the end), of the other 30: 24 sent as
+    # vectors, 6 sent raw and featurized by Spark; all projected.
+    assert summary["storage"]["edge_images"] == 24 and summary["photos"]["ok"] == 6
+    assert summary["projected"] == 30 and summary["reconciles"]
+    held = {r["photo"].split("/")[0] for r in summary["identified"]["rows"]}
+    assert len(summary["identified"]["rows"]) == 20 and len(held) == 10, "the held-out photos are DIR's own classes"
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5 and "Headline" in html  # 3 PCA plots + 2 evaluation plots
     assert "How little must we store?" in html and "Identification on the device" in html

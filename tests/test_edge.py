@@ -66,7 +66,8 @@ def test_vectorize_bad_photos_each_rejected_with_a_reason(tmp_path, photos, caps
     with open(tmp_path / "v.rejects.csv", newline="") as f:
         rejects = {r["source"]: r["reason"] for r in csv.DictReader(f)}
     assert set(rejects) == {f"Mixed/{n}" for n in ("zero.jpg", "truncated.jpg", "text.jpg", "bomb.png",
-                                                   "unreadable.jpg")}
+                                                   "unreadable.jpg", "notes.txt")}
+    assert rejects["Mixed/notes.txt"] == "skipped: not a photo (extension .txt)"   # named, not only counted
     assert "empty" in rejects["Mixed/zero.jpg"]
     assert "not an image" in rejects["Mixed/text.jpg"]
     assert "decompression bomb" in rejects["Mixed/bomb.png"]

@@ -10,7 +10,8 @@ import pytest
 from cloud_pca.job import JobConfig, JobError, run
 from cloud_pca.publish import publish
 from contract import read_vectors
-from contract.projection import Projection, ReferenceIndex, latest_projection_key
+from contract.layout import latest_projection_key
+from contract.projection import Projection, ReferenceIndex
 from edge_client.cli import main as edge_main
 
 K = 8
@@ -105,7 +106,7 @@ def test_sync_project_uploads_kd_vectors_and_the_job_keeps_them_apart(published,
                              output=f"s3a://{bucket}/team/pca", k=2, plots=False))
     alone = run(spark, JobConfig(inputs=[f"s3a://{bucket}/team/projected/"], output=f"s3a://{bucket}/team/pca",
                                  k=2, plots=False, run_id="projected"))
-    assert alone.summary["projected"] == 60 and alone.model.components_.shape == (K, 2)
+    assert alone.summary["projected"] == 60 and alone.model.components_.shape == (2, K)   # (k, d): sklearn's shape
 
 
 def test_a_corrupt_or_foreign_artifact_is_refused(tmp_path):

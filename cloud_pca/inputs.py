@@ -1,0 +1,278 @@
+"""Reading the vectors the job fits: list the files, check each file's Parquet footer against the contract,
+read files of one physical schema together, and conform every row on the executors.
+
+What a file and a row may hold is :mod:`contract.vectors`' one definition, the same the edge client applies
+before it uploads: the footer's Arrow schema goes through :func:`contract.conform_schema` (on the driver,
+footers only, read in parallel) and every row through :func:`contract.conform_table` (in ``mapInArrow``, on
+the executors), which applies the lossless casts and gives each refused row its reason. A file the contract
+refuses is reported with its path and reason (or stops the job, without ``--skip-bad-files``); a refused
+row becomes a reject. Spark reads each group of files with the exact types its Parquet columns have
+(``spark.read.schema``), so an int64 ``width`` or a ``timestamp[ns]`` is read, then cast, never a crash.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from contract.card import FEATURE_DIM
+from contract.errors import ContractError, FruitsError, one_line
+from contract.vectors import (META_PROJECTION_ID, PROJECTION_COLUMN, VECTOR_COLUMNS, conform_schema, conform_table,
+                              vector_schema)
+from cloud_pca.spark import list_files
+
+log = logging.getLogger(__name__)
+FOOTER_TAIL = 64 * 1024          # one read of a file's last 64 KB holds the footer of a contract file
+FOOTER_THREADS = 16              # footers read in parallel on the driver (S3 latency, not CPU, is the cost)
+
+
+class InputError(FruitsError, ValueError):
+    """Input the job refuses (no files, a bad file, mixed kinds of vectors); says what and where."""
+
+
+@dataclass
+class InputFile:
+    path: str
+    size: int
+    reason: str | None = None      # why the contract refuses the file; None for a good file
+    projected: bool = False
+    read_ddl: str = ""             # the Spark schema its Parquet columns are read with
+    nanos: bool = False            # vectorized_at is a timestamp[ns] (read as int64 nanoseconds)
+    projection_id: str | None = None   # projected files: the projection named in the file's metadata
+
+
+@dataclass
+class Inputs:
+    """Every contract row of the good files with its ``file`` and ``reason`` (null for a good row)."""
+
+    df: object
+    files: list[InputFile]
+    projected: bool = False
+    dim: int = FEATURE_DIM
+    bad: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def good(self) -> list[InputFile]:
+        return [f for f in self.files if f.reason is None]
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size for f in self.good)
+
+
+# ------------------------------------------------------------------------------------------- footers
+def _read_range(spark, path: str, start: int, n: int) -> bytes:
+    """``n`` bytes of a file from ``start``, through Hadoop's file system (local, s3a://, EMR's s3://)."""
+    jvm = spark._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    stream = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).open(hpath)
+    try:
+        stream.seek(start)
+        return bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream, n))
+    finally:
+        stream.close()
+
+
+def read_footer(spark, path: str, size: int):
+    """The file's Parquet metadata (pyarrow ``FileMetaData``) from its tail, one read for a contract file;
+    raises :class:`ContractError` with the reason a reader would give for an unreadable file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if size < 12:
+        raise ContractError(f"not a readable Parquet file ({size} bytes)")
+    tail = _read_range(spark, path, size - min(size, FOOTER_TAIL), min(size, FOOTER_TAIL))
+    if tail[-4:] != b"PAR1":
+        raise ContractError("not a readable Parquet file (no Parquet magic bytes at its end: corrupt or not Parquet)")
+    meta_len = struct.unpack("<I", tail[-8:-4])[0]
+    if meta_len + 12 > size:
+        raise ContractError(f"not a readable Parquet file (footer length {meta_len} is beyond the file)")
+    if meta_len + 8 > len(tail):
+        tail = _read_range(spark, path, size - meta_len - 8, meta_len + 8)
+    try:
+        return pq.ParquetFile(pa.BufferReader(b"PAR1" + tail[-(meta_len + 8):])).metadata
+    except Exception as exc:  # pyarrow: ArrowInvalid / OSError for a corrupt footer
+        raise ContractError(f"not a readable Parquet file ({one_line(exc)[:200]})") from None
+
+
+# --------------------------------------------------------------------- Parquet column -> Spark type
+def _spark_type(column) -> tuple[str, bool]:
+    """The Spark SQL type Spark's Parquet reader gives a leaf column (its own inference rules), and whether
+    it is a nanosecond timestamp (read as bigint with ``spark.sql.legacy.parquet.nanosAsLong``)."""
+    physical = column.physical_type
+    logical = json.loads(column.logical_type.to_json())
+    kind = logical.get("Type", "None")
+    if physical == "BYTE_ARRAY":
+        return ("string" if kind in ("String", "Enum", "Json") else "binary"), False
+    if physical == "FLOAT":
+        return "float", False
+    if physical == "DOUBLE":
+        return "double", False
+    if physical == "BOOLEAN":
+        return "boolean", False
+    if physical == "INT96":
+        return "timestamp", False
+    if physical == "INT32":
+        if kind == "Int":
+            bits, signed = logical["bitWidth"], logical["isSigned"]
+            return {(8, True): "tinyint", (16, True): "smallint", (32, True): "int", (8, False): "smallint",
+                    (16, False): "int", (32, False): "bigint"}[(bits, signed)], False
+        return ("date" if kind == "Date" else "int"), False
+    if physical == "INT64":
+        if kind == "Timestamp":
+            if logical.get("timeUnit") == "nanoseconds":
+                return "bigint", True
+            return ("timestamp" if logical.get("isAdjustedToUTC") else "timestamp_ntz"), False
+        if kind == "Int" and not logical.get("isSigned", True):
+            return "decimal(20,0)", False
+        return "bigint", False
+    raise ContractError(f"Parquet type {physical} ({kind}) is not one Spark reads here")
+
+
+def read_schema_ddl(metadata) -> tuple[str, bool]:
+    """The ``spark.read.schema`` DDL for the contract's columns of a file, from its Parquet schema."""
+    schema = metadata.schema
+    leaves = {schema.column(i).path: schema.column(i) for i in range(len(schema))}
+    wanted = list(VECTOR_COLUMNS) + ([PROJECTION_COLUMN] if PROJECTION_COLUMN in
+                                     {p.split(".")[0] for p in leaves} else [])
+    parts, nanos = [], False
+    for name in wanted:
+        if name in leaves:
+            typ, is_nanos = _spark_type(leaves[name])
+        else:  # a list: features.list.element (or .item, .array: writers differ)
+            nested = [p for p in leaves if p.split(".")[0] == name]
+            if len(nested) != 1:
+                raise ContractError(f"column {name} is not a simple list")
+            typ, is_nanos = f"array<{_spark_type(leaves[nested[0]])[0]}>", False
+        nanos = nanos or (name == "vectorized_at" and is_nanos)
+        parts.append(f"`{name}` {typ}")
+    return ", ".join(parts), nanos
+
+
+def check_files(spark, files: list[tuple[str, int]], threads: int = FOOTER_THREADS) -> list[InputFile]:
+    """Each file's footer against the contract, ``threads`` at a time (a round trip each on S3)."""
+
+    def one(item) -> InputFile:
+        path, size = item
+        f = InputFile(path, size)
+        try:
+            meta = read_footer(spark, path, size)
+            schema = arrow_schema(meta)
+            conform_schema(schema, origin="file")
+            f.read_ddl, f.nanos = read_schema_ddl(meta)
+            f.projected = PROJECTION_COLUMN in schema.names
+            f.projection_id = (meta.metadata or {}).get(META_PROJECTION_ID, b"").decode() or None
+        except ContractError as exc:
+            f.reason = str(exc).replace("file: ", "", 1)
+        return f
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        return list(pool.map(one, files))
+
+
+def arrow_schema(meta):
+    """The Arrow schema a reader of the file sees: the one its writer stored (large, fixed-size and dictionary
+    types), else the one Parquet's own types give."""
+    import base64
+
+    import pyarrow as pa
+
+    raw = (meta.metadata or {}).get(b"ARROW:schema")
+    if raw:
+        try:
+            return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(raw)))
+        except Exception:  # a foreign or damaged ARROW:schema: Parquet's own types are enough
+            log.debug("unreadable ARROW:schema in a footer; using the Parquet schema")
+    return meta.schema.to_arrow_schema()
+
+
+# ----------------------------------------------------------------------------------- reading the rows
+def output_schema(projected: bool):
+    """The Spark schema of the conformed rows: the contract's (derived from its Arrow schema) + file, reason."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+    from pyspark.sql.types import StringType, StructField
+
+    schema = from_arrow_schema(vector_schema(projected))
+    return schema.add(StructField("file", StringType())).add(StructField("reason", StringType()))
+
+
+def _conformer(dim: int | None, nanos: bool):
+    """A ``mapInArrow`` function: Spark-read batches -> the contract's types + per-row reasons."""
+
+    def conform(batches):
+        import pyarrow as pa
+
+        for batch in batches:
+            table = pa.Table.from_batches([batch])
+            files = table.column("file")
+            out, reasons = conform_table(table.drop(["file"]), origin="row", dim=dim, nanos_as_int=nanos)
+            out = out.append_column("file", files).append_column("reason", reasons)
+            yield from out.to_batches()
+
+    return conform
+
+
+def read_rows(spark, files: list[InputFile], *, projected: bool, dim: int):
+    """One DataFrame of every row of ``files`` (all good), conformed on the executors."""
+    from pyspark.sql import functions as F
+
+    groups: dict[tuple[str, bool], list[str]] = {}
+    for f in files:
+        groups.setdefault((f.read_ddl, f.nanos), []).append(f.path)
+    if any(nanos for _, nanos in groups):
+        spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
+    schema = output_schema(projected)
+    frames = []
+    for (ddl, nanos), paths in sorted(groups.items()):
+        raw = spark.read.schema(ddl).parquet(*paths).withColumn("file", F.input_file_name())
+        frames.append(raw.mapInArrow(_conformer(dim, nanos), schema))
+    df = frames[0]
+    for other in frames[1:]:
+        df = df.unionByName(other)
+    return df
+
+
+def projected_dim(spark, files: list[InputFile]) -> int:
+    """k of projected vectors: the length of the first non-empty features row."""
+    from pyspark.sql import functions as F
+
+    first = spark.read.schema(files[0].read_ddl).parquet(*[f.path for f in files]) \
+        .select(F.size("features").alias("n")).filter("n > 0").first()
+    return int(first["n"]) if first else FEATURE_DIM
+
+
+def read_inputs(spark, inputs: list[str], *, skip_bad_files: bool, kind: str | None = None) -> Inputs:
+    """Every contract row under ``inputs``. Refuses (with the first file and its reason) a bad file unless
+    ``skip_bad_files``, an input without files, and projected vectors mixed with raw 1280-d ones."""
+    listed = []
+    for uri in inputs:
+        try:
+            listed.extend(list_files(spark, uri))
+        except Exception as exc:  # Py4JJavaError: no such bucket, access denied
+            raise InputError(f"cannot list {uri}: {one_line(exc)[:300]}") from None
+    if not listed:
+        raise InputError(f"no Parquet files under {', '.join(inputs)} (empty input prefix?)")
+    files = check_files(spark, listed)
+    bad = [(f.path, f.reason) for f in files if f.reason]
+    if bad and not skip_bad_files:
+        path, reason = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise InputError(f"{path}: {reason}{more}; fix or remove it, or pass --skip-bad-files")
+    good = [f for f in files if f.reason is None]
+    if not good:
+        raise InputError(f"none of the {len(files)} file(s) under {', '.join(inputs)} follows the contract; "
+                         f"first: {bad[0][0]}: {bad[0][1]}")
+    projected = [f for f in good if f.projected]
+    if projected and len(projected) < len(good):
+        raw = next(f for f in good if not f.projected)
+        raise InputError(f"refusing to mix projected vectors ({projected[0].path}, ...) with raw "
+                         f"{FEATURE_DIM}-d vectors ({raw.path}, ...) in one fit: give one kind of --input")
+    ids = sorted({f.projection_id for f in projected if f.projection_id})
+    if len(ids) > 1:
+        raise InputError(f"refusing to mix vectors of different projections ({', '.join(ids)}) in one fit")
+    is_projected = bool(projected)
+    dim = projected_dim(spark, good) if is_projected else FEATURE_DIM
+    log.info("%d file(s) listed, %d good, %d refused", len(files), len(good), len(bad))
+    return Inputs(read_rows(spark, good, projected=is_projected, dim=dim), files, is_projected, dim, bad)
