@@ -147,7 +147,8 @@ def make_files(folder: Path, n: int, files: int, seed: int = 0) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from contract.vectors import file_metadata, parquet_options, vector_schema, vectors_object_key
+    from contract.layout import vectors_object_key
+    from contract.vectors import file_metadata, parquet_options, vector_schema
 
     sha = "b" * 64
     rng = np.random.default_rng(seed)
@@ -195,7 +196,7 @@ def job_child(args) -> int:
     print(json.dumps({"seconds": seconds, "rows": s["projected"], "files": s["files"],
                       "driver_bytes_fit": s["driver_result_bytes"]["fit"],
                       "driver_bytes_run": s["driver_result_bytes"]["run"],
-                      "partitions": s["driver_result_bytes"]["partitions"],
+                      "partitions": s["partitions"],
                       "shuffle_partitions": spark.conf.get("spark.sql.shuffle.partitions"),
                       "timings": s["timings_s"], **{k: round(v) for k, v in mem.peak.items()}}))
     spark.stop()
@@ -213,6 +214,8 @@ def cluster_main(args) -> int:
     def case(mode: str, master: str, data: Path, warm: Path, out: Path, pids: str = "", conf=()) -> dict:
         cmd = [sys.executable, __file__, "--job-child", "--master", master, "--data", str(data), "--warmup",
                str(warm), "--out", str(out), "--k", str(args.k), "--worker-pids", pids]
+        if master.startswith("spark://") and args.executor_memory:
+            conf = [*conf, f"spark.executor.memory={args.executor_memory}"]
         for kv in conf:
             cmd += ["--conf", kv]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -226,8 +229,9 @@ def cluster_main(args) -> int:
         tmp = Path(tmp)
         pids = ",".join(str(p) for p in cluster.pids[1:])   # the workers (not the master)
         warm = tmp / "warm"
-        make_files(warm, 2000, 10, seed=99)
-        print(f"cluster {cluster.master_url}: 2 workers x 1 core; local mode: local[2]; k={args.k}", flush=True)
+        make_files(warm, 2000, 40, seed=99)   # over 32 files: Spark lists them with a job, as in the timed runs
+        print(f"cluster {cluster.master_url}: 2 workers x 1 core, executors {args.executor_memory or '1g (default)'}; "
+              f"local mode: local[2] (one JVM, 4g); k={args.k}", flush=True)
         print(f"{'N':>7s} {'files':>5s} {'mode':8s} {'seconds':>8s} {'ratio':>6s} {'fit bytes':>10s} "
               f"{'run bytes':>10s} {'parts':>5s} {'driver MB':>9s} {'executors MB':>12s}", flush=True)
         for n in sizes:
@@ -235,7 +239,7 @@ def cluster_main(args) -> int:
             make_files(data, n, args.files, seed=n)
             local = None
             for mode, master in (("local[2]", "local[2]"), ("cluster", cluster.master_url)):
-                r = case(mode, master, data, warm, tmp / f"out-{mode}-{n}", pids)
+                r = case(mode, master, data, warm, tmp / f"out-{'local' if mode.startswith('local') else mode}-{n}", pids)
                 assert r["rows"] == n, r
                 local = r["seconds"] if mode == "local[2]" else local
                 driver_mb = r.get("driver_python_mb", 0) + r.get("driver_jvm_mb", r.get("jvm_mb", 0))
@@ -271,6 +275,8 @@ def main() -> int:
     ap.add_argument("--sizes", default=None, help="default 10000,50000,100000 (--cluster: 10000,100000,300000)")
     ap.add_argument("--cluster", action="store_true", help="the job on a standalone cluster vs local[2]")
     ap.add_argument("--files", type=int, default=100, help="--cluster: input files per N (uploads: <= 5,000 rows each)")
+    ap.add_argument("--executor-memory", help="--cluster: spark.executor.memory for the cluster's 2 executors "
+                                              "(default: Spark's 1g; local[2] runs in one 4g JVM)")
     ap.add_argument("--job-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--master", help=argparse.SUPPRESS)
     ap.add_argument("--worker-pids", default="", help=argparse.SUPPRESS)

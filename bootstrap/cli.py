@@ -86,6 +86,7 @@ def cmd_emr(args) -> int:
         out = emr.launch(spec_from_args(args), session=_session(args), say=say)
         print(f"cluster: {out['cluster_id']}")
         print(f"follow it: fruits-cloud emr status {out['cluster_id']} --region {args.region}")
+        print(f"devices: fruits-edge sync PHOTOS s3://{args.bucket}/{args.prefix} --identity-pool {out['identity_pool']}")
         return 0
     client = _session(args).client("emr", region_name=args.region)
     if args.emr_command == "status":

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from contract import layout
 from contract.errors import FruitsError
-from bootstrap.policies import PolicyError, bucket_settings, check_bucket_name, policy_documents
+from bootstrap.policies import (MULTIPART_DAYS, POOL_PLACEHOLDER, PolicyError, bucket_settings, check_bucket_name,
+                                merge_statements, policy_documents)
 from cloud_pca.spark import CLUSTER_DEFAULTS
 
 HERE = Path(__file__).resolve().parent
@@ -38,6 +39,9 @@ DEFAULT_REGION = "eu-west-3"
 ROLE_SERVICE = "fruits-emr-service-role"
 ROLE_INSTANCE = "fruits-emr-instance-role"
 INSTANCE_PROFILE = "fruits-emr-instance-profile"
+ROLE_DEVICE = "fruits-device-role"
+DEVICE_POLICY = "fruits-device-writes-own-prefix"
+IDENTITY_POOL = "fruits_devices"
 SERVICE_POLICY_ARN = "arn:aws:iam::aws:policy/service-role/AmazonEMRServicePolicy_v2"
 _REGION_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 
@@ -114,7 +118,7 @@ def validate(spec: ClusterSpec, prices: dict | None = None) -> None:
         layout.check_root(spec.prefix)
         layout.check_run_id(spec.run_id)
         layout.model_key(spec.prefix, spec.model)
-        check_request(k=spec.k, variance=None if spec.k else spec.variance)
+        check_request(k=spec.k, variance=None if spec.k is not None else spec.variance)
     except FruitsError as exc:
         raise EMRError(str(exc)) from None
     if spec.publish_k is not None and not 1 <= spec.publish_k <= 1280:
@@ -145,7 +149,7 @@ def build_request(spec: ClusterSpec) -> dict:
     if spec.images:
         pca_args += ["--input", featurized + "/vectors/"]
     pca_args += ["--output", spec.uri(layout.pca_prefix(root)), "--run-id", spec.run_id]
-    pca_args += ["--k", str(spec.k)] if spec.k else ["--variance", str(spec.variance)]
+    pca_args += ["--k", str(spec.k)] if spec.k is not None else ["--variance", str(spec.variance)]
     steps.append({"Name": "fruits: StandardScaler + PCA", "ActionOnFailure": "TERMINATE_CLUSTER",
                   "HadoopJarStep": {"Jar": "command-runner.jar", "Args": _spark_submit(spec, pca_args)}})
     run_uri = spec.uri(layout.run_prefix(root, spec.run_id)).rstrip("/")
@@ -198,11 +202,24 @@ def build_request(spec: ClusterSpec) -> dict:
     }
 
 
+def device_access(spec: ClusterSpec, pool_id: str = POOL_PLACEHOLDER) -> dict:
+    """What ``launch`` creates for the devices: a Cognito identity pool (unauthenticated identities), its role
+    and the role's policy (each device writes only under its own client= folder)."""
+    docs = policy_documents(spec.bucket, spec.prefix, pool_id=pool_id)
+    return {"IdentityPool": {"IdentityPoolName": IDENTITY_POOL, "AllowUnauthenticatedIdentities": True,
+                             "Region": spec.region},
+            "Role": {"RoleName": ROLE_DEVICE, "AssumeRolePolicyDocument": docs["device-trust"],
+                     "Policy": {"PolicyName": DEVICE_POLICY, "PolicyDocument": docs["device-identity"]}},
+            "Devices": f"fruits-edge sync PHOTOS {spec.uri()} --identity-pool <IdentityPoolId>"}
+
+
 def plan_text(spec: ClusterSpec, *, vectors: int, raw_photos: int = 0, hours: float | None = None) -> str:
-    """What ``fruits-cloud emr plan`` prints: the exact request, then the cost estimate."""
+    """What ``fruits-cloud emr plan`` prints: the exact request, the devices' identity pool and role, then the
+    cost estimate."""
     validate(spec)
     cost = estimate_cost(spec, vectors=vectors, raw_photos=raw_photos, hours=hours)
     return (json.dumps(build_request(spec), indent=2)
+            + "\n\ndevices' credentials (created by launch):\n" + json.dumps(device_access(spec), indent=2)
             + f"\n\ncost estimate for {vectors} vectors + {raw_photos} raw photos in {spec.region}:\n"
             + "\n".join(cost.lines()))
 
@@ -317,6 +334,7 @@ class Created:
     instance_profiles: list[str] = field(default_factory=list)
     bucket: str | None = None
     keys: list[str] = field(default_factory=list)
+    identity_pool: str | None = None
     cluster_id: str | None = None
 
 
@@ -343,16 +361,68 @@ def _ensure_roles(iam, spec: ClusterSpec, created: Created) -> None:
         iam.add_role_to_instance_profile(InstanceProfileName=INSTANCE_PROFILE, RoleName=ROLE_INSTANCE)
 
 
-def harden_bucket(s3, bucket: str, prefix: str = "") -> None:
+def _ensure_device_access(iam, cognito, spec: ClusterSpec, created: Created) -> str:
+    """The devices' identity pool (reused if one of that name exists) and role; returns the pool id."""
+    pools = [p for p in cognito.list_identity_pools(MaxResults=60)["IdentityPools"]
+             if p["IdentityPoolName"] == IDENTITY_POOL]
+    if pools:
+        pool_id = pools[0]["IdentityPoolId"]
+    else:
+        pool_id = cognito.create_identity_pool(IdentityPoolName=IDENTITY_POOL,
+                                               AllowUnauthenticatedIdentities=True)["IdentityPoolId"]
+        created.identity_pool = pool_id
+    access = device_access(spec, pool_id)
+    try:
+        iam.get_role(RoleName=ROLE_DEVICE)
+        iam.update_assume_role_policy(RoleName=ROLE_DEVICE, PolicyDocument=json.dumps(access["Role"]["AssumeRolePolicyDocument"]))
+    except iam.exceptions.NoSuchEntityException:
+        iam.create_role(RoleName=ROLE_DEVICE, AssumeRolePolicyDocument=json.dumps(access["Role"]["AssumeRolePolicyDocument"]),
+                        Description="Fruits! devices: new objects under their own client= folder only",
+                        Tags=[{"Key": "project", "Value": "fruits"}])
+        created.roles.append(ROLE_DEVICE)
+    iam.put_role_policy(RoleName=ROLE_DEVICE, PolicyName=DEVICE_POLICY,
+                        PolicyDocument=json.dumps(access["Role"]["Policy"]["PolicyDocument"]))
+    role_arn = iam.get_role(RoleName=ROLE_DEVICE)["Role"]["Arn"]
+    cognito.set_identity_pool_roles(IdentityPoolId=pool_id, Roles={"unauthenticated": role_arn})
+    return pool_id
+
+
+def harden_bucket(s3, bucket: str, prefix: str = "") -> list[str]:
+    """Block public access, encrypt at rest, owner-owned objects, the lifecycle rule and the bucket policy.
+    The policy and the lifecycle rules are merged with what the bucket already has (our statements and rules
+    replace theirs by Sid / ID; the others are kept). Returns what was merged, one line each."""
+    from botocore.exceptions import ClientError
+
     settings = bucket_settings()
+    notes = []
     s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=settings["PublicAccessBlockConfiguration"])
     s3.put_bucket_encryption(Bucket=bucket,
                              ServerSideEncryptionConfiguration=settings["ServerSideEncryptionConfiguration"])
     s3.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls=settings["OwnershipControls"])
-    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy_documents(bucket, prefix)["bucket-policy"]))
+    try:
+        rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", [])
+    except ClientError:   # NoSuchLifecycleConfiguration
+        rules = []
+    ours = settings["LifecycleConfiguration"]["Rules"]
+    kept = [r for r in rules if r.get("ID") not in {o["ID"] for o in ours}]
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": kept + ours})
+    if kept:
+        notes.append(f"kept {len(kept)} existing lifecycle rule(s)")
+    try:
+        existing = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+    except ClientError:   # NoSuchBucketPolicy
+        existing = None
+    try:
+        merged, n_kept = merge_statements(existing, policy_documents(bucket, prefix)["bucket-policy"])
+    except PolicyError as exc:
+        raise EMRError(f"bucket {bucket}: {exc}") from None
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(merged))
+    if n_kept:
+        notes.append(f"kept {n_kept} statement(s) of the bucket's existing policy")
+    return notes
 
 
-def _cleanup(created: Created, *, iam, s3, emr) -> list[str]:
+def _cleanup(created: Created, *, iam, s3, emr, cognito=None) -> list[str]:
     """Undo ``created`` (newest first); returns one line per thing removed (or that could not be)."""
     done = []
 
@@ -365,6 +435,9 @@ def _cleanup(created: Created, *, iam, s3, emr) -> list[str]:
 
     if created.cluster_id:
         attempt(f"cluster {created.cluster_id}", lambda: emr.terminate_job_flows(JobFlowIds=[created.cluster_id]))
+    if created.identity_pool and cognito is not None:
+        attempt(f"identity pool {created.identity_pool}",
+                lambda: cognito.delete_identity_pool(IdentityPoolId=created.identity_pool))
     for key in reversed(created.keys):
         attempt(f"s3://{created.bucket}/{key}", lambda key=key: s3.delete_object(Bucket=created.bucket, Key=key))
     for name in created.instance_profiles:
@@ -396,6 +469,7 @@ def launch(spec: ClusterSpec, *, session, models_dir: Path | None = None, say=pr
     s3 = session.client("s3", region_name=spec.region)
     iam = session.client("iam", region_name=spec.region)
     emr = session.client("emr", region_name=spec.region)
+    cognito = session.client("cognito-identity", region_name=spec.region)
     try:
         s3.head_bucket(Bucket=spec.bucket)
     except ClientError as exc:
@@ -406,21 +480,25 @@ def launch(spec: ClusterSpec, *, session, models_dir: Path | None = None, say=pr
     try:
         say("IAM roles and instance profile (least privilege)")
         _ensure_roles(iam, spec, created)
+        pool_id = _ensure_device_access(iam, cognito, spec, created)
+        say(f"devices' identity pool {pool_id} (each device writes only under its own client= folder)")
         for key, content in files.items():
             body = content if isinstance(content, bytes) else Path(content).read_bytes()
             s3.put_object(Bucket=spec.bucket, Key=key, Body=body)
             created.keys.append(key)
         say(f"uploaded {len(files)} objects (code, model, bootstrap) under s3://{spec.bucket}/{spec.prefix}/")
-        say(f"hardening bucket {spec.bucket} (public access block, SSE-S3, TLS-only policy)")
-        harden_bucket(s3, spec.bucket, spec.prefix)
+        say(f"hardening bucket {spec.bucket} (public access block, SSE-S3, TLS-only and no-overwrite policy, "
+            f"multipart uploads aborted after {MULTIPART_DAYS} days)")
+        for note in harden_bucket(s3, spec.bucket, spec.prefix):
+            say(note)
         cluster_id = emr.run_job_flow(**request)["JobFlowId"]
         created.cluster_id = cluster_id
     except (ClientError, BotoCoreError, OSError) as exc:
-        undone = _cleanup(created, iam=iam, s3=s3, emr=emr)
+        undone = _cleanup(created, iam=iam, s3=s3, emr=emr, cognito=cognito)
         raise EMRError(f"launch failed ({_first_line(exc)}); cleaned up: "
                        + ("; ".join(undone) if undone else "nothing had been created")) from None
     say(f"cluster {cluster_id} starting; it terminates itself after its {len(request['Steps'])} step(s)")
-    return {"cluster_id": cluster_id, "request": request, "created": asdict(created)}
+    return {"cluster_id": cluster_id, "request": request, "created": asdict(created), "identity_pool": pool_id}
 
 
 def status(emr, cluster_id: str) -> dict:

@@ -266,7 +266,7 @@ def write_outputs(spark, cfg: JobConfig, run_uri: str, data: Prepared, model: Fr
         say("plotting")
         from cloud_pca import plots
 
-        sample = spark.read.parquet(f"{run_uri}/projections").limit(PLOT_SAMPLE).toPandas()
+        sample = projected.limit(PLOT_SAMPLE).toPandas()   # the first partitions only
         for name, png in plots.all_plots(explained, sample).items():
             write_bytes(spark, f"{run_uri}/plots/{name}", png)
     return explained
@@ -306,6 +306,7 @@ def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
                 "timings_s": {k: round(v, 3) for k, v in timings.items()},
                 # Task-result bytes the driver received (Spark's resultSize metric): the fit's and the run's.
                 "driver_result_bytes": {"fit": fit_traffic["bytes"], "run": traffic.read()["bytes"]},
+                "partitions": data.unique.rdd.getNumPartitions(),
                 "finished_at": datetime.now(timezone.utc).isoformat(),
             }
             write_bytes(spark, f"{run_uri}/summary.json", json.dumps(summary, indent=1).encode())

@@ -69,6 +69,7 @@ class LocalCluster:
     cores: int = 1
     memory: str = "4g"
     workdir: Path | None = None
+    tie_to_parent: bool = True   # the JVMs get SIGTERM if this process dies (not for `start`, which exits)
     master_url: str = ""
     web_url: str = ""
     pids: list[int] = field(default_factory=list)
@@ -103,7 +104,8 @@ class LocalCluster:
         with open(log, "wb") as out:
             proc = subprocess.Popen([str(spark_home() / "bin" / "spark-class"), *args], stdout=out,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=loopback_env(),
-                                    cwd=self.workdir, start_new_session=True)   # its own group: killed as one
+                                    cwd=self.workdir, start_new_session=True,   # its own group: killed as one
+                                    preexec_fn=_die_with_parent if self.tie_to_parent else None)
         self.pids.append(proc.pid)
         self.logs.append(str(log))
 
@@ -137,6 +139,17 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG), so a killed test
+    run or benchmark never leaves a cluster behind. It survives the exec into the JVM."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the context manager's stop() still applies
+        pass
 
 
 def _running(pid: int) -> bool:
@@ -203,13 +216,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Error: a cluster is already running at {previous['master_url']} (stop it first)", file=sys.stderr)
             return 1
         try:
-            cluster = LocalCluster(workers=args.workers, cores=args.cores, memory=args.memory).start()
+            cluster = LocalCluster(workers=args.workers, cores=args.cores, memory=args.memory,
+                                   tie_to_parent=False).start()
         except ClusterError as exc:
             print(f"Error: {exc}", file=sys.stderr)
             return 1
         path.parent.mkdir(parents=True, exist_ok=True)
         info = asdict(cluster)
         info["workdir"] = str(cluster.workdir)
+        info.pop("tie_to_parent")
         path.write_text(json.dumps(info, indent=1))
         print(cluster.master_url)
         print(f"web UI {cluster.web_url}; logs in {cluster.workdir}; stop with: python -m cloud_pca.standalone stop",

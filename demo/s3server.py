@@ -1,12 +1,17 @@
 """A local S3-compatible server on 127.0.0.1 (moto's server mode), for the demo and the tests.
 
 ``mode="thread"`` runs it inside this process (state survives a stop/start on the same port, which the
-fault tests use); ``mode="process"`` runs ``python -m moto.server`` as a child that is always stopped.
+fault tests use); ``mode="process"`` runs it as a child (``python -m demo.s3server``) that is always stopped.
 Only loopback is ever bound or contacted.
+
+With IAM checks on (``INITIAL_NO_AUTH_ACTION_COUNT``), moto matches policy resources with a regex in which
+``?`` is a quantifier; in AWS, ``?`` is one character (the generated policies use it to fix key shapes).
+:func:`aws_globs` makes moto match as AWS does; it is applied to both modes.
 """
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,6 +20,16 @@ import urllib.request
 
 TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                     "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def aws_globs() -> None:
+    """Make moto's IAM resource matching AWS's: ``*`` any characters, ``?`` exactly one, the rest literal."""
+    from moto.iam.access_control import IAMPolicyStatement
+
+    def _match(pattern: str, string: str):
+        return re.match("^" + re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".") + "$", string, re.DOTALL)
+
+    IAMPolicyStatement._match = staticmethod(_match)
 
 
 def free_port() -> int:
@@ -46,12 +61,12 @@ class LocalS3:
             from moto.server import ThreadedMotoServer
 
             logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-
+            aws_globs()
             self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
             self._server.start()
         else:
             env = {**os.environ, **TEST_CREDENTIALS, **self.env}
-            self._proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            self._proc = subprocess.Popen([sys.executable, "-m", "demo.s3server", "-H", "127.0.0.1", "-p", str(self.port)],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                                           # its own session: Ctrl-C in the terminal reaches us, not the server,
                                           # so it keeps serving until we stop it in order
@@ -99,3 +114,10 @@ def prefix_bytes(s3, bucket: str, prefix: str) -> tuple[int, int]:
             n += 1
             size += obj["Size"]
     return n, size
+
+
+if __name__ == "__main__":  # the child of mode="process": moto's server, matching resources as AWS does
+    from moto.server import main as moto_main
+
+    aws_globs()
+    sys.exit(moto_main(sys.argv[1:]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import io
 import json
-import os
 import re
 import subprocess
 import sys
@@ -25,7 +24,7 @@ BUCKET = "fruits-test-bucket"
 # ------------------------------------------------------------------------------------------- policies
 def test_no_wildcard_s3_allow_and_the_checker_catches_one():
     docs = policies.policy_documents(BUCKET, "team")
-    for name in ("emr-instance-profile", "edge-uploader", "bucket-policy"):
+    for name in ("emr-instance-profile", "device-identity", "edge-uploader", "bucket-policy"):
         assert policies.wildcard_findings(docs[name]) == [], name
     bad = {"Statement": [{"Sid": "Old", "Effect": "Allow", "Action": ["s3:*"], "Resource": "*"}]}
     assert len(policies.wildcard_findings(bad)) == 2
@@ -33,15 +32,22 @@ def test_no_wildcard_s3_allow_and_the_checker_catches_one():
     assert len(policies.wildcard_findings(sneaky)) == 2
 
 
-def test_allow_deny_matrix_is_the_intended_one():
+def test_access_matrix_is_the_layout_tables(tmp_path):
+    """Computed by evaluating the documents for one key of each area, made by the layout's key functions."""
     matrix = policies.access_matrix(BUCKET, "team")
-    rw = "read+write+list"
     assert matrix["emr-instance-profile"] == {
-        "bootstrap": "read+list", "code": "read+list", "models": "read+list", "raw": "read+list",
-        "vectors": "read+list", "pca": rw, "logs": rw, "other": ""}
-    assert matrix["edge-uploader"] == {
-        "bootstrap": "", "code": "", "models": "read", "raw": "write", "vectors": "write", "pca": "", "logs": "",
-        "other": ""}
+        "vectors": "read+list", "projected": "read+list", "raw": "read+list", "published": "read+write+list",
+        "models": "read+list", "pca": "read+write+list", "code": "read+list", "bootstrap": "read+list",
+        "logs": "write", "other": ""}
+    device = {"vectors": "write", "projected": "write", "raw": "write", "published": "read", "models": "read",
+              "pca": "", "code": "", "bootstrap": "", "logs": "", "other": ""}
+    assert matrix["device (its own client= folder)"] == device
+    assert matrix["device (another device's folder)"] == {**device, "vectors": "", "projected": "", "raw": ""}
+    assert matrix["laptop uploader (static key)"] == device
+    # The README shows exactly this matrix.
+    readme = (ROOT / "README.md").read_text()
+    assert policies.matrix_markdown(policies.EXAMPLE_BUCKET, "fruits") in readme, \
+        "README: paste `python -m bootstrap.policies --prefix fruits` 's matrix"
     docs = policies.policy_documents(BUCKET, "team")
     key = f"arn:aws:s3:::{BUCKET}/team/vectors/x.parquet"
     assert policies.allowed(docs["emr-instance-profile"], docs["bucket-policy"], "s3:GetObject", key)
@@ -49,8 +55,12 @@ def test_allow_deny_matrix_is_the_intended_one():
                                 {"aws:SecureTransport": "false"}), "requests without TLS are denied"
     assert not policies.allowed(docs["emr-instance-profile"], docs["bucket-policy"], "s3:ListBucket",
                                 f"arn:aws:s3:::{BUCKET}", {"s3:prefix": ""}), "no listing of the whole bucket"
-    assert not policies.allowed(docs["emr-instance-profile"], docs["bucket-policy"], "s3:GetObject",
-                                "arn:aws:s3:::other-bucket/team/vectors/x")
+    scratch = policies.Request.object("s3:DeleteObject", BUCKET, "team/pca/run=r/projections/_temporary/0/part-0")
+    assert policies.allowed(docs["emr-instance-profile"], docs["bucket-policy"], scratch), \
+        "Spark's committer may remove its own temporaries"
+    for key in ("team/pca/run=r/summary.json", "team/logs/j-1/x", "team/vectors/model=a/x.parquet"):
+        assert not policies.allowed(docs["emr-instance-profile"], docs["bucket-policy"],
+                                    policies.Request.object("s3:DeleteObject", BUCKET, key)), key
 
 
 def test_committed_policy_files_are_what_the_function_makes():
@@ -60,16 +70,31 @@ def test_committed_policy_files_are_what_the_function_makes():
     assert json.loads((policies.POLICY_DIR / "bucket-settings.json").read_text()) == policies.bucket_settings()
 
 
-def test_parliament_finds_nothing():
+def parliament_findings(doc: dict) -> list[tuple[str, str]]:
+    """parliament's findings, on what parliament can parse: it splits ARNs on ':' and only knows ${aws:...}
+    variables, so the Cognito variable is shown to it as ${aws:userid} (same place, same role). Its IAM data
+    knows s3:if-none-match but predates s3:ObjectCreationOperation (S3's conditional writes, 2024): that one
+    finding is expected (our evaluator checks the condition)."""
     from parliament import analyze_policy_string
 
+    text = json.dumps(doc).replace(policies.DEVICE_VARIABLE, "${aws:userid}")
+    return [(f.issue, str(f.detail)) for f in analyze_policy_string(text).findings]
+
+
+NEWER_THAN_PARLIAMENT = ("s3:ObjectCreationOperation",)
+
+
+def test_parliament_finds_nothing_but_the_condition_keys_newer_than_its_data():
     docs = policies.policy_documents(BUCKET, "team")
-    for name in ("emr-instance-profile", "edge-uploader", "bucket-policy"):
-        findings = analyze_policy_string(json.dumps(docs[name])).findings
-        assert [(f.issue, f.detail) for f in findings] == [], name
-    # The linter is live: a broad policy does get findings.
+    for name in ("emr-instance-profile", "device-identity", "edge-uploader", "bucket-policy"):
+        findings = parliament_findings(docs[name])
+        unexplained = [f for f in findings if not (f[0] == "UNKNOWN_CONDITION_FOR_ACTION"
+                                                   and any(k in f[1] for k in NEWER_THAN_PARLIAMENT))]
+        assert unexplained == [], name
+    assert len(parliament_findings(docs["bucket-policy"])) == 1    # the new key, nothing else
+    # The linter is live: a broad or misspelt policy does get findings.
     broad = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObjct", "Resource": "*"}]}
-    assert analyze_policy_string(json.dumps(broad)).findings
+    assert parliament_findings(broad)
 
 
 @pytest.mark.parametrize("name", ["", "Bad_Name", "ab", "a..b", "192.168.1.1", "x" * 64])
@@ -78,9 +103,10 @@ def test_invalid_bucket_names_are_refused(name):
         policies.policy_documents(name)
 
 
-def test_edge_credentials_can_upload_but_not_list_or_read(tmp_path, vectors_file):
-    """The uploader policy, enforced by a local S3 with IAM checks on: `fruits-edge upload` works with it,
-    and the same keys cannot list the bucket or read the vectors back."""
+def test_edge_credentials_can_upload_but_not_list_read_or_write_elsewhere(tmp_path, vectors_file, monkeypatch):
+    """The laptop uploader's policy, enforced by a local S3 with IAM checks on (moto, matching '?' as AWS
+    does): `fruits-edge upload` works with it, twice (412 = done); the same keys cannot list the bucket, read
+    the vectors back, write under pca/, or write a key of another shape under vectors/."""
     import boto3
     from botocore.exceptions import ClientError
 
@@ -103,32 +129,26 @@ def test_edge_credentials_can_upload_but_not_list_or_read(tmp_path, vectors_file
         admin_key = iam.create_access_key(UserName="admin")["AccessKey"]            # 8
         root = boto3.client("s3", aws_access_key_id=admin_key["AccessKeyId"],
                             aws_secret_access_key=admin_key["SecretAccessKey"], **kw)
-        env = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
-        phone = boto3.client("s3", aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                             aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], **kw)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        phone = boto3.client("s3", **kw)
         assert phone.get_object(Bucket=BUCKET, Key="team/models/card.json")["Body"].read() == b"{}"
-
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            code = edge_main(["--quiet", "upload", str(vectors_file), f"s3://{BUCKET}/team", "--endpoint-url",
-                              server.endpoint_url, "--manifest", str(tmp_path / "m.sqlite")])
-            assert code == 0
-            # Again with a fresh manifest: S3 refuses the existing key (412), which counts as done.
-            code = edge_main(["--quiet", "upload", str(vectors_file), f"s3://{BUCKET}/team", "--endpoint-url",
-                              server.endpoint_url, "--manifest", str(tmp_path / "m2.sqlite")])
-            assert code == 0
-        finally:
-            for k, v in old.items():
-                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        with pytest.raises(ClientError, match="AccessDenied"):
-            phone.list_objects_v2(Bucket=BUCKET, Prefix="team/vectors/")
+        for manifest in ("m.sqlite", "m2.sqlite"):   # the second: a fresh manifest, S3 refuses the key (412)
+            assert edge_main(["--quiet", "upload", str(vectors_file), f"s3://{BUCKET}/team", "--endpoint-url",
+                              server.endpoint_url, "--manifest", str(tmp_path / manifest)]) == 0
+        refused = [
+            lambda: phone.list_objects_v2(Bucket=BUCKET, Prefix="team/vectors/"),
+            lambda: phone.get_object(Bucket=BUCKET, Key=keys[0]),
+            lambda: phone.put_object(Bucket=BUCKET, Key="team/pca/run=x/summary.json", Body=b"{}"),
+            lambda: phone.put_object(Bucket=BUCKET, Key="team/vectors/junk.parquet", Body=b"x"),
+            lambda: phone.put_object(Bucket=BUCKET, Key="team/vectors/../pca/x", Body=b"x"),
+            lambda: phone.delete_object(Bucket=BUCKET, Key=keys[0]),
+        ]
         keys = [o["Key"] for o in root.list_objects_v2(Bucket=BUCKET, Prefix="team/vectors/")["Contents"]]
         assert len(keys) == 1
-        with pytest.raises(ClientError, match="AccessDenied"):
-            phone.get_object(Bucket=BUCKET, Key=keys[0])
-        with pytest.raises(ClientError, match="AccessDenied"):
-            phone.put_object(Bucket=BUCKET, Key="team/pca/run=x/summary.json", Body=b"{}")
+        for attempt in refused:
+            with pytest.raises(ClientError, match="AccessDenied"):
+                attempt()
 
 
 # --------------------------------------------------------------------------- the nodes: bootstrap, code
@@ -174,8 +194,17 @@ def aws(monkeypatch):
     monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")  # AWS managed policies (the EMR service role's)
     with mock_aws():
         import boto3
+        from botocore.awsrequest import AWSResponse
 
         session = boto3.Session(region_name="eu-west-3")
+        # moto has no SetIdentityPoolRoles: that one call is recorded here instead of sent (the rest is moto's).
+        session.pool_roles = []
+
+        def set_roles(params=None, **_):
+            session.pool_roles.append(json.loads(params["body"]))
+            return AWSResponse("", 200, {}, None), {}
+
+        session.events.register("before-call.cognito-identity.SetIdentityPoolRoles", set_roles)
         session.client("s3", region_name="eu-west-3").create_bucket(
             Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
         yield session
@@ -208,6 +237,15 @@ def test_launch_creates_exactly_the_planned_cluster(aws):
     iam = aws.client("iam")
     doc = iam.get_role_policy(RoleName=emr.ROLE_INSTANCE, PolicyName="fruits-s3-least-privilege")["PolicyDocument"]
     assert doc == policies.policy_documents(BUCKET, "team")["emr-instance-profile"]
+    # The devices' identity pool and role: each device writes new objects under its own client= folder only.
+    pools = aws.client("cognito-identity").list_identity_pools(MaxResults=10)["IdentityPools"]
+    assert [p["IdentityPoolName"] for p in pools] == [emr.IDENTITY_POOL] and out["identity_pool"] == pools[0]["IdentityPoolId"]
+    pool_docs = policies.policy_documents(BUCKET, "team", pool_id=out["identity_pool"])
+    role = iam.get_role(RoleName=emr.ROLE_DEVICE)["Role"]
+    assert role["AssumeRolePolicyDocument"] == pool_docs["device-trust"]
+    assert iam.get_role_policy(RoleName=emr.ROLE_DEVICE, PolicyName=emr.DEVICE_POLICY)["PolicyDocument"] == \
+        pool_docs["device-identity"]
+    assert aws.pool_roles == [{"IdentityPoolId": out["identity_pool"], "Roles": {"unauthenticated": role["Arn"]}}]
     profile = iam.get_instance_profile(InstanceProfileName=emr.INSTANCE_PROFILE)["InstanceProfile"]
     assert [r["RoleName"] for r in profile["Roles"]] == [emr.ROLE_INSTANCE]
     # The bucket is hardened and holds the code, model and bootstrap.
@@ -215,7 +253,10 @@ def test_launch_creates_exactly_the_planned_cluster(aws):
     assert all(s3.get_public_access_block(Bucket=BUCKET)["PublicAccessBlockConfiguration"].values())
     rule = s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]["Rules"][0]
     assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
-    assert json.loads(s3.get_bucket_policy(Bucket=BUCKET)["Policy"])["Statement"][0]["Sid"] == "DenyWithoutTLS"
+    sids = [st["Sid"] for st in json.loads(s3.get_bucket_policy(Bucket=BUCKET)["Policy"])["Statement"]]
+    assert sids == ["DenyWithoutTLS", "DenyCreationWithoutIfNoneMatch"]
+    lifecycle = s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]
+    assert [r["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] for r in lifecycle] == [policies.MULTIPART_DAYS]
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}
     assert keys == {"team/code/fruits-code.zip", "team/code/fruits_job.py", "team/bootstrap/emr-bootstrap.sh",
                     "team/bootstrap/requirements-emr.txt", "team/models/mobilenetv2_160_fp32.tflite",
@@ -231,8 +272,11 @@ def test_plan_creates_nothing(aws, capsys):
 
     assert cloud_main(["emr", "plan", "--bucket", BUCKET, "--prefix", "team", "--vectors", "1000000"]) == 0
     printed = capsys.readouterr().out
-    request = json.loads(printed[: printed.index("\ncost estimate")])
+    request = json.loads(printed[: printed.index("\ndevices' credentials")])
     assert request["ReleaseLabel"].startswith("emr-7.") and "total" in printed
+    devices = json.loads(printed[printed.index("(created by launch):\n") + 21: printed.index("\ncost estimate")])
+    assert devices["Role"]["Policy"]["PolicyDocument"] == policies.policy_documents(BUCKET, "team")["device-identity"]
+    assert aws.client("cognito-identity").list_identity_pools(MaxResults=10)["IdentityPools"] == []
     assert aws.client("emr", region_name="eu-west-3").list_clusters()["Clusters"] == []
     assert aws.client("iam").list_roles()["Roles"] == []
     assert "Contents" not in aws.client("s3", region_name="eu-west-3").list_objects_v2(Bucket=BUCKET)
@@ -240,6 +284,10 @@ def test_plan_creates_nothing(aws, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--bucket", "Bad_Bucket"], "bucket name 'Bad_Bucket' is invalid"),
+    (["--bucket", BUCKET, "--prefix", "../x"], "prefix '../x': use folders of letters"),
+    (["--bucket", BUCKET, "--run-id", "../../x"], "run id '../../x'"),
+    (["--bucket", BUCKET, "--k", "0"], "k=0 must be between 1 and n_features=1280"),
+    (["--bucket", BUCKET, "--variance", "1.5"], "variance=1.5 must be in (0, 1]"),
     (["--bucket", BUCKET, "--region", "mars-1"], "region 'mars-1' is not an AWS region"),
     (["--bucket", BUCKET, "--instance-type", "m5.mega"], "instance type 'm5.mega' is unknown"),
     (["--bucket", BUCKET, "--release", "emr-6.15.0"], "does not ship Spark 3.5"),
@@ -293,7 +341,9 @@ def test_failed_launch_removes_what_it_created(aws, fail_at):
     msg = str(info.value)
     assert msg.startswith("launch failed (") and "no capacity" in msg
     assert f"removed role {emr.ROLE_INSTANCE}" in msg and f"removed role {emr.ROLE_SERVICE}" in msg
+    assert f"removed role {emr.ROLE_DEVICE}" in msg and "removed identity pool" in msg
     assert f"removed instance profile {emr.INSTANCE_PROFILE}" in msg
+    assert aws.client("cognito-identity").list_identity_pools(MaxResults=10)["IdentityPools"] == []
     assert aws.client("iam").list_roles()["Roles"] == []
     assert aws.client("emr", region_name="eu-west-3").list_clusters()["Clusters"] == []
     if fail_at == "PutObject":
