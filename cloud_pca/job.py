@@ -4,7 +4,8 @@ Three stages, each a function: :func:`read_stage` (files checked against the con
 model fingerprints checked, duplicates found), :func:`fit_stage` (StandardScaler + PCA), and
 :func:`write_outputs`. Output, under ``OUTPUT/run=<run_id>/``::
 
-    projections/            Parquet: image_id, label, client_id, pca (k floats), pca_model (the model's id)
+    projections/            Parquet: image_id, label, client_id, pca (k floats), pca_model (the model's id),
+                            residual (|z|^2 - |y|^2: how far off the k-d subspace; publish calibrates with it)
     model/                  the fitted model: a Spark ML PipelineModel (StandardScalerModel + PCAModel), with
                             fruits-pca.npz (FruitsPCAModel.load) inside
     explained_variance.json / .csv   per component and cumulative, with the chosen k and why
@@ -252,7 +253,7 @@ def write_outputs(spark, cfg: JobConfig, run_uri: str, data: Prepared, model: Fr
     unique = data.unique
     label = F.col(cfg.label_col) if cfg.label_col in unique.columns else F.lit(None).cast("string")
     projected = model.project(unique.select("image_id", label.alias("label"), "client_id", "features"),
-                              model_col="pca_model")
+                              model_col="pca_model", residual_col="residual")
     projected.write.mode("errorifexists").parquet(f"{run_uri}/projections")
     model.save(spark, f"{run_uri}/model")
     data.rejects.write.mode("errorifexists").parquet(f"{run_uri}/rejects")

@@ -296,30 +296,36 @@ class FruitsPCAModel:
         """(n, d) vectors -> (n, k) projections, float64."""
         return ((np.asarray(x, np.float64) - self.mean_) * safe_inverse(self.scale_)) @ self.components_.T
 
-    def project(self, df, input_col: str = "features", output_col: str = "pca", model_col: str | None = None):
-        """``df``'s other columns plus ``output_col`` (array<float> of k values) and, when ``model_col`` is
-        given, this model's id: numpy per Arrow batch (``mapInArrow``), the same numbers as :meth:`transform`
-        (Spark ML's per-row pipeline) up to float32 rounding, several times faster."""
+    def project(self, df, input_col: str = "features", output_col: str = "pca", model_col: str | None = None,
+                residual_col: str | None = None):
+        """``df``'s other columns plus ``output_col`` (array<float> of k values), and when asked this model's id
+        (``model_col``) and each row's residual off the k-d subspace (``residual_col``: |z|^2 - |y|^2, what
+        publish calibrates "unknown" with): numpy per Arrow batch (``mapInArrow``), the same numbers as
+        :meth:`transform` (Spark ML's per-row pipeline) up to float32 rounding, several times faster."""
         import pyarrow as pa
-        from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
+        from pyspark.sql.types import ArrayType, DoubleType, FloatType, StringType, StructField, StructType
 
         keep = [f for f in df.schema.fields if f.name != input_col]
         extra = [StructField(output_col, ArrayType(FloatType()))]
-        if model_col:
-            extra.append(StructField(model_col, StringType()))
+        extra += [StructField(model_col, StringType())] if model_col else []
+        extra += [StructField(residual_col, DoubleType())] if residual_col else []
         schema = StructType(keep + extra)
         mean, inv, comps_t, k = self.mean_, safe_inverse(self.scale_), self.components_.T, self.n_components_
         names, model_id = [f.name for f in keep], self.model_id_
 
         def apply(batches):
             for batch in batches:
-                x = features_matrix(batch.column(batch.schema.get_field_index(input_col)))
-                y = ((x - mean) * inv) @ comps_t if len(x) else np.zeros((0, k))
+                z = (features_matrix(batch.column(batch.schema.get_field_index(input_col))) - mean) * inv
+                y = z @ comps_t if len(z) else np.zeros((0, k))
                 cols = [batch.column(batch.schema.get_field_index(c)) for c in names] + [features_array(y)]
                 out_names = names + [output_col]
                 if model_col:
                     cols.append(pa.array([model_id] * batch.num_rows, pa.string()))
                     out_names.append(model_col)
+                if residual_col:
+                    res = np.clip((z * z).sum(axis=1) - (y * y).sum(axis=1), 0.0, None) if len(z) else np.zeros(0)
+                    cols.append(pa.array(res, pa.float64()))
+                    out_names.append(residual_col)
                 yield pa.RecordBatch.from_arrays(cols, names=out_names)
 
         return df.mapInArrow(apply, schema)

@@ -12,7 +12,7 @@ import json
 
 from contract.errors import FruitsError, one_line
 from contract.layout import index_key, latest_projection_key, projection_key
-from contract.projection import Projection, ReferenceIndex
+from contract.projection import THRESHOLD_MARGIN, THRESHOLD_QUANTILE, Projection, ReferenceIndex
 from contract.vectors import safe_inverse
 from cloud_pca.pca import FruitsPCAModel, PCAInputError
 from cloud_pca.spark import read_bytes, write_bytes
@@ -68,16 +68,18 @@ def projection_from_run(spark, run_uri: str, k: int | None = None) -> Projection
 
 
 def centroids(spark, run_uri: str, k: int, projection_id: str) -> ReferenceIndex:
-    """Per-label centroids of the first k projected components, aggregated in Spark."""
+    """Per-label centroids of the first k projected components and per-label distance thresholds
+    (``THRESHOLD_MARGIN`` x the 99th percentile of the label's own rows' distances to its centroid), both
+    aggregated in Spark: the driver receives a few numbers per label."""
+    import numpy as np
     from pyspark.sql import functions as F
 
-    proj = spark.read.parquet(f"{run_uri.rstrip('/')}/projections").filter(F.col("label").isNotNull())
-    rows = (proj.select("label", F.posexplode(F.slice("pca", 1, k)).alias("pos", "v"))
+    proj = (spark.read.parquet(f"{run_uri.rstrip('/')}/projections").filter(F.col("label").isNotNull())
+            .select("label", F.slice("pca", 1, k).alias("p")))
+    rows = (proj.select("label", F.posexplode("p").alias("pos", "v"))
             .groupBy("label", "pos").agg(F.avg("v").alias("v"), F.count(F.lit(1)).alias("n")).collect())
     if not rows:
         raise PublishError(f"{run_uri}/projections has no labelled rows: nothing to identify with")
-    import numpy as np
-
     labels = sorted({r["label"] for r in rows})
     at = {lab: i for i, lab in enumerate(labels)}
     c = np.zeros((len(labels), k))
@@ -85,7 +87,30 @@ def centroids(spark, run_uri: str, k: int, projection_id: str) -> ReferenceIndex
     for r in rows:
         c[at[r["label"]], r["pos"]] = r["v"]
         counts[at[r["label"]]] = r["n"]
-    return ReferenceIndex(labels, c, counts, projection_id)
+    cents = spark.createDataFrame([(lab, c[i].tolist()) for i, lab in enumerate(labels)],
+                                  "label string, centroid array<double>")
+    sq = F.zip_with("p", "centroid", lambda a, b: (a - b) * (a - b))
+    dist = proj.join(F.broadcast(cents), "label").select(
+        "label", F.sqrt(F.aggregate(sq, F.lit(0.0), lambda acc, x: acc + x)).alias("d"))
+    q = {r["label"]: float(r["q"]) for r in
+         dist.groupBy("label").agg(F.percentile_approx("d", THRESHOLD_QUANTILE).alias("q")).collect()}
+    thresholds = np.array([THRESHOLD_MARGIN * q[lab] for lab in labels])
+    return ReferenceIndex(labels, c, counts, projection_id, thresholds, residual_threshold(spark, run_uri, k))
+
+
+def residual_threshold(spark, run_uri: str, k: int) -> float:
+    """``THRESHOLD_MARGIN`` x the 99th percentile of the run's rows' residuals off the first k components (the
+    run's residual plus the squares of the components beyond k)."""
+    from pyspark.sql import functions as F
+
+    proj = spark.read.parquet(f"{run_uri.rstrip('/')}/projections")
+    if "residual" not in proj.columns:   # a run from before residuals: never "unknown" by residual
+        return float("inf")
+    beyond = F.aggregate(F.transform(F.slice("pca", k + 1, 1 << 20), lambda v: v * v), F.lit(0.0),
+                         lambda acc, x: acc + x)
+    q = proj.select((F.col("residual") + beyond).alias("r")).agg(
+        F.percentile_approx("r", THRESHOLD_QUANTILE).alias("q")).first()["q"]
+    return THRESHOLD_MARGIN * float(q)
 
 
 def publish(spark, run_uri: str, root_uri: str, k: int | None = None) -> tuple[Projection, ReferenceIndex, list[str]]:

@@ -7,7 +7,8 @@ Artifacts (numpy ``.npz``, read with numpy alone, so the edge needs nothing more
                                   meta: model_sha256, model_name, k, run
     projection-latest-<model_sha256>.json   {"projection_id": "<id>"}: the pointer a device reads (it may
                                   only GET under models/, never list)
-    index-<id>.npz                labels (c), centroids (c x k) in the projection's space, counts (c)
+    index-<id>.npz                labels (c), centroids (c x k) in the projection's space, counts (c), and per
+                                  label the distance beyond which a photo is not that label (thresholds, c)
 
 ``<id>`` is the first 16 hex characters of the sha256 of the projection's arrays and meta, so the same
 projection always has the same name. Projected vectors are contract rows whose ``features`` hold k values,
@@ -53,6 +54,13 @@ class Projection:
         x = np.asarray(x, dtype=np.float64)
         return (((x - self.mean) * self.scale) @ self.components).astype(np.float32)
 
+    def residual(self, x: np.ndarray) -> np.ndarray | float:
+        """How far the standardized vector lies off the projection's k-d subspace: ``|z|^2 - |z C|^2``. A photo
+        of a fruit the PCA never saw has a large residual even when its projection lands near a centroid."""
+        z = (np.asarray(x, dtype=np.float64) - self.mean) * self.scale
+        y = z @ self.components
+        return np.clip((z * z).sum(axis=-1) - (y * y).sum(axis=-1), 0.0, None)
+
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
         meta = {"model_sha256": self.model_sha256, "model_name": self.model_name, "k": self.k, "run": self.run,
@@ -86,32 +94,54 @@ class Projection:
                                 f"spaces. Use the same .tflite, or publish a projection for this model")
 
 
+UNKNOWN = "unknown"
+THRESHOLD_QUANTILE = 0.99     # of the index rows' distances (per label) and residuals ...
+THRESHOLD_MARGIN = 1.5        # ... times this: beyond it, a photo is not that label (or no known fruit)
+
+
 @dataclass
 class ReferenceIndex:
+    """Per-label centroids in the projection's space, with what a photo of a known fruit looks like,
+    calibrated on the index's own rows (``THRESHOLD_MARGIN`` x their 99th percentile): per label, the distance
+    to its centroid; for all, the residual off the projection's subspace (:meth:`Projection.residual`)."""
+
     labels: list[str]
     centroids: np.ndarray     # (c, k) in the projection's space
     counts: np.ndarray        # (c,)
     projection_id: str
+    thresholds: np.ndarray | None = None   # (c,) distances; None (an index from before thresholds): never "unknown"
+    residual_threshold: float = float("inf")
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
+        thresholds = self.thresholds if self.thresholds is not None else np.full(len(self.labels), np.inf)
         np.savez(buf, labels=np.array(self.labels), centroids=self.centroids.astype(np.float32),
-                 counts=self.counts.astype(np.int64), projection_id=np.array(self.projection_id))
+                 counts=self.counts.astype(np.int64), projection_id=np.array(self.projection_id),
+                 thresholds=np.asarray(thresholds, np.float64), residual_threshold=np.array(self.residual_threshold))
         return buf.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes, origin: str = "<index>") -> "ReferenceIndex":
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                thresholds = z["thresholds"].astype(np.float64) if "thresholds" in z.files else None
+                residual = float(z["residual_threshold"]) if "residual_threshold" in z.files else float("inf")
                 return cls([str(v) for v in z["labels"]], z["centroids"].astype(np.float64), z["counts"],
-                           str(z["projection_id"]))
+                           str(z["projection_id"]), thresholds, residual)
         except (ValueError, KeyError, OSError) as exc:
             raise ContractError(f"{origin}: not a reference index ({exc})") from None
 
-    def rank(self, y: np.ndarray, top: int = 3) -> list[tuple[str, float]]:
-        """Labels nearest to the projected vector ``y``, with softmax scores over negative distances."""
-        d = np.sqrt(((self.centroids - y[None, :]) ** 2).sum(axis=1))
-        z = -(d - d.min()) / max(float(np.median(d) - d.min()), 1e-9) * 4.0
-        p = np.exp(z) / np.exp(z).sum()
-        order = np.argsort(d)[:top]
-        return [(self.labels[i], float(p[i])) for i in order]
+    def rank(self, y: np.ndarray, top: int = 3, residual: float = 0.0) -> list[tuple[str, float, float]]:
+        """Labels nearest to the projected vector ``y``: (label, score, distance), nearest first. The score is 1
+        at a label's centroid and falls to 0 at its threshold. When the nearest label is beyond its
+        threshold, or the photo's ``residual`` beyond the index's, the answer starts with :data:`UNKNOWN`
+        (score 0, and the nearest distance)."""
+        d = np.sqrt(((self.centroids - np.asarray(y, np.float64)[None, :]) ** 2).sum(axis=1))
+        t = self.thresholds if self.thresholds is not None else np.full(len(d), np.inf)
+        order = np.argsort(d, kind="stable")[:top]
+        out = [(self.labels[i], float(max(0.0, 1.0 - d[i] / t[i])) if np.isfinite(t[i]) and t[i] > 0 else 1.0,
+                float(d[i])) for i in order]
+        nearest = order[0]
+        if d[nearest] > t[nearest] or residual > self.residual_threshold:
+            out.insert(0, (UNKNOWN, 0.0, float(d[nearest])))
+        return out[:top]

@@ -142,6 +142,10 @@ def conform_table(table, *, origin: str = "<table>", dim: int | None = None, nan
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    if nanos_as_int and "vectorized_at" in table.schema.names and \
+            pa.types.is_integer(table.schema.field("vectorized_at").type):
+        i = table.schema.get_field_index("vectorized_at")
+        table = table.set_column(i, "vectorized_at", table.column(i).cast(pa.int64()).cast(pa.timestamp("ns", tz="UTC")))
     conform_schema(table.schema, origin)
     projected = is_projected(table.schema)
     schema = vector_schema(projected)
@@ -174,8 +178,6 @@ def conform_table(table, *, origin: str = "<table>", dim: int | None = None, nan
         elif field.name == "features":
             col = col.cast(pa.list_(pa.float32()))
         elif field.name == "vectorized_at":
-            if nanos_as_int and pa.types.is_integer(col.type):
-                col = col.cast(pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
             col = col.cast(pa.timestamp(col.type.unit, tz="UTC")) if col.type.tz is None else col
             col = col.cast(pa.timestamp("us", tz="UTC"), safe=False)
         cols[field.name] = col

@@ -75,7 +75,7 @@ def identify_held_out(held: Path, s3, bucket: str, root: str, endpoint: str | No
     for photo in sorted(held.rglob("*")):
         if not photo.is_file():
             continue
-        (label, score), *_ = identify(photo, model, projection, index, top=1)
+        (label, score, _), *_ = identify(photo, model, projection, index, top=1)
         rows.append({"photo": f"{photo.parent.name}/{photo.name}", "identified as": label, "score": round(score, 3),
                      "right": label == photo.parent.name})
     return {"rows": rows, "accuracy": sum(r["right"] for r in rows) / max(1, len(rows)), "k": projection.k,

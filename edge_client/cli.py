@@ -229,8 +229,8 @@ def cmd_identify(args) -> int:
         projection, index = load_local(args.projection, "projection"), load_local(args.index, "index")
     else:
         raise UserError("give --from s3://BUCKET/PREFIX, or both --projection and --index")
-    for label, score in identify(args.photo, model, projection, index, top=args.top):
-        print(f"{score:6.3f}  {label}")
+    for label, score, distance in identify(args.photo, model, projection, index, top=args.top):
+        print(f"{score:6.3f}  {label}  (distance {distance:.1f})")
     return 0
 
 

@@ -94,8 +94,9 @@ def project_file(vectors: str | os.PathLike, projection: Projection, out: str | 
 
 
 def identify(photo: str | os.PathLike, model, projection: Projection, index: ReferenceIndex,
-             top: int = 3) -> list[tuple[str, float]]:
-    """The most likely labels of one photo, with scores that sum to 1 over all labels."""
+             top: int = 3) -> list[tuple[str, float, float]]:
+    """The most likely labels of one photo: (label, score, distance), best first; "unknown" first when the
+    photo is beyond every label's distance threshold (see :meth:`ReferenceIndex.rank`)."""
     from featurizer.preprocess import ImageRejected, preprocess
 
     try:
@@ -112,4 +113,5 @@ def identify(photo: str | os.PathLike, model, projection: Projection, index: Ref
         x, _, _ = preprocess(data, model.input_size)
     except ImageRejected as exc:
         raise UserError(f"{photo}: {exc}") from None
-    return index.rank(projection.project(model.features(x)), top=top)
+    features = model.features(x)
+    return index.rank(projection.project(features), top=top, residual=float(projection.residual(features)))

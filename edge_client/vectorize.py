@@ -140,11 +140,11 @@ def find_photos(inputs: Iterable[str | os.PathLike], *, label: str | None = None
 
 def check_output(out: Path, photos: list[Photo]) -> None:
     """Refuse an output that would replace something else than a vectors file (a photo, say)."""
-    if out.suffix.lower() != ".parquet":
-        raise UserError(f"--out {printable(out)}: the vectors file must end with .parquet")
     real = os.path.realpath(out)
     if any(os.path.realpath(p.path) == real for p in photos):
         raise UserError(f"--out {printable(out)} is one of the input photos; it would be replaced")
+    if out.suffix.lower() != ".parquet":
+        raise UserError(f"--out {printable(out)}: the vectors file must end with .parquet")
     if out.exists():
         if out.is_dir():
             raise UserError(f"--out {printable(out)} is a folder")

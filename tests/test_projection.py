@@ -3,6 +3,7 @@ projection, uploads k-d vectors the PCA job keeps apart from raw ones, and ident
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -47,6 +48,16 @@ def test_device_projection_equals_the_cloud_projection(published, vectors_file, 
 
 
 @pytest.mark.slow
+def identify_lines(edge_main, capsys, photo, base, pid, top=2):
+    code = edge_main(["identify", str(photo), "--projection", str(base / "root" / "models" / f"projection-{pid}.npz"),
+                      "--index", str(base / "root" / "models" / f"index-{pid}.npz"), "--top", str(top)])
+    assert code == 0
+    lines = [re.fullmatch(r"\s*([\d.]+)  (.+)  \(distance ([\d.]+)\)", line)
+             for line in capsys.readouterr().out.strip().splitlines()]
+    assert all(lines), "each line: score, label, (distance d)"
+    return [m.groups() for m in lines]
+
+
 def test_identify_held_out_photos_beats_chance_widely(published, tmp_path, capsys):
     """Photos never seen by the PCA (another seed): top-1 must be right for >= 80% of them. Chance is 1/6
     (17%); the synthetic classes differ in colour and shape, and nearest-centroid on the full vectors already
@@ -54,19 +65,62 @@ def test_identify_held_out_photos_beats_chance_widely(published, tmp_path, capsy
     from models.synthetic import generate
 
     base, result, projection, index = published
-    pid = projection.projection_id
     held_out = generate(tmp_path / "new", per_class=5, n_classes=6, seed=1234)
     right = total = 0
     for photo in sorted(held_out.rglob("*.jpg")):
-        code = edge_main(["identify", str(photo), "--projection", str(base / "root" / "models" / f"projection-{pid}.npz"),
-                          "--index", str(base / "root" / "models" / f"index-{pid}.npz"), "--top", "2"])
-        assert code == 0
-        lines = capsys.readouterr().out.strip().splitlines()
-        scores = [float(line.split()[0]) for line in lines]
-        assert len(lines) == 2 and scores[0] >= scores[1] and 0 < sum(scores) <= 1.0001
-        right += lines[0].split(None, 1)[1] == photo.parent.name
+        lines = identify_lines(edge_main, capsys, photo, base, projection.projection_id)
+        scores = [float(line[0]) for line in lines]
+        assert len(lines) == 2 and all(0 <= x <= 1 for x in scores)
+        nearest = next(line[1] for line in lines if line[1] != "unknown")   # ("unknown": see the next test)
+        right += nearest == photo.parent.name
         total += 1
     assert total == 30 and right / total >= 0.8, f"{right}/{total}"
+
+
+@pytest.fixture(scope="module")
+def bigger_index(tmp_path_factory, spark, model_path):
+    """An index of 6 synthetic classes x 40 photos (k=8), published from a job run."""
+    from edge_client.vectorize import find_photos, vectorize
+    from models.synthetic import generate
+
+    base = tmp_path_factory.mktemp("bigger")
+    photos = generate(base / "photos", per_class=40, n_classes=6, seed=77)
+    (base / "in").mkdir()
+    vectorize(find_photos([photos]), base / "in" / "v.parquet", model_path=model_path, threads=2,
+              client_id="phone", progress=False)
+    result = run(spark, JobConfig(inputs=[f"file://{base}/in"], output=f"file://{base}/pca", k=K, run_id="b",
+                                  plots=False))
+    projection, index, _ = publish(spark, result.run_uri, f"file://{base}/root")
+    return base, projection, index
+
+
+@pytest.mark.slow
+def test_identify_says_unknown_for_fruits_the_index_does_not_hold(bigger_index, tmp_path, capsys):
+    """The index holds 6 classes; photos (never seen) of the 4 other synthetic classes must be "unknown" and
+    photos of the 6 not. What separates them is mostly the residual off the projection's subspace (a new
+    fruit varies in directions the PCA never saw), with the per-label distance thresholds; both calibrated on
+    the index's rows. Measured here: 20 of 20 unseen-class photos "unknown", 2 of 30 known ones."""
+    from models.synthetic import class_names, generate
+
+    base, projection, index = bigger_index
+    assert index.thresholds is not None and (index.thresholds > 0).all() and 0 < index.residual_threshold < 1e12
+    photos = generate(tmp_path / "all", per_class=5, n_classes=10, seed=4321)
+    known = set(class_names(6))
+    rate = {"known": [0, 0], "unseen": [0, 0]}
+    for photo in sorted(photos.rglob("*.jpg")):
+        lines = identify_lines(edge_main, capsys, photo, base, projection.projection_id)
+        kind = "known" if photo.parent.name in known else "unseen"
+        rate[kind][0] += lines[0][1] == "unknown"
+        rate[kind][1] += 1
+        if lines[0][1] == "unknown":
+            assert float(lines[0][0]) == 0.0
+        elif kind == "known":
+            assert lines[0][1] == photo.parent.name and float(lines[0][0]) > 0
+    with capsys.disabled():
+        print(f"\nunknown: {rate['unseen'][0]}/{rate['unseen'][1]} photos of unseen classes, "
+              f"{rate['known'][0]}/{rate['known'][1]} of known ones")
+    assert rate["unseen"][1] == 20 and rate["known"][1] == 30
+    assert rate["unseen"][0] / 20 >= 0.9 and rate["known"][0] / 30 <= 0.1, rate
 
 
 @pytest.mark.slow
@@ -122,3 +176,9 @@ def test_a_corrupt_or_foreign_artifact_is_refused(tmp_path):
     idx = ReferenceIndex(["x", "y"], np.array([[0.0, 0.0], [10.0, 10.0]]), np.array([3, 4]), p.projection_id)
     back = ReferenceIndex.from_bytes(idx.to_bytes())
     assert back.rank(np.array([9.0, 9.0]))[0][0] == "y" and back.labels == ["x", "y"]
+    # With thresholds: near a centroid -> that label, scored by distance; far from all -> "unknown" first.
+    idx.thresholds = np.array([2.0, 2.0])
+    back = ReferenceIndex.from_bytes(idx.to_bytes())
+    (label, score, distance), _ = back.rank(np.array([10.0, 11.0]), top=2)
+    assert label == "y" and distance == 1.0 and score == 0.5
+    assert back.rank(np.array([50.0, 50.0]), top=2)[0][:2] == ("unknown", 0.0)
