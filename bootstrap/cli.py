@@ -36,6 +36,8 @@ def add_emr_commands(sub) -> None:
         a.add_argument("--idle-timeout", type=int, default=3600, help="seconds idle before auto-termination")
         a.add_argument("--images", action="store_true", help="add the featurize step for raw/ photos")
         a.add_argument("--evaluate", action="store_true", help="add the evaluate step (accuracy vs bytes per image)")
+        a.add_argument("--incremental", action="store_true",
+                       help="the PCA step reads only objects not counted yet (the daily refresh; pca/state/)")
         a.add_argument("--publish", type=int, metavar="K", dest="publish_k",
                        help="add the publish step: a K-component projection + index under models/ for the devices")
         a.add_argument("--model", default="mobilenetv2_160_fp32.tflite", help="model file under models/")
@@ -61,7 +63,7 @@ def spec_from_args(args):
                        instance_type=args.instance_type, core_nodes=args.core_nodes, task_nodes=args.task_nodes,
                        idle_timeout_s=args.idle_timeout, images=args.images, model=args.model, k=args.k,
                        variance=args.variance, subnet_id=args.subnet_id, evaluate=args.evaluate,
-                       publish_k=args.publish_k)
+                       publish_k=args.publish_k, incremental=args.incremental)
     if args.run_id:
         spec.run_id = args.run_id
     return spec

@@ -77,6 +77,7 @@ class ClusterSpec:
     run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     subnet_id: str | None = None
     evaluate: bool = False               # add the evaluate step (accuracy vs bytes per image)
+    incremental: bool = False            # the PCA step counts only new objects (pca/state/); see cloud_pca.incremental
     publish_k: int | None = None         # add the publish step: projection + index with this many components
 
     def uri(self, key: str = "") -> str:
@@ -150,6 +151,8 @@ def build_request(spec: ClusterSpec) -> dict:
         pca_args += ["--input", featurized + "/vectors/"]
     pca_args += ["--output", spec.uri(layout.pca_prefix(root)), "--run-id", spec.run_id]
     pca_args += ["--k", str(spec.k)] if spec.k is not None else ["--variance", str(spec.variance)]
+    if spec.incremental:   # publishing needs every row projected with the new model
+        pca_args += ["--incremental"] + (["--reproject"] if spec.publish_k else [])
     steps.append({"Name": "fruits: StandardScaler + PCA", "ActionOnFailure": "TERMINATE_CLUSTER",
                   "HadoopJarStep": {"Jar": "command-runner.jar", "Args": _spark_submit(spec, pca_args)}})
     run_uri = spec.uri(layout.run_prefix(root, spec.run_id)).rstrip("/")

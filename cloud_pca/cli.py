@@ -79,6 +79,13 @@ def build_parser(extend=None):
                         "instead of failing")
     p.add_argument("--run-id", help="name of the run folder (default: UTC time + random)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run of the same --run-id")
+    m = p.add_mutually_exclusive_group()
+    m.add_argument("--incremental", action="store_true",
+                   help="read only the objects not counted yet: add their statistics to the kept ones "
+                        "(OUTPUT/state/model=<sha>/) and solve again; projections of the new rows only")
+    m.add_argument("--full", action="store_true", help="fit every object and start the incremental state afresh")
+    p.add_argument("--reproject", action="store_true",
+                   help="with --incremental: project every counted row with the new model (publish needs that)")
     p.add_argument("--no-plots", action="store_true")
 
     f = add_command(sub, "featurize", help="raw photos -> vectors (the data contract), for clients that cannot vectorize",
@@ -130,6 +137,7 @@ def cmd_pca(args) -> int:
                     variance=args.variance, solver=args.solver, label_col=args.label_col,
                     model_sha256=args.model_sha256, skip_bad_files=args.skip_bad_files, run_id=args.run_id,
                     plots=not args.no_plots, images=[_uri(u) for u in args.images], overwrite=args.overwrite,
+                    incremental=args.incremental, full=args.full, reproject=args.reproject,
                     model_path=_uri(args.model) if args.model else (default_model() if args.images else None))
     cfg.check()   # before Spark starts
     result = run(_spark(args, "pca"), cfg, progress=_say(args, "pca"))
@@ -137,6 +145,10 @@ def cmd_pca(args) -> int:
     print(f"run: {result.run_uri}")
     print(f"rows in {s['rows_in']} = projected {s['projected']} + rejected {s['rejected']} + "
           f"duplicates {s['duplicates']}; k={s['k']} ({s['k_reason']})")
+    if s.get("incremental"):
+        i = s["incremental"]
+        print(f"{i['mode']}: read {i['objects_read']} object(s), {i['bytes_read'] / 1e6:.1f} MB; {i['rows_added']} rows "
+              f"added ({i['already_counted']} already counted), {i['rows_total']} in total; state {i['generation']}")
     if s.get("photos"):
         p = s["photos"]
         print(f"photos featurized: {p['ok']} ok, {p['rejected']} rejected, {p['not_image']} non-image files skipped")

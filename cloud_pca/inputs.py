@@ -243,18 +243,20 @@ def projected_dim(spark, files: list[InputFile]) -> int:
     return int(first["n"]) if first else FEATURE_DIM
 
 
-def read_inputs(spark, inputs: list[str], *, skip_bad_files: bool, kind: str | None = None) -> Inputs:
-    """Every contract row under ``inputs``. Refuses (with the first file and its reason) a bad file unless
-    ``skip_bad_files``, an input without files, and projected vectors mixed with raw 1280-d ones."""
+def list_inputs(spark, inputs: list[str]) -> list[tuple[str, int]]:
+    """(path, size) of every Parquet file under the inputs (recursive), as the driver's file system lists them."""
     listed = []
     for uri in inputs:
         try:
             listed.extend(list_files(spark, uri))
         except Exception as exc:  # Py4JJavaError: no such bucket, access denied
             raise InputError(f"cannot list {uri}: {one_line(exc)[:300]}") from None
-    if not listed:
-        raise InputError(f"no Parquet files under {', '.join(inputs)} (empty input prefix?)")
-    files = check_files(spark, listed)
+    return listed
+
+
+def open_files(spark, files: list[InputFile], *, skip_bad_files: bool, where: str) -> Inputs:
+    """The rows of ``files`` (footers already checked). Refuses (with the first file and its reason) a bad
+    file unless ``skip_bad_files``, and projected vectors mixed with raw 1280-d ones."""
     bad = [(f.path, f.reason) for f in files if f.reason]
     if bad and not skip_bad_files:
         path, reason = bad[0]
@@ -262,7 +264,7 @@ def read_inputs(spark, inputs: list[str], *, skip_bad_files: bool, kind: str | N
         raise InputError(f"{path}: {reason}{more}; fix or remove it, or pass --skip-bad-files")
     good = [f for f in files if f.reason is None]
     if not good:
-        raise InputError(f"none of the {len(files)} file(s) under {', '.join(inputs)} follows the contract; "
+        raise InputError(f"none of the {len(files)} file(s) under {where} follows the contract; "
                          f"first: {bad[0][0]}: {bad[0][1]}")
     projected = [f for f in good if f.projected]
     if projected and len(projected) < len(good):
@@ -274,5 +276,13 @@ def read_inputs(spark, inputs: list[str], *, skip_bad_files: bool, kind: str | N
         raise InputError(f"refusing to mix vectors of different projections ({', '.join(ids)}) in one fit")
     is_projected = bool(projected)
     dim = projected_dim(spark, good) if is_projected else FEATURE_DIM
-    log.info("%d file(s) listed, %d good, %d refused", len(files), len(good), len(bad))
+    log.info("%d file(s), %d good, %d refused", len(files), len(good), len(bad))
     return Inputs(read_rows(spark, good, projected=is_projected, dim=dim), files, is_projected, dim, bad)
+
+
+def read_inputs(spark, inputs: list[str], *, skip_bad_files: bool) -> Inputs:
+    """Every contract row under ``inputs`` (see :func:`open_files`); refuses an input without files."""
+    listed = list_inputs(spark, inputs)
+    if not listed:
+        raise InputError(f"no Parquet files under {', '.join(inputs)} (empty input prefix?)")
+    return open_files(spark, check_files(spark, listed), skip_bad_files=skip_bad_files, where=", ".join(inputs))

@@ -32,8 +32,8 @@ import numpy as np
 from contract.card import FEATURE_DIM
 from contract.errors import FruitsError, one_line
 from contract.layout import check_run_id, check_sha256
-from cloud_pca.inputs import InputError, Inputs, read_inputs
-from cloud_pca.pca import FruitsPCAModel, check_request, fit_pca
+from cloud_pca.inputs import InputError, Inputs, open_files, read_inputs
+from cloud_pca.pca import FruitsPCAModel, GramSums, check_request, fit_pca, gram_sums
 from cloud_pca.spark import delete_path, driver_traffic, path_exists, write_bytes
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ class JobConfig:
     model_path: str | None = None  # the .tflite for --images (local, s3://, s3a://)
     batch_rows: int = 32           # photos per Arrow batch when featurizing
     overwrite: bool = False
+    incremental: bool = False      # read only the objects not counted yet (cloud_pca.incremental)
+    full: bool = False             # fit everything and start the incremental state afresh
+    reproject: bool = False        # with incremental: project every row, not only the new ones
 
     def check(self) -> None:
         """Everything that can be checked before any data is read."""
@@ -74,6 +77,13 @@ class JobConfig:
             raise JobError("nothing to fit: give --input (vectors) and/or --images (raw photos)")
         if self.images and not self.model_path:
             raise JobError("--images needs --model (the .tflite the devices use)")
+        if self.incremental and self.full:
+            raise JobError("give --incremental or --full, not both")
+        if (self.incremental or self.full) and (self.solver != "gram" or self.images):
+            raise JobError("--incremental and --full keep the gram solver's statistics, of vector files: use "
+                           "--solver gram, and featurize photos first (fruits-cloud featurize) to give them as --input")
+        if self.reproject and not self.incremental:
+            raise JobError("--reproject goes with --incremental (a full run projects every row anyway)")
 
 
 @dataclass
@@ -98,7 +108,7 @@ class Prepared:
     cached: list = field(default_factory=list)
 
     def release(self) -> None:
-        for df in self.cached:
+        for df in self.cached or []:
             df.unpersist()
         if self.featurized is not None:
             self.featurized.unpersist()
@@ -166,9 +176,7 @@ def target_partitions(spark, rows: int, row_bytes: int = FEATURE_DIM * 4 + 256) 
 def read_stage(spark, cfg: JobConfig, say) -> Prepared:
     """Inputs (and featurized photos) -> unique valid rows, rejects, and counts that each come from their
     own count."""
-    from pyspark.sql import functions as F
-
-    frames, inputs, feat, photo_rejects = [], None, None, 0
+    inputs, feat = None, None
     if cfg.inputs:
         say("reading and validating input files")
         try:
@@ -178,12 +186,24 @@ def read_stage(spark, cfg: JobConfig, say) -> Prepared:
         if cfg.images and inputs.projected:
             raise JobError("refusing to mix projected --input vectors with raw photos (--images), which become "
                            f"raw {FEATURE_DIM}-d vectors")
-        frames.append(inputs.df)
     if cfg.images:
         from cloud_pca.featurize import featurize
 
         say(f"featurizing raw photos under {', '.join(cfg.images)}")
         feat = featurize(spark, cfg.images, model_path=cfg.model_path, batch_rows=cfg.batch_rows)
+    return prepare_rows(spark, cfg, inputs, feat)
+
+
+def prepare_rows(spark, cfg: JobConfig, inputs: Inputs | None, feat=None, counted=None) -> Prepared:
+    """The rows of ``inputs`` and ``feat`` -> unique valid rows, rejects and counts, each from its own count.
+    ``counted``: a DataFrame of image ids already counted (the incremental state): those rows are dropped and
+    counted as ``already_counted``."""
+    from pyspark.sql import functions as F
+
+    frames, photo_rejects = [], 0
+    if inputs is not None:
+        frames.append(inputs.df)
+    if feat is not None:
         photo_rejects = feat.counts["rejected"]
         frames.append(feat.vectors.withColumn("file", F.lit("featurized from " + ", ".join(cfg.images)))
                       .withColumn("reason", F.lit(None).cast("string")))
@@ -191,17 +211,24 @@ def read_stage(spark, cfg: JobConfig, say) -> Prepared:
     for other in frames[1:]:
         df = df.unionByName(other, allowMissingColumns=True)
     df = select_model(df, cfg.model_sha256).withColumn("_rid", F.monotonically_increasing_id()).cache()
-    cached = [df]
     try:
         per_model = df.groupBy("model_sha256", F.col("reason").isNull().alias("ok")).count().collect()
         rows_in = sum(r["count"] for r in per_model) + photo_rejects
-        if rows_in == 0:
+        if rows_in == 0 and counted is None:
             raise JobError(f"the input holds no rows ({len(inputs.files) if inputs else 0} file(s))")
         model_counts = {r["model_sha256"]: r["count"] for r in per_model if r["ok"] and r["model_sha256"]}
         pick_model(model_counts, cfg.model_sha256)
         valid = df.filter(F.col("reason").isNull())
         unique, n_duplicates = deduplicate(valid, spark)
         unique = unique.drop("reason")
+        n_counted = 0
+        if counted is not None:
+            # Ids of this batch that an earlier run counted: found by scanning only the counted ids (one
+            # column) against this batch's ids, sent to every task; then left out of the batch.
+            seen = counted.join(F.broadcast(unique.select("image_id")), "image_id", "left_semi").distinct()
+            n_counted = seen.count()
+            if n_counted:
+                unique = unique.join(F.broadcast(seen), "image_id", "left_anti")
         n_unique = unique.count()
         rejects = df.filter(F.col("reason").isNotNull()).select("image_id", "source", "client_id", "file", "reason")
         if feat is not None:  # photos that could not be decoded
@@ -213,17 +240,31 @@ def read_stage(spark, cfg: JobConfig, say) -> Prepared:
             feat.unpersist()
         raise
     counts = {"rows_in": int(rows_in), "projected": int(n_unique), "rejected": int(n_rejected),
-              "duplicates": int(n_duplicates)}
-    return Prepared(unique, rejects, counts, model_counts, inputs, feat, cached)
+              "duplicates": int(n_duplicates) + int(n_counted)}
+    if counted is not None:
+        counts["already_counted"] = int(n_counted)
+    return Prepared(unique, rejects, counts, model_counts, inputs, feat, [df])
 
 
 # ------------------------------------------------------------------------------------------- fit stage
-def fit_stage(spark, cfg: JobConfig, data: Prepared, say) -> tuple[FruitsPCAModel, dict]:
-    say(f"fitting StandardScaler + PCA ({cfg.solver} solver) on {data.counts['projected']} vectors")
+def fit_stage(spark, cfg: JobConfig, data: Prepared, say, before: GramSums | None = None):
+    """StandardScaler + PCA on the unique rows (plus the moments ``before`` of rows counted earlier); returns
+    the model, the driver traffic of the fit and, for the gram solver, the statistics it was solved from."""
+    say(f"fitting StandardScaler + PCA ({cfg.solver} solver) on {data.counts['projected']} vectors"
+        + (f" + {before.n} counted before" if before is not None else ""))
+    sums = None
     with driver_traffic(spark, "fruits-pca-fit") as traffic:
-        model = fit_pca(data.unique.select("features"), k=cfg.k, variance=cfg.variance, solver=cfg.solver)
+        if cfg.solver == "gram":
+            if data.counts["projected"]:
+                sums = gram_sums(data.unique.select("features"))
+            sums = before + sums if before is not None and sums is not None else (sums or before)
+            if sums is None:
+                raise JobError("no rows to fit: the inputs hold no valid vector")
+            model = FruitsPCAModel.from_moments(sums.moments(), k=cfg.k, variance=cfg.variance)
+        else:
+            model = fit_pca(data.unique.select("features"), k=cfg.k, variance=cfg.variance, solver=cfg.solver)
     log.info("fit: the driver received %d bytes of task results in %d jobs", traffic["bytes"], traffic["jobs"])
-    return model, traffic.totals
+    return model, traffic.totals, sums
 
 
 # ---------------------------------------------------------------------------------------- write stage
@@ -273,8 +314,45 @@ def write_outputs(spark, cfg: JobConfig, run_uri: str, data: Prepared, model: Fr
     return explained
 
 
+def incremental_stage(spark, cfg: JobConfig, say):
+    """The objects not counted yet under the inputs, their rows without ids counted before, and the state."""
+    from cloud_pca import incremental
+
+    state = incremental.load_state(spark, cfg.output, cfg.model_sha256)
+    say("reading the objects not counted yet" + (f" (state {state.generation}: {state.sums.n} rows, "
+                                                  f"{len(state.objects)} objects)" if state and state.sums else ""))
+    new, listed = incremental.plan_batch(spark, cfg.inputs, state, skip_bad_files=cfg.skip_bad_files)
+    if listed == 0:
+        raise JobError(f"no Parquet files under {', '.join(cfg.inputs)} (empty input prefix?)")
+    good = [f for f in new if f.reason is None]
+    if good:
+        try:
+            inputs = open_files(spark, new, skip_bad_files=cfg.skip_bad_files, where=", ".join(cfg.inputs))
+        except InputError as exc:
+            raise JobError(str(exc)) from None
+        data = prepare_rows(spark, cfg, inputs, counted=incremental.counted_ids(spark, state) if state else None)
+        others = [m for m in data.model_counts if state is not None and m != state.model_sha256]
+        if others:   # never add another model's vectors to these moments
+            data.release()
+            raise JobError(f"vectors of model {others[0][:12]}... while the state holds model "
+                           f"{state.model_sha256[:12]}...: give --model-sha256 {state.model_sha256} to count only "
+                           f"its vectors (the others become rejects), or --model-sha256 {others[0]} for a state "
+                           f"of its own")
+    else:
+        data = Prepared(None, None, {"rows_in": 0, "projected": 0, "rejected": 0, "duplicates": 0,
+                                     "already_counted": 0}, {}, None)
+    if state is None:
+        state = incremental.State(incremental.state_root(cfg.output) + f"/model={next(iter(data.model_counts))}",
+                                  next(iter(data.model_counts)))
+    if state.sums is None and not data.counts["projected"]:
+        raise JobError("no rows to fit: the inputs hold no valid vector")
+    return state, incremental.Batch(state, new, listed), data
+
+
 def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
     """Run the job; ``progress(stage)`` is called at each stage (for progress lines and logs)."""
+    from cloud_pca import incremental
+
     cfg.check()
     say = progress or (lambda stage: log.info(stage))
     run_id = cfg.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
@@ -283,43 +361,92 @@ def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
     t0 = time.perf_counter()
     with driver_traffic(spark, "fruits-pca-run") as traffic:
         prepare_output(spark, run_uri, overwrite=cfg.overwrite)
-        data = read_stage(spark, cfg, say)
+        state = batch = None
+        if cfg.incremental:
+            state, batch, data = incremental_stage(spark, cfg, say)
+        else:
+            data = read_stage(spark, cfg, say)
+        shown = data
         try:
             timings["read_validate_s"] = time.perf_counter() - t0
             t = time.perf_counter()
-            model, fit_traffic = fit_stage(spark, cfg, data, say)
+            model, fit_traffic, sums = fit_stage(spark, cfg, data, say, before=state.sums if state else None)
             timings["fit_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            explained = write_outputs(spark, cfg, run_uri, data, model, say)
+            if cfg.reproject:
+                say("re-projecting every counted row with the new model")
+                shown = prepare_rows(spark, cfg, incremental.all_files(spark, state, batch.new))
+            explained = write_outputs(spark, cfg, run_uri, shown, model, say) if shown.unique is not None \
+                else write_model_only(spark, cfg, run_uri, model, say)
             timings["write_s"] = time.perf_counter() - t
-            timings["total_s"] = time.perf_counter() - t0
             c = data.counts
             summary = {
                 "run_id": run_id, "run_uri": run_uri, "inputs": cfg.inputs, "images": cfg.images,
-                "files": len(data.inputs.files) if data.inputs else 0,
-                "bad_files": [{"file": f, "reason": r} for f, r in (data.inputs.bad if data.inputs else [])],
+                "files": batch.listed if batch else (len(data.inputs.files) if data.inputs else 0),
+                "bad_files": [{"file": f.path, "reason": f.reason} for f in batch.new if f.reason] if batch else
+                [{"file": f, "reason": r} for f, r in (data.inputs.bad if data.inputs else [])],
                 "photos": data.featurized.counts if data.featurized else None,
                 **c, "reconciles": c["rows_in"] == c["projected"] + c["rejected"] + c["duplicates"],
                 "model_sha256": cfg.model_sha256 or next(iter(data.model_counts), None),
                 "rows_per_model": data.model_counts, "pca_model": model.model_id_,
                 "k": model.n_components_, "k_reason": model.choice_, "solver": cfg.solver,
                 "cumulative_explained_variance": float(np.sum(model.explained_variance_ratio_)),
-                "timings_s": {k: round(v, 3) for k, v in timings.items()},
-                # Task-result bytes the driver received (Spark's resultSize metric): the fit's and the run's.
-                "driver_result_bytes": {"fit": fit_traffic["bytes"], "run": traffic.read()["bytes"]},
-                "partitions": data.unique.rdd.getNumPartitions(),
-                "finished_at": datetime.now(timezone.utc).isoformat(),
+                "projections_rows": shown.counts["projected"],
             }
-            write_bytes(spark, f"{run_uri}/summary.json", json.dumps(summary, indent=1).encode())
-            # Last: the marker that says the run is complete, with what publish checks the files against.
-            write_bytes(spark, f"{run_uri}/{MARKER}", json.dumps({
-                "run_id": run_id, "complete": True, "pca_model": model.model_id_, "k": model.n_components_,
-                "rows": c["projected"], "model_sha256": summary["model_sha256"],
-                "outputs": ["projections/", "model/", "rejects/", "explained_variance.json",
-                            "explained_variance.csv", "summary.json"] + (["plots/"] if cfg.plots else [])}).encode())
+            if cfg.incremental or cfg.full:
+                if cfg.full:   # a fresh count: the generation number goes on, nothing before it is kept
+                    sha = summary["model_sha256"]
+                    previous = incremental.load_state(spark, cfg.output, sha)
+                    state = incremental.State(incremental.state_root(cfg.output) + f"/model={sha}", sha,
+                                              number=previous.number if previous else 0)
+                generation = incremental.next_generation(state)
+                summary["incremental"] = {
+                    "mode": "incremental" if cfg.incremental else "full", "state": state.uri,
+                    "generation": generation, "previous_generation": state.generation,
+                    "objects_counted_before": len(state.objects),
+                    "objects_read": len(batch.good) if batch else len(data.inputs.good),
+                    "bytes_read": batch.bytes_read if batch else data.inputs.bytes,
+                    "rows_added": c["projected"], "already_counted": c.get("already_counted", 0),
+                    "rows_total": sums.n,
+                    "projections": "all rows" if (cfg.reproject or cfg.full) else "new rows only"}
+            finish_run(spark, cfg, run_uri, run_id, model, summary, timings, t0, traffic, fit_traffic, shown)
+            if cfg.incremental or cfg.full:
+                # Last of all, after the run's own files: the new total is in force from here on.
+                incremental.commit(spark, state, generation, sums, batch.new if batch else data.inputs.files,
+                                   data.unique, run_id=run_id)
         finally:
             data.release()
+            if shown is not data:
+                shown.release()
     return JobResult(run_uri, summary, explained, model, timings)
+
+
+def write_model_only(spark, cfg: JobConfig, run_uri: str, model: FruitsPCAModel, say) -> dict:
+    """An incremental run with no new rows: the same model again, explained variance, no projections."""
+    say("no new rows: writing the model")
+    model.save(spark, f"{run_uri}/model")
+    explained = explained_variance(model, cfg.solver)
+    write_bytes(spark, f"{run_uri}/explained_variance.json", json.dumps(explained, indent=1).encode())
+    return explained
+
+
+def finish_run(spark, cfg, run_uri, run_id, model, summary, timings, t0, traffic, fit_traffic, shown) -> None:
+    """summary.json, then the marker that says the run is complete (with what publish checks against)."""
+    timings["total_s"] = time.perf_counter() - t0
+    summary.update({
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        # Task-result bytes the driver received (Spark's resultSize metric): the fit's and the run's.
+        "driver_result_bytes": {"fit": fit_traffic["bytes"], "run": traffic.read()["bytes"]},
+        "partitions": shown.unique.rdd.getNumPartitions() if shown.unique is not None else 0,
+        "finished_at": datetime.now(timezone.utc).isoformat()})
+    write_bytes(spark, f"{run_uri}/summary.json", json.dumps(summary, indent=1).encode())
+    outputs = ["model/", "explained_variance.json", "summary.json"]
+    if shown.unique is not None:
+        outputs += ["projections/", "rejects/", "explained_variance.csv"] + (["plots/"] if cfg.plots else [])
+    write_bytes(spark, f"{run_uri}/{MARKER}", json.dumps({
+        "run_id": run_id, "complete": True, "pca_model": model.model_id_, "k": model.n_components_,
+        "rows": summary["projections_rows"], "model_sha256": summary["model_sha256"],
+        "projections": summary.get("incremental", {}).get("projections", "all rows"), "outputs": outputs}).encode())
 
 
 def describe(exc: BaseException) -> str:

@@ -40,7 +40,8 @@ def check_run(spark, run_uri: str) -> tuple[dict, FruitsPCAModel]:
     except PCAInputError as exc:
         raise PublishError(str(exc)) from None
     expected = {"run_id": summary.get("run_id"), "pca_model": summary.get("pca_model"), "k": summary.get("k"),
-                "rows": summary.get("projected"), "model_sha256": summary.get("model_sha256")}
+                "rows": summary.get("projections_rows", summary.get("projected")),
+                "model_sha256": summary.get("model_sha256")}
     for key, value in expected.items():
         if marker.get(key) != value:
             raise PublishError(f"{run_uri}: _SUCCESS.json says {key}={marker.get(key)!r} but summary.json says "
@@ -55,6 +56,9 @@ def check_run(spark, run_uri: str) -> tuple[dict, FruitsPCAModel]:
                            f"{marker['rows']} rows of {marker['pca_model']}: re-run it with --overwrite")
     if not summary.get("model_sha256"):
         raise PublishError(f"{run_uri}/summary.json names no model fingerprint")
+    if marker.get("projections") == "new rows only":
+        raise PublishError(f"{run_uri} is an incremental run whose projections hold only its new rows; the index "
+                           f"needs every row: run it with --reproject (or a --full run) to publish")
     return summary, model
 
 

@@ -251,3 +251,11 @@ def delete_path(spark, uri: str, *, recursive: bool = False) -> bool:
     """Delete a file (or a folder with ``recursive``); False when there was nothing to delete."""
     fs, path = _fs_path(spark, uri)
     return bool(fs.delete(path, recursive))
+
+
+def list_dirs(spark, uri: str) -> list[str]:
+    """Names of the folders directly under ``uri`` (none when it does not exist)."""
+    fs, path = _fs_path(spark, uri)
+    if not fs.exists(path):
+        return []
+    return sorted(st.getPath().getName() for st in fs.listStatus(path) if st.isDirectory())

@@ -1,26 +1,14 @@
 """The Spark PCA: both solvers against numpy on low-rank data, bad input, and the job over s3a://."""
 from __future__ import annotations
 
-import io
 import json
-from datetime import datetime, timezone
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from cloud_pca.job import JobConfig, JobError, run
 from cloud_pca.pca import PCAInputError, fit_pca
-from contract import vector_schema
-
-
-def low_rank(n=400, d=1280, rank=5, seed=0):
-    """Data with `rank` strong directions of distinct variance, plus small noise."""
-    rng = np.random.RandomState(seed)
-    basis = np.linalg.qr(rng.randn(d, rank))[0]
-    scores = rng.randn(n, rank) * np.array([10.0, 7.0, 5.0, 3.0, 2.0])[:rank]
-    return (scores @ basis.T + 0.01 * rng.randn(n, d) + rng.rand(d)).astype(np.float32)
+from vectors_for_tests import contract_rows, low_rank, put_rows
 
 
 def numpy_reference(x, k):
@@ -116,21 +104,6 @@ def test_model_saves_and_loads_as_itself_and_as_a_spark_pipeline(spark, tmp_path
     pipeline = load_pipeline(uri)   # the same folder is a Spark ML PipelineModel
     assert [type(st).__name__ for st in pipeline.stages] == ["StandardScalerModel", "PCAModel"]
     np.testing.assert_allclose(pipeline.stages[1].pc.toArray(), m.components_.T)
-
-
-def contract_rows(n, *, seed=0, model="a" * 64, dim=1280, start=0):
-    x = low_rank(n=n, seed=seed) if dim == 1280 else np.random.RandomState(seed).rand(n, dim).astype(np.float32)
-    ids = [f"{i + start:064x}" for i in range(n)]
-    return {"image_id": ids, "label": [f"class{i % 3}" for i in range(n)], "source": [f"p{i}.jpg" for i in range(n)],
-            "width": [100] * n, "height": [100] * n, "features": [list(map(float, r)) for r in x],
-            "model_sha256": [model] * n, "model_name": ["m"] * n, "client_id": ["phone"] * n,
-            "vectorized_at": [datetime(2026, 1, 1, tzinfo=timezone.utc)] * n}
-
-
-def put_rows(s3, bucket, key, rows):
-    buf = io.BytesIO()
-    pq.write_table(pa.table(rows, schema=vector_schema()), buf)
-    s3.put_object(Bucket=bucket, Key=key, Body=buf.getvalue())
 
 
 @pytest.mark.slow

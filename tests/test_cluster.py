@@ -185,3 +185,34 @@ def test_tree_sum_sends_one_partial_from_hundreds_of_partitions(spark):
     assert reference["bytes"] > parts * total.nbytes
     # What remains is Spark's per-task bookkeeping (metrics, map statuses) of the ~275 tasks, and one partial.
     assert traffic["bytes"] < reference["bytes"] / 8, (traffic.totals, reference.totals)
+
+
+@pytest.mark.slow
+def test_the_incremental_pca_step_on_a_cluster(cluster, s3_server, spark, tmp_path):
+    """The EMR step with --incremental, twice on the cluster: the second reads the second batch only, and the
+    result equals a full fit in local mode (tolerances as in test_incremental)."""
+    import boto3
+
+    from cloud_pca.job import JobConfig, run
+    from vectors_for_tests import SHA, contract_rows, low_rank, put_rows
+
+    s3 = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1")
+    bucket = "fruits-incremental-test"
+    s3.create_bucket(Bucket=bucket)
+    x = low_rank(n=400, seed=5)
+    for run_id, lo, hi in (("d1", 0, 200), ("d2", 200, 400)):
+        for i, (a, b) in enumerate(((lo, lo + 100), (lo + 100, hi))):
+            put_rows(s3, bucket, f"{PREFIX}/vectors/model={SHA}/client=phone/part-{run_id}-{i}.parquet",
+                     contract_rows(b - a, start=a, x=x[a:b]))
+        rehearse(ClusterSpec(bucket=bucket, prefix=PREFIX, k=5, incremental=True, run_id=run_id),
+                 master=cluster.master_url, endpoint_url=s3_server.endpoint_url, workdir=tmp_path / run_id)
+    second = get_json(s3, bucket, f"{PREFIX}/pca/run=d2/summary.json")["incremental"]
+    assert (second["objects_counted_before"], second["objects_read"], second["rows_total"]) == (2, 2, 400)
+    full = run(spark, JobConfig(inputs=[f"s3a://{bucket}/{PREFIX}/vectors/"], output=f"s3a://{bucket}/local",
+                                k=5, run_id="full", plots=False)).model
+    from cloud_pca.pca import FruitsPCAModel
+
+    inc = FruitsPCAModel.load(spark, f"s3a://{bucket}/{PREFIX}/pca/run=d2/model")
+    np.testing.assert_allclose(inc.mean_, full.mean_, rtol=1e-9)
+    np.testing.assert_allclose(inc.explained_variance_ratio_, full.explained_variance_ratio_, atol=1e-9)
+    np.testing.assert_allclose(inc.components_, full.components_, atol=1e-7)

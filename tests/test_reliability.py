@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import shutil
-from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
@@ -15,8 +14,8 @@ import pytest
 from contract import read_vectors, vector_schema
 from contract.errors import ContractError
 from edge_client.cli import main as edge_main
+from vectors_for_tests import contract_table, put_table
 
-SHA = "a" * 64
 
 
 def run_cli(*args):
@@ -85,27 +84,6 @@ def test_a_lost_manifest_costs_only_the_changed_object(tmp_path, photos, s3, s3_
 
 
 # ------------------------------------------------------------ 3. runs that look complete when they are not
-def contract_table(n: int, *, seed: int = 0, start: int = 0, **types):
-    """n contract rows (low-rank data), with any column given another Arrow type."""
-    rng = np.random.RandomState(seed)
-    basis = np.linalg.qr(rng.randn(1280, 4))[0]
-    x = ((rng.randn(n, 4) * [8.0, 5.0, 3.0, 2.0]) @ basis.T + 0.05 * rng.randn(n, 1280) + 1).astype(np.float32)
-    cols = {"image_id": [f"{i + start:064x}" for i in range(n)], "label": [f"c{i % 3}" for i in range(n)],
-            "source": [f"p{i}.jpg" for i in range(n)], "width": [100] * n, "height": [80] * n,
-            "features": [list(map(float, r)) for r in x], "model_sha256": [SHA] * n, "model_name": ["m"] * n,
-            "client_id": ["phone"] * n, "vectorized_at": [datetime(2026, 1, 1, tzinfo=timezone.utc)] * n}
-    fields = [pa.field(f.name, types.get(f.name, f.type)) for f in vector_schema()]
-    if "label" in types and pa.types.is_integer(types["label"]):
-        cols["label"] = [i % 3 for i in range(n)]
-    return pa.table(cols, schema=pa.schema(fields))
-
-
-def put_table(s3, bucket, key, table, store_schema: bool = True):
-    buf = io.BytesIO()
-    pq.write_table(table, buf, store_schema=store_schema)
-    s3.put_object(Bucket=bucket, Key=key, Body=buf.getvalue())
-
-
 @pytest.mark.slow
 def test_runs_are_not_overwritten_and_publish_refuses_a_mixed_run(spark, s3, bucket, monkeypatch):
     from cloud_pca import job

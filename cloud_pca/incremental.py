@@ -1,0 +1,147 @@
+"""Keep the PCA fresh at the cost of the new data only.
+
+The Gram solver's statistics (n, sum x, sum x x^T, column min and max: :class:`cloud_pca.pca.GramSums`) add
+up, and uploaded objects are immutable and named by their content. So a refresh reads only the objects not
+counted yet, leaves out image ids already counted (scanning only the counted ids, one column), adds the
+new statistics to the kept ones and solves the 1280x1280 eigenproblem again.
+
+State, one per model fingerprint, under ``OUTPUT/state/model=<sha256>/`` (``pca/state/...`` in the layout)::
+
+    gen=<g>/moments.npz    the total statistics after generation g
+    gen=<g>/objects.json   every object counted (path, size, how Spark reads it)
+    gen=<g>/ids/           Parquet: the image ids generation g added
+    current.json           the generation in force, and the ids folders of every generation up to it;
+                           written last, so a run that fails leaves the previous state in force
+
+Each generation has a name of its own (``g00007-3fa2c1``): a failed run's folder is never reused (it is
+left behind, unreferenced; nothing is deleted, which the cluster's role may not do).
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from contract.errors import FruitsError
+from contract.layout import check_sha256
+from cloud_pca.inputs import InputFile, check_files, list_inputs, open_files
+from cloud_pca.pca import GramSums
+from cloud_pca.spark import list_dirs, path_exists, read_bytes, write_bytes
+
+STATE = "state"
+POINTER = "current.json"
+
+
+class StateError(FruitsError, ValueError):
+    """An incremental state that cannot be used (several models, a damaged file); says which and why."""
+
+
+@dataclass
+class State:
+    uri: str                                   # OUTPUT/state/model=<sha256>
+    model_sha256: str
+    generation: str | None = None              # None: nothing counted yet
+    number: int = 0
+    sums: GramSums | None = None
+    objects: list[dict] = field(default_factory=list)
+    id_parts: list[str] = field(default_factory=list)
+
+    @property
+    def counted_paths(self) -> set[str]:
+        return {o["path"] for o in self.objects}
+
+
+@dataclass
+class Batch:
+    """What an incremental run reads: the state and the objects not counted yet."""
+
+    state: State
+    new: list[InputFile]
+    listed: int
+
+    @property
+    def good(self) -> list[InputFile]:
+        return [f for f in self.new if f.reason is None]
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(f.size for f in self.good)
+
+
+def state_root(output: str) -> str:
+    return f"{output.rstrip('/')}/{STATE}"
+
+
+def load_state(spark, output: str, model_sha256: str | None) -> State | None:
+    """The state of ``model_sha256`` (or of the only model that has one); None when there is none yet."""
+    root = state_root(output)
+    if model_sha256 is None:
+        models = [d[len("model="):] for d in list_dirs(spark, root) if d.startswith("model=")]
+        if not models:
+            return None
+        if len(models) > 1:
+            raise StateError(f"{root} holds the state of {len(models)} models ({', '.join(m[:12] + '...' for m in models)}): "
+                             f"select one with --model-sha256")
+        model_sha256 = models[0]
+    uri = f"{root}/model={check_sha256(model_sha256)}"
+    if not path_exists(spark, f"{uri}/{POINTER}"):
+        return State(uri, model_sha256)
+    try:
+        pointer = json.loads(read_bytes(spark, f"{uri}/{POINTER}"))
+        gen = pointer["generation"]
+        sums = GramSums.from_bytes(read_bytes(spark, f"{uri}/gen={gen}/moments.npz"))
+        objects = json.loads(read_bytes(spark, f"{uri}/gen={gen}/objects.json"))
+    except Exception as exc:  # missing generation files, bad JSON
+        raise StateError(f"{uri}: the incremental state is damaged ({str(exc).strip().splitlines()[0][:200]}); "
+                         f"rebuild it with --full") from None
+    return State(uri, model_sha256, gen, int(pointer["number"]), sums, objects,
+                 [f"{uri}/{p}" for p in pointer.get("ids", [])])
+
+
+def plan_batch(spark, inputs: list[str], state: State | None, *, skip_bad_files: bool) -> tuple[list[InputFile], int]:
+    """The objects under ``inputs`` not counted yet, their footers checked (the counted ones are not opened)."""
+    listed = list_inputs(spark, inputs)
+    counted = state.counted_paths if state else set()
+    new = [(p, s) for p, s in listed if p not in counted]
+    files = check_files(spark, new) if new else []
+    bad = [f for f in files if f.reason]
+    if bad and not skip_bad_files:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise StateError(f"{bad[0].path}: {bad[0].reason}{more}; fix or remove it, or pass --skip-bad-files")
+    return files, len(listed)
+
+
+def counted_ids(spark, state: State):
+    """The image ids every committed generation added (one column), or None when there are none."""
+    return spark.read.parquet(*state.id_parts).select("image_id") if state.id_parts else None
+
+
+def all_files(spark, state: State, new: list[InputFile]):
+    """The rows of every counted object and of the new ones (for --reproject), without re-reading footers."""
+    known = [InputFile(**{k: v for k, v in o.items() if k in InputFile.__dataclass_fields__}) for o in state.objects]
+    return open_files(spark, known + [f for f in new if f.reason is None], skip_bad_files=True,
+                      where=f"{state.uri} (counted) and the new objects")
+
+
+def next_generation(state: State) -> str:
+    """The name of the generation after ``state``'s: its number and a random part (never reused)."""
+    return f"g{state.number + 1:05d}-{uuid.uuid4().hex[:6]}"
+
+
+def commit(spark, state: State, gen: str, sums: GramSums, new_files: list[InputFile], unique, *, run_id: str) -> dict:
+    """Write generation ``gen`` (its ids, moments and objects), then the pointer: the new total is in force."""
+    number = int(gen[1:6])
+    base = f"{state.uri}/gen={gen}"
+    parts = [p[len(state.uri) + 1:] for p in state.id_parts]
+    if unique is not None:
+        unique.select("image_id").write.mode("errorifexists").parquet(f"{base}/ids")
+        parts.append(f"gen={gen}/ids")
+    objects = state.objects + [asdict(f) for f in new_files if f.reason is None]
+    write_bytes(spark, f"{base}/moments.npz", sums.to_bytes())
+    write_bytes(spark, f"{base}/objects.json", json.dumps(objects).encode())
+    pointer = {"generation": gen, "number": number, "previous": state.generation, "model_sha256": state.model_sha256,
+               "rows": sums.n, "objects": len(objects), "ids": parts, "run_id": run_id,
+               "committed_at": datetime.now(timezone.utc).isoformat()}
+    write_bytes(spark, f"{state.uri}/{POINTER}", json.dumps(pointer, indent=1).encode())   # last
+    return pointer

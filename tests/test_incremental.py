@@ -1,0 +1,113 @@
+"""The incremental PCA: three batches uploaded one after the other, a refresh after each; the final model
+equals a full fit on all rows, a refresh reads the features of its own batch only, ids seen before are
+counted once, and a failed refresh leaves the previous total in force."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cloud_pca import incremental
+from cloud_pca.job import JobConfig, JobError, run
+from cloud_pca.publish import PublishError, publish
+from vectors_for_tests import SHA, contract_rows, low_rank, put_rows
+
+# One low-rank population cut into batches (rows of one population: the model is the same whatever the cut).
+X = low_rank(n=900, seed=11)
+
+
+def upload_batch(s3, bucket, name: str, lo: int, hi: int, objects: int = 3, repeat: tuple[int, int] | None = None) -> int:
+    """Rows lo..hi-1 of X as ``objects`` files under vectors/ (plus rows ``repeat`` of an earlier batch, again);
+    returns the bytes uploaded."""
+    size = 0
+    bounds = np.linspace(lo, hi, objects + 1).astype(int)
+    for i in range(objects):
+        a, b = bounds[i], bounds[i + 1]
+        rows = contract_rows(b - a, start=a, x=X[a:b])
+        if repeat and i == 0:
+            extra = contract_rows(repeat[1] - repeat[0], start=repeat[0], x=X[repeat[0]:repeat[1]])
+            rows = {k: rows[k] + extra[k] for k in rows}
+        key = f"team/vectors/model={SHA}/client=phone/part-{name}-{i}.parquet"
+        put_rows(s3, bucket, key, rows)
+        size += s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    return size
+
+
+def summary(s3, bucket, run_id):
+    return json.loads(s3.get_object(Bucket=bucket, Key=f"team/pca/run={run_id}/summary.json")["Body"].read())
+
+
+def cfg(bucket, run_id, **kw):
+    return JobConfig(inputs=[f"s3a://{bucket}/team/vectors/"], output=f"s3a://{bucket}/team/pca", k=5,
+                     run_id=run_id, plots=False, **kw)
+
+
+@pytest.mark.slow
+def test_three_refreshes_equal_a_full_fit_and_read_only_their_batch(spark, s3, bucket):
+    """Tolerances: means and scales 1e-9 relative, variance ratios 1e-9 (float64 sums in another order),
+    components 1e-7 (the 5 components of this data are well separated: eigengaps > 1% of the values)."""
+    upload_batch(s3, bucket, "b1", 0, 300)
+    r1 = run(spark, cfg(bucket, "i1", incremental=True)).summary
+    upload_batch(s3, bucket, "b2", 300, 600)
+    r2 = run(spark, cfg(bucket, "i2", incremental=True)).summary
+    size3 = upload_batch(s3, bucket, "b3", 600, 900, repeat=(100, 130))   # 30 ids of batch 1 again
+    r3 = run(spark, cfg(bucket, "i3", incremental=True))
+    s3_ = r3.summary
+    assert [r["incremental"]["rows_added"] for r in (r1, r2, s3_)] == [300, 300, 300]
+    i3 = s3_["incremental"]
+    assert (i3["objects_counted_before"], i3["objects_read"], i3["bytes_read"]) == (6, 3, size3), \
+        "the third refresh reads its own batch's objects only"
+    assert (i3["already_counted"], i3["rows_total"], s3_["duplicates"]) == (30, 900, 30)
+    assert s3_["projections_rows"] == 300 and i3["projections"] == "new rows only"
+    full = run(spark, cfg(bucket, "full")).model
+    inc = r3.model
+    np.testing.assert_allclose(inc.mean_, full.mean_, rtol=1e-9)
+    np.testing.assert_allclose(inc.scale_, full.scale_, rtol=1e-9)
+    np.testing.assert_allclose(inc.explained_variance_ratio_, full.explained_variance_ratio_, atol=1e-9)
+    np.testing.assert_allclose(inc.components_, full.components_, atol=1e-7)
+    assert inc.n_samples_ == full.n_samples_ == 900
+    # No new objects: the same model again, nothing read.
+    again = run(spark, cfg(bucket, "i4", incremental=True))
+    assert again.summary["incremental"]["objects_read"] == 0 and again.model.model_id_ == inc.model_id_
+    # Publishing needs every row projected: refused for "new rows only", done with --reproject.
+    with pytest.raises(PublishError, match="run it with --reproject"):
+        publish(spark, f"s3a://{bucket}/team/pca/run=i3", f"s3a://{bucket}/team")
+    upload_batch(s3, bucket, "b4", 0, 0, objects=1, repeat=(0, 5))     # only repeats: nothing new to count
+    rp = run(spark, cfg(bucket, "i5", incremental=True, reproject=True))
+    assert rp.summary["projections_rows"] == 900 and rp.summary["incremental"]["already_counted"] == 5
+    projection, index, _ = publish(spark, rp.run_uri, f"s3a://{bucket}/team")
+    assert int(index.counts.sum()) == 900 and projection.k == 5
+
+
+@pytest.mark.slow
+def test_a_failed_refresh_leaves_the_previous_total_in_force(spark, s3, bucket, monkeypatch):
+    upload_batch(s3, bucket, "b1", 0, 300)
+    first = run(spark, cfg(bucket, "a", incremental=True))
+    upload_batch(s3, bucket, "b2", 300, 600)
+    real = incremental.commit
+
+    def crash_before_the_pointer(spark_, state, gen, sums, files, unique, **kw):
+        monkeypatch.setattr(incremental, "write_bytes", lambda *a, **k: (_ for _ in ()).throw(OSError("killed")))
+        real(spark_, state, gen, sums, files, unique, **kw)
+
+    monkeypatch.setattr(incremental, "commit", crash_before_the_pointer)
+    with pytest.raises(OSError, match="killed"):
+        run(spark, cfg(bucket, "b", incremental=True))
+    monkeypatch.undo()
+    state = incremental.load_state(spark, f"s3a://{bucket}/team/pca", SHA)
+    assert state.generation == first.summary["incremental"]["generation"] and state.sums.n == 300
+    again = run(spark, cfg(bucket, "c", incremental=True))
+    assert again.summary["incremental"]["rows_total"] == 600 and again.summary["incremental"]["already_counted"] == 0
+
+
+@pytest.mark.slow
+def test_another_model_is_not_mixed_into_the_moments(spark, s3, bucket):
+    upload_batch(s3, bucket, "b1", 0, 100, objects=1)
+    run(spark, cfg(bucket, "a", incremental=True))
+    put_rows(s3, bucket, f"team/vectors/model={'b' * 64}/client=phone/part-x.parquet",
+             contract_rows(20, start=5000, model="b" * 64))
+    with pytest.raises(JobError, match=r"vectors of model bbbbbbbbbbbb\.\.\. while the state holds model aaaaaaaaaaaa"):
+        run(spark, cfg(bucket, "b", incremental=True))
+    r = run(spark, cfg(bucket, "c", incremental=True, model_sha256=SHA)).summary
+    assert r["rejected"] == 20 and r["incremental"]["rows_total"] == 100

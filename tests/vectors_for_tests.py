@@ -1,0 +1,56 @@
+"""Synthetic contract vectors for the tests: low-rank data (PCA components are identifiable on it, unlike
+on i.i.d. noise), as rows, Arrow tables and files in a bucket."""
+from __future__ import annotations
+
+import io
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from contract import vector_schema
+
+SHA = "a" * 64
+
+
+def low_rank(n=400, d=1280, rank=5, seed=0):
+    """Data with `rank` strong directions of distinct variance, plus small noise."""
+    rng = np.random.RandomState(seed)
+    basis = np.linalg.qr(rng.randn(d, rank))[0]
+    scores = rng.randn(n, rank) * np.array([10.0, 7.0, 5.0, 3.0, 2.0])[:rank]
+    return (scores @ basis.T + 0.01 * rng.randn(n, d) + rng.rand(d)).astype(np.float32)
+
+
+def contract_rows(n, *, seed=0, model=SHA, dim=1280, start=0, x=None):
+    """Column lists of n contract rows (image ids start..start+n-1, 3 labels)."""
+    if x is None:
+        x = low_rank(n=n, seed=seed) if dim == 1280 else np.random.RandomState(seed).rand(n, dim).astype(np.float32)
+    ids = [f"{i + start:064x}" for i in range(n)]
+    return {"image_id": ids, "label": [f"class{i % 3}" for i in range(n)], "source": [f"p{i}.jpg" for i in range(n)],
+            "width": [100] * n, "height": [100] * n, "features": [list(map(float, r)) for r in x],
+            "model_sha256": [model] * n, "model_name": ["m"] * n, "client_id": ["phone"] * n,
+            "vectorized_at": [datetime(2026, 1, 1, tzinfo=timezone.utc)] * n}
+
+
+def contract_table(n: int, *, seed: int = 0, start: int = 0, **types):
+    """n contract rows as an Arrow table, with any column given another Arrow type."""
+    cols = contract_rows(n, seed=seed, start=start)
+    cols["label"] = [f"c{i % 3}" for i in range(n)]
+    cols["height"] = [80] * n
+    fields = [pa.field(f.name, types.get(f.name, f.type)) for f in vector_schema()]
+    if "label" in types and pa.types.is_integer(types["label"]):
+        cols["label"] = [i % 3 for i in range(n)]
+    return pa.table(cols, schema=pa.schema(fields))
+
+
+def put_rows(s3, bucket, key, rows):
+    put_table(s3, bucket, key, pa.table(rows, schema=vector_schema()))
+
+
+def put_table(s3, bucket, key, table, store_schema: bool = True) -> int:
+    """Write a table to ``s3://bucket/key``; returns its size in bytes."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, store_schema=store_schema)
+    s3.put_object(Bucket=bucket, Key=key, Body=buf.getvalue())
+    return len(buf.getvalue())
