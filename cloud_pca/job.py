@@ -212,14 +212,18 @@ def prepare_rows(spark, cfg: JobConfig, inputs: Inputs | None, feat=None, counte
         df = df.unionByName(other, allowMissingColumns=True)
     df = select_model(df, cfg.model_sha256).withColumn("_rid", F.monotonically_increasing_id()).cache()
     try:
-        per_model = df.groupBy("model_sha256", F.col("reason").isNull().alias("ok")).count().collect()
+        per_model = df.groupBy("model_sha256", F.col("reason").isNull().alias("ok")).agg(
+            F.count(F.lit(1)).alias("count"), F.countDistinct("image_id").alias("ids")).collect()
         rows_in = sum(r["count"] for r in per_model) + photo_rejects
         if rows_in == 0 and counted is None:
             raise JobError(f"the input holds no rows ({len(inputs.files) if inputs else 0} file(s))")
         model_counts = {r["model_sha256"]: r["count"] for r in per_model if r["ok"] and r["model_sha256"]}
         pick_model(model_counts, cfg.model_sha256)
         valid = df.filter(F.col("reason").isNull())
-        unique, n_duplicates = deduplicate(valid, spark)
+        if sum(r["ids"] for r in per_model if r["ok"]) == sum(r["count"] for r in per_model if r["ok"]):
+            unique, n_duplicates = valid, 0      # every valid id once: no window to run
+        else:
+            unique, n_duplicates = deduplicate(valid, spark)
         unique = unique.drop("reason")
         n_counted = 0
         if counted is not None:
@@ -287,7 +291,13 @@ def explained_variance(model: FruitsPCAModel, solver: str) -> dict:
 
 
 def write_outputs(spark, cfg: JobConfig, run_uri: str, data: Prepared, model: FruitsPCAModel, say) -> dict:
-    """Projections, model, rejects, explained variance and plots; returns the explained-variance record."""
+    """Projections, model, rejects, explained variance and plots; returns the explained-variance record.
+
+    The plots are drawn, and the model saved, in threads while Spark writes the rejects: drawing is the
+    driver's Python, the model's small Spark jobs mostly wait on scheduling (about 1.5 s of a refresh,
+    overlapped)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from pyspark.sql import functions as F
 
     say("projecting and writing")
@@ -296,21 +306,26 @@ def write_outputs(spark, cfg: JobConfig, run_uri: str, data: Prepared, model: Fr
     projected = model.project(unique.select("image_id", label.alias("label"), "client_id", "features"),
                               model_col="pca_model", residual_col="residual")
     projected.write.mode("errorifexists").parquet(f"{run_uri}/projections")
-    model.save(spark, f"{run_uri}/model")
-    data.rejects.write.mode("errorifexists").parquet(f"{run_uri}/rejects")
     explained = explained_variance(model, cfg.solver)
-    write_bytes(spark, f"{run_uri}/explained_variance.json", json.dumps(explained, indent=1).encode())
-    csv = "component,explained_variance_ratio,cumulative\n" + "".join(
-        f"{i + 1},{r:.8g},{c:.8g}\n" for i, (r, c) in enumerate(zip(explained["explained_variance_ratio"],
-                                                                     explained["cumulative"])))
-    write_bytes(spark, f"{run_uri}/explained_variance.csv", csv.encode())
-    if cfg.plots:
-        say("plotting")
-        from cloud_pca import plots
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="outputs") as pool:
+        drawing = None
+        if cfg.plots:
+            from cloud_pca import plots
 
-        sample = projected.limit(PLOT_SAMPLE).toPandas()   # the first partitions only
-        for name, png in plots.all_plots(explained, sample).items():
-            write_bytes(spark, f"{run_uri}/plots/{name}", png)
+            sample = projected.limit(PLOT_SAMPLE).toPandas()   # the first partitions only
+            drawing = pool.submit(plots.all_plots, explained, sample)
+        saving = pool.submit(model.save, spark, f"{run_uri}/model")   # small Spark jobs: mostly waiting
+        data.rejects.write.mode("errorifexists").parquet(f"{run_uri}/rejects")
+        saving.result()
+        write_bytes(spark, f"{run_uri}/explained_variance.json", json.dumps(explained, indent=1).encode())
+        csv = "component,explained_variance_ratio,cumulative\n" + "".join(
+            f"{i + 1},{r:.8g},{c:.8g}\n" for i, (r, c) in enumerate(zip(explained["explained_variance_ratio"],
+                                                                         explained["cumulative"])))
+        write_bytes(spark, f"{run_uri}/explained_variance.csv", csv.encode())
+        if drawing is not None:
+            say("plotting")
+            for name, png in drawing.result().items():
+                write_bytes(spark, f"{run_uri}/plots/{name}", png)
     return explained
 
 
