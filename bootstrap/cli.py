@@ -47,6 +47,8 @@ def add_emr_commands(sub) -> None:
         a.add_argument("--subnet-id")
         a.add_argument("--vectors", type=int, default=1_000_000, help="vectors to fit (for the cost estimate)")
         a.add_argument("--raw-photos", type=int, default=0, help="raw photos to featurize (cost estimate)")
+        a.add_argument("--new-per-day", type=int, default=50_000,
+                       help="new vectors a day, for the daily refresh's cost (full vs incremental)")
         a.add_argument("--hours", type=float, help="cluster wall time, if known (else estimated)")
         a.add_argument("--profile")
     for name, text in (("status", "state of a cluster and its steps"), ("terminate", "terminate a cluster")):
@@ -81,7 +83,8 @@ def cmd_emr(args) -> int:
     if not getattr(args, "emr_command", None):
         raise emr.EMRError("give an action: plan, launch, status or terminate")
     if args.emr_command == "plan":
-        print(emr.plan_text(spec_from_args(args), vectors=args.vectors, raw_photos=args.raw_photos, hours=args.hours))
+        print(emr.plan_text(spec_from_args(args), vectors=args.vectors, raw_photos=args.raw_photos, hours=args.hours,
+                            new_per_day=args.new_per_day))
         return 0
     if args.emr_command == "launch":
         say = (lambda m: None) if args.quiet else (lambda m: print(f"[emr] {m}", file=sys.stderr, flush=True))

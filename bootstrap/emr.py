@@ -50,6 +50,12 @@ _REGION_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 FEATURIZE_IMAGES_PER_VCPU_S = 90.0
 PCA_VECTORS_PER_VCPU_S = 3000.0
 SETUP_HOURS = 0.25                     # provisioning + bootstrap (~10-15 min on EMR)
+# The incremental refresh (cloud_pca.incremental): the new vectors at the PCA rate, plus a scan of the counted
+# image ids (one column, ~64 B each) and a fixed solve-and-write (eigh of 1280x1280, model, plots: ~6 s on the
+# dev machine's 2 cores, bench incremental; its time did not grow measurably from 50k to 200k counted rows,
+# so the id-scan rate below is a conservative bound, not a measurement).
+ID_SCAN_PER_VCPU_S = 500_000.0
+REFRESH_FIXED_HOURS = 12 / 3600
 
 
 class EMRError(FruitsError, ValueError):
@@ -216,15 +222,42 @@ def device_access(spec: ClusterSpec, pool_id: str = POOL_PLACEHOLDER) -> dict:
             "Devices": f"fruits-edge sync PHOTOS {spec.uri()} --identity-pool <IdentityPoolId>"}
 
 
-def plan_text(spec: ClusterSpec, *, vectors: int, raw_photos: int = 0, hours: float | None = None) -> str:
-    """What ``fruits-cloud emr plan`` prints: the exact request, the devices' identity pool and role, then the
-    cost estimate."""
+def refresh_hours(spec: ClusterSpec, *, vectors: int, new: int, incremental: bool, prices: dict | None = None) -> float:
+    """Cluster hours of one refresh of ``vectors`` counted vectors plus ``new`` ones (a transient cluster)."""
+    p = prices or load_prices()
+    workers = (spec.core_nodes + spec.task_nodes) * p["instance_vcpus"][spec.instance_type]
+    if not incremental:
+        return SETUP_HOURS + (vectors + new) / (PCA_VECTORS_PER_VCPU_S * workers) / 3600
+    return (SETUP_HOURS + REFRESH_FIXED_HOURS + new / (PCA_VECTORS_PER_VCPU_S * workers) / 3600
+            + vectors / (ID_SCAN_PER_VCPU_S * workers) / 3600)
+
+
+def refresh_lines(spec: ClusterSpec, *, new_per_day: int, sizes=(1_000_000, 100_000_000)) -> list[str]:
+    """The daily refresh's cost at several sizes, full refit against incremental (estimates: the rates are
+    the dev machine's, extrapolated to the cluster and to sizes not measured)."""
+    lines = [f"daily refresh, {new_per_day} new vectors a day (ESTIMATED: dev-machine rates, extrapolated):"]
+    for n in sizes:
+        for mode in ("full", "incremental"):
+            h = refresh_hours(spec, vectors=n, new=new_per_day, incremental=mode == "incremental")
+            c = estimate_cost(spec, vectors=n, hours=h)
+            lines.append(f"  {n:>11,d} vectors  {mode:11s}  {h:6.2f} h  ${c.ec2_on_demand + c.ec2_spot + c.emr_fee:8.2f} "
+                         f"a day  (${30 * (c.ec2_on_demand + c.ec2_spot + c.emr_fee):8.2f} a month)")
+    lines.append(f"  (each refresh on a transient cluster pays its {SETUP_HOURS} h setup; incremental: "
+                 f"{PCA_VECTORS_PER_VCPU_S:.0f} new vectors/s and {ID_SCAN_PER_VCPU_S:.0f} counted ids/s per vCPU, "
+                 f"+{REFRESH_FIXED_HOURS * 3600:.0f} s to solve and write)")
+    return lines
+
+
+def plan_text(spec: ClusterSpec, *, vectors: int, raw_photos: int = 0, hours: float | None = None,
+              new_per_day: int = 50_000) -> str:
+    """What ``fruits-cloud emr plan`` prints: the exact request, the devices' identity pool and role, the
+    cost estimate, and the daily refresh's cost, full against incremental."""
     validate(spec)
     cost = estimate_cost(spec, vectors=vectors, raw_photos=raw_photos, hours=hours)
     return (json.dumps(build_request(spec), indent=2)
             + "\n\ndevices' credentials (created by launch):\n" + json.dumps(device_access(spec), indent=2)
             + f"\n\ncost estimate for {vectors} vectors + {raw_photos} raw photos in {spec.region}:\n"
-            + "\n".join(cost.lines()))
+            + "\n".join(cost.lines()) + "\n\n" + "\n".join(refresh_lines(spec, new_per_day=new_per_day)))
 
 
 @dataclass
