@@ -31,11 +31,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import Recorder  # noqa: E402
-from demo.s3server import TEST_CREDENTIALS, LocalS3, prefix_bytes  # noqa: E402
+from common import Recorder
+from demo.s3server import TEST_CREDENTIALS, LocalS3, prefix_bytes
 
 BUCKET = "bench-compare"
 VCPUS = 4                     # m5.xlarge
@@ -79,7 +77,8 @@ def measure_kind(kind: str, photos_root: Path, tmp: Path, server, log: RequestLo
     """Edge and cloud paths on one set of photos; returns two measurement rows."""
     from cloud_pca.featurize import featurize
     from featurizer.preprocess import preprocess
-    from edge_client.upload import Manifest, s3_client, upload_raw, upload_vectors
+    from edge_client.manifest import Manifest
+    from edge_client.upload import s3_client, upload_raw, upload_vectors
     from edge_client.vectorize import find_photos, vectorize
 
     photos = find_photos([photos_root])

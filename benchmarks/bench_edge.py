@@ -20,21 +20,20 @@ import tempfile
 from pathlib import Path
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Recorder, timed  # noqa: E402
-from models.synthetic import generate  # noqa: E402
-from featurizer.preprocess import preprocess  # noqa: E402
-from demo.s3server import TEST_CREDENTIALS, LocalS3  # noqa: E402
-from featurizer.runtime import Model  # noqa: E402
-from models import model_path  # noqa: E402
-from edge_client.upload import Manifest, s3_client, upload_vectors  # noqa: E402
-from edge_client.vectorize import default_workers, find_photos, vectorize  # noqa: E402
+from common import Recorder, timed
+from models.synthetic import generate
+from featurizer.preprocess import preprocess
+from demo.s3server import TEST_CREDENTIALS, LocalS3
+from featurizer.runtime import Model
+from models import model_path
+from edge_client.manifest import Manifest
+from edge_client.upload import s3_client, upload_vectors
+from edge_client.vectorize import default_workers, find_photos, vectorize
 
 
-def per_image(fn, items) -> float:
-    _, s = timed("", lambda: [fn(x) for x in items])
+def per_image(label: str, fn, items) -> float:
+    _, s = timed(label, lambda: [fn(x) for x in items])
     return s / len(items)
 
 
@@ -87,12 +86,14 @@ def main() -> int:
             # d, i and the end-to-end rate are measured together in every repeat: the machine's speed drifts
             # by 10-20% between minutes, so a limit measured once and a rate measured later do not compare.
             def limit_parts() -> tuple[float, float, float]:
-                return (per_image(m1.features, xs), per_image(m2.features, xs),
-                        per_image(lambda b: preprocess(b, m1.input_size), blobs[:300]))
+                return (per_image(f"{precision} invoke, 1 thread", m1.features, xs),
+                        per_image(f"{precision} invoke, 2 threads", m2.features, xs),
+                        per_image("decode + preprocess", lambda b: preprocess(b, m1.input_size), blobs[:300]))
 
             for _ in range(max(1, args.repeats)):
                 before = limit_parts()
-                summary, call_s = timed("", lambda: vectorize(photos, out, model_path=path, progress=False))
+                summary, call_s = timed(f"{precision} vectorize", lambda: vectorize(photos, out, model_path=path,
+                                                                                     progress=False))
                 after = limit_parts()
                 # d and i measured right before and right after the run, averaged: drift cancels to first order
                 i1, i2, d = ((b + a) / 2 for b, a in zip(before, after))

@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PeakMemory, Recorder, timed  # noqa: E402
-from contract import read_vectors  # noqa: E402
-from contract.vectors import cosine  # noqa: E402
-from models.synthetic import generate  # noqa: E402
-from models import model_path  # noqa: E402
-from edge_client.vectorize import find_photos, vectorize  # noqa: E402
+from common import PeakMemory, Recorder, timed
+from contract import read_vectors
+from contract.vectors import cosine
+from models.synthetic import generate
+from models import model_path
+from edge_client.vectorize import find_photos, vectorize
 
 
 def main() -> int:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import PeakMemory, Recorder
+from common import PeakMemory, Recorder, make_files
 from contract.vectors import features_array
 
 D = 1280
@@ -142,39 +142,6 @@ def slope(rows: list[dict], solver: str) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------- --cluster: the job
-def make_files(folder: Path, n: int, files: int, seed: int = 0) -> None:
-    """``n`` contract rows (the data of :func:`make_data`) in ``files`` Parquet files, laid out as uploads."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from contract.layout import vectors_object_key
-    from contract.vectors import file_metadata, parquet_options, vector_schema
-
-    sha = "b" * 64
-    rng = np.random.default_rng(seed)
-    rank = 48
-    basis = rng.normal(size=(rank, D)).astype(np.float32)
-    scales = np.geomspace(3.0, 0.1, rank).astype(np.float32)
-    bounds = np.linspace(0, n, files + 1).astype(int)
-    schema = vector_schema().with_metadata(file_metadata(sha, "bench"))
-    for f in range(files):
-        lo, hi = bounds[f], bounds[f + 1]
-        m = hi - lo
-        z = rng.normal(size=(m, rank)).astype(np.float32) * scales
-        x = np.clip(z @ basis * 0.2 + 0.5 + 0.05 * rng.normal(size=(m, D)).astype(np.float32), 0, 6)
-        ids = [f"{seed:08x}{i:056x}" for i in range(lo, hi)]
-        table = pa.table({
-            "image_id": pa.array(ids), "label": pa.array([f"class{i % 10}" for i in range(lo, hi)]),
-            "source": pa.array([f"p{i}.jpg" for i in range(lo, hi)]), "width": pa.array([100] * m, pa.int32()),
-            "height": pa.array([100] * m, pa.int32()), "features": features_array(x),
-            "model_sha256": pa.array([sha] * m), "model_name": pa.array(["bench"] * m),
-            "client_id": pa.array([f"phone-{f % 7}"] * m),
-            "vectorized_at": pa.array([0] * m, pa.timestamp("us", tz="UTC"))}, schema=schema)
-        path = folder / vectors_object_key("", sha, f"phone-{f % 7}", ids)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path, **parquet_options())
-
-
 def job_child(args) -> int:
     """One case of --cluster: a driver process (local mode or a client of the cluster); prints one JSON line."""
     from cloud_pca.job import JobConfig, run

@@ -127,3 +127,42 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self.sample()
+
+
+def make_files(folder: Path, n: int, files: int, seed: int = 0, start: int = 0, d: int = 1280) -> list[Path]:
+    """``n`` contract rows (non-negative low-rank-plus-noise vectors, like pooled ReLU6 features) in ``files``
+    Parquet files laid out as uploads; image ids start at ``start`` (so batches can be disjoint)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from contract.layout import vectors_object_key
+    from contract.vectors import features_array, file_metadata, parquet_options, vector_schema
+
+    sha = "b" * 64
+    rng = np.random.default_rng(seed)
+    basis_rng = np.random.default_rng(12345)           # the same population for every batch
+    rank = 48
+    basis = basis_rng.normal(size=(rank, d)).astype(np.float32)
+    scales = np.geomspace(3.0, 0.1, rank).astype(np.float32)
+    bounds = np.linspace(start, start + n, files + 1).astype(int)
+    schema = vector_schema().with_metadata(file_metadata(sha, "bench"))
+    written = []
+    for f in range(files):
+        lo, hi = bounds[f], bounds[f + 1]
+        m = hi - lo
+        z = rng.normal(size=(m, rank)).astype(np.float32) * scales
+        x = np.clip(z @ basis * 0.2 + 0.5 + 0.05 * rng.normal(size=(m, d)).astype(np.float32), 0, 6)
+        ids = [f"{i:064x}" for i in range(lo, hi)]
+        table = pa.table({
+            "image_id": pa.array(ids), "label": pa.array([f"class{i % 10}" for i in range(lo, hi)]),
+            "source": pa.array([f"p{i}.jpg" for i in range(lo, hi)]), "width": pa.array([100] * m, pa.int32()),
+            "height": pa.array([100] * m, pa.int32()), "features": features_array(x),
+            "model_sha256": pa.array([sha] * m), "model_name": pa.array(["bench"] * m),
+            "client_id": pa.array([f"phone-{f % 7}"] * m),
+            "vectorized_at": pa.array([0] * m, pa.timestamp("us", tz="UTC"))}, schema=schema)
+        path = folder / vectors_object_key("", sha, f"phone-{f % 7}", ids)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path, **parquet_options())
+        written.append(path)
+    return written

@@ -1,0 +1,141 @@
+"""The daily refresh: an incremental PCA run that adds a day's new vectors, against a full refit of everything,
+in one Spark session (local[2]) on this machine, at several sizes of what already exists.
+
+    ./run bench incremental [--existing 50000,100000,200000] [--new 5000] [--k 64]
+
+For each existing N: N vectors in files of 5,000 rows (as uploads make them), counted once by an untimed
+``--full`` run (the state); then one file of ``--new`` new vectors arrives and both are timed, same outputs
+(projections, model, explained variance, plots): the incremental run (reads the new file's features and the
+counted image ids) and a full refit (reads every file). A warm-up of both runs on a small dataset comes
+first. Reported: seconds, the ratio, objects and bytes read; then the daily refresh cost at 1M and 100M
+vectors on EMR, EXTRAPOLATED from the measured slopes (seconds = a + b*N) and marked so.
+Output: ``out/benchmarks/incremental.{csv,json}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from common import Recorder, make_files, timed
+
+ROWS_PER_OBJECT = 5000
+VCPUS, CORES_HERE = 4, 2          # an m5.xlarge, this machine
+
+
+def job(spark, inputs: str, output: str, run_id: str, k: int, **mode):
+    from cloud_pca.job import JobConfig, run
+
+    return run(spark, JobConfig(inputs=[inputs], output=output, k=k, run_id=run_id, **mode)).summary
+
+
+def measure(spark, tmp: Path, existing: int, new: int, k: int) -> dict:
+    data = tmp / f"data-{existing}"
+    make_files(data, existing, max(1, existing // ROWS_PER_OBJECT), seed=existing)
+    out = f"file://{tmp}/out-{existing}"
+    src = f"file://{data}"
+    timed(f"state of {existing} (untimed --full)", lambda: job(spark, src, out, "state", k, full=True))
+    new_files = make_files(data, new, 1, seed=existing + 1, start=10_000_000)
+    inc, inc_s = timed(f"incremental +{new} on {existing}", lambda: job(spark, src, out, "inc", k, incremental=True))
+    full, full_s = timed(f"full refit of {existing + new}", lambda: job(spark, src, out, "full", k))
+    i = inc["incremental"]
+    assert i["objects_read"] == 1 and i["rows_added"] == new and i["rows_total"] == existing + new, i
+    _, scan_s = timed(f"scan of the {existing + new} counted ids", lambda: scan_ids(spark, out))
+    assert full["projected"] == existing + new
+    return {"measure": "daily_refresh", "existing": existing, "new": new, "k": k,
+            "incremental_s": round(inc_s, 2), "full_s": round(full_s, 2), "ratio": round(inc_s / full_s, 3),
+            "id_scan_s": round(scan_s, 3),
+            "incremental_objects_read": i["objects_read"], "incremental_bytes_read": i["bytes_read"],
+            "full_files": full["files"], "full_bytes_read": sum(f.stat().st_size for f in data.rglob("*.parquet")),
+            "new_file_bytes": new_files[0].stat().st_size,
+            "incremental_timings": inc["timings_s"], "full_timings": full["timings_s"]}
+
+
+def scan_ids(spark, output: str) -> int:
+    """What an incremental run scans of the counted data: the image ids of every generation (one column)."""
+    from pyspark.sql import functions as F
+
+    from cloud_pca import incremental
+
+    state = incremental.load_state(spark, output, None)
+    return incremental.counted_ids(spark, state).agg(F.sum(F.length("image_id"))).first()[0]
+
+
+def cost_model(rows: list[dict], new: int) -> list[dict]:
+    """Daily refresh at 1M and 100M vectors on EMR, EXTRAPOLATED, priced as m5.xlarge hours (2 cores here =
+    half an m5.xlarge's 4 vCPUs). Full: seconds = a + b*N fitted on the measured sizes. Incremental: its
+    measured mean (it did not grow with N here) plus the id scan's own slope (a + b*N fitted on the timed
+    scans of the counted ids), the part that grows with N."""
+    from bootstrap.emr import SETUP_HOURS, load_prices
+
+    prices = load_prices()
+    hourly = prices["ec2_on_demand_per_hour"]["m5.xlarge"]["eu-west-3"] + prices["emr_fee_per_hour"]["m5.xlarge"]["eu-west-3"]
+    n = np.array([r["existing"] for r in rows], float)
+    out = []
+    b_full, a_full = np.polyfit(n, np.array([r["full_s"] for r in rows]), 1)
+    b_scan, _ = np.polyfit(n, np.array([r["id_scan_s"] for r in rows]), 1)
+    b_scan = max(b_scan, 0.0)
+    inc_mean = float(np.mean([r["incremental_s"] for r in rows]))
+    for mode, (a, b) in (("full", (a_full, b_full)), ("incremental", (inc_mean - b_scan * n.mean(), b_scan))):
+        for size in (1_000_000, 100_000_000):
+            seconds = a + b * size
+            hours = seconds * CORES_HERE / VCPUS / 3600      # on one m5.xlarge's 4 vCPUs
+            out.append({"measure": "daily_refresh_cost", "vectors": size, "new_per_day": new, "mode": mode,
+                        "seconds_on_2_cores": round(seconds, 1), "m5_xlarge_hours": round(hours, 4),
+                        "usd_compute": round(hours * hourly, 4),
+                        "usd_with_cluster_setup": round((hours + SETUP_HOURS) * hourly, 4),
+                        "slope_s_per_1M": round(b * 1e6, 2), "intercept_s": round(a, 2), "extrapolated": True})
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--existing", default="50000,100000,200000")
+    ap.add_argument("--new", type=int, default=5000)
+    ap.add_argument("--k", type=int, default=64)
+    args = ap.parse_args()
+    from cloud_pca.spark import get_spark
+
+    sizes = [int(s) for s in args.existing.split(",")]
+    rec = Recorder("incremental")
+    spark = get_spark("fruits-bench-incremental", master="local[2]")
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="fruits-bench-incremental-"))
+    try:
+        warm = tmp / "warm"
+        make_files(warm, 4000, 2, seed=1)
+        job(spark, f"file://{warm}", f"file://{tmp}/warm-out", "w1", args.k, full=True)
+        make_files(warm, 1000, 1, seed=2, start=9_000_000)
+        job(spark, f"file://{warm}", f"file://{tmp}/warm-out", "w2", args.k, incremental=True)
+        job(spark, f"file://{warm}", f"file://{tmp}/warm-out", "w3", args.k)
+        print(f"{'existing':>9s} {'new':>6s} {'incr s':>7s} {'full s':>7s} {'ratio':>6s} {'incr MB read':>12s} "
+              f"{'full MB read':>12s} {'id scan s':>9s}", flush=True)
+        for n in sizes:
+            r = measure(spark, tmp, n, args.new, args.k)
+            rows.append(r)
+            rec.add(**{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()})
+            print(f"{n:9d} {args.new:6d} {r['incremental_s']:7.2f} {r['full_s']:7.2f} {r['ratio']:6.3f} "
+                  f"{r['incremental_bytes_read'] / 1e6:12.1f} {r['full_bytes_read'] / 1e6:12.1f} "
+                  f"{r['id_scan_s']:9.3f}", flush=True)
+            shutil.rmtree(tmp / f"data-{n}", ignore_errors=True)
+    finally:
+        spark.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if len(rows) >= 2:
+        print("\ndaily refresh on EMR (m5.xlarge, eu-west-3 on demand), EXTRAPOLATED from the slopes above:")
+        for c in cost_model(rows, args.new):
+            rec.add(**c)
+            print(f"  {c['vectors']:>11,d} vectors, {c['mode']:11s}: {c['seconds_on_2_cores']:9.1f} s here, "
+                  f"{c['m5_xlarge_hours']:.4f} m5.xlarge h, ${c['usd_compute']:.4f} compute "
+                  f"(${c['usd_with_cluster_setup']:.2f} with a transient cluster's setup)")
+    path = rec.save()
+    print(f"\nwrote {path}, {path.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
