@@ -11,8 +11,10 @@ set -euo pipefail
 
 REQUIREMENTS_URI="${1:?usage: emr-bootstrap.sh s3://BUCKET/PREFIX/bootstrap/requirements-emr.txt}"
 PYTHON_PACKAGE="python3.11"
-PYTHON="/usr/bin/python3.11"
+PYTHON="${FRUITS_NODE_PYTHON:-/usr/bin/python3.11}"   # the nodes' interpreter (spark-env's PYSPARK_PYTHON)
 PIP_VERSION="24.3.1"
+REQUIREMENTS="$(mktemp)"
+trap 'rm -f "$REQUIREMENTS"' EXIT
 
 log() { printf '[fruits-bootstrap] %s\n' "$*"; }
 
@@ -22,13 +24,13 @@ if ! command -v "$PYTHON" >/dev/null 2>&1; then
 fi
 
 log "fetching $REQUIREMENTS_URI"
-aws s3 cp --only-show-errors "$REQUIREMENTS_URI" /tmp/fruits-requirements-emr.txt
+aws s3 cp --only-show-errors "$REQUIREMENTS_URI" "$REQUIREMENTS"
 
 log "installing pinned libraries into $PYTHON (no pyspark: EMR provides Spark)"
-if grep -Eiq '^(pyspark|py4j)==' /tmp/fruits-requirements-emr.txt; then
+if grep -Eiq '^(pyspark|py4j)==' "$REQUIREMENTS"; then
   log "refusing: the requirements list pyspark or py4j, which would shadow EMR's Spark"; exit 1
 fi
 sudo "$PYTHON" -m pip install --quiet --no-cache-dir "pip==$PIP_VERSION"
-sudo "$PYTHON" -m pip install --quiet --no-cache-dir --only-binary=:all: -r /tmp/fruits-requirements-emr.txt
+sudo "$PYTHON" -m pip install --quiet --no-cache-dir --only-binary=:all: -r "$REQUIREMENTS"
 
-"$PYTHON" -c 'import numpy, pandas, pyarrow, PIL, matplotlib, ai_edge_litert; print("[fruits-bootstrap] ok:", numpy.__version__, pandas.__version__, pyarrow.__version__)'
+"$PYTHON" -c 'import numpy, pandas, pyarrow, PIL, matplotlib, ai_edge_litert, pi_heif; print("[fruits-bootstrap] ok:", numpy.__version__, pandas.__version__, pyarrow.__version__)'

@@ -178,8 +178,9 @@ def vectors_prefix(root: str, model_sha256: str | None = None) -> str:
 def vectors_object_key(root: str, model_sha256: str, client_id: str, image_ids: Iterable[str]) -> str:
     """The key of one vectors object, named by its content.
 
-    >>> vectors_object_key("team", "a" * 64, "phone-1", ["x"])[:40]
-    'team/vectors/model=aaaaaaaaaaaaaaaaaaaaaaa'
+    >>> key = vectors_object_key("team", "a" * 64, "phone-1", ["x"])
+    >>> key.split("/")[:2], key.split("/")[3], len(key.rsplit("part-", 1)[1])
+    (['team', 'vectors'], 'client=phone-1', 40)
     """
     return (vectors_prefix(root, model_sha256)
             + f"client={check_client_id(client_id)}/part-{content_key(model_sha256, image_ids)}.parquet")

@@ -334,7 +334,7 @@ def upload_vectors(client, files: Iterable[str | os.PathLike], bucket: str, root
 
 
 def header_safe(text: str, limit: int = 1024) -> str:
-    """Text for an S3 user-metadata header: printable ASCII; anything else (newlines, accents) percent-encoded.
+    r"""Text for an S3 user-metadata header: printable ASCII; anything else (newlines, accents) percent-encoded.
 
     >>> header_safe("Pomme\nrouge é")
     'Pomme%0Arouge %C3%A9'

@@ -141,7 +141,7 @@ def test_missing_bucket_is_one_clear_error(tmp_path, vectors_file, s3_server, ca
     assert code == 1 and err == ["Error: bucket 'no-such-bucket-xyz' does not exist at " + s3_server.endpoint_url]
 
 
-def test_wrong_credentials_are_one_clear_error_and_nothing_is_written(tmp_path, vectors_file, capsys):
+def test_wrong_credentials_are_one_clear_error_and_nothing_is_written(tmp_path, vectors_file, capsys, monkeypatch):
     """A server that checks credentials (moto with IAM auth on): a wrong secret is refused up front."""
     import boto3
 
@@ -157,25 +157,21 @@ def test_wrong_credentials_are_one_clear_error_and_nothing_is_written(tmp_path, 
         good = boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1",
                             aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
         good.create_bucket(Bucket="fruits")
-        env = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": "wrong-secret"}
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            code = run_cli("upload", vectors_file, "s3://fruits/team", "--endpoint-url", server.endpoint_url,
-                           "--manifest", tmp_path / "m.sqlite", "--retries", "1")
-        finally:
-            os.environ.update({k: v for k, v in old.items() if v is not None})
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+        code = run_cli("upload", vectors_file, "s3://fruits/team", "--endpoint-url", server.endpoint_url,
+                       "--manifest", tmp_path / "m.sqlite", "--retries", "1")
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 1 and len(err) == 1
         assert err[0].startswith("Error: ") and ("credentials" in err[0] or "access denied" in err[0]), err
         assert good.list_objects_v2(Bucket="fruits").get("KeyCount", 0) == 0
 
 
-def test_server_stops_mid_upload_then_same_command_finishes(tmp_path, vectors_file, capsys):
+def test_server_stops_mid_upload_then_same_command_finishes(tmp_path, vectors_file, capsys, monkeypatch):
     import boto3
 
     from demo.s3server import LocalS3
-    from edge_client import upload as up
+    from edge_client.manifest import Manifest
 
     server = LocalS3(mode="thread").start()
     s3 = boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1")
@@ -183,7 +179,7 @@ def test_server_stops_mid_upload_then_same_command_finishes(tmp_path, vectors_fi
     s3.create_bucket(Bucket=bucket)
     args = ["upload", vectors_file, f"s3://{bucket}/team", "--endpoint-url", server.endpoint_url,
             "--rows-per-object", "10", "--manifest", tmp_path / "m.sqlite", "--retries", "2"]
-    real = up.Manifest.record
+    real = Manifest.record
     calls = {"n": 0}
 
     def record_then_crash(self, *a, **kw):
@@ -192,11 +188,9 @@ def test_server_stops_mid_upload_then_same_command_finishes(tmp_path, vectors_fi
         if calls["n"] == 2:
             server.stop()  # the server goes away after two confirmed objects
 
-    up.Manifest.record = record_then_crash
-    try:
-        assert run_cli(*args) == 1
-    finally:
-        up.Manifest.record = real
+    monkeypatch.setattr(Manifest, "record", record_then_crash)
+    assert run_cli(*args) == 1
+    monkeypatch.undo()
     err = capsys.readouterr().err
     assert err.startswith("Error: cannot reach S3") and "run" in err and "again" in err
     server.start()  # same port, same in-memory state

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from contract import load_model_card
-from tests.conftest import MODELS
+from models import model_path
+
+MODELS = model_path().parent
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
