@@ -8,14 +8,13 @@ and this module is not used.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from contract.errors import FruitsError
+from contract.errors import FruitsError, fetch_cli
 
 # pyspark 3.5.x bundles Hadoop 3.3.4; hadoop-aws 3.3.4 was built against this SDK v1 bundle.
 HADOOP_VERSION = "3.3.4"
@@ -74,17 +73,7 @@ def connector_jars(*, fetch: bool = True, quiet: bool = True) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        paths = connector_jars(quiet=args.quiet)
-    except ConnectorError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
-    if not args.quiet:
-        print("\n".join(map(str, paths)))
-    return 0
+    return fetch_cli(__doc__.split("\n\n")[0], connector_jars, argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ NaN; components are unit vectors whose largest-magnitude entry is positive, so t
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -28,6 +27,7 @@ import numpy as np
 
 from contract.card import FEATURE_DIM
 from contract.errors import FruitsError
+from contract.projection import digest
 from contract.vectors import features_array, features_matrix, safe_inverse
 
 log = logging.getLogger(__name__)
@@ -262,10 +262,7 @@ class FruitsPCAModel:
     @property
     def model_id_(self) -> str:
         """16 hex characters naming the fitted numbers (what projections record as their ``pca_model``)."""
-        h = hashlib.sha256()
-        for a in (self.mean_, self.scale_, self.components_):
-            h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
-        return h.hexdigest()[:16]
+        return digest((self.mean_, self.scale_, self.components_), np.float64)
 
     @classmethod
     def from_moments(cls, m: Moments, *, k: int | None = None, variance: float | None = None,

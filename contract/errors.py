@@ -70,3 +70,21 @@ def one_line(exc: BaseException) -> str:
     """An exception's message on one line (the first line; a multi-line Java error keeps only its head)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def fetch_cli(description: str, fetch: Callable[..., object], argv: list[str] | None = None) -> int:
+    """A setup command that fetches a cached artifact (``fetch(quiet=...)``) and prints its path(s).
+
+    ``./run setup`` calls these with ``--quiet``; a :class:`FruitsError` is one line and exit code 1.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        found = fetch(quiet=args.quiet)
+    except FruitsError as exc:
+        print(f"Error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print("\n".join(map(str, found if isinstance(found, (list, tuple)) else [found])))
+    return 0

