@@ -2,6 +2,7 @@
 run on this machine, with a cost model per million images.
 
     ./run bench compare [--thumbs 1000] [--phone 40] [--pca-sizes 10000,50000,100000] [--reuse-pca]
+                        [--reuse-incremental]
 
 - edge:  ``vectorize`` on the device (2 threads) + upload of the vectors (zstd Parquet, conditional PUTs);
 - cloud: upload of the raw photos + Spark featurization (local[2], pandas UDF, same TFLite model).
@@ -10,7 +11,8 @@ Photos: 100x100 thumbnails (Fruits-360-like) and 12-megapixel phone photos (synt
 
 Costs per million images use the measured rates and bootstrap/prices.json (the team's billed EC2/EMR
 prices; S3 list prices). The PCA cost as N grows comes from ``bench_pca.py`` (10k, 50k, 100k measured;
-1M and 100M extrapolated from the measured slope and marked so). Output: ``out/benchmarks/compare.{csv,
+1M and 100M extrapolated from the measured slope and marked so), the daily refresh (incremental against full
+refit) from ``bench_incremental.py``. Output: ``out/benchmarks/compare.{csv,
 json,md,html}`` with tables and plots.
 """
 from __future__ import annotations
@@ -235,6 +237,8 @@ def main() -> int:
     ap.add_argument("--phone", type=int, default=40, help="12-megapixel phone photos")
     ap.add_argument("--pca-sizes", default="10000,50000,100000")
     ap.add_argument("--reuse-pca", action="store_true", help="use out/benchmarks/pca.json from an earlier run")
+    ap.add_argument("--reuse-incremental", action="store_true",
+                    help="use out/benchmarks/incremental.json (bench_incremental.py) from an earlier run")
     args = ap.parse_args()
     for k, v in TEST_CREDENTIALS.items():  # the local server takes any; never real credentials
         os.environ[k] = v
@@ -275,10 +279,15 @@ def main() -> int:
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_pca.py"), "--sizes", args.pca_sizes],
                        check=True)
     pca_rows = json.loads(pca_json.read_text())
+    inc_json = ROOT / "out" / "benchmarks" / "incremental.json"
+    if not args.reuse_incremental or not inc_json.exists():
+        print("daily refresh, incremental against full (bench_incremental.py); several minutes", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_incremental.py")], check=True)
+    refresh = [r for r in json.loads(inc_json.read_text()) if r["measure"] in ("daily_refresh", "daily_refresh_cost")]
 
     costs = [c for r in rows for c in cost_per_million(r, prices)]
     pcas = pca_costs(pca_rows, prices)
-    for r in rows + costs + pcas:
+    for r in rows + costs + pcas + refresh:
         rec.add(**{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
     csv_path = rec.save()
 
@@ -304,8 +313,18 @@ def main() -> int:
                   "m5.xlarge h": round(p["m5_xlarge_hours"], 4), "$ eu-west-3": round(p["usd_eu_west_3_on_demand"], 4),
                   "": "EXTRAPOLATED" if p["extrapolated"] else "measured"} for p in pcas]
 
+    refresh_measured = [{"existing N": r["existing"], "new": r["new"], "incremental s": r["incremental_s"],
+                         "full refit s": r["full_s"], "incremental / full": r["ratio"],
+                         "MB read incremental": round(r["incremental_bytes_read"] / 1e6, 1),
+                         "MB read full": round(r["full_bytes_read"] / 1e6, 1)}
+                        for r in refresh if r["measure"] == "daily_refresh"]
+    refresh_cost = [{"vectors": f"{r['vectors']:,}", "new a day": f"{r['new_per_day']:,}", "mode": r["mode"],
+                     "seconds (2 cores)": r["seconds_on_2_cores"], "m5.xlarge h": r["m5_xlarge_hours"],
+                     "$ a day (compute)": r["usd_compute"], "$ a day (transient cluster)": r["usd_with_cluster_setup"],
+                     "": "EXTRAPOLATED"} for r in refresh if r["measure"] == "daily_refresh_cost"]
+
     print()
-    for t in (table, ratios):
+    for t in (table, ratios, refresh_cost):
         cols = list(t[0])
         print(" | ".join(cols))
         for r in t:
@@ -337,6 +356,14 @@ def main() -> int:
     page.table(pca_table)
     page.text("Measured on 2 cores here (bench_pca.py); 1M and 100M rows are a linear extrapolation of the measured "
               "slope, marked EXTRAPOLATED; m5.xlarge hours = core-seconds / 4 vCPU.", note=True)
+    page.heading("Daily refresh: incremental PCA against a full refit (same for both paths)")
+    page.table(refresh_measured)
+    page.table(refresh_cost)
+    page.text("Measured in one Spark session, local[2] (bench_incremental.py): the incremental run reads the new "
+              "file's features and the counted image ids only. 1M and 100M are EXTRAPOLATED: full = a + b*N fitted "
+              "on the measured sizes; incremental = its measured time plus the id scan's slope; m5.xlarge hours = "
+              "core-seconds / 4 vCPU, eu-west-3 on demand + EMR fee; a transient cluster adds its setup time. "
+              "`fruits-cloud emr plan --new-per-day N` prints the same comparison for a chosen cluster.", note=True)
     html_path = page.write(ROOT / "out" / "benchmarks" / "compare.html", markdown=True)
     print(f"wrote {csv_path}, {html_path}, {html_path.with_suffix('.md')} in {time.perf_counter() - started:.0f} s")
     return 0

@@ -141,15 +141,12 @@ def policy_documents(bucket: str, prefix: str = "", *, pool_id: str = POOL_PLACE
     }
 
 
-def bucket_settings(*, raw_expire_days: int | None = None) -> dict:
+def bucket_settings() -> dict:
     """The bucket's hardening besides its policy: block public access, encrypt at rest, owner owns objects,
-    abort incomplete multipart uploads after a few days. Raw photos do not expire by default: they are the
-    only copy of what those devices saw, and featurizing them again is how a new model reaches them."""
+    abort incomplete multipart uploads after a few days. Raw photos do not expire: they are the only copy of
+    what those devices saw, and featurizing them again is how a new model reaches them (README, *Lifecycle*)."""
     rules = [{"ID": "fruits-abort-incomplete-multipart", "Status": "Enabled", "Filter": {"Prefix": ""},
               "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": MULTIPART_DAYS}}]
-    if raw_expire_days:
-        rules.append({"ID": "fruits-expire-raw-photos", "Status": "Enabled", "Filter": {"Prefix": "raw/"},
-                      "Expiration": {"Days": int(raw_expire_days)}})
     return {
         "PublicAccessBlockConfiguration": {"BlockPublicAcls": True, "IgnorePublicAcls": True,
                                            "BlockPublicPolicy": True, "RestrictPublicBuckets": True},

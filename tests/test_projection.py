@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cloud_pca.job import JobConfig, JobError, run
 from cloud_pca.publish import publish
@@ -121,6 +122,9 @@ def test_identify_says_unknown_for_fruits_the_index_does_not_hold(bigger_index, 
               f"{rate['known'][0]}/{rate['known'][1]} of known ones")
     assert rate["unseen"][1] == 20 and rate["known"][1] == 30
     assert rate["unseen"][0] / 20 >= 0.9 and rate["known"][0] / 30 <= 0.1, rate
+    black = tmp_path / "black.jpg"
+    Image.new("RGB", (100, 100)).save(black)     # was "Banana 0.90" before thresholds
+    assert identify_lines(edge_main, capsys, black, base, projection.projection_id)[0][1] == "unknown"
 
 
 @pytest.mark.slow

@@ -66,9 +66,12 @@ def test_a_corrupt_manifest_is_one_error_line(tmp_path, vectors_file, s3_server,
         "--manifest NEW" in err[0]
 
 
-def test_a_lost_manifest_costs_only_the_changed_object(tmp_path, photos, s3, s3_server, bucket, capsys):
+@pytest.mark.slow
+def test_a_lost_manifest_costs_only_the_changed_object(tmp_path, photos, s3, s3_server, bucket, capsys, spark):
     """12 photos synced, the manifest lost, 1 photo added: the 12-row object is untouched and a 13-row object
     is added (12 rows again); the job drops those 12 as duplicates. What it costs is stated."""
+    from cloud_pca.job import JobConfig, run
+
     phone = tmp_path / "phone" / "Lime"
     shutil.copytree(photos / "Lime", phone)
     (phone / "extra-1.jpg").write_bytes((photos / "Banana" / "0_100.jpg").read_bytes())
@@ -81,6 +84,9 @@ def test_a_lost_manifest_costs_only_the_changed_object(tmp_path, photos, s3, s3_
     objects = keys(s3, bucket, "team/vectors/")
     rows = sorted(read_vectors(io.BytesIO(s3.get_object(Bucket=bucket, Key=k)["Body"].read())).num_rows for k in objects)
     assert rows == [12, 13]
+    summary = run(spark, JobConfig(inputs=[f"s3a://{bucket}/team/vectors/"], output=f"s3a://{bucket}/team/pca",
+                                   k=2, run_id="lost", plots=False)).summary
+    assert (summary["rows_in"], summary["duplicates"], summary["projected"]) == (25, 12, 13), summary
 
 
 # ------------------------------------------------------------ 3. runs that look complete when they are not
