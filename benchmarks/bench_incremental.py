@@ -7,8 +7,9 @@ For each existing N: N vectors in files of 5,000 rows (as uploads make them), co
 ``--full`` run (the state); then one file of ``--new`` new vectors arrives and both are timed, same outputs
 (projections, model, explained variance, plots): the incremental run (reads the new file's features and the
 counted image ids) and a full refit (reads every file). A warm-up of both runs on a small dataset comes
-first. Reported: seconds, the ratio, objects and bytes read; then the daily refresh cost at 1M and 100M
-vectors on EMR, EXTRAPOLATED from the measured slopes (seconds = a + b*N) and marked so.
+first. Reported: seconds, the ratio, objects and bytes read; the scan of 1M and 4M counted ids (the part of an
+incremental run that grows with what exists); then the daily refresh cost at 1M and 100M vectors on EMR,
+EXTRAPOLATED from the measured slopes (seconds = a + b*N) and marked so.
 Output: ``out/benchmarks/incremental.{csv,json}``.
 """
 from __future__ import annotations
@@ -56,20 +57,52 @@ def measure(spark, tmp: Path, existing: int, new: int, k: int) -> dict:
 
 
 def scan_ids(spark, output: str) -> int:
-    """What an incremental run scans of the counted data: the image ids of every generation (one column)."""
-    from pyspark.sql import functions as F
-
+    """What an incremental run scans of the counted data: the counted image ids (one column), semi-joined with
+    the new batch's ids as ``cloud_pca.job.prepare_rows`` does it."""
     from cloud_pca import incremental
 
     state = incremental.load_state(spark, output, None)
-    return incremental.counted_ids(spark, state).agg(F.sum(F.length("image_id"))).first()[0]
+    return semi_join_count(incremental.counted_ids(spark, state), spark.read.parquet(*state.id_parts[-1:]))
 
 
-def cost_model(rows: list[dict], new: int) -> list[dict]:
+def semi_join_count(counted, batch) -> int:
+    from pyspark.sql import functions as F
+
+    return counted.join(F.broadcast(batch.select("image_id")), "image_id", "left_semi").distinct().count()
+
+
+def measure_id_scan(spark, tmp: Path, sizes: list[int], new: int) -> list[dict]:
+    """The part of an incremental run that grows with what exists, alone and at sizes where it dominates its
+    fixed cost: ``sizes`` counted sha256 ids (as the state's ``ids/`` hold them, 1M per file) semi-joined with
+    ``new`` ids of a batch (half of them counted before)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(7)
+    rows = []
+    for size in sizes:
+        folder = tmp / f"ids-{size}"
+        folder.mkdir()
+        for i, start in enumerate(range(0, size, 1_000_000)):
+            raw = rng.bytes(32 * min(1_000_000, size - start))
+            ids = [raw[j:j + 32].hex() for j in range(0, len(raw), 32)]
+            pq.write_table(pa.table({"image_id": ids}), folder / f"part-{i:05d}.parquet")
+        batch = spark.createDataFrame([(x,) for x in ids[:new // 2]] + [(f"{j:064x}",) for j in range(new - new // 2)],
+                                      "image_id string")
+        counted = spark.read.parquet(f"file://{folder}")
+        seen, seconds = timed(f"id scan of {size} counted ids", lambda: semi_join_count(counted, batch))
+        assert seen == new // 2, seen
+        rows.append({"measure": "id_scan", "counted_ids": size, "new": new, "seconds": round(seconds, 3),
+                     "bytes": sum(f.stat().st_size for f in folder.iterdir())})
+        shutil.rmtree(folder, ignore_errors=True)
+    return rows
+
+
+def cost_model(rows: list[dict], scans: list[dict], new: int) -> list[dict]:
     """Daily refresh at 1M and 100M vectors on EMR, EXTRAPOLATED, priced as m5.xlarge hours (2 cores here =
     half an m5.xlarge's 4 vCPUs). Full: seconds = a + b*N fitted on the measured sizes. Incremental: its
-    measured mean (it did not grow with N here) plus the id scan's own slope (a + b*N fitted on the timed
-    scans of the counted ids), the part that grows with N."""
+    measured mean (it did not grow with N here) plus the id scan's slope, the part that grows with N, fitted
+    (a + b*N) on the scans of millions of counted ids, where the scan outweighs its fixed cost."""
     from bootstrap.emr import SETUP_HOURS, load_prices
 
     prices = load_prices()
@@ -77,7 +110,7 @@ def cost_model(rows: list[dict], new: int) -> list[dict]:
     n = np.array([r["existing"] for r in rows], float)
     out = []
     b_full, a_full = np.polyfit(n, np.array([r["full_s"] for r in rows]), 1)
-    b_scan, _ = np.polyfit(n, np.array([r["id_scan_s"] for r in rows]), 1)
+    b_scan, _ = np.polyfit([r["counted_ids"] for r in scans], [r["seconds"] for r in scans], 1)
     b_scan = max(b_scan, 0.0)
     inc_mean = float(np.mean([r["incremental_s"] for r in rows]))
     for mode, (a, b) in (("full", (a_full, b_full)), ("incremental", (inc_mean - b_scan * n.mean(), b_scan))):
@@ -97,6 +130,7 @@ def main() -> int:
     ap.add_argument("--existing", default="50000,100000,200000")
     ap.add_argument("--new", type=int, default=5000)
     ap.add_argument("--k", type=int, default=64)
+    ap.add_argument("--scan-sizes", default="1000000,4000000", help="counted ids for the id scan's slope")
     args = ap.parse_args()
     from cloud_pca.spark import get_spark
 
@@ -122,12 +156,17 @@ def main() -> int:
                   f"{r['incremental_bytes_read'] / 1e6:12.1f} {r['full_bytes_read'] / 1e6:12.1f} "
                   f"{r['id_scan_s']:9.3f}", flush=True)
             shutil.rmtree(tmp / f"data-{n}", ignore_errors=True)
+        print(f"\n{'counted ids':>11s} {'scan s':>7s} {'MB':>7s}   (semi-join with {args.new} new ids)", flush=True)
+        scans = measure_id_scan(spark, tmp, [int(s) for s in args.scan_sizes.split(",")], args.new)
+        for r in scans:
+            rec.add(**r)
+            print(f"{r['counted_ids']:11d} {r['seconds']:7.2f} {r['bytes'] / 1e6:7.1f}", flush=True)
     finally:
         spark.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     if len(rows) >= 2:
         print("\ndaily refresh on EMR (m5.xlarge, eu-west-3 on demand), EXTRAPOLATED from the slopes above:")
-        for c in cost_model(rows, args.new):
+        for c in cost_model(rows, scans, args.new):
             rec.add(**c)
             print(f"  {c['vectors']:>11,d} vectors, {c['mode']:11s}: {c['seconds_on_2_cores']:9.1f} s here, "
                   f"{c['m5_xlarge_hours']:.4f} m5.xlarge h, ${c['usd_compute']:.4f} compute "

@@ -84,7 +84,7 @@ def run_spark(spark, solver: str, path: str, out: str, k: int) -> dict:
     model = fit_pca(df, k=k, solver=solver)
     (model.project(df.select("image_id", "features"))
      .write.mode("overwrite").parquet(out))
-    return {"rows": int(model.n_rows_)}
+    return {"rows": int(model.n_samples_)}
 
 
 def child(args) -> int:
