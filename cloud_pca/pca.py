@@ -18,8 +18,6 @@ NaN; components are unit vectors whose largest-magnitude entry is positive, so t
 """
 from __future__ import annotations
 
-import io
-import json
 import logging
 from dataclasses import dataclass, field
 
@@ -27,7 +25,7 @@ import numpy as np
 
 from contract.card import FEATURE_DIM
 from contract.errors import FruitsError
-from contract.projection import digest
+from contract.projection import digest, pack_arrays, unpack_arrays
 from contract.vectors import features_array, features_matrix, safe_inverse
 
 log = logging.getLogger(__name__)
@@ -117,14 +115,12 @@ class GramSums:
         return int(self.total.nbytes + self.upper.nbytes + self.lo.nbytes + self.hi.nbytes)
 
     def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        np.savez(buf, n=np.array(self.n), total=self.total, upper=self.upper, lo=self.lo, hi=self.hi)
-        return buf.getvalue()
+        return pack_arrays(n=np.array(self.n), total=self.total, upper=self.upper, lo=self.lo, hi=self.hi)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "GramSums":
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            return cls(int(z["n"]), z["total"], z["upper"], z["lo"], z["hi"])
+        z = unpack_arrays(data)
+        return cls(int(z["n"]), z["total"], z["upper"], z["lo"], z["hi"])
 
 
 def _sum_keyed(key, values):
@@ -344,24 +340,20 @@ class FruitsPCAModel:
 
     # ---------------------------------------------------------------------------------- save and load
     def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
         meta = {"n_samples": self.n_samples_, "solver": self.solver_, "choice": self.choice_,
                 "model_id": self.model_id_, "format": 1}
-        np.savez(buf, mean=self.mean_, scale=self.scale_, components=self.components_,
-                 explained_variance=self.explained_variance_, spectrum=self.spectrum_, meta=np.array(json.dumps(meta)))
-        return buf.getvalue()
+        return pack_arrays(meta, mean=self.mean_, scale=self.scale_, components=self.components_,
+                           explained_variance=self.explained_variance_, spectrum=self.spectrum_)
 
     @classmethod
     def from_bytes(cls, data: bytes, origin: str = "<model>") -> "FruitsPCAModel":
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                spectrum = z["spectrum"]
-                k = z["components"].shape[0]
-                model = cls(mean_=z["mean"], scale_=z["scale"], components_=z["components"],
-                            explained_variance_=z["explained_variance"], explained_variance_ratio_=spectrum[:k],
-                            spectrum_=spectrum, n_samples_=int(meta["n_samples"]), solver_=meta["solver"],
-                            choice_=meta.get("choice", ""))
+            z = unpack_arrays(data)
+            meta, spectrum, k = z["meta"], z["spectrum"], z["components"].shape[0]
+            model = cls(mean_=z["mean"], scale_=z["scale"], components_=z["components"],
+                        explained_variance_=z["explained_variance"], explained_variance_ratio_=spectrum[:k],
+                        spectrum_=spectrum, n_samples_=int(meta["n_samples"]), solver_=meta["solver"],
+                        choice_=meta.get("choice", ""))
         except (ValueError, KeyError, OSError) as exc:
             raise PCAInputError(f"{origin}: not a saved FruitsPCAModel ({exc})") from None
         if model.model_id_ != meta.get("model_id"):

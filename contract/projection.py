@@ -28,6 +28,29 @@ import numpy as np
 from contract.errors import ContractError
 
 
+def pack_arrays(meta: dict | None = None, **arrays) -> bytes:
+    """``arrays`` (and ``meta`` as JSON) as the bytes of one ``.npz`` file, readable with numpy alone.
+
+    >>> unpack_arrays(pack_arrays({"k": 2}, x=np.arange(3)))["meta"]
+    {'k': 2}
+    """
+    buf = io.BytesIO()
+    if meta is not None:
+        arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def unpack_arrays(data: bytes) -> dict:
+    """The arrays in bytes made by :func:`pack_arrays` (pickles refused), ``meta`` decoded from JSON when there;
+    anything else raises ValueError, KeyError or OSError."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        out = {name: z[name] for name in z.files}
+    if "meta" in out:
+        out["meta"] = json.loads(str(out["meta"]))
+    return out
+
+
 def digest(arrays, dtype, extra: str = "") -> str:
     """16 hex characters naming some numbers: SHA-256 over the arrays' bytes as ``dtype`` (C order), then
     ``extra``. The same numbers give the same name on every machine.
@@ -72,21 +95,18 @@ class Projection:
         return np.clip((z * z).sum(axis=-1) - (y * y).sum(axis=-1), 0.0, None)
 
     def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
         meta = {"model_sha256": self.model_sha256, "model_name": self.model_name, "k": self.k, "run": self.run,
                 "projection_id": self.projection_id, "format": 1}
-        np.savez(buf, mean=self.mean.astype(np.float32), scale=self.scale.astype(np.float32),
-                 components=self.components.astype(np.float32), meta=np.array(json.dumps(meta)))
-        return buf.getvalue()
+        return pack_arrays(meta, mean=self.mean.astype(np.float32), scale=self.scale.astype(np.float32),
+                           components=self.components.astype(np.float32))
 
     @classmethod
     def from_bytes(cls, data: bytes, origin: str = "<projection>") -> "Projection":
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                p = cls(z["mean"].astype(np.float64), z["scale"].astype(np.float64),
-                        z["components"].astype(np.float64), meta["model_sha256"], meta.get("model_name", ""),
-                        meta.get("run", ""))
+            z = unpack_arrays(data)
+            meta = z["meta"]
+            p = cls(z["mean"].astype(np.float64), z["scale"].astype(np.float64), z["components"].astype(np.float64),
+                    meta["model_sha256"], meta.get("model_name", ""), meta.get("run", ""))
         except (ValueError, KeyError, OSError) as exc:
             raise ContractError(f"{origin}: not a projection artifact ({exc})") from None
         d = p.mean.shape[0]
@@ -123,21 +143,20 @@ class ReferenceIndex:
     residual_threshold: float = float("inf")
 
     def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
         thresholds = self.thresholds if self.thresholds is not None else np.full(len(self.labels), np.inf)
-        np.savez(buf, labels=np.array(self.labels), centroids=self.centroids.astype(np.float32),
-                 counts=self.counts.astype(np.int64), projection_id=np.array(self.projection_id),
-                 thresholds=np.asarray(thresholds, np.float64), residual_threshold=np.array(self.residual_threshold))
-        return buf.getvalue()
+        return pack_arrays(labels=np.array(self.labels), centroids=self.centroids.astype(np.float32),
+                           counts=self.counts.astype(np.int64), projection_id=np.array(self.projection_id),
+                           thresholds=np.asarray(thresholds, np.float64),
+                           residual_threshold=np.array(self.residual_threshold))
 
     @classmethod
     def from_bytes(cls, data: bytes, origin: str = "<index>") -> "ReferenceIndex":
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                thresholds = z["thresholds"].astype(np.float64) if "thresholds" in z.files else None
-                residual = float(z["residual_threshold"]) if "residual_threshold" in z.files else float("inf")
-                return cls([str(v) for v in z["labels"]], z["centroids"].astype(np.float64), z["counts"],
-                           str(z["projection_id"]), thresholds, residual)
+            z = unpack_arrays(data)
+            thresholds = z["thresholds"].astype(np.float64) if "thresholds" in z else None
+            residual = float(z["residual_threshold"]) if "residual_threshold" in z else float("inf")
+            return cls([str(v) for v in z["labels"]], z["centroids"].astype(np.float64), z["counts"],
+                       str(z["projection_id"]), thresholds, residual)
         except (ValueError, KeyError, OSError) as exc:
             raise ContractError(f"{origin}: not a reference index ({exc})") from None
 
