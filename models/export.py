@@ -105,7 +105,13 @@ def convert(model, precision: str, representative: Callable[[], Iterable[list[np
 
     if precision not in PRECISIONS:
         raise ExportError(f"--precision={precision} must be one of {', '.join(PRECISIONS)}")
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    # A fixed batch of 1 ([1, s, s, 3], not [-1, s, s, 3]): LiteRT.js (the phones' web app) runs only models
+    # whose shapes are static, and every side must load the same file. Python callers feed one image at a time.
+    import keras
+
+    size = int(model.input_shape[1])
+    single = keras.Input(batch_shape=(1, size, size, 3), name="input")
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(single, model(single)))
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
