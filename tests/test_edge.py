@@ -87,6 +87,27 @@ def test_vectorize_bad_photos_each_rejected_with_a_reason(tmp_path, photos, caps
     assert cosine(rows["Mixed/gray.png"]["features"], rows["Mixed/sixteen.png"]["features"]) >= 0.99999
 
 
+def test_a_108_megapixel_phone_photo_is_decoded_not_refused():
+    """Some phones take 108 MP photos (12000 x 9000): under the 120 MP limit, so decoded (the draft reads it at
+    1/8); Pillow's own 89 MP warning refused them before. Above the limit, refused from the header."""
+    import io
+
+    import pytest
+    from PIL import Image
+
+    from featurizer.preprocess import ImageRejected, decode
+
+    def jpeg(w, h):
+        buf = io.BytesIO()
+        Image.new("L", (w, h), 128).save(buf, "JPEG", quality=50)
+        return buf.getvalue()
+
+    img, width, height = decode(jpeg(12000, 9000), 160)
+    assert (width, height) == (12000, 9000) and img.size == (1500, 1125)
+    with pytest.raises(ImageRejected, match="over the limit of 120000000"):
+        decode(jpeg(12000, 10001), 160)
+
+
 def test_vectorize_empty_folder_and_bad_model(tmp_path, photos, model_path, capsys):
     (tmp_path / "empty").mkdir()
     assert run_cli("vectorize", tmp_path / "empty", "--out", tmp_path / "x.parquet") == 1
