@@ -7,6 +7,7 @@ alone and never import ``bootstrap``.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -50,6 +51,9 @@ def add_emr_commands(sub) -> None:
         a.add_argument("--new-per-day", type=int, default=50_000,
                        help="new vectors a day, for the daily refresh's cost (full vs incremental)")
         a.add_argument("--hours", type=float, help="cluster wall time, if known (else estimated)")
+        a.add_argument("--web-origin", action="append", default=[], dest="web_origins", metavar="URL",
+                       help="where the phones' web app is served (https://...; repeat for several): adds the "
+                            "bucket's CORS rule for it")
         a.add_argument("--profile")
     for name, text in (("status", "state of a cluster and its steps"), ("terminate", "terminate a cluster")):
         a = add_command(esub, name, help=text, example=f"fruits-cloud emr {name} j-XXXXXXXXXXXX --region eu-west-3")
@@ -65,7 +69,7 @@ def spec_from_args(args):
                        instance_type=args.instance_type, core_nodes=args.core_nodes, task_nodes=args.task_nodes,
                        idle_timeout_s=args.idle_timeout, images=args.images, model=args.model, k=args.k,
                        variance=args.variance, subnet_id=args.subnet_id, evaluate=args.evaluate,
-                       publish_k=args.publish_k, incremental=args.incremental)
+                       publish_k=args.publish_k, incremental=args.incremental, web_origins=args.web_origins)
     if args.run_id:
         spec.run_id = args.run_id
     return spec
@@ -92,6 +96,7 @@ def cmd_emr(args) -> int:
         print(f"cluster: {out['cluster_id']}")
         print(f"follow it: fruits-cloud emr status {out['cluster_id']} --region {args.region}")
         print(f"devices: fruits-edge sync PHOTOS s3://{args.bucket}/{args.prefix} --identity-pool {out['identity_pool']}")
+        print(f"phones (the web app's config.json): {json.dumps(out['web_config'])}")
         return 0
     client = _session(args).client("emr", region_name=args.region)
     if args.emr_command == "status":

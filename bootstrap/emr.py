@@ -23,8 +23,8 @@ from pathlib import Path
 
 from contract import layout
 from contract.errors import FruitsError
-from bootstrap.policies import (MULTIPART_DAYS, POOL_PLACEHOLDER, PolicyError, bucket_settings, check_bucket_name,
-                                merge_statements, policy_documents)
+from bootstrap.policies import (MULTIPART_DAYS, POOL_PLACEHOLDER, PolicyError, bucket_cors, bucket_settings,
+                                check_bucket_name, merge_cors, merge_statements, policy_documents)
 from cloud_pca.spark import CLUSTER_DEFAULTS
 
 HERE = Path(__file__).resolve().parent
@@ -86,6 +86,7 @@ class ClusterSpec:
     evaluate: bool = False               # add the evaluate step (accuracy vs bytes per image)
     incremental: bool = False            # the PCA step counts only new objects (pca/state/); see cloud_pca.incremental
     publish_k: int | None = None         # add the publish step: projection + index with this many components
+    web_origins: list[str] = field(default_factory=list)   # where the phones' web app is served (bucket CORS rule)
 
     def uri(self, key: str = "") -> str:
         """``s3://BUCKET/KEY``; keys come from :mod:`contract.layout` (``layout.folder(spec.prefix, "raw")``)."""
@@ -131,6 +132,11 @@ def validate(spec: ClusterSpec, prices: dict | None = None) -> None:
         raise EMRError(str(exc)) from None
     if spec.publish_k is not None and not 1 <= spec.publish_k <= 1280:
         raise EMRError(f"publish k={spec.publish_k} must be between 1 and 1280")
+    if spec.web_origins:
+        try:
+            bucket_cors(spec.web_origins)
+        except PolicyError as exc:
+            raise EMRError(str(exc)) from None
 
 
 def _spark_submit(spec: ClusterSpec, args: list[str]) -> list[str]:
@@ -255,8 +261,13 @@ def plan_text(spec: ClusterSpec, *, vectors: int, raw_photos: int = 0, hours: fl
     cost estimate, and the daily refresh's cost, full against incremental."""
     validate(spec)
     cost = estimate_cost(spec, vectors=vectors, raw_photos=raw_photos, hours=hours)
+    web = ""
+    if spec.web_origins:
+        web = ("\n\nthe web app's bucket CORS rule (put by launch):\n" + json.dumps(bucket_cors(spec.web_origins), indent=2)
+               + "\nthe web app's config.json (the pool id is known after launch):\n"
+               + json.dumps(web_config(spec, POOL_PLACEHOLDER)))
     return (json.dumps(build_request(spec), indent=2)
-            + "\n\ndevices' credentials (created by launch):\n" + json.dumps(device_access(spec), indent=2)
+            + "\n\ndevices' credentials (created by launch):\n" + json.dumps(device_access(spec), indent=2) + web
             + f"\n\ncost estimate for {vectors} vectors + {raw_photos} raw photos in {spec.region}:\n"
             + "\n".join(cost.lines()) + "\n\n" + "\n".join(refresh_lines(spec, new_per_day=new_per_day)))
 
@@ -424,10 +435,18 @@ def _ensure_device_access(iam, cognito, spec: ClusterSpec, created: Created) -> 
     return pool_id
 
 
-def harden_bucket(s3, bucket: str, prefix: str = "") -> list[str]:
-    """Block public access, encrypt at rest, owner-owned objects, the lifecycle rule and the bucket policy.
-    The policy and the lifecycle rules are merged with what the bucket already has (our statements and rules
-    replace theirs by Sid / ID; the others are kept). Returns what was merged, one line each."""
+def web_config(spec: ClusterSpec, pool_id: str) -> dict:
+    """The web app's ``config.json`` for this bucket and pool (``./run web serve --config``, or next to the
+    hosted app's files)."""
+    return {"bucket": spec.bucket, "prefix": layout.check_root(spec.prefix), "region": spec.region,
+            "identityPoolId": pool_id}
+
+
+def harden_bucket(s3, bucket: str, prefix: str = "", web_origins=()) -> list[str]:
+    """Block public access, encrypt at rest, owner-owned objects, the lifecycle rule and the bucket policy, and,
+    with ``web_origins``, the CORS rule the phones' web app needs. The policy, the lifecycle rules and the CORS
+    rules are merged with what the bucket already has (ours replace theirs by Sid / ID; the others are kept).
+    Returns what was merged, one line each."""
     from botocore.exceptions import ClientError
 
     settings = bucket_settings()
@@ -456,6 +475,15 @@ def harden_bucket(s3, bucket: str, prefix: str = "") -> list[str]:
     s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(merged))
     if n_kept:
         notes.append(f"kept {n_kept} statement(s) of the bucket's existing policy")
+    if web_origins:
+        try:
+            existing_cors = s3.get_bucket_cors(Bucket=bucket).get("CORSRules", [])
+        except ClientError:   # NoSuchCORSConfiguration
+            existing_cors = []
+        cors, n_kept = merge_cors(existing_cors, bucket_cors(web_origins))
+        s3.put_bucket_cors(Bucket=bucket, CORSConfiguration=cors)
+        notes.append(f"CORS rule for the web app at {', '.join(web_origins)}"
+                     + (f" (kept {n_kept} other rule(s))" if n_kept else ""))
     return notes
 
 
@@ -526,7 +554,7 @@ def launch(spec: ClusterSpec, *, session, models_dir: Path | None = None, say=pr
         say(f"uploaded {len(files)} objects (code, model, bootstrap) under s3://{spec.bucket}/{spec.prefix}/")
         say(f"hardening bucket {spec.bucket} (public access block, SSE-S3, TLS-only and no-overwrite policy, "
             f"multipart uploads aborted after {MULTIPART_DAYS} days)")
-        for note in harden_bucket(s3, spec.bucket, spec.prefix):
+        for note in harden_bucket(s3, spec.bucket, spec.prefix, spec.web_origins):
             say(note)
         cluster_id = emr.run_job_flow(**request)["JobFlowId"]
         created.cluster_id = cluster_id
@@ -535,7 +563,8 @@ def launch(spec: ClusterSpec, *, session, models_dir: Path | None = None, say=pr
         raise EMRError(f"launch failed ({_first_line(exc)}); cleaned up: "
                        + ("; ".join(undone) if undone else "nothing had been created")) from None
     say(f"cluster {cluster_id} starting; it terminates itself after its {len(request['Steps'])} step(s)")
-    return {"cluster_id": cluster_id, "request": request, "created": asdict(created), "identity_pool": pool_id}
+    return {"cluster_id": cluster_id, "request": request, "created": asdict(created), "identity_pool": pool_id,
+            "web_config": web_config(spec, pool_id)}
 
 
 def status(emr, cluster_id: str) -> dict:

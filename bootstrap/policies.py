@@ -157,6 +157,36 @@ def bucket_settings() -> dict:
     }
 
 
+# The request headers the web app's S3 calls carry (AWS SDK for JavaScript v3, requestChecksumCalculation
+# WHEN_REQUIRED): listed one by one, not as "x-amz-*", so that the rule is as narrow as what is sent; the browser
+# tests check that every header a real PUT and GET carry is in this list.
+WEB_APP_HEADERS = ("authorization", "content-type", "if-none-match", "x-amz-date", "x-amz-content-sha256",
+                   "x-amz-security-token", "x-amz-user-agent", "amz-sdk-invocation-id", "amz-sdk-request")
+CORS_RULE_ID = "fruits-web-app"
+EXAMPLE_WEB_ORIGIN = "https://fruits.example.com"
+
+
+def bucket_cors(origins) -> dict:
+    """The bucket's CORS rule for the web app served from ``origins`` (``https://app.example.com``): PUT of new
+    vectors (the conditional header included) and GET of the published projection, ETag exposed."""
+    origins = [o.rstrip("/") for o in origins]
+    for o in origins:
+        if not re.match(r"^https?://[A-Za-z0-9.-]+(:\d+)?$", o):
+            raise PolicyError(f"web origin {o!r} must be scheme://host[:port] (no path), e.g. https://fruits.example.com")
+        if o.startswith("http://") and not re.match(r"^http://(127\.0\.0\.1|localhost)(:\d+)?$", o):
+            raise PolicyError(f"web origin {o!r}: a phone only gets the page's secure features over https "
+                              "(plain http is allowed for 127.0.0.1 and localhost only)")
+    return {"CORSRules": [{"ID": CORS_RULE_ID, "AllowedOrigins": origins, "AllowedMethods": ["GET", "PUT"],
+                           "AllowedHeaders": list(WEB_APP_HEADERS), "ExposeHeaders": ["ETag"],
+                           "MaxAgeSeconds": 3600}]}
+
+
+def merge_cors(existing: list[dict] | None, ours: dict) -> tuple[dict, int]:
+    """Our CORS rule replaces the rule with its ID; other rules are kept. Returns the config and how many kept."""
+    kept = [r for r in existing or [] if r.get("ID") != CORS_RULE_ID]
+    return {"CORSRules": kept + ours["CORSRules"]}, len(kept)
+
+
 def merge_statements(existing: dict | None, ours: dict) -> tuple[dict, int]:
     """``ours`` merged into an existing bucket policy: statements with our Sids are replaced, every other
     statement is kept. Returns the policy and how many statements were kept."""
@@ -389,7 +419,8 @@ def write_documents(bucket: str, out_dir: Path, prefix: str = "") -> list[Path]:
         path.write_text(json.dumps(doc, indent=2) + "\n")
         written.append(path)
     (out_dir / "bucket-settings.json").write_text(json.dumps(bucket_settings(), indent=2) + "\n")
-    return written + [out_dir / "bucket-settings.json"]
+    (out_dir / "bucket-cors.json").write_text(json.dumps(bucket_cors([EXAMPLE_WEB_ORIGIN]), indent=2) + "\n")
+    return written + [out_dir / "bucket-settings.json", out_dir / "bucket-cors.json"]
 
 
 def main(argv: list[str] | None = None) -> int:

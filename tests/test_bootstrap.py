@@ -68,6 +68,26 @@ def test_committed_policy_files_are_what_the_function_makes():
     for name, doc in docs.items():
         assert json.loads((policies.POLICY_DIR / f"{name}.json").read_text()) == doc, name
     assert json.loads((policies.POLICY_DIR / "bucket-settings.json").read_text()) == policies.bucket_settings()
+    assert json.loads((policies.POLICY_DIR / "bucket-cors.json").read_text()) == \
+        policies.bucket_cors([policies.EXAMPLE_WEB_ORIGIN])
+
+
+def test_web_app_cors_rule_is_narrow_and_merged():
+    """The rule lets the app's origins PUT and GET with the SDK's headers (tests/test_web.py checks them against
+    what a real page sends), nothing else; plain http only for loopback; other rules of the bucket are kept."""
+    rule = policies.bucket_cors(["https://fruits.example.com/"])["CORSRules"][0]
+    assert rule["AllowedOrigins"] == ["https://fruits.example.com"] and rule["AllowedMethods"] == ["GET", "PUT"]
+    assert "*" not in "".join(rule["AllowedHeaders"]) and "if-none-match" in rule["AllowedHeaders"]
+    assert rule["ExposeHeaders"] == ["ETag"]
+    for bad, why in (("http://192.168.1.5:8000", "secure features over https"), ("https://x.com/app", "no path"),
+                     ("*", "scheme://host")):
+        with pytest.raises(policies.PolicyError, match=why):
+            policies.bucket_cors([bad])
+    theirs = {"ID": "other-app", "AllowedOrigins": ["https://other.example"], "AllowedMethods": ["GET"]}
+    old_ours = {"ID": policies.CORS_RULE_ID, "AllowedOrigins": ["https://old.example"], "AllowedMethods": ["PUT"]}
+    merged, kept = policies.merge_cors([theirs, old_ours], policies.bucket_cors(["https://new.example"]))
+    assert kept == 1 and merged["CORSRules"][0] == theirs
+    assert merged["CORSRules"][1]["AllowedOrigins"] == ["https://new.example"] and len(merged["CORSRules"]) == 2
 
 
 def parliament_findings(doc: dict) -> list[tuple[str, str]]:
@@ -289,10 +309,26 @@ def test_launch_creates_exactly_the_planned_cluster(aws):
     assert keys == {"team/code/fruits-code.zip", "team/code/fruits_job.py", "team/bootstrap/emr-bootstrap.sh",
                     "team/bootstrap/requirements-emr.txt", "team/models/mobilenetv2_160_fp32.tflite",
                     "team/models/mobilenetv2_160_fp32.json"}
+    assert out["web_config"] == {"bucket": BUCKET, "prefix": "team", "region": "eu-west-3",
+                                 "identityPoolId": out["identity_pool"]}
     st = emr.status(client, out["cluster_id"])
     assert st["state"] in ("STARTING", "RUNNING", "WAITING") and len(st["steps"]) == 2
     emr.terminate(client, out["cluster_id"])
     assert emr.status(client, out["cluster_id"])["state"].startswith("TERMINAT")
+
+
+def test_launch_with_a_web_origin_puts_the_cors_rule_and_keeps_others(aws):
+    s3 = aws.client("s3", region_name="eu-west-3")
+    theirs = {"ID": "other-app", "AllowedOrigins": ["https://other.example"], "AllowedMethods": ["GET"],
+              "AllowedHeaders": ["authorization"]}
+    s3.put_bucket_cors(Bucket=BUCKET, CORSConfiguration={"CORSRules": [theirs]})
+    out = emr.launch(spec(web_origins=["https://fruits.example.com"]), session=aws, say=lambda m: None)
+    rules = s3.get_bucket_cors(Bucket=BUCKET)["CORSRules"]
+    assert [r.get("ID") for r in rules] == ["other-app", policies.CORS_RULE_ID]
+    assert rules[1]["AllowedOrigins"] == ["https://fruits.example.com"]
+    emr.terminate(aws.client("emr", region_name="eu-west-3"), out["cluster_id"])
+    with pytest.raises(emr.EMRError, match="secure features over https"):
+        emr.validate(spec(web_origins=["http://10.0.0.2"]))
 
 
 def test_plan_creates_nothing(aws, capsys):
