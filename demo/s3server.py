@@ -6,7 +6,8 @@ Only loopback is ever bound or contacted.
 
 With IAM checks on (``INITIAL_NO_AUTH_ACTION_COUNT``), moto matches policy resources with a regex in which
 ``?`` is a quantifier; in AWS, ``?`` is one character (the generated policies use it to fix key shapes).
-:func:`aws_globs` makes moto match as AWS does; it is applied to both modes.
+:func:`aws_globs` makes moto match as AWS does, and :func:`aws_preflight` answers a browser's CORS preflight for an
+existing object as S3 does (moto refused it); both are applied in both modes.
 """
 from __future__ import annotations
 
@@ -30,6 +31,25 @@ def aws_globs() -> None:
         return re.match("^" + re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".") + "$", string, re.DOTALL)
 
     IAMPolicyStatement._match = staticmethod(_match)
+
+
+def aws_preflight() -> None:
+    """Answer a CORS preflight for an existing object as S3 does. A preflight carries no credentials (browsers
+    never sign OPTIONS); moto runs its anonymous-read check on it first and answers 403 for any private object,
+    so a browser could GET only keys that do not exist. S3 answers preflights from the bucket's CORS rule alone."""
+    from moto.s3.responses import S3Response
+
+    if getattr(S3Response, "_fruits_preflight", False):
+        return
+    original = S3Response._key_response
+
+    def _key_response(self, request, full_url):
+        if request.method == "OPTIONS":
+            return self._response_options(request.headers, self.parse_bucket_name_from_url(request, full_url))
+        return original(self, request, full_url)
+
+    S3Response._key_response = _key_response
+    S3Response._fruits_preflight = True
 
 
 def free_port() -> int:
@@ -62,6 +82,7 @@ class LocalS3:
 
             logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
             aws_globs()
+            aws_preflight()
             self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
             self._server.start()
         else:
@@ -120,4 +141,5 @@ if __name__ == "__main__":  # the child of mode="process": moto's server, matchi
     from moto.server import main as moto_main
 
     aws_globs()
+    aws_preflight()
     sys.exit(moto_main(sys.argv[1:]))
