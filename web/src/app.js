@@ -1,0 +1,232 @@
+// The page: take or pick photos -> vectors in the page (LiteRT.js workers) -> the fruit, identified from the
+// published projection -> the vectors (never the photos) queued and uploaded as contract Parquet files with
+// the device's own Cognito credentials.
+
+import {Bucket, explain} from './bucket.js';
+import {loadContract} from './contract.js';
+import {identifyVector, UNKNOWN} from './identify.js';
+import {DeviceIdentity} from './identity.js';
+import {loadParquet, writeVectors} from './parquet.js';
+import {WorkerPool} from './pool.js';
+import {loadPublished} from './published.js';
+import {UploadQueue} from './queue.js';
+import {HAS_WEBCRYPTO, sha256Hex} from './sha256.js';
+import * as storage from './storage.js';
+import * as ui from './ui.js';
+
+const MAX_WORKERS = 4;
+
+class App {
+  constructor() {
+    this.state = 'starting';
+    this.timings = {};
+    this.lastBatch = null;
+    this.published = null;
+    this.problems = [];
+  }
+
+  async start() {
+    ui.status('Starting…');
+    await this.serviceWorker();
+    const [config, contract] = await Promise.all([
+      fetch('config.json', {cache: 'no-cache'}).then((r) => (r.ok ? r.json() : {})), loadContract()]);
+    this.config = config;
+    this.contract = contract;
+    this.card = contract.model.card;
+    this.root = (config.prefix || '').replace(/^\/+|\/+$/g, '');
+    ui.modelLine(this.card, contract.model.file);
+    // The Parquet writer's Wasm is loaded now, with the model: a photo taken offline later can still be queued.
+    const parquetReady = loadParquet(new URL('wasm/parquet_wasm_bg.wasm', location.href).href);
+    await this.startModel();
+    await parquetReady;
+    await this.startCloud();
+    this.state = 'ready';
+    ui.ready(this);
+  }
+
+  /** The service worker caches the app, the model and the Wasm files: a second visit downloads none. */
+  async serviceWorker() {
+    if (!('serviceWorker' in navigator) || !window.isSecureContext) {
+      this.problems.push('no offline cache here (service workers need https or localhost)');
+      return;
+    }
+    try {
+      await navigator.serviceWorker.register('sw.js');
+      if (!navigator.serviceWorker.controller) {
+        // First visit: let it take control before the big downloads, so that they go through its cache.
+        await Promise.race([new Promise((r) => navigator.serviceWorker.addEventListener('controllerchange', r, {once: true})),
+                            new Promise((r) => setTimeout(r, 3000))]);
+      }
+    } catch (err) {
+      this.problems.push(`no offline cache (${err.message})`);
+    }
+  }
+
+  async startModel() {
+    const t0 = performance.now();
+    const response = await fetch(this.contract.model.file);
+    if (!response.ok) throw new Error(`the model ${this.contract.model.file}: HTTP ${response.status}`);
+    const bytes = await response.arrayBuffer();
+    const fetchMs = performance.now() - t0;
+    const sha = await sha256Hex(new Uint8Array(bytes));
+    if (sha !== this.card.sha256) {
+      throw new Error(`the model file's sha256 is ${sha.slice(0, 12)}…, its card says ${this.card.sha256.slice(0, 12)}…`);
+    }
+    this.modelSha256 = sha;
+    const workers = Math.max(1, Math.min(this.config.workers || navigator.hardwareConcurrency || 2, MAX_WORKERS));
+    this.pool = await WorkerPool.start({
+      workers, workerUrl: 'worker.js', wasmDir: new URL('wasm/', location.href).href, modelBytes: bytes,
+      settings: {inputSize: this.card.input_size, outputDim: this.contract.feature_dim,
+                 draftFactor: this.contract.preprocessing.draft_factor, maxPixels: this.contract.preprocessing.max_pixels}});
+    this.timings.modelFetchMs = fetchMs;
+    this.timings.modelStartMs = performance.now() - t0;
+    this.timings.workers = workers;
+  }
+
+  /** Identity, bucket, queue and published projection: whatever the config names. */
+  async startCloud() {
+    const c = this.config;
+    if (c.identityPoolId) {
+      this.identity = new DeviceIdentity({poolId: c.identityPoolId, region: c.region, endpoint: c.endpoint});
+      try {
+        this.clientId = await this.identity.identityId();
+      } catch (err) {
+        this.problems.push(`no device identity yet (${err.message}): vectors are made and identified, not sent`);
+      }
+    }
+    if (!this.clientId) {
+      this.clientId = (await storage.get('kv', 'local-client-id')) || `web-${crypto.getRandomValues(new Uint32Array(2)).join('')}`;
+      await storage.put('kv', this.clientId, 'local-client-id');
+    }
+    this.contract.checkClientId(this.clientId);
+    if (c.bucket && this.identity) {
+      this.bucket = new Bucket({bucket: c.bucket, region: c.region, endpoint: c.endpoint,
+                                credentials: this.identity.provider(), onExpired: () => this.identity.expire()});
+      this.scope = `${c.endpoint || 'aws'}|${c.bucket}|${this.root}|vectors|${this.modelSha256}`;
+      this.queue = new UploadQueue(this.bucket);
+      this.queue.addEventListener('change', () => ui.queueLine(this));
+      this.queue.addEventListener('uploaded', () => ui.queueLine(this));
+      window.addEventListener('online', () => this.queue.drain());
+      this.publishedReady = this.refreshPublished();
+      this.queue.drain();
+    }
+  }
+
+  async refreshPublished() {
+    try {
+      const t0 = performance.now();
+      this.published = await loadPublished(this.bucket, this.contract, this.root, {modelSha256: this.modelSha256});
+      this.timings.publishedMs = performance.now() - t0;
+    } catch (err) {
+      this.published = {missing: err.$metadata || err.name === 'NetworkDown' ? explain(err, this.config.bucket) : err.message};
+    }
+    ui.publishedLine(this);
+    document.body.dataset.published = this.published.missing ? 'missing' : this.published.projection.projectionId;
+  }
+
+  /**
+   * Vectorize picked files, identify them, queue their vectors. `files`: File objects; from a folder pick,
+   * their webkitRelativePath gives the source and label as find_photos does.
+   */
+  async handleFiles(files, {label = null} = {}) {
+    const batch = {rows: [], results: [], rejects: [], skipped: [], duplicates: 0, queuedRows: 0, alreadySent: 0,
+                   approximate: 0, started: performance.now()};
+    this.lastBatch = batch;
+    const items = [];
+    for (const file of files) {
+      const rel = file.webkitRelativePath ? file.webkitRelativePath.split('/').slice(1).join('/') : file.name;
+      const verdict = this.contract.fileVerdict(file.name);
+      if (verdict) {
+        (verdict.rejected ? batch.rejects : batch.skipped).push({source: rel, reason: verdict.reason});
+        continue;
+      }
+      items.push({file, source: rel, label: file.webkitRelativePath ? this.contract.labelFromPath(rel) : label,
+                  read: () => file.arrayBuffer()});
+    }
+    items.sort((a, b) => (a.source < b.source ? -1 : a.source > b.source ? 1 : 0));   // as find_photos walks
+    ui.progress(0, items.length, batch);
+    const results = new Array(items.length);
+    let done = 0;
+    await this.pool.run(items, (item, result, i) => {
+      results[i] = result;
+      done += 1;
+      ui.progress(done, items.length, batch);
+    });
+    await this.publishedReady;   // a photo picked while the projection loads is identified all the same
+    const seen = new Set();
+    const now = Date.now();
+    items.forEach((item, i) => {
+      const r = results[i];
+      if (r.reason) {
+        batch.rejects.push({source: item.source, reason: r.reason});
+        return;
+      }
+      if (seen.has(r.imageId)) { batch.duplicates += 1; return; }
+      seen.add(r.imageId);
+      if (r.approximate) batch.approximate += 1;
+      const row = {imageId: r.imageId, label: item.label, source: item.source, width: r.width, height: r.height,
+                   features: r.features, vectorizedAt: now, file: item.file};
+      if (this.published?.projection) {
+        row.answer = identifyVector(r.features, this.published.projection, this.published.index);
+      }
+      batch.rows.push(row);
+    });
+    batch.seconds = (performance.now() - batch.started) / 1000;
+    batch.imagesPerS = items.length / Math.max(batch.seconds, 1e-9);
+    ui.results(this, batch);
+    try {
+      if (this.queue) await this.contribute(batch);
+    } finally {
+      ui.batchDone(batch);
+    }
+    return batch;
+  }
+
+  /** New rows (not confirmed, not already waiting) -> Parquet files of at most rows_per_object rows -> queue. */
+  async contribute(batch) {
+    const ids = batch.rows.map((r) => r.imageId);
+    const known = await storage.knownIds(this.scope, ids);
+    for (const entry of await storage.all('queue')) for (const id of entry.imageIds) known.add(id);
+    const fresh = batch.rows.filter((r) => !known.has(r.imageId)).sort((a, b) => (a.imageId < b.imageId ? -1 : 1));
+    batch.alreadySent = batch.rows.length - fresh.length;
+    const per = this.contract.rows_per_object;
+    for (let start = 0; start < fresh.length; start += per) {
+      const rows = fresh.slice(start, start + per);
+      const bytes = await this.parquet(rows);
+      const key = await this.contract.vectorsObjectKey(this.root, this.modelSha256, this.clientId, rows.map((r) => r.imageId));
+      await this.queue.enqueue({key, bytes, rows: rows.length, imageIds: rows.map((r) => r.imageId), scope: this.scope});
+      batch.queuedRows += rows.length;
+    }
+    ui.queueLine(this);
+    await this.queue.drain();
+  }
+
+  async parquet(rows) {
+    return writeVectors(this.contract, rows, {modelSha256: this.modelSha256, modelName: this.card.name, clientId: this.clientId});
+  }
+
+  /** The last batch's vectors as one Parquet file (what `fruits-edge vectorize --out` writes). */
+  async lastBatchParquet() {
+    if (!this.lastBatch || !this.lastBatch.rows.length) throw new Error('no vectors yet: pick photos first');
+    return this.parquet(this.lastBatch.rows);
+  }
+}
+
+const app = new App();
+window.fruits = app;   // for the person's console and the browser tests (tests/test_web.py)
+// What the tests run on both sides (the page's step and Python's on the same input):
+app.debug = {
+  hasWebCrypto: HAS_WEBCRYPTO, UNKNOWN, sha256Hex,
+  preprocess: (bytes) => app.pool.call(app.pool.workers[0], {type: 'preprocess', bytes}, [bytes]),
+  heapBytes: () => app.pool.heapBytes(),
+  keys: async (root, sha, client, ids, pid) => ({
+    vectors: await app.contract.vectorsObjectKey(root, sha, client, ids),
+    latest: app.contract.latestProjectionKey(root, sha), projection: app.contract.projectionKey(root, pid),
+    index: app.contract.indexKey(root, pid), content: await app.contract.contentKey(sha, ids)}),
+};
+window.fruits.ready = app.start().catch((err) => {
+  app.state = 'error';
+  app.error = err.message;
+  ui.fatal(err);
+});
+ui.bind(app);

@@ -1,0 +1,52 @@
+// The published projection and reference index for this page's model (what `fruits-cloud publish` writes):
+// the small pointer projection-latest-<model sha256>.json is read on every visit; the projection and index
+// it names are content-named, so once fetched they are kept in IndexedDB and never downloaded again.
+
+import {NetworkDown} from './bucket.js';
+import {Projection, ReferenceIndex} from './identify.js';
+import * as storage from './storage.js';
+
+async function cachedGet(bucket, key) {
+  const kept = await storage.get('published', key);
+  if (kept) return {bytes: kept, fetched: 0};
+  const bytes = await bucket.get(key);
+  if (bytes === null) return {bytes: null, fetched: 0};
+  return {bytes, fetched: bytes.length};
+}
+
+/** {projection, index, fetchedBytes} for the model, or {missing: reason} when nothing is published. */
+export async function loadPublished(bucket, contract, root, {modelSha256}) {
+  const pointerKey = contract.latestProjectionKey(root, modelSha256);
+  let pointer;
+  let projectionId;
+  try {
+    pointer = await bucket.get(pointerKey);
+  } catch (err) {
+    // Offline: the projection last used (kept below) still identifies; it is refreshed when the network is back.
+    projectionId = err instanceof NetworkDown ? await storage.get('kv', `pointer:${pointerKey}`) : null;
+    if (!projectionId) throw err;
+    pointer = new Uint8Array(0);
+  }
+  if (pointer === null) return {missing: `no projection published for this model yet (${pointerKey})`, fetchedBytes: 0};
+  if (!projectionId) {
+    try {
+      projectionId = JSON.parse(new TextDecoder().decode(pointer)).projection_id;
+    } catch {
+      projectionId = null;
+    }
+  }
+  if (typeof projectionId !== 'string' || !/^[0-9a-f]{16}$/.test(projectionId)) {
+    throw new Error(`${pointerKey}: not a projection pointer`);
+  }
+  const pKey = contract.projectionKey(root, projectionId);
+  const iKey = contract.indexKey(root, projectionId);
+  const [p, i] = [await cachedGet(bucket, pKey), await cachedGet(bucket, iKey)];
+  if (!p.bytes) throw new Error(`the pointer names projection ${projectionId}, but ${pKey} is missing`);
+  if (!i.bytes) throw new Error(`the pointer names projection ${projectionId}, but ${iKey} is missing`);
+  const projection = await Projection.fromBytes(p.bytes, {featureDim: contract.feature_dim, modelSha256, origin: pKey});
+  const index = await ReferenceIndex.fromBytes(i.bytes, {projection, origin: iKey});
+  if (p.fetched) await storage.put('published', p.bytes, pKey);   // kept only once they passed the checks
+  if (i.fetched) await storage.put('published', i.bytes, iKey);
+  await storage.put('kv', projectionId, `pointer:${pointerKey}`);
+  return {projection, index, fetchedBytes: pointer.length + p.fetched + i.fetched};
+}

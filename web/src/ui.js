@@ -1,0 +1,190 @@
+// What the person sees: buttons, progress, the answer, the photos' list with their reasons, the queue.
+// Plain DOM, no framework; every number shown comes from the app's state.
+
+const $ = (id) => document.getElementById(id);
+const MAX_LISTED = 60;
+let thumbUrls = [];
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'class') node.className = v;
+    else if (k.startsWith('data-')) node.setAttribute(k, v);
+    else node[k] = v;
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+const pct = (score) => `${Math.round(score * 100)}%`;
+
+export function status(text, kind = '') {
+  const s = $('status');
+  s.textContent = text;
+  s.className = `status ${kind}`;
+}
+
+export function modelLine(card, file) {
+  $('model').textContent = `Model ${card.name} (${(card.size_bytes / 1e6).toFixed(1)} MB, fingerprint ` +
+    `${card.sha256.slice(0, 12)}…), run in this page by LiteRT.js`;
+  $('model').dataset.sha256 = card.sha256;
+  $('model').dataset.file = file;
+}
+
+export function ready(app) {
+  for (const id of ['take', 'choose', 'folder']) $(id).disabled = false;
+  const t = app.timings;
+  status(`Ready: model started in ${(t.modelStartMs / 1000).toFixed(1)} s on ${t.workers} worker${t.workers > 1 ? 's' : ''}.`, 'ok');
+  $('device').textContent = `This device: ${app.clientId}`;
+  $('device').dataset.clientId = app.clientId;
+  $('problems').textContent = app.problems.join(' · ');
+  document.body.dataset.state = 'ready';
+  queueLine(app);
+}
+
+export function fatal(err) {
+  status(`Cannot start: ${err.message}`, 'error');
+  document.body.dataset.state = 'error';
+}
+
+export function publishedLine(app) {
+  const p = app.published;
+  const line = $('published');
+  if (!p || p.missing) {
+    line.textContent = p ? `Identification unavailable: ${p.missing}` : '';
+    line.dataset.projectionId = '';
+    return;
+  }
+  line.textContent = `Identifies ${p.index.labels.length} fruits (projection ${p.projection.projectionId}, ` +
+    `${p.projection.k} components)`;
+  line.dataset.projectionId = p.projection.projectionId;
+}
+
+export async function queueLine(app) {
+  const q = $('queue');
+  if (!app.queue) {
+    q.textContent = 'Contribution is off: this page has no bucket and identity pool configured.';
+    return;
+  }
+  const waiting = await app.queue.pending();
+  q.dataset.pending = String(waiting);
+  q.dataset.sent = String(app.queue.sent);
+  const parts = [`${app.queue.sent} file${app.queue.sent === 1 ? '' : 's'} of vectors sent this visit`];
+  parts.push(waiting ? `${waiting} waiting` : 'nothing waiting');
+  if (app.queue.lastError) parts.push(app.queue.lastError);
+  q.textContent = parts.join(' · ');
+  q.className = app.queue.lastError ? 'warn' : '';
+}
+
+export function progress(done, total, batch) {
+  const bar = $('progress');
+  bar.hidden = total === 0;
+  bar.max = Math.max(total, 1);
+  bar.value = done;
+  const s = (performance.now() - batch.started) / 1000;
+  status(total ? `Vectorizing ${done} / ${total} photos${s > 0.5 ? ` · ${(done / s).toFixed(0)} per second` : ''}…` : 'No photos in that pick.');
+}
+
+function answerText(answer) {
+  if (!answer) return {title: 'Vectorized', detail: 'no projection published yet to identify it'};
+  const [best, ...rest] = answer;
+  if (best.label === 'unknown') {
+    return {title: 'Not a fruit I know', detail: `nearest: ${rest[0] ? rest[0].label : '—'} (distance ${best.distance.toFixed(2)})`};
+  }
+  return {title: `${best.label} · ${pct(best.score)}`,
+          detail: rest.filter((r) => r.label !== 'unknown').map((r) => `${r.label} ${pct(r.score)}`).join(', ')};
+}
+
+function thumb(file) {
+  const url = URL.createObjectURL(file);
+  thumbUrls.push(url);
+  return el('img', {src: url, alt: '', loading: 'lazy', width: 56, height: 56});
+}
+
+export function results(app, batch) {
+  for (const url of thumbUrls) URL.revokeObjectURL(url);
+  thumbUrls = [];
+  $('progress').hidden = true;
+  const n = batch.rows.length;
+  status(`${n} photo${n === 1 ? '' : 's'} vectorized in ${batch.seconds.toFixed(1)} s` +
+         (batch.rejects.length ? ` · ${batch.rejects.length} could not be read` : '') + '.', n ? 'ok' : 'warn');
+  // The answer for the first photo, large: the one a person just took.
+  const answer = $('answer');
+  answer.hidden = n === 0;
+  answer.replaceChildren();
+  if (n) {
+    const first = batch.rows[0];
+    const t = answerText(first.answer);
+    answer.append(thumb(first.file), el('div', {}, el('p', {class: 'big', 'data-label': first.answer ? first.answer[0].label : ''}, t.title),
+                                           el('p', {class: 'small'}, t.detail)));
+  }
+  $('batch').hidden = false;
+  $('batch-summary').textContent = [`${n} vectorized`, `${batch.rejects.length} rejected`, `${batch.duplicates} duplicates`,
+    batch.skipped.length ? `${batch.skipped.length} skipped (not photos)` : '',
+    batch.approximate ? `${batch.approximate} decoded differently from the cloud (this browser has no ImageDecoder)` : '']
+    .filter(Boolean).join(' · ');
+  const list = $('rows');
+  list.replaceChildren(...batch.rows.slice(0, MAX_LISTED).map((row) => {
+    const t = answerText(row.answer);
+    return el('li', {'data-image-id': row.imageId, 'data-label': row.answer ? row.answer[0].label : ''},
+              thumb(row.file), el('span', {class: 'name'}, row.source), el('span', {class: 'what'}, t.title));
+  }));
+  if (n > MAX_LISTED) list.append(el('li', {class: 'small'}, `… and ${n - MAX_LISTED} more`));
+  const box = $('rejects-box');
+  const problems = [...batch.rejects, ...batch.skipped];
+  box.hidden = problems.length === 0;
+  $('rejects-summary').textContent = `${batch.rejects.length} photo${batch.rejects.length === 1 ? '' : 's'} could not be read` +
+    (batch.skipped.length ? `, ${batch.skipped.length} other files skipped` : '');
+  $('rejects').replaceChildren(...problems.map((r) => el('li', {'data-source': r.source}, el('b', {}, r.source), `: ${r.reason}`)));
+  box.open = batch.rows.length === 0;
+}
+
+/** The batch is vectorized, shown and its vectors queued: scripts wait for this mark. */
+export function batchDone(batch) {
+  document.body.dataset.batch = String(batch.started);
+}
+
+export function bind(app) {
+  const onPick = (input) => async () => {
+    const files = Array.from(input.files || []);
+    input.value = '';
+    if (!files.length) return;
+    for (const id of ['take', 'choose', 'folder']) $(id).disabled = true;
+    try {
+      await app.ready;
+      await app.handleFiles(files, {label: $('label').value.trim() || null});
+    } catch (err) {
+      status(`Error: ${err.message}`, 'error');
+    } finally {
+      for (const id of ['take', 'choose', 'folder']) $(id).disabled = false;
+    }
+  };
+  for (const id of ['take', 'choose', 'folder']) $(id).addEventListener('change', onPick($(id)));
+  $('save').addEventListener('click', async () => {
+    try {
+      const bytes = await app.lastBatchParquet();
+      const a = $('download');
+      a.href = URL.createObjectURL(new Blob([bytes], {type: 'application/vnd.apache.parquet'}));
+      a.download = 'vectors.parquet';
+      a.click();
+    } catch (err) {
+      status(`Error: ${err.message}`, 'error');
+    }
+  });
+  $('reset-identity').addEventListener('click', async () => {
+    if (!app.identity || !confirm('Start a new device identity? New vectors will go to a new folder.')) return;
+    try {
+      app.clientId = await app.identity.resetIdentity();
+      $('device').textContent = `This device: ${app.clientId}`;
+    } catch (err) {
+      status(`Error: ${err.message}`, 'error');
+    }
+  });
+  const net = () => {
+    $('net').textContent = navigator.onLine ? 'online' : 'offline';
+    $('net').className = `pill ${navigator.onLine ? '' : 'off'}`;
+  };
+  window.addEventListener('online', net);
+  window.addEventListener('offline', net);
+  net();
+}

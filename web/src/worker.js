@@ -1,0 +1,53 @@
+// One worker = one LiteRT instance: bytes -> sha256 image id -> preprocess -> vector, for one photo at a
+// time. The page runs a few of these (one per core, as the Python edge runs one interpreter per thread).
+
+import {Rejected} from './imageinfo.js';
+import {Model} from './model.js';
+import {preprocess} from './preprocess.js';
+import {sha256Hex} from './sha256.js';
+
+let model = null;
+let settings = null;
+
+async function vectorize({id, bytes}) {
+  const data = new Uint8Array(bytes);
+  const t0 = performance.now();
+  const imageId = await sha256Hex(data);
+  try {
+    const pre = await preprocess(data, settings.inputSize, settings);
+    const t1 = performance.now();
+    const features = await model.features(pre.input);
+    const t2 = performance.now();
+    return {id, imageId, width: pre.width, height: pre.height, approximate: pre.approximate, features,
+            ms: {decode: t1 - t0, invoke: t2 - t1}};
+  } catch (err) {
+    if (err instanceof Rejected) return {id, imageId, reason: err.message};
+    return {id, imageId, reason: `cannot vectorize: ${err && err.message ? err.message : err}`};
+  }
+}
+
+self.onmessage = async (event) => {
+  const msg = event.data;
+  try {
+    if (msg.type === 'init') {
+      settings = msg.settings;
+      const t0 = performance.now();
+      model = await Model.open(msg.wasmDir, msg.modelBytes, settings);
+      self.postMessage({type: 'ready', ms: performance.now() - t0});
+    } else if (msg.type === 'vectorize') {
+      const out = await vectorize(msg);
+      self.postMessage({type: 'vector', ...out}, out.features ? [out.features.buffer] : []);
+    } else if (msg.type === 'preprocess') {    // the model input alone: the tests compare it with Pillow's
+      try {
+        const pre = await preprocess(new Uint8Array(msg.bytes), settings.inputSize, settings);
+        self.postMessage({type: 'input', id: msg.id, ...pre}, [pre.input.buffer]);
+      } catch (err) {
+        self.postMessage({type: 'input', id: msg.id, reason: err.message});
+      }
+    } else if (msg.type === 'stats') {
+      self.postMessage({type: 'stats', id: msg.id, heapBytes: Model.heapBytes()});
+    }
+  } catch (err) {
+    self.postMessage({type: 'error', id: msg.id, message: err && err.message ? err.message : String(err)});
+  }
+};
