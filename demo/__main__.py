@@ -5,8 +5,9 @@
 
 1. photos: synthetic Fruits-360-like ones (10 classes), or ``--photos`` (e.g. Fruits-360 ``Training/``);
 2. a local S3-compatible server on 127.0.0.1 (moto, a child process; always stopped at the end);
-3. most photos: ``fruits-edge sync`` (vectorized "on the device", only vectors uploaded); the rest:
-   ``fruits-edge upload-raw`` (devices that cannot vectorize);
+3. three kinds of devices: ``fruits-edge sync`` (Python, vectorizes on the device, uploads only vectors), a
+   phone's web app in headless Chromium (LiteRT.js in the page, its own Cognito identity; where Chromium is
+   installed), and ``fruits-edge upload-raw`` (devices that cannot vectorize);
 4. Spark local mode reads both through ``s3a://``, featurizes the raw photos with the same TFLite model,
    fits StandardScaler + PCA, writes results and plots to the bucket;
 5. results are copied to ``OUT/results`` and summarized in ``OUT/report.html`` (plots embedded).
@@ -32,15 +33,18 @@ def stage(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
-def split_photos(src: Path, edge_dir: Path, raw_dir: Path, held_dir: Path, raw_fraction: float,
-                 held_per_class: int = 2) -> tuple[int, int, int]:
-    """Every class folder split three ways: ``held_per_class`` photos held out (identified at the end, never
-    uploaded), about ``raw_fraction`` of the rest to the raw-upload devices, the others to the vectorizing ones."""
+def split_photos(src: Path, dirs: dict[str, Path], raw_fraction: float, browser_fraction: float = 0.0,
+                 held_per_class: int = 2) -> dict[str, int]:
+    """Every class folder split four ways: ``held_per_class`` photos held out (identified at the end, never
+    uploaded); of the rest, about ``raw_fraction`` to the raw-upload devices, ``browser_fraction`` to the web app's
+    phone, the others to the Python edge. ``dirs``: a folder for each of "edge", "browser", "raw", "held"."""
     from featurizer.preprocess import IMAGE_EXTENSIONS
 
-    counts = {"edge": 0, "raw": 0, "held": 0}
+    counts = {"edge": 0, "browser": 0, "raw": 0, "held": 0}
     per_class: dict[str, int] = {}
-    every = max(1, round(1 / raw_fraction)) if raw_fraction > 0 else 0
+    cycle = 20                       # photos are dealt in rounds of 20: so many of each kind per round
+    n_raw = round(raw_fraction * cycle)
+    n_browser = round(browser_fraction * cycle)
     for path in sorted(src.rglob("*")):
         if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
             continue
@@ -50,16 +54,16 @@ def split_photos(src: Path, edge_dir: Path, raw_dir: Path, held_dir: Path, raw_f
         if seen < held_per_class and rel.parent != Path("."):
             kind = "held"
         else:
-            sent = counts["edge"] + counts["raw"]
-            kind = "raw" if every and sent % every == every - 1 else "edge"
-        target = {"edge": edge_dir, "raw": raw_dir, "held": held_dir}[kind] / rel
+            turn = (counts["edge"] + counts["browser"] + counts["raw"]) % cycle
+            kind = "raw" if turn < n_raw else "browser" if turn < n_raw + n_browser else "edge"
+        target = dirs[kind] / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(path, target)
         except OSError:
             shutil.copy2(path, target)
         counts[kind] += 1
-    return counts["edge"], counts["raw"], counts["held"]
+    return counts
 
 
 def identify_held_out(held: Path, s3, bucket: str, root: str, endpoint: str | None) -> dict:
@@ -102,9 +106,14 @@ def write_report(out: Path, summary: dict, explained: dict, storage: dict, stage
         {"figure": "cumulative explained variance at k", "value": round(s["cumulative_explained_variance"], 4)},
     ])
     page.text(f"k: {s['k_reason']}", note=True)
+    page.heading("Three kinds of devices, one model file")
+    page.table(storage["devices"])
+    page.text("Each kind made its vectors with the same .tflite (one fingerprint): the Python edge with LiteRT, "
+              "the phone's web app with LiteRT.js in the page, the server from raw photos with LiteRT in Spark; "
+              "the PCA fits them together.", note=True)
     page.heading("What each kind of device sent and stored")
     page.table([
-        {"path": "edge: vectors (zstd Parquet)", "objects": storage["vector_objects"],
+        {"path": "edge and web app: vectors (zstd Parquet)", "objects": storage["vector_objects"],
          "bytes": storage["vector_bytes"], "bytes per image": round(storage["vector_bytes"] / max(1, storage["edge_images"]))},
         {"path": "raw photos (JPEG)", "objects": storage["raw_objects"], "bytes": storage["raw_bytes"],
          "bytes per image": round(storage["raw_bytes"] / max(1, storage["raw_objects"]))},
@@ -157,6 +166,9 @@ def parse_args(argv):
                                                 "default: generate synthetic ones")
     ap.add_argument("--per-class", type=int, default=100, help="synthetic photos per class (10 classes)")
     ap.add_argument("--raw-fraction", type=float, default=0.2, help="share of photos uploaded raw (default 0.2)")
+    ap.add_argument("--browser-fraction", type=float, default=0.2,
+                    help="share of photos vectorized by the web app in headless Chromium (default 0.2; 0 where "
+                         "Chromium is missing, and with --s3, which has no identity pool for it)")
     ap.add_argument("--out", type=Path, default=Path("out/demo"))
     ap.add_argument("--solver", default="gram", choices=("gram", "spark"))
     ap.add_argument("--master", help="Spark master: local[2] (default) or a cluster, e.g. spark://127.0.0.1:7077 "
@@ -166,6 +178,9 @@ def parse_args(argv):
     args = ap.parse_args(argv)
     if not 0 <= args.raw_fraction < 1:
         raise SystemExit(f"Error: --raw-fraction {args.raw_fraction} must be in [0, 1)")
+    if not 0 <= args.browser_fraction < 1 or args.raw_fraction + args.browser_fraction >= 1:
+        raise SystemExit(f"Error: --browser-fraction {args.browser_fraction} must be in [0, 1), and with "
+                         f"--raw-fraction leave some photos to the Python edge")
     if args.photos and not args.photos.is_dir():
         raise SystemExit(f"Error: --photos {args.photos} is not a folder")
     return args
@@ -188,7 +203,9 @@ class Demo:
         self.stage_s[name] = time.perf_counter() - t
         return result
 
-    def photos(self) -> tuple[int, int, int]:
+    def photos(self) -> dict[str, int]:
+        from web.device import have_browser
+
         if self.args.photos:
             src = self.args.photos.resolve()
         else:
@@ -196,12 +213,20 @@ class Demo:
 
             stage(f"1/5 generating {self.args.per_class * 10} synthetic fruit photos")
             src = generate(self.out / "photos", per_class=self.args.per_class, progress=True)
+        browser = self.args.browser_fraction
+        if browser and self.args.s3:
+            stage("    no browser phone with --s3 (it needs an identity pool): its photos go to the Python edge")
+            browser = 0.0
+        elif browser and not have_browser():
+            stage("    no Chromium here (./run setup installs it): the browser phone's photos go to the Python edge")
+            browser = 0.0
         dev = self.out / "devices"
-        counts = split_photos(src, dev / "edge", dev / "raw", dev / "held-out", self.args.raw_fraction)
-        if counts[0] + counts[1] == 0:
+        counts = split_photos(src, {k: dev / k for k in ("edge", "browser", "raw", "held")}, self.args.raw_fraction,
+                              browser)
+        if counts["edge"] + counts["browser"] + counts["raw"] == 0:
             raise DemoError(f"no photos under {src}")
-        stage(f"    {counts[0]} photos on devices that vectorize, {counts[1]} on devices that upload raw photos, "
-              f"{counts[2]} held out to identify at the end")
+        stage(f"    {counts['edge']} photos on Python devices that vectorize, {counts['browser']} on a phone's web "
+              f"app, {counts['raw']} on devices that upload raw photos, {counts['held']} held out to identify")
         return counts
 
     def storage(self) -> None:
@@ -224,8 +249,34 @@ class Demo:
         self.endpoint = server.endpoint_url
         self.s3 = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
         self.s3.create_bucket(Bucket=self.bucket)
+        cognito = boto3.client("cognito-identity", endpoint_url=self.endpoint, region_name="us-east-1")
+        self.identity_pool = cognito.create_identity_pool(IdentityPoolName="fruits_devices",
+                                                          AllowUnauthenticatedIdentities=True)["IdentityPoolId"]
 
-    def devices(self, n_raw: int) -> None:
+    def browser_phone(self) -> dict:
+        """The web app as a phone: served on 127.0.0.1, opened in headless Chromium, given the photos through its
+        folder input; it vectorizes them in the page and uploads with its own Cognito identity."""
+        from bootstrap.policies import bucket_cors
+        from web.build import build
+        from web.device import Browser
+        from web.server import WebServer, page_config
+
+        stage("    a phone's web app (headless Chromium, LiteRT.js in the page, its own Cognito identity)")
+        dist = build()
+        config = page_config(bucket=self.bucket, prefix=self.root, identity_pool=self.identity_pool,
+                             endpoint_url=self.endpoint)
+        with WebServer(dist, config) as server, Browser() as browser:
+            self.s3.put_bucket_cors(Bucket=self.bucket, CORSConfiguration=bucket_cors([server.url.rstrip("/")]))
+            phone = browser.open(server.url)
+            summary = phone.pick(self.out / "devices" / "browser", folder=True)
+            phone.wait_uploaded()
+            phone.screenshot(self.out / "browser-phone.png")
+            client_id = phone.page.evaluate("fruits.clientId")
+        stage(f"    the web app vectorized {summary['rows']} photos at {summary['imagesPerS']:.0f}/s in the page and "
+              f"uploaded them as client {client_id}")
+        return {"client_id": client_id, "rows": summary["rows"], "images_per_s": summary["imagesPerS"]}
+
+    def devices(self, counts: dict[str, int]) -> dict:
         from edge_client.cli import main as edge_main
 
         common = ["--manifest", str(self.out / "upload-manifest.sqlite")] + \
@@ -236,12 +287,14 @@ class Demo:
                           "--keep", str(self.out / "vectors.parquet"), *common])
         if code not in (0, 3):
             raise DemoError(f"fruits-edge sync failed (exit {code})")
-        if n_raw:
+        browser = self.browser_phone() if counts["browser"] else None
+        if counts["raw"]:
             stage("    devices without vectorization: fruits-edge upload-raw")
             code = edge_main(["upload-raw", str(self.out / "devices" / "raw"), dest, "--client-id", "demo-old-phone",
                               *common])
             if code not in (0, 3):
                 raise DemoError(f"fruits-edge upload-raw failed (exit {code})")
+        return {"browser": browser}
 
     def cloud(self, n_raw: int):
         from cloud_pca.job import JobConfig, run
@@ -275,7 +328,7 @@ class Demo:
 
     def identify(self) -> dict:
         stage("    a device identifies the held-out photos (never uploaded) with fruits-edge identify")
-        return identify_held_out(self.out / "devices" / "held-out", self.s3, self.bucket, self.root, self.endpoint)
+        return identify_held_out(self.out / "devices" / "held", self.s3, self.bucket, self.root, self.endpoint)
 
     def copy_results(self, n_edge: int) -> dict:
         stage(f"5/5 copying results from s3://{self.bucket}/{self.root}/pca/run=demo/ and writing the report")
@@ -288,7 +341,21 @@ class Demo:
         v_objects, v_bytes = prefix_bytes(self.s3, self.bucket, f"{self.root}/vectors/")
         r_objects, r_bytes = prefix_bytes(self.s3, self.bucket, f"{self.root}/raw/")
         return {"edge_images": n_edge, "vector_objects": v_objects, "vector_bytes": v_bytes,
-                "raw_objects": r_objects, "raw_bytes": r_bytes}
+                "raw_objects": r_objects, "raw_bytes": r_bytes, "devices": self.device_kinds()}
+
+    def device_kinds(self) -> list[dict]:
+        """Rows fitted per kind of device, from the run's own projections (their client_id)."""
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        proj = pq.read_table(self.out / "results" / "projections", columns=["client_id"])
+        kinds = []
+        for c in sorted(pc.value_counts(proj.column("client_id")).to_pylist(), key=lambda c: c["values"]):
+            cid = c["values"]
+            kind = ("server-side featurization of raw photos" if cid.startswith("server") else
+                    "phone web app (LiteRT.js in Chromium)" if ":" in cid else "Python edge (fruits-edge sync)")
+            kinds.append({"device kind": kind, "client_id": cid, "rows fitted": c["counts"]})
+        return kinds
 
 
 class DemoError(Exception):
@@ -315,9 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with ExitStack() as stack:
             demo = Demo(args, stack)
-            n_edge, n_raw, n_held = demo.timed("photos", demo.photos)
+            counts = demo.timed("photos", demo.photos)
+            n_edge, n_raw, n_held = counts["edge"] + counts["browser"], counts["raw"], counts["held"]
             demo.timed("s3 server", demo.storage)
-            demo.timed("devices (vectorize + upload)", lambda: demo.devices(n_raw))
+            demo.timed("devices (vectorize + upload)", lambda: demo.devices(counts))
             result = demo.timed("spark job (incl. start)", lambda: demo.cloud(n_raw))
             evaluation = demo.timed("evaluate", demo.evaluate)
             demo.timed("publish", lambda: demo.publish(result))
@@ -350,6 +418,7 @@ def summarize(out: Path, s: dict, storage: dict, evaluation, identified: dict, r
     print(f"devices:  {n_edge} photos sent as vectors ({storage['vector_bytes'] / max(1, n_edge):.0f} B/image), "
           f"{storage['raw_objects']} sent raw ({storage['raw_bytes'] / max(1, storage['raw_objects']):.0f} B/image), "
           f"featurized by Spark")
+    print("kinds:    " + "; ".join(f"{d['device kind']}: {d['rows fitted']} rows" for d in storage["devices"]))
     print(f"rows:     {s['rows_in']} in = {s['projected']} projected + {s['rejected']} rejected + "
           f"{s['duplicates']} duplicates")
     print(f"PCA:      k={s['k']} components keep {s['cumulative_explained_variance']:.1%} of the variance "
