@@ -134,6 +134,34 @@ def test_model_input_equals_pillows_on_every_decoding_path(web_dist, shared_phot
         assert page_errors(phone) == []
 
 
+def test_without_image_decoder_a_drafted_jpeg_is_close_not_equal(web_dist, shared_photos, model_path):
+    """Browsers without WebCodecs' ImageDecoder (Safari, and any page not in a secure context) cannot decode a JPEG
+    at the draft's DCT scale: the page decodes it fully and averages blocks, and says so (approximate). The vector
+    then moves by at most 0.001 in cosine (measured here in Chromium with ImageDecoder turned off)."""
+    from featurizer.preprocess import preprocess
+    from featurizer.runtime import Model
+
+    model = Model(model_path)
+    drafted = [shared_photos / "Real" / n for n in ("phone-12mp.jpg", "draft-4.jpg", "draft-2.jpg", "orient-6.jpg")]
+    with WebServer(web_dist, {}) as server, Browser() as browser:
+        phone = browser.open(server.url)
+        for path in drafted:
+            data = path.read_bytes()
+            got = phone.page.evaluate("""async (b64) => {
+                const bin = atob(b64); const bytes = new Uint8Array(bin.length);
+                for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+                const r = await fruits.debug.preprocess(bytes.buffer, {noImageDecoder: true});
+                return {input: Array.from(r.input), approximate: r.approximate};
+            }""", base64.b64encode(data).decode())
+            x = preprocess(data, 160)[0]
+            page_x = np.asarray(got["input"], np.float32).reshape(160, 160, 3)
+            sim = cosine(model.features(page_x), model.features(x))
+            if path.name == "orient-6.jpg":    # 512x600: no draft, so no difference
+                assert got["approximate"] is False and sim == pytest.approx(1.0, abs=1e-7), path.name
+            else:
+                assert got["approximate"] is True and 0.999 <= sim < 1.0, (path.name, sim)
+
+
 def test_page_vectors_equal_the_python_edge(web_dist, shared_photos, python_vectors, tmp_path):
     """The folder picked in the page -> the Parquet file it saves: a contract file (validate_table), the same
     rows as `fruits-edge vectorize` (ids, labels, sources, sizes) and the same vectors: cosine >= 0.99999 each

@@ -136,6 +136,7 @@ class Phone:
           const b = fruits.lastBatch;
           return {rows: b.rows.length, rejects: b.rejects, skipped: b.skipped, duplicates: b.duplicates,
                   seconds: b.seconds, imagesPerS: b.imagesPerS, queuedRows: b.queuedRows, alreadySent: b.alreadySent,
+                  msPerPhoto: b.msPerPhoto,
                   approximate: b.approximate,
                   answers: b.rows.map(r => ({imageId: r.imageId, source: r.source, answer: r.answer || null}))};
         }""")

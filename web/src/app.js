@@ -172,6 +172,7 @@ class App {
       batch.rows.push(row);
     });
     batch.seconds = (performance.now() - batch.started) / 1000;
+    batch.msPerPhoto = medians(results.filter((r) => r && r.ms).map((r) => r.ms));
     batch.imagesPerS = items.length / Math.max(batch.seconds, 1e-9);
     ui.results(this, batch);
     try {
@@ -212,12 +213,22 @@ class App {
   }
 }
 
+/** Per step, the median of the photos' milliseconds (where a batch's time goes, in each worker). */
+function medians(rows) {
+  const out = {};
+  for (const k of rows.length ? Object.keys(rows[0]) : []) {
+    const v = rows.map((r) => r[k]).sort((a, b) => a - b);
+    out[k] = v[Math.floor(v.length / 2)];
+  }
+  return out;
+}
+
 const app = new App();
 window.fruits = app;   // for the person's console and the browser tests (tests/test_web.py)
 // What the tests run on both sides (the page's step and Python's on the same input):
 app.debug = {
   hasWebCrypto: HAS_WEBCRYPTO, UNKNOWN, sha256Hex,
-  preprocess: (bytes) => app.pool.call(app.pool.workers[0], {type: 'preprocess', bytes}, [bytes]),
+  preprocess: (bytes, options = {}) => app.pool.call(app.pool.workers[0], {type: 'preprocess', bytes, options}, [bytes]),
   heapBytes: () => app.pool.heapBytes(),
   keys: async (root, sha, client, ids, pid) => ({
     vectors: await app.contract.vectorsObjectKey(root, sha, client, ids),

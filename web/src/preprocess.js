@@ -32,7 +32,10 @@ export function toInput(img, size) {
 
 /** Photo bytes -> {input, width, height, approximate}; width/height: the upright photo at full size. */
 export async function preprocess(bytes, size, options) {
+  const t0 = performance.now();
   const img = await decodePhoto(bytes, size, options);
-  return {input: toInput(img, size), width: img.fullWidth, height: img.fullHeight, approximate: img.approximate,
-          format: img.format};
+  const t1 = performance.now();
+  const input = toInput(img, size);
+  return {input, width: img.fullWidth, height: img.fullHeight, approximate: img.approximate, format: img.format,
+          ms: {decode: t1 - t0, resize: performance.now() - t1}};
 }

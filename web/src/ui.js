@@ -76,7 +76,12 @@ export async function queueLine(app) {
   q.className = app.queue.lastError ? 'warn' : '';
 }
 
+let lastPaint = 0;
+
 export function progress(done, total, batch) {
+  const now = performance.now();
+  if (done > 0 && done < total && now - lastPaint < 250) return;   // a few repaints a second, not one per photo
+  lastPaint = now;
   const bar = $('progress');
   bar.hidden = total === 0;
   bar.max = Math.max(total, 1);

@@ -13,13 +13,14 @@ async function vectorize({id, bytes}) {
   const data = new Uint8Array(bytes);
   const t0 = performance.now();
   const imageId = await sha256Hex(data);
+  const t1 = performance.now();
   try {
     const pre = await preprocess(data, settings.inputSize, settings);
-    const t1 = performance.now();
-    const features = await model.features(pre.input);
     const t2 = performance.now();
+    const features = await model.features(pre.input);
+    const t3 = performance.now();
     return {id, imageId, width: pre.width, height: pre.height, approximate: pre.approximate, features,
-            ms: {decode: t1 - t0, invoke: t2 - t1}};
+            ms: {sha256: t1 - t0, decode: pre.ms.decode, resize: pre.ms.resize, invoke: t3 - t2}};
   } catch (err) {
     if (err instanceof Rejected) return {id, imageId, reason: err.message};
     return {id, imageId, reason: `cannot vectorize: ${err && err.message ? err.message : err}`};
@@ -39,7 +40,7 @@ self.onmessage = async (event) => {
       self.postMessage({type: 'vector', ...out}, out.features ? [out.features.buffer] : []);
     } else if (msg.type === 'preprocess') {    // the model input alone: the tests compare it with Pillow's
       try {
-        const pre = await preprocess(new Uint8Array(msg.bytes), settings.inputSize, settings);
+        const pre = await preprocess(new Uint8Array(msg.bytes), settings.inputSize, {...settings, ...msg.options});
         self.postMessage({type: 'input', id: msg.id, ...pre}, [pre.input.buffer]);
       } catch (err) {
         self.postMessage({type: 'input', id: msg.id, reason: err.message});

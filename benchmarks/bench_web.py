@@ -1,0 +1,158 @@
+"""Web client benchmark: the page's vectorizing rate against `fruits-edge vectorize` on the same photos and cores
+(ratio in the same run), the model's start-up cold (first visit) and cached (second visit), and the bytes the
+browser downloads on each visit. The page runs in headless Chromium (Debian's), driven as a person would.
+
+    ./run bench web [--thumbs 1000] [--phone 60] [--repeats 3]
+
+Photos: 100x100 synthetic thumbnails (the Fruits-360 size; decoding is cheap, the model is most of the time)
+and 12-megapixel synthetic phone photos (JPEG draft decode at 1/8 dominates). Each repeat runs the Python edge,
+then the page on the same folder; the table gives medians and the ratio is the median of the repeats' ratios.
+"one photo" is what a person waits for: pick one 12 MP photo -> its answer shown, in a warm page.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import Recorder, timed
+from edge_client.vectorize import default_workers, find_photos, vectorize
+from models import model_path
+from models.synthetic import generate
+
+
+def phone_photos(root: Path, n: int) -> Path:
+    import numpy as np
+
+    from models.synthetic import CLASSES, phone_photo
+
+    rng = np.random.RandomState(5)
+    for i in range(n):
+        fruit = CLASSES[i % len(CLASSES)]
+        d = root / fruit.name
+        d.mkdir(parents=True, exist_ok=True)
+        phone_photo(rng, fruit).save(d / f"{i}_12mp.jpg", quality=90)
+    return root
+
+
+def edge_rate(folder: Path, out: Path) -> float:
+    summary = vectorize(find_photos([folder]), out, model_path=model_path(), progress=False)
+    return summary.images_per_s
+
+
+def python_steps(folder: Path, n: int = 100) -> dict:
+    """The Python edge's per-photo steps on one core (median ms): decode + preprocess, and one-thread invoke."""
+    from featurizer.preprocess import preprocess
+    from featurizer.runtime import Model
+
+    model = Model(model_path(), threads=1)
+    files = sorted(folder.rglob("*.jpg"))[:n]
+    pre, inv = [], []
+    for f in files:
+        data = f.read_bytes()
+        t = time.perf_counter()
+        x = preprocess(data, model.input_size)[0]
+        t1 = time.perf_counter()
+        model.features(x)
+        inv.append((time.perf_counter() - t1) * 1000)
+        pre.append((t1 - t) * 1000)
+    return {"decode_preprocess": statistics.median(pre), "invoke": statistics.median(inv)}
+
+
+def visit(server, profile: Path, folders: dict[str, Path], repeats: int, edge: dict[str, list[float]],
+          tmp: Path, rec: Recorder, which: str) -> dict:
+    """One visit of the page (a browser with ``profile``): start-up, bytes, and vectorizing rates."""
+    from web.device import Browser
+
+    server.reset_counts()
+    with Browser(profile) as browser:
+        phone = browser.open(server.url)
+        start = phone.page.evaluate("fruits.timings")
+        downloaded = sum(server.bytes_sent.values())
+        heavy = {k: v for k, v in server.bytes_sent.items() if k.startswith(("model/", "wasm/")) or k.endswith(".js")}
+        out = {"visit": which, "model_start_s": start["modelStartMs"] / 1000, "model_fetch_s": start["modelFetchMs"] / 1000,
+               "workers": start["workers"], "bytes_downloaded": downloaded, "requests": sum(server.requests.values()),
+               "model_wasm_js_bytes": sum(heavy.values())}
+        rec.add(measure="visit", **out)
+        print(f"{which} visit: model ready in {out['model_start_s']:.2f} s (fetch {out['model_fetch_s']:.2f} s), "
+              f"{downloaded / 1e6:.2f} MB downloaded in {out['requests']} requests "
+              f"(model + Wasm + code {out['model_wasm_js_bytes'] / 1e6:.2f} MB)", flush=True)
+        if which != "first":
+            return out
+        for kind, folder in folders.items():
+            ref = python_steps(folder)
+            rec.add(measure="python_steps", kind=kind, **{f"python_ms_{k}": v for k, v in ref.items()})
+            print(f"  {kind}: Python edge per photo on one core (median ms): decode+preprocess "
+                  f"{ref['decode_preprocess']:.1f}, invoke {ref['invoke']:.1f}", flush=True)
+            for r in range(repeats):
+                e, _ = timed(f"edge {kind} {r}", lambda: edge_rate(folder, tmp / f"edge-{kind}-{r}.parquet"))
+                edge[kind].append(e)
+                summary = phone.pick(folder, folder=True)
+                page_rate = summary["imagesPerS"]
+                steps = summary["msPerPhoto"]
+                rec.add(measure="rate", kind=kind, repeat=r, images=summary["rows"], edge_images_per_s=e,
+                        page_images_per_s=page_rate, ratio=page_rate / e,
+                        **{f"page_ms_{k}": v for k, v in steps.items()})
+                print(f"  {kind} repeat {r}: edge {e:.1f} img/s, page {page_rate:.1f} img/s, ratio {page_rate / e:.2f}; "
+                      f"page per photo (median ms, in a worker): " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()),
+                      flush=True)
+        one = sorted(folders["phone_12mp"].rglob("*.jpg"))[0] if "phone_12mp" in folders else None
+        if one is not None:
+            waits = [phone.pick([one])["seconds"] for _ in range(5)]
+            out["one_photo_s"] = statistics.median(waits)
+            rec.add(measure="one_photo", seconds=out["one_photo_s"], photo="12 MP JPEG")
+            print(f"  one 12 MP photo, pick -> answer shown: median {out['one_photo_s']:.2f} s of 5", flush=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--thumbs", type=int, default=1000, help="100x100 thumbnails")
+    ap.add_argument("--phone", type=int, default=60, help="12 MP phone photos")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path("out/benchmarks"))
+    args = ap.parse_args()
+    from web.build import build
+    from web.device import have_browser
+    from web.server import WebServer
+
+    if not have_browser():
+        print("Error: no Chromium (./run setup installs Debian's chromium as root)", file=sys.stderr)
+        return 1
+    rec = Recorder("web", args.out)
+    with tempfile.TemporaryDirectory(prefix="bench-web-") as t:
+        tmp = Path(t)
+        folders = {"thumbnail_100px": generate(tmp / "thumbs", per_class=max(1, args.thumbs // 10), seed=21)}
+        if args.phone:
+            folders["phone_12mp"] = phone_photos(tmp / "phone", args.phone)
+        dist = build()
+        edge = {k: [] for k in folders}
+        counts = ", ".join(f"{k} {len(list(f.rglob('*.jpg')))}" for k, f in folders.items())
+        print(f"photos: {counts}; Python edge with {default_workers()} workers; the page with one worker per core",
+              flush=True)
+        with WebServer(dist, {}) as server:
+            profile = tmp / "profile"
+            first = visit(server, profile, folders, args.repeats, edge, tmp, rec, "first")
+            second = visit(server, profile, folders, args.repeats, edge, tmp, rec, "second")
+    print()
+    print("| photos | edge (img/s) | page (img/s) | page / edge | repeats |")
+    print("| --- | --- | --- | --- | --- |")
+    for kind in folders:
+        rows = [r for r in rec.rows if r.get("measure") == "rate" and r["kind"] == kind]
+        ratios = [r["ratio"] for r in rows]
+        print(f"| {kind} | {statistics.median(r['edge_images_per_s'] for r in rows):.1f} | "
+              f"{statistics.median(r['page_images_per_s'] for r in rows):.1f} | **{statistics.median(ratios):.2f}** | "
+              f"{' '.join(f'{x:.2f}' for x in ratios)} |")
+    print()
+    print(f"model start-up: first visit {first['model_start_s']:.2f} s, second visit {second['model_start_s']:.2f} s; "
+          f"bytes downloaded: first visit {first['bytes_downloaded'] / 1e6:.2f} MB, second visit "
+          f"{second['bytes_downloaded'] / 1e3:.1f} kB (model + Wasm + code: {second['model_wasm_js_bytes']} B)")
+    print(f"written: {rec.save()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
