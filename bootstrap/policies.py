@@ -14,7 +14,9 @@ Documents:
   shared: it is the less safe choice, see the README);
 - ``bucket-policy``: every request without TLS denied; in the device areas, a creation without
   ``If-None-Match`` (``PutObject`` or ``CompleteMultipartUpload``; the multipart parts are exempted with
-  ``s3:ObjectCreationOperation``) denied for everyone: no overwrite, ever;
+  ``s3:ObjectCreationOperation``) denied for everyone: no overwrite, ever; and a key with more ``/`` than its
+  area's shape (``//``, ``/../``, ``/./`` inside a fixed-length name) denied for everyone (also in the devices'
+  own policies);
 - trust policies: EC2 and EMR for the cluster's roles, Cognito (this pool, unauthenticated) for the devices'.
 
 No Allow statement uses a wildcard action or ``Resource: "*"``; the only ``s3:*`` is in the Deny of non-TLS
@@ -103,6 +105,21 @@ def _grants(bucket: str, root: str, principal: str, device: str) -> list[dict]:
     return out
 
 
+def _off_layout(bucket: str, root: str, sid: str, principal: bool) -> dict:
+    """Deny creating a key deeper than its area's shape: IAM's ``*`` and ``?`` also match ``/``, so a device's
+    allowed globs would take ``part-//...`` or ``part-/../../client=OTHER/...``, which a Hadoop reader
+    collapses or resolves into other paths. Every device key has exactly ``depth`` slashes below its area;
+    ``folder/*/*/.../*`` with one more matches every key with more (``//``, ``/../`` and ``/./`` included)."""
+    resources = []
+    for a in layout.AREAS:
+        if layout.DEVICE in a.writers:
+            deepest = max(layout.depth(g) for g in a.globs)
+            resources.append(f"arn:aws:s3:::{bucket}/{layout.join(root, a.folder)}" + "/*" * (deepest + 1))
+    st = {"Sid": sid, "Effect": "Deny", "Action": ["s3:PutObject"], "Resource": resources}
+    return {"Sid": sid, "Effect": "Deny", "Principal": "*", "Action": "s3:PutObject", "Resource": resources} \
+        if principal else st
+
+
 def policy_documents(bucket: str, prefix: str = "", *, pool_id: str = POOL_PLACEHOLDER) -> dict[str, dict]:
     """Every policy document, by name (see the module docstring)."""
     check_bucket_name(bucket)
@@ -121,6 +138,7 @@ def policy_documents(bucket: str, prefix: str = "", *, pool_id: str = POOL_PLACE
         {"Sid": "DenyCreationWithoutIfNoneMatch", "Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
          "Resource": [f"{bucket_arn}/{layout.join(root, a.folder)}/*" for a in device_areas],
          "Condition": {"Null": {"s3:if-none-match": "true"}, "Bool": {"s3:ObjectCreationOperation": "true"}}},
+        _off_layout(bucket, root, "DenyKeysOffTheLayout", principal=True),
     ]}
     trust = {
         "emr-ec2-trust": {"Version": "2012-10-17", "Statement": [
@@ -135,8 +153,10 @@ def policy_documents(bucket: str, prefix: str = "", *, pool_id: str = POOL_PLACE
     }
     return {
         "emr-instance-profile": {"Version": "2012-10-17", "Statement": _grants(bucket, root, layout.EMR, "*")},
-        "device-identity": {"Version": "2012-10-17", "Statement": _grants(bucket, root, layout.DEVICE, DEVICE_VARIABLE)},
-        "edge-uploader": {"Version": "2012-10-17", "Statement": _grants(bucket, root, layout.DEVICE, "*")},
+        "device-identity": {"Version": "2012-10-17", "Statement": _grants(bucket, root, layout.DEVICE, DEVICE_VARIABLE)
+                            + [_off_layout(bucket, root, "DeviceKeysOfTheLayoutShapeOnly", principal=False)]},
+        "edge-uploader": {"Version": "2012-10-17", "Statement": _grants(bucket, root, layout.DEVICE, "*")
+                          + [_off_layout(bucket, root, "DeviceKeysOfTheLayoutShapeOnly", principal=False)]},
         "bucket-policy": bucket_policy, **trust,
     }
 

@@ -19,7 +19,6 @@ import logging
 import os
 from dataclasses import dataclass, field
 from typing import Iterator, Tuple
-from urllib.parse import unquote
 
 import pandas as pd
 
@@ -113,13 +112,6 @@ def _counts(result) -> tuple[int, int]:
     return int(row["n"]), int(row["bad"] or 0)
 
 
-def _listed_path(uri: str) -> str:
-    """A path from ``DataFrame.inputFiles`` (a URI: ``file:///a%20b``) spelled as the scan's ``path`` column
-    spells it (Hadoop's ``Path.toString``: ``file:/a b``)."""
-    path = unquote(uri)
-    return "file:/" + path[len("file:///"):] if path.startswith("file:///") else path
-
-
 def _unread_row(spark, path: str, roots: list[str], size: int) -> tuple:
     """A rejects row for a listed photo the scan did not read: empty (Spark skips those) or gone."""
     from featurizer.preprocess import ImageRejected, image_id, preprocess
@@ -181,18 +173,37 @@ def _vectorizer(model_file: str, threads: int, size: int, roots: list[str], max_
     return vectorize_batches
 
 
-def list_photos(spark, uris: list[str]) -> tuple[object, list[str], int]:
-    """The ``binaryFile`` scan of the photos (recursive), the listed photo paths, and the number of other files."""
+def list_photos(spark, uris: list[str]) -> tuple[object, list[str], int, list[tuple[str, str]]]:
+    """The ``binaryFile`` scan of the photos, the listed photo paths, the number of other files, and the photos
+    refused unread: keys of ``raw/`` that are not of the layout's shape (a Hadoop path collapses '//' and
+    resolves '..', so such a key would be opened as another path, or as none).
+
+    The files are listed with Hadoop's recursive listing, and the scan is given exactly the photos to read:
+    Spark's own recursive lookup overflowed its stack on a key with a '..' folder (StackOverflowError)."""
+    from contract.layout import device_key_problem
+    from cloud_pca.spark import list_files
+
+    listed, refused = [], []
     try:
-        files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(uris)
-        listed = [_listed_path(p) for p in files.inputFiles()]
-    except Exception as exc:  # AnalysisException: path does not exist; no access
+        for uri in uris:
+            for path, _, _ in list_files(spark, uri, suffixes=None):   # paths as the scan's path column spells them
+                problem = device_key_problem(path, uri) if os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS \
+                    else None
+                (refused.append((path, problem)) if problem else listed.append(path))
+    except Exception as exc:  # Py4JJavaError: no such bucket, no access
         raise FeaturizeError(f"cannot list photos under {', '.join(uris)}: {one_line(exc)[:300]}") from None
     photos = [p for p in listed if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS]
     if not photos:
+        first = f"; first refused: {refused[0][0]}: {refused[0][1]}" if refused else ""
         raise FeaturizeError(f"no photos under {', '.join(uris)} ({len(listed) - len(photos)} other file(s); "
-                             f"looked for {', '.join(IMAGE_EXTENSIONS)})")
-    return files, photos, len(listed) - len(photos)
+                             f"looked for {', '.join(IMAGE_EXTENSIONS)}){first}")
+    if refused:
+        log.warning("%d photo(s) not read: %s", len(refused), refused[0][1])
+    try:
+        files = spark.read.format("binaryFile").load(photos)
+    except Exception as exc:
+        raise FeaturizeError(f"cannot read photos under {', '.join(uris)}: {one_line(exc)[:300]}") from None
+    return files, photos, len(listed) - len(photos), refused
 
 
 def infer(spark, files, udf_body, *, batch_rows: int, split: dict[str, str]):
@@ -249,12 +260,18 @@ def featurize(spark, images: str | list[str], *, model_path: str, client_id: str
             roots.append(_qualified(spark, uri))
         except Exception as exc:
             raise FeaturizeError(f"{uri}: {one_line(exc)[:300]}") from None
-    files, photos, n_other = list_photos(spark, uris)
+    files, photos, n_other, refused = list_photos(spark, uris)
     body = _vectorizer(model_file, threads, card.input_size, roots, max_pixels)
     result, n_rows, n_rejected = infer(spark, files, body, batch_rows=batch_rows,
                                        split=split_settings(spark, files, len(photos) + n_other, tasks_per_core))
     cached = [result]
     result, added = add_unread(spark, result, photos, roots, card.input_size, n_rows)
+    if refused:
+        from featurizer.preprocess import image_id
+
+        rows = [(image_id(b""), None, _relative(p, roots), None, None, None, reason, p) for p, reason in refused]
+        result = result.unionByName(spark.createDataFrame(rows, RESULT_DDL + ", file string")).persist()
+        added = True
     if added:
         cached.append(result)
         n_rows, n_rejected = _counts(result)
@@ -266,7 +283,7 @@ def featurize(spark, images: str | list[str], *, model_path: str, client_id: str
     assert tuple(vectors.columns) == VECTOR_COLUMNS
     rejects = result.filter(F.col("reason").isNotNull()).select(
         "image_id", "source", F.lit(client_id).alias("client_id"), "file", "reason")
-    if n_rows != len(photos):  # listed vs read: a file appeared or vanished during the run
+    if n_rows != len(photos) + len(refused):  # listed vs read: a file appeared or vanished during the run
         log.warning("listed %d photos but read %d; the counts below are what was read", len(photos), n_rows)
     counts = {"files": n_rows + n_other, "not_image": n_other, "photos": n_rows, "ok": n_rows - n_rejected,
               "rejected": n_rejected}

@@ -8,13 +8,19 @@ new statistics to the kept ones and solves the 1280x1280 eigenproblem again.
 State, one per model fingerprint, under ``OUTPUT/state/model=<sha256>/`` (``pca/state/...`` in the layout)::
 
     gen=<g>/moments.npz    the total statistics after generation g
-    gen=<g>/objects.json   every object counted (path, size, how Spark reads it)
+    gen=<g>/objects.json   every object counted (path, size, version: ETag or modification time, how Spark reads it)
     gen=<g>/ids/           Parquet: the image ids generation g added
     current.json           the generation in force, and the ids folders of every generation up to it;
                            written last, so a run that fails leaves the previous state in force
 
 Each generation has a name of its own (``g00007-3fa2c1``): a failed run's folder is never reused (it is
 left behind, unreferenced; nothing is deleted, which the cluster's role may not do).
+
+Objects are trusted by name only while they are what was counted: a run compares every counted object with
+the listing (size, and ETag or modification time) and refuses, naming the object, when one is gone or was
+rewritten (a lifecycle rule, ``featurize --overwrite``): its moments are still in the state, and only a
+``--full`` run can take them out. Every state file is checked when it is loaded: a damaged one is one error
+naming the file, never a traceback.
 """
 from __future__ import annotations
 
@@ -87,23 +93,91 @@ def load_state(spark, output: str, model_sha256: str | None) -> State | None:
     uri = f"{root}/model={check_sha256(model_sha256)}"
     if not path_exists(spark, f"{uri}/{POINTER}"):
         return State(uri, model_sha256)
+
+    def damaged(where: str, what: str) -> StateError:
+        return StateError(f"{where}: {what}; the incremental state is damaged: rebuild it with --full")
+
+    def file(rel: str) -> bytes:
+        if not path_exists(spark, f"{uri}/{rel}"):
+            raise damaged(f"{uri}/{rel}", "missing")
+        return read_bytes(spark, f"{uri}/{rel}")
+
     try:
-        pointer = json.loads(read_bytes(spark, f"{uri}/{POINTER}"))
-        gen = pointer["generation"]
-        sums = GramSums.from_bytes(read_bytes(spark, f"{uri}/gen={gen}/moments.npz"))
-        objects = json.loads(read_bytes(spark, f"{uri}/gen={gen}/objects.json"))
-    except Exception as exc:  # missing generation files, bad JSON
-        raise StateError(f"{uri}: the incremental state is damaged ({str(exc).strip().splitlines()[0][:200]}); "
-                         f"rebuild it with --full") from None
-    return State(uri, model_sha256, gen, int(pointer["number"]), sums, objects,
-                 [f"{uri}/{p}" for p in pointer.get("ids", [])])
+        pointer = json.loads(file(POINTER))
+    except ValueError as exc:
+        raise damaged(f"{uri}/{POINTER}", f"not JSON ({exc})") from None
+    gen, number, ids = (pointer.get("generation"), pointer.get("number"), pointer.get("ids", [])) \
+        if isinstance(pointer, dict) else (None, None, None)
+    if not isinstance(gen, str) or not isinstance(number, int) or not isinstance(ids, list) \
+            or not all(isinstance(p, str) for p in ids):
+        raise damaged(f"{uri}/{POINTER}", "needs a generation (text), a number and a list of ids folders")
+    try:
+        sums = GramSums.from_bytes(file(f"gen={gen}/moments.npz"))
+    except StateError:
+        raise
+    except Exception as exc:  # not an .npz, wrong arrays
+        raise damaged(f"{uri}/gen={gen}/moments.npz", f"unreadable ({str(exc).strip().splitlines()[0][:200]})") from None
+    try:
+        objects = json.loads(file(f"gen={gen}/objects.json"))
+    except ValueError as exc:
+        raise damaged(f"{uri}/gen={gen}/objects.json", f"not JSON ({exc})") from None
+    if not isinstance(objects, list) or not all(isinstance(o, dict) and isinstance(o.get("path"), str)
+                                                and isinstance(o.get("size"), int) for o in objects):
+        raise damaged(f"{uri}/gen={gen}/objects.json", "must be a list of objects with a path and a size")
+    state = State(uri, model_sha256, gen, number, sums, objects, [f"{uri}/{p}" for p in ids])
+    check_ids(spark, state)
+    return state
+
+
+def check_ids(spark, state: State) -> None:
+    """Every ids folder the pointer names exists and its Parquet files have readable footers (a missing or
+    truncated one would otherwise fail deep in a Spark job)."""
+    from cloud_pca.inputs import java_reason, read_footer
+    from cloud_pca.spark import list_files
+
+    for part in state.id_parts:
+        try:
+            files = list_files(spark, part)
+        except Exception as exc:
+            raise StateError(f"{part}: cannot be listed ({java_reason(exc)}); rebuild the state with --full") from None
+        if not files:
+            raise StateError(f"{part}: missing (the image ids a generation counted); the incremental state is "
+                             f"damaged: rebuild it with --full")
+        for path, size, _ in files:
+            try:
+                read_footer(spark, path, size)
+            except Exception as exc:
+                raise StateError(f"{path}: {exc if isinstance(exc, FruitsError) else java_reason(exc)}; the "
+                                 f"incremental state is damaged: rebuild it with --full") from None
+
+
+def check_counted(state: State, listed: list[tuple]) -> None:
+    """Refuse when an object the state counted is gone from the listing or is not the version counted."""
+    now = {item[0]: item for item in listed}
+    gone, changed = [], []
+    for o in state.objects:
+        item = now.get(o["path"])
+        if item is None:
+            gone.append(o["path"])
+        elif item[1] != o["size"] or (o.get("version") and len(item) > 2 and item[2] != o["version"]):
+            changed.append(o["path"])
+    if gone or changed:
+        what = []
+        if gone:
+            what.append(f"{len(gone)} counted object(s) are gone (first: {gone[0]})")
+        if changed:
+            what.append(f"{len(changed)} counted object(s) were rewritten since they were counted (first: {changed[0]})")
+        raise StateError("; ".join(what) + f". The state {state.uri} ({state.generation}) still holds their moments: "
+                         f"rebuild it from what is there now with --full (or put the objects back)")
 
 
 def plan_batch(spark, inputs: list[str], state: State | None, *, skip_bad_files: bool) -> tuple[list[InputFile], int]:
     """The objects under ``inputs`` not counted yet, their footers checked (the counted ones are not opened)."""
     listed = list_inputs(spark, inputs)
+    if state is not None and state.objects:
+        check_counted(state, listed)
     counted = state.counted_paths if state else set()
-    new = [(p, s) for p, s in listed if p not in counted]
+    new = [item for item in listed if item[0] not in counted]
     files = check_files(spark, new) if new else []
     bad = [f for f in files if f.reason]
     if bad and not skip_bad_files:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from contract.card import FEATURE_DIM
 from contract.errors import ContractError, FruitsError, one_line
+from contract.layout import device_key_problem
 from contract.vectors import (META_PROJECTION_ID, PROJECTION_COLUMN, VECTOR_COLUMNS, conform_schema, conform_table,
                               vector_schema)
 from cloud_pca.spark import list_files
@@ -41,6 +42,7 @@ class InputFile:
     read_ddl: str = ""             # the Spark schema its Parquet columns are read with
     nanos: bool = False            # vectorized_at is a timestamp[ns] (read as int64 nanoseconds)
     projection_id: str | None = None   # projected files: the projection named in the file's metadata
+    version: str | None = None     # the listed version (ETag or modification time): see spark.file_version
 
 
 @dataclass
@@ -151,12 +153,31 @@ def read_schema_ddl(metadata) -> tuple[str, bool]:
     return ", ".join(parts), nanos
 
 
-def check_files(spark, files: list[tuple[str, int]], threads: int = FOOTER_THREADS) -> list[InputFile]:
-    """Each file's footer against the contract, ``threads`` at a time (a round trip each on S3)."""
+def java_reason(exc: Exception) -> str:
+    """The Java exception's class and message from a Py4JJavaError (else the first line of the error)."""
+    java = getattr(exc, "java_exception", None)
+    if java is not None:
+        try:
+            return f"{java.getClass().getSimpleName()}: {str(java.getMessage()).splitlines()[0][:200]}"
+        except Exception:  # the JVM is gone
+            pass
+    return one_line(exc)[:200]
+
+
+def check_files(spark, files: list[tuple], threads: int = FOOTER_THREADS) -> list[InputFile]:
+    """Each file's footer against the contract, ``threads`` at a time (a round trip each on S3). ``files``:
+    (path, size[, version[, the input it was listed under]]) as :func:`list_inputs` gives them; with the input,
+    a key of a device area that is not of the layout's shape is a bad file, never opened."""
 
     def one(item) -> InputFile:
-        path, size = item
-        f = InputFile(path, size)
+        path, size = item[0], item[1]
+        f = InputFile(path, size, version=item[2] if len(item) > 2 else None)
+        # Defence in depth: a device area holds only keys of the layout's shape (the policies say so, but a
+        # listed key is turned into a Hadoop path, which collapses '//' and resolves '..').
+        problem = device_key_problem(path, item[3]) if len(item) > 3 else None
+        if problem:
+            f.reason = problem
+            return f
         try:
             meta = read_footer(spark, path, size)
             schema = arrow_schema(meta)
@@ -166,6 +187,8 @@ def check_files(spark, files: list[tuple[str, int]], threads: int = FOOTER_THREA
             f.projection_id = (meta.metadata or {}).get(META_PROJECTION_ID, b"").decode() or None
         except ContractError as exc:
             f.reason = str(exc).replace("file: ", "", 1)
+        except Exception as exc:  # Py4JJavaError: listed but not there (FileNotFound), access denied, ...
+            f.reason = f"cannot be opened ({java_reason(exc)})"
         return f
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -243,12 +266,13 @@ def projected_dim(spark, files: list[InputFile]) -> int:
     return int(first["n"]) if first else FEATURE_DIM
 
 
-def list_inputs(spark, inputs: list[str]) -> list[tuple[str, int]]:
-    """(path, size) of every Parquet file under the inputs (recursive), as the driver's file system lists them."""
+def list_inputs(spark, inputs: list[str]) -> list[tuple[str, int, str, str]]:
+    """(path, size, version, the input it was listed under) of every Parquet file under the inputs (recursive),
+    as the driver's file system lists them."""
     listed = []
     for uri in inputs:
         try:
-            listed.extend(list_files(spark, uri))
+            listed.extend((*item, uri) for item in list_files(spark, uri))
         except Exception as exc:  # Py4JJavaError: no such bucket, access denied
             raise InputError(f"cannot list {uri}: {one_line(exc)[:300]}") from None
     return listed

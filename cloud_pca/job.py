@@ -356,11 +356,14 @@ def incremental_stage(spark, cfg: JobConfig, say):
     else:
         data = Prepared(None, None, {"rows_in": 0, "projected": 0, "rejected": 0, "duplicates": 0,
                                      "already_counted": 0}, {}, None)
+    if (state is None or state.sums is None) and not data.counts["projected"]:
+        data.release()
+        bad = [f for f in new if f.reason]
+        raise JobError("no rows to fit: the inputs hold no valid vector" +
+                       (f" ({len(bad)} bad file(s) skipped; first: {bad[0].path}: {bad[0].reason})" if bad else ""))
     if state is None:
-        state = incremental.State(incremental.state_root(cfg.output) + f"/model={next(iter(data.model_counts))}",
-                                  next(iter(data.model_counts)))
-    if state.sums is None and not data.counts["projected"]:
-        raise JobError("no rows to fit: the inputs hold no valid vector")
+        sha = next(iter(data.model_counts))
+        state = incremental.State(incremental.state_root(cfg.output) + f"/model={sha}", sha)
     return state, incremental.Batch(state, new, listed), data
 
 
@@ -424,11 +427,13 @@ def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
                     "rows_added": c["projected"], "already_counted": c.get("already_counted", 0),
                     "rows_total": sums.n,
                     "projections": "all rows" if (cfg.reproject or cfg.full) else "new rows only"}
-            finish_run(spark, cfg, run_uri, run_id, model, summary, timings, t0, traffic, fit_traffic, shown)
-            if cfg.incremental or cfg.full:
-                # Last of all, after the run's own files: the new total is in force from here on.
-                incremental.commit(spark, state, generation, sums, batch.new if batch else data.inputs.files,
-                                   data.unique, run_id=run_id)
+            # The incremental state is committed after the run's own files, before its marker: the new total is
+            # in force from there on, and a run killed before leaves no marker naming a generation not in force.
+            commit = (lambda: incremental.commit(spark, state, generation, sums,
+                                                 batch.new if batch else data.inputs.files, data.unique,
+                                                 run_id=run_id)) if (cfg.incremental or cfg.full) else None
+            finish_run(spark, cfg, run_uri, run_id, model, summary, timings, t0, traffic, fit_traffic, shown,
+                       before_marker=commit)
         finally:
             data.release()
             if shown is not data:
@@ -445,8 +450,10 @@ def write_model_only(spark, cfg: JobConfig, run_uri: str, model: FruitsPCAModel,
     return explained
 
 
-def finish_run(spark, cfg, run_uri, run_id, model, summary, timings, t0, traffic, fit_traffic, shown) -> None:
-    """summary.json, then the marker that says the run is complete (with what publish checks against)."""
+def finish_run(spark, cfg, run_uri, run_id, model, summary, timings, t0, traffic, fit_traffic, shown, *,
+               before_marker=None) -> None:
+    """summary.json, ``before_marker()`` (the incremental state's commit), then the marker that says the run is
+    complete (with what publish checks against)."""
     timings["total_s"] = time.perf_counter() - t0
     summary.update({
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -455,6 +462,8 @@ def finish_run(spark, cfg, run_uri, run_id, model, summary, timings, t0, traffic
         "partitions": shown.unique.rdd.getNumPartitions() if shown.unique is not None else 0,
         "finished_at": datetime.now(timezone.utc).isoformat()})
     write_bytes(spark, f"{run_uri}/summary.json", json.dumps(summary, indent=1).encode())
+    if before_marker is not None:
+        before_marker()
     outputs = ["model/", "explained_variance.json", "summary.json"]
     if shown.unique is not None:
         outputs += ["projections/", "rejects/", "explained_variance.csv"] + (["plots/"] if cfg.plots else [])

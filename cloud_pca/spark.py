@@ -176,9 +176,22 @@ def write_bytes(spark, uri: str, data: bytes) -> None:
             fs.getRawFileSystem().delete(crc, False)
 
 
-def list_files(spark, uri: str, suffixes: tuple[str, ...] | None = (".parquet",)) -> list[tuple[str, int]]:
+def file_version(status) -> str:
+    """What identifies one version of a listed file: its ETag where the store gives one (S3A, EMRFS), else its
+    modification time. A rewritten object gets another (incremental state compares them)."""
+    for getter in ("getEtag", "getETag"):
+        try:
+            tag = getattr(status, getter)()
+        except Exception:  # not an S3 status (py4j: no such method)
+            continue
+        if tag:
+            return f"etag:{str(tag).strip(chr(34))}"
+    return f"mtime:{int(status.getModificationTime())}"
+
+
+def list_files(spark, uri: str, suffixes: tuple[str, ...] | None = (".parquet",)) -> list[tuple[str, int, str]]:
     """Files under ``uri`` (recursive) whose names end with ``suffixes`` (any name when ``None``, case-insensitive):
-    (path, size) pairs, sorted.
+    (path, size, version) triples, sorted (:func:`file_version`).
 
     Names starting with ``_`` or ``.`` (markers, temporary files) are left out, as Spark does.
     """
@@ -192,7 +205,7 @@ def list_files(spark, uri: str, suffixes: tuple[str, ...] | None = (".parquet",)
         name = st.getPath().getName()
         if name.startswith(("_", ".")) or (suffixes is not None and not name.lower().endswith(suffixes)):
             continue
-        out.append((st.getPath().toString(), int(st.getLen())))
+        out.append((st.getPath().toString(), int(st.getLen()), file_version(st)))
     return sorted(out)
 
 

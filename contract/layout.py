@@ -104,6 +104,19 @@ def area(name: str) -> Area:
     raise LayoutError(f"no area {name!r}; areas: {', '.join(a.name for a in AREAS)}")
 
 
+MAX_KEY_BYTES = 1024     # S3 refuses longer keys (moto does not): checked by every key function here
+
+
+def _shape_regex(glob: str) -> re.Pattern:
+    """A glob's exact shape as a regex: fixed-length hex where the layout says so, a client id, and any other
+    ``*`` as one non-empty path segment (never a ``/``, never ``.`` or ``..``)."""
+    out = "^"
+    for token in re.split(r"(\{sha256\}|\{image_id\}|\{content\}|\{projection\}|\{device\}|\*)", glob):
+        out += {"{sha256}": "[0-9a-f]{64}", "{image_id}": "[0-9a-f]{64}", "{content}": "[0-9a-f]{32}",
+                "{projection}": "[0-9a-f]{16}", "{device}": "[A-Za-z0-9._:-]{1,128}", "*": "[^/]+"}.get(token, re.escape(token))
+    return re.compile(out + "$")
+
+
 def expand_glob(glob: str, device: str = "*") -> str:
     """An area glob with its placeholders expanded to IAM wildcards (``?`` per fixed character)."""
     return (glob.replace("{sha256}", "?" * 64).replace("{image_id}", "?" * 64).replace("{content}", "?" * 32)
@@ -182,8 +195,8 @@ def vectors_object_key(root: str, model_sha256: str, client_id: str, image_ids: 
     >>> key.split("/")[:2], key.split("/")[3], len(key.rsplit("part-", 1)[1])
     (['team', 'vectors'], 'client=phone-1', 40)
     """
-    return (vectors_prefix(root, model_sha256)
-            + f"client={check_client_id(client_id)}/part-{content_key(model_sha256, image_ids)}.parquet")
+    return check_key_length(vectors_prefix(root, model_sha256)
+                            + f"client={check_client_id(client_id)}/part-{content_key(model_sha256, image_ids)}.parquet")
 
 
 def projected_prefix(root: str, model_sha256: str | None = None, projection_id: str | None = None) -> str:
@@ -197,8 +210,8 @@ def projected_prefix(root: str, model_sha256: str | None = None, projection_id: 
 
 def projected_object_key(root: str, model_sha256: str, projection_id: str, client_id: str,
                          image_ids: Iterable[str]) -> str:
-    return (projected_prefix(root, model_sha256, projection_id) + f"client={check_client_id(client_id)}/"
-            f"part-{content_key(model_sha256 + projection_id, image_ids)}.parquet")
+    return check_key_length(projected_prefix(root, model_sha256, projection_id) + f"client={check_client_id(client_id)}/"
+                            f"part-{content_key(model_sha256 + projection_id, image_ids)}.parquet")
 
 
 def raw_prefix(root: str) -> str:
@@ -223,7 +236,7 @@ def raw_object_key(root: str, client_id: str, label: str | None, image_id: str, 
     ext = ext.lower()
     if ext and not re.fullmatch(r"\.[a-z0-9]{1,10}", ext):
         raise LayoutError(f"photo extension {ext!r} is not a short alphanumeric extension")
-    return folder(root, "raw") + f"client={check_client_id(client_id)}/label={value}/{image_id}{ext}"
+    return check_key_length(folder(root, "raw") + f"client={check_client_id(client_id)}/label={value}/{image_id}{ext}")
 
 
 def label_from_path(path: str) -> str | None:
@@ -237,7 +250,11 @@ def label_from_path(path: str) -> str | None:
     for part in reversed(parts[:-1]):
         if part.startswith("label="):
             value = part[len("label="):]
-            return None if value == NO_LABEL else unquote(value)
+            if value == NO_LABEL:
+                return None
+            label = unquote(value)
+            # A label is one folder name: one that decodes to a path ("a%2Fb", "%2E%2E") is kept encoded.
+            return value if "/" in label or label in (".", "..") else label
     return parts[-2] if len(parts) >= 2 else None
 
 
@@ -297,6 +314,58 @@ def logs_prefix(root: str) -> str:
 
 def s3_uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
+
+
+def depth(glob: str) -> int:
+    """How many '/' a key of the glob holds below the root: a device's key with more is not the layout's."""
+    return glob.count("/")
+
+
+def device_key_problem(path: str, under: str) -> str | None:
+    """Why a file listed under ``under`` is not of the layout's shape, or None when it is. Only inputs that name a
+    device area (``.../vectors/``, ``.../projected/``, ``.../raw/``, or a folder inside one) are checked; other
+    folders (a local photo folder, the job's own outputs under ``pca/``) may hold any names.
+
+    A device may only write keys of these shapes, but the policy's globs cannot stop every character (IAM's
+    ``*`` and ``?`` match ``/``), and a reader that turns keys into paths does not keep them: Hadoop collapses
+    ``//`` and resolves ``..``, so such a key is listed as another path, which cannot be opened (or, worse, is
+    another device's). Checked on the path's segments from the area's folder.
+
+    >>> d = "s3a://b/team/vectors/"
+    >>> device_key_problem(d + "model=" + "a" * 64 + "/client=p1/part-" + "b" * 32 + ".parquet", d)
+    >>> device_key_problem(d + "model=" + "a" * 64 + "/client=p1/part-/x.parquet", d)[:49]
+    "its key is not of the layout's shape for vectors "
+    >>> device_key_problem("file:/home/me/photos/Lime/1.jpg", "/home/me/photos")
+    """
+    from urllib.parse import urlparse
+
+    base = [p for p in urlparse(under).path.split("/") if p]
+    at = None
+    for i, name in enumerate(base):
+        if "pca" in base[:i]:                       # pca/featurized/...: the job's output, not a device's
+            break
+        if any(DEVICE in a.writers and a.folder == name for a in AREAS):
+            at = i
+    if at is None:
+        return None
+    parts = [p for p in urlparse(path).path.split("/") if p]
+    if parts[:at + 1] != base[:at + 1]:
+        return f"listed under {under} but outside it after path normalization (a '..' in its key?)"
+    rel = "/".join(parts[at:])
+    a = next(a for a in AREAS if DEVICE in a.writers and a.folder == base[at])
+    if any(_shape_regex(g).match(rel) for g in a.globs):
+        return None
+    return (f"its key is not of the layout's shape for {a.name} ({' or '.join(a.globs)}): not as a device's client "
+            f"writes it ('//' or '..' in a name is read as another path)")
+
+
+def check_key_length(key: str) -> str:
+    """A key S3 can store: at most :data:`MAX_KEY_BYTES` bytes of UTF-8."""
+    n = len(key.encode("utf-8"))
+    if n > MAX_KEY_BYTES:
+        raise LayoutError(f"the key would be {n} bytes, over S3's limit of {MAX_KEY_BYTES} (a long label, client "
+                          f"id or prefix?): {key[:80]}...")
+    return key
 
 
 def area_of(root: str, key: str) -> Area | None:

@@ -43,11 +43,18 @@ def pack_arrays(meta: dict | None = None, **arrays) -> bytes:
 
 def unpack_arrays(data: bytes) -> dict:
     """The arrays in bytes made by :func:`pack_arrays` (pickles refused), ``meta`` decoded from JSON when there;
-    anything else raises ValueError, KeyError or OSError."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        out = {name: z[name] for name in z.files}
-    if "meta" in out:
-        out["meta"] = json.loads(str(out["meta"]))
+    anything else (empty, truncated, not a zip, a damaged array, bad JSON) raises ValueError."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            out = {name: z[name] for name in z.files}
+        if "meta" in out:
+            out["meta"] = json.loads(str(out["meta"]))
+    except ValueError:
+        raise
+    except Exception as exc:  # zipfile.BadZipFile, EOFError, OSError, zlib.error: a damaged or partial file
+        raise ValueError(f"not a readable .npz ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if not isinstance(out, dict) or ("meta" in out and not isinstance(out["meta"], dict)):
+        raise ValueError("its meta is not a JSON object")
     return out
 
 
@@ -102,17 +109,27 @@ class Projection:
 
     @classmethod
     def from_bytes(cls, data: bytes, origin: str = "<projection>") -> "Projection":
+        from contract.card import FEATURE_DIM
+
         try:
             z = unpack_arrays(data)
             meta = z["meta"]
             p = cls(z["mean"].astype(np.float64), z["scale"].astype(np.float64), z["components"].astype(np.float64),
-                    meta["model_sha256"], meta.get("model_name", ""), meta.get("run", ""))
-        except (ValueError, KeyError, OSError) as exc:
-            raise ContractError(f"{origin}: not a projection artifact ({exc})") from None
+                    str(meta["model_sha256"]), meta.get("model_name", ""), meta.get("run", ""))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ContractError(f"{origin}: not a projection artifact ({exc}); publish it again") from None
+        if p.mean.ndim != 1:
+            raise ContractError(f"{origin}: mean has shape {p.mean.shape}, not (d,)")
         d = p.mean.shape[0]
         if p.scale.shape != (d,) or p.components.ndim != 2 or p.components.shape[0] != d:
             raise ContractError(f"{origin}: inconsistent shapes mean {p.mean.shape}, scale {p.scale.shape}, "
                                 f"components {p.components.shape}")
+        if d != FEATURE_DIM or not 1 <= p.k <= d:
+            raise ContractError(f"{origin}: projects {d}-d vectors to k={p.k}; the model makes {FEATURE_DIM}-d "
+                                f"vectors (and 1 <= k <= d)")
+        for name, a in (("mean", p.mean), ("scale", p.scale), ("components", p.components)):
+            if not np.isfinite(a).all():
+                raise ContractError(f"{origin}: {name} holds NaN or infinite values; publish it again")
         if meta.get("projection_id") != p.projection_id:
             raise ContractError(f"{origin}: content does not match its projection id {meta.get('projection_id')}")
         return p
@@ -155,10 +172,28 @@ class ReferenceIndex:
             z = unpack_arrays(data)
             thresholds = z["thresholds"].astype(np.float64) if "thresholds" in z else None
             residual = float(z["residual_threshold"]) if "residual_threshold" in z else float("inf")
-            return cls([str(v) for v in z["labels"]], z["centroids"].astype(np.float64), z["counts"],
-                       str(z["projection_id"]), thresholds, residual)
-        except (ValueError, KeyError, OSError) as exc:
-            raise ContractError(f"{origin}: not a reference index ({exc})") from None
+            index = cls([str(v) for v in np.atleast_1d(z["labels"])], z["centroids"].astype(np.float64),
+                        np.atleast_1d(z["counts"]), str(z["projection_id"]), thresholds, residual)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ContractError(f"{origin}: not a reference index ({exc}); publish it again") from None
+        c = len(index.labels)
+        if c == 0:
+            raise ContractError(f"{origin}: the index has no labels: nothing to identify with")
+        if index.centroids.ndim != 2 or index.centroids.shape[0] != c or index.counts.shape != (c,):
+            raise ContractError(f"{origin}: {c} labels but centroids {index.centroids.shape} and counts "
+                                f"{index.counts.shape}")
+        if thresholds is not None and (thresholds.shape != (c,) or np.isnan(thresholds).any()):
+            raise ContractError(f"{origin}: thresholds {thresholds.shape} do not give one number per label")
+        if not np.isfinite(index.centroids).all() or np.isnan(residual):
+            raise ContractError(f"{origin}: centroids or the residual threshold hold NaN or infinite values")
+        return index
+
+    def check_projection(self, projection: "Projection", origin: str = "the index") -> None:
+        """This index belongs to ``projection``: the same id and the same k."""
+        if self.projection_id != projection.projection_id:
+            raise ContractError(f"{origin} belongs to projection {self.projection_id}, not {projection.projection_id}")
+        if self.centroids.shape[1] != projection.k:
+            raise ContractError(f"{origin} has centroids of k={self.centroids.shape[1]}, the projection k={projection.k}")
 
     def rank(self, y: np.ndarray, top: int = 3, residual: float = 0.0) -> list[tuple[str, float, float]]:
         """Labels nearest to the projected vector ``y``: (label, score, distance), nearest first. The score is 1

@@ -1,8 +1,8 @@
 """Per-device, short-lived credentials from an Amazon Cognito identity pool, the way mobile apps on AWS get them.
 
 The device asks the pool for an identity id once (``GetId``; kept in ``~/.fruits/identity-<pool>.json`` so
-the device keeps it, and so its ``client=<id>/`` folder) and, on each run, for temporary credentials of
-that identity (``GetCredentialsForIdentity``: an hour). Both calls are unsigned: the device holds no AWS
+the device keeps it, and so its ``client=<id>/`` folder) and for temporary credentials of that identity
+(``GetCredentialsForIdentity``: an hour), renewed before they expire however long a run takes. Both calls are unsigned: the device holds no AWS
 key at all. The pool's role for these identities may only add new objects under
 ``.../client=${cognito-identity.amazonaws.com:sub}/`` (``bootstrap/policies.py``), so one device can neither
 write under another's prefix nor overwrite anything.
@@ -56,6 +56,12 @@ def device_identity(pool_id: str, *, region: str | None = None, endpoint_url: st
         identity_id = json.loads(state.read_text())["identity_id"] if state.is_file() else None
     except (ValueError, KeyError, OSError):
         identity_id = None
+    def refused(exc: ClientError) -> UserError:
+        code = exc.response.get("Error", {}).get("Code", "")
+        return UserError(f"the identity pool {pool_id} refused this device ({code}: "
+                         f"{exc.response.get('Error', {}).get('Message', '')}); check the pool id and region, and "
+                         f"that it allows unauthenticated identities")
+
     try:
         if identity_id is None:
             identity_id = client.get_id(IdentityPoolId=pool_id)["IdentityId"]
@@ -63,14 +69,36 @@ def device_identity(pool_id: str, *, region: str | None = None, endpoint_url: st
             tmp = state.with_suffix(".part")
             tmp.write_text(json.dumps({"pool_id": pool_id, "identity_id": identity_id}))
             os.replace(tmp, state)
-        creds = client.get_credentials_for_identity(IdentityId=identity_id)["Credentials"]
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        raise UserError(f"the identity pool {pool_id} refused this device ({code}: "
-                        f"{exc.response.get('Error', {}).get('Message', '')}); check the pool id and region, and "
-                        f"that it allows unauthenticated identities") from None
+        raise refused(exc) from None
     except BotoCoreError as exc:
         raise UserError(f"cannot reach Cognito in {region} ({type(exc).__name__}); try again") from None
-    session = boto3.Session(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretKey"],
-                            aws_session_token=creds["SessionToken"], region_name=region)
-    return DeviceIdentity(pool_id, identity_id, session, str(creds.get("Expiration", "")))
+
+    def fetch() -> dict:
+        """New credentials for this identity (an hour); botocore calls it again before they expire."""
+        try:
+            creds = client.get_credentials_for_identity(IdentityId=identity_id)["Credentials"]
+        except ClientError as exc:
+            raise refused(exc) from None
+        except BotoCoreError as exc:
+            raise UserError(f"cannot reach Cognito in {region} to renew the device's credentials "
+                            f"({type(exc).__name__}); run the same command again") from None
+        expiry = creds["Expiration"]
+        return {"access_key": creds["AccessKeyId"], "secret_key": creds["SecretKey"], "token": creds["SessionToken"],
+                "expiry_time": expiry.isoformat() if hasattr(expiry, "isoformat") else str(expiry)}
+
+    first = fetch()
+    return DeviceIdentity(pool_id, identity_id, refreshing_session(fetch, first, region), first["expiry_time"])
+
+
+def refreshing_session(fetch, first: dict, region: str):
+    """A boto3 Session whose credentials renew themselves: botocore refreshes them when fewer than 15 minutes
+    are left (10 minutes: before any request), by calling ``fetch`` again, during vectorize and upload alike."""
+    import boto3
+    from botocore.credentials import RefreshableCredentials
+    from botocore.session import get_session
+
+    core = get_session()
+    core._credentials = RefreshableCredentials.create_from_metadata(metadata=first, refresh_using=fetch,
+                                                                     method="cognito-identity")
+    return boto3.Session(botocore_session=core, region_name=region)

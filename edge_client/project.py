@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from contract import ContractError, read_vectors
-from contract.layout import index_key, latest_projection_key, projection_key
+from contract.layout import check_projection_id, index_key, latest_projection_key, projection_key
 from contract.projection import Projection, ReferenceIndex
 from contract.vectors import PROJECTION_COLUMN, features_array, features_matrix, file_metadata, parquet_options
 from edge_client.vectorize import UserError
@@ -41,8 +43,10 @@ def fetch_projection(client, bucket: str, root: str, model_sha256: str, *,
                    endpoint_url)
     try:
         pid = json.loads(pointer)["projection_id"]
-    except (ValueError, KeyError):
-        raise UserError(f"s3://{bucket}/{latest_projection_key(root, model_sha256)}: not a projection pointer") from None
+        check_projection_id(pid)
+    except (ValueError, KeyError, TypeError, ContractError):
+        raise UserError(f"s3://{bucket}/{latest_projection_key(root, model_sha256)}: not a projection pointer "
+                        f"(a JSON object with a 16-hex projection_id); publish again") from None
     key = projection_key(root, pid)
     try:
         projection = Projection.from_bytes(_get(client, bucket, key, "projection", endpoint_url), f"s3://{bucket}/{key}")
@@ -103,8 +107,10 @@ def identify(photo: str | os.PathLike, model, projection: Projection, index: Ref
         projection.check_model(model.sha256, f"projection {projection.projection_id}")
     except ContractError as exc:
         raise UserError(str(exc)) from None
-    if index.projection_id != projection.projection_id:
-        raise UserError(f"the index belongs to projection {index.projection_id}, not {projection.projection_id}")
+    try:
+        index.check_projection(projection)
+    except ContractError as exc:
+        raise UserError(str(exc)) from None
     try:
         data = Path(photo).read_bytes()
     except OSError as exc:
@@ -114,4 +120,6 @@ def identify(photo: str | os.PathLike, model, projection: Projection, index: Ref
     except ImageRejected as exc:
         raise UserError(f"{photo}: {exc}") from None
     features = model.features(x)
+    if not np.isfinite(features).all():
+        raise UserError(f"{photo}: the model gave NaN or infinite features; check the .tflite against its card")
     return index.rank(projection.project(features), top=top, residual=float(projection.residual(features)))

@@ -85,7 +85,10 @@ def explain(exc: Exception, bucket: str, endpoint_url: str | None = None) -> str
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code in ("NoSuchBucket", "404") or (status == 404 and code in ("", "NotFound")):
             return f"bucket {bucket!r} does not exist{where}"
-        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId", "ExpiredToken"):
+        if code in ("ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired", "RequestExpired"):
+            return (f"the temporary credentials expired ({code}) and were not renewed: run the same command again "
+                    f"(with --identity-pool it gets new ones; a profile's session token must be renewed)")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId"):
             return f"S3{where} rejected the credentials ({code}): check the access key and secret"
         if code in ("AccessDenied", "403") or status == 403:
             return f"access denied to bucket {bucket!r}{where} ({code or status}): check the credentials and policy"
@@ -360,6 +363,11 @@ def upload_raw(client, photos: list[Photo], bucket: str, root: str, *, manifest:
         check_client_id(client_id)
     except ContractError as exc:
         raise UserError(str(exc)) from None
+    for label, ext in sorted({(p.label or "", p.path.suffix) for p in photos}):
+        try:   # every key is known but for the image id (fixed length): refuse a bad one before any work
+            raw_object_key(root, client_id, label, "0" * 64, ext)
+        except ContractError as exc:
+            raise UserError(f"label {label[:60]!r}{'...' if len(label) > 60 else ''}: {exc}") from None
     summary = UploadSummary()
     counter = RequestCounter(client)
     check_bucket(client, bucket, endpoint_url)

@@ -302,7 +302,7 @@ def test_launch_creates_exactly_the_planned_cluster(aws):
     rule = s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]["Rules"][0]
     assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
     sids = [st["Sid"] for st in json.loads(s3.get_bucket_policy(Bucket=BUCKET)["Policy"])["Statement"]]
-    assert sids == ["DenyWithoutTLS", "DenyCreationWithoutIfNoneMatch"]
+    assert sids == ["DenyWithoutTLS", "DenyCreationWithoutIfNoneMatch", "DenyKeysOffTheLayout"]
     lifecycle = s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]
     assert [r["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] for r in lifecycle] == [policies.MULTIPART_DAYS]
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}

@@ -194,7 +194,7 @@ def test_the_incremental_pca_step_on_a_cluster(cluster, s3_server, spark, tmp_pa
     import boto3
 
     from cloud_pca.job import JobConfig, run
-    from vectors_for_tests import SHA, contract_rows, low_rank, put_rows
+    from vectors_for_tests import contract_rows, layout_key, low_rank, put_rows
 
     s3 = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1")
     bucket = "fruits-incremental-test"
@@ -202,8 +202,8 @@ def test_the_incremental_pca_step_on_a_cluster(cluster, s3_server, spark, tmp_pa
     x = low_rank(n=400, seed=5)
     for run_id, lo, hi in (("d1", 0, 200), ("d2", 200, 400)):
         for i, (a, b) in enumerate(((lo, lo + 100), (lo + 100, hi))):
-            put_rows(s3, bucket, f"{PREFIX}/vectors/model={SHA}/client=phone/part-{run_id}-{i}.parquet",
-                     contract_rows(b - a, start=a, x=x[a:b]))
+            rows = contract_rows(b - a, start=a, x=x[a:b])
+            put_rows(s3, bucket, layout_key(PREFIX, rows), rows)
         rehearse(ClusterSpec(bucket=bucket, prefix=PREFIX, k=5, incremental=True, run_id=run_id),
                  master=cluster.master_url, endpoint_url=s3_server.endpoint_url, workdir=tmp_path / run_id)
     second = get_json(s3, bucket, f"{PREFIX}/pca/run=d2/summary.json")["incremental"]

@@ -11,7 +11,7 @@ import pytest
 from cloud_pca import incremental
 from cloud_pca.job import JobConfig, JobError, run
 from cloud_pca.publish import PublishError, publish
-from vectors_for_tests import SHA, contract_rows, low_rank, put_rows
+from vectors_for_tests import SHA, contract_rows, layout_key, low_rank, put_rows
 
 # One low-rank population cut into batches (rows of one population: the model is the same whatever the cut).
 X = low_rank(n=900, seed=11)
@@ -28,7 +28,7 @@ def upload_batch(s3, bucket, name: str, lo: int, hi: int, objects: int = 3, repe
         if repeat and i == 0:
             extra = contract_rows(repeat[1] - repeat[0], start=repeat[0], x=X[repeat[0]:repeat[1]])
             rows = {k: rows[k] + extra[k] for k in rows}
-        key = f"team/vectors/model={SHA}/client=phone/part-{name}-{i}.parquet"
+        key = layout_key("team", rows)
         put_rows(s3, bucket, key, rows)
         size += s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
     return size
@@ -105,8 +105,8 @@ def test_a_failed_refresh_leaves_the_previous_total_in_force(spark, s3, bucket, 
 def test_another_model_is_not_mixed_into_the_moments(spark, s3, bucket):
     upload_batch(s3, bucket, "b1", 0, 100, objects=1)
     run(spark, cfg(bucket, "a", incremental=True))
-    put_rows(s3, bucket, f"team/vectors/model={'b' * 64}/client=phone/part-x.parquet",
-             contract_rows(20, start=5000, model="b" * 64))
+    other = contract_rows(20, start=5000, model="b" * 64)
+    put_rows(s3, bucket, layout_key("team", other), other)
     with pytest.raises(JobError, match=r"vectors of model bbbbbbbbbbbb\.\.\. while the state holds model aaaaaaaaaaaa"):
         run(spark, cfg(bucket, "b", incremental=True))
     r = run(spark, cfg(bucket, "c", incremental=True, model_sha256=SHA)).summary

@@ -170,7 +170,7 @@ def test_sync_project_uploads_kd_vectors_and_the_job_keeps_them_apart(published,
 def test_a_corrupt_or_foreign_artifact_is_refused(tmp_path):
     from contract import ContractError
 
-    p = Projection(np.zeros(4), np.ones(4), np.eye(4)[:, :2], "a" * 64, "m")
+    p = Projection(np.zeros(1280), np.ones(1280), np.eye(1280)[:, :2], "a" * 64, "m")
     data = bytearray(p.to_bytes())
     assert Projection.from_bytes(bytes(data)).projection_id == p.projection_id
     with pytest.raises(ContractError, match="not a projection artifact"):

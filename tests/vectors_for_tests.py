@@ -44,6 +44,13 @@ def contract_table(n: int, *, seed: int = 0, start: int = 0, **types):
     return pa.table(cols, schema=pa.schema(fields))
 
 
+def layout_key(root: str, rows: dict, client: str = "phone") -> str:
+    """Where a device would put these rows: the layout's content-named key (the job refuses other shapes)."""
+    from contract.layout import vectors_object_key
+
+    return vectors_object_key(root, rows["model_sha256"][0], client, rows["image_id"])
+
+
 def put_rows(s3, bucket, key, rows):
     put_table(s3, bucket, key, pa.table(rows, schema=vector_schema()))
 

@@ -11,7 +11,6 @@ example: ./run web vectorize photos/ --out out/web-vectors.parquet
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import socket
 import sys

@@ -36,11 +36,14 @@ def chromium_path() -> Path:
 
 
 def have_browser() -> bool:
+    import importlib.util
+
     try:
-        import playwright  # noqa: F401
+        if importlib.util.find_spec("playwright") is None:
+            return False
         chromium_path()
         return True
-    except (ImportError, BrowserError):
+    except BrowserError:
         return False
 
 
