@@ -244,7 +244,7 @@ def main() -> int:
         os.environ[k] = v
     from bootstrap.emr import load_prices
     from cloud_pca.spark import get_spark
-    from demo.report import Report
+    from cloud_pca.report import Report
     from models.synthetic import generate
     from models import model_path
 

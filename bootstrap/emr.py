@@ -181,6 +181,10 @@ def build_request(spec: ClusterSpec) -> dict:
                       "ActionOnFailure": "TERMINATE_CLUSTER",
                       "HadoopJarStep": {"Jar": "command-runner.jar", "Args": _spark_submit(spec, [
                           "publish", "--run", run_uri, "--root", spec.uri(), "--k", str(spec.publish_k)])}})
+    # Last: the run's report next to it (fruits-cloud report; it also shows evaluate's and publish's results).
+    steps.append({"Name": "fruits: report", "ActionOnFailure": "TERMINATE_CLUSTER",
+                  "HadoopJarStep": {"Jar": "command-runner.jar", "Args": _spark_submit(spec, [
+                      "report", "--run", run_uri])}})
     groups = [
         {"Name": "master", "InstanceRole": "MASTER", "Market": "ON_DEMAND", "InstanceType": spec.instance_type,
          "InstanceCount": 1},

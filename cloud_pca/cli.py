@@ -125,6 +125,15 @@ def build_parser(extend=None):
     v.add_argument("--max-rows", type=int, default=200_000, help="rows the classifiers use (a sample beyond)")
     v.add_argument("--max-bytes", type=int, default=128 * 2**20,
                    help="bytes of features collected to the driver for the classifiers (default 128 MiB, ~26k rows)")
+    r = add_command(sub, "report", help="one self-contained HTML page of a run (interactive 3-D view included)",
+                    description="Counts and rejects' reasons, devices, k and the scree curve, the photos on the first "
+                                "three components (interactive), evaluate's and publish's results where the run has "
+                                "them, timings, incremental state: from the run's own files, into one HTML file that "
+                                "opens offline.",
+                    example="fruits-cloud report --run s3://b/team/pca/run=2026... --out report.html")
+    r.add_argument("--run", required=True, help="a run folder (OUTPUT/run=<id>): local, s3://, s3a://")
+    r.add_argument("--out", help="where to write the page (local path or s3://); default RUN/report.html")
+    r.add_argument("--max-points", type=int, default=3000, help="points in the 3-D view (a sample stratified by label)")
     if extend is not None:
         extend(sub)
     return parser
@@ -208,7 +217,18 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"pca": cmd_pca, "featurize": cmd_featurize, "publish": cmd_publish, "evaluate": cmd_evaluate}
+def cmd_report(args) -> int:
+    from cloud_pca.report import ReportError, write_report
+
+    if args.max_points < 1:
+        raise ReportError(f"--max-points={args.max_points} must be at least 1")
+    out = args.out if args.out is None or "://" not in args.out else _uri(args.out)
+    print(f"report: {write_report(_spark(args, 'report'), _uri(args.run), out, max_points=args.max_points)}")
+    return 0
+
+
+COMMANDS = {"pca": cmd_pca, "featurize": cmd_featurize, "publish": cmd_publish, "evaluate": cmd_evaluate,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ Three stages, each a function: :func:`read_stage` (files checked against the con
 model fingerprints checked, duplicates found), :func:`fit_stage` (StandardScaler + PCA), and
 :func:`write_outputs`. Output, under ``OUTPUT/run=<run_id>/``::
 
-    projections/            Parquet: image_id, label, client_id, pca (k floats), pca_model (the model's id),
+    projections/            Parquet: image_id, label, client_id, source, pca (k floats), pca_model (the model's id),
                             residual (|z|^2 - |y|^2: how far off the k-d subspace; publish calibrates with it)
     model/                  the fitted model: a Spark ML PipelineModel (StandardScalerModel + PCAModel), with
                             fruits-pca.npz (FruitsPCAModel.load) inside
@@ -303,7 +303,9 @@ def write_outputs(spark, cfg: JobConfig, run_uri: str, data: Prepared, model: Fr
     say("projecting and writing")
     unique = data.unique
     label = F.col(cfg.label_col) if cfg.label_col in unique.columns else F.lit(None).cast("string")
-    projected = model.project(unique.select("image_id", label.alias("label"), "client_id", "features"),
+    source = F.col("source") if "source" in unique.columns else F.lit(None).cast("string")
+    projected = model.project(unique.select("image_id", label.alias("label"), "client_id", source.alias("source"),
+                                            "features"),
                               model_col="pca_model", residual_col="residual")
     projected.write.mode("errorifexists").parquet(f"{run_uri}/projections")
     explained = explained_variance(model, cfg.solver)

@@ -86,69 +86,35 @@ def identify_held_out(held: Path, s3, bucket: str, root: str, endpoint: str | No
             "projection_id": projection.projection_id, "classes": len(index.labels)}
 
 
-def write_report(out: Path, summary: dict, explained: dict, storage: dict, stage_s: dict, photos_src: str,
-                 evaluation=None, identified: dict | None = None) -> Path:
-    from demo.report import Report
+def write_report(spark, run_uri: str, out: Path, storage: dict, stage_s: dict, identified: dict | None = None) -> Path:
+    """The run's report, made by ``fruits-cloud report`` (the same code, so the same page an EMR run gets), with
+    the demo's own facts after it: what each kind of device sent and stored, and the held-out photos identified."""
+    from cloud_pca.report import write_report as run_report
 
-    s = summary
-    page = Report("Fruits! demo: edge vectors + server-side featurization -> Spark PCA",
-                  f"photos: {photos_src}; run {s['run_id']}; model {s['model_sha256'][:12]}...; "
-                  f"everything on this machine (local S3 on 127.0.0.1, Spark local mode)")
-    page.heading("Headline")
-    page.table([
-        {"figure": "photos from devices that vectorize (edge)", "value": storage["edge_images"]},
-        {"figure": "photos uploaded raw, featurized by Spark", "value": (s.get("photos") or {}).get("ok", 0)},
-        {"figure": "rows in", "value": s["rows_in"]},
-        {"figure": "projected", "value": s["projected"]},
-        {"figure": "rejected (see results/rejects/)", "value": s["rejected"]},
-        {"figure": "duplicates (same image_id)", "value": s["duplicates"]},
-        {"figure": "k (components kept)", "value": s["k"]},
-        {"figure": "cumulative explained variance at k", "value": round(s["cumulative_explained_variance"], 4)},
-    ])
-    page.text(f"k: {s['k_reason']}", note=True)
-    page.heading("Three kinds of devices, one model file")
-    page.table(storage["devices"])
-    page.text("Each kind made its vectors with the same .tflite (one fingerprint): the Python edge with LiteRT, "
-              "the phone's web app with LiteRT.js in the page, the server from raw photos with LiteRT in Spark; "
-              "the PCA fits them together.", note=True)
-    page.heading("What each kind of device sent and stored")
-    page.table([
-        {"path": "edge and web app: vectors (zstd Parquet)", "objects": storage["vector_objects"],
-         "bytes": storage["vector_bytes"], "bytes per image": round(storage["vector_bytes"] / max(1, storage["edge_images"]))},
-        {"path": "raw photos (JPEG)", "objects": storage["raw_objects"], "bytes": storage["raw_bytes"],
-         "bytes per image": round(storage["raw_bytes"] / max(1, storage["raw_objects"]))},
-    ])
-    page.text("For 100x100 thumbnails a vector is about as big as the photo; the saving of uploading vectors "
-              "is for phone photos (see ./run bench compare).", note=True)
-    if evaluation is not None:
-        from cloud_pca.evaluate import plot as evaluation_plots
+    def demo_sections(page) -> None:
+        page.heading("The demo's devices: what each kind sent and stored")
+        page.table(storage["devices"])
+        page.table([
+            {"path": "Python edge and web app: vectors (zstd Parquet)", "objects": storage["vector_objects"],
+             "bytes": storage["vector_bytes"],
+             "bytes per image": round(storage["vector_bytes"] / max(1, storage["edge_images"]))},
+            {"path": "raw photos (JPEG)", "objects": storage["raw_objects"], "bytes": storage["raw_bytes"],
+             "bytes per image": round(storage["raw_bytes"] / max(1, storage["raw_objects"]))}])
+        page.text("Each kind made its vectors with the same .tflite (one fingerprint): the Python edge with LiteRT, "
+                  "the phone's web app with LiteRT.js in the page, the server from raw photos with LiteRT in Spark. "
+                  "For 100x100 thumbnails a vector is about as big as the photo; the saving of uploading vectors is "
+                  "for phone photos (see ./run bench compare).", note=True)
+        if identified is not None:
+            page.heading("Identification on the device (fruits-edge identify)")
+            page.text(f"{len(identified['rows'])} photos held out of every upload (never seen by the PCA), identified "
+                      f"from the published {identified['k']}-component projection {identified['projection_id']} "
+                      f"and its per-class centroids: top-1 accuracy {identified['accuracy']:.0%} "
+                      f"(chance {1 / identified['classes']:.0%}).")
+            page.table(identified["rows"])
+        page.heading("The demo's stages (seconds)")
+        page.table([{"stage": k, "seconds": round(v, 2)} for k, v in stage_s.items()])
 
-        page.heading("How little must we store? (fruits-cloud evaluate)")
-        for clf, a in evaluation.answer.items():
-            page.text(f"{clf}: {a['sentence']}.")
-        page.text(f"{evaluation.n_train} training / {evaluation.n_test} held-out images (split by image), "
-                  f"{evaluation.classes} classes; kNN k=5 and a ridge linear classifier.", note=True)
-        page.images(sorted(evaluation_plots(evaluation).items()))
-    if identified is not None:
-        page.heading("Identification on the device (fruits-edge identify)")
-        page.text(f"{len(identified['rows'])} photos held out of every upload (never seen by the PCA), identified from the published "
-                  f"{identified['k']}-component projection {identified['projection_id']} and its per-class "
-                  f"centroids: top-1 accuracy {identified['accuracy']:.0%} "
-                  f"(chance {1 / identified['classes']:.0%}).")
-        page.table(identified["rows"])
-    page.heading("Plots")
-    plots_dir = out / "results" / "plots"
-    page.images([(p.name, p.read_bytes()) for p in sorted(plots_dir.glob("*.png"))])
-    page.heading("Explained variance (first components)")
-    ratios, cum = explained["explained_variance_ratio"], explained["cumulative"]
-    page.table([{"component": i + 1, "ratio": round(ratios[i], 5), "cumulative": round(cum[i], 5)}
-                for i in range(min(len(ratios), max(10, s["k"]) if s["k"] <= 20 else 10))])
-    page.heading("Timings (seconds)")
-    page.table([{"stage": k, "seconds": round(v, 2)} for k, v in stage_s.items()]
-               + [{"stage": f"spark job: {k}", "seconds": v} for k, v in s["timings_s"].items()])
-    page.text("Files: results/ (projections/, model/, rejects/, explained_variance.json/.csv, summary.json, "
-              "plots/), copied from the bucket.", note=True)
-    return page.write(out / "report.html")
+    return Path(run_report(spark, run_uri, str(out / "report.html"), extra=demo_sections))
 
 
 _INTERRUPTED = []
@@ -313,11 +279,13 @@ class Demo:
                                     solver=self.args.solver, run_id="demo", overwrite=True),
                    progress=lambda s: stage(f"    {s}"))
 
-    def evaluate(self):
-        from cloud_pca.evaluate import evaluate
+    def evaluate(self, result):
+        from cloud_pca.evaluate import evaluate, write_evaluation
 
         stage("    how little must we store: fruits-cloud evaluate (held-out accuracy vs bytes per image)")
-        return evaluate(self.spark, [f"s3a://{self.bucket}/{self.root}/vectors/"], ks=(2, 4, 8, 16, 32, 64))
+        ev = evaluate(self.spark, [f"s3a://{self.bucket}/{self.root}/vectors/"], ks=(2, 4, 8, 16, 32, 64))
+        write_evaluation(self.spark, ev, f"{result.run_uri}/evaluation")   # where the EMR step writes it
+        return ev
 
     def publish(self, result) -> None:
         from cloud_pca.publish import publish
@@ -387,12 +355,13 @@ def main(argv: list[str] | None = None) -> int:
             demo.timed("s3 server", demo.storage)
             demo.timed("devices (vectorize + upload)", lambda: demo.devices(counts))
             result = demo.timed("spark job (incl. start)", lambda: demo.cloud(n_raw))
-            evaluation = demo.timed("evaluate", demo.evaluate)
+            evaluation = demo.timed("evaluate", lambda: demo.evaluate(result))
             demo.timed("publish", lambda: demo.publish(result))
             identified = demo.timed(f"identify {n_held} photos", demo.identify)
             storage = demo.timed("copy results", lambda: demo.copy_results(n_edge))
-            report = write_report(out, result.summary, result.explained, storage, demo.stage_s,
-                                  str(args.photos or "synthetic"), evaluation, identified)
+            stage("    the report: fruits-cloud report, as after any run")
+            report = demo.timed("report", lambda: write_report(demo.spark, result.run_uri, out, storage, demo.stage_s,
+                                                               identified))
     except KeyboardInterrupt:
         print("\nError: interrupted; Spark and the local S3 server were stopped", file=sys.stderr)
         return 130

@@ -275,7 +275,8 @@ def test_launch_creates_exactly_the_planned_cluster(aws):
     assert groups["MASTER"]["Market"] == "ON_DEMAND" and groups["CORE"]["Market"] == "ON_DEMAND"
     assert groups["TASK"]["Market"] == "SPOT" and groups["TASK"]["RequestedInstanceCount"] == 3
     steps = list(reversed(client.list_steps(ClusterId=out["cluster_id"])["Steps"]))
-    assert [s["Name"] for s in steps] == ["fruits: featurize raw photos", "fruits: StandardScaler + PCA"]
+    assert [s["Name"] for s in steps] == ["fruits: featurize raw photos", "fruits: StandardScaler + PCA",
+                                         "fruits: report"]
     assert [s["Config"]["Args"] for s in steps] == [s["HadoopJarStep"]["Args"] for s in planned["Steps"]]
     assert all(s["ActionOnFailure"] == "TERMINATE_CLUSTER" for s in steps)
     assert planned["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
@@ -312,7 +313,7 @@ def test_launch_creates_exactly_the_planned_cluster(aws):
     assert out["web_config"] == {"bucket": BUCKET, "prefix": "team", "region": "eu-west-3",
                                  "identityPoolId": out["identity_pool"]}
     st = emr.status(client, out["cluster_id"])
-    assert st["state"] in ("STARTING", "RUNNING", "WAITING") and len(st["steps"]) == 2
+    assert st["state"] in ("STARTING", "RUNNING", "WAITING") and len(st["steps"]) == 3
     emr.terminate(client, out["cluster_id"])
     assert emr.status(client, out["cluster_id"])["state"].startswith("TERMINAT")
 

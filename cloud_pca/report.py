@@ -1,0 +1,418 @@
+"""``fruits-cloud report``: the page a data scientist opens after any run, from the run's own files only.
+
+    fruits-cloud report --run s3://BUCKET/PREFIX/pca/run=<id> [--out report.html]
+
+One self-contained HTML file (it opens offline, from a laptop or the bucket): counts (rows in = projected +
+rejected + duplicates, the rejects' reasons grouped), the model fingerprint and the share of each kind of
+device, k and why, the scree curve, evaluate's results where the run has them (``evaluation/``), the published
+projection and identify's calibration where this run was published, timings and driver bytes, the incremental
+state where incremental, and the photos on the first three components as an interactive 3-D view (rotate,
+zoom, hover for label, source and device, click a legend entry to hide a fruit) on a sample stratified by
+label. Nothing is recomputed from the vectors: it reads ``summary.json``, ``explained_variance.json``,
+``plots/``, ``rejects/`` and ``projections/`` (two aggregations and a bounded sample).
+
+The 3-D view uses plotly.js, embedded from the pinned ``plotly`` Python package's own copy (nothing from a
+CDN); the static matplotlib PNG stays in the page as the fallback. :class:`Report` is the HTML builder the
+demo and the benchmarks share.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from contract.errors import FruitsError, one_line
+
+DEFAULT_POINTS = 3000            # points in the 3-D view (a stratified sample beyond)
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: 0.6em 0; } td, th { border: 1px solid #ccc; padding: 4px 10px; }
+th { background: #f3f3f3; text-align: left; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.4em 0; } .note { color: #666; font-size: 0.92em; }
+.grid { display: grid; grid-template-columns: 1fr 1fr; gap: 12px; } .plot { width: 100%; height: 620px; }
+.scree { width: 100%; height: 360px; } .ok { color: #1b7f2a; } .bad { color: #b3261e; font-weight: 600; }
+"""
+
+
+class ReportError(FruitsError):
+    """A run that cannot be reported (no summary: not a run folder, or not finished)."""
+
+
+class Report:
+    """A self-contained HTML page (and optionally Markdown) built section by section."""
+
+    def __init__(self, title: str, subtitle: str = ""):
+        self.parts = [f"<h1>{html.escape(title)}</h1>"]
+        if subtitle:
+            self.parts.append(f"<p class='note'>{html.escape(subtitle)}</p>")
+        self.title = title
+        self.head: list[str] = []
+        self.markdown = [f"# {title}", "", subtitle, ""] if subtitle else [f"# {title}", ""]
+
+    def heading(self, text: str) -> None:
+        self.parts.append(f"<h2>{html.escape(text)}</h2>")
+        self.markdown += [f"## {text}", ""]
+
+    def text(self, text: str, note: bool = False, cls: str = "") -> None:
+        classes = " ".join(c for c in ("note" if note else "", cls) if c)
+        self.parts.append(f"<p{f' class={chr(39)}{classes}{chr(39)}' if classes else ''}>{html.escape(text)}</p>")
+        self.markdown += [text, ""]
+
+    def table(self, rows: Sequence[dict], columns: Iterable[str] | None = None) -> None:
+        if not rows:
+            return
+        cols = list(columns or rows[0].keys())
+
+        def cell(v):
+            if isinstance(v, float):
+                v = f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+            elif isinstance(v, int) and not isinstance(v, bool):
+                v = f"{v:,}"
+            return "" if v is None else str(v)
+
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(
+            f"<td class='{'n' if isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool) else ''}'>"
+            f"{html.escape(cell(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
+        self.parts.append(f"<table><tr>{head}</tr>{body}</table>")
+        self.markdown += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        self.markdown += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
+        self.markdown.append("")
+
+    def images(self, pngs: Sequence[tuple[str, bytes]]) -> None:
+        tags = "".join(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,"
+                       f"{base64.b64encode(png).decode()}'><figcaption class='note'>{html.escape(name)}"
+                       f"</figcaption></figure>" for name, png in pngs)
+        self.parts.append(f"<div class='grid'>{tags}</div>")
+        self.markdown += [f"![{name}]({name})" for name, _ in pngs] + [""]
+
+    def raw(self, markup: str) -> None:
+        """Markup of our own making (a plot's container and its script)."""
+        self.parts.append(markup)
+
+    def script_in_head(self, js: str) -> None:
+        self.head.append(f"<script>{js}</script>")
+
+    def html(self) -> str:
+        return (f"<!doctype html><html><head><meta charset='utf-8'>"
+                f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+                f"<title>{html.escape(self.title)}</title><style>{_STYLE}</style>{''.join(self.head)}</head>"
+                f"<body>{''.join(self.parts)}</body></html>\n")
+
+    def write(self, path: str | Path, markdown: bool = False) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.html(), encoding="utf-8")
+        if markdown:
+            path.with_suffix(".md").write_text("\n".join(self.markdown) + "\n", encoding="utf-8")
+        return path
+
+
+# ------------------------------------------------------------------------------------------ plotly
+def plotly_js() -> str:
+    """plotly.js from the pinned ``plotly`` package (its ``package_data/plotly.min.js``): embedded, never fetched."""
+    from importlib import resources
+
+    try:
+        return resources.files("plotly").joinpath("package_data/plotly.min.js").read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError) as exc:
+        raise ReportError(f"the interactive views need the plotly package ({exc}): pip install 'fruits[cloud]'") from None
+
+
+def _json_for_script(obj) -> str:
+    """JSON safe inside a <script> element."""
+    return json.dumps(obj, separators=(",", ":")).replace("</", "<\\/")
+
+
+def _plot(page: Report, div_id: str, cls: str, traces: list[dict], layout: dict) -> None:
+    page.raw(f"<div id='{div_id}' class='{cls}'></div><script>Plotly.newPlot({json.dumps(div_id)}, "
+             f"{_json_for_script(traces)}, {_json_for_script(layout)}, "
+             f"{{displaylogo: false, responsive: true}});</script>")
+
+
+# -------------------------------------------------------------------------------------- run's files
+def _read_json(spark, uri: str) -> dict | None:
+    from cloud_pca.spark import path_exists, read_bytes
+
+    if not path_exists(spark, uri):
+        return None
+    try:
+        return json.loads(read_bytes(spark, uri))
+    except ValueError as exc:
+        raise ReportError(f"{uri}: not JSON ({exc})") from None
+
+
+def _read_pngs(spark, folder: str) -> list[tuple[str, bytes]]:
+    from cloud_pca.spark import list_files, read_bytes
+
+    try:
+        files = list_files(spark, folder, suffixes=(".png",))
+    except Exception:  # no such folder
+        return []
+    return [(path.rsplit("/", 1)[1], read_bytes(spark, path)) for path, *_ in files]
+
+
+def device_kind(client_id: str | None) -> str:
+    """The kind of device behind a client id: the server's featurization, a phone's web app or Cognito device
+    (its identity id, ``REGION:UUID``), or the Python edge."""
+    cid = client_id or ""
+    if cid.startswith("server"):
+        return "server-side featurization of raw photos"
+    if re.fullmatch(r"[a-z]{2}(-gov)?-[a-z]+-\d:[0-9a-f-]{36}", cid):
+        return "phone (Cognito identity: the web app or fruits-edge --identity-pool)"
+    if cid.startswith("web-"):
+        return "web app (no identity pool)"
+    return "Python edge (fruits-edge)"
+
+
+REASON_PATTERNS = [(r"'[^']*'", "'…'"), (r"\b\d+\b", "N")]
+
+
+def reason_groups(spark, rejects_uri: str) -> list[dict]:
+    """The rejects' reasons grouped (quoted values and numbers generalized), counted in Spark."""
+    from pyspark.sql import functions as F
+
+    from cloud_pca.spark import path_exists
+
+    if not path_exists(spark, rejects_uri):
+        return []
+    df = spark.read.parquet(rejects_uri)
+    if "reason" not in df.columns:
+        return []
+    reason = F.col("reason")
+    for pattern, repl in REASON_PATTERNS:
+        reason = F.regexp_replace(reason, pattern, repl)
+    rows = df.groupBy(reason.alias("reason")).count().orderBy(F.desc("count")).limit(50).collect()
+    return [{"reason": r["reason"], "rows": int(r["count"])} for r in rows]
+
+
+def device_shares(spark, projections) -> list[dict]:
+    from pyspark.sql import functions as F
+
+    rows = projections.groupBy("client_id").count().orderBy(F.desc("count")).limit(1000).collect()
+    total = sum(r["count"] for r in rows) or 1
+    kinds: dict[str, dict] = {}
+    for r in rows:
+        k = kinds.setdefault(device_kind(r["client_id"]), {"device kind": device_kind(r["client_id"]),
+                                                           "devices": 0, "rows fitted": 0})
+        k["devices"] += 1
+        k["rows fitted"] += int(r["count"])
+    for k in kinds.values():
+        k["share"] = f"{k['rows fitted'] / total:.1%}"
+    return sorted(kinds.values(), key=lambda k: -k["rows fitted"])
+
+
+def sample_3d(spark, projections, max_points: int) -> tuple[list[dict], int, int]:
+    """At most ``max_points`` rows of the first three components, stratified by label (each label gets its share,
+    at most all its rows), chosen by a hash of the image id so the same run gives the same sample. Returns the
+    rows, the rows in the run and the number of labels."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    label = F.coalesce(F.col("label"), F.lit("(no label)"))
+    counts = {r["label"]: r["count"] for r in projections.select(label.alias("label")).groupBy("label").count().collect()}
+    total = sum(counts.values())
+    if not counts:
+        return [], 0, 0
+    quota = max(1, max_points // len(counts))
+    cols = [label.alias("label"), F.slice("pca", 1, 3).alias("p"), "client_id"]
+    if "source" in projections.columns:
+        cols.append("source")
+    w = Window.partitionBy("label").orderBy(F.xxhash64("image_id"))
+    rows = (projections.select("image_id", *cols).withColumn("rn", F.row_number().over(w))
+            .filter(F.col("rn") <= quota).drop("rn", "image_id").collect())
+    return [r.asDict() for r in rows], total, len(counts)
+
+
+def published_for(spark, run_uri: str, summary: dict) -> dict | None:
+    """The projection published from this run, if the run lies in a dataset root (``ROOT/pca/run=<id>``) whose
+    pointer names a projection made from it: its id, k, labels and identify's calibration."""
+    from contract.layout import index_key, latest_projection_key, projection_key
+    from contract.projection import Projection, ReferenceIndex
+    from cloud_pca.spark import path_exists, read_bytes
+
+    m = re.match(r"^(.*)/pca/run=[^/]+/?$", run_uri)
+    sha = summary.get("model_sha256")
+    if not m or not sha:
+        return None
+    root = m.group(1)
+    pointer = _read_json(spark, f"{root}/{latest_projection_key('', sha)}")
+    if not isinstance(pointer, dict) or not isinstance(pointer.get("projection_id"), str):
+        return None
+    pid = pointer["projection_id"]
+    try:
+        projection = Projection.from_bytes(read_bytes(spark, f"{root}/{projection_key('', pid)}"), projection_key("", pid))
+        index_uri = f"{root}/{index_key('', pid)}"
+        index = ReferenceIndex.from_bytes(read_bytes(spark, index_uri), index_key("", pid)) \
+            if path_exists(spark, index_uri) else None
+    except Exception as exc:  # a damaged published file is reported, not fatal to the report
+        return {"projection_id": pid, "error": one_line(exc)}
+    if projection.run and projection.run != summary.get("run_id"):
+        return {"projection_id": pid, "other_run": projection.run}
+    out = {"projection_id": pid, "k": projection.k, "run": projection.run}
+    if index is not None:
+        out["labels"] = [{"label": lab, "rows": int(n),
+                          "distance threshold": float(t) if index.thresholds is not None else None}
+                         for lab, n, t in zip(index.labels, index.counts,
+                                              index.thresholds if index.thresholds is not None else [None] * len(index.labels))]
+        out["residual_threshold"] = index.residual_threshold
+    return out
+
+
+# ---------------------------------------------------------------------------------------- the page
+def build_report(spark, run_uri: str, *, max_points: int = DEFAULT_POINTS, extra=None) -> Report:
+    """The report of the run at ``run_uri``. ``extra(page)`` adds sections after the run's own (the demo's
+    devices and identification)."""
+    from cloud_pca.spark import path_exists
+
+    run_uri = run_uri.rstrip("/")
+    summary = _read_json(spark, f"{run_uri}/summary.json")
+    if summary is None:
+        raise ReportError(f"{run_uri}/summary.json is missing: not a run folder, or a run that did not finish")
+    marker = _read_json(spark, f"{run_uri}/_SUCCESS.json")
+    explained = _read_json(spark, f"{run_uri}/explained_variance.json") or {}
+    s = summary
+    page = Report(f"Fruits! PCA run {s.get('run_id', '?')}",
+                  f"{run_uri} · model {str(s.get('model_sha256') or '?')[:12]}… · finished {s.get('finished_at', '?')}")
+    page.script_in_head(plotly_js())
+
+    page.heading("Rows")
+    if marker is None:
+        page.text("This run has no _SUCCESS.json: it did not complete (or is still running); what follows is what "
+                  "it wrote.", cls="bad")
+    reconciles = s.get("reconciles")
+    page.table([
+        {"figure": "rows in", "value": s.get("rows_in")},
+        {"figure": "projected (unique image ids fitted)", "value": s.get("projected")},
+        {"figure": "rejected", "value": s.get("rejected")},
+        {"figure": "duplicates (same image_id)", "value": s.get("duplicates")},
+        {"figure": "already counted (incremental)", "value": s.get("already_counted")},
+        {"figure": "files read", "value": s.get("files")},
+        {"figure": "bad files skipped", "value": len(s.get("bad_files") or [])},
+    ])
+    page.text(("rows in = projected + rejected + duplicates: yes" if reconciles else
+               "rows in ≠ projected + rejected + duplicates: the counts do not reconcile"),
+              cls="ok" if reconciles else "bad")
+    reasons = reason_groups(spark, f"{run_uri}/rejects")
+    if reasons:
+        page.heading("Why rows were rejected")
+        page.table(reasons)
+        page.text("Quoted values and numbers are shown as '…' and N, so one kind of problem is one row.", note=True)
+    if s.get("bad_files"):
+        page.heading("Files skipped")
+        page.table([{"file": b["file"], "reason": b["reason"]} for b in s["bad_files"][:100]])
+
+    projections = spark.read.parquet(f"{run_uri}/projections") if path_exists(spark, f"{run_uri}/projections") else None
+    page.heading("Model and devices")
+    page.table([{"model fingerprint (sha256 of the .tflite)": s.get("model_sha256"), "rows per model":
+                 ", ".join(f"{k[:12]}…: {v:,}" for k, v in (s.get("rows_per_model") or {}).items())}])
+    if projections is not None:
+        page.table(device_shares(spark, projections))
+
+    page.heading(f"Components: k = {s.get('k')}")
+    page.text(f"Why: {s.get('k_reason') or explained.get('why', '?')}. Cumulative explained variance at k: "
+              f"{s.get('cumulative_explained_variance', float('nan')):.4f} ({s.get('solver', '?')} solver, "
+              f"{explained.get('n_rows', s.get('projected', '?'))} rows).")
+    ratios, cum = explained.get("explained_variance_ratio") or [], explained.get("cumulative") or []
+    if ratios:
+        n = min(len(ratios), max(50, int(s.get("k") or 0) + 10), 1280)
+        xs = list(range(1, n + 1))
+        _plot(page, "scree", "scree", [
+            {"type": "bar", "x": xs, "y": [round(v, 6) for v in ratios[:n]], "name": "explained variance ratio",
+             "marker": {"color": "#8fb996"}},
+            {"type": "scatter", "mode": "lines", "x": xs, "y": [round(v, 6) for v in cum[:n]], "name": "cumulative",
+             "yaxis": "y2", "line": {"color": "#2f7d32"}}],
+            {"margin": {"t": 20}, "xaxis": {"title": {"text": "component"}},
+             "yaxis": {"title": {"text": "ratio"}}, "legend": {"orientation": "h"},
+             "yaxis2": {"title": {"text": "cumulative"}, "overlaying": "y", "side": "right", "range": [0, 1.02]},
+             "shapes": [{"type": "line", "x0": s.get("k"), "x1": s.get("k"), "y0": 0, "y1": 1, "yref": "paper",
+                         "line": {"dash": "dot", "color": "#b3261e"}}]})
+
+    if projections is not None and s.get("k", 0) >= 3:
+        rows, total, n_labels = sample_3d(spark, projections, max_points)
+        page.heading("The photos on the first three components")
+        by_label: dict[str, list[dict]] = {}
+        for r in rows:
+            by_label.setdefault(r["label"], []).append(r)
+        traces = []
+        for lab in sorted(by_label):
+            pts = by_label[lab]
+            traces.append({
+                "type": "scatter3d", "mode": "markers", "name": f"{lab} ({len(pts)})",
+                "x": [round(p["p"][0], 4) for p in pts], "y": [round(p["p"][1], 4) for p in pts],
+                "z": [round(p["p"][2], 4) for p in pts], "marker": {"size": 3, "opacity": 0.85},
+                "text": [f"{lab}<br>{p.get('source') or '(source not recorded)'}<br>device {p['client_id']}"
+                         for p in pts],
+                "hoverinfo": "text"})
+        page.text(f"{len(rows):,} of the run's {total:,} photos, a sample stratified by label (at most "
+                  f"{max(1, max_points // max(n_labels, 1)):,} of each of the {n_labels} labels). Drag to turn, scroll "
+                  f"to zoom, hover a point for its label, source file and device, click a legend entry to hide a "
+                  f"fruit (double-click: only that fruit).", note=True)
+        _plot(page, "pca3d", "plot", traces, {"margin": {"l": 0, "r": 0, "t": 0, "b": 0},
+                                               "legend": {"itemsizing": "constant", "x": 0, "xanchor": "left", "y": 1},
+                                               "scene": {"xaxis": {"title": {"text": "PC1"}}, "yaxis": {"title": {"text": "PC2"}},
+                                                         "zaxis": {"title": {"text": "PC3"}}}})
+    pngs = _read_pngs(spark, f"{run_uri}/plots")
+    if pngs:
+        page.heading("Static plots (the same run, as images)")
+        page.images(pngs)
+
+    evaluation = _read_json(spark, f"{run_uri}/evaluation/evaluation.json")
+    if evaluation:
+        page.heading("How little must we store? (evaluate)")
+        for clf, a in (evaluation.get("answer") or {}).items():
+            page.text(f"{clf}: {a.get('sentence', '')}.")
+        rows = evaluation.get("results") or []
+        if rows:
+            page.table(rows[:60])
+        page.images(_read_pngs(spark, f"{run_uri}/evaluation"))
+
+    published = published_for(spark, run_uri, s)
+    if published:
+        page.heading("Published for the devices")
+        if "error" in published:
+            page.text(f"projection {published['projection_id']}: {published['error']}", cls="bad")
+        elif "other_run" in published:
+            page.text(f"The projection in force ({published['projection_id']}) comes from run {published['other_run']}, "
+                      f"not this one.", note=True)
+        else:
+            page.text(f"Projection {published['projection_id']}: the first {published['k']} components of this run, "
+                      f"with a reference index of {len(published.get('labels', []))} labels. identify answers "
+                      f"'unknown' beyond a label's distance threshold or a residual of "
+                      f"{published.get('residual_threshold', float('inf')):.4g} off the projection.")
+            page.table(published.get("labels", []))
+
+    page.heading("Time and driver traffic")
+    page.table([{"stage": k, "seconds": v} for k, v in (s.get("timings_s") or {}).items()])
+    traffic = s.get("driver_result_bytes") or {}
+    if traffic:
+        page.text(f"Bytes of task results the driver received: {traffic.get('fit', 0):,} for the fit, "
+                  f"{traffic.get('run', 0):,} for the whole run; {s.get('partitions', '?')} partitions.")
+    inc = s.get("incremental")
+    if inc:
+        page.heading("Incremental state")
+        page.table([{k: v for k, v in inc.items()}])
+    if extra is not None:
+        extra(page)
+    page.text(f"Made by fruits-cloud report from {run_uri}: summary.json, explained_variance.json, plots/, rejects/, "
+              f"projections/" + (", evaluation/" if evaluation else "") + (" and the published projection" if published else "")
+              + ". Self-contained: it opens offline.", note=True)
+    return page
+
+
+def write_report(spark, run_uri: str, out: str | None = None, **kw) -> str:
+    """Build the report and write it to ``out`` (a local path, or s3://...; default: ``<run>/report.html``)."""
+    from cloud_pca.spark import write_bytes
+
+    page = build_report(spark, run_uri, **kw)
+    target = out or f"{run_uri.rstrip('/')}/report.html"
+    if "://" in target and not target.startswith("file:"):
+        write_bytes(spark, target, page.html().encode("utf-8"))
+    else:
+        page.write(target.replace("file://", "", 1) if target.startswith("file://") else target)
+    return target
