@@ -253,8 +253,8 @@ def label_from_path(path: str) -> str | None:
             if value == NO_LABEL:
                 return None
             label = unquote(value)
-            # A label is one folder name: one that decodes to a path ("a%2Fb", "%2E%2E") is kept encoded.
-            return value if "/" in label or label in (".", "..") else label
+            # A label is one folder name: its '/' stay encoded ("a%2Fb"), and "." or ".." stay as they came.
+            return value if label in (".", "..") else label.replace("/", "%2F")
     return parts[-2] if len(parts) >= 2 else None
 
 

@@ -67,7 +67,7 @@ def test_features_round_trip_and_safe_inverse():
 def test_keys_quote_labels_and_refuse_unsafe_names():
     key = layout.raw_object_key("team", "phone-1", "Pomme / rouge\n", "ab" * 32, ".JPG")
     assert key == f"team/raw/client=phone-1/label=Pomme%20%2F%20rouge%0A/{'ab' * 32}.jpg"
-    assert layout.label_from_path(key) == "Pomme / rouge\n"
+    assert layout.label_from_path(key) == "Pomme %2F rouge\n", "a label is one folder name: its '/' stays encoded"
     assert layout.label_from_path("Training/Lime/1_100.jpg") == "Lime" and layout.label_from_path("x.jpg") is None
     assert layout.vectors_object_key("", "a" * 64, "p", ["y", "x"]) == layout.vectors_object_key("", "a" * 64, "p", ["x", "y"])
     for bad, call in (("client_id='a/b'", lambda: layout.vectors_object_key("t", "a" * 64, "a/b", ["x"])),

@@ -48,9 +48,12 @@ def test_keys_off_the_layout_are_denied_to_devices_and_to_everyone():
             layout.raw_object_key(ROOT, ME, "Apple Red", IID, ".jpg"), layout.raw_object_key(ROOT, ME, None, IID, "")]
     for key in good:
         assert allowed(docs["device-identity"], docs["bucket-policy"], Request.put("fruits-data", key, **ctx)), key
+    def under(key: str) -> str:     # the area folder a job lists
+        return f"s3a://fruits-data/{ROOT}/{key.split('/')[1]}/"
+
     for key in off_layout_keys().values():
-        assert layout.device_key_problem(f"s3a://fruits-data/{key}") is not None, key
-    assert all(layout.device_key_problem(f"s3a://fruits-data/{k}") is None for k in good)
+        assert layout.device_key_problem(f"s3a://fruits-data/{key}", under(key)) is not None, key
+    assert all(layout.device_key_problem(f"s3a://fruits-data/{k}", under(k)) is None for k in good)
 
 
 def test_keys_longer_than_s3_takes_and_labels_that_are_paths():
@@ -58,6 +61,7 @@ def test_keys_longer_than_s3_takes_and_labels_that_are_paths():
         layout.raw_object_key(ROOT, ME, "x" * 2000, IID, ".jpg")
     assert layout.label_from_path(f"raw/client=p/label=%2F/{IID}.jpg") == "%2F"
     assert layout.label_from_path(f"raw/client=p/label=a%2F..%2Fb/{IID}.jpg") == "a%2F..%2Fb"
+    assert layout.label_from_path(f"raw/client=p/label=Pomme%20%2F%20rouge/{IID}.jpg") == "Pomme %2F rouge"
     assert layout.label_from_path(f"raw/client=p/label=%2E%2E/{IID}.jpg") == "%2E%2E"
     assert layout.label_from_path(f"raw/client=p/label=Apple%20Red/{IID}.jpg") == "Apple Red"
 
