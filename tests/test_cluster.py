@@ -59,7 +59,7 @@ def cluster_run(cluster, uploaded, s3_server, tmp_path_factory):
 
 @pytest.mark.slow
 def test_emr_steps_on_a_cluster_give_local_modes_results(cluster_run, uploaded, spark):
-    """The four steps pass on the cluster, and equal the project's local mode (local[2], one JVM) on the
+    """The five steps pass on the cluster (the last writes the run's report next to it), and equal the project's local mode (local[2], one JVM) on the
     same inputs. Tolerances: variance ratios 1e-9 (float64 sums in another order); components 1e-6 where
     the eigengap makes them identifiable (relative gap > 1e-3; near-equal eigenvalues may rotate);
     projections 1e-4 of their range (stored as float32)."""
@@ -70,7 +70,10 @@ def test_emr_steps_on_a_cluster_give_local_modes_results(cluster_run, uploaded, 
     s3, bucket = uploaded
     assert [s.name for s in steps.steps] == ["fruits: featurize raw photos", "fruits: StandardScaler + PCA",
                                              "fruits: evaluate (accuracy vs bytes per image)",
-                                             "fruits: publish projection + index for the devices"]
+                                             "fruits: publish projection + index for the devices",
+                                             "fruits: report"]
+    page = s3.get_object(Bucket=bucket, Key=f"{PREFIX}/pca/run=cluster/report.html")["Body"].read().decode()
+    assert "Plotly.newPlot(\"pca3d\"" in page and "Published for the devices" in page and "evaluate" in page
     pca_argv = steps.steps[1].argv
     assert "spark.sql.shuffle.partitions" not in " ".join(pca_argv), "Spark's default 200 partitions"
     remote = get_json(s3, bucket, f"{PREFIX}/pca/run=cluster/summary.json")
