@@ -364,6 +364,20 @@ def main() -> int:
               "on the measured sizes; incremental = its measured time plus the id scan's slope; m5.xlarge hours = "
               "core-seconds / 4 vCPU, eu-west-3 on demand + EMR fee; a transient cluster adds its setup time. "
               "`fruits-cloud emr plan --new-per-day N` prints the same comparison for a chosen cluster.", note=True)
+    from bootstrap.emr import ClusterSpec
+    from bootstrap.serverless import cost_table as serverless_table
+
+    side = serverless_table(ClusterSpec(bucket="fruits-data", images=True, incremental=True, evaluate=True,
+                                        publish_k=32), new_per_day=50_000)
+    head = [c.strip() for c in side[0].strip("|").split("|")]
+    side_rows = [dict(zip(head, (c.strip() for c in line.strip("|").split("|")))) for line in side[2:]]
+    page.heading("Daily refresh: transient EMR cluster against EMR Serverless (ESTIMATED)")
+    page.table(side_rows)
+    page.text("fruits-cloud emr plan / emr serverless plan print the same table: list prices from "
+              "bootstrap/prices.json (dated, ESTIMATED), the dev machine's per-vCPU rates extrapolated; each chain "
+              "runs featurize -> pca -> evaluate -> publish -> report. A transient cluster pays ~15 min of setup "
+              "every day; EMR Serverless bills job runs per second (1-minute minimum per worker).", note=True)
+    print("\n".join(side))
     html_path = page.write(ROOT / "out" / "benchmarks" / "compare.html", markdown=True)
     print(f"wrote {csv_path}, {html_path}, {html_path.with_suffix('.md')} in {time.perf_counter() - started:.0f} s")
     return 0

@@ -87,6 +87,7 @@ class ClusterSpec:
     incremental: bool = False            # the PCA step counts only new objects (pca/state/); see cloud_pca.incremental
     publish_k: int | None = None         # add the publish step: projection + index with this many components
     web_origins: list[str] = field(default_factory=list)   # where the phones' web app is served (bucket CORS rule)
+    image_uri: str | None = None         # EMR Serverless: the custom image (bootstrap/emr-serverless.Dockerfile)
 
     def uri(self, key: str = "") -> str:
         """``s3://BUCKET/KEY``; keys come from :mod:`contract.layout` (``layout.folder(spec.prefix, "raw")``)."""
@@ -139,6 +140,49 @@ def validate(spec: ClusterSpec, prices: dict | None = None) -> None:
             raise EMRError(str(exc)) from None
 
 
+@dataclass(frozen=True)
+class JobStep:
+    """One job of the chain: its name and ``fruits-cloud``'s command line (what follows the entry script). The
+    cluster's steps (:func:`build_request`) and EMR Serverless's job runs (:mod:`bootstrap.serverless`) are both
+    made from :func:`job_chain`, so the two backends run exactly the same jobs."""
+
+    name: str
+    args: tuple[str, ...]
+
+
+def job_chain(spec: ClusterSpec) -> list[JobStep]:
+    """featurize (with ``images``) -> pca -> evaluate (with ``evaluate``) -> publish (with ``publish_k``) -> report.
+
+    With ``incremental`` the chain is the daily refresh: featurize reads only photos not featurized before and
+    appends their vectors under ``pca/featurized/incremental/`` (a folder of its own, kept across runs), and the
+    pca step counts only objects not counted yet."""
+    root = spec.prefix
+    model_uri = spec.uri(layout.model_key(root, spec.model))
+    featurized = spec.uri(layout.featurized_prefix(root, "incremental" if spec.incremental else spec.run_id)).rstrip("/")
+    vectors, raw = spec.uri(layout.vectors_prefix(root)), spec.uri(layout.raw_prefix(root))
+    run_uri = spec.uri(layout.run_prefix(root, spec.run_id)).rstrip("/")
+    chain = []
+    if spec.images:
+        chain.append(JobStep("fruits: featurize raw photos", (
+            "featurize", "--images", raw, "--output", featurized, "--model", model_uri,
+            *(["--incremental"] if spec.incremental else []))))
+    inputs = ["--input", vectors] + (["--input", featurized + "/vectors/"] if spec.images else [])
+    pca = ["pca", *inputs, "--output", spec.uri(layout.pca_prefix(root)), "--run-id", spec.run_id]
+    pca += ["--k", str(spec.k)] if spec.k is not None else ["--variance", str(spec.variance)]
+    if spec.incremental:   # publishing needs every row projected with the new model
+        pca += ["--incremental"] + (["--reproject"] if spec.publish_k else [])
+    chain.append(JobStep("fruits: StandardScaler + PCA", tuple(pca)))
+    if spec.evaluate:
+        chain.append(JobStep("fruits: evaluate (accuracy vs bytes per image)",
+                             ("evaluate", *inputs, "--output", run_uri + "/evaluation")))
+    if spec.publish_k:
+        chain.append(JobStep("fruits: publish projection + index for the devices",
+                             ("publish", "--run", run_uri, "--root", spec.uri(), "--k", str(spec.publish_k))))
+    # Last: the run's report next to it (it also shows evaluate's and publish's results).
+    chain.append(JobStep("fruits: report", ("report", "--run", run_uri)))
+    return chain
+
+
 def _spark_submit(spec: ClusterSpec, args: list[str]) -> list[str]:
     return ["spark-submit", "--deploy-mode", "cluster",
             "--py-files", spec.uri(layout.code_key(spec.prefix, layout.CODE_ZIP)),
@@ -150,41 +194,9 @@ def _spark_submit(spec: ClusterSpec, args: list[str]) -> list[str]:
 def build_request(spec: ClusterSpec) -> dict:
     """The exact ``run_job_flow`` request for ``spec``."""
     root = spec.prefix
-    model_uri = spec.uri(layout.model_key(root, spec.model))
-    featurized = spec.uri(layout.featurized_prefix(root, spec.run_id)).rstrip("/")
-    vectors, raw = spec.uri(layout.vectors_prefix(root)), spec.uri(layout.raw_prefix(root))
-    steps = []
-    if spec.images:
-        steps.append({"Name": "fruits: featurize raw photos", "ActionOnFailure": "TERMINATE_CLUSTER",
-                      "HadoopJarStep": {"Jar": "command-runner.jar", "Args": _spark_submit(spec, [
-                          "featurize", "--images", raw, "--output", featurized,
-                          "--model", model_uri])}})
-    pca_args = ["pca", "--input", vectors]
-    if spec.images:
-        pca_args += ["--input", featurized + "/vectors/"]
-    pca_args += ["--output", spec.uri(layout.pca_prefix(root)), "--run-id", spec.run_id]
-    pca_args += ["--k", str(spec.k)] if spec.k is not None else ["--variance", str(spec.variance)]
-    if spec.incremental:   # publishing needs every row projected with the new model
-        pca_args += ["--incremental"] + (["--reproject"] if spec.publish_k else [])
-    steps.append({"Name": "fruits: StandardScaler + PCA", "ActionOnFailure": "TERMINATE_CLUSTER",
-                  "HadoopJarStep": {"Jar": "command-runner.jar", "Args": _spark_submit(spec, pca_args)}})
-    run_uri = spec.uri(layout.run_prefix(root, spec.run_id)).rstrip("/")
-    if spec.evaluate:
-        eval_args = ["evaluate", "--input", vectors]
-        if spec.images:
-            eval_args += ["--input", featurized + "/vectors/"]
-        steps.append({"Name": "fruits: evaluate (accuracy vs bytes per image)", "ActionOnFailure": "TERMINATE_CLUSTER",
-                      "HadoopJarStep": {"Jar": "command-runner.jar", "Args": _spark_submit(
-                          spec, eval_args + ["--output", run_uri + "/evaluation"])}})
-    if spec.publish_k:
-        steps.append({"Name": "fruits: publish projection + index for the devices",
-                      "ActionOnFailure": "TERMINATE_CLUSTER",
-                      "HadoopJarStep": {"Jar": "command-runner.jar", "Args": _spark_submit(spec, [
-                          "publish", "--run", run_uri, "--root", spec.uri(), "--k", str(spec.publish_k)])}})
-    # Last: the run's report next to it (fruits-cloud report; it also shows evaluate's and publish's results).
-    steps.append({"Name": "fruits: report", "ActionOnFailure": "TERMINATE_CLUSTER",
-                  "HadoopJarStep": {"Jar": "command-runner.jar", "Args": _spark_submit(spec, [
-                      "report", "--run", run_uri])}})
+    steps = [{"Name": step.name, "ActionOnFailure": "TERMINATE_CLUSTER",
+              "HadoopJarStep": {"Jar": "command-runner.jar", "Args": _spark_submit(spec, list(step.args))}}
+             for step in job_chain(spec)]
     groups = [
         {"Name": "master", "InstanceRole": "MASTER", "Market": "ON_DEMAND", "InstanceType": spec.instance_type,
          "InstanceCount": 1},
@@ -273,7 +285,15 @@ def plan_text(spec: ClusterSpec, *, vectors: int, raw_photos: int = 0, hours: fl
     return (json.dumps(build_request(spec), indent=2)
             + "\n\ndevices' credentials (created by launch):\n" + json.dumps(device_access(spec), indent=2) + web
             + f"\n\ncost estimate for {vectors} vectors + {raw_photos} raw photos in {spec.region}:\n"
-            + "\n".join(cost.lines()) + "\n\n" + "\n".join(refresh_lines(spec, new_per_day=new_per_day)))
+            + "\n".join(cost.lines()) + "\n\n" + "\n".join(refresh_lines(spec, new_per_day=new_per_day))
+            + "\n\n" + "\n".join(side_by_side(spec, new_per_day)))
+
+
+def side_by_side(spec: ClusterSpec, new_per_day: int) -> list[str]:
+    """The daily refresh on this transient cluster and on EMR Serverless (``bootstrap.serverless``), ESTIMATED."""
+    from bootstrap.serverless import cost_lines
+
+    return cost_lines(spec, new_per_day=new_per_day)
 
 
 @dataclass

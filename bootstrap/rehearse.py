@@ -1,5 +1,7 @@
-"""Rehearse the EMR steps on a local Spark standalone cluster: the command lines of :func:`bootstrap.emr.build_request`
-as they are, with only the substitutions a local cluster needs.
+"""Rehearse the EMR steps, or the EMR Serverless job runs, on a local Spark standalone cluster: the command lines
+of :func:`bootstrap.emr.build_request` (or the ``start_job_run`` requests of :func:`bootstrap.serverless.job_runs`,
+as ``spark-submit SPARK_SUBMIT_PARAMETERS ENTRY_POINT ENTRY_POINT_ARGUMENTS``) as they are, with only the
+substitutions a local cluster needs.
 
 - ``s3://`` -> ``s3a://`` (EMRFS is EMR's; locally Hadoop's S3A, pointed at ``endpoint_url``);
 - ``--deploy-mode cluster`` -> ``client`` (a standalone cluster has no cluster mode for Python);
@@ -84,11 +86,41 @@ def rehearse(spec: ClusterSpec, *, master: str, endpoint_url: str, s3_client=Non
     ``conf``: extra ``--conf`` settings on top of the cluster's (e.g. to test more shuffle partitions).
     ``s3_client``: a boto3 client on ``endpoint_url``; when given, what ``launch`` uploads is put in the bucket.
     """
+    request = build_request(spec)
+    steps = []
+    for step in request["Steps"]:
+        args = step["HadoopJarStep"]["Args"]
+        if args[0] != "spark-submit":
+            raise RehearsalError(f"step {step['Name']!r} is not a spark-submit step: {args[:3]}")
+        steps.append((step["Name"], args))
+    return _run(spec, steps, {**cluster_conf(request), **(conf or {})}, master=master, endpoint_url=endpoint_url,
+                s3_client=s3_client, workdir=workdir, timeout=timeout, env=env, say=say)
+
+
+def rehearse_job_runs(spec: ClusterSpec, *, master: str, endpoint_url: str, s3_client=None, conf: dict | None = None,
+                      workdir: Path | None = None, timeout: float = 1800, env: dict | None = None,
+                      say=lambda msg: None) -> Rehearsal:
+    """Run the EMR Serverless chain's job runs (:func:`bootstrap.serverless.job_runs`) in order, each as the
+    ``spark-submit`` EMR Serverless makes of it: its parameters, its entry point, its arguments."""
+    import shlex
+
+    from bootstrap.serverless import job_runs
+
+    steps = []
+    for run in job_runs(spec, "local-application", "arn:aws:iam::000000000000:role/local"):
+        driver = run["jobDriver"]["sparkSubmit"]
+        steps.append((run["name"], ["spark-submit", *shlex.split(driver["sparkSubmitParameters"]), driver["entryPoint"],
+                                    *driver["entryPointArguments"]]))
+    return _run(spec, steps, dict(conf or {}), master=master, endpoint_url=endpoint_url, s3_client=s3_client,
+                workdir=workdir, timeout=timeout, env=env, say=say)
+
+
+def _run(spec: ClusterSpec, steps: list[tuple[str, list[str]]], conf: dict, *, master: str, endpoint_url: str,
+         s3_client, workdir, timeout: float, env, say) -> Rehearsal:
     from cloud_pca.connector import connector_jars
     from cloud_pca.spark import s3a_conf
     from cloud_pca.standalone import loopback_env, spark_home
 
-    request = build_request(spec)
     files = uploads(spec)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="fruits-rehearsal-"))
     code_dir = workdir / "code"
@@ -99,30 +131,27 @@ def rehearse(spec: ClusterSpec, *, master: str, endpoint_url: str, s3_client=Non
             (code_dir / key.rsplit("/", 1)[1]).write_bytes(data)
         if s3_client is not None:
             s3_client.put_object(Bucket=spec.bucket, Key=key, Body=data)
-    settings = {**cluster_conf(request), **s3a_conf(endpoint_url), **(conf or {})}
+    settings = {**s3a_conf(endpoint_url), **conf}
     jars = ",".join(str(p) for p in connector_jars())
     environment = loopback_env(env)
     environment.update({"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable})
     environment.pop("PYSPARK_GATEWAY_PORT", None)
     environment.pop("PYSPARK_GATEWAY_SECRET", None)
     done = Rehearsal()
-    for step in request["Steps"]:
-        args = step["HadoopJarStep"]["Args"]
-        if args[0] != "spark-submit":
-            raise RehearsalError(f"step {step['Name']!r} is not a spark-submit step: {args[:3]}")
+    for name, args in steps:
         argv = local_argv(args, code_dir=code_dir, spec=spec)
         head = [str(spark_home() / "bin" / "spark-submit"), "--master", master, "--jars", jars]
         for key, value in settings.items():
             head += ["--conf", f"{key}={value}"]
         full = head + argv[1:]
-        say(f"step {step['Name']}")
+        say(f"step {name}")
         start = time.perf_counter()
         proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, env=environment, cwd=workdir)
-        run = StepRun(step["Name"], full, proc.returncode, time.perf_counter() - start, proc.stdout, proc.stderr)
+        run = StepRun(name, full, proc.returncode, time.perf_counter() - start, proc.stdout, proc.stderr)
         done.steps.append(run)
         if proc.returncode != 0:
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-25:])
-            raise RehearsalError(f"step {step['Name']!r} failed with exit code {proc.returncode} after "
+            raise RehearsalError(f"step {name!r} failed with exit code {proc.returncode} after "
                                  f"{run.seconds:.0f} s:\n{tail}")
     return done
 

@@ -100,6 +100,11 @@ def build_parser(extend=None):
                                                           "task per core already)")
     f.add_argument("--batch-rows", type=int, default=32, help="photos per Arrow batch (bounds worker memory)")
     f.add_argument("--overwrite", action="store_true", help="replace vectors this command wrote before")
+    fm = f.add_mutually_exclusive_group()
+    fm.add_argument("--incremental", action="store_true",
+                    help="featurize only photos not featurized before (state under OUTPUT/state/), appending "
+                         "their vectors: the daily refresh")
+    fm.add_argument("--full", action="store_true", help="featurize every photo and start the state afresh")
 
     b = add_command(sub, "publish", help="publish a run's projection + reference index for the devices",
                     description="Write ROOT/models/projection-<id>.npz (mean, scale, first k components, model "
@@ -170,9 +175,12 @@ def cmd_featurize(args) -> int:
 
     out = featurize_to(_spark(args, "featurize"), [_uri(u) for u in args.images], _uri(args.output),
                        model_path=_uri(args.model) if args.model else default_model(), threads=args.threads,
-                       batch_rows=args.batch_rows, overwrite=args.overwrite, say=_say(args, "featurize"))
+                       batch_rows=args.batch_rows, overwrite=args.overwrite, incremental=args.incremental,
+                       full=args.full, say=_say(args, "featurize"))
     c = out["counts"]
     print(f"vectors: {out['vectors']}")
+    print(f"photos read: {c['photos']}" + (f" ({c['already_featurized']} featurized before, not read)"
+                                           if c["already_featurized"] else ""))
     print(f"{c['ok']} vectorized, {c['rejected']} rejected" + (f" (see {out['rejects']})" if c["rejected"] else "")
           + f", {c['not_image']} non-image files skipped; {out['photos_per_s']:.0f} photos/s")
     return 3 if c["rejected"] else 0

@@ -51,6 +51,7 @@ class Featurized:
     model_sha256: str
     model_name: str
     cached: list = field(default_factory=list)   # what to unpersist when done
+    read: list = field(default_factory=list)     # the photo paths this run read (or refused unread)
 
     def unpersist(self) -> None:
         for df in self.cached:
@@ -173,13 +174,14 @@ def _vectorizer(model_file: str, threads: int, size: int, roots: list[str], max_
     return vectorize_batches
 
 
-def list_photos(spark, uris: list[str]) -> tuple[object, list[str], int, list[tuple[str, str]]]:
+def list_photos(spark, uris: list[str], skip: set[str] | None = None) -> tuple[object, list[str], int, list[tuple[str, str]]]:
     """The ``binaryFile`` scan of the photos, the listed photo paths, the number of other files, and the photos
     refused unread: keys of ``raw/`` that are not of the layout's shape (a Hadoop path collapses '//' and
     resolves '..', so such a key would be opened as another path, or as none).
 
     The files are listed with Hadoop's recursive listing, and the scan is given exactly the photos to read:
-    Spark's own recursive lookup overflowed its stack on a key with a '..' folder (StackOverflowError)."""
+    Spark's own recursive lookup overflowed its stack on a key with a '..' folder (StackOverflowError).
+    ``skip``: photos featurized before (incremental); neither read nor counted."""
     from contract.layout import device_key_problem
     from cloud_pca.spark import list_files
 
@@ -187,12 +189,16 @@ def list_photos(spark, uris: list[str]) -> tuple[object, list[str], int, list[tu
     try:
         for uri in uris:
             for path, _, _ in list_files(spark, uri, suffixes=None):   # paths as the scan's path column spells them
+                if skip and path in skip:
+                    continue
                 problem = device_key_problem(path, uri) if os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS \
                     else None
                 (refused.append((path, problem)) if problem else listed.append(path))
     except Exception as exc:  # Py4JJavaError: no such bucket, no access
         raise FeaturizeError(f"cannot list photos under {', '.join(uris)}: {one_line(exc)[:300]}") from None
     photos = [p for p in listed if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS]
+    if not photos and skip:
+        return None, [], len(listed), refused          # nothing new since the last run
     if not photos:
         first = f"; first refused: {refused[0][0]}: {refused[0][1]}" if refused else ""
         raise FeaturizeError(f"no photos under {', '.join(uris)} ({len(listed) - len(photos)} other file(s); "
@@ -244,8 +250,9 @@ def add_unread(spark, result, photos: list[str], roots: list[str], size: int, n_
 
 def featurize(spark, images: str | list[str], *, model_path: str, client_id: str = SERVER_CLIENT_ID,
               threads: int = 1, batch_rows: int = DEFAULT_BATCH_ROWS, tasks_per_core: int = 2,
-              max_pixels: int = DEFAULT_MAX_PIXELS) -> Featurized:
-    """Vectorize every photo under ``images``; the result is persisted and counted (inference runs once)."""
+              max_pixels: int = DEFAULT_MAX_PIXELS, skip: set[str] | None = None) -> Featurized:
+    """Vectorize every photo under ``images`` (but the paths in ``skip``); the result is persisted and counted
+    (inference runs once). With nothing new to read, ``vectors`` and ``rejects`` are None and the counts 0."""
     from pyspark.sql import functions as F
 
     uris = [str(images)] if isinstance(images, (str, os.PathLike)) else [str(u) for u in images]
@@ -260,7 +267,10 @@ def featurize(spark, images: str | list[str], *, model_path: str, client_id: str
             roots.append(_qualified(spark, uri))
         except Exception as exc:
             raise FeaturizeError(f"{uri}: {one_line(exc)[:300]}") from None
-    files, photos, n_other, refused = list_photos(spark, uris)
+    files, photos, n_other, refused = list_photos(spark, uris, skip)
+    if not photos and not refused:
+        return Featurized(None, None, {"files": n_other, "not_image": n_other, "photos": 0, "ok": 0, "rejected": 0},
+                          card.sha256, card.name, [], [])
     body = _vectorizer(model_file, threads, card.input_size, roots, max_pixels)
     result, n_rows, n_rejected = infer(spark, files, body, batch_rows=batch_rows,
                                        split=split_settings(spark, files, len(photos) + n_other, tasks_per_core))
@@ -288,39 +298,105 @@ def featurize(spark, images: str | list[str], *, model_path: str, client_id: str
     counts = {"files": n_rows + n_other, "not_image": n_other, "photos": n_rows, "ok": n_rows - n_rejected,
               "rejected": n_rejected}
     log.info("featurized %s", counts)
-    return Featurized(vectors, rejects, counts, card.sha256, card.name, cached)
+    return Featurized(vectors, rejects, counts, card.sha256, card.name, cached, photos + [p for p, _ in refused])
+
+
+STATE = "state"
+
+
+def _state_uri(output: str, model_sha256: str) -> str:
+    return f"{output.rstrip('/')}/{STATE}/model={model_sha256}"
+
+
+def load_featurized(spark, output: str, model_sha256: str) -> tuple[set[str], int]:
+    """The photos featurized so far for this model (their paths) and the state's generation number."""
+    import json
+
+    from cloud_pca.spark import path_exists, read_bytes
+
+    uri = _state_uri(output, model_sha256)
+    if not path_exists(spark, f"{uri}/current.json"):
+        return set(), 0
+    try:
+        pointer = json.loads(read_bytes(spark, f"{uri}/current.json"))
+        done = json.loads(read_bytes(spark, f"{uri}/{pointer['photos']}"))
+        if not isinstance(done, list) or not all(isinstance(p, str) for p in done):
+            raise ValueError("not a list of paths")
+        return set(done), int(pointer["number"])
+    except Exception as exc:  # missing file, bad JSON, missing keys
+        raise FeaturizeError(f"{uri}: the featurize state is damaged ({one_line(exc)[:200]}); redo all with "
+                             f"--full") from None
+
+
+def commit_featurized(spark, output: str, model_sha256: str, done: set[str], number: int, run: str) -> None:
+    """The photos featurized, a new generation written before its pointer (a failed run leaves the old one)."""
+    import json
+    import uuid
+
+    from cloud_pca.spark import write_bytes
+
+    uri = _state_uri(output, model_sha256)
+    name = f"gen={number + 1:05d}-{uuid.uuid4().hex[:6]}/photos.json"
+    write_bytes(spark, f"{uri}/{name}", json.dumps(sorted(done)).encode())
+    write_bytes(spark, f"{uri}/current.json", json.dumps({"number": number + 1, "photos": name, "count": len(done),
+                                                          "run": run}).encode())
 
 
 def featurize_to(spark, images: list[str], output: str, *, model_path: str, threads: int = 1,
-                 batch_rows: int = DEFAULT_BATCH_ROWS, overwrite: bool = False, say=lambda msg: None) -> dict:
+                 batch_rows: int = DEFAULT_BATCH_ROWS, overwrite: bool = False, incremental: bool = False,
+                 full: bool = False, say=lambda msg: None) -> dict:
     """``fruits-cloud featurize``: featurize and write the vectors (and the rejects) under the dataset root
-    ``output``; returns where they went, the counts and the rate."""
+    ``output``; returns where they went, the counts and the rate.
+
+    ``incremental``: only photos not featurized before (kept per model under ``OUTPUT/state/``: raw photos are
+    content-named and never change), their vectors appended to the same folder, so a daily run costs the new
+    photos only; ``full``: every photo again, the vectors and the state started afresh."""
     import time
 
+    from cloud_pca.spark import path_exists
+
     start = time.perf_counter()
-    say(f"photos under {', '.join(images)}")
-    feat = featurize(spark, images, model_path=model_path, threads=threads, batch_rows=batch_rows)
+    if incremental and full:
+        raise FeaturizeError("give --incremental or --full, not both")
+    card, _ = ship_model(spark, model_path)
+    skip, number = (load_featurized(spark, output, card.sha256) if incremental else (set(), 0))
+    uri = featurized_uri(output, card.sha256)
+    if incremental and not skip and path_exists(spark, uri):
+        raise FeaturizeError(f"{uri} holds vectors but no featurize state: give --full once to start one")
+    say(f"photos under {', '.join(images)}" + (f" ({len(skip)} featurized before)" if skip else ""))
+    feat = featurize(spark, images, model_path=model_path, threads=threads, batch_rows=batch_rows, skip=skip)
+    rejects_uri = output.rstrip("/") + "/rejects/featurize-" + feat.model_sha256[:12]
     try:
-        try:
-            uri = write_featurized(feat, output, mode="overwrite" if overwrite else "errorifexists")
-        except Exception as exc:
-            raise FeaturizeError(f"cannot write the vectors under {output}: {one_line(exc)[:300]} "
-                                 f"(use --overwrite to replace)") from None
-        rejects_uri = output.rstrip("/") + "/rejects/featurize-" + feat.model_sha256[:12]
-        if feat.counts["rejected"]:
-            feat.rejects.write.mode("overwrite").parquet(rejects_uri)
+        if feat.vectors is not None:
+            mode = "append" if incremental else ("overwrite" if (overwrite or full) else "errorifexists")
+            try:
+                write_featurized(feat, output, mode=mode)
+            except Exception as exc:
+                raise FeaturizeError(f"cannot write the vectors under {output}: {one_line(exc)[:300]} "
+                                     f"(use --overwrite to replace, or --incremental to add)") from None
+            if feat.counts["rejected"]:
+                feat.rejects.write.mode("append" if incremental else "overwrite").parquet(rejects_uri)
+        if incremental or full:
+            commit_featurized(spark, output, card.sha256, (skip if incremental else set()) | set(feat.read), number,
+                              run=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
     finally:
         feat.unpersist()
     seconds = time.perf_counter() - start
-    return {"vectors": uri, "rejects": rejects_uri if feat.counts["rejected"] else None, "counts": feat.counts,
+    counts = {**feat.counts, "already_featurized": len(skip)}
+    return {"vectors": uri, "rejects": rejects_uri if feat.counts["rejected"] else None, "counts": counts,
             "photos_per_s": feat.counts["photos"] / seconds if seconds > 0 else 0.0}
+
+
+def featurized_uri(output: str, model_sha256: str) -> str:
+    """Where the server's vectors of one model go below the dataset root ``output``."""
+    from contract.layout import vectors_prefix
+
+    return output.rstrip("/") + "/" + vectors_prefix("", model_sha256).strip("/") + \
+        f"/client={SERVER_CLIENT_ID.replace(':', '-')}"
 
 
 def write_featurized(feat: Featurized, output: str, *, mode: str = "errorifexists") -> str:
     """Write the vectors under the contract's key layout below ``output`` (a dataset root); returns the URI."""
-    from contract.layout import vectors_prefix
-
-    uri = output.rstrip("/") + "/" + vectors_prefix("", feat.model_sha256).strip("/") + \
-        f"/client={SERVER_CLIENT_ID.replace(':', '-')}"
+    uri = featurized_uri(output, feat.model_sha256)
     feat.vectors.write.mode(mode).option("compression", "zstd").parquet(uri)
     return uri

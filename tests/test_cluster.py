@@ -219,3 +219,25 @@ def test_the_incremental_pca_step_on_a_cluster(cluster, s3_server, spark, tmp_pa
     np.testing.assert_allclose(inc.mean_, full.mean_, rtol=1e-9)
     np.testing.assert_allclose(inc.explained_variance_ratio_, full.explained_variance_ratio_, atol=1e-9)
     np.testing.assert_allclose(inc.components_, full.components_, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_the_serverless_job_runs_on_a_cluster(cluster, uploaded, s3_server, tmp_path):
+    """The EMR Serverless chain (the incremental daily refresh: featurize only new photos, pca --incremental
+    --reproject, publish, report), each job run as spark-submit of its own parameters, entry point and
+    arguments, on the standalone cluster with Spark's defaults."""
+    from bootstrap.rehearse import rehearse_job_runs
+
+    s3, bucket = uploaded
+    spec = ClusterSpec(bucket=bucket, prefix=PREFIX, images=True, incremental=True, k=K, publish_k=8,
+                       run_id="serverless")
+    done = rehearse_job_runs(spec, master=cluster.master_url, endpoint_url=s3_server.endpoint_url, s3_client=s3,
+                             workdir=tmp_path)
+    assert [s.name for s in done.steps] == ["fruits: featurize raw photos", "fruits: StandardScaler + PCA",
+                                            "fruits: publish projection + index for the devices", "fruits: report"]
+    assert all(s.returncode == 0 for s in done.steps)
+    summary = get_json(s3, bucket, f"{PREFIX}/pca/run=serverless/summary.json")
+    assert summary["incremental"]["rows_total"] == 360 and summary["incremental"]["projections"] == "all rows"
+    state = get_json(s3, bucket, f"{PREFIX}/pca/featurized/run=incremental/state/model={summary['model_sha256']}/current.json")
+    assert state["count"] == 60, "the 60 raw photos are recorded as featurized"
+    assert "photos read: 60" in done.steps[0].stdout

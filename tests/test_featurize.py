@@ -112,3 +112,52 @@ def test_pca_fits_uploaded_vectors_and_raw_photos_together(tmp_path, photos, mod
     assert per_client[SERVER_CLIENT_ID] == 29 and per_client.drop(SERVER_CLIENT_ID).sum() == 31
     assert (proj.groupby("label").size() == 10).all() and len(proj) == 60
     assert np.isfinite(np.stack(proj["pca"].to_numpy())).all()
+
+
+@pytest.mark.slow
+def test_incremental_featurize_reads_only_new_photos_and_the_model_equals_a_full_refit(spark, photos, model_path,
+                                                                                          tmp_path, capsys):
+    """The daily refresh's featurize: a second run over the same raw photos reads none, a run after 5 new photos
+    reads those 5 (vectors appended), and the incremental PCA over the result equals a full refit on all of it
+    (means rtol 1e-9, variance ratios atol 1e-9, components atol 1e-7, as the PCA's own incremental test)."""
+    import shutil
+
+    import numpy as np
+
+    from cloud_pca.cli import main as cloud_main
+    from cloud_pca.job import JobConfig, run
+    from cloud_pca.pca import FruitsPCAModel
+
+    raw = tmp_path / "raw-photos"
+    files = sorted(photos.rglob("*.jpg"))
+    for p in files[:30]:
+        (raw / p.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, raw / p.parent.name / p.name)
+    root = f"file://{tmp_path}/pca/featurized"     # where the EMR chain writes (the job may not write vectors/)
+
+    def featurize_run(*flags) -> str:
+        assert cloud_main(["featurize", "--images", str(raw), "--output", root, "--model", str(model_path),
+                           *flags]) == 0
+        return capsys.readouterr().out
+
+    def pca(run_id: str, **kw):
+        return run(spark, JobConfig(inputs=[f"{root}/vectors/"], output=f"file://{tmp_path}/pca/runs", k=4, run_id=run_id,
+                                    plots=False, **kw))
+
+    assert "photos read: 30\n" in featurize_run("--incremental")
+    pca("a", incremental=True)
+    assert "photos read: 0 (30 featurized before, not read)" in featurize_run("--incremental")
+    for p in files[30:35]:
+        (raw / p.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, raw / p.parent.name / p.name)
+    assert "photos read: 5 (30 featurized before, not read)" in featurize_run("--incremental")
+    inc = pca("b", incremental=True)
+    assert inc.summary["incremental"]["rows_total"] == 35 and inc.summary["incremental"]["rows_added"] == 5
+    full = pca("c")
+    a, b = inc.model, full.model
+    np.testing.assert_allclose(a.mean_, b.mean_, rtol=1e-9)
+    np.testing.assert_allclose(a.explained_variance_ratio_, b.explained_variance_ratio_, atol=1e-9)
+    np.testing.assert_allclose(a.components_, b.components_, atol=1e-7)
+    assert "photos read: 35\n" in featurize_run("--full")
+    assert spark.read.parquet(f"{root}/vectors/").count() == 35
+    assert isinstance(a, FruitsPCAModel)
