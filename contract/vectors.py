@@ -189,6 +189,7 @@ def conform_table(table, *, origin: str = "<table>", dim: int | None = None, nan
 
 def _row_reasons(table, refuse, dim: int | None) -> None:
     import numpy as np
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     def null(col):
@@ -208,12 +209,16 @@ def _row_reasons(table, refuse, dim: int | None) -> None:
     refuse((lengths >= 0) & (lengths != dim), lambda i: f"features has {int(lengths[i])} values, expected {dim}")
     ok = np.flatnonzero(lengths == dim)
     if len(ok):
-        values = pc.list_flatten(feats.take(ok)).to_numpy(zero_copy_only=False)
-        grid = np.asarray(values, dtype=np.float64).reshape(len(ok), dim)   # a null value becomes NaN here
-        nulls = pc.list_flatten(feats.take(ok)).is_null().to_numpy(zero_copy_only=False).reshape(len(ok), dim)
-        has_null = np.zeros(len(lengths), dtype=bool)
-        has_null[ok] = nulls.any(axis=1)
-        refuse(has_null, "null value in features")
+        # Every row of the right length (the usual case): the values as they are, no copy of the rows first.
+        flat = pc.list_flatten(feats.take(ok) if len(ok) < len(lengths) else feats)
+        if isinstance(flat, pa.ChunkedArray):
+            flat = flat.combine_chunks() if flat.num_chunks != 1 else flat.chunk(0)
+        if flat.null_count:
+            nulls = flat.is_null().to_numpy(zero_copy_only=False).reshape(len(ok), dim)
+            has_null = np.zeros(len(lengths), dtype=bool)
+            has_null[ok] = nulls.any(axis=1)
+            refuse(has_null, "null value in features")
+        grid = flat.to_numpy(zero_copy_only=False).reshape(len(ok), dim)   # float32; a null is NaN here
         bad = np.zeros(len(lengths), dtype=bool)
         bad[ok] = ~np.isfinite(grid).all(axis=1)
         refuse(bad, "NaN or infinite value in features")
