@@ -86,6 +86,9 @@ def build_parser(extend=None):
     m.add_argument("--full", action="store_true", help="fit every object and start the incremental state afresh")
     p.add_argument("--reproject", action="store_true",
                    help="with --incremental: project every counted row with the new model (publish needs that)")
+    p.add_argument("--driver-batch-mb", type=int, default=128,
+                   help="with --incremental: new objects up to this size (one Spark task's worth) are read by the "
+                        "driver itself, without Spark jobs; 0: always in Spark tasks (default 128)")
     p.add_argument("--no-plots", action="store_true")
 
     f = add_command(sub, "featurize", help="raw photos -> vectors (the data contract), for clients that cannot vectorize",
@@ -152,6 +155,7 @@ def cmd_pca(args) -> int:
                     model_sha256=args.model_sha256, skip_bad_files=args.skip_bad_files, run_id=args.run_id,
                     plots=not args.no_plots, images=[_uri(u) for u in args.images], overwrite=args.overwrite,
                     incremental=args.incremental, full=args.full, reproject=args.reproject,
+                    driver_batch_bytes=args.driver_batch_mb * 2**20,
                     model_path=_uri(args.model) if args.model else (default_model() if args.images else None))
     cfg.check()   # before Spark starts
     result = run(_spark(args, "pca"), cfg, progress=_say(args, "pca"))

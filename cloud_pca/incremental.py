@@ -33,7 +33,7 @@ from contract.errors import FruitsError
 from contract.layout import check_sha256
 from cloud_pca.inputs import InputFile, check_files, list_inputs, open_files
 from cloud_pca.pca import GramSums
-from cloud_pca.spark import list_dirs, path_exists, read_bytes, write_bytes
+from cloud_pca.spark import list_dirs, path_exists, read_bytes, write_bytes, write_table
 
 STATE = "state"
 POINTER = "current.json"
@@ -191,6 +191,11 @@ def counted_ids(spark, state: State):
     return spark.read.parquet(*state.id_parts).select("image_id") if state.id_parts else None
 
 
+def counted_files(state: State) -> list[InputFile]:
+    """The objects the state counted, as InputFiles (their footers were checked when they were counted)."""
+    return [InputFile(**{k: v for k, v in o.items() if k in InputFile.__dataclass_fields__}) for o in state.objects]
+
+
 def all_files(spark, state: State, new: list[InputFile]):
     """The rows of every counted object and of the new ones (for --reproject), without re-reading footers."""
     known = [InputFile(**{k: v for k, v in o.items() if k in InputFile.__dataclass_fields__}) for o in state.objects]
@@ -209,7 +214,10 @@ def commit(spark, state: State, gen: str, sums: GramSums, new_files: list[InputF
     base = f"{state.uri}/gen={gen}"
     parts = [p[len(state.uri) + 1:] for p in state.id_parts]
     if unique is not None:
-        unique.select("image_id").write.mode("errorifexists").parquet(f"{base}/ids")
+        if hasattr(unique, "num_rows"):     # a pyarrow Table: a batch the driver read
+            write_table(spark, f"{base}/ids", unique.select(["image_id"]))
+        else:
+            unique.select("image_id").write.mode("errorifexists").parquet(f"{base}/ids")
         parts.append(f"gen={gen}/ids")
     objects = state.objects + [asdict(f) for f in new_files if f.reason is None]
     write_bytes(spark, f"{base}/moments.npz", sums.to_bytes())

@@ -32,9 +32,9 @@ import numpy as np
 from contract.card import FEATURE_DIM
 from contract.errors import FruitsError, one_line
 from contract.layout import check_run_id, check_sha256
-from cloud_pca.inputs import InputError, Inputs, open_files, read_inputs
+from cloud_pca.inputs import InputError, Inputs, read_inputs
 from cloud_pca.pca import FruitsPCAModel, GramSums, check_request, fit_pca, gram_sums
-from cloud_pca.spark import delete_path, driver_traffic, path_exists, write_bytes
+from cloud_pca.spark import delete_path, driver_traffic, path_exists, write_bytes, write_table
 
 log = logging.getLogger(__name__)
 BROADCAST_LOSERS = 2_000_000    # duplicate rows dropped with a broadcast anti-join (8 bytes each) up to this many
@@ -65,6 +65,7 @@ class JobConfig:
     incremental: bool = False      # read only the objects not counted yet (cloud_pca.incremental)
     full: bool = False             # fit everything and start the incremental state afresh
     reproject: bool = False        # with incremental: project every row, not only the new ones
+    driver_batch_bytes: int = 128 * 2**20   # incremental: a batch up to this size is read by the driver (0: never)
 
     def check(self) -> None:
         """Everything that can be checked before any data is read."""
@@ -84,6 +85,8 @@ class JobConfig:
                            "--solver gram, and featurize photos first (fruits-cloud featurize) to give them as --input")
         if self.reproject and not self.incremental:
             raise JobError("--reproject goes with --incremental (a full run projects every row anyway)")
+        if self.driver_batch_bytes < 0:
+            raise JobError("--driver-batch-mb must be 0 or more")
 
 
 @dataclass
@@ -112,6 +115,256 @@ class Prepared:
             df.unpersist()
         if self.featurized is not None:
             self.featurized.unpersist()
+
+
+@dataclass
+class Scanned:
+    """The read stage of files read by Python tasks (:mod:`cloud_pca.scan`): counts, the rows fitted (as the
+    rows left out of them: ``excluded``), their Gram statistics from the same pass, rejects, and the ids of the
+    rows fitted (``unique``, what the incremental state records)."""
+
+    found: object                 # cloud_pca.scan.Scan (Spark tasks) or LocalScan (the driver)
+    counts: dict
+    model_counts: dict
+    model_sha256: str | None
+    excluded: np.ndarray
+    unique: object                # image_id of every row fitted: a DataFrame (Scan), a pyarrow Table (LocalScan)
+    rejects: object               # the same
+    inputs: Inputs
+    sums: GramSums | None = None
+    passes: int = 1               # passes over the features so far
+    featurized: object = None
+
+    @property
+    def partitions(self) -> int:
+        return len(self.found.groups)
+
+    @property
+    def in_driver(self) -> bool:
+        from cloud_pca.scan import LocalScan
+
+        return isinstance(self.found, LocalScan)
+
+    def projected(self, spark, cfg: JobConfig, model: FruitsPCAModel):
+        """The fitted rows projected (pass 2): a DataFrame to write, or a pyarrow Table when read in the driver."""
+        from cloud_pca.scan import project
+
+        self.passes += 1
+        df, self._broadcast = project(spark, self.found, self.model_sha256, model, self.excluded,
+                                      label_col=cfg.label_col)
+        return df
+
+    def release(self) -> None:
+        self.found.release()
+        if getattr(self, "_broadcast", None) is not None:
+            self._broadcast.unpersist()
+
+
+def feature_passes(data, shown) -> dict:
+    """How many times the run read the features (what tests/test_pca_passes.py pins)."""
+    if not isinstance(data, Scanned):
+        return {"features": None, "path": "Spark rows"}
+    n = data.passes + (shown.passes if shown is not data and isinstance(shown, Scanned) else 0)
+    return {"features": n, "path": "files read by the driver (a small batch)" if data.in_driver and shown is data
+            else "files read in Python tasks"}
+
+
+def fast_path(cfg: JobConfig) -> bool:
+    """Vector files and the gram solver: the job reads the files in Python tasks (two passes over the features).
+    Spark ML's solver and photos featurized in the run take Spark DataFrames of rows: the row path."""
+    return cfg.solver == "gram" and not cfg.images
+
+
+def drop_duplicates(valid):
+    """Thin valid rows without their duplicates (:func:`losers`), and the row ids left out."""
+    from pyspark.sql import functions as F
+
+    drop = losers(valid)
+    left_out = [r["_rid"] for r in drop.collect()]
+    return valid.join(F.broadcast(drop), "_rid", "left_anti"), left_out
+
+
+def check_inputs(spark, files: list, *, skip_bad_files: bool, where: str) -> tuple[Inputs, list, int]:
+    """The good files of ``files`` (footers checked), refusing what :func:`cloud_pca.inputs.open_files` refuses,
+    without reading rows: (Inputs for the summary, good files, the vectors' length)."""
+    from cloud_pca.inputs import projected_dim
+
+    bad = [(f.path, f.reason) for f in files if f.reason]
+    if bad and not skip_bad_files:
+        path, reason = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise JobError(f"{path}: {reason}{more}; fix or remove it, or pass --skip-bad-files")
+    good = [f for f in files if f.reason is None]
+    if not good:
+        raise JobError(f"none of the {len(files)} file(s) under {where} follows the contract; first: {bad[0][0]}: "
+                       f"{bad[0][1]}")
+    projected = [f for f in good if f.projected]
+    if projected and len(projected) < len(good):
+        raw = next(f for f in good if not f.projected)
+        raise JobError(f"refusing to mix projected vectors ({projected[0].path}, ...) with raw {FEATURE_DIM}-d "
+                       f"vectors ({raw.path}, ...) in one fit: give one kind of --input")
+    ids = sorted({f.projection_id for f in projected if f.projection_id})
+    if len(ids) > 1:
+        raise JobError(f"refusing to mix vectors of different projections ({', '.join(ids)}) in one fit")
+    dim = projected_dim(spark, good) if projected else FEATURE_DIM
+    return Inputs(None, files, bool(projected), dim, bad), good, dim
+
+
+def scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=None, gram: bool = True) -> Scanned:
+    """Pass 1 (:func:`cloud_pca.scan.scan`) and what the driver makes of it: counts, the model, the rows left out
+    (duplicates, ids counted before), and the Gram statistics of the rows fitted (a second pass only when
+    rows are left out)."""
+    from pyspark.sql import functions as F
+
+    from cloud_pca.scan import gram as gram_pass
+    from cloud_pca.scan import scan
+
+    inputs, good, dim = check_inputs(spark, files, skip_bad_files=cfg.skip_bad_files, where=where)
+    found = scan(spark, good, dim=dim, select=cfg.model_sha256, gram=gram)
+    try:
+        unread = found.bad_files()
+        if unread and not cfg.skip_bad_files:
+            raise JobError(f"{unread[0][0]}: {unread[0][1]}; fix or remove it, or pass --skip-bad-files")
+        inputs.bad = inputs.bad + unread
+        thin = found.thin
+        if unread:
+            gone = [i for i, f in enumerate(found.files) if f.path in {p for p, _ in unread}]
+            thin = thin.filter(~F.col("file").isin(gone))
+        per_model = thin.groupBy("model_sha256", F.col("reason").isNull().alias("ok")).agg(
+            F.count(F.lit(1)).alias("count"), F.countDistinct("image_id").alias("ids")).collect()
+        rows_in = sum(r["count"] for r in per_model)
+        if rows_in == 0 and counted is None:
+            raise JobError(f"the input holds no rows ({len(files)} file(s))")
+        model_counts = {r["model_sha256"]: r["count"] for r in per_model if r["ok"] and r["model_sha256"]}
+        pick_model(model_counts, cfg.model_sha256)
+        chosen = cfg.model_sha256 or next(iter(model_counts), None)
+        n_valid = sum(r["count"] for r in per_model if r["ok"])
+        valid = thin.filter(F.col("reason").isNull()).withColumn(
+            "_rid", F.shiftleft(F.col("file").cast("long"), 32).bitwiseOR(F.col("row").cast("long")))
+        left_out, n_duplicates = [], 0
+        if sum(r["ids"] for r in per_model if r["ok"]) != n_valid:
+            valid, left_out = drop_duplicates(valid)
+            n_duplicates = len(left_out)
+        n_counted = 0
+        if counted is not None and n_valid:
+            seen = counted.join(F.broadcast(valid.select("image_id")), "image_id", "left_semi").distinct()
+            n_counted = seen.count()
+            if n_counted:
+                left_out += [r["_rid"] for r in valid.join(F.broadcast(seen), "image_id", "left_semi")
+                             .select("_rid").collect()]
+                valid = valid.join(F.broadcast(seen), "image_id", "left_anti")
+        excluded = np.unique(np.asarray(left_out, dtype=np.int64))
+        paths = spark.createDataFrame([(i, f.path) for i, f in enumerate(found.files)], "file int, path string")
+        rejects = (thin.filter(F.col("reason").isNotNull()).join(F.broadcast(paths), "file")
+                   .select("image_id", "source", "client_id", F.col("path").alias("file"), "reason"))
+        # Each count on its own (the thin rows are cached: cheap), so that "reconciles" is a real check.
+        counts = {"rows_in": int(rows_in), "projected": int(valid.count()),
+                  "rejected": int(thin.filter(F.col("reason").isNotNull()).count()),
+                  "duplicates": int(n_duplicates + n_counted)}
+        if counted is not None:
+            counts["already_counted"] = int(n_counted)
+        data = Scanned(found, counts, model_counts, chosen, excluded, valid.select("image_id"), rejects, inputs)
+        if gram and chosen is not None and counts["projected"]:
+            if len(excluded):
+                data.sums, data.passes = gram_pass(spark, found, chosen, excluded), 2
+            else:
+                data.sums = found.sums(chosen)
+        return data
+    except BaseException:
+        found.release()
+        raise
+
+
+def local_losers(valid, rids: np.ndarray) -> np.ndarray:
+    """:func:`losers` of thin rows in a pyarrow Table (the driver's batch): the row ids of every duplicate to drop,
+    in the same order (earliest vectorization, nulls last, then source, file, row id)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = pa.table({"image_id": valid.column("image_id"), "vectorized_at": valid.column("vectorized_at"),
+                  "source": valid.column("source"), "file": valid.column("file"), "rid": pa.array(rids)})
+    # Spark's ascending order puts nulls first, but for vectorized_at (asc_nulls_last in losers)
+    order = pc.sort_indices(t, sort_keys=[(c, "ascending", "at_end" if c == "vectorized_at" else "at_start")
+                                          for c in t.column_names])
+    ids = np.asarray(t.column("image_id").take(order).to_numpy(zero_copy_only=False), dtype=object)
+    first = np.ones(len(ids), dtype=bool)
+    first[1:] = ids[1:] != ids[:-1]
+    return rids[order.to_numpy()][~first]
+
+
+def is_in(spark, column: str, values: list[str]):
+    """``F.col(column).isin(values)`` for thousands of strings: the values reach the JVM as one string (one py4j
+    call, not one per value) and Spark's optimizer makes the set a hash set (InSet)."""
+    from pyspark.sql import Column
+
+    jvm = spark._jvm
+    if any("\n" in v for v in values):
+        raise ValueError("is_in: a value holds a newline")
+    listed = (jvm.java.util.regex.Pattern.compile("\n").splitAsStream("\n".join(values))
+              .collect(jvm.java.util.stream.Collectors.toList()))
+    return Column(jvm.org.apache.spark.sql.functions.col(column).isInCollection(listed))
+
+
+def local_scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=None) -> Scanned:
+    """:func:`scan_stage` for a batch one Spark task would read (the daily refresh): pass 1 in the driver
+    (:func:`cloud_pca.scan.local_scan`, the same reading and checks) and its counts in pyarrow, without the jobs a
+    distributed scan needs. Spark runs one job: the new ids against the ids counted before (a folder that
+    grows with the state)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from cloud_pca.scan import gram as gram_pass
+    from cloud_pca.scan import local_scan
+
+    inputs, good, dim = check_inputs(spark, files, skip_bad_files=cfg.skip_bad_files, where=where)
+    found = local_scan(spark, good, dim=dim, select=cfg.model_sha256)
+    unread = found.bad_files()
+    if unread and not cfg.skip_bad_files:
+        raise JobError(f"{unread[0][0]}: {unread[0][1]}; fix or remove it, or pass --skip-bad-files")
+    inputs.bad = inputs.bad + unread
+    thin = found.thin
+    if thin.num_rows == 0 and counted is None:
+        raise JobError(f"the input holds no rows ({len(files)} file(s))")
+    refused = pc.is_valid(thin.column("reason"))
+    valid = thin.filter(pc.invert(refused))
+    per_model = pc.value_counts(valid.column("model_sha256"))
+    model_counts = {m: int(n) for m, n in zip(per_model.field("values").to_pylist(),
+                                              per_model.field("counts").to_pylist()) if m}
+    pick_model(model_counts, cfg.model_sha256)
+    chosen = cfg.model_sha256 or next(iter(model_counts), None)
+    rids = ((valid.column("file").to_numpy().astype(np.int64) << 32)
+            | valid.column("row").to_numpy().astype(np.int64))
+    keep = np.ones(valid.num_rows, dtype=bool)
+    n_duplicates = n_counted = 0
+    if pc.count_distinct(valid.column("image_id")).as_py() != valid.num_rows:
+        keep &= ~np.isin(rids, local_losers(valid, rids))
+        n_duplicates = int((~keep).sum())
+    if counted is not None and valid.num_rows:
+        # One Spark job, one stage: the counted ids filtered by the batch's (a hash set in each task)
+        batch_ids = pc.unique(valid.column("image_id")).to_pylist()
+        seen = pa.array(sorted({r[0] for r in counted.filter(is_in(spark, "image_id", batch_ids)).collect()}),
+                        pa.string())
+        before = pc.is_in(valid.column("image_id"), value_set=seen).to_numpy(zero_copy_only=False) & keep
+        n_counted = int(before.sum())
+        keep &= ~before
+    excluded = np.unique(rids[~keep])
+    fitted = valid.filter(pa.array(keep))
+    paths = pa.array([f.path for f in found.files], pa.string())
+    rejected = thin.filter(refused)
+    rejects = pa.table({"image_id": rejected.column("image_id"), "source": rejected.column("source"),
+                        "client_id": rejected.column("client_id"), "file": pc.take(paths, rejected.column("file")),
+                        "reason": rejected.column("reason")})
+    counts = {"rows_in": thin.num_rows, "projected": fitted.num_rows, "rejected": rejected.num_rows,
+              "duplicates": n_duplicates + n_counted}
+    if counted is not None:
+        counts["already_counted"] = n_counted
+    data = Scanned(found, counts, model_counts, chosen, excluded, fitted.select(["image_id"]), rejects, inputs)
+    if chosen is not None and counts["projected"]:
+        if len(excluded):
+            data.sums, data.passes = gram_pass(spark, found, chosen, excluded), 2
+        else:
+            data.sums = found.sums(chosen)
+    return data
 
 
 # ------------------------------------------------------------------------------------------ read stage
@@ -177,6 +430,17 @@ def read_stage(spark, cfg: JobConfig, say) -> Prepared:
     """Inputs (and featurized photos) -> unique valid rows, rejects, and counts that each come from their
     own count."""
     inputs, feat = None, None
+    if cfg.inputs and fast_path(cfg):
+        from cloud_pca.inputs import check_files, list_inputs
+
+        say("reading and validating input files (with the Gram statistics, in one pass)")
+        try:
+            listed = list_inputs(spark, cfg.inputs)
+        except InputError as exc:
+            raise JobError(str(exc)) from None
+        if not listed:
+            raise JobError(f"no Parquet files under {', '.join(cfg.inputs)} (empty input prefix?)")
+        return scan_stage(spark, cfg, check_files(spark, listed), where=", ".join(cfg.inputs))
     if cfg.inputs:
         say("reading and validating input files")
         try:
@@ -259,7 +523,9 @@ def fit_stage(spark, cfg: JobConfig, data: Prepared, say, before: GramSums | Non
     sums = None
     with driver_traffic(spark, "fruits-pca-fit") as traffic:
         if cfg.solver == "gram":
-            if data.counts["projected"]:
+            if isinstance(data, Scanned):
+                sums = data.sums                  # from the read stage's own pass
+            elif data.counts["projected"]:
                 sums = gram_sums(data.unique.select("features"))
             sums = before + sums if before is not None and sums is not None else (sums or before)
             if sums is None:
@@ -293,41 +559,58 @@ def explained_variance(model: FruitsPCAModel, solver: str) -> dict:
 def write_outputs(spark, cfg: JobConfig, run_uri: str, data: Prepared, model: FruitsPCAModel, say) -> dict:
     """Projections, model, rejects, explained variance and plots; returns the explained-variance record.
 
-    The plots are drawn, and the model saved, in threads while Spark writes the rejects: drawing is the
-    driver's Python, the model's small Spark jobs mostly wait on scheduling (about 1.5 s of a refresh,
-    overlapped)."""
+    The model is saved in a thread from the start (its small Spark jobs mostly wait on scheduling), the scree
+    plot drawn in another, the projections' plots once a sample is there: about 1.5 s of a refresh, overlapped
+    with the projection and the other writes."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from pyspark import inheritable_thread_target
     from pyspark.sql import functions as F
 
     say("projecting and writing")
-    unique = data.unique
-    label = F.col(cfg.label_col) if cfg.label_col in unique.columns else F.lit(None).cast("string")
-    source = F.col("source") if "source" in unique.columns else F.lit(None).cast("string")
-    projected = model.project(unique.select("image_id", label.alias("label"), "client_id", source.alias("source"),
-                                            "features"),
-                              model_col="pca_model", residual_col="residual")
-    projected.write.mode("errorifexists").parquet(f"{run_uri}/projections")
+    in_driver = isinstance(data, Scanned) and data.in_driver
     explained = explained_variance(model, cfg.solver)
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="outputs") as pool:
-        drawing = None
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="outputs") as pool:
+        # inheritable: the model's jobs carry the run's job tag (summary "spark" counts them)
+        saving = pool.submit(inheritable_thread_target(model.save), spark, f"{run_uri}/model")
         if cfg.plots:
             from cloud_pca import plots
 
-            sample = projected.limit(PLOT_SAMPLE).toPandas()   # the first partitions only
-            drawing = pool.submit(plots.all_plots, explained, sample)
-        saving = pool.submit(model.save, spark, f"{run_uri}/model")   # small Spark jobs: mostly waiting
-        data.rejects.write.mode("errorifexists").parquet(f"{run_uri}/rejects")
-        saving.result()
+            drawn = [pool.submit(lambda: {"scree.png": plots.scree(explained)})]
+        if isinstance(data, Scanned):
+            projected = data.projected(spark, cfg, model)   # a second read of the files (Python tasks or the driver)
+        else:
+            unique = data.unique
+            label = F.col(cfg.label_col) if cfg.label_col in unique.columns else F.lit(None).cast("string")
+            source = F.col("source") if "source" in unique.columns else F.lit(None).cast("string")
+            projected = model.project(unique.select("image_id", label.alias("label"), "client_id",
+                                                    source.alias("source"), "features"),
+                                      model_col="pca_model", residual_col="residual")
+        if in_driver:
+            write_table(spark, f"{run_uri}/projections", projected)
+        else:
+            projected.write.mode("errorifexists").parquet(f"{run_uri}/projections")
+        if isinstance(data, Scanned) and not in_driver:
+            projected = spark.read.parquet(f"{run_uri}/projections")   # the plots' sample: what was written
+        if cfg.plots:
+            sample = (projected.slice(0, PLOT_SAMPLE).to_pandas() if in_driver
+                      else projected.limit(PLOT_SAMPLE).toPandas())   # the first partitions only
+            drawn.append(pool.submit(plots.scatters, sample))
+        if in_driver:
+            write_table(spark, f"{run_uri}/rejects", data.rejects)
+        else:
+            data.rejects.write.mode("errorifexists").parquet(f"{run_uri}/rejects")
         write_bytes(spark, f"{run_uri}/explained_variance.json", json.dumps(explained, indent=1).encode())
         csv = "component,explained_variance_ratio,cumulative\n" + "".join(
             f"{i + 1},{r:.8g},{c:.8g}\n" for i, (r, c) in enumerate(zip(explained["explained_variance_ratio"],
                                                                          explained["cumulative"])))
         write_bytes(spark, f"{run_uri}/explained_variance.csv", csv.encode())
-        if drawing is not None:
+        saving.result()
+        if cfg.plots:
             say("plotting")
-            for name, png in drawing.result().items():
-                write_bytes(spark, f"{run_uri}/plots/{name}", png)
+            for drawing in drawn:
+                for name, png in drawing.result().items():
+                    write_bytes(spark, f"{run_uri}/plots/{name}", png)
     return explained
 
 
@@ -343,11 +626,9 @@ def incremental_stage(spark, cfg: JobConfig, say):
         raise JobError(f"no Parquet files under {', '.join(cfg.inputs)} (empty input prefix?)")
     good = [f for f in new if f.reason is None]
     if good:
-        try:
-            inputs = open_files(spark, new, skip_bad_files=cfg.skip_bad_files, where=", ".join(cfg.inputs))
-        except InputError as exc:
-            raise JobError(str(exc)) from None
-        data = prepare_rows(spark, cfg, inputs, counted=incremental.counted_ids(spark, state) if state else None)
+        small = sum(f.size for f in good) <= cfg.driver_batch_bytes
+        data = (local_scan_stage if small else scan_stage)(
+            spark, cfg, new, where=", ".join(cfg.inputs), counted=incremental.counted_ids(spark, state) if state else None)
         others = [m for m in data.model_counts if state is not None and m != state.model_sha256]
         if others:   # never add another model's vectors to these moments
             data.release()
@@ -395,7 +676,8 @@ def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
             t = time.perf_counter()
             if cfg.reproject:
                 say("re-projecting every counted row with the new model")
-                shown = prepare_rows(spark, cfg, incremental.all_files(spark, state, batch.new))
+                files = incremental.counted_files(state) + batch.good
+                shown = scan_stage(spark, cfg, files, where=f"{state.uri} (counted) and the new objects", gram=False)
             explained = write_outputs(spark, cfg, run_uri, shown, model, say) if shown.unique is not None \
                 else write_model_only(spark, cfg, run_uri, model, say)
             timings["write_s"] = time.perf_counter() - t
@@ -412,6 +694,7 @@ def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
                 "k": model.n_components_, "k_reason": model.choice_, "solver": cfg.solver,
                 "cumulative_explained_variance": float(np.sum(model.explained_variance_ratio_)),
                 "projections_rows": shown.counts["projected"],
+                "passes": feature_passes(data, shown),
             }
             if cfg.incremental or cfg.full:
                 if cfg.full:   # a fresh count: the generation number goes on, nothing before it is kept
@@ -457,11 +740,15 @@ def finish_run(spark, cfg, run_uri, run_id, model, summary, timings, t0, traffic
     """summary.json, ``before_marker()`` (the incremental state's commit), then the marker that says the run is
     complete (with what publish checks against)."""
     timings["total_s"] = time.perf_counter() - t0
+    run_traffic = traffic.read()
     summary.update({
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         # Task-result bytes the driver received (Spark's resultSize metric): the fit's and the run's.
-        "driver_result_bytes": {"fit": fit_traffic["bytes"], "run": traffic.read()["bytes"]},
-        "partitions": shown.unique.rdd.getNumPartitions() if shown.unique is not None else 0,
+        "driver_result_bytes": {"fit": fit_traffic["bytes"], "run": run_traffic["bytes"]},
+        # The Spark jobs and stages the run started up to here (not the state's commit after summary.json).
+        "spark": {"jobs": run_traffic["jobs"], "stages": run_traffic["stages"]},
+        "partitions": (shown.partitions if isinstance(shown, Scanned) else
+                       shown.unique.rdd.getNumPartitions() if shown.unique is not None else 0),
         "finished_at": datetime.now(timezone.utc).isoformat()})
     write_bytes(spark, f"{run_uri}/summary.json", json.dumps(summary, indent=1).encode())
     if before_marker is not None:

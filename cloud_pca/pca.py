@@ -385,22 +385,26 @@ def build_pipeline(spark, mean: np.ndarray, std: np.ndarray, components: np.ndar
     columns, d x k).
 
     The JVM models are created with their (Scala ``private[ml]``, public in bytecode) constructors; the
-    vectors and the matrix travel through a one-row DataFrame, not element by element over py4j.
+    vectors and the matrix travel to the JVM as bytes (one py4j call each, no Spark job), not element by element.
     """
     from pyspark.ml import PipelineModel
     from pyspark.ml.feature import PCAModel, StandardScalerModel
-    from pyspark.ml.linalg import DenseMatrix, DenseVector
 
     d, k = components.shape
-    row = spark.createDataFrame(
-        [(DenseVector(std.tolist()), DenseVector(mean.tolist()),
-          DenseMatrix(d, k, components.reshape(-1, order="F").tolist()),  # column-major
-          DenseVector(ratio_k.tolist()))],
-        ["std", "mean", "pc", "ev"])
-    jrow = row._jdf.first()
     jvm = spark._jvm
-    j_scaler = jvm.org.apache.spark.ml.feature.StandardScalerModel("fruits_scaler", jrow.get(0), jrow.get(1))
-    j_pca = jvm.org.apache.spark.ml.feature.PCAModel("fruits_pca", jrow.get(2), jrow.get(3))
+    linalg = jvm.org.apache.spark.ml.linalg
+
+    def doubles(values: np.ndarray):
+        arr = spark.sparkContext._gateway.new_array(jvm.double, int(values.size))
+        buf = jvm.java.nio.ByteBuffer.wrap(np.ascontiguousarray(values, dtype="<f8").tobytes())
+        buf.order(jvm.java.nio.ByteOrder.LITTLE_ENDIAN).asDoubleBuffer().get(arr)
+        return arr
+
+    j_scaler = jvm.org.apache.spark.ml.feature.StandardScalerModel(
+        "fruits_scaler", linalg.DenseVector(doubles(std.ravel())), linalg.DenseVector(doubles(mean.ravel())))
+    j_pca = jvm.org.apache.spark.ml.feature.PCAModel(
+        "fruits_pca", linalg.DenseMatrix(d, k, doubles(components.reshape(-1, order="F"))),   # column-major
+        linalg.DenseVector(doubles(ratio_k.ravel())))
     scaler = StandardScalerModel(j_scaler)
     scaler._resetUid("fruits_scaler")
     scaler._transfer_params_from_java()

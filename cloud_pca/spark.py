@@ -176,6 +176,18 @@ def write_bytes(spark, uri: str, data: bytes) -> None:
             fs.getRawFileSystem().delete(crc, False)
 
 
+def write_table(spark, uri: str, table, *, name: str = "part-00000-driver.zstd.parquet") -> None:
+    """A pyarrow Table written by the driver as a Parquet folder Spark reads (one file, then ``_SUCCESS``), through
+    :func:`write_bytes`: for outputs too small to be worth a Spark job."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    write_bytes(spark, f"{uri.rstrip('/')}/{name}", sink.getvalue().to_pybytes())
+    write_bytes(spark, f"{uri.rstrip('/')}/_SUCCESS", b"")
+
+
 def file_version(status) -> str:
     """What identifies one version of a listed file: its ETag where the store gives one (S3A, EMRFS), else its
     modification time. A rewritten object gets another (incremental state compares them)."""

@@ -44,16 +44,22 @@ def cfg(bucket, run_id, **kw):
 
 
 @pytest.mark.slow
-def test_three_refreshes_equal_a_full_fit_and_read_only_their_batch(spark, s3, bucket):
-    """Tolerances: means and scales 1e-9 relative, variance ratios 1e-9 (float64 sums in another order),
-    components 1e-7 (the 5 components of this data are well separated: eigengaps > 1% of the values)."""
+@pytest.mark.parametrize("read_by", ["driver", "spark tasks"])
+def test_three_refreshes_equal_a_full_fit_and_read_only_their_batch(spark, s3, bucket, read_by):
+    """Each batch read by the driver (the default for a batch of one task's size) or by Spark tasks
+    (``driver_batch_bytes=0``). Tolerances: means and scales 1e-9 relative, variance ratios 1e-9 (float64 sums
+    in another order), components 1e-7 (the 5 components of this data are well separated: eigengaps > 1% of the
+    values)."""
+    mode = {"incremental": True} if read_by == "driver" else {"incremental": True, "driver_batch_bytes": 0}
     upload_batch(s3, bucket, "b1", 0, 300)
-    r1 = run(spark, cfg(bucket, "i1", incremental=True)).summary
-    upload_batch(s3, bucket, "b2", 300, 600)
-    r2 = run(spark, cfg(bucket, "i2", incremental=True)).summary
+    r1 = run(spark, cfg(bucket, "i1", **mode)).summary
+    upload_batch(s3, bucket, "b2", 300, 600, repeat=(350, 360))           # 10 ids twice in the batch
+    r2 = run(spark, cfg(bucket, "i2", **mode)).summary
+    assert (r2["duplicates"], r2["incremental"]["already_counted"], r2["reconciles"]) == (10, 0, True)
     size3 = upload_batch(s3, bucket, "b3", 600, 900, repeat=(100, 130))   # 30 ids of batch 1 again
-    r3 = run(spark, cfg(bucket, "i3", incremental=True))
+    r3 = run(spark, cfg(bucket, "i3", **mode))
     s3_ = r3.summary
+    assert s3_["passes"]["path"].startswith("files read by the driver" if read_by == "driver" else "files read in")
     assert [r["incremental"]["rows_added"] for r in (r1, r2, s3_)] == [300, 300, 300]
     i3 = s3_["incremental"]
     assert (i3["objects_counted_before"], i3["objects_read"], i3["bytes_read"]) == (6, 3, size3), \
@@ -68,13 +74,13 @@ def test_three_refreshes_equal_a_full_fit_and_read_only_their_batch(spark, s3, b
     np.testing.assert_allclose(inc.components_, full.components_, atol=1e-7)
     assert inc.n_samples_ == full.n_samples_ == 900
     # No new objects: the same model again, nothing read.
-    again = run(spark, cfg(bucket, "i4", incremental=True))
+    again = run(spark, cfg(bucket, "i4", **mode))
     assert again.summary["incremental"]["objects_read"] == 0 and again.model.model_id_ == inc.model_id_
     # Publishing needs every row projected: refused for "new rows only", done with --reproject.
     with pytest.raises(PublishError, match="run it with --reproject"):
         publish(spark, f"s3a://{bucket}/team/pca/run=i3", f"s3a://{bucket}/team")
     upload_batch(s3, bucket, "b4", 0, 0, objects=1, repeat=(0, 5))     # only repeats: nothing new to count
-    rp = run(spark, cfg(bucket, "i5", incremental=True, reproject=True))
+    rp = run(spark, cfg(bucket, "i5", reproject=True, **mode))
     assert rp.summary["projections_rows"] == 900 and rp.summary["incremental"]["already_counted"] == 5
     projection, index, _ = publish(spark, rp.run_uri, f"s3a://{bucket}/team")
     assert int(index.counts.sum()) == 900 and projection.k == 5
@@ -111,3 +117,28 @@ def test_another_model_is_not_mixed_into_the_moments(spark, s3, bucket):
         run(spark, cfg(bucket, "b", incremental=True))
     r = run(spark, cfg(bucket, "c", incremental=True, model_sha256=SHA)).summary
     assert r["rejected"] == 20 and r["incremental"]["rows_total"] == 100
+
+
+def test_the_driver_ranks_duplicates_as_spark_does(spark):
+    """The driver's batch (local_losers, pyarrow) drops the same duplicates as Spark's window (losers): earliest
+    vectorization first (no time last), then source (none first), file, row."""
+    from datetime import datetime, timedelta, timezone
+
+    import pyarrow as pa
+
+    from cloud_pca.job import local_losers, losers
+
+    t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    rng = np.random.default_rng(3)
+    n = 400
+    rows = {"image_id": [f"{i:064x}" for i in rng.integers(0, 60, n)],
+            "vectorized_at": [None if r < 0.2 else t0 + timedelta(seconds=int(r * 5)) for r in rng.random(n)],
+            "source": [None if r < 0.2 else f"p{int(r * 4)}.jpg" for r in rng.random(n)],
+            "file": rng.integers(0, 3, n).astype(np.int32).tolist()}
+    rids = (np.asarray(rows["file"], np.int64) << 32) | np.arange(n, dtype=np.int64)
+    table = pa.table({**rows, "vectorized_at": pa.array(rows["vectorized_at"], pa.timestamp("us", tz="UTC"))})
+    df = spark.createDataFrame([(int(r), *v) for r, v in zip(rids, zip(*rows.values()))],
+                               "_rid long, image_id string, vectorized_at timestamp, source string, file int")
+    expected = sorted(r["_rid"] for r in losers(df).collect())
+    assert len(expected) == n - len(set(rows["image_id"]))
+    assert sorted(local_losers(table, rids).tolist()) == expected

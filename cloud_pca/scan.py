@@ -1,0 +1,425 @@
+"""The job's passes over the vectors, read by Python tasks with pyarrow: two passes over the features, not six.
+
+Spark's own Parquet reader turns each ``list<float>`` row into JVM values, then into Arrow again for Python
+(``mapInArrow``), and the job used to cache every row to count, deduplicate, fit and project it: five passes over
+5 KB per row. Here the Spark tasks are handed *files*, not rows, and each reads its files with pyarrow (the
+same reader the edge uses), a batch of rows at a time:
+
+- **pass 1** (:func:`scan`): every row conformed with the contract's one definition
+  (:func:`contract.vectors.conform_table`), and in the same pass the Gram statistics of the valid rows
+  (:class:`cloud_pca.pca.GramSums`, numpy per chunk, per model) and, for the driver's counts and the duplicate
+  check, the thin columns of every row (image id, time, source, file, row, model, client, reason: ~150 bytes,
+  never the features). The partial statistics are added on the executors (:func:`cloud_pca.pca.tree_sum`).
+- only when rows must be left out (duplicates, or ids an earlier incremental run counted) a second Gram pass
+  skips them (:func:`gram`), so the common case stays at one;
+- **pass 2** (:func:`project`): read again, keep the rows fitted, project them with numpy and hand Spark only
+  the k values per row to write.
+
+A batch no larger than one task's worth (an incremental run's new objects, ``--driver-batch-mb``) is read by
+the driver itself with the same functions (:func:`local_scan`, :class:`LocalScan`): one task's work without the
+Spark jobs around it, which are most of a small run's time.
+
+Files reach pyarrow through the same storage the job was given: local paths, or S3 (``s3://``, ``s3a://``) with
+the S3A settings of the session (endpoint, path style, keys when set; otherwise the default credential chain,
+as on EMR).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import numpy as np
+
+from contract.card import FEATURE_DIM
+from cloud_pca.pca import GramSums, tree_sum
+
+log = logging.getLogger(__name__)
+BATCH_ROWS = 8192                # rows per pyarrow batch in a task (bounded memory: ~42 MB of features)
+TASK_BYTES = 128 * 2**20         # input bytes per task, as Spark's maxPartitionBytes
+NOT_SELECTED = "model fingerprint {} not selected (--model-sha256)"
+THIN_DDL = ("kind string, file int, row int, image_id string, vectorized_at timestamp, source string, "
+            "model_sha256 string, client_id string, reason string, sums binary")
+_FILESYSTEMS: dict = {}          # per Python worker: one pyarrow filesystem per storage settings
+
+
+# ------------------------------------------------------------------------------------------ storage
+def storage_options(spark) -> dict:
+    """What a Python task needs to open the job's files as the JVM does: the session's S3A settings."""
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+
+    def get(key):
+        value = conf.get(key)
+        return str(value) if value is not None else None
+
+    return {"endpoint": get("fs.s3a.endpoint"), "path_style": get("fs.s3a.path.style.access") == "true",
+            "ssl": get("fs.s3a.connection.ssl.enabled") != "false", "region": get("fs.s3a.endpoint.region"),
+            "access_key": get("fs.s3a.access.key"), "secret_key": get("fs.s3a.secret.key"),
+            "session_token": get("fs.s3a.session.token")}
+
+
+def open_file(options: dict, uri: str):
+    """A pyarrow input file for a path or URI the JVM listed (``file:/...``, ``s3a://bucket/key``, ``s3://``)."""
+    from pyarrow import fs as pafs
+
+    parsed = urlparse(uri)
+    if parsed.scheme in ("s3", "s3a", "s3n"):
+        key = ("s3", json.dumps(options, sort_keys=True))
+        s3 = _FILESYSTEMS.get(key)
+        if s3 is None:
+            kwargs = {}
+            if options.get("endpoint"):
+                endpoint = options["endpoint"]
+                kwargs["endpoint_override"] = endpoint.split("://", 1)[-1]
+                kwargs["scheme"] = "https" if endpoint.startswith("https") or (
+                    "://" not in endpoint and options.get("ssl")) else "http"
+                kwargs["force_virtual_addressing"] = not options.get("path_style")
+            if options.get("region"):
+                kwargs["region"] = options["region"]
+            if options.get("access_key") and options.get("secret_key"):
+                kwargs.update(access_key=options["access_key"], secret_key=options["secret_key"],
+                              session_token=options.get("session_token"))
+            s3 = _FILESYSTEMS[key] = pafs.S3FileSystem(**kwargs)
+        return s3.open_input_file(parsed.netloc + parsed.path)
+    return pafs.LocalFileSystem().open_input_file(parsed.path if parsed.scheme == "file" else uri)
+
+
+def task_groups(files: list, cores: int, task_bytes: int = TASK_BYTES) -> list[list[int]]:
+    """Files (indices into ``files``) grouped into tasks of about ``task_bytes``, and at least one task per core
+    while there are files to share (in listing order: a group reads neighbouring files)."""
+    total = sum(f.size for f in files)
+    per = max(1, min(task_bytes, -(-total // max(1, min(cores, len(files))))))
+    groups, current, held = [], [], 0
+    for i, f in enumerate(files):
+        if current and held + f.size > per:
+            groups.append(current)
+            current, held = [], 0
+        current.append(i)
+        held += f.size
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _batches(options: dict, path: str, columns=None):
+    """The file's rows, BATCH_ROWS at a time (pyarrow RecordBatches)."""
+    import pyarrow.parquet as pq
+
+    with open_file(options, path) as f:
+        pf = pq.ParquetFile(f)
+        yield from pf.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False)
+
+
+def _conformed(batch, path: str, dim: int | None, select: str | None):
+    """The batch in the contract's types and each row's reason (None: fitted), the model selection applied."""
+    import pyarrow as pa
+
+    from contract.vectors import conform_table
+
+    table, reasons = conform_table(pa.Table.from_batches([batch]), origin="row", dim=dim)
+    reasons = reasons.to_numpy(zero_copy_only=False).astype(object)
+    if select is not None:
+        shas = np.asarray(table.column("model_sha256").to_numpy(zero_copy_only=False), dtype=object)
+        other = (reasons == None) & (shas != select)   # noqa: E711 - elementwise
+        if other.any():
+            reasons[other] = [NOT_SELECTED.format(s) for s in shas[other]]
+    return table, reasons
+
+
+def rid(file_index: int, rows: np.ndarray) -> np.ndarray:
+    """A row's id across the inputs: the file's index in the high 32 bits, the row in the low ones."""
+    return (np.int64(file_index) << np.int64(32)) | rows.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------- pass 1
+@dataclass
+class Scan:
+    """What pass 1 found: the thin rows (cached), the files it could not read, and the per-model partials."""
+
+    mixed: object                     # DataFrame of THIN_DDL: kind 'row', 'sums' (one per task and model) or 'bad'
+    files: list                       # the InputFiles scanned, in the order of their indices
+    groups: list[list[int]]
+    options: dict
+    dim: int
+    select: str | None
+    cached: list = field(default_factory=list)
+
+    @property
+    def thin(self):
+        from pyspark.sql import functions as F
+
+        return self.mixed.filter(F.col("kind") == "row").drop("kind", "sums")
+
+    def bad_files(self) -> list[tuple[str, str]]:
+        from pyspark.sql import functions as F
+
+        rows = self.mixed.filter(F.col("kind") == "bad").select("file", "reason").collect()
+        return [(self.files[r["file"]].path, r["reason"]) for r in rows]
+
+    def sums(self, model: str) -> GramSums | None:
+        """The Gram statistics of model ``model``'s fitted rows, added on the executors."""
+        from pyspark.sql import functions as F
+
+        parts = (self.mixed.filter((F.col("kind") == "sums") & (F.col("model_sha256") == model)).select("sums")
+                 .rdd.map(lambda r: GramSums.from_bytes(bytes(r["sums"]))))
+        return tree_sum(parts)
+
+    def release(self) -> None:
+        for df in self.cached:
+            df.unpersist()
+
+
+def _groups_frame(spark, groups):
+    """One row per task group, each in a partition of its own (``spark.range`` splits evenly)."""
+    return spark.range(0, len(groups), numPartitions=max(1, len(groups)))
+
+
+def _scan_files(options, indices, paths, dim, select, gram, schema):
+    """Pass 1 over some files (a task's, or the driver's): their thin rows, a 'bad' row per file that cannot be
+    read, and one 'sums' row per model (Arrow batches of THIN_DDL)."""
+    import pyarrow as pa
+
+    sums: dict[str, GramSums] = {}
+    for idx in indices:
+        # A file's rows and statistics count only once the whole file was read: one that fails half-way (the
+        # footer check let it through) is a bad file, none of its rows is counted.
+        mine: dict[str, GramSums] = {}
+        try:
+            out = list(_scan_file(options, idx, paths[idx], dim, select, gram, mine, schema))
+        except Exception as exc:
+            text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            yield pa.RecordBatch.from_pylist([{"kind": "bad", "file": idx, "reason": f"cannot be read ({text})"}],
+                                             schema=schema)
+            continue
+        yield from out
+        for model, part in mine.items():
+            sums[model] = part if model not in sums else sums[model] + part
+    for model, total in sums.items():
+        yield pa.RecordBatch.from_pylist([{"kind": "sums", "model_sha256": model, "sums": total.to_bytes()}],
+                                         schema=schema)
+
+
+def scan(spark, files: list, *, dim: int | None, select: str | None = None, gram: bool = True) -> Scan:
+    """Pass 1 over ``files`` (InputFiles whose footers passed) in Spark tasks: thin rows, and Gram partials when
+    ``gram``."""
+    options = storage_options(spark)
+    groups = task_groups(files, spark.sparkContext.defaultParallelism)
+    paths = [f.path for f in files]
+    schema = _thin_schema()
+
+    def one_pass(batches):
+        for ids in batches:
+            for gid in ids.column(0).to_pylist():
+                yield from _scan_files(options, groups[gid], paths, dim, select, gram, schema)
+
+    mixed = _groups_frame(spark, groups).mapInArrow(one_pass, THIN_DDL).cache()
+    return Scan(mixed, files, groups, options, dim or FEATURE_DIM, select, [mixed])
+
+
+@dataclass
+class LocalScan:
+    """Pass 1 of a batch small enough for one task, run by the driver itself (:func:`local_scan`): the same
+    reading and checks as :class:`Scan`, without a Spark job; ``mixed`` is a pyarrow Table of THIN_DDL."""
+
+    mixed: object
+    files: list
+    options: dict
+    dim: int
+    select: str | None
+
+    @property
+    def groups(self) -> list[list[int]]:
+        return [list(range(len(self.files)))]
+
+    @property
+    def thin(self):
+        import pyarrow.compute as pc
+
+        return self.mixed.filter(pc.equal(self.mixed.column("kind"), "row")).drop(["kind", "sums"])
+
+    def bad_files(self) -> list[tuple[str, str]]:
+        import pyarrow.compute as pc
+
+        bad = self.mixed.filter(pc.equal(self.mixed.column("kind"), "bad"))
+        return [(self.files[i].path, r) for i, r in zip(bad.column("file").to_pylist(), bad.column("reason").to_pylist())]
+
+    def sums(self, model: str) -> GramSums | None:
+        import pyarrow.compute as pc
+
+        rows = self.mixed.filter(pc.and_(pc.equal(self.mixed.column("kind"), "sums"),
+                                         pc.equal(self.mixed.column("model_sha256"), model)))
+        parts = [GramSums.from_bytes(b) for b in rows.column("sums").to_pylist()]
+        return sum(parts[1:], parts[0]) if parts else None
+
+    def release(self) -> None:
+        pass
+
+
+def local_scan(spark, files: list, *, dim: int | None, select: str | None = None) -> LocalScan:
+    """Pass 1 over ``files`` in the driver (:func:`_scan_files`, as one task would run it)."""
+    import pyarrow as pa
+
+    options, schema = storage_options(spark), _thin_schema()
+    batches = list(_scan_files(options, range(len(files)), [f.path for f in files], dim, select, True, schema))
+    return LocalScan(pa.Table.from_batches(batches, schema=schema), files, options, dim or FEATURE_DIM, select)
+
+
+def _thin_schema():
+    import pyarrow as pa
+
+    return pa.schema([("kind", pa.string()), ("file", pa.int32()), ("row", pa.int32()), ("image_id", pa.string()),
+                      ("vectorized_at", pa.timestamp("us", tz="UTC")), ("source", pa.string()),
+                      ("model_sha256", pa.string()), ("client_id", pa.string()), ("reason", pa.string()),
+                      ("sums", pa.binary())])
+
+
+def _scan_file(options, idx, path, dim, select, gram, sums, schema):
+    """One file of pass 1: its thin rows (yielded per batch) and its fitted rows' statistics (into ``sums``)."""
+    import pyarrow as pa
+
+    from contract.vectors import features_matrix
+
+    start = 0
+    for batch in _batches(options, path):
+        table, reasons = _conformed(batch, path, dim, select)
+        n = table.num_rows
+        rows = np.arange(start, start + n, dtype=np.int32)
+        start += n
+        yield pa.RecordBatch.from_arrays([
+            pa.array(["row"] * n, pa.string()), pa.array(np.full(n, idx, np.int32)), pa.array(rows),
+            table.column("image_id").combine_chunks(), table.column("vectorized_at").combine_chunks(),
+            table.column("source").combine_chunks(), table.column("model_sha256").combine_chunks(),
+            table.column("client_id").combine_chunks(), pa.array(reasons.tolist(), pa.string()),
+            pa.nulls(n, pa.binary())], schema=schema)
+        if gram:
+            _add_sums(table, reasons, sums, features_matrix)
+
+
+def _add_sums(table, reasons, sums: dict, features_matrix, keep: np.ndarray | None = None) -> None:
+    """Add the fitted rows of ``table`` (reason None, and ``keep`` where given) to ``sums`` per model."""
+    ok = reasons == None   # noqa: E711 - elementwise
+    if keep is not None:
+        ok &= keep
+    if not ok.any():
+        return
+    shas = np.asarray(table.column("model_sha256").to_numpy(zero_copy_only=False), dtype=object)
+    for model in set(shas[ok]):
+        take = np.flatnonzero(ok & (shas == model))
+        feats = table.column("features")
+        x = features_matrix(feats.take(take) if len(take) < table.num_rows else feats)
+        part = GramSums.of(x)
+        sums[model] = part if model not in sums else sums[model] + part
+
+
+# ------------------------------------------------------------------- a Gram pass that leaves rows out
+def _gram_files(options, indices, paths, dim, select, left_out: np.ndarray) -> dict:
+    """The Gram statistics per model of the fitted rows of some files but those whose row id is in ``left_out``."""
+    from contract.vectors import features_matrix
+
+    sums: dict[str, GramSums] = {}
+    for idx in indices:
+        start = 0
+        for batch in _batches(options, paths[idx]):
+            table, reasons = _conformed(batch, paths[idx], dim, select)
+            keep = ~np.isin(rid(idx, np.arange(start, start + table.num_rows)), left_out)
+            start += table.num_rows
+            _add_sums(table, reasons, sums, features_matrix, keep)
+    return sums
+
+
+def gram(spark, found, model: str, excluded: np.ndarray) -> GramSums | None:
+    """The Gram statistics of ``model``'s fitted rows but those whose row id is in ``excluded`` (sorted): in Spark
+    tasks for a :class:`Scan`, in the driver for a :class:`LocalScan`."""
+    import pyarrow as pa
+
+    options, groups, paths, dim, select = found.options, found.groups, [f.path for f in found.files], found.dim, found.select
+    excluded = np.asarray(excluded, dtype=np.int64)
+    if isinstance(found, LocalScan):
+        return _gram_files(options, groups[0], paths, dim, select, excluded).get(model)
+    skip = spark.sparkContext.broadcast(excluded)
+
+    def gram_pass(batches):
+        left_out = skip.value
+        for ids in batches:
+            for gid in ids.column(0).to_pylist():
+                sums = _gram_files(options, groups[gid], paths, dim, select, left_out)
+                if model in sums:
+                    yield pa.RecordBatch.from_pydict({"sums": [sums[model].to_bytes()]})
+
+    parts = _groups_frame(spark, groups).mapInArrow(gram_pass, "sums binary").rdd.map(
+        lambda r: GramSums.from_bytes(bytes(r["sums"])))
+    total = tree_sum(parts)
+    skip.unpersist()
+    return total
+
+
+# ----------------------------------------------------------------------------------------- pass 2
+PROJECTED_DDL = ("image_id string, label string, client_id string, source string, pca array<float>, "
+                 "pca_model string, residual double")
+
+
+def _projected_schema():
+    import pyarrow as pa
+
+    return pa.schema([("image_id", pa.string()), ("label", pa.string()), ("client_id", pa.string()),
+                      ("source", pa.string()), ("pca", pa.list_(pa.float32())), ("pca_model", pa.string()),
+                      ("residual", pa.float64())])
+
+
+def _project_files(options, indices, paths, dim, select, model_sha256, params, left_out, label_col):
+    """Pass 2 over some files: their fitted rows of ``model_sha256`` but ``left_out`` ones, projected with
+    ``params`` (mean, inverse scale, components transposed, model id), as Arrow batches of PROJECTED_DDL."""
+    import pyarrow as pa
+
+    from contract.vectors import features_array, features_matrix
+
+    mean, inv, comps_t, model_id = params
+    schema = _projected_schema()
+    for idx in indices:
+        start = 0
+        for batch in _batches(options, paths[idx]):
+            table, reasons = _conformed(batch, paths[idx], dim, select)
+            shas = np.asarray(table.column("model_sha256").to_numpy(zero_copy_only=False), dtype=object)
+            keep = (reasons == None) & (shas == model_sha256)   # noqa: E711
+            keep &= ~np.isin(rid(idx, np.arange(start, start + table.num_rows)), left_out)
+            start += table.num_rows
+            take = np.flatnonzero(keep)
+            if not len(take):
+                continue
+            t = table.take(take)
+            z = (features_matrix(t.column("features")) - mean) * inv
+            y = z @ comps_t
+            residual = np.clip((z * z).sum(axis=1) - (y * y).sum(axis=1), 0.0, None)
+            label = (t.column(label_col).combine_chunks().cast(pa.string()) if label_col in t.column_names
+                     else pa.nulls(len(take), pa.string()))
+            yield pa.RecordBatch.from_arrays([
+                t.column("image_id").combine_chunks(), label, t.column("client_id").combine_chunks(),
+                t.column("source").combine_chunks(), features_array(y),
+                pa.array([model_id] * len(take), pa.string()), pa.array(residual, pa.float64())], schema=schema)
+
+
+def project(spark, found, model_sha256: str, pca, excluded: np.ndarray, *, label_col: str = "label"):
+    """Pass 2: the fitted rows of ``model_sha256`` (but ``excluded``) projected by ``pca`` (a FruitsPCAModel), ready to
+    write: for a :class:`Scan` a DataFrame of PROJECTED_DDL (and the broadcast to release after the write), for a
+    :class:`LocalScan` a pyarrow Table read in the driver (and None)."""
+    import pyarrow as pa
+
+    from contract.vectors import safe_inverse
+
+    options, groups, paths, dim, select = found.options, found.groups, [f.path for f in found.files], found.dim, found.select
+    params = (pca.mean_, safe_inverse(pca.scale_), pca.components_.T, pca.model_id_)
+    excluded = np.asarray(excluded, dtype=np.int64)
+    if isinstance(found, LocalScan):
+        batches = _project_files(options, groups[0], paths, dim, select, model_sha256, params, excluded, label_col)
+        return pa.Table.from_batches(list(batches), schema=_projected_schema()), None
+    skip = spark.sparkContext.broadcast(excluded)
+
+    def project_pass(batches):
+        left_out = skip.value
+        for ids in batches:
+            for gid in ids.column(0).to_pylist():
+                yield from _project_files(options, groups[gid], paths, dim, select, model_sha256, params, left_out,
+                                          label_col)
+
+    return _groups_frame(spark, groups).mapInArrow(project_pass, PROJECTED_DDL), skip
