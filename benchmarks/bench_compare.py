@@ -181,15 +181,25 @@ def cost_per_million(row: dict, prices: dict) -> list[dict]:
 
 
 def pca_costs(pca_rows: list[dict], prices: dict) -> list[dict]:
+    """The PCA job's cost at the sizes bench_pca measured (local[2]), and at 1M and 100M rows extrapolated linearly
+    from the largest measured size (marked so)."""
     out = []
     price = prices["ec2_on_demand_per_hour"]["m5.xlarge"]["eu-west-3"] + prices["emr_fee_per_hour"]["m5.xlarge"]["eu-west-3"]
-    for r in pca_rows:
-        if r.get("solver") not in ("gram", "spark", "numpy") or not r.get("seconds"):
-            continue
-        core_s = float(r["seconds"]) * CORES_HERE
-        out.append({"measure": "pca_cost", "n": int(r["n"]), "solver": r["solver"], "seconds_2_cores": float(r["seconds"]),
-                    "extrapolated": bool(r.get("extrapolated")), "m5_xlarge_hours": core_s / VCPUS / 3600,
-                    "usd_eu_west_3_on_demand": core_s / VCPUS / 3600 * price})
+    measured = [r for r in pca_rows if r.get("measure") == "job" and r.get("mode") == "local" and r.get("seconds")]
+
+    def row(n, seconds, extrapolated):
+        core_s = seconds * CORES_HERE
+        return {"measure": "pca_cost", "n": int(n), "solver": "gram (the job)", "seconds_2_cores": float(seconds),
+                "extrapolated": extrapolated, "m5_xlarge_hours": core_s / VCPUS / 3600,
+                "usd_eu_west_3_on_demand": core_s / VCPUS / 3600 * price}
+
+    for r in measured:
+        out.append(row(r["n"], float(r["seconds"]), False))
+    if measured:
+        big = max(measured, key=lambda r: r["n"])
+        for n in (1_000_000, 100_000_000):
+            if n > big["n"]:
+                out.append(row(n, float(big["seconds"]) * n / big["n"], True))
     return out
 
 
@@ -239,7 +249,13 @@ def main() -> int:
     ap.add_argument("--reuse-pca", action="store_true", help="use out/benchmarks/pca.json from an earlier run")
     ap.add_argument("--reuse-incremental", action="store_true",
                     help="use out/benchmarks/incremental.json (bench_incremental.py) from an earlier run")
+    ap.add_argument("--smoke", action="store_true", help="10 thumbnails, 1 phone photo, the PCA and refresh "
+                                                            "benchmarks' smoke sizes: that it runs and writes its results")
+    ap.add_argument("--out", type=Path, default=ROOT / "out" / "benchmarks")
     args = ap.parse_args()
+    smoke = ["--smoke"] if args.smoke else []
+    if args.smoke:
+        args.thumbs, args.phone = 10, 1
     for k, v in TEST_CREDENTIALS.items():  # the local server takes any; never real credentials
         os.environ[k] = v
     from bootstrap.emr import load_prices
@@ -250,7 +266,7 @@ def main() -> int:
 
     prices = load_prices()
     model = model_path()
-    rec = Recorder("compare")
+    rec = Recorder("compare", args.out)
     started = time.perf_counter()
     log = RequestLog()
     with tempfile.TemporaryDirectory(prefix="fruits-bench-compare-") as tmp_name, LocalS3(mode="thread") as server:
@@ -273,16 +289,17 @@ def main() -> int:
         print("  phone photos measured", flush=True)
         spark.stop()
 
-    pca_json = ROOT / "out" / "benchmarks" / "pca.json"
+    pca_json = args.out / "pca.json"
     if not args.reuse_pca or not pca_json.exists():
         print(f"PCA scaling ({args.pca_sizes}); several minutes", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_pca.py"), "--sizes", args.pca_sizes],
-                       check=True)
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_pca.py"), "--sizes", args.pca_sizes,
+                        "--modes", "local", "--out", str(args.out), *smoke], check=True)
     pca_rows = json.loads(pca_json.read_text())
-    inc_json = ROOT / "out" / "benchmarks" / "incremental.json"
+    inc_json = args.out / "incremental.json"
     if not args.reuse_incremental or not inc_json.exists():
         print("daily refresh, incremental against full (bench_incremental.py); several minutes", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_incremental.py")], check=True)
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_incremental.py"), "--out", str(args.out),
+                        *smoke], check=True)
     refresh = [r for r in json.loads(inc_json.read_text()) if r["measure"] in ("daily_refresh", "daily_refresh_cost")]
 
     costs = [c for r in rows for c in cost_per_million(r, prices)]
@@ -344,8 +361,8 @@ def main() -> int:
               "the cloud path reading through s3a:// from the local moto server, which serves one request at a "
               "time in this process and is the bottleneck here; wall: vectorize+upload (edge) or "
               "upload+cold featurization through s3a:// (cloud).", note=True)
-    page.images(plots(rows, costs) + ([("pca.png", (ROOT / "out/benchmarks/pca.png").read_bytes())]
-                                      if (ROOT / "out/benchmarks/pca.png").exists() else []))
+    page.images(plots(rows, costs) + ([("pca.png", (args.out / "pca.png").read_bytes())]
+                                      if (args.out / "pca.png").exists() else []))
     page.heading("Cost per million images")
     page.table(cost_table)
     page.text(f"Prices: bootstrap/prices.json (EC2/EMR: the team's billed m5.xlarge prices; S3: list prices). "
@@ -378,7 +395,7 @@ def main() -> int:
               "runs featurize -> pca -> evaluate -> publish -> report. A transient cluster pays ~15 min of setup "
               "every day; EMR Serverless bills job runs per second (1-minute minimum per worker).", note=True)
     print("\n".join(side))
-    html_path = page.write(ROOT / "out" / "benchmarks" / "compare.html", markdown=True)
+    html_path = page.write(args.out / "compare.html", markdown=True)
     print(f"wrote {csv_path}, {html_path}, {html_path.with_suffix('.md')} in {time.perf_counter() - started:.0f} s")
     return 0
 

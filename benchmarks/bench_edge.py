@@ -61,10 +61,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--smoke", action="store_true", help="20 photos, one repeat: that it runs and writes its results")
+    ap.add_argument("--out", type=Path, default=Path("out/benchmarks"))
     args = ap.parse_args()
+    if args.smoke:
+        args.images, args.repeats = 20, 1
     for key, value in TEST_CREDENTIALS.items():  # the local server accepts any; never real credentials
         os.environ[key] = value
-    rec = Recorder("edge")
+    rec = Recorder("edge", args.out)
     with tempfile.TemporaryDirectory() as tmp:
         n_classes = 10
         root = generate(tmp, per_class=max(1, args.images // n_classes), n_classes=n_classes, seed=3)

@@ -31,8 +31,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default=str(model_path()))
     ap.add_argument("--tasks-per-core", type=int, default=2)
+    ap.add_argument("--smoke", action="store_true", help="20 photos, one repeat: that it runs and writes its results")
+    ap.add_argument("--out", type=Path, default=Path("out/benchmarks"))
     args = ap.parse_args()
-    rec = Recorder("featurize")
+    if args.smoke:
+        args.images, args.repeats = 20, 1
+    rec = Recorder("featurize", args.out)
     with tempfile.TemporaryDirectory(prefix="fruits-bench-featurize-") as tmp:
         root = generate(tmp, per_class=max(1, args.images // 10), n_classes=10, seed=5)
         photos = find_photos([root])

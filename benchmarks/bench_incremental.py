@@ -22,16 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
-from common import Recorder, make_files, timed
+from common import Recorder, make_files, spark_jobs, timed
 
 ROWS_PER_OBJECT = 5000
 VCPUS, CORES_HERE = 4, 2          # an m5.xlarge, this machine
 
 
 def job(spark, inputs: str, output: str, run_id: str, k: int, **mode):
+    """A run's summary, with the Spark jobs it started (counted from the status store: any version of the job)."""
     from cloud_pca.job import JobConfig, run
 
-    return run(spark, JobConfig(inputs=[inputs], output=output, k=k, run_id=run_id, **mode)).summary
+    before = spark_jobs(spark)
+    summary = run(spark, JobConfig(inputs=[inputs], output=output, k=k, run_id=run_id, **mode)).summary
+    return {**summary, "spark_jobs": spark_jobs(spark) - before}
 
 
 def measure(spark, tmp: Path, existing: int, new: int, k: int) -> dict:
@@ -53,6 +56,7 @@ def measure(spark, tmp: Path, existing: int, new: int, k: int) -> dict:
             "incremental_objects_read": i["objects_read"], "incremental_bytes_read": i["bytes_read"],
             "full_files": full["files"], "full_bytes_read": sum(f.stat().st_size for f in data.rglob("*.parquet")),
             "new_file_bytes": new_files[0].stat().st_size,
+            "incremental_spark_jobs": inc["spark_jobs"], "full_spark_jobs": full["spark_jobs"],
             "incremental_timings": inc["timings_s"], "full_timings": full["timings_s"]}
 
 
@@ -131,11 +135,16 @@ def main() -> int:
     ap.add_argument("--new", type=int, default=5000)
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--scan-sizes", default="1000000,4000000", help="counted ids for the id scan's slope")
+    ap.add_argument("--smoke", action="store_true", help="2,000 and 4,000 existing, 500 new: that it runs and "
+                                                            "writes its results")
+    ap.add_argument("--out", type=Path, default=Path("out/benchmarks"))
     args = ap.parse_args()
+    if args.smoke:
+        args.existing, args.new, args.scan_sizes = "2000,4000", 500, "20000,40000"
     from cloud_pca.spark import get_spark
 
     sizes = [int(s) for s in args.existing.split(",")]
-    rec = Recorder("incremental")
+    rec = Recorder("incremental", args.out)
     spark = get_spark("fruits-bench-incremental", master="local[2]")
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="fruits-bench-incremental-"))
@@ -154,7 +163,8 @@ def main() -> int:
             rec.add(**{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()})
             print(f"{n:9d} {args.new:6d} {r['incremental_s']:7.2f} {r['full_s']:7.2f} {r['ratio']:6.3f} "
                   f"{r['incremental_bytes_read'] / 1e6:12.1f} {r['full_bytes_read'] / 1e6:12.1f} "
-                  f"{r['id_scan_s']:9.3f}", flush=True)
+                  f"{r['id_scan_s']:9.3f}   Spark jobs: incremental {r['incremental_spark_jobs']}, full "
+                  f"{r['full_spark_jobs']}; incremental stages (s): {r['incremental_timings']}", flush=True)
             shutil.rmtree(tmp / f"data-{n}", ignore_errors=True)
         print(f"\n{'counted ids':>11s} {'scan s':>7s} {'MB':>7s}   (semi-join with {args.new} new ids)", flush=True)
         scans = measure_id_scan(spark, tmp, [int(s) for s in args.scan_sizes.split(",")], args.new)
@@ -164,6 +174,8 @@ def main() -> int:
     finally:
         spark.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+    if args.smoke:
+        print("\n(smoke sizes: the figures below are not meaningful)")
     if len(rows) >= 2:
         print("\ndaily refresh on EMR (m5.xlarge, eu-west-3 on demand), EXTRAPOLATED from the slopes above:")
         for c in cost_model(rows, scans, args.new):

@@ -1,29 +1,27 @@
-"""PCA scaling benchmark: fit + transform + write for N vectors with the gram and spark solvers (Spark
-local[2]) against numpy covariance + eigh on the same data read from the same Parquet file; and, with
-``--cluster``, the PCA job on a standalone cluster against local mode.
+"""PCA job benchmark: the whole job (`fruits-cloud pca`: read, validate, dedup check, fit, project, write) against a
+plain in-process reference on the same files, stage by stage, in the same run; in local[2] and on a standalone
+cluster (2 workers x 1 core, separate JVMs, Spark's defaults: 1 GiB executors and driver, 200 shuffle partitions).
 
-    ./run bench pca [--sizes 10000,50000,100000] [--k 64]
-    ./run bench pca --cluster [--sizes 10000,100000,300000] [--files 100]
+    ./run bench pca [--sizes 100000,1000000] [--modes local,cluster] [--k 64]
+    ./run bench pca --smoke            # a tiny run (the test suite runs it: benchmarks cannot rot)
 
-``--cluster``: the whole job (``cloud_pca.job.run``: read and validate every file, deduplicate, fit, project,
-write, plots) on N vectors spread over ``--files`` contract files, in local mode (``local[2]``, one JVM,
-the project's local tuning) and on a standalone cluster on 127.0.0.1 (2 workers x 1 core; driver, master,
-workers and executors in separate JVMs; Spark's defaults, as on EMR). Each case is a fresh driver process
-that runs a warm-up job first (so neither side pays JVM or Python-worker start-up in the timing). Reported:
-seconds, the bytes of task results the driver received (fit and whole run; Spark's resultSize metric), and
-peak RSS of driver and executors. Then the driver bytes of the cluster run at 10 and 1,000 shuffle partitions.
-
-Every (solver, N) runs in its own child process so that peak memory is that case's alone: the driver's
-Python, the JVM (in local mode the driver and executor share it) and the Spark Python workers are sampled
-separately every 50 ms. Times exclude starting Spark (a warm-up fit runs first). Output: a table, a
-time-vs-N plot, ``out/benchmarks/pca.{csv,json,png}``; 1M and 100M are extrapolated from the measured
-slope and marked as such.
+The reference is what one Python process does with pyarrow and numpy, nothing more: pass 1 reads the
+``image_id`` and ``features`` columns of every file (pyarrow), checks them (1,280 finite values, sha256 ids),
+and sums ``x.T @ x`` in float64 chunks of 8,192 rows (numpy: BLAS syrk), then ``eigh`` of the correlation;
+pass 2 reads again, projects to k and writes Parquet. Its stages: read (decode), check, syrk, solve,
+project+write. The job's own ``timings_s``: read and validate (with the gram pass when it is fused into it),
+fit, write. Data: ``benchmarks/common.make_files`` rows (contract files laid out as uploads, 5,000 rows each),
+made once under ``.cache/bench-pca/``. Peak RSS is sampled every 50 ms: the driver (Python + JVM) and the
+executors (worker JVMs + Python workers; local mode: its Python workers). Ratios are job / reference, measured
+in the same run. 100M is EXTRAPOLATED from the 1M ratio and marked so.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,293 +30,245 @@ from pathlib import Path
 
 import numpy as np
 
-from common import PeakMemory, Recorder, make_files
-from contract.vectors import features_array
+from common import PeakMemory, Recorder, cluster_groups, local_groups, make_files, spark_jobs
 
 D = 1280
-SOLVERS = ("numpy", "gram", "spark")
+CHUNK = 8192
+ROOT = Path(__file__).resolve().parent.parent
+SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-def make_data(path: Path, n: int, seed: int = 0, rank: int = 48, chunk: int = 8192) -> None:
-    """Non-negative, low-rank-plus-noise 1280-d float32 vectors (like pooled ReLU6 features), in row groups."""
+def data_folder(n: int, rows_per_file: int, cache: Path) -> Path:
+    """N contract rows in files of ``rows_per_file`` (made once; a stamp says it is complete)."""
+    folder = cache / f"n{n}-r{rows_per_file}"
+    stamp = folder / "_COMPLETE"
+    if not stamp.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        print(f"making {n:,} rows in {max(1, n // rows_per_file)} files under {folder} (once)", flush=True)
+        make_files(folder / "data", n, max(1, n // rows_per_file), seed=n)   # data/vectors/model=.../...
+        stamp.write_text("ok\n")
+    return folder / "data"
+
+
+# ------------------------------------------------------------------------------------------ reference
+def reference(folder: Path, out: Path, k: int) -> dict:
+    """The in-process reference, with a timer per stage (seconds)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    rng = np.random.default_rng(seed)
-    basis = rng.normal(size=(rank, D)).astype(np.float32)
-    scales = np.geomspace(3.0, 0.1, rank).astype(np.float32)
-    schema = pa.schema([("image_id", pa.string()), ("features", pa.list_(pa.float32()))])
-    with pq.ParquetWriter(path, schema, compression="zstd") as w:
-        for start in range(0, n, chunk):
-            m = min(chunk, n - start)
-            z = rng.normal(size=(m, rank)).astype(np.float32) * scales
-            x = np.clip(z @ basis * 0.2 + 0.5 + 0.05 * rng.normal(size=(m, D)).astype(np.float32), 0, 6)
-            ids = pa.array([f"{i:064x}" for i in range(start, start + m)])
-            w.write_table(pa.table({"image_id": ids, "features": features_array(x)}, schema=schema))
-
-
-def run_numpy(path: str, out: str, k: int) -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    x = table.column("features").combine_chunks().flatten().to_numpy().reshape(table.num_rows, D)
-    x = x.astype(np.float64)
-    mean = x.mean(axis=0)
-    std = x.std(axis=0, ddof=1)
-    z = (x - mean) / np.where(std > 0, std, 1.0)
-    cov = z.T @ z / (len(z) - 1)
-    values, vectors = np.linalg.eigh(cov)
+    files = sorted(folder.rglob("*.parquet"))
+    t = {"read": 0.0, "check": 0.0, "syrk": 0.0, "solve": 0.0, "project_write": 0.0}
+    n, total, gram = 0, np.zeros(D), np.zeros((D, D))
+    start = time.perf_counter()
+    for f in files:
+        t0 = time.perf_counter()
+        table = pq.read_table(f, columns=["image_id", "features"])
+        feats = table.column("features").combine_chunks()
+        values = pc.list_flatten(feats).to_numpy()
+        t1 = time.perf_counter()
+        lengths = pc.list_value_length(feats).to_numpy()
+        ids = table.column("image_id").to_pylist()
+        ok = (lengths == D).all() and np.isfinite(values).all() and all(SHA_RE.match(i) for i in ids)
+        assert ok, f
+        t2 = time.perf_counter()
+        x = values.reshape(-1, D)
+        for s in range(0, len(x), CHUNK):
+            c = x[s:s + CHUNK].astype(np.float64)
+            gram += c.T @ c
+            total += c.sum(axis=0)
+        n += len(x)
+        t["read"] += t1 - t0
+        t["check"] += t2 - t1
+        t["syrk"] += time.perf_counter() - t2
+    t0 = time.perf_counter()
+    mean = total / n
+    cov = (gram - n * np.outer(mean, mean)) / (n - 1)
+    std = np.sqrt(np.clip(np.diag(cov), 0, None))
+    inv = np.where(std > 0, 1 / np.where(std > 0, std, 1), 0)
+    values, vectors = np.linalg.eigh(cov * np.outer(inv, inv))
     comps = vectors[:, np.argsort(values)[::-1][:k]]
-    proj = (z @ comps).astype(np.float32)
-    pq.write_table(pa.table({"image_id": table.column("image_id"),
-                             "pca": pa.FixedSizeListArray.from_arrays(pa.array(proj.ravel()), k)}),
-                   out, compression="zstd")
-    return {"rows": int(table.num_rows)}
+    t["solve"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(files):
+        table = pq.read_table(f, columns=["image_id", "features"])
+        x = pc.list_flatten(table.column("features").combine_chunks()).to_numpy().reshape(-1, D)
+        y = ((x - mean) * inv) @ comps
+        pq.write_table(pa.table({"image_id": table.column("image_id"),
+                                 "pca": pa.FixedSizeListArray.from_arrays(pa.array(y.astype(np.float32).ravel()), k)}),
+                       out / f"part-{i:05d}.parquet", compression="zstd")
+    t["project_write"] = time.perf_counter() - t0
+    t["total"] = time.perf_counter() - start
+    return {"rows": n, **{k2: round(v, 3) for k2, v in t.items()}}
 
 
-def run_spark(spark, solver: str, path: str, out: str, k: int) -> dict:
-    from cloud_pca.pca import fit_pca
-
-    df = spark.read.parquet(path)
-    model = fit_pca(df, k=k, solver=solver)
-    (model.project(df.select("image_id", "features"))
-     .write.mode("overwrite").parquet(out))
-    return {"rows": int(model.n_samples_)}
-
-
-def child(args) -> int:
-    """One case: prints a JSON line with the time and peaks."""
-    spark = None
-    if args.solver != "numpy":
-        from cloud_pca.spark import get_spark
-
-        spark = get_spark("fruits-bench-pca", master="local[2]")
-        run_spark(spark, args.solver, args.warmup, args.out + ".warmup", args.k)  # start workers, JIT
-    with PeakMemory() as mem:
-        start = time.perf_counter()
-        info = run_numpy(args.data, args.out, args.k) if spark is None else run_spark(
-            spark, args.solver, args.data, args.out, args.k)
-        seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, **info, **{k: round(v) for k, v in mem.peak.items()}}))
-    if spark is not None:
-        spark.stop()
+def reference_child(args) -> int:
+    with PeakMemory(local_groups()) as mem:
+        r = reference(Path(args.data), Path(args.out), args.k)
+    print(json.dumps({**r, "peak_mb": round(mem.peak["driver_python_mb"])}))
     return 0
 
 
-def plot(rows: list[dict], extrapolated: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for solver, color in zip(SOLVERS, ("#444444", "#2a7ab0", "#d9822b")):
-        pts = sorted((r["n"], r["seconds"]) for r in rows if r["solver"] == solver)
-        if not pts:
-            continue
-        ax.plot(*zip(*pts), "o-", color=color, label=f"{solver} (measured)")
-        ext = sorted((r["n"], r["seconds"]) for r in extrapolated if r["solver"] == solver)
-        if ext:
-            ax.plot([pts[-1][0]] + [e[0] for e in ext], [pts[-1][1]] + [e[1] for e in ext], "--",
-                    color=color, alpha=0.6, label=f"{solver} (extrapolated)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("vectors (N)")
-    ax.set_ylabel("fit + transform + write (s)")
-    ax.set_title("PCA on 1280-d vectors, 2 cores")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def slope(rows: list[dict], solver: str) -> tuple[float, float]:
-    """Least-squares seconds = a + b * N over the measured sizes of one solver."""
-    pts = np.array([(r["n"], r["seconds"]) for r in rows if r["solver"] == solver], dtype=float)
-    b, a = np.polyfit(pts[:, 0], pts[:, 1], 1)
-    return float(a), float(b)
-
-
-# ---------------------------------------------------------------------------------- --cluster: the job
+# ----------------------------------------------------------------------------------------------- job
 def job_child(args) -> int:
-    """One case of --cluster: a driver process (local mode or a client of the cluster); prints one JSON line."""
+    """One run of the job in a fresh driver process (local[2], or a client of the cluster); one JSON line."""
     from cloud_pca.job import JobConfig, run
     from cloud_pca.spark import get_spark
-    from common import cluster_groups, local_groups
 
-    conf = dict(kv.split("=", 1) for kv in args.conf)
-    spark = get_spark("fruits-bench-cluster", master=args.master, conf=conf)
+    spark = get_spark("fruits-bench-pca", master=args.master)
     run(spark, JobConfig(inputs=[f"file://{args.warmup}"], output=f"file://{args.out}-warmup", k=args.k,
-                         run_id="warmup"))
+                         run_id="warmup"))                 # JVM, Python workers and JIT warm
     groups = local_groups() if args.master.startswith("local") else cluster_groups(
-        [int(p) for p in args.worker_pids.split(",")])
+        [int(p) for p in args.worker_pids.split(",") if p])
+    jobs_before = spark_jobs(spark)
     with PeakMemory(groups) as mem:
         start = time.perf_counter()
         result = run(spark, JobConfig(inputs=[f"file://{args.data}"], output=f"file://{args.out}", k=args.k,
                                       run_id="bench"))
         seconds = time.perf_counter() - start
     s = result.summary
-    print(json.dumps({"seconds": seconds, "rows": s["projected"], "files": s["files"],
-                      "driver_bytes_fit": s["driver_result_bytes"]["fit"],
+    print(json.dumps({"seconds": round(seconds, 3), "rows": s["projected"], "files": s["files"],
+                      "timings": s["timings_s"], "passes": s.get("passes"), "spark_jobs": spark_jobs(spark) - jobs_before,
                       "driver_bytes_run": s["driver_result_bytes"]["run"],
-                      "partitions": s["partitions"],
-                      "shuffle_partitions": spark.conf.get("spark.sql.shuffle.partitions"),
-                      "timings": s["timings_s"], **{k: round(v) for k, v in mem.peak.items()}}))
+                      **{k: round(v) for k, v in mem.peak.items()}}))
     spark.stop()
     return 0
 
 
-def cluster_main(args) -> int:
-    from cloud_pca.standalone import LocalCluster, loopback_env
-
-    sizes = [int(s) for s in args.sizes.split(",")]
-    rec = Recorder("pca_cluster")
-    rows = []
-    env = loopback_env()
-
-    def case(mode: str, master: str, data: Path, warm: Path, out: Path, pids: str = "", conf=()) -> dict:
-        cmd = [sys.executable, __file__, "--job-child", "--master", master, "--data", str(data), "--warmup",
-               str(warm), "--out", str(out), "--k", str(args.k), "--worker-pids", pids]
-        if master.startswith("spark://") and args.executor_memory:
-            conf = [*conf, f"spark.executor.memory={args.executor_memory}"]
-        for kv in conf:
-            cmd += ["--conf", kv]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"Error: the {mode} case failed (exit {proc.returncode})")
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-
-    with tempfile.TemporaryDirectory(prefix="fruits-bench-cluster-") as tmp, \
-            LocalCluster(workers=2, cores=1) as cluster:
-        tmp = Path(tmp)
-        pids = ",".join(str(p) for p in cluster.pids[1:])   # the workers (not the master)
-        warm = tmp / "warm"
-        make_files(warm, 2000, 40, seed=99)   # over 32 files: Spark lists them with a job, as in the timed runs
-        print(f"cluster {cluster.master_url}: 2 workers x 1 core, executors {args.executor_memory or '1g (default)'}; "
-              f"local mode: local[2] (one JVM, 4g); k={args.k}", flush=True)
-        print(f"{'N':>7s} {'files':>5s} {'mode':8s} {'seconds':>8s} {'ratio':>6s} {'fit bytes':>10s} "
-              f"{'run bytes':>10s} {'parts':>5s} {'driver MB':>9s} {'executors MB':>12s}", flush=True)
-        for n in sizes:
-            data = tmp / f"n{n}"
-            make_files(data, n, args.files, seed=n)
-            local = None
-            for mode, master in (("local[2]", "local[2]"), ("cluster", cluster.master_url)):
-                r = case(mode, master, data, warm, tmp / f"out-{'local' if mode.startswith('local') else mode}-{n}", pids)
-                assert r["rows"] == n, r
-                local = r["seconds"] if mode == "local[2]" else local
-                driver_mb = r.get("driver_python_mb", 0) + r.get("driver_jvm_mb", r.get("jvm_mb", 0))
-                executors_mb = r.get("executor_jvms_mb", 0) + r.get("executor_python_mb", r.get("workers_mb", 0))
-                row = {"measure": "pca_job", "n": n, "files": r["files"], "mode": mode, "k": args.k,
-                       "seconds": round(r["seconds"], 2), "ratio_to_local": round(r["seconds"] / local, 2),
-                       "driver_bytes_fit": r["driver_bytes_fit"], "driver_bytes_run": r["driver_bytes_run"],
-                       "partitions": r["partitions"], "shuffle_partitions": r["shuffle_partitions"],
-                       "driver_mb": driver_mb, "executors_mb": executors_mb, "timings": r["timings"],
-                       **{k: v for k, v in r.items() if k.endswith("_mb")}}
-                rows.append(row)
-                rec.add(**row)
-                print(f"{n:7d} {r['files']:5d} {mode:8s} {r['seconds']:8.2f} {row['ratio_to_local']:6.2f} "
-                      f"{r['driver_bytes_fit']:10d} {r['driver_bytes_run']:10d} {r['partitions']:5d} "
-                      f"{driver_mb:9d} {executors_mb:12d}", flush=True)
-        n = sizes[len(sizes) // 2]
-        print(f"\ndriver bytes on the cluster at N={n} with 10 and 1,000 shuffle partitions:")
-        for parts in (10, 1000):
-            r = case("cluster", cluster.master_url, tmp / f"n{n}", warm, tmp / f"out-p{parts}", pids,
-                     conf=[f"spark.sql.shuffle.partitions={parts}"])
-            rec.add(measure="pca_job_driver_bytes", n=n, mode="cluster", shuffle_partitions=parts,
-                    seconds=round(r["seconds"], 2), driver_bytes_fit=r["driver_bytes_fit"],
-                    driver_bytes_run=r["driver_bytes_run"], partitions=r["partitions"])
-            print(f"  spark.sql.shuffle.partitions={parts:5d}: fit {r['driver_bytes_fit']} B, run "
-                  f"{r['driver_bytes_run']} B, {r['seconds']:.1f} s", flush=True)
-    path = rec.save()
-    print(f"\nwrote {path}, {path.with_suffix('.json')}")
-    return 0
+def run_child(cmd: list[str], env: dict) -> dict:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        print(proc.stderr[-4000:], file=sys.stderr)
+        raise SystemExit(f"Error: {' '.join(cmd[2:5])} failed (exit {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default=None, help="default 10000,50000,100000 (--cluster: 10000,100000,300000)")
-    ap.add_argument("--cluster", action="store_true", help="the job on a standalone cluster vs local[2]")
-    ap.add_argument("--files", type=int, default=100, help="--cluster: input files per N (uploads: <= 5,000 rows each)")
-    ap.add_argument("--executor-memory", help="--cluster: spark.executor.memory for the cluster's 2 executors "
-                                              "(default: Spark's 1g; local[2] runs in one 4g JVM)")
+    ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--modes", default="local,cluster", help="local (local[2]) and/or cluster (standalone, 2x1 core)")
+    ap.add_argument("--rows-per-file", type=int, default=5000, help="rows per input file (an upload: 5,000)")
+    ap.add_argument("--k", type=int, default=64)
+    ap.add_argument("--before", type=Path, help="also run the job from this checkout (e.g. `git worktree add "
+                                                 "/tmp/before HEAD~1`): before/after in the same run")
+    ap.add_argument("--smoke", action="store_true", help="2,000 rows, local only: that it runs and writes its results")
+    ap.add_argument("--out", type=Path, default=ROOT / "out" / "benchmarks")
+    ap.add_argument("--cache", type=Path, default=Path(os.environ.get("FRUITS_CACHE", ROOT / ".cache")) / "bench-pca")
+    ap.add_argument("--reference-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--job-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--master", help=argparse.SUPPRESS)
     ap.add_argument("--worker-pids", default="", help=argparse.SUPPRESS)
-    ap.add_argument("--conf", action="append", default=[], help=argparse.SUPPRESS)
-    ap.add_argument("--solvers", default=",".join(SOLVERS))
-    ap.add_argument("--k", type=int, default=64)
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--solver", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--warmup", help=argparse.SUPPRESS)
-    ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child:
-        return child(args)
+    if args.reference_child:
+        return reference_child(args)
     if args.job_child:
         return job_child(args)
-    if args.cluster:
-        args.sizes = args.sizes or "10000,100000,300000"
-        return cluster_main(args)
-    args.sizes = args.sizes or "10000,50000,100000"
-
+    if args.smoke:
+        args.sizes, args.modes, args.rows_per_file = "2000", "local", 500
     sizes = [int(s) for s in args.sizes.split(",")]
-    solvers = [s for s in args.solvers.split(",") if s]
-    rec = Recorder("pca")
-    rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="fruits-bench-pca-") as tmp:
-        warm = Path(tmp) / "warmup.parquet"
-        make_data(warm, 2000, seed=99)
-        print(f"{'N':>7s} {'solver':6s} {'seconds':>8s} {'vs numpy':>8s} {'s/10k':>6s} "
-              f"{'driver py MB':>12s} {'JVM MB':>7s} {'workers MB':>10s}", flush=True)
-        for n in sizes:
-            data = Path(tmp) / f"x{n}.parquet"
-            make_data(data, n, seed=n)
-            base = None
-            for solver in solvers:
-                out = str(Path(tmp) / f"out-{solver}-{n}")
-                cmd = [sys.executable, __file__, "--child", "--solver", solver, "--data", str(data),
-                       "--warmup", str(warm), "--out", out, "--k", str(args.k)]
-                proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
-                if proc.returncode != 0:
-                    print(proc.stderr[-3000:], file=sys.stderr)
-                    raise SystemExit(f"Error: {solver} at N={n} failed (exit {proc.returncode})")
-                r = json.loads(proc.stdout.strip().splitlines()[-1])
-                assert r["rows"] == n, r
-                if solver == "numpy":
-                    base = r["seconds"]
-                row = {"measure": "pca_fit_transform_write", "n": n, "solver": solver, "k": args.k,
-                       "seconds": round(r["seconds"], 3),
-                       "ratio_to_numpy": round(r["seconds"] / base, 2) if base else None,
-                       "driver_python_mb": r["driver_python_mb"], "jvm_mb": r["jvm_mb"],
-                       "workers_mb": r["workers_mb"], "data_mb": round(data.stat().st_size / 2**20)}
-                rows.append(row)
-                rec.add(**row)
-                ratio = f"{row['ratio_to_numpy']:.2f}" if base else "-"
-                print(f"{n:7d} {solver:6s} {r['seconds']:8.2f} {ratio:>8s} {r['seconds'] / n * 1e4:6.2f} "
-                      f"{r['driver_python_mb']:12d} {r['jvm_mb']:7d} {r['workers_mb']:10d}", flush=True)
+    modes = [m for m in args.modes.split(",") if m]
+    rec = Recorder("pca", args.out)
+    from cloud_pca.standalone import LocalCluster, loopback_env
 
-    extrapolated = []
-    if len(sizes) >= 2:
-        print("\nlinear fit seconds = a + b*N over the measured sizes; 1M and 100M are EXTRAPOLATED:")
-        for solver in solvers:
-            a, b = slope(rows, solver)
-            t = {n: a + b * n for n in (1_000_000, 100_000_000)}
-            per = [r["seconds"] / r["n"] * 1e4 for r in rows if r["solver"] == solver]
-            print(f"  {solver:6s} a={a:6.2f}s b={b * 1e4:6.3f}s/10k rows; s/10k at each N: "
-                  f"{', '.join(f'{p:.2f}' for p in per)}; 1M ~{t[1_000_000] / 60:.1f} min, "
-                  f"100M ~{t[100_000_000] / 3600:.1f} h (one 2-core machine)")
-            for n, s in t.items():
-                extrapolated.append({"measure": "pca_fit_transform_write_extrapolated", "n": n, "solver": solver,
-                                     "seconds": round(s, 1), "extrapolated": True})
-                rec.add(**extrapolated[-1])
+    env = loopback_env()
+    with tempfile.TemporaryDirectory(prefix="fruits-bench-pca-") as tmp:
+        tmp = Path(tmp)
+        warm = tmp / "warm"
+        make_files(warm, 2000, 4, seed=99)
+        cluster = LocalCluster(workers=2, cores=1).start() if "cluster" in modes else None
+        try:
+            for n in sizes:
+                data = data_folder(n, args.rows_per_file, args.cache)
+                mb = sum(f.stat().st_size for f in data.rglob("*.parquet")) / 1e6
+                ref = run_child([sys.executable, __file__, "--reference-child", "--data", str(data), "--out",
+                                 str(tmp / f"ref-{n}"), "--k", str(args.k)], env)
+                rec.add(measure="reference", n=n, input_mb=round(mb), **ref)
+                print(f"\nN={n:,} ({mb:,.0f} MB in {len(list(data.rglob('*.parquet')))} files)  reference: "
+                      f"read {ref['read']:.1f} s, check {ref['check']:.1f}, syrk {ref['syrk']:.1f}, solve "
+                      f"{ref['solve']:.1f}, project+write {ref['project_write']:.1f}; total {ref['total']:.1f} s, "
+                      f"peak {ref['peak_mb']} MB", flush=True)
+                for mode in modes:
+                    for code in (["before"] if args.before else []) + ["this"]:
+                        child_env = dict(env)
+                        if code == "before":   # the other checkout's packages first on the child's path
+                            child_env["PYTHONPATH"] = os.pathsep.join(
+                                [str(args.before.resolve())] + [p for p in [env.get("PYTHONPATH")] if p])
+                        rec.add(**job_row(args, mode, code, n, data, warm, tmp, cluster, child_env, ref))
+        finally:
+            if cluster is not None:
+                cluster.stop()
+    big = [r for r in rec.rows if r.get("measure") == "job" and r["n"] == max(sizes) and r["code"] == "this"]
+    for r in big:
+        rec.add(measure="extrapolated_100M", mode=r["mode"], ratio=r["ratio"], extrapolated=True,
+                note="EXTRAPOLATED: the same ratio at 100M, assuming both scale linearly")
     path = rec.save()
-    plot(rows, extrapolated, path.with_suffix(".png"))
-    print(f"\nwrote {path}, {path.with_suffix('.json')}, {path.with_suffix('.png')}")
+    plot_stages(rec.rows, args.out / "pca.png")
+    print(f"\nwrote {path}, {path.with_suffix('.json')}, {args.out / 'pca.png'}")
     return 0
+
+
+def job_row(args, mode: str, code: str, n: int, data: Path, warm: Path, tmp: Path, cluster, env: dict,
+            ref: dict) -> dict:
+    """One run of the job (this checkout's, or ``--before``'s) in a child process, as a row; printed."""
+    master = "local[2]" if mode == "local" else cluster.master_url
+    pids = "" if mode == "local" else ",".join(str(p) for p in cluster.pids[1:])
+    r = run_child([sys.executable, __file__, "--job-child", "--master", master, "--data", str(data),
+                   "--warmup", str(warm), "--out", str(tmp / f"job-{code}-{mode}-{n}"), "--k", str(args.k),
+                   "--worker-pids", pids], env)
+    assert r["rows"] == n, r
+    t = r["timings"]
+    driver = r.get("driver_python_mb", 0) + r.get("driver_jvm_mb", r.get("jvm_mb", 0))
+    executors = r.get("executor_jvms_mb", 0) + r.get("executor_python_mb", r.get("workers_mb", 0))
+    row = {"measure": "job", "n": n, "mode": mode, "code": code, "seconds": r["seconds"],
+           "ratio": round(r["seconds"] / ref["total"], 2),
+           "read_validate_s": t.get("read_validate_s"), "fit_s": t.get("fit_s"),
+           "write_s": t.get("write_s"), "passes": (r.get("passes") or {}).get("features"),
+           "spark_jobs": r.get("spark_jobs"), "driver_mb": driver, "executors_mb": executors,
+           "reference_s": ref["total"]}
+    label = f"job {mode}" + (" (before)" if code == "before" else "")
+    print(f"  {label:21s} {r['seconds']:7.1f} s = {row['ratio']:.2f} x reference  (read+validate "
+          f"{t.get('read_validate_s', 0):.1f}, fit {t.get('fit_s', 0):.1f}, write {t.get('write_s', 0):.1f}; "
+          f"passes over the features: {row['passes'] or '?'}; Spark jobs {row['spark_jobs'] or '?'}; peak driver "
+          f"{driver} MB, executors {executors} MB)", flush=True)
+    return row
+
+
+def plot_stages(rows: list[dict], path: Path) -> None:
+    """Stacked bars per N: the reference's and each mode's seconds by stage (read+validate, fit, project+write)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    refs = {r["n"]: r for r in rows if r.get("measure") == "reference"}
+    jobs = [r for r in rows if r.get("measure") == "job"]
+    sizes = sorted(refs)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.5 * len(sizes), 4), squeeze=False)
+    colors = {"read + validate": "#4c72b0", "fit": "#dd8452", "project + write": "#55a868"}
+    for ax, n in zip(axes[0], sizes):
+        ref = refs[n]
+        bars = [("reference", {"read + validate": ref["read"] + ref["check"], "fit": ref["syrk"] + ref["solve"],
+                               "project + write": ref["project_write"]})]
+        for j in (j for j in jobs if j["n"] == n):
+            bars.append((f"{'before: ' if j['code'] == 'before' else ''}job {j['mode']}\n{j['ratio']:.2f}x", {"read + validate": j["read_validate_s"] or 0,
+                                                                 "fit": j["fit_s"] or 0,
+                                                                 "project + write": j["write_s"] or 0}))
+        bottom = np.zeros(len(bars))
+        for stage, color in colors.items():
+            vals = np.array([b[1][stage] for b in bars])
+            ax.bar([b[0] for b in bars], vals, bottom=bottom, color=color, label=stage)
+            bottom += vals
+        ax.set_title(f"N = {n:,}")
+        ax.set_ylabel("seconds (2 cores)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("PCA job against the in-process reference, by stage (same files, same run)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,11 @@ def main() -> int:
     ap.add_argument("--phone", type=int, default=60, help="12 MP phone photos")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("out/benchmarks"))
+    ap.add_argument("--smoke", action="store_true", help="10 thumbnails, 1 phone photo, one repeat: that it runs "
+                                                            "and writes its results")
     args = ap.parse_args()
+    if args.smoke:
+        args.thumbs, args.phone, args.repeats = 10, 1, 1
     from web.build import build
     from web.device import have_browser
     from web.server import WebServer

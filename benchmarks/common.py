@@ -23,6 +23,13 @@ def timed(label: str, fn: Callable[[], Any]) -> tuple[Any, float]:
     return result, seconds
 
 
+def spark_jobs(spark) -> int:
+    """Spark jobs the application started so far (from its status store: every thread's, whatever the code)."""
+    sc = spark.sparkContext._jsc.sc()
+    sc.listenerBus().waitUntilEmpty()
+    return int(sc.statusStore().jobsList(None).size())
+
+
 class Recorder:
     """Collects one dict per measurement; writes CSV and JSON next to each other."""
 

@@ -1,0 +1,70 @@
+"""Benchmarks cannot rot: every ``./run bench NAME`` runs at its ``--smoke`` size and writes its CSV and JSON.
+
+Only that they complete and write their results is asserted (no timing: timings here are noise); each runs as
+``./run bench`` runs it, a script in its own process."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from web.device import have_browser
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def bench(name: str, out: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"bench_{name}.py"), "--smoke", "--out", str(out),
+                           *extra], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "FRUITS_CACHE": str(out / "cache")})
+    assert proc.returncode == 0, f"bench {name} --smoke failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def rows(out: Path, name: str) -> list[dict]:
+    with open(out / f"{name}.csv", newline="") as f:
+        from_csv = list(csv.DictReader(f))
+    from_json = json.loads((out / f"{name}.json").read_text())
+    assert from_csv and len(from_csv) == len(from_json), name
+    return from_json
+
+
+def test_edge_smoke(tmp_path):
+    bench("edge", tmp_path)
+    got = rows(tmp_path, "edge")
+    assert {r["precision"] for r in got if r["measure"] == "edge"} == {"fp32", "fp16", "int8"}
+    assert {r["precision"] for r in got if r["measure"] == "s3_upload"} == {"fp32", "int8"}
+
+
+def test_featurize_smoke(tmp_path):
+    bench("featurize", tmp_path)
+    got = rows(tmp_path, "featurize")
+    parity = next(r for r in got if r["measure"] == "parity")
+    assert parity["same_image_ids"] is True
+
+
+def test_pca_incremental_and_compare_smoke(tmp_path):
+    """pca and incremental at their smoke sizes, then compare on top of their results (as it would run them)."""
+    bench("pca", tmp_path)
+    got = rows(tmp_path, "pca")
+    assert [r["measure"] for r in got if r["measure"] != "extrapolated_100M"] == ["reference", "job"]
+    assert (tmp_path / "pca.png").stat().st_size > 0
+    bench("incremental", tmp_path)
+    assert {r["measure"] for r in rows(tmp_path, "incremental")} == {"daily_refresh", "id_scan", "daily_refresh_cost"}
+    bench("compare", tmp_path, "--reuse-pca", "--reuse-incremental")
+    assert {r["measure"] for r in rows(tmp_path, "compare")} >= {"pca_cost", "daily_refresh"}
+    assert (tmp_path / "compare.html").exists() and (tmp_path / "compare.md").exists()
+
+
+@pytest.mark.skipif(not have_browser() and not os.environ.get("FRUITS_REQUIRE_BROWSER"),
+                    reason="no Chromium (./run setup installs it)")
+def test_web_smoke(tmp_path):
+    bench("web", tmp_path)
+    got = rows(tmp_path, "web")
+    assert {r["measure"] for r in got} >= {"rate", "one_photo"}
