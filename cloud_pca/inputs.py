@@ -278,9 +278,10 @@ def list_inputs(spark, inputs: list[str]) -> list[tuple[str, int, str, str]]:
     return listed
 
 
-def open_files(spark, files: list[InputFile], *, skip_bad_files: bool, where: str) -> Inputs:
-    """The rows of ``files`` (footers already checked). Refuses (with the first file and its reason) a bad
-    file unless ``skip_bad_files``, and projected vectors mixed with raw 1280-d ones."""
+def good_files(spark, files: list[InputFile], *, skip_bad_files: bool, where: str) -> tuple[Inputs, list]:
+    """The good ``files`` (footers already checked), without reading rows: (Inputs for the summary, with no
+    rows yet; the good files). Refuses (with the first file and its reason) a bad file unless
+    ``skip_bad_files``, and projected vectors mixed with raw 1280-d ones."""
     bad = [(f.path, f.reason) for f in files if f.reason]
     if bad and not skip_bad_files:
         path, reason = bad[0]
@@ -298,10 +299,16 @@ def open_files(spark, files: list[InputFile], *, skip_bad_files: bool, where: st
     ids = sorted({f.projection_id for f in projected if f.projection_id})
     if len(ids) > 1:
         raise InputError(f"refusing to mix vectors of different projections ({', '.join(ids)}) in one fit")
-    is_projected = bool(projected)
-    dim = projected_dim(spark, good) if is_projected else FEATURE_DIM
+    dim = projected_dim(spark, good) if projected else FEATURE_DIM
     log.info("%d file(s), %d good, %d refused", len(files), len(good), len(bad))
-    return Inputs(read_rows(spark, good, projected=is_projected, dim=dim), files, is_projected, dim, bad)
+    return Inputs(None, files, bool(projected), dim, bad), good
+
+
+def open_files(spark, files: list[InputFile], *, skip_bad_files: bool, where: str) -> Inputs:
+    """The rows of ``files``: :func:`good_files`, then read."""
+    checked, good = good_files(spark, files, skip_bad_files=skip_bad_files, where=where)
+    checked.df = read_rows(spark, good, projected=checked.projected, dim=checked.dim)
+    return checked
 
 
 def read_inputs(spark, inputs: list[str], *, skip_bad_files: bool) -> Inputs:

@@ -187,27 +187,13 @@ def drop_duplicates(valid):
 def check_inputs(spark, files: list, *, skip_bad_files: bool, where: str) -> tuple[Inputs, list, int]:
     """The good files of ``files`` (footers checked), refusing what :func:`cloud_pca.inputs.open_files` refuses,
     without reading rows: (Inputs for the summary, good files, the vectors' length)."""
-    from cloud_pca.inputs import projected_dim
+    from cloud_pca.inputs import good_files
 
-    bad = [(f.path, f.reason) for f in files if f.reason]
-    if bad and not skip_bad_files:
-        path, reason = bad[0]
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise JobError(f"{path}: {reason}{more}; fix or remove it, or pass --skip-bad-files")
-    good = [f for f in files if f.reason is None]
-    if not good:
-        raise JobError(f"none of the {len(files)} file(s) under {where} follows the contract; first: {bad[0][0]}: "
-                       f"{bad[0][1]}")
-    projected = [f for f in good if f.projected]
-    if projected and len(projected) < len(good):
-        raw = next(f for f in good if not f.projected)
-        raise JobError(f"refusing to mix projected vectors ({projected[0].path}, ...) with raw {FEATURE_DIM}-d "
-                       f"vectors ({raw.path}, ...) in one fit: give one kind of --input")
-    ids = sorted({f.projection_id for f in projected if f.projection_id})
-    if len(ids) > 1:
-        raise JobError(f"refusing to mix vectors of different projections ({', '.join(ids)}) in one fit")
-    dim = projected_dim(spark, good) if projected else FEATURE_DIM
-    return Inputs(None, files, bool(projected), dim, bad), good, dim
+    try:
+        inputs, good = good_files(spark, files, skip_bad_files=skip_bad_files, where=where)
+    except InputError as exc:
+        raise JobError(str(exc)) from None
+    return inputs, good, inputs.dim
 
 
 def scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=None, gram: bool = True) -> Scanned:
