@@ -188,7 +188,10 @@ def plan_batch(spark, inputs: list[str], state: State | None, *, skip_bad_files:
 
 def counted_ids(spark, state: State):
     """The image ids every committed generation added (one column), or None when there are none."""
-    return spark.read.parquet(*state.id_parts).select("image_id") if state.id_parts else None
+    if not state.id_parts:
+        return None
+    # the schema given: Spark would otherwise start a job to read a footer for it
+    return spark.read.schema("image_id STRING").parquet(*state.id_parts).select("image_id")
 
 
 def counted_files(state: State) -> list[InputFile]:
