@@ -43,6 +43,21 @@ def bucket(s3):
     return name
 
 
+@pytest.fixture
+def mocked_aws(monkeypatch):
+    """moto's AWS inside this process (no server, no network) with fake credentials in eu-west-3: a boto3
+    Session. Set moto's own environment (e.g. ``MOTO_IAM_LOAD_MANAGED_POLICIES``) before asking for it."""
+    import boto3
+    from moto import mock_aws
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+                 "AWS_DEFAULT_REGION": "eu-west-3"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with mock_aws():
+        yield boto3.Session(region_name="eu-west-3")
+
+
 @pytest.fixture(scope="session")
 def cluster():
     """A Spark standalone cluster on 127.0.0.1: a master and two 1-core workers, each its own JVM (and

@@ -232,30 +232,22 @@ def test_job_code_parses_as_python_311_and_imports_from_the_zip(tmp_path):
 
 # ------------------------------------------------------------------------------------------ EMR (moto)
 @pytest.fixture
-def aws(monkeypatch):
-    from moto import mock_aws
+def aws(monkeypatch, request):
+    from botocore.awsrequest import AWSResponse
 
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
-                 "AWS_DEFAULT_REGION": "eu-west-3"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")  # AWS managed policies (the EMR service role's)
-    with mock_aws():
-        import boto3
-        from botocore.awsrequest import AWSResponse
+    session = request.getfixturevalue("mocked_aws")                 # started after moto's setting
+    # moto has no SetIdentityPoolRoles: that one call is recorded here instead of sent (the rest is moto's).
+    session.pool_roles = []
 
-        session = boto3.Session(region_name="eu-west-3")
-        # moto has no SetIdentityPoolRoles: that one call is recorded here instead of sent (the rest is moto's).
-        session.pool_roles = []
+    def set_roles(params=None, **_):
+        session.pool_roles.append(json.loads(params["body"]))
+        return AWSResponse("", 200, {}, None), {}
 
-        def set_roles(params=None, **_):
-            session.pool_roles.append(json.loads(params["body"]))
-            return AWSResponse("", 200, {}, None), {}
-
-        session.events.register("before-call.cognito-identity.SetIdentityPoolRoles", set_roles)
-        session.client("s3", region_name="eu-west-3").create_bucket(
-            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
-        yield session
+    session.events.register("before-call.cognito-identity.SetIdentityPoolRoles", set_roles)
+    session.client("s3").create_bucket(Bucket=BUCKET,
+                                   CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
+    return session
 
 
 def spec(**kw):

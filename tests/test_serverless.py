@@ -25,20 +25,10 @@ def spec(**kw):
 
 
 @pytest.fixture
-def aws(monkeypatch):
-    from moto import mock_aws
-
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
-                 "AWS_DEFAULT_REGION": "eu-west-3"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with mock_aws():
-        import boto3
-
-        session = boto3.Session(region_name="eu-west-3")
-        session.client("s3", region_name="eu-west-3").create_bucket(
-            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
-        yield session
+def aws(mocked_aws):
+    mocked_aws.client("s3").create_bucket(Bucket=BUCKET,
+                                   CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
+    return mocked_aws
 
 
 def test_job_runs_are_the_cluster_steps():
