@@ -33,7 +33,7 @@ from contract.errors import FruitsError
 from contract.layout import check_sha256
 from cloud_pca.inputs import InputFile, check_files, list_inputs, open_files
 from cloud_pca.pca import GramSums
-from cloud_pca.spark import list_dirs, path_exists, read_bytes, write_bytes, write_table
+from cloud_pca.spark import list_dirs, path_exists, read_bytes, write_bytes, write_rows
 
 STATE = "state"
 POINTER = "current.json"
@@ -217,10 +217,7 @@ def commit(spark, state: State, gen: str, sums: GramSums, new_files: list[InputF
     base = f"{state.uri}/gen={gen}"
     parts = [p[len(state.uri) + 1:] for p in state.id_parts]
     if unique is not None:
-        if hasattr(unique, "num_rows"):     # a pyarrow Table: a batch the driver read
-            write_table(spark, f"{base}/ids", unique.select(["image_id"]))
-        else:
-            unique.select("image_id").write.mode("errorifexists").parquet(f"{base}/ids")
+        write_rows(spark, f"{base}/ids", unique.select(["image_id"]))   # a DataFrame or a pyarrow Table
         parts.append(f"gen={gen}/ids")
     objects = state.objects + [asdict(f) for f in new_files if f.reason is None]
     write_bytes(spark, f"{base}/moments.npz", sums.to_bytes())

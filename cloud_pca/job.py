@@ -34,7 +34,7 @@ from contract.errors import FruitsError, one_line
 from contract.layout import check_run_id, check_sha256
 from cloud_pca.inputs import InputError, Inputs, read_inputs
 from cloud_pca.pca import FruitsPCAModel, GramSums, check_request, fit_pca, gram_sums
-from cloud_pca.spark import delete_path, driver_traffic, path_exists, write_bytes, write_table
+from cloud_pca.spark import delete_path, driver_traffic, path_exists, write_bytes, write_rows
 
 log = logging.getLogger(__name__)
 BROADCAST_LOSERS = 2_000_000    # duplicate rows dropped with a broadcast anti-join (8 bytes each) up to this many
@@ -196,22 +196,39 @@ def check_inputs(spark, files: list, *, skip_bad_files: bool, where: str) -> tup
     return inputs, good, inputs.dim
 
 
+def refuse_unread(cfg: JobConfig, found, inputs: Inputs) -> list:
+    """Files pass 1 could not read: an error unless ``--skip-bad-files``, else listed with the bad files."""
+    unread = found.bad_files()
+    if unread and not cfg.skip_bad_files:
+        raise JobError(f"{unread[0][0]}: {unread[0][1]}; fix or remove it, or pass --skip-bad-files")
+    inputs.bad = inputs.bad + unread
+    return unread
+
+
+def with_sums(spark, data: Scanned) -> Scanned:
+    """The Gram statistics of the rows fitted: pass 1's own, or a second pass when rows are left out."""
+    from cloud_pca.scan import gram as gram_pass
+
+    if data.model_sha256 is not None and data.counts["projected"]:
+        if len(data.excluded):
+            data.sums, data.passes = gram_pass(spark, data.found, data.model_sha256, data.excluded), 2
+        else:
+            data.sums = data.found.sums(data.model_sha256)
+    return data
+
+
 def scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=None, gram: bool = True) -> Scanned:
     """Pass 1 (:func:`cloud_pca.scan.scan`) and what the driver makes of it: counts, the model, the rows left out
     (duplicates, ids counted before), and the Gram statistics of the rows fitted (a second pass only when
     rows are left out)."""
     from pyspark.sql import functions as F
 
-    from cloud_pca.scan import gram as gram_pass
     from cloud_pca.scan import scan
 
     inputs, good, dim = check_inputs(spark, files, skip_bad_files=cfg.skip_bad_files, where=where)
     found = scan(spark, good, dim=dim, select=cfg.model_sha256, gram=gram)
     try:
-        unread = found.bad_files()
-        if unread and not cfg.skip_bad_files:
-            raise JobError(f"{unread[0][0]}: {unread[0][1]}; fix or remove it, or pass --skip-bad-files")
-        inputs.bad = inputs.bad + unread
+        unread = refuse_unread(cfg, found, inputs)
         thin = found.thin
         if unread:
             gone = [i for i, f in enumerate(found.files) if f.path in {p for p, _ in unread}]
@@ -250,12 +267,7 @@ def scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=None, 
         if counted is not None:
             counts["already_counted"] = int(n_counted)
         data = Scanned(found, counts, model_counts, chosen, excluded, valid.select("image_id"), rejects, inputs)
-        if gram and chosen is not None and counts["projected"]:
-            if len(excluded):
-                data.sums, data.passes = gram_pass(spark, found, chosen, excluded), 2
-            else:
-                data.sums = found.sums(chosen)
-        return data
+        return with_sums(spark, data) if gram else data
     except BaseException:
         found.release()
         raise
@@ -299,15 +311,11 @@ def local_scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from cloud_pca.scan import gram as gram_pass
     from cloud_pca.scan import local_scan
 
     inputs, good, dim = check_inputs(spark, files, skip_bad_files=cfg.skip_bad_files, where=where)
     found = local_scan(spark, good, dim=dim, select=cfg.model_sha256)
-    unread = found.bad_files()
-    if unread and not cfg.skip_bad_files:
-        raise JobError(f"{unread[0][0]}: {unread[0][1]}; fix or remove it, or pass --skip-bad-files")
-    inputs.bad = inputs.bad + unread
+    refuse_unread(cfg, found, inputs)
     thin = found.thin
     if thin.num_rows == 0 and counted is None:
         raise JobError(f"the input holds no rows ({len(files)} file(s))")
@@ -344,13 +352,8 @@ def local_scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=
               "duplicates": n_duplicates + n_counted}
     if counted is not None:
         counts["already_counted"] = n_counted
-    data = Scanned(found, counts, model_counts, chosen, excluded, fitted.select(["image_id"]), rejects, inputs)
-    if chosen is not None and counts["projected"]:
-        if len(excluded):
-            data.sums, data.passes = gram_pass(spark, found, chosen, excluded), 2
-        else:
-            data.sums = found.sums(chosen)
-    return data
+    return with_sums(spark, Scanned(found, counts, model_counts, chosen, excluded, fitted.select(["image_id"]),
+                                    rejects, inputs))
 
 
 # ------------------------------------------------------------------------------------------ read stage
@@ -572,20 +575,14 @@ def write_outputs(spark, cfg: JobConfig, run_uri: str, data: Prepared, model: Fr
             projected = model.project(unique.select("image_id", label.alias("label"), "client_id",
                                                     source.alias("source"), "features"),
                                       model_col="pca_model", residual_col="residual")
-        if in_driver:
-            write_table(spark, f"{run_uri}/projections", projected)
-        else:
-            projected.write.mode("errorifexists").parquet(f"{run_uri}/projections")
+        write_rows(spark, f"{run_uri}/projections", projected)
         if isinstance(data, Scanned) and not in_driver:
             projected = spark.read.parquet(f"{run_uri}/projections")   # the plots' sample: what was written
         if cfg.plots:
             sample = (projected.slice(0, PLOT_SAMPLE).to_pandas() if in_driver
                       else projected.limit(PLOT_SAMPLE).toPandas())   # the first partitions only
             drawn.append(pool.submit(plots.scatters, sample))
-        if in_driver:
-            write_table(spark, f"{run_uri}/rejects", data.rejects)
-        else:
-            data.rejects.write.mode("errorifexists").parquet(f"{run_uri}/rejects")
+        write_rows(spark, f"{run_uri}/rejects", data.rejects)
         write_bytes(spark, f"{run_uri}/explained_variance.json", json.dumps(explained, indent=1).encode())
         csv = "component,explained_variance_ratio,cumulative\n" + "".join(
             f"{i + 1},{r:.8g},{c:.8g}\n" for i, (r, c) in enumerate(zip(explained["explained_variance_ratio"],

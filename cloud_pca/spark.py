@@ -176,14 +176,18 @@ def write_bytes(spark, uri: str, data: bytes) -> None:
             fs.getRawFileSystem().delete(crc, False)
 
 
-def write_table(spark, uri: str, table, *, name: str = "part-00000-driver.zstd.parquet") -> None:
-    """A pyarrow Table written by the driver as a Parquet folder Spark reads (one file, then ``_SUCCESS``), through
-    :func:`write_bytes`: for outputs too small to be worth a Spark job."""
+def write_rows(spark, uri: str, rows, *, name: str = "part-00000-driver.zstd.parquet") -> None:
+    """Rows as a Parquet folder Spark reads: a DataFrame written by Spark (refusing an existing folder); a pyarrow
+    Table (a batch the driver read, too small to be worth a Spark job) by the driver through :func:`write_bytes`:
+    one file, then ``_SUCCESS``."""
+    if not hasattr(rows, "num_rows"):
+        rows.write.mode("errorifexists").parquet(uri)
+        return
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
+    pq.write_table(rows, sink, compression="zstd")
     write_bytes(spark, f"{uri.rstrip('/')}/{name}", sink.getvalue().to_pybytes())
     write_bytes(spark, f"{uri.rstrip('/')}/_SUCCESS", b"")
 
