@@ -170,9 +170,15 @@ class Scan:
             df.unpersist()
 
 
-def _groups_frame(spark, groups):
-    """One row per task group, each in a partition of its own (``spark.range`` splits evenly)."""
-    return spark.range(0, len(groups), numPartitions=max(1, len(groups)))
+def _over_groups(spark, groups: list[list[int]], work, ddl: str):
+    """``work(indices)`` (Arrow batches of ``ddl``) run over each task group in a Spark task of its own: one row
+    per group, each in a partition of its own (``spark.range`` splits evenly)."""
+    def run(batches):
+        for ids in batches:
+            for gid in ids.column(0).to_pylist():
+                yield from work(groups[gid])
+
+    return spark.range(0, len(groups), numPartitions=max(1, len(groups))).mapInArrow(run, ddl)
 
 
 def _scan_files(options, indices, paths, dim, select, gram, schema):
@@ -208,12 +214,8 @@ def scan(spark, files: list, *, dim: int | None, select: str | None = None, gram
     paths = [f.path for f in files]
     schema = _thin_schema()
 
-    def one_pass(batches):
-        for ids in batches:
-            for gid in ids.column(0).to_pylist():
-                yield from _scan_files(options, groups[gid], paths, dim, select, gram, schema)
-
-    mixed = _groups_frame(spark, groups).mapInArrow(one_pass, THIN_DDL).cache()
+    mixed = _over_groups(spark, groups, lambda indices: _scan_files(options, indices, paths, dim, select, gram, schema),
+                         THIN_DDL).cache()
     return Scan(mixed, files, groups, options, dim or FEATURE_DIM, select, [mixed])
 
 
@@ -339,15 +341,12 @@ def gram(spark, found, model: str, excluded: np.ndarray) -> GramSums | None:
         return _gram_files(options, groups[0], paths, dim, select, excluded).get(model)
     skip = spark.sparkContext.broadcast(excluded)
 
-    def gram_pass(batches):
-        left_out = skip.value
-        for ids in batches:
-            for gid in ids.column(0).to_pylist():
-                sums = _gram_files(options, groups[gid], paths, dim, select, left_out)
-                if model in sums:
-                    yield pa.RecordBatch.from_pydict({"sums": [sums[model].to_bytes()]})
+    def model_sums(indices):
+        sums = _gram_files(options, indices, paths, dim, select, skip.value)
+        if model in sums:
+            yield pa.RecordBatch.from_pydict({"sums": [sums[model].to_bytes()]})
 
-    parts = _groups_frame(spark, groups).mapInArrow(gram_pass, "sums binary").rdd.map(
+    parts = _over_groups(spark, groups, model_sums, "sums binary").rdd.map(
         lambda r: GramSums.from_bytes(bytes(r["sums"])))
     total = tree_sum(parts)
     skip.unpersist()
@@ -415,11 +414,7 @@ def project(spark, found, model_sha256: str, pca, excluded: np.ndarray, *, label
         return pa.Table.from_batches(list(batches), schema=_projected_schema()), None
     skip = spark.sparkContext.broadcast(excluded)
 
-    def project_pass(batches):
-        left_out = skip.value
-        for ids in batches:
-            for gid in ids.column(0).to_pylist():
-                yield from _project_files(options, groups[gid], paths, dim, select, model_sha256, params, left_out,
-                                          label_col)
+    def projected(indices):
+        return _project_files(options, indices, paths, dim, select, model_sha256, params, skip.value, label_col)
 
-    return _groups_frame(spark, groups).mapInArrow(project_pass, PROJECTED_DDL), skip
+    return _over_groups(spark, groups, projected, PROJECTED_DDL), skip
