@@ -80,6 +80,7 @@ class LocalCluster:
             raise ClusterError(f"workers={self.workers} and cores={self.cores} must be at least 1")
         if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
             raise ClusterError("Java is needed for Spark (install OpenJDK 17)")
+        self._temp_workdir = self.workdir is None   # removed by stop(): executors copy the jars there (GBs)
         self.workdir = Path(self.workdir or tempfile.mkdtemp(prefix="fruits-cluster-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         port, web = free_port(), free_port()
@@ -133,6 +134,8 @@ class LocalCluster:
         for pid in reversed(self.pids):   # workers first (they stop their executors), then the master
             _kill_group(pid)
         self.pids = []
+        if getattr(self, "_temp_workdir", False) and self.tie_to_parent:   # `cluster start` keeps its logs
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> "LocalCluster":
         return self.start()
