@@ -362,11 +362,18 @@ class FruitsPCAModel:
 
     def save(self, spark, uri: str) -> None:
         """Write ``uri/`` as a Spark ML ``PipelineModel`` (loadable with ``PipelineModel.load``) holding also
-        this model's own numbers in float64 (``fruits-pca.npz``, read back by :meth:`load`)."""
+        this model's own numbers in float64 (``fruits-pca.npz``, read back by :meth:`load`).
+
+        The pipeline's files are written directly (:func:`pipeline_files`): Spark ML's writer ran 7 Spark jobs
+        for them (most of a small refresh's jobs), and importing ``pyspark.ml`` costs 1-4 s in a cold process."""
         from cloud_pca.spark import write_bytes
 
-        self.pipeline(spark).write().overwrite().save(uri)
-        write_bytes(spark, f"{uri.rstrip('/')}/{MODEL_FILE}", self.to_bytes())
+        root = uri.rstrip("/")
+        files = pipeline_files(self.mean_, self.scale_, self.components_.T, self.explained_variance_ratio_,
+                               spark_version=spark.version)
+        for rel, data in files.items():
+            write_bytes(spark, f"{root}/{rel}", data)
+        write_bytes(spark, f"{root}/{MODEL_FILE}", self.to_bytes())
 
     @classmethod
     def load(cls, spark, uri: str) -> "FruitsPCAModel":
@@ -378,6 +385,105 @@ class FruitsPCAModel:
         except Exception as exc:  # Py4JJavaError: FileNotFoundException
             raise PCAInputError(f"{path}: cannot read a saved model ({str(exc).strip().splitlines()[0][:200]})") from None
         return cls.from_bytes(data, path)
+
+
+# What Spark ML 3.5 writes for a PipelineModel of these two stages (DefaultParamsWriter: one line of JSON per
+# metadata folder; each model's data: one Parquet row whose columns carry Spark's vector and matrix types).
+_VECTOR_SQL = {"type": "struct", "fields": [
+    {"name": "type", "type": "byte", "nullable": False, "metadata": {}},
+    {"name": "size", "type": "integer", "nullable": True, "metadata": {}},
+    {"name": "indices", "type": {"type": "array", "elementType": "integer", "containsNull": False}, "nullable": True,
+     "metadata": {}},
+    {"name": "values", "type": {"type": "array", "elementType": "double", "containsNull": False}, "nullable": True,
+     "metadata": {}}]}
+_MATRIX_SQL = {"type": "struct", "fields": [
+    {"name": "type", "type": "byte", "nullable": False, "metadata": {}},
+    {"name": "numRows", "type": "integer", "nullable": False, "metadata": {}},
+    {"name": "numCols", "type": "integer", "nullable": False, "metadata": {}},
+    {"name": "colPtrs", "type": {"type": "array", "elementType": "integer", "containsNull": False}, "nullable": True,
+     "metadata": {}},
+    {"name": "rowIndices", "type": {"type": "array", "elementType": "integer", "containsNull": False}, "nullable": True,
+     "metadata": {}},
+    {"name": "values", "type": {"type": "array", "elementType": "double", "containsNull": False}, "nullable": True,
+     "metadata": {}},
+    {"name": "isTransposed", "type": "boolean", "nullable": False, "metadata": {}}]}
+
+
+def _udt(kind: str) -> dict:
+    return {"type": "udt", "class": f"org.apache.spark.ml.linalg.{kind}UDT", "pyClass": f"pyspark.ml.linalg.{kind}UDT",
+            "sqlType": _VECTOR_SQL if kind == "Vector" else _MATRIX_SQL}
+
+
+def _model_data(columns: dict[str, tuple[str, dict]], spark_version: str) -> bytes:
+    """One Parquet row of Spark ML vectors/matrices (``columns``: name -> (kind, value)), with the Spark schema
+    in the footer that tells Spark's reader these structs are its ``VectorUDT`` / ``MatrixUDT``."""
+    import io
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ints, doubles = pa.list_(pa.field("element", pa.int32(), False)), pa.list_(pa.field("element", pa.float64(), False))
+    vector = pa.struct([pa.field("type", pa.int8(), False), pa.field("size", pa.int32()),
+                        pa.field("indices", ints), pa.field("values", doubles)])
+    matrix = pa.struct([pa.field("type", pa.int8(), False), pa.field("numRows", pa.int32(), False),
+                        pa.field("numCols", pa.int32(), False), pa.field("colPtrs", ints),
+                        pa.field("rowIndices", ints), pa.field("values", doubles),
+                        pa.field("isTransposed", pa.bool_(), False)])
+    fields = [pa.field(name, vector if kind == "Vector" else matrix) for name, (kind, _) in columns.items()]
+    spark_schema = {"type": "struct", "fields": [{"name": name, "type": _udt(kind), "nullable": True, "metadata": {}}
+                                                 for name, (kind, _) in columns.items()]}
+    schema = pa.schema(fields, metadata={b"org.apache.spark.version": spark_version.encode(),
+                                         b"org.apache.spark.sql.parquet.row.metadata": json.dumps(
+                                             spark_schema, separators=(",", ":")).encode()})
+    table = pa.Table.from_pylist([{name: value for name, (_, value) in columns.items()}], schema=schema)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="snappy")
+    return buf.getvalue()
+
+
+def pipeline_files(mean: np.ndarray, std: np.ndarray, components: np.ndarray, ratio_k: np.ndarray, *,
+                   spark_version: str) -> dict[str, bytes]:
+    """The files of the Spark ML ``PipelineModel`` (StandardScalerModel -> PCAModel) holding these numbers
+    (components as columns, d x k), by path under the model's folder, as Spark ML 3.5's writer lays them out;
+    ``PipelineModel.load`` reads them (tested). No Spark job and no ``pyspark.ml`` import are needed."""
+    import json
+    import time
+    import uuid
+
+    d, k = components.shape
+    now = int(time.time() * 1000)
+
+    def meta(cls: str, uid: str, params: dict, defaults: dict) -> bytes:
+        return (json.dumps({"class": cls, "timestamp": now, "sparkVersion": spark_version, "uid": uid,
+                            "paramMap": params, "defaultParamMap": defaults}, separators=(",", ":")) + "\n").encode()
+
+    def vector(values) -> dict:
+        return {"type": 1, "size": None, "indices": None, "values": [float(v) for v in np.ravel(values)]}
+
+    scaler, pca = "0_fruits_scaler", "1_fruits_pca"
+    files = {
+        "metadata/part-00000": meta("org.apache.spark.ml.PipelineModel", f"PipelineModel_{uuid.uuid4().hex[:12]}",
+                                    {"stageUids": ["fruits_scaler", "fruits_pca"]}, {}),
+        f"stages/{scaler}/metadata/part-00000": meta(
+            "org.apache.spark.ml.feature.StandardScalerModel", "fruits_scaler",
+            {"outputCol": SCALED_COL, "withStd": True, "inputCol": VEC_COL, "withMean": True},
+            {"outputCol": "fruits_scaler__output", "withStd": True, "withMean": False}),
+        f"stages/{scaler}/data/part-00000.snappy.parquet": _model_data(
+            {"std": ("Vector", vector(std)), "mean": ("Vector", vector(mean))}, spark_version),
+        f"stages/{pca}/metadata/part-00000": meta(
+            "org.apache.spark.ml.feature.PCAModel", "fruits_pca",
+            {"k": int(k), "outputCol": "pca_out", "inputCol": SCALED_COL}, {"outputCol": "fruits_pca__output"}),
+        f"stages/{pca}/data/part-00000.snappy.parquet": _model_data(
+            {"pc": ("Matrix", {"type": 1, "numRows": int(d), "numCols": int(k), "colPtrs": None, "rowIndices": None,
+                               "values": [float(v) for v in np.asarray(components, np.float64).reshape(-1, order="F")],
+                               "isTransposed": False}),
+             "explainedVariance": ("Vector", vector(ratio_k))}, spark_version),
+    }
+    for folder in ("metadata", f"stages/{scaler}/metadata", f"stages/{scaler}/data", f"stages/{pca}/metadata",
+                   f"stages/{pca}/data"):
+        files[f"{folder}/_SUCCESS"] = b""
+    return files
 
 
 def build_pipeline(spark, mean: np.ndarray, std: np.ndarray, components: np.ndarray, ratio_k: np.ndarray):

@@ -101,9 +101,19 @@ def test_model_saves_and_loads_as_itself_and_as_a_spark_pipeline(spark, tmp_path
     np.testing.assert_array_equal(back.components_, m.components_)
     np.testing.assert_array_equal(back.spectrum_, m.spectrum_)
     np.testing.assert_allclose(back.transform_array(x), m.transform_array(x))
-    pipeline = load_pipeline(uri)   # the same folder is a Spark ML PipelineModel
+    pipeline = load_pipeline(uri)   # the same folder is a Spark ML PipelineModel (written without Spark ML)
     assert [type(st).__name__ for st in pipeline.stages] == ["StandardScalerModel", "PCAModel"]
     np.testing.assert_allclose(pipeline.stages[1].pc.toArray(), m.components_.T)
+    np.testing.assert_array_equal(pipeline.stages[0].mean.toArray(), m.mean_)
+    np.testing.assert_array_equal(pipeline.stages[0].std.toArray(), m.scale_)
+    assert pipeline.stages[0].getWithMean() and pipeline.stages[0].getWithStd() and pipeline.stages[1].getK() == 4
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    spark_ml = np.stack([r["pca_out"].toArray() for r in pipeline.transform(
+        df.withColumn("features_vec", array_to_vector(F.col("features")))).orderBy("id").collect()])
+    ours = np.stack([r["pca"] for r in m.project(df).orderBy("id").collect()])
+    np.testing.assert_allclose(spark_ml, ours, atol=1e-4 * np.abs(ours).max())   # ours is stored as float32
 
 
 @pytest.mark.slow
