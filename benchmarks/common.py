@@ -127,6 +127,7 @@ class PeakMemory:
             time.sleep(self.interval)
 
     def __enter__(self) -> "PeakMemory":
+        self.sample()   # first on this thread: psutil is imported here, never first in the polling thread
         self._thread.start()
         return self
 

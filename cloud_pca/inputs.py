@@ -11,6 +11,7 @@ row becomes a reject. Spark reads each group of files with the exact types its P
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import struct
@@ -168,6 +169,10 @@ def check_files(spark, files: list[tuple], threads: int = FOOTER_THREADS) -> lis
     """Each file's footer against the contract, ``threads`` at a time (a round trip each on S3). ``files``:
     (path, size[, version[, the input it was listed under]]) as :func:`list_inputs` gives them; with the input,
     a key of a device area that is not of the layout's shape is a bad file, never opened."""
+    # What the threads import is imported here first: threads importing modules for the first time at the same
+    # moment can deadlock on Python's per-module import locks (arrow_schema, device_key_problem, read_footer).
+    for name in ("base64", "urllib.parse", "pyarrow.parquet"):
+        importlib.import_module(name)
 
     def one(item) -> InputFile:
         path, size = item[0], item[1]

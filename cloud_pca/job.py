@@ -66,6 +66,7 @@ class JobConfig:
     full: bool = False             # fit everything and start the incremental state afresh
     reproject: bool = False        # with incremental: project every row, not only the new ones
     driver_batch_bytes: int = 128 * 2**20   # incremental: a batch up to this size is read by the driver (0: never)
+    stall_s: float = 20 * 60       # fail when no progress for this long (cloud_pca.watchdog; 0: never)
 
     def check(self) -> None:
         """Everything that can be checked before any data is read."""
@@ -548,53 +549,51 @@ def explained_variance(model: FruitsPCAModel, solver: str) -> dict:
 def write_outputs(spark, cfg: JobConfig, run_uri: str, data: Prepared, model: FruitsPCAModel, say) -> dict:
     """Projections, model, rejects, explained variance and plots; returns the explained-variance record.
 
-    The model is saved in a thread from the start (its small Spark jobs mostly wait on scheduling), the scree
-    plot drawn in another, the projections' plots once a sample is there: about 1.5 s of a refresh, overlapped
-    with the projection and the other writes."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from pyspark import inheritable_thread_target
+    One thread, in order. The outputs used to be written by three threads at once (model, scree plot, scatter
+    plots), each importing a package for the first time (pyspark.ml, matplotlib, pandas): Python's per-module
+    import locks deadlocked them now and then, and the run hung with no Spark job (seen in a fresh clone's tests
+    and possible on EMR). The model is now written without Spark jobs (:func:`cloud_pca.pca.pipeline_files`), so
+    what the threads overlapped is a few file writes and the plots (``bench incremental`` measured the write
+    stage before and after)."""
     from pyspark.sql import functions as F
 
     say("projecting and writing")
     in_driver = isinstance(data, Scanned) and data.in_driver
     explained = explained_variance(model, cfg.solver)
-    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="outputs") as pool:
-        # inheritable: the model's jobs carry the run's job tag (summary "spark" counts them)
-        saving = pool.submit(inheritable_thread_target(model.save), spark, f"{run_uri}/model")
-        if cfg.plots:
-            from cloud_pca import plots
+    if isinstance(data, Scanned):
+        projected = data.projected(spark, cfg, model)   # a second read of the files (Python tasks or the driver)
+    else:
+        unique = data.unique
+        label = F.col(cfg.label_col) if cfg.label_col in unique.columns else F.lit(None).cast("string")
+        source = F.col("source") if "source" in unique.columns else F.lit(None).cast("string")
+        projected = model.project(unique.select("image_id", label.alias("label"), "client_id",
+                                                source.alias("source"), "features"),
+                                  model_col="pca_model", residual_col="residual")
+    write_rows(spark, f"{run_uri}/projections", projected)
+    model.save(spark, f"{run_uri}/model")
+    write_rows(spark, f"{run_uri}/rejects", data.rejects)
+    write_explained(spark, run_uri, explained)
+    if cfg.plots:
+        from cloud_pca import plots
 
-            drawn = [pool.submit(lambda: {"scree.png": plots.scree(explained)})]
-        if isinstance(data, Scanned):
-            projected = data.projected(spark, cfg, model)   # a second read of the files (Python tasks or the driver)
-        else:
-            unique = data.unique
-            label = F.col(cfg.label_col) if cfg.label_col in unique.columns else F.lit(None).cast("string")
-            source = F.col("source") if "source" in unique.columns else F.lit(None).cast("string")
-            projected = model.project(unique.select("image_id", label.alias("label"), "client_id",
-                                                    source.alias("source"), "features"),
-                                      model_col="pca_model", residual_col="residual")
-        write_rows(spark, f"{run_uri}/projections", projected)
+        say("plotting")
         if isinstance(data, Scanned) and not in_driver:
             projected = spark.read.parquet(f"{run_uri}/projections")   # the plots' sample: what was written
-        if cfg.plots:
-            sample = (projected.slice(0, PLOT_SAMPLE).to_pandas() if in_driver
-                      else projected.limit(PLOT_SAMPLE).toPandas())   # the first partitions only
-            drawn.append(pool.submit(plots.scatters, sample))
-        write_rows(spark, f"{run_uri}/rejects", data.rejects)
-        write_bytes(spark, f"{run_uri}/explained_variance.json", json.dumps(explained, indent=1).encode())
-        csv = "component,explained_variance_ratio,cumulative\n" + "".join(
-            f"{i + 1},{r:.8g},{c:.8g}\n" for i, (r, c) in enumerate(zip(explained["explained_variance_ratio"],
-                                                                         explained["cumulative"])))
-        write_bytes(spark, f"{run_uri}/explained_variance.csv", csv.encode())
-        saving.result()
-        if cfg.plots:
-            say("plotting")
-            for drawing in drawn:
-                for name, png in drawing.result().items():
-                    write_bytes(spark, f"{run_uri}/plots/{name}", png)
+        sample = (projected.slice(0, PLOT_SAMPLE).to_pandas() if in_driver
+                  else projected.limit(PLOT_SAMPLE).toPandas())   # the first partitions only
+        for name, png in {"scree.png": plots.scree(explained), **plots.scatters(sample)}.items():
+            write_bytes(spark, f"{run_uri}/plots/{name}", png)
     return explained
+
+
+def write_explained(spark, run_uri: str, explained: dict, *, csv: bool = True) -> None:
+    """``explained_variance.json`` (and ``.csv``): per component and cumulative, with k and why."""
+    write_bytes(spark, f"{run_uri}/explained_variance.json", json.dumps(explained, indent=1).encode())
+    if csv:
+        text = "component,explained_variance_ratio,cumulative\n" + "".join(
+            f"{i + 1},{r:.8g},{c:.8g}\n" for i, (r, c) in enumerate(zip(explained["explained_variance_ratio"],
+                                                                          explained["cumulative"])))
+        write_bytes(spark, f"{run_uri}/explained_variance.csv", text.encode())
 
 
 def incremental_stage(spark, cfg: JobConfig, say):
@@ -634,11 +633,23 @@ def incremental_stage(spark, cfg: JobConfig, say):
 
 
 def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
-    """Run the job; ``progress(stage)`` is called at each stage (for progress lines and logs)."""
-    from cloud_pca import incremental
+    """Run the job; ``progress(stage)`` is called at each stage (for progress lines and logs). A run that makes no
+    progress for ``cfg.stall_s`` seconds fails with :class:`cloud_pca.watchdog.Stalled`."""
+    from cloud_pca.watchdog import Watchdog, beat
 
     cfg.check()
-    say = progress or (lambda stage: log.info(stage))
+
+    def say(stage: str) -> None:
+        beat(stage)
+        (progress or log.info)(stage)
+
+    with Watchdog(stall_s=cfg.stall_s):
+        return _run(spark, cfg, say)
+
+
+def _run(spark, cfg: JobConfig, say) -> JobResult:
+    from cloud_pca import incremental
+
     run_id = cfg.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     run_uri = cfg.output.rstrip("/") + f"/run={run_id}"
     timings: dict[str, float] = {}
@@ -714,7 +725,7 @@ def write_model_only(spark, cfg: JobConfig, run_uri: str, model: FruitsPCAModel,
     say("no new rows: writing the model")
     model.save(spark, f"{run_uri}/model")
     explained = explained_variance(model, cfg.solver)
-    write_bytes(spark, f"{run_uri}/explained_variance.json", json.dumps(explained, indent=1).encode())
+    write_explained(spark, run_uri, explained, csv=False)
     return explained
 
 

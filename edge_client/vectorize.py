@@ -25,7 +25,8 @@ import numpy as np
 from contract.errors import ContractError, FruitsError
 from contract.layout import check_client_id
 from contract.vectors import features_array, file_metadata, parquet_options, vector_schema
-from featurizer.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, NOT_PHOTOS, ImageRejected, image_id, preprocess
+from featurizer.preprocess import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, NOT_PHOTOS, ImageRejected, image_id, preprocess,
+                                   warm_up)
 from featurizer.runtime import Model
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,7 @@ def vectorize(photos: list[Photo], out: str | os.PathLike, *, model_path: str | 
     out.parent.mkdir(parents=True, exist_ok=True)
     model_path = Path(model_path)
     first = Model(model_path, threads=1)  # validates the file and its card once, up front
+    warm_up()   # Pillow's lazy imports, here on this thread: never in the workers at once (import locks)
     model_bytes = model_path.read_bytes()
     local = threading.local()
     skip_ids = skip_ids or set()

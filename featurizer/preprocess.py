@@ -143,6 +143,27 @@ def to_input(img: Image.Image, size: int) -> np.ndarray:
     return arr * np.float32(1.0 / 127.5) - np.float32(1.0)
 
 
+def warm_up() -> None:
+    """Run once on the calling thread, before threads decode photos: Pillow imports its format plugins, its EXIF
+    reader and its encoders on first use, and threads importing modules for the first time at the same moment can
+    deadlock on Python's per-module import locks. Decoding a small JPEG with an EXIF orientation, a PNG with alpha
+    and a 16-bit PNG here imports all of it."""
+    Image.init()
+    samples = []
+    for mode, fmt, kw in (("RGB", "JPEG", {"exif": _orientation_exif(6)}), ("RGBA", "PNG", {}), ("I;16", "PNG", {})):
+        buf = io.BytesIO()
+        Image.new(mode, (16, 12)).save(buf, fmt, **kw)
+        samples.append(buf.getvalue())
+    for data in samples:
+        preprocess(data, 8)
+
+
+def _orientation_exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
 def preprocess(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int, int]:
     """Photo bytes -> (model input, width, height of the upright photo)."""
     img, width, height = decode(data, size, max_pixels=max_pixels)
