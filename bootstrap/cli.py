@@ -12,7 +12,7 @@ import os
 import sys
 
 from contract.errors import add_command, run_cli
-from cloud_pca.cli import COMMANDS, build_parser
+from cloud_pca.cli import COMMANDS, build_parser, watched
 
 
 def add_emr_commands(sub) -> None:
@@ -183,7 +183,8 @@ def cmd_emr(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(build_parser(extend=add_emr_commands), {**COMMANDS, "emr": cmd_emr}, argv)
+    commands = {**{name: watched(fn) for name, fn in COMMANDS.items()}, "emr": cmd_emr}
+    return run_cli(build_parser(extend=add_emr_commands), commands, argv)
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ def _run(spec: ClusterSpec, steps: list[tuple[str, list[str]]], conf: dict, *, m
          s3_client, workdir, timeout: float, env, say) -> Rehearsal:
     from cloud_pca.connector import connector_jars
     from cloud_pca.spark import s3a_conf
-    from cloud_pca.standalone import loopback_env, spark_home
+    from cloud_pca.standalone import loopback_env, run_group, spark_home
 
     files = uploads(spec)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="fruits-rehearsal-"))
@@ -146,7 +146,11 @@ def _run(spec: ClusterSpec, steps: list[tuple[str, list[str]]], conf: dict, *, m
         full = head + argv[1:]
         say(f"step {name}")
         start = time.perf_counter()
-        proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, env=environment, cwd=workdir)
+        try:
+            proc = run_group(full, timeout=timeout, env=environment, cwd=workdir)
+        except subprocess.TimeoutExpired:
+            raise RehearsalError(f"step {name!r} did not finish within {timeout:.0f} s (its processes were "
+                                 f"stopped)") from None
         run = StepRun(name, full, proc.returncode, time.perf_counter() - start, proc.stdout, proc.stderr)
         done.steps.append(run)
         if proc.returncode != 0:

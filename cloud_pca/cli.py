@@ -39,7 +39,15 @@ def default_model() -> str:
 
 
 def _say(args, prefix: str):
-    return (lambda msg: None) if args.quiet else (lambda msg: print(f"[{prefix}] {msg}", file=sys.stderr, flush=True))
+    """Progress lines (none with --quiet); each is also progress for the run's watchdog."""
+    from cloud_pca.watchdog import beat
+
+    def say(msg: str) -> None:
+        beat(msg)
+        if not args.quiet:
+            print(f"[{prefix}] {msg}", file=sys.stderr, flush=True)
+
+    return say
 
 
 def _spark(args, name: str):
@@ -56,6 +64,9 @@ def build_parser(extend=None):
                                          "spark://HOST:PORT; ignored under spark-submit")
     parser.add_argument("--endpoint-url", default=os.environ.get("FRUITS_S3_ENDPOINT"),
                         help="S3-compatible endpoint for s3a:// (a local server); default AWS")
+    parser.add_argument("--stall-minutes", type=float, default=20.0,
+                        help="fail a run that makes no progress (no Spark task finishing, no next stage) for this "
+                             "long, instead of holding the cluster (default 20; 0: never)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = add_command(sub, "pca", help="StandardScaler + PCA over every vectors file under the input",
@@ -243,8 +254,21 @@ COMMANDS = {"pca": cmd_pca, "featurize": cmd_featurize, "publish": cmd_publish, 
             "report": cmd_report}
 
 
+def watched(command):
+    """``command`` under the run's watchdog (:mod:`cloud_pca.watchdog`): a stalled run fails with one line."""
+    def run(args) -> int:
+        from cloud_pca.watchdog import Watchdog
+
+        if args.stall_minutes < 0:
+            raise FruitsError(f"--stall-minutes={args.stall_minutes:g} must be 0 (never) or more")
+        with Watchdog(stall_s=args.stall_minutes * 60):
+            return command(args)
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(build_parser(), COMMANDS, argv)
+    return run_cli(build_parser(), {name: watched(fn) for name, fn in COMMANDS.items()}, argv)
 
 
 if __name__ == "__main__":

@@ -196,6 +196,21 @@ def _kill_group(pid: int, grace: float = 10.0) -> None:
         pass
 
 
+def run_group(cmd: list[str], *, timeout: float, **kw) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True)`` in a process group of its own, killed as a whole
+    (spark-submit's JVM and the Python driver it starts) on a timeout or when the caller is interrupted (a test's
+    timeout): no driver is left behind, holding ports and executors."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_die_with_parent, **kw)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        _kill_group(proc.pid, grace=5.0)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 # ------------------------------------------------------------------------------------ the command line
 def state_file() -> Path:
     return Path(os.environ.get("FRUITS_CACHE", Path.cwd() / ".cache")) / "cluster.json"
