@@ -1,8 +1,9 @@
 """Web client benchmark: the page's vectorizing rate against `fruits-edge vectorize` on the same photos and cores
 (ratio in the same run), the model's start-up cold (first visit) and cached (second visit), and the bytes the
-browser downloads on each visit. The page runs in headless Chromium (Debian's), driven as a person would.
+browser downloads on each visit. The page runs in each browser engine asked for (Debian's Chromium, Firefox ESR,
+WebKitGTK; headless, driven as a person would: web/device.py), one after another on the same photos.
 
-    ./run bench web [--thumbs 1000] [--phone 60] [--repeats 3]
+    ./run bench web [--engine chromium|firefox|webkit|all] [--thumbs 1000] [--phone 60] [--repeats 3]
 
 Photos: 100x100 synthetic thumbnails (the Fruits-360 size; decoding is cheap, the model is most of the time)
 and 12-megapixel synthetic phone photos (JPEG draft decode at 1/8 dominates). Each repeat runs the Python edge,
@@ -62,38 +63,40 @@ def python_steps(folder: Path, n: int = 100) -> dict:
     return {"decode_preprocess": statistics.median(pre), "invoke": statistics.median(inv)}
 
 
-def visit(server, profile: Path, folders: dict[str, Path], repeats: int, edge: dict[str, list[float]],
+def visit(server, engine: str, profile: Path, folders: dict[str, Path], repeats: int, edge: dict[str, list[float]],
           tmp: Path, rec: Recorder, which: str) -> dict:
-    """One visit of the page (a browser with ``profile``): start-up, bytes, and vectorizing rates."""
-    from web.device import Browser
+    """One visit of the page (a browser of ``engine`` with ``profile``): start-up, bytes, and vectorizing rates."""
+    from web.device import browser
 
     server.reset_counts()
-    with Browser(profile) as browser:
-        phone = browser.open(server.url)
-        start = phone.page.evaluate("fruits.timings")
+    with browser(engine, profile) as b:
+        phone = b.open(server.url)
+        start = phone.evaluate("() => fruits.timings")
+        wasm = phone.evaluate("() => fruits.engine && fruits.engine.wasm")
         downloaded = sum(server.bytes_sent.values())
         heavy = {k: v for k, v in server.bytes_sent.items() if k.startswith(("model/", "wasm/")) or k.endswith(".js")}
-        out = {"visit": which, "model_start_s": start["modelStartMs"] / 1000, "model_fetch_s": start["modelFetchMs"] / 1000,
+        out = {"engine": engine, "version": b.version, "wasm": wasm, "visit": which,
+               "model_start_s": start["modelStartMs"] / 1000, "model_fetch_s": start["modelFetchMs"] / 1000,
                "workers": start["workers"], "bytes_downloaded": downloaded, "requests": sum(server.requests.values()),
                "model_wasm_js_bytes": sum(heavy.values())}
         rec.add(measure="visit", **out)
-        print(f"{which} visit: model ready in {out['model_start_s']:.2f} s (fetch {out['model_fetch_s']:.2f} s), "
+        print(f"{engine} {b.version} ({wasm} Wasm), {which} visit: model ready in {out['model_start_s']:.2f} s (fetch {out['model_fetch_s']:.2f} s), "
               f"{downloaded / 1e6:.2f} MB downloaded in {out['requests']} requests "
               f"(model + Wasm + code {out['model_wasm_js_bytes'] / 1e6:.2f} MB)", flush=True)
         if which != "first":
             return out
         for kind, folder in folders.items():
             ref = python_steps(folder)
-            rec.add(measure="python_steps", kind=kind, **{f"python_ms_{k}": v for k, v in ref.items()})
+            rec.add(measure="python_steps", engine=engine, kind=kind, **{f"python_ms_{k}": v for k, v in ref.items()})
             print(f"  {kind}: Python edge per photo on one core (median ms): decode+preprocess "
                   f"{ref['decode_preprocess']:.1f}, invoke {ref['invoke']:.1f}", flush=True)
             for r in range(repeats):
                 e, _ = timed(f"edge {kind} {r}", lambda: edge_rate(folder, tmp / f"edge-{kind}-{r}.parquet"))
                 edge[kind].append(e)
-                summary = phone.pick(folder, folder=True)
+                summary = phone.pick(sorted(folder.rglob("*.jpg")))
                 page_rate = summary["imagesPerS"]
                 steps = summary["msPerPhoto"]
-                rec.add(measure="rate", kind=kind, repeat=r, images=summary["rows"], edge_images_per_s=e,
+                rec.add(measure="rate", engine=engine, kind=kind, repeat=r, images=summary["rows"], edge_images_per_s=e,
                         page_images_per_s=page_rate, ratio=page_rate / e,
                         **{f"page_ms_{k}": v for k, v in steps.items()})
                 print(f"  {kind} repeat {r}: edge {e:.1f} img/s, page {page_rate:.1f} img/s, ratio {page_rate / e:.2f}; "
@@ -103,7 +106,7 @@ def visit(server, profile: Path, folders: dict[str, Path], repeats: int, edge: d
         if one is not None:
             waits = [phone.pick([one])["seconds"] for _ in range(5)]
             out["one_photo_s"] = statistics.median(waits)
-            rec.add(measure="one_photo", seconds=out["one_photo_s"], photo="12 MP JPEG")
+            rec.add(measure="one_photo", engine=engine, seconds=out["one_photo_s"], photo="12 MP JPEG")
             print(f"  one 12 MP photo, pick -> answer shown: median {out['one_photo_s']:.2f} s of 5", flush=True)
     return out
 
@@ -113,6 +116,8 @@ def main() -> int:
     ap.add_argument("--thumbs", type=int, default=1000, help="100x100 thumbnails")
     ap.add_argument("--phone", type=int, default=60, help="12 MP phone photos")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--engine", action="append", choices=("chromium", "firefox", "webkit", "all"),
+                    help="browser engine(s) to run the page in (repeatable; default chromium; all: the three)")
     ap.add_argument("--out", type=Path, default=Path("out/benchmarks"))
     ap.add_argument("--smoke", action="store_true", help="10 thumbnails, 1 phone photo, one repeat: that it runs "
                                                             "and writes its results")
@@ -120,12 +125,14 @@ def main() -> int:
     if args.smoke:
         args.thumbs, args.phone, args.repeats = 10, 1, 1
     from web.build import build
-    from web.device import have_browser
+    from web.device import ENGINES, missing
     from web.server import WebServer
 
-    if not have_browser():
-        print("Error: no Chromium (./run setup installs Debian's chromium as root)", file=sys.stderr)
-        return 1
+    engines = list(ENGINES) if "all" in (args.engine or []) else list(dict.fromkeys(args.engine or ["chromium"]))
+    for engine in engines:
+        if missing(engine):
+            print(f"Error: {engine}: {missing(engine)}", file=sys.stderr)
+            return 1
     rec = Recorder("web", args.out)
     with tempfile.TemporaryDirectory(prefix="bench-web-") as t:
         tmp = Path(t)
@@ -133,27 +140,33 @@ def main() -> int:
         if args.phone:
             folders["phone_12mp"] = phone_photos(tmp / "phone", args.phone)
         dist = build()
-        edge = {k: [] for k in folders}
         counts = ", ".join(f"{k} {len(list(f.rglob('*.jpg')))}" for k, f in folders.items())
         print(f"photos: {counts}; Python edge with {default_workers()} workers; the page with one worker per core",
               flush=True)
+        visits = {}
         with WebServer(dist, {}) as server:
-            profile = tmp / "profile"
-            first = visit(server, profile, folders, args.repeats, edge, tmp, rec, "first")
-            second = visit(server, profile, folders, args.repeats, edge, tmp, rec, "second")
+            for engine in engines:
+                edge = {k: [] for k in folders}
+                profile = tmp / f"profile-{engine}"
+                visits[engine] = [visit(server, engine, profile, folders, args.repeats, edge, tmp, rec, which)
+                                  for which in ("first", "second")]
     print()
-    print("| photos | edge (img/s) | page (img/s) | page / edge | repeats |")
-    print("| --- | --- | --- | --- | --- |")
-    for kind in folders:
-        rows = [r for r in rec.rows if r.get("measure") == "rate" and r["kind"] == kind]
-        ratios = [r["ratio"] for r in rows]
-        print(f"| {kind} | {statistics.median(r['edge_images_per_s'] for r in rows):.1f} | "
-              f"{statistics.median(r['page_images_per_s'] for r in rows):.1f} | **{statistics.median(ratios):.2f}** | "
-              f"{' '.join(f'{x:.2f}' for x in ratios)} |")
+    print("| engine | photos | edge (img/s) | page (img/s) | page / edge | repeats |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for engine in engines:
+        for kind in folders:
+            rows = [r for r in rec.rows if r.get("measure") == "rate" and r["kind"] == kind and r["engine"] == engine]
+            ratios = [r["ratio"] for r in rows]
+            print(f"| {engine} | {kind} | {statistics.median(r['edge_images_per_s'] for r in rows):.1f} | "
+                  f"{statistics.median(r['page_images_per_s'] for r in rows):.1f} | **{statistics.median(ratios):.2f}** | "
+                  f"{' '.join(f'{x:.2f}' for x in ratios)} |")
     print()
-    print(f"model start-up: first visit {first['model_start_s']:.2f} s, second visit {second['model_start_s']:.2f} s; "
-          f"bytes downloaded: first visit {first['bytes_downloaded'] / 1e6:.2f} MB, second visit "
-          f"{second['bytes_downloaded'] / 1e3:.1f} kB (model + Wasm + code: {second['model_wasm_js_bytes']} B)")
+    for engine, (first, second) in visits.items():
+        print(f"{engine}: model start-up first visit {first['model_start_s']:.2f} s, second visit "
+              f"{second['model_start_s']:.2f} s; bytes downloaded: first visit {first['bytes_downloaded'] / 1e6:.2f} MB, "
+              f"second visit {second['bytes_downloaded'] / 1e3:.1f} kB (model + Wasm + code: "
+              f"{second['model_wasm_js_bytes']} B)" + (f"; one 12 MP photo {first['one_photo_s']:.2f} s"
+                                                       if "one_photo_s" in first else ""))
     print(f"written: {rec.save()}")
     return 0
 

@@ -224,14 +224,14 @@ class Demo:
         folder input; it vectorizes them in the page and uploads with its own Cognito identity."""
         from bootstrap.policies import bucket_cors
         from web.build import build
-        from web.device import Browser
+        from web.device import Chromium
         from web.server import WebServer, page_config
 
         stage("    a phone's web app (headless Chromium, LiteRT.js in the page, its own Cognito identity)")
         dist = build()
         config = page_config(bucket=self.bucket, prefix=self.root, identity_pool=self.identity_pool,
                              endpoint_url=self.endpoint)
-        with WebServer(dist, config) as server, Browser() as browser:
+        with WebServer(dist, config) as server, Chromium() as browser:
             self.s3.put_bucket_cors(Bucket=self.bucket, CORSConfiguration=bucket_cors([server.url.rstrip("/")]))
             phone = browser.open(server.url)
             summary = phone.pick(self.out / "devices" / "browser", folder=True)

@@ -66,12 +66,12 @@ def test_the_report_in_a_browser(reported_run, spark, tmp_path):
     """Opened from disk (file://), as a person opens a report they downloaded: no console error, no request but
     the file itself, one 3-D trace per label with its points, a legend click hides a fruit; a screenshot is kept."""
     from cloud_pca.report import write_report
-    from web.device import Browser
+    from web.device import Chromium
 
     base, result = reported_run
     out = tmp_path / "report.html"
     write_report(spark, result.run_uri, str(out), max_points=30)     # 5 per label: the sample is bounded
-    with Browser(viewport={"width": 1200, "height": 900}) as browser:
+    with Chromium(viewport={"width": 1200, "height": 900}) as browser:
         page = browser.context.new_page()
         errors, requests = [], []
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

@@ -118,7 +118,7 @@ def cmd_serve(args) -> int:
 
 def cmd_vectorize(args) -> int:
     from web.build import build
-    from web.device import Browser
+    from web.device import Chromium
     from web.server import WebServer
 
     if not args.photos.exists():
@@ -127,7 +127,7 @@ def cmd_vectorize(args) -> int:
         raise FruitsError(f"--out {args.out}: the vectors file must end with .parquet")
     config = _config(args)
     dist = build(model_path=args.model)
-    with WebServer(dist, config) as server, Browser(args.profile) as browser:
+    with WebServer(dist, config) as server, Chromium(args.profile) as browser:
         phone = browser.open(server.url)
         if args.photos.is_dir():
             summary = phone.pick(args.photos, folder=True, label=args.label)
