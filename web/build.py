@@ -91,6 +91,71 @@ def contract_spec(model_path: Path) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------ decode probes
+def _probe_picture(width: int, height: int, seed: int):
+    """A small photo-like RGB picture (gradients, a bright off-centre blob, texture): every decoder step shows on
+    it, and a turned or mirrored copy differs from it everywhere."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.RandomState(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    blob = 120 * np.exp(-(((x - 0.3 * width) / (0.2 * width)) ** 2 + ((y - 0.25 * height) / (0.2 * height)) ** 2))
+    r = 40 + 150 * x / width + blob
+    g = 60 + 120 * y / height + 0.5 * blob
+    b = 200 - 100 * (x + y) / (width + height)
+    img = np.stack([r, g, b], -1) + rng.normal(0, 12, (height, width, 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+
+
+def decode_probes() -> list[dict]:
+    """Small photos whose decode the page checks against Pillow's at start-up (``probes.json``), to learn what this
+    browser does instead of assuming it from its name: whether its decoders apply the EXIF orientation themselves
+    (per format, and in ImageDecoder's scaled JPEG decode), whether its scaled JPEG decode is libjpeg's, how it
+    composites alpha and reduces 16 bits. Each: the bytes, the model size to decode them for (which sets the JPEG
+    draft scale) and what ``featurizer.preprocess.decode`` gives (upright RGB bytes and size)."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from featurizer.preprocess import _orientation_exif, decode
+
+    def encoded(img, fmt: str, **kw) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, fmt, **kw)
+        return buf.getvalue()
+
+    turned6 = Image.Transpose.ROTATE_90          # stored so; EXIF 6 turns it upright
+    small, big, large = _probe_picture(48, 32, 1), _probe_picture(96, 64, 2), _probe_picture(256, 192, 3)
+    rng = np.random.RandomState(4)
+    alpha = np.concatenate([rng.randint(0, 256, (32, 32, 3)), np.add.outer(np.arange(32) * 8, np.arange(32) // 4)[..., None]
+                            % 256], -1).astype(np.uint8)
+    probes = [
+        ("jpeg", "JPEG", encoded(small, "JPEG", quality=90), 8),
+        ("jpeg-exif6", "JPEG", encoded(small.transpose(turned6), "JPEG", quality=90, exif=_orientation_exif(6)), 8),
+        ("png", "PNG", encoded(small, "PNG"), 8),
+        ("png-exif6", "PNG", encoded(small.transpose(turned6), "PNG", exif=_orientation_exif(6)), 8),
+        ("webp", "WEBP", encoded(small, "WEBP", quality=90), 8),
+        ("webp-exif6", "WEBP", encoded(small.transpose(turned6), "WEBP", quality=90, exif=_orientation_exif(6)), 8),
+        ("gif", "GIF", encoded(small.convert("P", palette=Image.Palette.ADAPTIVE), "GIF"), 8),
+        ("bmp", "BMP", encoded(small, "BMP"), 8),
+        ("jpeg-draft2", "JPEG", encoded(big, "JPEG", quality=90), 8),                    # 96x64 at 1/2
+        ("jpeg-draft8-exif6", "JPEG", encoded(large.transpose(turned6), "JPEG", quality=90,
+                                              exif=_orientation_exif(6)), 4),             # 192x256 at 1/8
+        ("png-alpha", "PNG", encoded(Image.fromarray(alpha, "RGBA"), "PNG"), 16),
+        ("png-16bit", "PNG", encoded(Image.fromarray(rng.randint(0, 65536, (16, 16)).astype(np.uint16)),
+                                     "PNG"), 8),
+    ]
+    out = []
+    for name, fmt, data, size in probes:
+        img, _, _ = decode(data, size)
+        out.append({"name": name, "format": fmt, "size": size, "bytes": base64.b64encode(data).decode(),
+                    "width": img.width, "height": img.height, "rgb": base64.b64encode(img.tobytes()).decode()})
+    return out
+
+
 def build(out: str | os.PathLike | None = None, *, model_path: str | os.PathLike | None = None,
           force: bool = False) -> Path:
     """Build the app into ``out`` (default ``web/dist``) for the model (default: the committed fp32); returns it."""
@@ -101,8 +166,10 @@ def build(out: str | os.PathLike | None = None, *, model_path: str | os.PathLike
     load_model_card(model)   # the file and its card agree, before anything is built around them
     ensure_packages()
     sources = [p for d in ("src", "static") for p in (WEB / d).rglob("*") if p.is_file()]
-    stamp_value = _digest(sources + [WEB / "build.mjs", WEB / "package-lock.json", model,
-                                     model.with_suffix(".json"), Path(layout.__file__), Path(__file__)])
+    from featurizer import preprocess
+
+    stamp_value = _digest(sources + [WEB / "build.mjs", WEB / "package-lock.json", model, model.with_suffix(".json"),
+                                     Path(layout.__file__), Path(__file__), Path(preprocess.__file__)])
     stamp = out / ".fruits-build"
     if not force and stamp.is_file() and stamp.read_text() == stamp_value:
         return out
@@ -112,6 +179,7 @@ def build(out: str | os.PathLike | None = None, *, model_path: str | os.PathLike
         shutil.copyfile(model, extra / "model" / model.name)
         shutil.copyfile(model.with_suffix(".json"), extra / "model" / model.with_suffix(".json").name)
         (extra / "contract.json").write_text(json.dumps(contract_spec(model), indent=1) + "\n")
+        (extra / "probes.json").write_text(json.dumps(decode_probes()) + "\n")
         (extra / "config.json").write_text("{}\n")   # the server answers with the real settings
         _run(["node", "build.mjs", str(out), str(extra)], "building the web app")
     stamp.write_text(stamp_value)

@@ -23,6 +23,12 @@ class App {
     this.lastBatch = null;
     this.published = null;
     this.problems = [];
+    this.errors = [];      // every error the page and its workers met, kept where a test (and a person) can read it
+    this.engine = null;    // what this browser's decoders and Wasm do (the probes at start)
+  }
+
+  error(message) {
+    if (this.errors.length < 200) this.errors.push(String(message));
   }
 
   async start() {
@@ -74,10 +80,14 @@ class App {
     }
     this.modelSha256 = sha;
     const workers = Math.max(1, Math.min(this.config.workers || navigator.hardwareConcurrency || 2, MAX_WORKERS));
+    const probes = await fetch('probes.json').then((r) => (r.ok ? r.json() : null)).catch(() => null);
+    if (!probes) this.problems.push('decode probes missing: every photo is marked as decoded differently from the cloud');
     this.pool = await WorkerPool.start({
-      workers, workerUrl: 'worker.js', wasmDir: new URL('wasm/', location.href).href, modelBytes: bytes,
+      workers, workerUrl: 'worker.js', wasmDir: new URL('wasm/', location.href).href, modelBytes: bytes, probes,
+      onError: (m) => this.error(m),
       settings: {inputSize: this.card.input_size, outputDim: this.contract.feature_dim,
                  draftFactor: this.contract.preprocessing.draft_factor, maxPixels: this.contract.preprocessing.max_pixels}});
+    this.engine = this.pool.engine;
     this.timings.modelFetchMs = fetchMs;
     this.timings.modelStartMs = performance.now() - t0;
     this.timings.workers = workers;
@@ -130,7 +140,7 @@ class App {
    */
   async handleFiles(files, {label = null} = {}) {
     const batch = {rows: [], results: [], rejects: [], skipped: [], duplicates: 0, queuedRows: 0, alreadySent: 0,
-                   approximate: 0, started: performance.now()};
+                   approximate: 0, approximateRows: [], started: performance.now()};
     this.lastBatch = batch;
     const items = [];
     for (const file of files) {
@@ -163,9 +173,12 @@ class App {
       }
       if (seen.has(r.imageId)) { batch.duplicates += 1; return; }
       seen.add(r.imageId);
-      if (r.approximate) batch.approximate += 1;
+      if (r.approximate) {
+        batch.approximate += 1;
+        batch.approximateRows.push({source: item.source, reason: r.approximate});
+      }
       const row = {imageId: r.imageId, label: item.label, source: item.source, width: r.width, height: r.height,
-                   features: r.features, vectorizedAt: now, file: item.file};
+                   features: r.features, vectorizedAt: now, file: item.file, approximate: r.approximate || null};
       if (this.published?.projection) {
         row.answer = identifyVector(r.features, this.published.projection, this.published.index);
       }
@@ -225,6 +238,9 @@ function medians(rows) {
 
 const app = new App();
 window.fruits = app;   // for the person's console and the browser tests (tests/test_web.py)
+// Kept in the page: WebKit's driver cannot read the console, and a person can look at fruits.errors too.
+window.addEventListener('error', (e) => app.error(e.message || String(e.error)));
+window.addEventListener('unhandledrejection', (e) => app.error((e.reason && e.reason.message) || String(e.reason)));
 // What the tests run on both sides (the page's step and Python's on the same input):
 app.debug = {
   hasWebCrypto: HAS_WEBCRYPTO, UNKNOWN, sha256Hex,

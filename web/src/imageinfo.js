@@ -88,7 +88,8 @@ function jpegInfo(b) {
 }
 
 function pngInfo(b) {
-  const info = {format: 'PNG', width: u32(b, 16, false), height: u32(b, 20, false), frames: 1, orientation: null, xmp: null};
+  const info = {format: 'PNG', width: u32(b, 16, false), height: u32(b, 20, false), frames: 1, orientation: null, xmp: null,
+                bitDepth: b[24]};
   let o = 8;
   while (o + 12 <= b.length) {
     const len = u32(b, o, false);
@@ -163,7 +164,8 @@ const HEIF_BRANDS = new Set(['heic', 'heix', 'mif1', 'hevc', 'heim', 'heis', 'ms
 
 /**
  * Format and header facts of a photo's bytes (a Uint8Array), or a Rejected error naming why it cannot be one.
- * `orientation` is what exif_transpose would apply (1 when there is none).
+ * `orientation` is what exif_transpose would apply (1 when there is none), `orientationFrom` where it was read
+ * ('exif', 'xmp' or null: a browser's decoder may apply an EXIF one itself, never an XMP one); PNG: `bitDepth`.
  */
 export function imageInfo(b) {
   if (b.length === 0) throw new Rejected('empty file (0 bytes)');
@@ -183,7 +185,11 @@ export function imageInfo(b) {
   } else if (ascii(b, 0, 4) === 'II*\0' || ascii(b, 0, 4) === 'MM\0*') {
     throw new Rejected('a TIFF image, which browsers cannot decode: export it as JPEG or PNG');
   } else throw new Rejected('not an image this page can identify');
-  if (info.orientation === null && info.xmp) info.orientation = xmpOrientation(info.xmp);
+  info.orientationFrom = info.orientation !== null ? 'exif' : null;
+  if (info.orientation === null && info.xmp) {
+    info.orientation = xmpOrientation(info.xmp);
+    if (info.orientation !== null) info.orientationFrom = 'xmp';
+  }
   if (info.orientation === null) info.orientation = 1;
   delete info.xmp;
   return info;

@@ -51,6 +51,16 @@ export class Model {
     }
   }
 
+  /** Which of LiteRT.js's Wasm builds this browser loaded: 'relaxed-simd', or 'compat' (no relaxed SIMD: WebKit,
+   *  whose vectors then differ from the Python edge's by float rounding, cos >= 0.99999999), seen from the file
+   *  fetched. */
+  static wasmBuild() {
+    const names = performance.getEntriesByType('resource').map((e) => e.name);
+    if (names.some((n) => n.endsWith('litert_wasm_compat_internal.wasm'))) return 'compat';
+    if (names.some((n) => n.endsWith('litert_wasm_internal.wasm'))) return 'relaxed-simd';
+    return 'unknown';
+  }
+
   /** Bytes of the Wasm heap: flat over many photos when every tensor is freed. */
   static heapBytes() {
     return getGlobalLiteRt().liteRtWasm.HEAPU8.length;

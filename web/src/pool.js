@@ -3,24 +3,36 @@
 // flight, so memory stays flat however many are picked.
 
 export class WorkerPool {
-  static async start({workers, workerUrl, wasmDir, modelBytes, settings}) {
+  /** Workers started with the model; `probes` (probes.json) tell each what its browser's decoders do; `onError`
+   *  gets the workers' errors that no call was waiting for. */
+  static async start({workers, workerUrl, wasmDir, modelBytes, settings, probes, onError = () => {}}) {
     const pool = new WorkerPool();
     const started = performance.now();
-    pool.workers = await Promise.all(Array.from({length: workers}, () => new Promise((resolve, reject) => {
+    // The first worker probes the browser's decoders (the same in every worker of a page); the others learn it after.
+    const ready = await Promise.all(Array.from({length: workers}, (_, i) => new Promise((resolve, reject) => {
       const w = new Worker(workerUrl);
       w.onmessage = (e) => {
-        if (e.data.type === 'ready') resolve(w);
+        if (e.data.type === 'ready') resolve({w, info: e.data});
         else if (e.data.type === 'error') reject(new Error(e.data.message));
       };
       w.onerror = (e) => reject(new Error(e.message || 'the model worker failed to start'));
-      w.postMessage({type: 'init', wasmDir, modelBytes: modelBytes.slice(0), settings});
+      w.postMessage({type: 'init', wasmDir, modelBytes: modelBytes.slice(0), settings, probes: i === 0 ? probes : null});
     })));
+    pool.workers = ready.map((r) => r.w);
+    pool.engine = {caps: ready[0].info.caps, wasm: ready[0].info.wasm, probeMs: ready[0].info.probeMs};
+    for (const w of pool.workers.slice(1)) w.postMessage({type: 'caps', caps: pool.engine.caps});
     pool.startMs = performance.now() - started;
     for (const w of pool.workers) {
       w.pending = new Map();
       w.onmessage = (e) => {
         const cb = w.pending.get(e.data.id);
-        if (cb) { w.pending.delete(e.data.id); cb(e.data); }
+        if (cb) { w.pending.delete(e.data.id); cb(e.data); } else if (e.data.type === 'error') onError(e.data.message);
+      };
+      w.onerror = (e) => {   // a crashed worker: what it was doing fails with the reason, nothing waits forever
+        const why = `the model worker failed: ${e.message || 'no message'}`;
+        onError(why);
+        for (const cb of w.pending.values()) cb({reason: why});
+        w.pending.clear();
       };
     }
     pool.nextId = 0;

@@ -6,7 +6,7 @@
 
 const CACHE = `fruits-${__BUILD__}`;
 const SHELL = ['./', 'index.html', 'app.js', 'worker.js', 'style.css', 'manifest.webmanifest', 'icon.svg',
-               'icon-192.png', 'config.json', 'contract.json'];
+               'icon-192.png', 'config.json', 'contract.json', 'probes.json'];
 const FRESH = /^(index\.html|config\.json|contract\.json)?$/;   // relative to the scope
 
 self.addEventListener('install', (event) => {

@@ -31,10 +31,30 @@ export function modelLine(card, file) {
   $('model').dataset.file = file;
 }
 
+/** What this browser does differently from the cloud's decoding, learned by the probes: one line, or ''. */
+export function engineLine(engine) {
+  if (!engine || !engine.caps) return '';
+  const c = engine.caps;
+  const off = [];
+  if (!c.draft) off.push('large JPEGs are decoded fully, then averaged (no exact scaled decode)');
+  else if (!c.draft.exact) off.push('large JPEGs use a scaled decode close to, not equal to, the cloud\'s');
+  if (!c.alpha) off.push('transparency is composited 1 level off');
+  if (!c.deep) off.push('16-bit photos are reduced to 8 bits differently');
+  for (const [f, exact] of Object.entries(c.exact)) if (exact === false) off.push(`${f} decodes differently`);
+  const wasm = engine.wasm === 'compat' ? ' LiteRT.js runs its compat Wasm here (no relaxed SIMD): vectors equal ' +
+    'the cloud\'s to float rounding.' : '';
+  return (off.length ? `In this browser ${off.join('; ')}: such photos are marked.` : 'This browser decodes photos as the cloud does.') + wasm;
+}
+
 export function ready(app) {
   for (const id of ['take', 'choose', 'folder']) $(id).disabled = false;
   const t = app.timings;
   status(`Ready: model started in ${(t.modelStartMs / 1000).toFixed(1)} s on ${t.workers} worker${t.workers > 1 ? 's' : ''}.`, 'ok');
+  $('engine').textContent = engineLine(app.engine);
+  if (app.engine) {
+    $('engine').dataset.wasm = app.engine.wasm;
+    $('engine').dataset.caps = JSON.stringify({...app.engine.caps, report: undefined});
+  }
   $('device').textContent = `This device: ${app.clientId}`;
   $('device').dataset.clientId = app.clientId;
   $('problems').textContent = app.problems.join(' · ');
@@ -126,13 +146,18 @@ export function results(app, batch) {
   $('batch').hidden = false;
   $('batch-summary').textContent = [`${n} vectorized`, `${batch.rejects.length} rejected`, `${batch.duplicates} duplicates`,
     batch.skipped.length ? `${batch.skipped.length} skipped (not photos)` : '',
-    batch.approximate ? `${batch.approximate} decoded differently from the cloud (this browser has no ImageDecoder)` : '']
+    batch.approximate ? `${batch.approximate} decoded differently from the cloud (close: sent all the same; see the list)` : '']
     .filter(Boolean).join(' · ');
   const list = $('rows');
   list.replaceChildren(...batch.rows.slice(0, MAX_LISTED).map((row) => {
     const t = answerText(row.answer);
-    return el('li', {'data-image-id': row.imageId, 'data-label': row.answer ? row.answer[0].label : ''},
-              thumb(row.file), el('span', {class: 'name'}, row.source), el('span', {class: 'what'}, t.title));
+    const item = el('li', {'data-image-id': row.imageId, 'data-label': row.answer ? row.answer[0].label : ''},
+                    thumb(row.file), el('span', {class: 'name'}, row.source), el('span', {class: 'what'}, t.title));
+    if (row.approximate) {
+      item.dataset.approximate = row.approximate;
+      item.append(el('span', {class: 'note', title: row.approximate}, 'decoded differently from the cloud'));
+    }
+    return item;
   }));
   if (n > MAX_LISTED) list.append(el('li', {class: 'small'}, `… and ${n - MAX_LISTED} more`));
   const box = $('rejects-box');

@@ -1,6 +1,7 @@
 // One worker = one LiteRT instance: bytes -> sha256 image id -> preprocess -> vector, for one photo at a
 // time. The page runs a few of these (one per core, as the Python edge runs one interpreter per thread).
 
+import {UNKNOWN_CAPS, probeDecoders} from './decode.js';
 import {Rejected} from './imageinfo.js';
 import {Model} from './model.js';
 import {preprocess} from './preprocess.js';
@@ -8,6 +9,7 @@ import {sha256Hex} from './sha256.js';
 
 let model = null;
 let settings = null;
+let caps = UNKNOWN_CAPS;    // what this browser's decoders do (probeDecoders, at start)
 
 async function vectorize({id, bytes}) {
   const data = new Uint8Array(bytes);
@@ -15,7 +17,7 @@ async function vectorize({id, bytes}) {
   const imageId = await sha256Hex(data);
   const t1 = performance.now();
   try {
-    const pre = await preprocess(data, settings.inputSize, settings);
+    const pre = await preprocess(data, settings.inputSize, {...settings, caps});
     const t2 = performance.now();
     const features = await model.features(pre.input);
     const t3 = performance.now();
@@ -33,14 +35,21 @@ self.onmessage = async (event) => {
     if (msg.type === 'init') {
       settings = msg.settings;
       const t0 = performance.now();
-      model = await Model.open(msg.wasmDir, msg.modelBytes, settings);
-      self.postMessage({type: 'ready', ms: performance.now() - t0});
+      let probeMs = 0;
+      const probing = msg.probes ? probeDecoders(msg.probes, {draftFactor: settings.draftFactor}).then((c) => {
+        probeMs = performance.now() - t0;
+        return c;
+      }) : Promise.resolve(UNKNOWN_CAPS);
+      [caps, model] = await Promise.all([probing, Model.open(msg.wasmDir, msg.modelBytes, settings)]);
+      self.postMessage({type: 'ready', ms: performance.now() - t0, probeMs, caps, wasm: Model.wasmBuild()});
+    } else if (msg.type === 'caps') {         // what the first worker's probes learned
+      caps = msg.caps;
     } else if (msg.type === 'vectorize') {
       const out = await vectorize(msg);
       self.postMessage({type: 'vector', ...out}, out.features ? [out.features.buffer] : []);
     } else if (msg.type === 'preprocess') {    // the model input alone: the tests compare it with Pillow's
       try {
-        const pre = await preprocess(new Uint8Array(msg.bytes), settings.inputSize, {...settings, ...msg.options});
+        const pre = await preprocess(new Uint8Array(msg.bytes), settings.inputSize, {...settings, caps, ...msg.options});
         self.postMessage({type: 'input', id: msg.id, ...pre}, [pre.input.buffer]);
       } catch (err) {
         self.postMessage({type: 'input', id: msg.id, reason: err.message});
@@ -52,3 +61,8 @@ self.onmessage = async (event) => {
     self.postMessage({type: 'error', id: msg.id, message: err && err.message ? err.message : String(err)});
   }
 };
+
+// Errors nobody awaited: sent to the page, which keeps them where a test can read them (fruits.errors).
+self.addEventListener('unhandledrejection', (e) => {
+  self.postMessage({type: 'error', message: `worker: ${(e.reason && e.reason.message) || e.reason}`});
+});
