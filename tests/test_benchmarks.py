@@ -65,6 +65,10 @@ def test_pca_incremental_and_compare_smoke(tmp_path):
 @pytest.mark.skipif(not have_browser() and not os.environ.get("FRUITS_REQUIRE_BROWSER"),
                     reason="no Chromium (./run setup installs it)")
 def test_web_smoke(tmp_path):
-    bench("web", tmp_path)
+    from web.device import ENGINES, missing
+
+    engines = [e for e in ENGINES if not missing(e)] if not os.environ.get("FRUITS_REQUIRE_BROWSER") else list(ENGINES)
+    bench("web", tmp_path, *[a for e in engines for a in ("--engine", e)])
     got = rows(tmp_path, "web")
     assert {r["measure"] for r in got} >= {"rate", "one_photo"}
+    assert {r["engine"] for r in got if r["measure"] == "rate"} == set(engines)

@@ -4,7 +4,9 @@ cameras produce, and images built to stress each step (noise for the resize, an 
 
     Real/orient-<1..8>.jpg   the photo stored turned/mirrored, with the EXIF orientation that undoes it
     Real/xmp-orient-6.jpg    orientation given only in the XMP packet (Pillow reads it too)
-    Real/phone-12mp.jpg      4032x3024 with orientation 6: the draft decodes it at 1/8
+    Real/phone-12mp.jpg      4032x3024 with orientation 6 (a phone's portrait photo): the draft decodes it at 1/4
+    Real/phone-12mp-8.jpg    the same stored the other way, orientation 8
+    Real/phone-12mp-upright.jpg   the same already upright (3024x4032) with no tag, as iOS may hand it over
     Real/draft-4.jpg, draft-2.jpg   sizes that draft at 1/4 and 1/2
     Real/progressive.jpg, s444.jpg, gray.jpg, cmyk.jpg, burst-mpo.jpg (two frames: Pillow opens it as MPO: no draft)
     Real/alpha.png, palette.png, orient-6.png (eXIf chunk), photo.gif, photo.bmp, lossy.webp, lossless.webp
@@ -61,8 +63,11 @@ def parity_photos(root: Path) -> Path:
         stored = photo if method is None else photo.transpose(method)
         stored.save(real / f"orient-{orientation}.jpg", quality=90, exif=_exif(orientation))
     (real / "xmp-orient-6.jpg").write_bytes(_xmp_jpeg(photo.transpose(STORED[6]), 6))
-    big = photo.resize((3024, 4032), Image.BILINEAR).transpose(STORED[6])   # stored 4032x3024, upright portrait
-    big.save(real / "phone-12mp.jpg", quality=92, exif=_exif(6))
+    upright_big = photo.resize((3024, 4032), Image.BILINEAR)
+    upright_big.transpose(STORED[6]).save(real / "phone-12mp.jpg", quality=92, exif=_exif(6))   # stored 4032x3024
+    upright_big.transpose(STORED[8]).save(real / "phone-12mp-8.jpg", quality=92, exif=_exif(8))
+    # What iOS may hand a file input instead: the pixels already turned upright, no orientation tag.
+    upright_big.save(real / "phone-12mp-upright.jpg", quality=92)
     photo.resize((2700, 2100), Image.BILINEAR).save(real / "draft-4.jpg", quality=90)
     photo.resize((1400, 1300), Image.BILINEAR).save(real / "draft-2.jpg", quality=90)
     photo.save(real / "progressive.jpg", quality=85, progressive=True)
