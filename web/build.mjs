@@ -31,17 +31,25 @@ for (const f of readdirSync(litert)) {
 copyFileSync(join(here, 'node_modules/parquet-wasm/esm/parquet_wasm_bg.wasm'), join(out, 'wasm/parquet_wasm_bg.wasm'));
 
 // The service worker's cache is named after everything it may serve (the model included), so a new build
-// replaces it.
+// replaces it; and it knows each file's size and sha256, so it keeps only what arrived whole and right.
 const hash = createHash('sha256');
-const walk = (dir) => {
+const files = {};
+const walk = (dir, rel) => {
   for (const e of readdirSync(dir, {withFileTypes: true}).sort((a, b) => a.name.localeCompare(b.name))) {
     const p = join(dir, e.name);
-    if (e.isDirectory()) walk(p); else { hash.update(e.name); hash.update(readFileSync(p)); }
+    const r = rel ? `${rel}/${e.name}` : e.name;
+    if (e.isDirectory()) { walk(p, r); continue; }
+    const data = readFileSync(p);
+    hash.update(e.name);
+    hash.update(data);
+    if (r !== 'config.json' && !r.endsWith('.map')) {   // config.json: the server's own answer, checked by the page
+      files[r] = {size: data.length, sha256: createHash('sha256').update(data).digest('hex')};
+    }
   }
 };
-walk(out);
+walk(out, '');
 const buildId = hash.digest('hex').slice(0, 12);
 await build({...common, entryPoints: [join(here, 'src/sw.js')], outfile: join(out, 'sw.js'), format: 'iife',
-             define: {__BUILD__: JSON.stringify(buildId)}});
+             define: {__BUILD__: JSON.stringify(buildId), __FILES__: JSON.stringify(files)}});
 writeFileSync(join(out, 'build.json'), JSON.stringify({build: buildId}) + '\n');
 console.log(`built ${out} (${buildId})`);
