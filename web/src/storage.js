@@ -1,6 +1,7 @@
 // What the page keeps between visits, in IndexedDB (it survives a closed tab and a restarted phone):
 //   kv         the device's identity id per pool, small settings
-//   queue      Parquet files waiting for their upload: {key, bytes, rows, imageIds, scope, createdAt, attempts, lastError}
+//   queue      Parquet files waiting for their upload: {key, bytes, rows, imageIds, scope, createdAt, attempts, lastError,
+//              nextAt, state: 'waiting' | 'aside'}
 //   uploaded   image ids S3 confirmed, per scope (endpoint, bucket, root, model): [scope, imageId]
 //   published  published projection and index files by key (content-named, so never stale)
 
@@ -84,5 +85,15 @@ export async function confirmUpload(entry) {
   const up = tx.objectStore('uploaded');
   for (const imageId of entry.imageIds) up.put({scope: entry.scope, imageId});
   tx.objectStore('queue').delete(entry.key);
+  return done(tx);
+}
+
+/** One queue entry replaced by another (the same vectors under a new key), in one transaction. */
+export async function replaceEntry(oldKey, entry) {
+  const db = await openDb();
+  const tx = db.transaction('queue', 'readwrite');
+  const queue = tx.objectStore('queue');
+  queue.delete(oldKey);
+  queue.put(entry);
   return done(tx);
 }
