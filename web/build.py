@@ -61,6 +61,7 @@ def ensure_packages(quiet: bool = True) -> Path:
 def contract_spec(model_path: Path) -> dict:
     """What the page needs of the contract, from the Python definitions (keys as templates)."""
     from featurizer.preprocess import DEFAULT_MAX_PIXELS, DRAFT_FACTOR, IMAGE_EXTENSIONS, NOT_PHOTOS
+    from web.server import CONFIG_SCHEMA
 
     card = load_model_card(model_path)
     sha, pid, client = "f" * 64, "e" * 16, "CLIENT"
@@ -88,6 +89,7 @@ def contract_spec(model_path: Path) -> dict:
                           "extensions": list(IMAGE_EXTENSIONS), "not_photos": dict(NOT_PHOTOS),
                           "card": card.preprocessing},
         "model": {"file": f"model/{model_path.name}", "card": json.loads(card.to_json())},
+        "config_schema": CONFIG_SCHEMA,
     }
 
 
@@ -169,7 +171,8 @@ def build(out: str | os.PathLike | None = None, *, model_path: str | os.PathLike
     from featurizer import preprocess
 
     stamp_value = _digest(sources + [WEB / "build.mjs", WEB / "package-lock.json", model, model.with_suffix(".json"),
-                                     Path(layout.__file__), Path(__file__), Path(preprocess.__file__)])
+                                     Path(layout.__file__), Path(__file__), Path(preprocess.__file__),
+                                     WEB / "server.py"])
     stamp = out / ".fruits-build"
     if not force and stamp.is_file() and stamp.read_text() == stamp_value:
         return out

@@ -3,19 +3,34 @@
 - Types a browser insists on (``application/wasm`` for the Wasm files, ``text/javascript``, the manifest's);
 - gzip for the text and Wasm files when the browser accepts it (the LiteRT Wasm file: 9.4 MB -> ~2.5 MB);
 - ``Cache-Control: no-cache``: the service worker does the caching, so an update is seen at once;
+- security headers: a Content-Security-Policy that lets the page load only its own files and Wasm and talk only
+  to the bucket and identity pool of its settings, ``frame-ancestors 'none'`` (and X-Frame-Options), no referrer;
+- limits: a request's headers must arrive within :data:`HEADER_TIMEOUT_S` (a connection that sends half a request
+  waits in one selector thread, never in a worker: 300 of them held open cost no threads), a bounded pool of
+  worker threads, idle connections closed, malformed paths answered 400;
 - every request counted (path, bytes sent), which the tests and ``bench web`` read;
 - ``--https`` with a self-signed certificate for a phone on the LAN: only a secure context gets the service
   worker, WebCodecs and WebCrypto, which the page's offline cache and Pillow-equal decoding need.
+
+The page's settings have one schema (:data:`CONFIG_SCHEMA`), checked here when the server starts and by the page
+when it loads them (``contract.json`` carries the schema), with one message naming the setting and what it must be.
 """
 from __future__ import annotations
 
 import gzip
 import http.server
+import io
 import json
+import re
+import selectors
+import socket
 import ssl
 import threading
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlparse
 
 from contract import layout
 from contract.errors import FruitsError
@@ -25,44 +40,132 @@ TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=u
          ".webmanifest": "application/manifest+json", ".svg": "image/svg+xml", ".png": "image/png",
          ".tflite": "application/octet-stream", ".txt": "text/plain; charset=utf-8"}
 COMPRESS = {".html", ".js", ".css", ".json", ".map", ".wasm", ".webmanifest", ".svg"}
-CONFIG_KEYS = ("bucket", "prefix", "region", "identityPoolId", "endpoint", "workers")
+HEADER_TIMEOUT_S = 10.0       # the request line and headers must arrive within this
+IDLE_TIMEOUT_S = 30.0         # a kept-alive connection with nothing to say is closed after this
+MAX_WORKERS = 16              # threads answering complete requests
+MAX_WAITING = 1024            # connections whose headers are still arriving; more are closed at once
+MAX_HEADER_BYTES = 16 * 1024
+
+# One schema for config.json (the page checks the same one: web/build.py puts it in contract.json).
+LOOPBACK_HOSTS = r"(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|localhost|\[::1\])"
+CONFIG_SCHEMA = {
+    "bucket": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+               "must": "an S3 bucket name (3-63 lowercase letters, digits, '.' and '-')"},
+    "prefix": {"type": "string", "pattern": r"^/*((?!\.\.?(/|$))[A-Za-z0-9._-]+(/(?!\.\.?(/|$))[A-Za-z0-9._-]+)*)?/*$",
+               "must": "a dataset root: folders of letters, digits and . _ - separated by '/' (no '.' or '..')"},
+    "region": {"type": "string", "pattern": r"^[a-z]{2}(-gov)?-[a-z]+-\d$", "must": "an AWS region such as eu-west-3"},
+    "identityPoolId": {"type": "string", "pattern": r"^[a-z]{2}(-gov)?-[a-z]+-\d:[0-9a-f-]{36}$",
+                       "must": "a Cognito identity pool id, REGION:UUID"},
+    "endpoint": {"type": "string",
+                 "pattern": rf"^(https://[A-Za-z0-9.-]+(:\d{{1,5}})?|http://{LOOPBACK_HOSTS}(:\d{{1,5}})?)/?$",
+                 "must": "an https:// URL (http:// only on this machine's loopback), without a path: the "
+                         "device's credentials travel to it"},
+    "workers": {"type": "integer", "minimum": 1, "maximum": 16, "must": "an integer from 1 to 16"},
+}
+CONFIG_KEYS = tuple(CONFIG_SCHEMA)
 
 
 class WebConfigError(FruitsError):
-    """A setting the page cannot use; names it."""
+    """A setting the page cannot use; names it and what it must be."""
+
+
+def check_config(data, origin: str = "config.json") -> dict:
+    """``data`` (the page's settings) against :data:`CONFIG_SCHEMA`: unknown keys, types, patterns and ranges, and
+    that a bucket and an identity pool go together. Returns the settings without empty values."""
+    if not isinstance(data, dict):
+        raise WebConfigError(f"{origin}: must be a JSON object of settings ({', '.join(CONFIG_KEYS)}), "
+                             f"not {type(data).__name__}")
+    unknown = sorted(set(data) - set(CONFIG_SCHEMA))
+    if unknown:
+        raise WebConfigError(f"{origin}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(CONFIG_KEYS)}")
+    out = {}
+    for key, rule in CONFIG_SCHEMA.items():
+        value = data.get(key)
+        if value is None or value == "":
+            continue
+        if rule["type"] == "integer":
+            ok = isinstance(value, int) and not isinstance(value, bool) and rule["minimum"] <= value <= rule["maximum"]
+        else:
+            ok = isinstance(value, str) and re.fullmatch(rule["pattern"], value) is not None
+        if not ok:
+            raise WebConfigError(f"{origin}: {key} must be {rule['must']} (got {json.dumps(value)[:80]})")
+        out[key] = value
+    if bool(out.get("bucket")) != bool(out.get("identityPoolId")):
+        raise WebConfigError(f"{origin}: bucket and identityPoolId go together: the page needs both to contribute "
+                             f"(or neither, to vectorize and save files only)")
+    if "prefix" in out:
+        try:
+            out["prefix"] = layout.check_root(out["prefix"])
+        except FruitsError as exc:
+            raise WebConfigError(f"{origin}: prefix: {exc}") from None
+        if not out["prefix"]:
+            del out["prefix"]
+    if out.get("identityPoolId") and "region" not in out:
+        out["region"] = out["identityPoolId"].split(":", 1)[0]
+    return out
 
 
 def page_config(*, bucket: str | None = None, prefix: str = "", region: str | None = None,
                 identity_pool: str | None = None, endpoint_url: str | None = None, workers: int | None = None) -> dict:
-    """The page's settings (``config.json``), checked: a bucket and an identity pool go together."""
-    if bool(bucket) != bool(identity_pool):
-        raise WebConfigError("the page needs both --bucket and --identity-pool to contribute (or neither, to "
-                             "vectorize and save files only)")
-    if identity_pool and ":" not in identity_pool:
-        raise WebConfigError(f"--identity-pool {identity_pool!r} is not REGION:UUID")
+    """The page's settings (``config.json``) from command-line values, checked (:func:`check_config`)."""
+    names = {"bucket": "--bucket", "prefix": "--prefix", "region": "--region", "identityPoolId": "--identity-pool",
+             "endpoint": "--endpoint-url", "workers": "--workers"}
+    data = {"bucket": bucket, "prefix": prefix, "region": region, "identityPoolId": identity_pool,
+            "endpoint": endpoint_url, "workers": workers}
     try:
-        root = layout.check_root(prefix or "")
-    except FruitsError as exc:
-        raise WebConfigError(str(exc)) from None
-    if workers is not None and not 1 <= workers <= 16:
-        raise WebConfigError(f"--workers={workers} must be between 1 and 16")
-    out = {"bucket": bucket, "prefix": root, "region": region or (identity_pool.split(":", 1)[0] if identity_pool else None),
-           "identityPoolId": identity_pool, "endpoint": endpoint_url, "workers": workers}
-    return {k: v for k, v in out.items() if v not in (None, "")}
+        return check_config(data, origin="settings")
+    except WebConfigError as exc:
+        text = str(exc)
+        for key, flag in names.items():
+            text = text.replace(f"settings: {key} ", f"{flag} ")
+        raise WebConfigError(text.replace("settings: ", "")) from None
 
 
 def load_config(path: str | Path) -> dict:
-    """A config file as written by hand or by ``fruits-cloud emr launch`` (keys of :data:`CONFIG_KEYS`)."""
+    """A config file as written by hand or by ``fruits-cloud emr launch``."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise WebConfigError(f"{path}: not a readable JSON file ({exc})") from None
-    unknown = set(data) - set(CONFIG_KEYS)
-    if unknown:
-        raise WebConfigError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(CONFIG_KEYS)}")
-    return page_config(bucket=data.get("bucket"), prefix=data.get("prefix", ""), region=data.get("region"),
-                       identity_pool=data.get("identityPoolId"), endpoint_url=data.get("endpoint"),
-                       workers=data.get("workers"))
+    return check_config(data, origin=str(path))
+
+
+def content_security_policy(config: dict) -> str:
+    """The page's own files, its Wasm (``wasm-unsafe-eval``: compiling Wasm, never ``eval``), images it makes
+    (``blob:``), and connections only to itself and the settings' endpoint or the region's S3 bucket and Cognito."""
+    connect = ["'self'"]
+    if config.get("endpoint"):
+        u = urlparse(config["endpoint"])
+        connect.append(f"{u.scheme}://{u.netloc}")
+    elif config.get("bucket"):
+        region = config.get("region", "us-east-1")
+        connect += [f"https://{config['bucket']}.s3.{region}.amazonaws.com", f"https://s3.{region}.amazonaws.com",
+                    f"https://cognito-identity.{region}.amazonaws.com"]
+    return ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; "
+            f"connect-src {' '.join(connect)}; img-src 'self' blob: data:; style-src 'self'; object-src 'none'; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'; manifest-src 'self'")
+
+
+_BAD_PATH = re.compile(r"[\x00-\x1f\x7f\\]|(^|/)\.\.?(/|$)")
+
+
+class _Prefixed(io.RawIOBase):
+    """A socket's input with the bytes already read (the request's headers) put back in front. Unbuffered: what is
+    left of ``prefix`` after a request is the next request's start (kept for the gate)."""
+
+    def __init__(self, prefix: bytes, sock):
+        self.prefix, self.sock = memoryview(prefix), sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self.prefix:
+            n = min(len(b), len(self.prefix))
+            b[:n] = self.prefix[:n]
+            self.prefix = self.prefix[n:]
+            return n
+        return self.sock.recv_into(b)
 
 
 class WebServer:
@@ -71,10 +174,13 @@ class WebServer:
     def __init__(self, dist: str | Path, config: dict | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  tls: tuple[Path, Path] | None = None):
         self.dist = Path(dist).resolve()
-        self.config = dict(config or {})
+        self.config = check_config(dict(config or {}), origin="settings")
+        self.csp = content_security_policy(self.config)
         self.host, self.port, self.tls = host, port, tls
         self.requests: Counter = Counter()      # path -> requests
         self.bytes_sent: Counter = Counter()    # path -> body bytes sent
+        self.statuses: Counter = Counter()      # HTTP status -> answers
+        self.once: dict[str, list] = {}         # path -> (body, type) to serve instead, one per request (faults)
         self._gz: dict[tuple[str, float], bytes] = {}
         self._lock = threading.Lock()
         self._httpd = None
@@ -88,14 +194,26 @@ class WebServer:
         with self._lock:
             self.requests.clear()
             self.bytes_sent.clear()
+            self.statuses.clear()
+
+    def serve_once(self, rel: str, body: bytes, content_type: str | None = None) -> None:
+        """Answer the next request for ``rel`` with ``body`` (and ``content_type``) instead of the file: a truncated
+        download, a captive portal's page; what a bad network does."""
+        with self._lock:
+            self.once.setdefault(rel, []).append((body, content_type))
 
     def _body(self, rel: str, accept_gzip: bool) -> tuple[bytes, str, bool] | None:
-        if rel == "config.json":
+        with self._lock:
+            queued = self.once.get(rel)
+            fault = queued.pop(0) if queued else None
+        if rel == "config.json" and fault is None:
             return json.dumps(self.config).encode(), TYPES[".json"], False
         path = (self.dist / rel).resolve()
-        if not path.is_relative_to(self.dist) or not path.is_file():
+        if not path.is_relative_to(self.dist) or not (path.is_file() or rel == "config.json"):
             return None
         ctype = TYPES.get(path.suffix, "application/octet-stream")
+        if fault is not None:
+            return fault[0], fault[1] or ctype, False
         if accept_gzip and path.suffix in COMPRESS:
             key = (str(path), path.stat().st_mtime)
             with self._lock:
@@ -112,31 +230,62 @@ class WebServer:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = IDLE_TIMEOUT_S
+
+            def setup(self):
+                super().setup()
+                # The headers were read by the gate: this request's input is in memory, never a wait on the socket
+                self.rfile = _Prefixed(self.server.heads.pop(self.request, b""), self.connection)
+
+            def handle(self):
+                """One request; a kept-alive connection goes back to the gate to wait for its next one, so an idle
+                connection never holds a worker thread."""
+                self.close_connection = True
+                self.handle_one_request()
+                if not self.close_connection:
+                    self.server.local.kept = True
+                    self.server.admit(self.request, self.client_address, bytes(self.rfile.prefix), IDLE_TIMEOUT_S)
 
             def log_message(self, *args):   # quiet: the tests and the CLI say what matters
                 pass
+
+            def send_plain(self, status: int, text: str, head: bool = False) -> None:
+                body = text.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.security_headers()
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+                with server._lock:
+                    server.statuses[status] += 1
+
+            def security_headers(self) -> None:
+                self.send_header("Content-Security-Policy", server.csp)
+                self.send_header("X-Frame-Options", "DENY")
+                self.send_header("Referrer-Policy", "no-referrer")
+                self.send_header("X-Content-Type-Options", "nosniff")
+                self.send_header("Cross-Origin-Opener-Policy", "same-origin")
 
             def do_HEAD(self):
                 self.do_GET(head=True)
 
             def do_GET(self, head: bool = False):
                 rel = self.path.split("?", 1)[0].split("#", 1)[0].lstrip("/") or "index.html"
+                if _BAD_PATH.search(rel) or not rel.isascii():
+                    self.send_plain(400, "bad request: malformed path\n", head)
+                    return
                 found = server._body(rel, "gzip" in self.headers.get("Accept-Encoding", ""))
                 if found is None:
-                    body = b"not found\n"
-                    self.send_response(404)
-                    self.send_header("Content-Type", "text/plain")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    if not head:
-                        self.wfile.write(body)
+                    self.send_plain(404, "not found\n", head)
                     return
                 body, ctype, gzipped = found
                 self.send_response(200)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Cache-Control", "no-cache")
-                self.send_header("X-Content-Type-Options", "nosniff")
+                self.security_headers()
                 if gzipped:
                     self.send_header("Content-Encoding", "gzip")
                     self.send_header("Vary", "Accept-Encoding")
@@ -148,21 +297,127 @@ class WebServer:
                 with server._lock:
                     server.requests[rel] += 1
                     server.bytes_sent[rel] += 0 if head else len(body)
+                    server.statuses[200] += 1
 
-        class Server(http.server.ThreadingHTTPServer):
-            daemon_threads = True
+        class Server(http.server.HTTPServer):
+            """Complete requests go to a bounded pool of threads; connections whose headers are still arriving wait
+            in one selector thread (:meth:`_gate`) for at most HEADER_TIMEOUT_S."""
+
+            def __init__(self, *args, **kw):
+                super().__init__(*args, **kw)
+                self.pool = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="fruits-web")
+                self.selector = selectors.DefaultSelector()
+                self.waiting: dict = {}       # socket -> (address, bytes so far, deadline): in the gate
+                self.heads: dict = {}         # socket -> its request's headers, for the worker that answers it
+                self.local = threading.local()   # .kept: this worker's connection went back to the gate, open
+                self.gate_lock = threading.Lock()
+                self.wake_r, self.wake_w = socket.socketpair()
+                self.selector.register(self.wake_r, selectors.EVENT_READ)
+                self.gate = threading.Thread(target=self._gate, name="fruits-web-gate", daemon=True)
+                self.gate.start()
+
+            def process_request(self, request, client_address):
+                if server.tls:   # a TLS handshake first: in a worker, with the header timeout (the LAN dev mode)
+                    self.pool.submit(self._handshake, request, client_address)
+                else:
+                    self.admit(request, client_address, b"", HEADER_TIMEOUT_S)
+
+            def admit(self, sock, address, head: bytes, timeout_s: float) -> None:
+                """Wait (in the gate) until ``sock`` has sent a whole request's headers, for at most ``timeout_s``."""
+                if b"\r\n\r\n" in head:
+                    self.heads[sock] = head
+                    self.pool.submit(self._handle, sock, address)
+                    return
+                with self.gate_lock:
+                    if len(self.waiting) >= MAX_WAITING:
+                        self.shutdown_request(sock)
+                        return
+                    sock.setblocking(False)
+                    self.waiting[sock] = (address, head, time.monotonic() + timeout_s)
+                    self.selector.register(sock, selectors.EVENT_READ)
+                self.wake_w.send(b"x")
+
+            def _handshake(self, sock, address) -> None:
+                try:
+                    sock.settimeout(HEADER_TIMEOUT_S)
+                    sock.do_handshake()
+                except (OSError, ssl.SSLError):
+                    self.shutdown_request(sock)
+                    return
+                self.admit(sock, address, b"", HEADER_TIMEOUT_S)
+
+            def _gate(self) -> None:
+                while True:
+                    events = self.selector.select(timeout=1.0)
+                    now = time.monotonic()
+                    for key, _ in events:
+                        sock = key.fileobj
+                        if sock is self.wake_r:
+                            try:
+                                sock.recv(4096)
+                            except OSError:
+                                return
+                            continue
+                        with self.gate_lock:
+                            address, head, deadline = self.waiting[sock]
+                        try:
+                            chunk = sock.recv(4096)
+                        except (BlockingIOError, ssl.SSLWantReadError):
+                            continue
+                        except OSError:
+                            chunk = b""
+                        head += chunk
+                        if not chunk or len(head) > MAX_HEADER_BYTES:
+                            self._drop(sock)
+                        elif b"\r\n\r\n" in head:
+                            with self.gate_lock:
+                                self.selector.unregister(sock)
+                                del self.waiting[sock]
+                            sock.setblocking(True)
+                            self.heads[sock] = head
+                            self.pool.submit(self._handle, sock, address)
+                        else:
+                            with self.gate_lock:
+                                self.waiting[sock] = (address, head, deadline)
+                    with self.gate_lock:
+                        late = [s for s, (_, _, deadline) in self.waiting.items() if deadline < now]
+                    for sock in late:
+                        self._drop(sock)
+
+            def _drop(self, sock) -> None:
+                with self.gate_lock:
+                    if sock in self.waiting:
+                        self.selector.unregister(sock)
+                        del self.waiting[sock]
+                self.shutdown_request(sock)
+
+            def _handle(self, sock, address) -> None:
+                self.local.kept = False
+                try:
+                    sock.settimeout(IDLE_TIMEOUT_S)
+                    self.finish_request(sock, address)
+                except Exception:
+                    self.handle_error(sock, address)
+                if not self.local.kept:
+                    self.shutdown_request(sock)
+
+            def server_close(self):
+                super().server_close()
+                self.wake_w.close()
+                self.pool.shutdown(wait=False, cancel_futures=True)
 
             def handle_error(self, request, client_address):
                 import sys
 
-                if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, ssl.SSLError)):
+                if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, TimeoutError,
+                                                      ssl.SSLError)):
                     super().handle_error(request, client_address)   # a browser that went away is not an error
 
         httpd = Server((self.host, self.port), Handler)
         if self.tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
-            httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+            httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
         self.port = httpd.server_address[1]
         self._httpd = httpd
         threading.Thread(target=httpd.serve_forever, name="fruits-web", daemon=True).start()

@@ -3,13 +3,14 @@
 // the device's own Cognito credentials.
 
 import {Bucket, explain} from './bucket.js';
+import {loadConfig} from './config.js';
 import {loadContract} from './contract.js';
 import {identifyVector, UNKNOWN} from './identify.js';
 import {DeviceIdentity} from './identity.js';
-import {loadParquet, writeVectors} from './parquet.js';
+import {loadParquet, readVectors, writeVectors} from './parquet.js';
 import {WorkerPool} from './pool.js';
 import {loadPublished} from './published.js';
-import {UploadQueue} from './queue.js';
+import {EntryRefused, UploadQueue} from './queue.js';
 import {HAS_WEBCRYPTO, sha256Hex} from './sha256.js';
 import * as storage from './storage.js';
 import * as ui from './ui.js';
@@ -34,8 +35,8 @@ class App {
   async start() {
     ui.status('Starting…');
     await this.serviceWorker();
-    const [config, contract] = await Promise.all([
-      fetch('config.json', {cache: 'no-cache'}).then((r) => (r.ok ? r.json() : {})), loadContract()]);
+    const contract = await loadContract();
+    const config = await loadConfig(contract.config_schema);
     this.config = config;
     this.contract = contract;
     this.card = contract.model.card;
@@ -113,9 +114,8 @@ class App {
       this.bucket = new Bucket({bucket: c.bucket, region: c.region, endpoint: c.endpoint,
                                 credentials: this.identity.provider(), onExpired: () => this.identity.expire()});
       this.scope = `${c.endpoint || 'aws'}|${c.bucket}|${this.root}|vectors|${this.modelSha256}`;
-      this.queue = new UploadQueue(this.bucket);
-      this.queue.addEventListener('change', () => ui.queueLine(this));
-      this.queue.addEventListener('uploaded', () => ui.queueLine(this));
+      this.queue = new UploadQueue(this.bucket, {validate: (e) => this.validateEntry(e), rekey: (e) => this.rekeyEntry(e)});
+      for (const event of ['change', 'uploaded', 'aside']) this.queue.addEventListener(event, () => ui.queueLine(this));
       window.addEventListener('online', () => this.queue.drain());
       this.publishedReady = this.refreshPublished();
       this.queue.drain();
@@ -200,7 +200,9 @@ class App {
   async contribute(batch) {
     const ids = batch.rows.map((r) => r.imageId);
     const known = await storage.knownIds(this.scope, ids);
-    for (const entry of await storage.all('queue')) for (const id of entry.imageIds) known.add(id);
+    for (const entry of await storage.all('queue')) {
+      if (entry.state !== 'aside' && Array.isArray(entry.imageIds)) for (const id of entry.imageIds) known.add(id);
+    }
     const fresh = batch.rows.filter((r) => !known.has(r.imageId)).sort((a, b) => (a.imageId < b.imageId ? -1 : 1));
     batch.alreadySent = batch.rows.length - fresh.length;
     const per = this.contract.rows_per_object;
@@ -213,6 +215,68 @@ class App {
     }
     ui.queueLine(this);
     await this.queue.drain();
+  }
+
+  /** The parts of a vectors key of this page's root: {sha, client, content}, or null for any other key. */
+  parseKey(key) {
+    if (!this.keyPattern) {
+      const marks = {sha256: '\u0001', client: '\u0002', content: '\u0003'};
+      const template = this.contract.key('vectors', this.root, marks).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+      this.keyPattern = new RegExp('^' + template.replace('\u0001', '([0-9a-f]{64})')
+        .replace('\u0002', '([A-Za-z0-9._:-]{1,128})').replace('\u0003', '([0-9a-f]{32})') + '$');
+    }
+    const m = typeof key === 'string' ? this.keyPattern.exec(key) : null;
+    return m ? {sha: m[1], client: m[2], content: m[3]} : null;
+  }
+
+  /** An entry that must not be sent throws EntryRefused (set aside): its key, ids and Parquet rows must agree. */
+  async validateEntry(entry) {
+    const key = this.parseKey(entry.key);
+    if (!key) throw new EntryRefused(`not a key of this page's vectors: ${String(entry.key).slice(0, 80)}`);
+    const ids = entry.imageIds;
+    if (!Array.isArray(ids) || !ids.length || !ids.every((i) => typeof i === 'string' && /^[0-9a-f]{64}$/.test(i))) {
+      throw new EntryRefused(`${entry.key}: no list of image ids`);
+    }
+    if (key.content !== await this.contract.contentKey(key.sha, ids)) {
+      throw new EntryRefused(`${entry.key}: the key does not name these image ids`);
+    }
+    const bytes = entry.bytes instanceof Uint8Array ? entry.bytes : (entry.bytes instanceof ArrayBuffer ? new Uint8Array(entry.bytes) : null);
+    const magic = (at) => bytes[at] === 0x50 && bytes[at + 1] === 0x41 && bytes[at + 2] === 0x52 && bytes[at + 3] === 0x31;
+    if (!bytes || bytes.length < 12 || !magic(0) || !magic(bytes.length - 4)) {
+      throw new EntryRefused(`${entry.key}: not a Parquet file (${bytes ? bytes.length : 0} bytes)`);
+    }
+    let rows;
+    try {
+      ({rows} = await readVectors(bytes));
+    } catch (err) {
+      throw new EntryRefused(`${entry.key}: not a readable Parquet file (${err.message})`);
+    }
+    const want = new Set(ids);
+    if (rows.length !== ids.length || !rows.every((r) => want.has(r.imageId))) {
+      throw new EntryRefused(`${entry.key}: its rows are not its ${ids.length} image ids`);
+    }
+    const bad = rows.find((r) => r.clientId !== key.client || r.modelSha256 !== key.sha ||
+                                !r.features || r.features.length !== this.contract.feature_dim);
+    if (bad) throw new EntryRefused(`${entry.key}: row ${bad.imageId.slice(0, 12)}… is not of this key's device and model`);
+  }
+
+  /** An entry of an identity this device no longer holds, re-made under its identity (its own vectors): the same
+   *  rows with this client id, under this client's key; null when the entry is this identity's already. */
+  async rekeyEntry(entry) {
+    const key = this.parseKey(entry.key);
+    if (!key || key.client === this.clientId) return null;
+    let rows;
+    try {
+      ({rows} = await readVectors(entry.bytes));
+    } catch {
+      return null;   // not readable: validation sets it aside with the reason
+    }
+    const bytes = await writeVectors(this.contract, rows, {modelSha256: key.sha, modelName: this.card.name,
+                                                           clientId: this.clientId});
+    const ids = rows.map((r) => r.imageId);
+    const newKey = await this.contract.vectorsObjectKey(this.root, key.sha, this.clientId, ids);
+    return {...entry, key: newKey, bytes, imageIds: ids, rows: ids.length, attempts: 0, nextAt: 0, lastError: null,
+            state: 'waiting'};
   }
 
   async parquet(rows) {

@@ -113,6 +113,12 @@ function gifInfo(b) {
     const tag = b[o];
     if (tag === 0x2c) {                       // an image: its descriptor, local colour table, LZW data
       info.frames++;
+      // A frame may reach beyond the logical screen the header gives: Pillow's size covers every frame (and so
+      // the pixel limit must: a 1x1 header over a 16000x10000 frame is a decompression bomb).
+      if (o + 9 < b.length) {
+        info.width = Math.max(info.width, u16(b, o + 1, true) + u16(b, o + 5, true));
+        info.height = Math.max(info.height, u16(b, o + 3, true) + u16(b, o + 7, true));
+      }
       const flags = b[o + 9];
       o += 10;
       if (flags & 0x80) o += 3 * (1 << ((flags & 7) + 1));

@@ -87,11 +87,15 @@ export async function queueLine(app) {
     return;
   }
   const waiting = await app.queue.pending();
+  const aside = await app.queue.aside();
   q.dataset.pending = String(waiting);
   q.dataset.sent = String(app.queue.sent);
+  q.dataset.aside = String(aside.length);
   const parts = [`${app.queue.sent} file${app.queue.sent === 1 ? '' : 's'} of vectors sent this visit`];
   parts.push(waiting ? `${waiting} waiting` : 'nothing waiting');
-  if (app.queue.lastError) parts.push(app.queue.lastError);
+  if (aside.length) parts.push(`${aside.length} set aside, not sent (${aside[0].reason})`);
+  if (app.queue.lastError && !aside.some((a) => a.reason === app.queue.lastError)) parts.push(app.queue.lastError);
+  $('retry-aside').hidden = aside.length === 0;
   q.textContent = parts.join(' · ');
   q.className = app.queue.lastError ? 'warn' : '';
 }
@@ -201,11 +205,15 @@ export function bind(app) {
       status(`Error: ${err.message}`, 'error');
     }
   });
+  $('retry-aside').addEventListener('click', () => app.queue && app.queue.retryAside());
   $('reset-identity').addEventListener('click', async () => {
     if (!app.identity || !confirm('Start a new device identity? New vectors will go to a new folder.')) return;
     try {
       app.clientId = await app.identity.resetIdentity();
       $('device').textContent = `This device: ${app.clientId}`;
+      $('device').dataset.clientId = app.clientId;
+      // What waits, or was refused, under the old identity is this device's own: sent again under the new one.
+      if (app.queue) await app.queue.retryAside();
     } catch (err) {
       status(`Error: ${err.message}`, 'error');
     }
