@@ -111,6 +111,46 @@ def visit(server, engine: str, profile: Path, folders: dict[str, Path], repeats:
     return out
 
 
+def parity(engines: list[str], photos: Path | None, tmp: Path, rec: Recorder) -> None:
+    """Per engine: every shared test photo (web/parity.py) and every photo under ``photos`` picked in the page, its
+    vector against the Python edge's: bit-identical or not, cosine, and whether the page flagged it."""
+    import numpy as np
+
+    from contract import read_vectors
+    from contract.vectors import cosine
+    from web.build import build
+    from web.device import browser
+    from web.parity import parity_photos
+    from web.server import WebServer
+
+    sets = {"shared test photos": parity_photos(tmp / "shared")}
+    if photos is not None:
+        sets[f"photos under {photos}"] = photos
+    dist = build()
+    print("\n| engine | photos | Wasm | exact decode | bit-identical | min cos (not flagged) | flagged | min cos (flagged) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, folder in sets.items():
+        files = [p.path for p in find_photos([folder])]
+        vectorize(find_photos([folder]), tmp / "parity.parquet", model_path=model_path(), progress=False)
+        python = {r["image_id"]: np.asarray(r["features"], np.float32) for r in read_vectors(tmp / "parity.parquet").to_pylist()}
+        for engine in engines:
+            with WebServer(dist, {}) as server, browser(engine) as b:
+                phone = b.open(server.url)
+                phone.pick(files)
+                rows = phone.vectors()
+                wasm = phone.evaluate("() => fruits.engine.wasm")
+            same = sum(bool(np.array_equal(r["features"], python[r["imageId"]])) for r in rows)
+            plain = [cosine(r["features"], python[r["imageId"]]) for r in rows if not r["approximate"]]
+            flagged = [cosine(r["features"], python[r["imageId"]]) for r in rows if r["approximate"]]
+            rec.add(measure="parity", engine=engine, version=b.version, photos=name, n=len(rows), wasm=wasm,
+                    exact=len(plain), bit_identical=same, min_cos=min(plain, default=None), flagged=len(flagged),
+                    min_cos_flagged=min(flagged, default=None),
+                    reasons=sorted({r["approximate"] for r in rows if r["approximate"]}))
+            print(f"| {engine} {b.version} | {name} ({len(rows)}) | {wasm} | {len(plain)} | {same} | "
+                  f"{min(plain, default=float('nan')):.10f} | {len(flagged)} | {min(flagged, default=float('nan')):.6f} |",
+                  flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--thumbs", type=int, default=1000, help="100x100 thumbnails")
@@ -118,6 +158,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--engine", action="append", choices=("chromium", "firefox", "webkit", "all"),
                     help="browser engine(s) to run the page in (repeatable; default chromium; all: the three)")
+    ap.add_argument("--parity", action="store_true", help="instead of speed: each engine's vectors against the Python "
+                                                           "edge's on the shared test photos (and --photos)")
+    ap.add_argument("--photos", type=Path, help="with --parity: a folder of real photos to compare on too")
     ap.add_argument("--out", type=Path, default=Path("out/benchmarks"))
     ap.add_argument("--smoke", action="store_true", help="10 thumbnails, 1 phone photo, one repeat: that it runs "
                                                             "and writes its results")
@@ -133,9 +176,13 @@ def main() -> int:
         if missing(engine):
             print(f"Error: {engine}: {missing(engine)}", file=sys.stderr)
             return 1
-    rec = Recorder("web", args.out)
+    rec = Recorder("web-parity" if args.parity else "web", args.out)
     with tempfile.TemporaryDirectory(prefix="bench-web-") as t:
         tmp = Path(t)
+        if args.parity:
+            parity(engines, args.photos, tmp, rec)
+            print(f"written: {rec.save()}")
+            return 0
         folders = {"thumbnail_100px": generate(tmp / "thumbs", per_class=max(1, args.thumbs // 10), seed=21)}
         if args.phone:
             folders["phone_12mp"] = phone_photos(tmp / "phone", args.phone)

@@ -126,10 +126,10 @@ def web_dist():
 
 @pytest.fixture(scope="session")
 def shared_photos(tmp_path_factory, photos) -> Path:
-    """The photos both sides vectorize: the synthetic Training set and every decoding path (tests/webphotos.py)."""
+    """The photos both sides vectorize: the synthetic Training set and every decoding path (web/parity.py)."""
     import shutil
 
-    from webphotos import parity_photos
+    from web.parity import parity_photos
 
     root = tmp_path_factory.mktemp("shared")
     shutil.copytree(photos, root / "Training")

@@ -10,11 +10,10 @@ import json
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT_PREFIX, require_browser
+from conftest import require_browser
 from web.server import WebServer
 
 pytestmark = pytest.mark.usefixtures("chromium")

@@ -1,13 +1,14 @@
-"""Test photos of every decoding path, shared by the Python edge and the web page (tests/test_web.py runs both on
-the same files): a real photo (matplotlib's sample Grace Hopper portrait, 512x600 JPEG) in the forms phones and
-cameras produce, and images built to stress each step (noise for the resize, an alpha grid for the composite).
+"""Test photos of every decoding path, shared by the Python edge and the web page (the browser tests and
+``bench web --parity`` run both on the same files): a real photo (matplotlib's sample Grace Hopper portrait,
+512x600 JPEG) in the forms phones and cameras produce, and images built to stress each step (noise for the resize,
+an alpha grid for the composite). The 1/8 draft is covered by the page's own decode probes (web/build.py).
 
     Real/orient-<1..8>.jpg   the photo stored turned/mirrored, with the EXIF orientation that undoes it
     Real/xmp-orient-6.jpg    orientation given only in the XMP packet (Pillow reads it too)
     Real/phone-12mp.jpg      4032x3024 with orientation 6 (a phone's portrait photo): the draft decodes it at 1/4
     Real/phone-12mp-8.jpg    the same stored the other way, orientation 8
     Real/phone-12mp-upright.jpg   the same already upright (3024x4032) with no tag, as iOS may hand it over
-    Real/draft-4.jpg, draft-2.jpg   sizes that draft at 1/4 and 1/2
+    Real/draft-4.jpg, draft-2.jpg   2700x2100 and 1400x1300: both drafted at 1/2
     Real/progressive.jpg, s444.jpg, gray.jpg, cmyk.jpg, burst-mpo.jpg (two frames: Pillow opens it as MPO: no draft)
     Real/alpha.png, palette.png, orient-6.png (eXIf chunk), photo.gif, photo.bmp, lossy.webp, lossless.webp
     Stress/noise-173x311.png, noise-1001x999.png, alpha-grid.png (every value x alpha pair), gray16.png
@@ -24,8 +25,6 @@ from PIL import Image
 STORED = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
           4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90,
           7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}
-# Known, stated differences: Pillow scales 16-bit grey by 255/65535 and rounds; Chromium keeps the high byte.
-APPROXIMATE = {"Stress/gray16.png"}
 
 
 def real_photo() -> Image.Image:
