@@ -95,12 +95,31 @@ def add_serverless_commands(esub) -> None:
     a.add_argument("--profile")
 
 
+def check_numbers(args) -> None:
+    """The numeric options' ranges, before anything is estimated or created (a negative count printed a cost)."""
+    from bootstrap.emr import EMRError
+
+    rules = (("new_per_day", "--new-per-day", 0, None), ("vectors", "--vectors", 1, None),
+             ("raw_photos", "--raw-photos", 0, None), ("hours", "--hours", 1e-9, None), ("poll", "--poll", 1.0, 3600),
+             ("publish_k", "--publish", 1, 1280), ("k", "--k", 1, 1280), ("variance", "--variance", 1e-9, 1.0),
+             ("core_nodes", "--core-nodes", 1, 1000), ("task_nodes", "--task-nodes", 0, 1000),
+             ("idle_timeout", "--idle-timeout", 60, 7 * 24 * 3600))
+    for attr, flag, low, high in rules:
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        if value < low or (high is not None and value > high):
+            bounds = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
+            raise EMRError(f"{flag}={value:g} must be {bounds}")
+
+
 def cmd_serverless(args) -> int:
     from bootstrap import emr, serverless
 
     action = getattr(args, "serverless_command", None)
     if not action:
         raise emr.EMRError("give an action: plan, launch, schedule, unschedule or status")
+    check_numbers(args)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"[emr-serverless] {m}", file=sys.stderr, flush=True))
     if action == "status":
         client = _session(args).client("emr-serverless", region_name=args.region)
@@ -158,6 +177,7 @@ def cmd_emr(args) -> int:
         raise emr.EMRError("give an action: plan, launch, status, terminate or serverless")
     if args.emr_command == "serverless":
         return cmd_serverless(args)
+    check_numbers(args)
     if args.emr_command == "plan":
         print(emr.plan_text(spec_from_args(args), vectors=args.vectors, raw_photos=args.raw_photos, hours=args.hours,
                             new_per_day=args.new_per_day))

@@ -494,18 +494,50 @@ def schedule(spec: ClusterSpec, *, session, daily: str, say=print) -> dict:
 
 
 def unschedule(spec: ClusterSpec, *, session, say=print) -> list[str]:
-    """Remove the schedule, the state machine and their roles (the application and job role stay for launch)."""
+    """Remove the schedule, the state machine and their roles (the application and job role stay for launch): each
+    one said as removed, not there, or not removable (with AWS's reason in one line). Returns those lines."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     sts = session.client("sts", region_name=spec.region)
-    account = _account(sts)
-    created = Created(roles=[ROLE_STATE_MACHINE, ROLE_SCHEDULER], schedule=SCHEDULE,
-                      state_machine_arn=f"arn:aws:states:{spec.region}:{account}:stateMachine:{STATE_MACHINE}")
-    removed = _cleanup(created, iam=session.client("iam", region_name=spec.region),
-                       emrs=session.client("emr-serverless", region_name=spec.region),
-                       sfn=session.client("stepfunctions", region_name=spec.region),
-                       scheduler=session.client("scheduler", region_name=spec.region))
-    for line in removed:
+    try:
+        account = _account(sts)
+    except (BotoCoreError, ClientError) as exc:
+        raise EMRError(f"AWS rejected the credentials ({_first_line(exc)}); nothing was removed") from None
+    iam, sfn = session.client("iam", region_name=spec.region), session.client("stepfunctions", region_name=spec.region)
+    scheduler = session.client("scheduler", region_name=spec.region)
+    machine = f"arn:aws:states:{spec.region}:{account}:stateMachine:{STATE_MACHINE}"
+
+    def missing(exc) -> bool:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+        return code in ("ResourceNotFoundException", "StateMachineDoesNotExist", "NoSuchEntity", "NoSuchEntityException")
+
+    def drop_role(role):
+        for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+            iam.delete_role_policy(RoleName=role, PolicyName=name)
+        iam.delete_role(RoleName=role)
+
+    steps = [(f"schedule {SCHEDULE}", lambda: scheduler.get_schedule(Name=SCHEDULE),
+              lambda: scheduler.delete_schedule(Name=SCHEDULE)),
+             (f"state machine {STATE_MACHINE}", lambda: sfn.describe_state_machine(stateMachineArn=machine),
+              lambda: sfn.delete_state_machine(stateMachineArn=machine))]
+    steps += [(f"role {role}", lambda role=role: iam.get_role(RoleName=role), lambda role=role: drop_role(role))
+              for role in (ROLE_SCHEDULER, ROLE_STATE_MACHINE)]
+    lines = []
+    for label, exists, remove in steps:
+        try:
+            exists()
+        except (BotoCoreError, ClientError) as exc:
+            lines.append(f"{label}: not there (nothing to remove)" if missing(exc) else
+                         f"{label}: could not be looked up ({_first_line(exc)})")
+            continue
+        try:
+            remove()
+            lines.append(f"{label}: removed")
+        except (BotoCoreError, ClientError) as exc:
+            lines.append(f"{label}: could NOT be removed ({_first_line(exc)})")
+    for line in lines:
         say(line)
-    return removed
+    return lines
 
 
 def status(emrs, application_id: str, job_run_id: str | None = None) -> list[dict]:

@@ -227,7 +227,10 @@ def parse_ks(text: str) -> tuple[int, ...]:
 def cmd_evaluate(args) -> int:
     from cloud_pca.evaluate import evaluate, write_evaluation
 
+    from cloud_pca.evaluate import check_options
+
     ks = parse_ks(args.ks)
+    check_options(ks=ks, test_fraction=args.test_fraction, max_rows=args.max_rows, max_bytes=args.max_bytes)
     spark = _spark(args, "evaluate")
     _say(args, "evaluate")("fitting PCA on the training split, then classifiers per form and dtype")
     ev = evaluate(spark, [_uri(u) for u in args.input], ks=ks, test_fraction=args.test_fraction, seed=args.seed,

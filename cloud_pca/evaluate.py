@@ -135,6 +135,18 @@ def evaluate_arrays(x_train, y_train, x_test, y_test, model, ks=DEFAULT_KS) -> t
     return rows, answer
 
 
+def check_options(*, ks, test_fraction: float, max_rows: int, max_bytes: int) -> None:
+    """The request's ranges, before any data is read (and before Spark starts, from the CLI)."""
+    if not 0 < test_fraction < 1:
+        raise EvaluateError(f"--test-fraction={test_fraction} must be between 0 and 1")
+    if not ks or min(ks) < 1:
+        raise EvaluateError(f"ks={ks}: components must be >= 1")
+    if max_rows < 2:
+        raise EvaluateError(f"--max-rows={max_rows} must be at least 2")
+    if max_bytes < 1:
+        raise EvaluateError(f"--max-bytes={max_bytes} must be at least 1")
+
+
 def evaluate(spark, inputs: list[str], *, ks=DEFAULT_KS, test_fraction: float = 0.25, seed: int = 0,
              max_rows: int = 200_000, max_bytes: int = DEFAULT_MAX_BYTES) -> Evaluation:
     """Read labelled contract vectors under ``inputs`` and measure accuracy against bytes."""
@@ -144,10 +156,7 @@ def evaluate(spark, inputs: list[str], *, ks=DEFAULT_KS, test_fraction: float = 
     from cloud_pca.job import deduplicate
     from cloud_pca.pca import fit_pca
 
-    if not 0 < test_fraction < 1:
-        raise EvaluateError(f"--test-fraction={test_fraction} must be between 0 and 1")
-    if not ks or min(ks) < 1:
-        raise EvaluateError(f"ks={ks}: components must be >= 1")
+    check_options(ks=ks, test_fraction=test_fraction, max_rows=max_rows, max_bytes=max_bytes)
     try:
         inputs = read_inputs(spark, inputs, skip_bad_files=False)
     except InputError as exc:

@@ -125,8 +125,14 @@ def plotly_js() -> str:
 
 
 def _json_for_script(obj) -> str:
-    """JSON safe inside a <script> element."""
-    return json.dumps(obj, separators=(",", ":")).replace("</", "<\\/")
+    """JSON safe inside a <script> element whatever its strings hold: every ``<``, ``>`` and ``&`` as a \\u escape
+    (JSON reads them back the same), so a label ``<!--<script>`` or ``</script>`` cannot change how the HTML parser
+    reads the script (before: one such label hid the 3-D view and every section after it); U+2028/2029 too."""
+    text = json.dumps(obj, separators=(",", ":"))
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
+                    ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text
 
 
 def _plot(page: Report, div_id: str, cls: str, traces: list[dict], layout: dict) -> None:
@@ -136,15 +142,47 @@ def _plot(page: Report, div_id: str, cls: str, traces: list[dict], layout: dict)
 
 
 # -------------------------------------------------------------------------------------- run's files
-def _read_json(spark, uri: str) -> dict | None:
+def _read_json(spark, uri: str):
+    """A run file's JSON, None when it is not there; a file that cannot be read (a damaged local copy whose Hadoop
+    .crc no longer matches, access denied) or is not JSON is one ReportError naming it."""
+    from cloud_pca.inputs import java_reason
     from cloud_pca.spark import path_exists, read_bytes
 
-    if not path_exists(spark, uri):
-        return None
     try:
-        return json.loads(read_bytes(spark, uri))
+        if not path_exists(spark, uri):
+            return None
+        data = read_bytes(spark, uri)
+    except Exception as exc:  # Py4JJavaError: ChecksumException, AccessDenied, ...
+        raise ReportError(f"{uri}: cannot be read ({java_reason(exc)})") from None
+    try:
+        return json.loads(data)
     except ValueError as exc:
         raise ReportError(f"{uri}: not JSON ({exc})") from None
+
+
+# What summary.json's fields must be where present (a hand-edited or damaged file is refused with the field).
+_SUMMARY_TYPES = {"rows_in": (int,), "projected": (int,), "rejected": (int,), "duplicates": (int,),
+                  "already_counted": (int,), "files": (int,), "k": (int,), "cumulative_explained_variance": (int, float),
+                  "reconciles": (bool,), "bad_files": (list,), "timings_s": (dict,), "rows_per_model": (dict,),
+                  "driver_result_bytes": (dict,), "incremental": (dict,), "run_id": (str,), "model_sha256": (str,),
+                  "k_reason": (str,), "solver": (str,), "finished_at": (str,), "contributions": (dict,)}
+
+
+def check_summary(summary, uri: str) -> dict:
+    """``summary`` as the report reads it: a JSON object whose known fields have their types (null allowed)."""
+    if not isinstance(summary, dict):
+        raise ReportError(f"{uri}: must be a JSON object (a run's summary), not {type(summary).__name__}")
+    for key, types in _SUMMARY_TYPES.items():
+        value = summary.get(key)
+        if value is not None and (not isinstance(value, types) or (bool not in types and isinstance(value, bool))):
+            raise ReportError(f"{uri}: {key} is {json.dumps(value)[:60]}, not a {'/'.join(t.__name__ for t in types)}")
+    if any(not isinstance(b, dict) for b in summary.get("bad_files") or []):
+        raise ReportError(f"{uri}: bad_files must be a list of objects")
+    return summary
+
+
+def _number(value, spec: str = ",", default: str = "?") -> str:
+    return default if not isinstance(value, (int, float)) or isinstance(value, bool) else format(value, spec)
 
 
 def _read_pngs(spark, folder: str) -> list[tuple[str, bytes]]:
@@ -268,14 +306,28 @@ def published_for(spark, run_uri: str, summary: dict) -> dict | None:
 def build_report(spark, run_uri: str, *, max_points: int = DEFAULT_POINTS, extra=None) -> Report:
     """The report of the run at ``run_uri``. ``extra(page)`` adds sections after the run's own (the demo's
     devices and identification)."""
-    from cloud_pca.spark import path_exists
-
     run_uri = run_uri.rstrip("/")
     summary = _read_json(spark, f"{run_uri}/summary.json")
     if summary is None:
         raise ReportError(f"{run_uri}/summary.json is missing: not a run folder, or a run that did not finish")
+    summary = check_summary(summary, f"{run_uri}/summary.json")
+    try:
+        return _page(spark, run_uri, summary, max_points=max_points, extra=extra)
+    except ReportError:
+        raise
+    except Exception as exc:  # a Spark read of a damaged rejects/ or projections/ (not Parquet, a stale .crc)
+        from cloud_pca.inputs import java_reason
+
+        raise ReportError(f"{run_uri}: a run file cannot be read ({java_reason(exc)}); the run folder is damaged") from None
+
+
+def _page(spark, run_uri: str, summary: dict, *, max_points: int, extra) -> Report:
+    from cloud_pca.spark import path_exists
+
     marker = _read_json(spark, f"{run_uri}/_SUCCESS.json")
     explained = _read_json(spark, f"{run_uri}/explained_variance.json") or {}
+    if not isinstance(explained, dict):
+        raise ReportError(f"{run_uri}/explained_variance.json: must be a JSON object")
     s = summary
     page = Report(f"Fruits! PCA run {s.get('run_id', '?')}",
                   f"{run_uri} · model {str(s.get('model_sha256') or '?')[:12]}… · finished {s.get('finished_at', '?')}")
@@ -310,15 +362,17 @@ def build_report(spark, run_uri: str, *, max_points: int = DEFAULT_POINTS, extra
     projections = spark.read.parquet(f"{run_uri}/projections") if path_exists(spark, f"{run_uri}/projections") else None
     page.heading("Model and devices")
     page.table([{"model fingerprint (sha256 of the .tflite)": s.get("model_sha256"), "rows per model":
-                 ", ".join(f"{k[:12]}…: {v:,}" for k, v in (s.get("rows_per_model") or {}).items())}])
+                 ", ".join(f"{str(k)[:12]}…: {_number(v)}" for k, v in (s.get("rows_per_model") or {}).items())}])
     if projections is not None:
         page.table(device_shares(spark, projections))
 
     page.heading(f"Components: k = {s.get('k')}")
     page.text(f"Why: {s.get('k_reason') or explained.get('why', '?')}. Cumulative explained variance at k: "
-              f"{s.get('cumulative_explained_variance', float('nan')):.4f} ({s.get('solver', '?')} solver, "
+              f"{_number(s.get('cumulative_explained_variance'), '.4f')} ({s.get('solver') or '?'} solver, "
               f"{explained.get('n_rows', s.get('projected', '?'))} rows).")
     ratios, cum = explained.get("explained_variance_ratio") or [], explained.get("cumulative") or []
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in [*ratios, *cum]):
+        raise ReportError(f"{run_uri}/explained_variance.json: its ratios must be lists of numbers")
     if ratios:
         n = min(len(ratios), max(50, int(s.get("k") or 0) + 10), 1280)
         xs = list(range(1, n + 1))
@@ -391,8 +445,8 @@ def build_report(spark, run_uri: str, *, max_points: int = DEFAULT_POINTS, extra
     page.table([{"stage": k, "seconds": v} for k, v in (s.get("timings_s") or {}).items()])
     traffic = s.get("driver_result_bytes") or {}
     if traffic:
-        page.text(f"Bytes of task results the driver received: {traffic.get('fit', 0):,} for the fit, "
-                  f"{traffic.get('run', 0):,} for the whole run; {s.get('partitions', '?')} partitions.")
+        page.text(f"Bytes of task results the driver received: {_number(traffic.get('fit'))} for the fit, "
+                  f"{_number(traffic.get('run'))} for the whole run; {s.get('partitions', '?')} partitions.")
     inc = s.get("incremental")
     if inc:
         page.heading("Incremental state")

@@ -59,11 +59,12 @@ def test_litert_reproduces_the_parity_in_the_cards(tmp_path):
 @pytest.mark.slow
 def test_reexport_from_the_standin_reproduces_the_committed_models(tmp_path):
     """The committed files cannot drift from the code. What is checked is what matters, on any x86-64 CPU:
-    the fp32 bytes are the committed ones (the converter only serializes the weights and folds batch-norm),
-    LiteRT's fp32 output equals Keras's, and the re-exported int8 model meets the card's parity goal.
-    Not checked: that the int8 bytes or outputs equal the committed int8 model's; the bias correction sums
-    floats whose rounding differs between CPUs (AVX-512 with VNNI gave cosine 0.997 to the committed file,
-    AVX2 the same bytes), and either model meets the goal."""
+    the re-exported fp32 model is the committed one up to float rounding (the same size, outputs within cosine
+    0.9999999 and 1e-5 of their range), LiteRT's fp32 output equals Keras's, and the re-exported int8 model meets
+    the card's parity goal. Not checked: equal bytes. Folding batch-norm rounds differently on other CPUs: an
+    AVX2 machine gave the committed bytes, an AVX-512 one (AMD EPYC) the same size with 491,158 bytes of weights
+    different, outputs cos 0.999999999995, max difference 2.2e-5. The int8 bias correction does so too (cosine
+    0.997 to the committed file on AVX-512 VNNI); either model meets the goal."""
     pytest.importorskip("tensorflow")
     from models.synthetic import generate
     from models.export import PARITY_GOALS, build_extractor, cosine_stats, export, load_inputs, tflite_features
@@ -73,9 +74,13 @@ def test_reexport_from_the_standin_reproduces_the_committed_models(tmp_path):
     par = load_inputs(generate(tmp_path / "par", per_class=10, seed=202), 160)
     fp32, int8 = export(str(standin_path()), input_size=160, precisions=["fp32", "int8"], calibration=cal,
                         parity=par, out_dir=tmp_path / "out", provenance=PROVENANCE)
-    assert fp32.card.sha256 == load_model_card(MODELS / "mobilenetv2_160_fp32.tflite").sha256
+    committed = (MODELS / "mobilenetv2_160_fp32.tflite").read_bytes()
+    assert fp32.path.stat().st_size == len(committed)
+    ours, theirs = tflite_features(fp32.path.read_bytes(), par[:20]), tflite_features(committed, par[:20])
+    assert cosine_stats(ours, theirs)["cosine_min"] >= 0.9999999
+    assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
     keras_out = build_extractor(str(standin_path()), 160).predict(par[:20], verbose=0)
-    lite_out = tflite_features((MODELS / "mobilenetv2_160_fp32.tflite").read_bytes(), par[:20])
+    lite_out = tflite_features(committed, par[:20])
     assert cosine_stats(keras_out, lite_out)["cosine_min"] >= PARITY_GOALS["fp32"]
     assert int8.card.parity["cosine_mean"] >= PARITY_GOALS["int8"], int8.card.parity
     assert int8.card.parity["reference"] == "tflite fp32" and int8.card.parity["images"] == 100

@@ -103,3 +103,84 @@ def test_an_incremental_run_reports_its_state(spark, tmp_path, vectors_file):
                              plots=False, incremental=True))
     html = build_report(spark, r.run_uri).html()
     assert "Incremental state" in html and json.dumps(r.summary["incremental"]["generation"])[1:-1] in html
+
+
+# -------------------------------------------------------------------------- damaged runs, hostile labels
+def copy_run(reported_run, tmp_path):
+    base, result = reported_run
+    run = tmp_path / "run=r1"
+    shutil.copytree(base / "root" / "pca" / "run=r1", run)
+    return run
+
+
+def write(run, name: str, text: str, *, keep_crc: bool = False) -> None:
+    """Replace a run file; without its Hadoop .crc unless ``keep_crc`` (then the checksum no longer matches)."""
+    (run / name).write_text(text)
+    if not keep_crc:
+        (run / f".{name}.crc").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda run: write(run, "summary.json", "[1, 2, 3]"), "summary.json: must be a JSON object"),
+    (lambda run: write(run, "summary.json", json.dumps({"rows_in": None, "k": "eight"})),
+     "summary.json: k is \"eight\", not a int"),
+    (lambda run: write(run, "summary.json", "{not json"), "summary.json: not JSON"),
+    (lambda run: write(run, "summary.json", json.dumps({**json.loads((run / "summary.json").read_text()),
+                                                       "rows_in": 1}), keep_crc=True),
+     "summary.json: cannot be read (ChecksumException"),            # edited by hand: Hadoop's .crc no longer matches
+    (lambda run: (run / "projections" / "part-00000-junk.parquet").write_bytes(b"not parquet at all"),
+     "a run file cannot be read"),
+    (lambda run: write(run, "explained_variance.json", '{"explained_variance_ratio": ["a"]}'),
+     "explained_variance.json: its ratios must be lists of numbers"),
+])
+def test_every_damaged_run_file_is_one_error_line(reported_run, spark, tmp_path, capsys, damage, message):
+    """A damaged run folder is one `Error:` line naming the file, never a traceback (before: ChecksumException,
+    TypeError or Spark's stack for each of these)."""
+    from bootstrap.cli import main as cloud_main
+
+    run = copy_run(reported_run, tmp_path)
+    damage(run)
+    assert cloud_main(["--quiet", "report", "--run", str(run), "--out", str(tmp_path / "r.html")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("Error: ") and message in err[0], err
+
+
+def test_labels_cannot_break_the_page(spark, tmp_path):
+    """Labels that look like markup (`<!--<script>`, `</script>`, `<img onerror>`) are data everywhere in the page:
+    the 3-D view still draws every label and the sections after it are there (before: one `<!--<script>` label hid
+    the view and everything after it)."""
+    import pyarrow.parquet as pq
+
+    from cloud_pca.job import JobConfig, run
+    from cloud_pca.report import build_report
+    from vectors_for_tests import contract_table
+
+    labels = ["<!--<script>", "</script><b>x</b>", "<img src=x onerror=alert(1)>"]
+    table = contract_table(90, seed=3)
+    table = table.set_column(table.schema.get_field_index("label"), "label",
+                             __import__("pyarrow").array([labels[i % 3] for i in range(90)]))
+    (tmp_path / "in").mkdir()
+    pq.write_table(table, tmp_path / "in" / "v.parquet")
+    result = run(spark, JobConfig(inputs=[f"file://{tmp_path}/in"], output=f"file://{tmp_path}/pca", k=4, run_id="x"))
+    html = build_report(spark, result.run_uri).html()
+    scripts = html.split("<script>")[1:]
+    assert all("<!--" not in part.split("</script>")[0] and "<script" not in part.split("</script>")[0]
+               for part in scripts[1:]), "markup inside a script"
+    assert "Time and driver traffic" in html.rsplit("</script>", 1)[1]
+    if not have_browser():
+        return
+    from web.device import Chromium
+
+    out = tmp_path / "report.html"
+    out.write_text(html)
+    with Chromium(viewport={"width": 1200, "height": 900}) as browser:
+        page = browser.context.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("dialog", lambda d: (errors.append("a dialog opened"), d.dismiss()))
+        page.goto(out.as_uri())
+        page.wait_for_function("document.getElementById('pca3d') && document.getElementById('pca3d').data")
+        names = page.evaluate("() => document.getElementById('pca3d').data.map(t => t.name)")
+        headings = page.evaluate("() => Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
+    assert errors == [] and sorted(n.rsplit(" (", 1)[0] for n in names) == sorted(labels), (errors, names)
+    assert "Time and driver traffic" in headings

@@ -244,3 +244,32 @@ def test_the_requirements_resolve_and_the_job_imports_in_a_clean_virtualenv(tmp_
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
     with zipfile.ZipFile(tmp_path / "code.zip") as z:
         assert "cloud_pca/report.py" in z.namelist()
+
+
+def test_unschedule_says_what_existed_and_what_was_removed(aws, capsys):
+    """Nothing scheduled: each piece is "not there", no botocore error text; then a schedule: each "removed"
+    (before: "removed state machine" for what did not exist, and raw botocore errors)."""
+    lines = serverless.unschedule(spec(), session=aws, say=lambda m: None)
+    assert lines == [f"schedule {serverless.SCHEDULE}: not there (nothing to remove)",
+                     f"state machine {serverless.STATE_MACHINE}: not there (nothing to remove)",
+                     f"role {serverless.ROLE_SCHEDULER}: not there (nothing to remove)",
+                     f"role {serverless.ROLE_STATE_MACHINE}: not there (nothing to remove)"]
+    serverless.schedule(spec(), session=aws, daily="03:00", say=lambda m: None)
+    lines = serverless.unschedule(spec(), session=aws, say=lambda m: None)
+    assert all(line.endswith(": removed") for line in lines) and len(lines) == 4, lines
+
+
+@pytest.mark.parametrize("args, message", [
+    (["emr", "plan", "--bucket", "b", "--new-per-day", "-5"], "--new-per-day=-5 must be at least 0"),
+    (["emr", "plan", "--bucket", "b", "--vectors", "0"], "--vectors=0 must be at least 1"),
+    (["emr", "plan", "--bucket", "b", "--publish", "0"], "--publish=0 must be between 1 and 1280"),
+    (["emr", "serverless", "plan", "--bucket", "b", "--poll", "0"], "--poll=0 must be between 1 and 3600"),
+    (["emr", "plan", "--bucket", "b", "--hours", "-1"], "--hours=-1 must be at least"),
+    (["evaluate", "--input", "/x", "--output", "/y", "--max-rows", "0"], "--max-rows=0 must be at least 2"),
+])
+def test_numeric_options_are_checked_for_their_range(args, message, capsys):
+    from bootstrap.cli import main
+
+    assert main(["--quiet", *args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("Error: ") and message in err[0], err
