@@ -12,6 +12,11 @@ from typing import Any
 from contract.errors import ContractError
 
 FEATURE_DIM = 1280
+# What the model family can output: MobileNetV2's last convolution ends in ReLU6 and global average pooling follows,
+# so every feature of every honest vector lies in [0, 6] (an int8 model's dequantization gives a narrower range,
+# which its card states). The contract refuses anything else (contract.vectors.conform_table).
+OUTPUT_RANGE = (0.0, 6.0)
+RANGE_TOLERANCE = 1e-4     # float32 rounding of an average of values at the bound
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -39,6 +44,11 @@ class ModelCard:
     export: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
     size_bytes: int = 0
+    output_range: list[float] = field(default_factory=lambda: list(OUTPUT_RANGE))   # [low, high], measured at export
+    # The mean feature vector over the export's calibration photos: a fixed point to measure angles around, so that
+    # two different photos' vectors (all positive, sharing one strong mean direction) are not "near" each other
+    # (the job's near-copy signatures, cloud_pca.trust). Empty in cards from before it.
+    feature_center: list[float] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
@@ -73,4 +83,9 @@ def load_model_card(model_path: str | os.PathLike, *, verify: bool = True) -> Mo
                 f"file sha256 {actual[:12]}... (re-export the model or restore its card)")
     if card.output_dim != FEATURE_DIM:
         raise ContractError(f"model card {card_path}: output_dim={card.output_dim}, the contract needs {FEATURE_DIM}")
+    low, high = (card.output_range + [None, None])[:2] if isinstance(card.output_range, list) else (None, None)
+    if not (isinstance(low, (int, float)) and isinstance(high, (int, float))
+            and OUTPUT_RANGE[0] <= low <= high <= OUTPUT_RANGE[1]):
+        raise ContractError(f"model card {card_path}: output_range={card.output_range} must be [low, high] within the "
+                            f"contract's {list(OUTPUT_RANGE)}")
     return card

@@ -108,12 +108,14 @@ MAX_KEY_BYTES = 1024     # S3 refuses longer keys (moto does not): checked by ev
 
 
 def _shape_regex(glob: str) -> re.Pattern:
-    """A glob's exact shape as a regex: fixed-length hex where the layout says so, a client id, and any other
-    ``*`` as one non-empty path segment (never a ``/``, never ``.`` or ``..``)."""
+    """A glob's exact shape as a regex, as IAM matches it (:func:`expand_glob`): a fixed-length placeholder is that
+    many characters (IAM's ``?``: any character), the device one or more, any other ``*`` one or more, never a ``/``
+    (the policies deny keys deeper than the shape). So the job reads exactly the keys a device may write: a key IAM
+    allows and the job refused (``part-`` and 32 dots) made every run fail; its rows are now checked like any."""
     out = "^"
     for token in re.split(r"(\{sha256\}|\{image_id\}|\{content\}|\{projection\}|\{device\}|\*)", glob):
-        out += {"{sha256}": "[0-9a-f]{64}", "{image_id}": "[0-9a-f]{64}", "{content}": "[0-9a-f]{32}",
-                "{projection}": "[0-9a-f]{16}", "{device}": "[A-Za-z0-9._:-]{1,128}", "*": "[^/]+"}.get(token, re.escape(token))
+        out += {"{sha256}": "[^/]{64}", "{image_id}": "[^/]{64}", "{content}": "[^/]{32}",
+                "{projection}": "[^/]{16}", "{device}": "[^/]{1,128}", "*": "[^/]+"}.get(token, re.escape(token))
     return re.compile(out + "$")
 
 
@@ -357,6 +359,48 @@ def device_key_problem(path: str, under: str) -> str | None:
         return None
     return (f"its key is not of the layout's shape for {a.name} ({' or '.join(a.globs)}): not as a device's client "
             f"writes it ('//' or '..' in a name is read as another path)")
+
+
+_COGNITO_ID_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d:[0-9a-f-]{36}$")
+
+
+def is_anonymous(client_id: str | None) -> bool:
+    """Whether a device is an anonymous one: a Cognito identity (``REGION:UUID``), which anyone with the app can
+    create for free. Every other device folder was written with the operator's keys (a laptop uploader): trusted.
+    A Cognito identity can write only its own folder (the IAM policy variable), so the folder says which it is.
+
+    >>> is_anonymous("eu-west-3:0d1c4b2e-6f1a-4c3e-9a52-1f0e2d3c4b5a"), is_anonymous("laptop-1")
+    (True, False)
+    """
+    return bool(client_id) and _COGNITO_ID_RE.match(client_id) is not None
+
+
+def in_device_area(under: str) -> bool:
+    """Whether the folder ``under`` is (or lies in) an area devices write: what is there came from devices."""
+    from urllib.parse import urlparse
+
+    base = [p for p in urlparse(under).path.split("/") if p]
+    return any(any(DEVICE in a.writers and a.folder == name for a in AREAS) for i, name in enumerate(base)
+               if "pca" not in base[:i])
+
+
+def device_of(path: str, under: str) -> str | None:
+    """The device whose folder ``path`` lies in (its ``client=<id>`` segment), when ``under`` names a device area
+    (see :func:`device_key_problem`); None elsewhere (the job's own outputs, an operator's local folder).
+
+    >>> device_of("s3a://b/t/vectors/model=" + "a" * 64 + "/client=phone-1/part-x.parquet", "s3a://b/t/vectors/")
+    'phone-1'
+    >>> device_of("file:/home/me/v.parquet", "/home/me")
+    """
+    from urllib.parse import urlparse
+
+    if not in_device_area(under):
+        return None
+    base = [p for p in urlparse(under).path.split("/") if p]
+    for part in [p for p in urlparse(path).path.split("/") if p][len(base) - 1:]:
+        if part.startswith("client="):
+            return part[len("client="):]
+    return None
 
 
 def check_key_length(key: str) -> str:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from contract.card import FEATURE_DIM, ContractError
+from contract.card import FEATURE_DIM, OUTPUT_RANGE, RANGE_TOLERANCE, ContractError
 from contract.layout import SHA256_RE
 
 CONTRACT_VERSION = "1"
@@ -131,11 +131,15 @@ def _cast_text(col):
     return col.cast(pa.string())
 
 
-def conform_table(table, *, origin: str = "<table>", dim: int | None = None, nanos_as_int: bool = False):
+def conform_table(table, *, origin: str = "<table>", dim: int | None = None, nanos_as_int: bool = False,
+                  owner=None):
     """``table`` in the contract's types (lossless casts) and, per row, why it is refused (null: a good row).
 
     ``dim``: the vector length (default 1280; projected vectors: the length of the first row's). ``nanos_as_int``:
-    ``vectorized_at`` arrives as int64 nanoseconds (how Spark reads a ``timestamp[ns]`` column).
+    ``vectorized_at`` arrives as int64 nanoseconds (how Spark reads a ``timestamp[ns]`` column). ``owner``: the
+    device whose folder the file lies in (``client=<owner>``): a row naming another ``client_id`` is refused, since
+    who sent a row is where it is, never what it says (a sequence: each row's folder, None where it has none).
+    Features must lie in the model family's output range (:data:`contract.card.OUTPUT_RANGE`, [0, 6]).
     Returns ``(table, reasons)``; the table keeps every row, with nulls where a value could not be cast.
     """
     import numpy as np
@@ -184,6 +188,12 @@ def conform_table(table, *, origin: str = "<table>", dim: int | None = None, nan
     out = pa.table(cols, schema=schema)
     if n:
         _row_reasons(out, refuse, dim)
+        if owner is not None:
+            clients = np.asarray(out.column("client_id").to_numpy(zero_copy_only=False), dtype=object)
+            owners = np.full(n, owner, dtype=object) if isinstance(owner, str) else np.asarray(owner, dtype=object)
+            other = np.array([o is not None and c != o for c, o in zip(clients, owners)], dtype=bool)
+            refuse(other, lambda i: f"client_id {str(clients[i])[:80]!r} is not this object's device (it lies in "
+                                    f"client={owners[i]}/)")
     return out, pa.array(reasons.tolist(), pa.string())
 
 
@@ -222,6 +232,15 @@ def _row_reasons(table, refuse, dim: int | None) -> None:
         bad = np.zeros(len(lengths), dtype=bool)
         bad[ok] = ~np.isfinite(grid).all(axis=1)
         refuse(bad, "NaN or infinite value in features")
+        if not is_projected(table.schema):   # the model's own output: within what the model can produce
+            low, high = grid.min(axis=1), grid.max(axis=1)
+            out_of = np.zeros(len(lengths), dtype=bool)
+            out_of[ok] = (low < OUTPUT_RANGE[0] - RANGE_TOLERANCE) | (high > OUTPUT_RANGE[1] + RANGE_TOLERANCE)
+            at = np.full(len(lengths), -1)
+            at[ok] = np.arange(len(ok))
+            refuse(out_of, lambda i: f"features outside the model's output range {list(OUTPUT_RANGE)} (min "
+                                     f"{float(low[at[i]]):.4g}, max {float(high[at[i]]):.4g}): not a vector this "
+                                     f"model can produce")
     shas = table.column("model_sha256")
     refuse(null("model_sha256"), "model_sha256 is null")
     bad = ~np.asarray(pc.fill_null(pc.match_substring_regex(shas, SHA256_PATTERN), True).to_numpy(

@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from contract.card import RANGE_TOLERANCE
 from contract.errors import ContractError, FruitsError
 from contract.layout import check_client_id
 from contract.vectors import features_array, file_metadata, parquet_options, vector_schema
@@ -237,6 +238,7 @@ def vectorize(photos: list[Photo], out: str | os.PathLike, *, model_path: str | 
     model_path = Path(model_path)
     first = Model(model_path, threads=1)  # validates the file and its card once, up front
     warm_up()   # Pillow's lazy imports, here on this thread: never in the workers at once (import locks)
+    low, high = first.card.output_range
     model_bytes = model_path.read_bytes()
     local = threading.local()
     skip_ids = skip_ids or set()
@@ -256,7 +258,12 @@ def vectorize(photos: list[Photo], out: str | os.PathLike, *, model_path: str | 
         model = getattr(local, "model", None)
         if model is None:
             model = local.model = Model(model_path, threads=1, model_bytes=model_bytes, card=first.card)
-        return photo, iid, (x, width, height, model.features(x))
+        vec = model.features(x)
+        if not (vec.min() >= low - RANGE_TOLERANCE and vec.max() <= high + RANGE_TOLERANCE):
+            # Never from a sound model and runtime; the cloud refuses such rows, so they are never sent
+            return photo, iid, (f"the model gave features outside its output range [{low:g}, {high:g}] (min "
+                                f"{float(vec.min()):.4g}, max {float(vec.max()):.4g}): a damaged model or runtime")
+        return photo, iid, (x, width, height, vec)
 
     from tqdm import tqdm
 

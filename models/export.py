@@ -172,6 +172,37 @@ def tflite_features(model_bytes: bytes, inputs: np.ndarray, threads: int = 2) ->
     return out
 
 
+def output_range(model_bytes: bytes, outputs: np.ndarray) -> tuple[float, float]:
+    """The range a model's features can take: a quantized output's dequantization range (the int8 model's: its last
+    int8 tensor's scale and zero point), else the contract's ReLU6 bound; checked against ``outputs``, the features
+    measured on the parity photos (a model whose outputs fall outside is refused)."""
+    from contract.card import OUTPUT_RANGE, RANGE_TOLERANCE
+    from featurizer.runtime import interpreter_class
+
+    interp = interpreter_class()(model_content=model_bytes)
+    interp.allocate_tensors()
+    low, high = OUTPUT_RANGE
+    ops = [op for op in interp._get_ops_details() if op["op_name"] == "DEQUANTIZE"]
+    out_index = interp.get_output_details()[0]["index"]
+    for op in ops:
+        if out_index in op["outputs"]:
+            detail = next(d for d in interp.get_tensor_details() if d["index"] == op["inputs"][0])
+            scale, zero = detail["quantization"]
+            info = np.iinfo(detail["dtype"])
+            low, high = max(low, scale * (info.min - zero)), min(high, scale * (info.max - zero))
+    seen = float(outputs.min()), float(outputs.max())
+    if seen[0] < low - RANGE_TOLERANCE or seen[1] > high + RANGE_TOLERANCE:
+        raise ExportError(f"the model's features span [{seen[0]:.6g}, {seen[1]:.6g}], outside its range "
+                          f"[{low:.6g}, {high:.6g}]: not a MobileNetV2 feature extractor ending in ReLU6")
+    return float(low), float(high)
+
+
+def feature_center(model_bytes: bytes, calibration: np.ndarray) -> list[float]:
+    """The mean feature vector over the calibration photos (6 significant digits): the card's ``feature_center``."""
+    mean = tflite_features(model_bytes, calibration).astype(np.float64).mean(axis=0)
+    return [float(f"{v:.6g}") for v in mean]
+
+
 def cosine_stats(a: np.ndarray, b: np.ndarray) -> dict:
     cos = np.array([cosine(x, y) for x, y in zip(a, b)])
     worst = int(np.argmin(cos))
@@ -249,12 +280,14 @@ def export(weights: str, *, input_size: int, precisions: Sequence[str] = PRECISI
         name = model_name(input_size, precision)
         path = out_dir / f"{name}.tflite"
         _write_atomic(path, data)
+        low, high = output_range(data, ours)
+        center = feature_center(data, calibration)
         card = ModelCard(
             name=name, input_size=input_size, output_dim=FEATURE_DIM, precision=precision,
             sha256=file_sha256(path), size_bytes=len(data), preprocessing=dict(PREPROCESSING),
             weights=weights_info, export={"tool": "fruits-export", **_versions(),
                                           "input": "float32 [1, s, s, 3]", "output": "float32 [1, 1280]"},
-            parity=stats)
+            parity=stats, output_range=[low, high], feature_center=center)
         _write_atomic(card_path_for(path), card.to_json().encode())
         log.info("%s: %d bytes, cosine vs %s min %.6f mean %.6f", path.name, len(data), ref_name,
                  stats["cosine_min"], stats["cosine_mean"])

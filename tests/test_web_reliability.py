@@ -100,8 +100,8 @@ def test_a_new_identity_sends_the_old_identitys_vectors_under_the_new_one(served
 
 
 def test_refused_and_malformed_entries_are_set_aside_and_never_block_the_others(served, cloud, photos, tmp_path):
-    """Three bad entries put in the queue first (no image ids; bytes that are not Parquet; a file S3 refuses with
-    403 every time) and one good pick after them: the good file reaches the bucket, the malformed ones are set aside
+    """Four bad entries put in the queue first (no image ids; bytes that are not Parquet; features no model can
+    produce; a file S3 refuses with 403 every time) and one good pick after them: the good file reaches the bucket, the malformed ones are set aside
     at once without any PUT, the refused one after its attempts, and the page shows them (before: the first failure
     stopped the queue, and malformed bytes were uploaded as they were)."""
     from web.device import Chromium
@@ -123,6 +123,9 @@ def test_refused_and_malformed_entries_are_set_aside_and_never_block_the_others(
               features: new Float32Array(a.contract.feature_dim), vectorizedAt: Date.now()}]);
             const k = await key('c');
             await put({...base, key: k, imageIds: ['c'.repeat(64)], bytes: good});
+            const wild = await a.parquet([{imageId: 'd'.repeat(64), label: null, source: 'y.jpg', width: 1, height: 1,
+              features: new Float32Array(a.contract.feature_dim).fill(1e6), vectorizedAt: Date.now()}]);
+            await put({...base, key: await key('d'), imageIds: ['d'.repeat(64)], bytes: wild});
             return k;
         }""")
         from urllib.parse import unquote
@@ -144,10 +147,11 @@ def test_refused_and_malformed_entries_are_set_aside_and_never_block_the_others(
     keys = objects(cloud["s3"], cloud["bucket"])
     assert len(keys) == 1 and refused_key not in keys, keys
     reasons = sorted(a["reason"] for a in aside)
-    assert len(aside) == 3, aside
+    assert len(aside) == 4, aside
     assert any("no list of image ids" in r for r in reasons) and any("not a Parquet file" in r for r in reasons)
     assert any("access denied" in r for r in reasons), reasons
-    assert "3 set aside" in line, line
+    assert any("outside the model's output range [0, 6]" in r for r in reasons), reasons   # issue 32
+    assert "4 set aside" in line, line
     assert sum(refused_key in unquote(u) for u in puts) == 6 and len(puts) == 7, puts   # malformed: no PUT at all
 
 

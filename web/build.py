@@ -88,7 +88,8 @@ def contract_spec(model_path: Path) -> dict:
         "preprocessing": {"draft_factor": DRAFT_FACTOR, "max_pixels": DEFAULT_MAX_PIXELS,
                           "extensions": list(IMAGE_EXTENSIONS), "not_photos": dict(NOT_PHOTOS),
                           "card": card.preprocessing},
-        "model": {"file": f"model/{model_path.name}", "card": json.loads(card.to_json())},
+        "model": {"file": f"model/{model_path.name}",   # the card, less what only the job uses (20 kB of floats)
+                  "card": {k: v for k, v in json.loads(card.to_json()).items() if k != "feature_center"}},
         "config_schema": CONFIG_SCHEMA,
     }
 

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -323,9 +324,9 @@ class WebKit(Browser):
         if not display:
             _end_group(self._xvfb)
             raise BrowserError("Xvfb did not start (no display number)")
-        from demo.s3server import free_port
-
-        port = free_port()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
         env = {**os.environ, "DISPLAY": f":{display}", "HOME": str(self.profile), "XDG_DATA_HOME": str(self.profile),
                "XDG_CACHE_HOME": str(self.profile / "cache")}
         self._driver = subprocess.Popen([WEBKIT_DRIVER, f"--port={port}", "--host=127.0.0.1"], env=env,

@@ -258,6 +258,13 @@ class App {
     const bad = rows.find((r) => r.clientId !== key.client || r.modelSha256 !== key.sha ||
                                 !r.features || r.features.length !== this.contract.feature_dim);
     if (bad) throw new EntryRefused(`${entry.key}: row ${bad.imageId.slice(0, 12)}… is not of this key's device and model`);
+    // What the model can produce and nothing else (its card's output range): the cloud refuses anything else.
+    const [low, high] = this.card.output_range || [0, 6];
+    const outside = rows.find((r) => r.features.some((v) => !(v >= low - 1e-4 && v <= high + 1e-4)));
+    if (outside) {
+      throw new EntryRefused(`${entry.key}: row ${outside.imageId.slice(0, 12)}… has features outside the model's output ` +
+                             `range [${low}, ${high}]`);
+    }
   }
 
   /** An entry of an identity this device no longer holds, re-made under its identity (its own vectors): the same
