@@ -66,7 +66,7 @@ def scan_ids(spark, output: str) -> int:
     from cloud_pca import incremental
 
     state = incremental.load_state(spark, output, None)
-    return semi_join_count(incremental.counted_ids(spark, state), spark.read.parquet(*state.id_parts[-1:]))
+    return semi_join_count(state.counted.frame(spark), spark.read.parquet(*state.id_parts[-1:]))
 
 
 def semi_join_count(counted, batch) -> int:

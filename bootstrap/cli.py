@@ -87,10 +87,14 @@ def add_serverless_commands(esub) -> None:
         a.add_argument("--image-uri", help="the custom image in ECR (bootstrap/emr-serverless.Dockerfile)")
         a.add_argument("--daily", metavar="HH:MM", help="time of day (UTC) of the daily refresh")
         a.add_argument("--poll", type=float, default=20.0, help="seconds between job run checks (launch)")
-    a = add_command(ssub, "status", help="the job runs of the application",
-                    example="fruits-cloud emr serverless status --application-id 00fabc...")
+    a = add_command(ssub, "status", help="the job runs of the application (and what a run set aside)",
+                    example="fruits-cloud emr serverless status --application-id 00fabc... --bucket fruits-data "
+                            "--run-id 20261202T030000Z-1a2b3c")
     a.add_argument("--application-id", required=True)
     a.add_argument("--job-run-id")
+    a.add_argument("--bucket", help="with --run-id: list what the run's trust model set aside (from its summary)")
+    a.add_argument("--prefix", default="fruits")
+    a.add_argument("--run-id", help="a run of the chain (its pca/run=<id>/summary.json)")
     a.add_argument("--region", default=os.environ.get("AWS_REGION", "eu-west-3"))
     a.add_argument("--profile")
 
@@ -125,6 +129,10 @@ def cmd_serverless(args) -> int:
         client = _session(args).client("emr-serverless", region_name=args.region)
         for r in serverless.status(client, args.application_id, args.job_run_id):
             print(f"{r['id']} {r['state']:10s} {r['name']}" + (f" ({r['details']})" if r["details"] else ""))
+        if args.bucket and args.run_id:
+            s3 = _session(args).client("s3", region_name=args.region)
+            for line in serverless.set_aside(s3, args.bucket, args.prefix, args.run_id):
+                print(line)
         return 0
     spec = spec_from_args(args)
     spec.image_uri = args.image_uri

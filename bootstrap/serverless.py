@@ -540,6 +540,25 @@ def unschedule(spec: ClusterSpec, *, session, say=print) -> list[str]:
     return lines
 
 
+def set_aside(s3, bucket: str, prefix: str, run_id: str) -> list[str]:
+    """What a run's trust model set aside (its summary's ``contributions``), as lines: counts, then the objects
+    quarantined and held back (one device's bad objects stop only that device: this is where an operator sees them)."""
+    key = layout.run_prefix(prefix, run_id) + "summary.json"
+    try:
+        summary = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except Exception as exc:
+        raise EMRError(f"s3://{bucket}/{key}: {_first_line(exc)} (the run has not written its summary yet?)") from None
+    c = summary.get("contributions") if isinstance(summary, dict) else None
+    if not isinstance(c, dict):
+        return [f"run {run_id}: no contributions record (a run from before the trust model)"]
+    lines = [f"run {run_id}: {c.get('quarantined', 0)} object(s) quarantined, {c.get('held_back', 0)} held back; rows "
+             f"set aside: {c.get('screened', 0)} screened, {c.get('near_copies', 0)} near-copies, "
+             f"{c.get('conflicts', 0)} conflicts"]
+    lines += [f"  quarantined {q['file']}: {q['reason']}" for q in c.get("quarantined_objects") or []]
+    lines += [f"  held back {h['file']}: {h['reason']}" for h in c.get("held_back_objects") or []]
+    return lines
+
+
 def status(emrs, application_id: str, job_run_id: str | None = None) -> list[dict]:
     try:
         if job_run_id:

@@ -153,6 +153,12 @@ def build_parser(extend=None):
     r.add_argument("--run", required=True, help="a run folder (OUTPUT/run=<id>): local, s3://, s3a://")
     r.add_argument("--out", help="where to write the page (local path or s3://); default RUN/report.html")
     r.add_argument("--max-points", type=int, default=3000, help="points in the 3-D view (a sample stratified by label)")
+    c = add_command(sub, "contributions", help="who sent what to a run, and what the trust model set aside",
+                    description="From a run's summary.json: the devices, anonymous or trusted, the rows refused and set "
+                                "aside (screened, near-copies, conflicts), objects quarantined or held back.",
+                    example="fruits-cloud contributions --run s3://b/team/pca/run=2026...")
+    c.add_argument("--run", required=True, help="a run folder (OUTPUT/run=<id>)")
+    c.add_argument("--json", action="store_true", help="the summary's contributions record as JSON")
     if extend is not None:
         extend(sub)
     return parser
@@ -253,8 +259,34 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_contributions(args) -> int:
+    from cloud_pca.report import ReportError, _read_json, check_summary, contributions_tables
+
+    run = _uri(args.run).rstrip("/")
+    spark = _spark(args, "contributions")
+    summary = _read_json(spark, f"{run}/summary.json")
+    if summary is None:
+        raise ReportError(f"{run}/summary.json is missing: not a run folder, or a run that did not finish")
+    c = check_summary(summary, f"{run}/summary.json").get("contributions")
+    if not c:
+        raise ReportError(f"{run}: a run from before the trust model (no contributions in its summary)")
+    if args.json:
+        print(json.dumps(c, indent=1))
+        return 0
+    print(f"{c.get('devices')} devices ({c.get('anonymous_devices')} anonymous, {c.get('rows_from_anonymous')} rows); "
+          f"screened against: {c.get('screened_against') or 'nothing published'}")
+    for title, rows in contributions_tables(c):
+        print(f"\n{title}")
+        cols = list(rows[0]) if rows else []
+        widths = {k: min(60, max(len(k), *(len(str(r.get(k))) for r in rows))) for k in cols}
+        print("  ".join(k.ljust(widths[k]) for k in cols))
+        for r in rows:
+            print("  ".join(str(r.get(k))[:widths[k]].ljust(widths[k]) for k in cols))
+    return 0
+
+
 COMMANDS = {"pca": cmd_pca, "featurize": cmd_featurize, "publish": cmd_publish, "evaluate": cmd_evaluate,
-            "report": cmd_report}
+            "report": cmd_report, "contributions": cmd_contributions}
 
 
 def watched(command):

@@ -188,7 +188,7 @@ def list_photos(spark, uris: list[str], skip: set[str] | None = None) -> tuple[o
     listed, refused = [], []
     try:
         for uri in uris:
-            for path, _, _ in list_files(spark, uri, suffixes=None):   # paths as the scan's path column spells them
+            for path, *_ in list_files(spark, uri, suffixes=None):   # paths as the scan's path column spells them
                 if skip and path in skip:
                     continue
                 problem = device_key_problem(path, uri) if os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS \

@@ -8,10 +8,16 @@ new statistics to the kept ones and solves the 1280x1280 eigenproblem again.
 State, one per model fingerprint, under ``OUTPUT/state/model=<sha256>/`` (``pca/state/...`` in the layout)::
 
     gen=<g>/moments.npz    the total statistics after generation g
-    gen=<g>/objects.json   every object counted (path, size, version: ETag or modification time, how Spark reads it)
-    gen=<g>/ids/           Parquet: the image ids generation g added
-    current.json           the generation in force, and the ids folders of every generation up to it;
-                           written last, so a run that fails leaves the previous state in force
+    gen=<g>/objects.json   every object seen (path, size, version: ETag or modification time, how Spark reads it;
+                           its device, whether anonymous, when the store received it, its rows; and for an object
+                           that added nothing, why: quarantined or held back)
+    gen=<g>/ids/           Parquet: the rows generation g added: image id, SimHash signature, whether anonymous,
+                           when the store received their object, its path and the row (what the trust model needs
+                           to rank a later copy of the same photo against them, and to find near-copies)
+    current.json           the generation in force, the ids folders in force (at most MAX_PARTS: more are merged
+                           into one, so a refresh reads a bounded number of them) and the counted rows a later,
+                           better-ranked copy replaced; written last, so a run that fails leaves the previous state
+                           in force
 
 Each generation has a name of its own (``g00007-3fa2c1``): a failed run's folder is never reused (it is
 left behind, unreferenced; nothing is deleted, which the cluster's role may not do).
@@ -29,14 +35,18 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+import numpy as np
+
 from contract.errors import FruitsError
 from contract.layout import check_sha256
-from cloud_pca.inputs import InputFile, check_files, list_inputs, open_files
+from cloud_pca.inputs import InputError, InputFile, check_files, list_inputs, open_files, refuse_bad
 from cloud_pca.pca import GramSums
 from cloud_pca.spark import list_dirs, path_exists, read_bytes, write_bytes, write_rows
 
 STATE = "state"
 POINTER = "current.json"
+MAX_PARTS = 8                    # ids folders in force; one more and they are merged into one
+COUNTED_DDL = "image_id string, sig bigint, anonymous boolean, mtime bigint, path string, row int"
 
 
 class StateError(FruitsError, ValueError):
@@ -52,10 +62,87 @@ class State:
     sums: GramSums | None = None
     objects: list[dict] = field(default_factory=list)
     id_parts: list[str] = field(default_factory=list)
+    dropped: list[list] = field(default_factory=list)   # [path, row] of counted rows replaced by a later copy
 
     @property
     def counted_paths(self) -> set[str]:
         return {o["path"] for o in self.objects}
+
+    @property
+    def counted(self) -> "Counted":
+        return Counted(self.model_sha256, list(self.id_parts), [tuple(d) for d in self.dropped], self.objects)
+
+
+@dataclass
+class Counted:
+    """The rows a state counted, as the trust model needs them (:func:`cloud_pca.trust.decide`): read only where a new
+    row may meet one (the same image id, or the same signature half among anonymous rows)."""
+
+    model_sha256: str
+    parts: list[str]
+    dropped: list[tuple]
+    objects: list[dict]
+
+    def frame(self, spark):
+        """Every counted row (a DataFrame of COUNTED_DDL; columns a part from before them lacks are null)."""
+        from pyspark.sql import functions as F
+
+        df = spark.read.schema(COUNTED_DDL).parquet(*self.parts)
+        if self.dropped:
+            gone = spark.createDataFrame([(p, int(r)) for p, r in self.dropped], "path string, row int")
+            df = df.join(F.broadcast(gone), ["path", "row"], "left_anti")
+        return df
+
+    def rows_for(self, spark, ids: set, lo: list, hi: list, *, local_bytes: int = 256 * 2**20):
+        """The counted rows whose image id is in ``ids`` or, anonymous, whose signature halves are in ``lo``/``hi``:
+        a pyarrow Table (image_id, sig, anonymous, mtime, path, row, legacy). Read by the driver with pyarrow when the
+        parts are small (the daily refresh), else filtered in Spark."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from cloud_pca.spark import list_files
+        from cloud_pca.trust import bands
+
+        files = [f for part in self.parts for f in list_files(spark, part)]
+        schema = pa.schema([("image_id", pa.string()), ("sig", pa.int64()), ("anonymous", pa.bool_()),
+                            ("mtime", pa.int64()), ("path", pa.string()), ("row", pa.int32())])
+        if sum(f.size for f in files) <= local_bytes:
+            from cloud_pca.scan import open_file, storage_options
+
+            options, tables = storage_options(spark), []
+            for f in files:
+                import pyarrow.parquet as pq
+
+                with open_file(options, f.path) as fh:
+                    t = pq.read_table(fh)
+                tables.append(pa.table({name: (t.column(name).cast(schema.field(name).type) if name in t.column_names
+                                               else pa.nulls(t.num_rows, schema.field(name).type))
+                                        for name in schema.names}))
+            table = pa.concat_tables(tables) if tables else schema.empty_table()
+        else:
+            from pyspark.sql import functions as F
+
+            lo_band, hi_band = F.col("sig").bitwiseAND(F.lit(0xFFFFFFFF)), F.shiftrightunsigned("sig", 32)
+            wanted = F.col("image_id").isin(list(ids)) | (F.col("anonymous") & (lo_band.isin(lo) | hi_band.isin(hi)))
+            table = pa.Table.from_pylist([r.asDict() for r in self.frame(spark).filter(wanted).collect()], schema=schema)
+        keep = pc.is_in(table.column("image_id"), value_set=pa.array(sorted(ids), pa.string()))
+        sig = table.column("sig").to_numpy(zero_copy_only=False)
+        legacy = np.asarray(pc.is_null(table.column("sig")).to_numpy(zero_copy_only=False), dtype=bool)
+        anonymous = np.asarray(pc.fill_null(table.column("anonymous"), False).to_numpy(zero_copy_only=False), dtype=bool)
+        if len(table):
+            a, b = bands(np.nan_to_num(sig.astype(np.float64)).astype(np.int64) if legacy.any() else sig)
+            near = anonymous & (np.isin(a, np.asarray(lo, np.int64)) | np.isin(b, np.asarray(hi, np.int64)))
+            keep = np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool) | (near & ~legacy)
+            if self.dropped:
+                gone = set(self.dropped)
+                keep &= np.array([(p, int(r)) not in gone for p, r in zip(table.column("path").to_pylist(),
+                                                                           table.column("row").to_pylist())])
+            table = table.filter(pa.array(keep))
+        table = table.append_column("legacy", pc.is_null(table.column("sig")))
+        return table.set_column(table.schema.get_field_index("sig"), "sig", pc.fill_null(table.column("sig"), 0)) \
+            .set_column(table.schema.get_field_index("anonymous"), "anonymous",
+                        pc.fill_null(table.column("anonymous"), False)) \
+            .set_column(table.schema.get_field_index("mtime"), "mtime", pc.fill_null(table.column("mtime"), 0))
 
 
 @dataclass
@@ -106,11 +193,13 @@ def load_state(spark, output: str, model_sha256: str | None) -> State | None:
         pointer = json.loads(file(POINTER))
     except ValueError as exc:
         raise damaged(f"{uri}/{POINTER}", f"not JSON ({exc})") from None
-    gen, number, ids = (pointer.get("generation"), pointer.get("number"), pointer.get("ids", [])) \
-        if isinstance(pointer, dict) else (None, None, None)
+    gen, number, ids, dropped = (pointer.get("generation"), pointer.get("number"), pointer.get("ids", []),
+                                 pointer.get("dropped", [])) if isinstance(pointer, dict) else (None, None, None, None)
     if not isinstance(gen, str) or not isinstance(number, int) or not isinstance(ids, list) \
-            or not all(isinstance(p, str) for p in ids):
-        raise damaged(f"{uri}/{POINTER}", "needs a generation (text), a number and a list of ids folders")
+            or not all(isinstance(p, str) for p in ids) or not isinstance(dropped, list) \
+            or not all(isinstance(d, list) and len(d) == 2 for d in dropped):
+        raise damaged(f"{uri}/{POINTER}", "needs a generation (text), a number, a list of ids folders and of dropped "
+                                          "rows")
     try:
         sums = GramSums.from_bytes(file(f"gen={gen}/moments.npz"))
     except StateError:
@@ -124,7 +213,7 @@ def load_state(spark, output: str, model_sha256: str | None) -> State | None:
     if not isinstance(objects, list) or not all(isinstance(o, dict) and isinstance(o.get("path"), str)
                                                 and isinstance(o.get("size"), int) for o in objects):
         raise damaged(f"{uri}/gen={gen}/objects.json", "must be a list of objects with a path and a size")
-    state = State(uri, model_sha256, gen, number, sums, objects, [f"{uri}/{p}" for p in ids])
+    state = State(uri, model_sha256, gen, number, sums, objects, [f"{uri}/{p}" for p in ids], dropped)
     check_ids(spark, state)
     return state
 
@@ -143,7 +232,7 @@ def check_ids(spark, state: State) -> None:
         if not files:
             raise StateError(f"{part}: missing (the image ids a generation counted); the incremental state is "
                              f"damaged: rebuild it with --full")
-        for path, size, _ in files:
+        for path, size, *_ in files:
             try:
                 read_footer(spark, path, size)
             except Exception as exc:
@@ -152,10 +241,13 @@ def check_ids(spark, state: State) -> None:
 
 
 def check_counted(state: State, listed: list[tuple]) -> None:
-    """Refuse when an object the state counted is gone from the listing or is not the version counted."""
+    """Refuse when an object the state counted is gone from the listing or is not the version counted. Objects
+    that added nothing (quarantined, held back) may go: an operator cleans them up."""
     now = {item[0]: item for item in listed}
     gone, changed = [], []
     for o in state.objects:
+        if o.get("reason"):
+            continue
         item = now.get(o["path"])
         if item is None:
             gone.append(o["path"])
@@ -179,24 +271,17 @@ def plan_batch(spark, inputs: list[str], state: State | None, *, skip_bad_files:
     counted = state.counted_paths if state else set()
     new = [item for item in listed if item[0] not in counted]
     files = check_files(spark, new) if new else []
-    bad = [f for f in files if f.reason]
-    if bad and not skip_bad_files:
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise StateError(f"{bad[0].path}: {bad[0].reason}{more}; fix or remove it, or pass --skip-bad-files")
+    try:
+        refuse_bad([f for f in files if f.reason], skip_bad_files=skip_bad_files)
+    except InputError as exc:
+        raise StateError(str(exc)) from None
     return files, len(listed)
 
 
-def counted_ids(spark, state: State):
-    """The image ids every committed generation added (one column), or None when there are none."""
-    if not state.id_parts:
-        return None
-    # the schema given: Spark would otherwise start a job to read a footer for it
-    return spark.read.schema("image_id STRING").parquet(*state.id_parts).select("image_id")
-
-
 def counted_files(state: State) -> list[InputFile]:
-    """The objects the state counted, as InputFiles (their footers were checked when they were counted)."""
-    return [InputFile(**{k: v for k, v in o.items() if k in InputFile.__dataclass_fields__}) for o in state.objects]
+    """The objects the state counted rows of, as InputFiles (their footers were checked when they were counted)."""
+    return [InputFile(**{k: v for k, v in o.items() if k in InputFile.__dataclass_fields__})
+            for o in state.objects if not o.get("reason")]
 
 
 def all_files(spark, state: State, new: list[InputFile]):
@@ -211,19 +296,57 @@ def next_generation(state: State) -> str:
     return f"g{state.number + 1:05d}-{uuid.uuid4().hex[:6]}"
 
 
-def commit(spark, state: State, gen: str, sums: GramSums, new_files: list[InputFile], unique, *, run_id: str) -> dict:
-    """Write generation ``gen`` (its ids, moments and objects), then the pointer: the new total is in force."""
+def counted_rows(spark, fitted, files: list):
+    """The rows a generation adds, as the state keeps them (COUNTED_DDL), from the run's fitted thin rows (image_id,
+    file index, row, sig, owner): a DataFrame or a pyarrow Table, as ``fitted`` is."""
+    from contract.layout import is_anonymous
+
+    meta = [(i, f.path, int(f.mtime), bool(f.anonymous)) for i, f in enumerate(files)]
+    if hasattr(fitted, "num_rows"):
+        import pyarrow as pa
+
+        idx = fitted.column("file").to_numpy().astype(np.int64)
+        owners = fitted.column("owner").to_pylist()
+        return pa.table({
+            "image_id": fitted.column("image_id"), "sig": fitted.column("sig"),
+            "anonymous": pa.array([meta[i][3] or is_anonymous(o) for i, o in zip(idx, owners)], pa.bool_()),
+            "mtime": pa.array([meta[i][2] for i in idx], pa.int64()),
+            "path": pa.array([meta[i][1] for i in idx], pa.string()), "row": fitted.column("row")})
+    from pyspark.sql import functions as F
+
+    from contract.layout import _COGNITO_ID_RE
+
+    m = spark.createDataFrame(meta, "file int, path string, mtime long, file_anonymous boolean")
+    return (fitted.join(F.broadcast(m), "file").select(
+        "image_id", "sig", (F.col("file_anonymous") | F.coalesce(F.col("owner").rlike(_COGNITO_ID_RE.pattern),
+                                                                 F.lit(False))).alias("anonymous"),
+        "mtime", "path", F.col("row").cast("int").alias("row")))
+
+
+def commit(spark, state: State, gen: str, sums: GramSums, new_files: list[InputFile], fitted, *, run_id: str,
+           scanned: list | None = None, dropped: list | None = None, held: list | None = None) -> dict:
+    """Write generation ``gen`` (the rows it counted, moments and objects), then the pointer: the new total is in
+    force. ``fitted``: the run's fitted thin rows (``scanned``: the scan's files their indices name);
+    ``dropped``: counted rows a better-ranked copy replaced; ``held``: objects held back (recorded, never re-read).
+    More than MAX_PARTS ids folders are merged into one (the dropped rows left out)."""
     number = int(gen[1:6])
     base = f"{state.uri}/gen={gen}"
     parts = [p[len(state.uri) + 1:] for p in state.id_parts]
-    if unique is not None:
-        write_rows(spark, f"{base}/ids", unique.select(["image_id"]))   # a DataFrame or a pyarrow Table
+    all_dropped = [list(d) for d in state.dropped] + [[p, int(r)] for p, r in (dropped or [])]
+    if fitted is not None:
+        write_rows(spark, f"{base}/ids", counted_rows(spark, fitted, scanned or []))   # a DataFrame or a pyarrow Table
         parts.append(f"gen={gen}/ids")
-    objects = state.objects + [asdict(f) for f in new_files if f.reason is None]
+    if len(parts) > MAX_PARTS:
+        merged = Counted(state.model_sha256, [f"{state.uri}/{p}" for p in parts], [tuple(d) for d in all_dropped],
+                         []).frame(spark)
+        write_rows(spark, f"{base}/ids-merged", merged)
+        parts, all_dropped = [f"gen={gen}/ids-merged"], []
+    held_paths = {h["file"]: h["reason"] for h in held or []}
+    objects = state.objects + [{**asdict(f), "reason": f.reason or held_paths.get(f.path)} for f in new_files]
     write_bytes(spark, f"{base}/moments.npz", sums.to_bytes())
     write_bytes(spark, f"{base}/objects.json", json.dumps(objects).encode())
     pointer = {"generation": gen, "number": number, "previous": state.generation, "model_sha256": state.model_sha256,
-               "rows": sums.n, "objects": len(objects), "ids": parts, "run_id": run_id,
+               "rows": sums.n, "objects": len(objects), "ids": parts, "dropped": all_dropped, "run_id": run_id,
                "committed_at": datetime.now(timezone.utc).isoformat()}
     write_bytes(spark, f"{state.uri}/{POINTER}", json.dumps(pointer, indent=1).encode())   # last
     return pointer

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 from contract.card import FEATURE_DIM
 from contract.errors import ContractError, FruitsError, one_line
-from contract.layout import device_key_problem
-from contract.vectors import (META_PROJECTION_ID, PROJECTION_COLUMN, VECTOR_COLUMNS, conform_schema, conform_table,
-                              vector_schema)
+from contract.layout import device_key_problem, device_of, in_device_area, is_anonymous
+from contract.vectors import (META_MODEL_SHA256, META_PROJECTION_ID, PROJECTION_COLUMN, VECTOR_COLUMNS,
+                              conform_schema, conform_table, vector_schema)
 from cloud_pca.spark import list_files
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,12 @@ class InputFile:
     nanos: bool = False            # vectorized_at is a timestamp[ns] (read as int64 nanoseconds)
     projection_id: str | None = None   # projected files: the projection named in the file's metadata
     version: str | None = None     # the listed version (ETag or modification time): see spark.file_version
+    mtime: int = 0                 # when the store says it was written (ms since the epoch): no device can set it
+    owner: str | None = None       # the device whose client=<id>/ folder holds it (device areas only)
+    anonymous: bool = False        # that device is an anonymous Cognito identity (contract.layout.is_anonymous)
+    device_area: bool = False      # listed under an area devices write: a bad file is set aside, never fatal
+    rows: int | None = None        # rows, from the footer
+    model: str | None = None       # the model fingerprint its writer put in its metadata, if any
 
 
 @dataclass
@@ -167,29 +173,34 @@ def java_reason(exc: Exception) -> str:
 
 def check_files(spark, files: list[tuple], threads: int = FOOTER_THREADS) -> list[InputFile]:
     """Each file's footer against the contract, ``threads`` at a time (a round trip each on S3). ``files``:
-    (path, size[, version[, the input it was listed under]]) as :func:`list_inputs` gives them; with the input,
-    a key of a device area that is not of the layout's shape is a bad file, never opened."""
+    (path, size, version, mtime, the input it was listed under) as :func:`list_inputs` gives them. A file of a device
+    area knows its device (the folder it lies in, never what its rows say) and whether that device is anonymous; a
+    key of a device area that is not of the layout's shape is a bad file, never opened."""
     # What the threads import is imported here first: threads importing modules for the first time at the same
     # moment can deadlock on Python's per-module import locks (arrow_schema, device_key_problem, read_footer).
     for name in ("base64", "urllib.parse", "pyarrow.parquet"):
         importlib.import_module(name)
 
     def one(item) -> InputFile:
-        path, size = item[0], item[1]
-        f = InputFile(path, size, version=item[2] if len(item) > 2 else None)
+        path, size, version, mtime, under = item
+        owner = device_of(path, under)
+        f = InputFile(path, size, version=version, mtime=mtime, owner=owner, anonymous=is_anonymous(owner),
+                      device_area=in_device_area(under))
         # Defence in depth: a device area holds only keys of the layout's shape (the policies say so, but a
         # listed key is turned into a Hadoop path, which collapses '//' and resolves '..').
-        problem = device_key_problem(path, item[3]) if len(item) > 3 else None
+        problem = device_key_problem(path, under)
         if problem:
             f.reason = problem
             return f
         try:
             meta = read_footer(spark, path, size)
+            f.rows = int(meta.num_rows)
             schema = arrow_schema(meta)
             conform_schema(schema, origin="file")
             f.read_ddl, f.nanos = read_schema_ddl(meta)
             f.projected = PROJECTION_COLUMN in schema.names
             f.projection_id = (meta.metadata or {}).get(META_PROJECTION_ID, b"").decode() or None
+            f.model = (meta.metadata or {}).get(META_MODEL_SHA256, b"").decode() or None
         except ContractError as exc:
             f.reason = str(exc).replace("file: ", "", 1)
         except Exception as exc:  # Py4JJavaError: listed but not there (FileNotFound), access denied, ...
@@ -226,8 +237,9 @@ def output_schema(projected: bool):
     return schema.add(StructField("file", StringType())).add(StructField("reason", StringType()))
 
 
-def _conformer(dim: int | None, nanos: bool):
-    """A ``mapInArrow`` function: Spark-read batches -> the contract's types + per-row reasons."""
+def _conformer(dim: int | None, nanos: bool, owners: dict | None = None):
+    """A ``mapInArrow`` function: Spark-read batches -> the contract's types + per-row reasons. ``owners``: the
+    device folder of each file (by its unquoted path), whose rows must name that device."""
 
     def conform(batches):
         import pyarrow as pa
@@ -235,7 +247,8 @@ def _conformer(dim: int | None, nanos: bool):
         for batch in batches:
             table = pa.Table.from_batches([batch])
             files = table.column("file")
-            out, reasons = conform_table(table.drop(["file"]), origin="row", dim=dim, nanos_as_int=nanos)
+            who = [owners.get(_plain(f)) for f in files.to_pylist()] if owners else None
+            out, reasons = conform_table(table.drop(["file"]), origin="row", dim=dim, nanos_as_int=nanos, owner=who)
             out = out.append_column("file", files).append_column("reason", reasons)
             yield from out.to_batches()
 
@@ -252,14 +265,24 @@ def read_rows(spark, files: list[InputFile], *, projected: bool, dim: int):
     if any(nanos for _, nanos in groups):
         spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
     schema = output_schema(projected)
+    owners = {_plain(f.path): f.owner for f in files if f.owner}
     frames = []
     for (ddl, nanos), paths in sorted(groups.items()):
         raw = spark.read.schema(ddl).parquet(*paths).withColumn("file", F.input_file_name())
-        frames.append(raw.mapInArrow(_conformer(dim, nanos), schema))
+        frames.append(raw.mapInArrow(_conformer(dim, nanos, owners), schema))
     df = frames[0]
     for other in frames[1:]:
         df = df.unionByName(other)
     return df
+
+
+def _plain(path: str) -> str:
+    """A file's bucket and path, whichever way it is spelled (``file:/x`` or ``file:///x``; a Cognito id's ':'
+    percent-encoded by ``input_file_name()`` or not)."""
+    from urllib.parse import unquote, urlparse
+
+    u = urlparse(path)
+    return u.netloc + unquote(u.path)
 
 
 def projected_dim(spark, files: list[InputFile]) -> int:
@@ -271,9 +294,9 @@ def projected_dim(spark, files: list[InputFile]) -> int:
     return int(first["n"]) if first else FEATURE_DIM
 
 
-def list_inputs(spark, inputs: list[str]) -> list[tuple[str, int, str, str]]:
-    """(path, size, version, the input it was listed under) of every Parquet file under the inputs (recursive),
-    as the driver's file system lists them."""
+def list_inputs(spark, inputs: list[str]) -> list[tuple[str, int, str, int, str]]:
+    """(path, size, version, mtime, the input it was listed under) of every Parquet file under the inputs
+    (recursive), as the driver's file system lists them."""
     listed = []
     for uri in inputs:
         try:
@@ -283,15 +306,22 @@ def list_inputs(spark, inputs: list[str]) -> list[tuple[str, int, str, str]]:
     return listed
 
 
+def refuse_bad(bad: list[InputFile], *, skip_bad_files: bool) -> None:
+    """A bad file of an operator's area stops the run (unless ``skip_bad_files``), with its reason. One of a device
+    area never does: anyone with the app can write there, and one device's bad object must stop only that device;
+    it is set aside and listed (summary ``quarantined``, the report)."""
+    strict = [f for f in bad if not f.device_area]
+    if strict and not skip_bad_files:
+        more = f" (and {len(strict) - 1} more)" if len(strict) > 1 else ""
+        raise InputError(f"{strict[0].path}: {strict[0].reason}{more}; fix or remove it, or pass --skip-bad-files")
+
+
 def good_files(spark, files: list[InputFile], *, skip_bad_files: bool, where: str) -> tuple[Inputs, list]:
     """The good ``files`` (footers already checked), without reading rows: (Inputs for the summary, with no
     rows yet; the good files). Refuses (with the first file and its reason) a bad file unless
     ``skip_bad_files``, and projected vectors mixed with raw 1280-d ones."""
+    refuse_bad([f for f in files if f.reason], skip_bad_files=skip_bad_files)
     bad = [(f.path, f.reason) for f in files if f.reason]
-    if bad and not skip_bad_files:
-        path, reason = bad[0]
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise InputError(f"{path}: {reason}{more}; fix or remove it, or pass --skip-bad-files")
     good = [f for f in files if f.reason is None]
     if not good:
         raise InputError(f"none of the {len(files)} file(s) under {where} follows the contract; "

@@ -66,6 +66,7 @@ class JobConfig:
     full: bool = False             # fit everything and start the incremental state afresh
     reproject: bool = False        # with incremental: project every row, not only the new ones
     driver_batch_bytes: int = 128 * 2**20   # incremental: a batch up to this size is read by the driver (0: never)
+    screen: bool = True            # screen anonymous rows against the published projection (cloud_pca.trust)
     stall_s: float = 20 * 60       # fail when no progress for this long (cloud_pca.watchdog; 0: never)
 
     def check(self) -> None:
@@ -129,12 +130,15 @@ class Scanned:
     model_counts: dict
     model_sha256: str | None
     excluded: np.ndarray
-    unique: object                # image_id of every row fitted: a DataFrame (Scan), a pyarrow Table (LocalScan)
+    unique: object                # every row fitted (image_id, file, row, sig, owner): a DataFrame (Scan), a Table
     rejects: object               # the same
     inputs: Inputs
     sums: GramSums | None = None
     passes: int = 1               # passes over the features so far
     featurized: object = None
+    decision: object = None       # cloud_pca.trust.Decision: what the trust model set aside, conflicts, replacements
+    screen: object = None         # the published projection anonymous rows were screened against
+    contributions: dict | None = None
 
     @property
     def partitions(self) -> int:
@@ -176,15 +180,6 @@ def fast_path(cfg: JobConfig) -> bool:
     return cfg.solver == "gram" and not cfg.images
 
 
-def drop_duplicates(valid):
-    """Thin valid rows without their duplicates (:func:`losers`), and the row ids left out."""
-    from pyspark.sql import functions as F
-
-    drop = losers(valid)
-    left_out = [r["_rid"] for r in drop.collect()]
-    return valid.join(F.broadcast(drop), "_rid", "left_anti"), left_out
-
-
 def check_inputs(spark, files: list, *, skip_bad_files: bool, where: str) -> tuple[Inputs, list, int]:
     """The good files of ``files`` (footers checked), refusing what :func:`cloud_pca.inputs.open_files` refuses,
     without reading rows: (Inputs for the summary, good files, the vectors' length)."""
@@ -198,10 +193,18 @@ def check_inputs(spark, files: list, *, skip_bad_files: bool, where: str) -> tup
 
 
 def refuse_unread(cfg: JobConfig, found, inputs: Inputs) -> list:
-    """Files pass 1 could not read: an error unless ``--skip-bad-files``, else listed with the bad files."""
+    """Files pass 1 could not read: listed with the bad files; one of an operator's area is an error unless
+    ``--skip-bad-files`` (one of a device area is set aside: :func:`cloud_pca.inputs.refuse_bad`)."""
+    from cloud_pca.inputs import refuse_bad
+
     unread = found.bad_files()
-    if unread and not cfg.skip_bad_files:
-        raise JobError(f"{unread[0][0]}: {unread[0][1]}; fix or remove it, or pass --skip-bad-files")
+    by_path = {f.path: f for f in found.files}
+    for path, reason in unread:
+        by_path[path].reason = reason
+    try:
+        refuse_bad([by_path[p] for p, _ in unread], skip_bad_files=cfg.skip_bad_files)
+    except InputError as exc:
+        raise JobError(str(exc)) from None
     inputs.bad = inputs.bad + unread
     return unread
 
@@ -218,16 +221,139 @@ def with_sums(spark, data: Scanned) -> Scanned:
     return data
 
 
-def scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=None, gram: bool = True) -> Scanned:
-    """Pass 1 (:func:`cloud_pca.scan.scan`) and what the driver makes of it: counts, the model, the rows left out
-    (duplicates, ids counted before), and the Gram statistics of the rows fitted (a second pass only when
-    rows are left out)."""
+def trust_context(spark, cfg: JobConfig, files: list, model_sha256: str | None = None):
+    """What the trust model needs before pass 1 (:mod:`cloud_pca.trust`), for the run's model (``--model-sha256``, the
+    state's, or the one the files' footers name), under the dataset root the output lies in (``ROOT/pca``): the model
+    card's feature center (signatures) and the published projection anonymous rows are screened against (None when
+    nothing is published, or with ``screen`` off)."""
+    from cloud_pca.trust import load_center, load_screen
+
+    model = model_sha256 or cfg.model_sha256
+    if model is None:
+        named = {f.model for f in files if getattr(f, "model", None)}
+        model = next(iter(named)) if len(named) == 1 else (first_model(spark, files) if not named else None)
+    out = cfg.output.rstrip("/")
+    root = out[: -len("/pca")] if out.endswith("/pca") else None
+    return load_center(spark, root, model), (load_screen(spark, root, model) if cfg.screen else None)
+
+
+def first_model(spark, files: list) -> str | None:
+    """The model fingerprint the first rows of the files name (files written without the fingerprint in their
+    metadata: a foreign writer's); None when none can be read."""
+    import pyarrow.parquet as pq
+
+    from cloud_pca.scan import open_file, storage_options
+
+    options = storage_options(spark)
+    for f in files[:5]:
+        try:
+            with open_file(options, f.path) as fh:
+                pf = pq.ParquetFile(fh)
+                for batch in pf.iter_batches(batch_size=64, columns=["model_sha256"]):
+                    named = [v for v in batch.column(0).to_pylist() if v]
+                    if named:
+                        return named[0]
+        except Exception:  # unreadable: pass 1 will say so
+            continue
+    return None
+
+
+def _rid(file_col, row_col):
     from pyspark.sql import functions as F
 
-    from cloud_pca.scan import scan
+    return F.shiftleft(F.col(file_col).cast("long"), 32).bitwiseOR(F.col(row_col).cast("long"))
+
+
+def _decision_rows(rows) -> "object":
+    """Thin rows (a pyarrow Table) as :func:`cloud_pca.trust.decide` takes them."""
+    import pyarrow as pa
+
+    rid = (rows.column("file").to_numpy().astype(np.int64) << 32) | rows.column("row").to_numpy().astype(np.int64)
+    return pa.table({"rid": pa.array(rid), "image_id": rows.column("image_id"), "file": rows.column("file"),
+                     "row": rows.column("row"), "sig": rows.column("sig"), "screen": rows.column("screen"),
+                     "owner": rows.column("owner")})
+
+
+def feature_reader(found):
+    """``read([(path, row)])`` -> {(path, row): vector}: the exact vectors of a few rows (where two copies' signatures
+    leave their agreement in doubt), read in the driver with the scan's own storage settings."""
+    def read(where: list[tuple[str, int]]) -> dict:
+        import pyarrow.parquet as pq
+
+        from cloud_pca.scan import open_file
+        from contract.vectors import features_matrix
+
+        out, by_path = {}, {}
+        for path, row in where:
+            by_path.setdefault(path, []).append(row)
+        for path, rows in by_path.items():
+            try:
+                with open_file(found.options, path) as f:
+                    table = pq.read_table(f, columns=["features"])
+            except Exception:  # gone or unreadable: the signatures decide
+                continue
+            x = features_matrix(table.column("features").take(rows))
+            out.update({(path, r): x[i] for i, r in enumerate(rows)})
+        return out
+
+    return read
+
+
+def trust_stage(spark, cfg: JobConfig, found, valid_rows, *, counted=None, screen=None):
+    """The trust model's decisions (:func:`cloud_pca.trust.decide`) on the run's valid rows: ``valid_rows`` the
+    candidates (a pyarrow Table of thin rows), ``counted`` the rows counted before (incremental) of the same ids or
+    signature halves."""
+    from cloud_pca.trust import decide
+
+    return decide(_decision_rows(valid_rows), found.files, counted=counted, screen=screen,
+                  read_features=feature_reader(found))
+
+
+def contributions(found, thin_counts: list[dict], decision, held: list[dict], quarantined: list, screen) -> dict:
+    """What each device sent and what became of it (summary ``contributions``; the report's section and ``fruits-cloud
+    contributions`` show it): per device rows in, refused (by pass 1's reasons and the trust model's), fitted."""
+    from contract.layout import is_anonymous
+
+    devices: dict[str, dict] = {}
+    for r in thin_counts:
+        d = devices.setdefault(r["owner"] or "(operator files)", {"device": r["owner"] or "(operator files)",
+                                                                   "anonymous": is_anonymous(r["owner"]),
+                                                                   "rows": 0, "refused": 0, "set_aside": 0})
+        d["rows"] += int(r["rows"])
+        d["refused"] += int(r["refused"])
+    for owner, n in decision.by_owner.items():
+        d = devices.setdefault(owner or "(operator files)", {"device": owner or "(operator files)",
+                                                             "anonymous": is_anonymous(owner), "rows": 0,
+                                                             "refused": 0, "set_aside": 0})
+        d["set_aside"] += n
+    ranked = sorted(devices.values(), key=lambda d: (-(d["refused"] + d["set_aside"]), -d["rows"], d["device"]))
+    return {
+        "screened_against": screen.projection_id if screen is not None else None,
+        "screen_limit": screen.limit if screen is not None else None,
+        "devices": len(devices), "anonymous_devices": sum(d["anonymous"] for d in devices.values()),
+        "rows_from_anonymous": sum(d["rows"] for d in devices.values() if d["anonymous"]),
+        "screened": decision.screened, "near_copies": decision.near_copies, "conflicts": len(decision.conflicts),
+        "replaced_counted": len(decision.replaced), "held_back_objects": held[:200], "held_back": len(held),
+        "quarantined_objects": [{"file": p, "reason": r} for p, r in quarantined][:200],
+        "quarantined": len(quarantined), "conflict_list": decision.conflicts[:200],
+        "by_device": ranked[:200]}
+
+
+def scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=None, gram: bool = True,
+               held: list | None = None) -> Scanned:
+    """Pass 1 (:func:`cloud_pca.scan.scan`) and what the driver makes of it: counts, the model, the trust model's
+    decisions on the candidate rows (duplicates and conflicts, screened and near-copy rows; :mod:`cloud_pca.trust`),
+    the rows left out, and the Gram statistics of the rows fitted (a second pass only when rows are left out).
+    ``counted``: the incremental state's counted rows (:class:`cloud_pca.incremental.Counted`)."""
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    from cloud_pca.scan import _thin_schema, scan
+    from cloud_pca.trust import NEAR_COPY_KEEP
 
     inputs, good, dim = check_inputs(spark, files, skip_bad_files=cfg.skip_bad_files, where=where)
-    found = scan(spark, good, dim=dim, select=cfg.model_sha256, gram=gram)
+    center, screen = trust_context(spark, cfg, good, counted.model_sha256 if counted is not None else None)
+    found = scan(spark, good, dim=dim, select=cfg.model_sha256, gram=gram, trust=(center, screen))
     try:
         unread = refuse_unread(cfg, found, inputs)
         thin = found.thin
@@ -235,60 +361,97 @@ def scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=None, 
             gone = [i for i, f in enumerate(found.files) if f.path in {p for p, _ in unread}]
             thin = thin.filter(~F.col("file").isin(gone))
         per_model = thin.groupBy("model_sha256", F.col("reason").isNull().alias("ok")).agg(
-            F.count(F.lit(1)).alias("count"), F.countDistinct("image_id").alias("ids")).collect()
+            F.count(F.lit(1)).alias("count")).collect()
         rows_in = sum(r["count"] for r in per_model)
         if rows_in == 0 and counted is None:
             raise JobError(f"the input holds no rows ({len(files)} file(s))")
         model_counts = {r["model_sha256"]: r["count"] for r in per_model if r["ok"] and r["model_sha256"]}
         pick_model(model_counts, cfg.model_sha256)
         chosen = cfg.model_sha256 or next(iter(model_counts), None)
-        n_valid = sum(r["count"] for r in per_model if r["ok"])
-        valid = thin.filter(F.col("reason").isNull()).withColumn(
-            "_rid", F.shiftleft(F.col("file").cast("long"), 32).bitwiseOR(F.col("row").cast("long")))
-        left_out, n_duplicates = [], 0
-        if sum(r["ids"] for r in per_model if r["ok"]) != n_valid:
-            valid, left_out = drop_duplicates(valid)
-            n_duplicates = len(left_out)
-        n_counted = 0
-        if counted is not None and n_valid:
-            seen = counted.join(F.broadcast(valid.select("image_id")), "image_id", "left_semi").distinct()
-            n_counted = seen.count()
-            if n_counted:
-                left_out += [r["_rid"] for r in valid.join(F.broadcast(seen), "image_id", "left_semi")
-                             .select("_rid").collect()]
-                valid = valid.join(F.broadcast(seen), "image_id", "left_anti")
-        excluded = np.unique(np.asarray(left_out, dtype=np.int64))
+        valid = thin.filter(F.col("reason").isNull()).withColumn("_rid", _rid("file", "row"))
+        # Candidates for the trust model, found in Spark; only they reach the driver: copies of one image id (here
+        # or counted before), anonymous rows in a dense cluster of signature halves, rows off the published model.
+        anon_files = [i for i, f in enumerate(found.files) if f.anonymous]
+        from contract.layout import _COGNITO_ID_RE
+
+        anon = F.col("file").isin(anon_files) | F.col("owner").rlike(_COGNITO_ID_RE.pattern)
+        lo, hi = F.col("sig").bitwiseAND(F.lit(0xFFFFFFFF)), F.shiftrightunsigned("sig", 32)
+        dup_ids = valid.groupBy("image_id").count().filter("count > 1").select("image_id")
+        banded = valid.filter(anon).select(F.lit("lo").alias("b"), lo.alias("v")).unionByName(
+            valid.filter(anon).select(F.lit("hi").alias("b"), hi.alias("v")))
+        if counted is not None and counted.parts:
+            cdf = counted.frame(spark)
+            dup_ids = dup_ids.unionByName(cdf.join(valid.select("image_id"), "image_id", "left_semi")
+                                          .select("image_id")).distinct()
+            clo, chi = F.col("sig").bitwiseAND(F.lit(0xFFFFFFFF)), F.shiftrightunsigned("sig", 32)
+            canon = cdf.filter(F.col("anonymous"))
+            banded = banded.unionByName(canon.select(F.lit("lo").alias("b"), clo.alias("v"))).unionByName(
+                canon.select(F.lit("hi").alias("b"), chi.alias("v")))
+        dense = banded.groupBy("b", "v").count().filter(F.col("count") > NEAR_COPY_KEEP).select("b", "v").collect()
+        dense_lo = [r["v"] for r in dense if r["b"] == "lo"]
+        dense_hi = [r["v"] for r in dense if r["b"] == "hi"]
+        wanted = F.lit(False)
+        if screen is not None:
+            wanted = wanted | (anon & (F.col("screen") > F.lit(screen.limit)))
+        if dense_lo or dense_hi:
+            wanted = wanted | (anon & (lo.isin(dense_lo) | hi.isin(dense_hi)))
+        ids = [r["image_id"] for r in dup_ids.collect()]
+        if ids:
+            wanted = wanted | is_in(spark, "image_id", ids)
+        cols = ["file", "row", "image_id", "sig", "screen", "owner"]
+        thin_schema = _thin_schema()
+        candidates = pa.Table.from_pylist([r.asDict() for r in valid.filter(wanted).select(*cols).collect()],
+                                          schema=pa.schema([(c, thin_schema.field(c).type) for c in cols]))
+        counted_rows = None
+        if counted is not None and counted.parts:
+            counted_rows = counted.rows_for(spark, set(candidates.column("image_id").to_pylist()), dense_lo, dense_hi)
+        decision = trust_stage(spark, cfg, found, candidates, counted=counted_rows, screen=screen)
+        left = sorted(set(decision.refused) | decision.duplicates | decision.already)
+        excluded = np.asarray(left, dtype=np.int64)
+        if len(excluded):
+            valid = valid.join(F.broadcast(spark.createDataFrame([(int(r),) for r in excluded], "_rid long")),
+                               "_rid", "left_anti")
         paths = spark.createDataFrame([(i, f.path) for i, f in enumerate(found.files)], "file int, path string")
         rejects = (thin.filter(F.col("reason").isNotNull()).join(F.broadcast(paths), "file")
                    .select("image_id", "source", "client_id", F.col("path").alias("file"), "reason"))
+        if decision.refused:
+            why = spark.createDataFrame([(int(r), t) for r, t in decision.refused.items()], "_rid long, why string")
+            refused = (thin.withColumn("_rid", _rid("file", "row")).join(F.broadcast(why), "_rid")
+                       .join(F.broadcast(paths), "file")
+                       .select("image_id", "source", "client_id", F.col("path").alias("file"),
+                               F.col("why").alias("reason")))
+            rejects = rejects.unionByName(refused)
+        per_owner = thin.groupBy("owner").agg(F.count(F.lit(1)).alias("rows"),
+                                              F.sum(F.col("reason").isNotNull().cast("int")).alias("refused")).collect()
+        decision.by_owner = _refused_by_owner(decision, candidates, found)
         # Each count on its own (the thin rows are cached: cheap), so that "reconciles" is a real check.
         counts = {"rows_in": int(rows_in), "projected": int(valid.count()),
-                  "rejected": int(thin.filter(F.col("reason").isNotNull()).count()),
-                  "duplicates": int(n_duplicates + n_counted)}
+                  "rejected": int(thin.filter(F.col("reason").isNotNull()).count()) + len(decision.refused),
+                  "duplicates": len(decision.duplicates) + len(decision.already)}
         if counted is not None:
-            counts["already_counted"] = int(n_counted)
-        data = Scanned(found, counts, model_counts, chosen, excluded, valid.select("image_id"), rejects, inputs)
+            counts["already_counted"] = len(decision.already)
+        data = Scanned(found, counts, model_counts, chosen, excluded,
+                       valid.select("image_id", "file", "row", "sig", "owner"), rejects, inputs)
+        data.decision, data.screen = decision, screen
+        data.contributions = contributions(found, [r.asDict() for r in per_owner], decision, held or [],
+                                           inputs.bad, screen)
         return with_sums(spark, data) if gram else data
     except BaseException:
         found.release()
         raise
 
 
-def local_losers(valid, rids: np.ndarray) -> np.ndarray:
-    """:func:`losers` of thin rows in a pyarrow Table (the driver's batch): the row ids of every duplicate to drop,
-    in the same order (earliest vectorization, nulls last, then source, file, row id)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    t = pa.table({"image_id": valid.column("image_id"), "vectorized_at": valid.column("vectorized_at"),
-                  "source": valid.column("source"), "file": valid.column("file"), "rid": pa.array(rids)})
-    # Spark's ascending order puts nulls first, but for vectorized_at (asc_nulls_last in losers)
-    order = pc.sort_indices(t, sort_keys=[(c, "ascending", "at_end" if c == "vectorized_at" else "at_start")
-                                          for c in t.column_names])
-    ids = np.asarray(t.column("image_id").take(order).to_numpy(zero_copy_only=False), dtype=object)
-    first = np.ones(len(ids), dtype=bool)
-    first[1:] = ids[1:] != ids[:-1]
-    return rids[order.to_numpy()][~first]
+def _refused_by_owner(decision, candidates, found) -> dict:
+    """Rows the trust model set aside, per device (the row's owner, or its file's)."""
+    rid = ((candidates.column("file").to_numpy().astype(np.int64) << 32)
+           | candidates.column("row").to_numpy().astype(np.int64))
+    owner = candidates.column("owner").to_pylist()
+    out: dict = {}
+    set_aside = set(decision.refused)
+    for r, o in zip(rid.tolist(), owner):
+        if r in set_aside:
+            out[o] = out.get(o, 0) + 1
+    return out
 
 
 def is_in(spark, column: str, values: list[str]):
@@ -304,57 +467,76 @@ def is_in(spark, column: str, values: list[str]):
     return Column(jvm.org.apache.spark.sql.functions.col(column).isInCollection(listed))
 
 
-def local_scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=None) -> Scanned:
+def local_scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=None,
+                     held: list | None = None) -> Scanned:
     """:func:`scan_stage` for a batch one Spark task would read (the daily refresh): pass 1 in the driver
-    (:func:`cloud_pca.scan.local_scan`, the same reading and checks) and its counts in pyarrow, without the jobs a
-    distributed scan needs. Spark runs one job: the new ids against the ids counted before (a folder that
-    grows with the state)."""
+    (:func:`cloud_pca.scan.local_scan`, the same reading and checks), its counts and the trust model's decisions in
+    pyarrow and numpy, the rows counted before read from the state with pyarrow: no Spark job at all."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     from cloud_pca.scan import local_scan
+    from cloud_pca.trust import bands
 
     inputs, good, dim = check_inputs(spark, files, skip_bad_files=cfg.skip_bad_files, where=where)
-    found = local_scan(spark, good, dim=dim, select=cfg.model_sha256)
-    refuse_unread(cfg, found, inputs)
+    center, screen = trust_context(spark, cfg, good, counted.model_sha256 if counted is not None else None)
+    found = local_scan(spark, good, dim=dim, select=cfg.model_sha256, trust=(center, screen))
+    unread = refuse_unread(cfg, found, inputs)
     thin = found.thin
+    if unread:
+        gone = pa.array([i for i, f in enumerate(found.files) if f.path in {p for p, _ in unread}], pa.int32())
+        thin = thin.filter(pc.invert(pc.is_in(thin.column("file"), value_set=gone)))
     if thin.num_rows == 0 and counted is None:
         raise JobError(f"the input holds no rows ({len(files)} file(s))")
-    refused = pc.is_valid(thin.column("reason"))
-    valid = thin.filter(pc.invert(refused))
+    refused_rows = pc.is_valid(thin.column("reason"))
+    valid = thin.filter(pc.invert(refused_rows))
     per_model = pc.value_counts(valid.column("model_sha256"))
     model_counts = {m: int(n) for m, n in zip(per_model.field("values").to_pylist(),
                                               per_model.field("counts").to_pylist()) if m}
     pick_model(model_counts, cfg.model_sha256)
     chosen = cfg.model_sha256 or next(iter(model_counts), None)
+    counted_rows = None
+    if counted is not None and counted.parts and valid.num_rows:
+        lo, hi = bands(valid.column("sig").to_numpy())
+        counted_rows = counted.rows_for(spark, set(valid.column("image_id").to_pylist()), lo.tolist(), hi.tolist())
+    decision = trust_stage(spark, cfg, found, valid, counted=counted_rows, screen=screen)
     rids = ((valid.column("file").to_numpy().astype(np.int64) << 32)
             | valid.column("row").to_numpy().astype(np.int64))
-    keep = np.ones(valid.num_rows, dtype=bool)
-    n_duplicates = n_counted = 0
-    if pc.count_distinct(valid.column("image_id")).as_py() != valid.num_rows:
-        keep &= ~np.isin(rids, local_losers(valid, rids))
-        n_duplicates = int((~keep).sum())
-    if counted is not None and valid.num_rows:
-        # One Spark job, one stage: the counted ids filtered by the batch's (a hash set in each task)
-        batch_ids = pc.unique(valid.column("image_id")).to_pylist()
-        seen = pa.array(sorted({r[0] for r in counted.filter(is_in(spark, "image_id", batch_ids)).collect()}),
-                        pa.string())
-        before = pc.is_in(valid.column("image_id"), value_set=seen).to_numpy(zero_copy_only=False) & keep
-        n_counted = int(before.sum())
-        keep &= ~before
+    left = set(decision.refused) | decision.duplicates | decision.already
+    keep = ~np.isin(rids, np.fromiter(left, np.int64, len(left))) if left else np.ones(len(rids), dtype=bool)
     excluded = np.unique(rids[~keep])
     fitted = valid.filter(pa.array(keep))
     paths = pa.array([f.path for f in found.files], pa.string())
-    rejected = thin.filter(refused)
+    rejected = thin.filter(refused_rows)
     rejects = pa.table({"image_id": rejected.column("image_id"), "source": rejected.column("source"),
                         "client_id": rejected.column("client_id"), "file": pc.take(paths, rejected.column("file")),
                         "reason": rejected.column("reason")})
-    counts = {"rows_in": thin.num_rows, "projected": fitted.num_rows, "rejected": rejected.num_rows,
-              "duplicates": n_duplicates + n_counted}
+    if decision.refused:
+        set_aside = np.isin(rids, np.fromiter(decision.refused, np.int64, len(decision.refused)))
+        aside = valid.filter(pa.array(set_aside))
+        aside_rids = rids[set_aside]
+        rejects = pa.concat_tables([rejects, pa.table({
+            "image_id": aside.column("image_id"), "source": aside.column("source"),
+            "client_id": aside.column("client_id"), "file": pc.take(paths, aside.column("file")),
+            "reason": pa.array([decision.refused[int(r)] for r in aside_rids], pa.string())})])
+    decision.by_owner = _refused_by_owner(decision, valid, found)
+    owners = thin.column("owner").to_pylist()
+    bad = refused_rows.to_numpy(zero_copy_only=False)
+    per_owner: dict = {}
+    for o, b in zip(owners, bad):
+        d = per_owner.setdefault(o, {"owner": o, "rows": 0, "refused": 0})
+        d["rows"] += 1
+        d["refused"] += int(b)
+    counts = {"rows_in": thin.num_rows, "projected": fitted.num_rows,
+              "rejected": int(refused_rows.to_numpy(zero_copy_only=False).sum()) + len(decision.refused),
+              "duplicates": len(decision.duplicates) + len(decision.already)}
     if counted is not None:
-        counts["already_counted"] = n_counted
-    return with_sums(spark, Scanned(found, counts, model_counts, chosen, excluded, fitted.select(["image_id"]),
-                                    rejects, inputs))
+        counts["already_counted"] = len(decision.already)
+    data = Scanned(found, counts, model_counts, chosen, excluded,
+                   fitted.select(["image_id", "file", "row", "sig", "owner"]), rejects, inputs)
+    data.decision, data.screen = decision, screen
+    data.contributions = contributions(found, list(per_owner.values()), decision, held or [], inputs.bad, screen)
+    return with_sums(spark, data)
 
 
 # ------------------------------------------------------------------------------------------ read stage
@@ -381,25 +563,39 @@ def pick_model(model_counts: dict[str, int], model_sha256: str | None) -> None:
                        f"{', '.join(s[:12] + '...' for s in model_counts)})")
 
 
-def losers(valid):
-    """``_rid`` of every duplicate to drop: for each image_id all rows but the earliest vectorization (then
-    by source, file). Only thin columns are shuffled, never the features."""
+def losers(valid, files: list | None = None):
+    """``_rid`` of every duplicate to drop on the row path: for each image_id all rows but the first in the trust
+    model's order (:mod:`cloud_pca.trust`): a trusted device's copy first, then the one the store received first
+    (the file's modification time), then by file and row; never by what a device says (``vectorized_at``). Only
+    thin columns are shuffled, never the features."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    w = Window.partitionBy("image_id").orderBy(F.col("vectorized_at").asc_nulls_last(), F.col("source"),
+    from cloud_pca.inputs import _plain
+    from cloud_pca.trust import ANONYMOUS, TRUSTED
+
+    thin = valid.select("_rid", "image_id", "file")
+    if files and dict(valid.dtypes).get("file") == "string":
+        spark = valid.sparkSession
+        meta = spark.createDataFrame([(_plain(f.path), ANONYMOUS if f.anonymous else TRUSTED, int(f.mtime))
+                                      for f in files], "_key string, _tier int, _mtime long")
+        key = F.concat(F.coalesce(F.expr("parse_url(file, 'HOST')"), F.lit("")),
+                       F.expr("url_decode(parse_url(file, 'PATH'))"))
+        thin = thin.withColumn("_key", key).join(F.broadcast(meta), "_key", "left").drop("_key")
+    else:
+        thin = thin.withColumn("_tier", F.lit(TRUSTED)).withColumn("_mtime", F.lit(0).cast("long"))
+    w = Window.partitionBy("image_id").orderBy(F.col("_tier").asc_nulls_last(), F.col("_mtime").asc_nulls_last(),
                                                F.col("file"), F.col("_rid"))
-    thin = valid.select("_rid", "image_id", "vectorized_at", "source", "file")
     return thin.withColumn("_n", F.row_number().over(w)).filter(F.col("_n") > 1).select("_rid")
 
 
-def deduplicate(valid, spark=None):
+def deduplicate(valid, spark=None, files: list | None = None):
     """One row per image_id (see :func:`losers`); returns (unique rows, number of duplicates dropped)."""
     from pyspark.sql import functions as F
 
     if "_rid" not in valid.columns:
         valid = valid.withColumn("_rid", F.monotonically_increasing_id())
-    drop = losers(valid)
+    drop = losers(valid, files)
     n = drop.count()
     if n == 0:
         return valid, 0
@@ -430,7 +626,12 @@ def read_stage(spark, cfg: JobConfig, say) -> Prepared:
             raise JobError(str(exc)) from None
         if not listed:
             raise JobError(f"no Parquet files under {', '.join(cfg.inputs)} (empty input prefix?)")
-        return scan_stage(spark, cfg, check_files(spark, listed), where=", ".join(cfg.inputs))
+        from cloud_pca.trust import hold_back
+
+        files, held = hold_back(check_files(spark, listed))
+        data = scan_stage(spark, cfg, files, where=", ".join(cfg.inputs), held=held)
+        data.held = held
+        return data
     if cfg.inputs:
         say("reading and validating input files")
         try:
@@ -477,7 +678,7 @@ def prepare_rows(spark, cfg: JobConfig, inputs: Inputs | None, feat=None, counte
         if sum(r["ids"] for r in per_model if r["ok"]) == sum(r["count"] for r in per_model if r["ok"]):
             unique, n_duplicates = valid, 0      # every valid id once: no window to run
         else:
-            unique, n_duplicates = deduplicate(valid, spark)
+            unique, n_duplicates = deduplicate(valid, spark, inputs.files if inputs is not None else None)
         unique = unique.drop("reason")
         n_counted = 0
         if counted is not None:
@@ -518,6 +719,15 @@ def fit_stage(spark, cfg: JobConfig, data: Prepared, say, before: GramSums | Non
             elif data.counts["projected"]:
                 sums = gram_sums(data.unique.select("features"))
             sums = before + sums if before is not None and sums is not None else (sums or before)
+            replaced = getattr(getattr(data, "decision", None), "replaced", None)
+            if replaced and sums is not None:   # counted rows a better-ranked copy replaces: out of the total
+                from cloud_pca.pca import GramSums
+
+                vectors = feature_reader(data.found)(replaced)
+                if len(vectors) != len(replaced):
+                    raise JobError(f"{len(replaced) - len(vectors)} counted row(s) a later copy replaces cannot be read "
+                                   f"again (first: {replaced[0][0]}): rebuild the state with --full")
+                sums = sums - GramSums.of(np.stack(list(vectors.values())))
             if sums is None:
                 raise JobError("no rows to fit: the inputs hold no valid vector")
             model = FruitsPCAModel.from_moments(sums.moments(), k=cfg.k, variance=cfg.variance)
@@ -606,11 +816,14 @@ def incremental_stage(spark, cfg: JobConfig, say):
     new, listed = incremental.plan_batch(spark, cfg.inputs, state, skip_bad_files=cfg.skip_bad_files)
     if listed == 0:
         raise JobError(f"no Parquet files under {', '.join(cfg.inputs)} (empty input prefix?)")
-    good = [f for f in new if f.reason is None]
+    from cloud_pca.trust import hold_back
+
+    kept, held = hold_back(new, state.objects if state else None)
+    good = [f for f in kept if f.reason is None]
     if good:
         small = sum(f.size for f in good) <= cfg.driver_batch_bytes
         data = (local_scan_stage if small else scan_stage)(
-            spark, cfg, new, where=", ".join(cfg.inputs), counted=incremental.counted_ids(spark, state) if state else None)
+            spark, cfg, kept, where=", ".join(cfg.inputs), counted=state.counted if state else None, held=held)
         others = [m for m in data.model_counts if state is not None and m != state.model_sha256]
         if others:   # never add another model's vectors to these moments
             data.release()
@@ -629,6 +842,7 @@ def incremental_stage(spark, cfg: JobConfig, say):
     if state is None:
         sha = next(iter(data.model_counts))
         state = incremental.State(incremental.state_root(cfg.output) + f"/model={sha}", sha)
+    data.held = held
     return state, incremental.Batch(state, new, listed), data
 
 
@@ -689,6 +903,7 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
                 "cumulative_explained_variance": float(np.sum(model.explained_variance_ratio_)),
                 "projections_rows": shown.counts["projected"],
                 "passes": feature_passes(data, shown),
+                "contributions": getattr(data, "contributions", None),
             }
             if cfg.incremental or cfg.full:
                 if cfg.full:   # a fresh count: the generation number goes on, nothing before it is kept
@@ -708,9 +923,12 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
                     "projections": "all rows" if (cfg.reproject or cfg.full) else "new rows only"}
             # The incremental state is committed after the run's own files, before its marker: the new total is
             # in force from there on, and a run killed before leaves no marker naming a generation not in force.
-            commit = (lambda: incremental.commit(spark, state, generation, sums,
-                                                 batch.new if batch else data.inputs.files, data.unique,
-                                                 run_id=run_id)) if (cfg.incremental or cfg.full) else None
+            decision = getattr(data, "decision", None)
+            commit = (lambda: incremental.commit(
+                spark, state, generation, sums, batch.new if batch else data.inputs.files, data.unique, run_id=run_id,
+                scanned=data.found.files if isinstance(data, Scanned) else None,
+                dropped=decision.replaced if decision is not None else None,
+                held=getattr(data, "held", None))) if (cfg.incremental or cfg.full) else None
             finish_run(spark, cfg, run_uri, run_id, model, summary, timings, t0, traffic, fit_traffic, shown,
                        before_marker=commit)
         finally:

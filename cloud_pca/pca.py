@@ -85,6 +85,13 @@ class GramSums:
         return GramSums(self.n + other.n, self.total + other.total, self.upper + other.upper,
                         np.minimum(self.lo, other.lo), np.maximum(self.hi, other.hi))
 
+    def __sub__(self, other: "GramSums") -> "GramSums":
+        """These statistics without ``other``'s rows (rows replaced by a better-ranked copy). The column bounds stay:
+        they only decide whether a column is constant, which removing rows cannot make it less."""
+        if other.d != self.d or other.n > self.n:
+            raise PCAInputError(f"cannot take {other.n} rows of {other.d}-d vectors out of {self.n} of {self.d}-d")
+        return GramSums(self.n - other.n, self.total - other.total, self.upper - other.upper, self.lo, self.hi)
+
     @classmethod
     def of(cls, x: np.ndarray) -> "GramSums":
         """The statistics of the rows of ``x`` (n, d)."""

@@ -302,6 +302,47 @@ def published_for(spark, run_uri: str, summary: dict) -> dict | None:
     return out
 
 
+def contributions_tables(c: dict) -> list[tuple[str, list[dict]]]:
+    """The trust model's account of a run (summary ``contributions``) as titled tables: the report's section and
+    ``fruits-cloud contributions`` show the same."""
+    counts = [{"what": what, "count": c.get(key, 0)} for key, what in (
+        ("screened", "rows off the published model (screened)"),
+        ("near_copies", "near-copies of other anonymous vectors (a dense cluster)"),
+        ("conflicts", "conflicts: another vector for a photo already given"),
+        ("replaced_counted", "counted rows replaced by a better-ranked copy"),
+        ("held_back", "objects held back (one anonymous device's daily cap)"),
+        ("quarantined", "objects quarantined (unreadable, or off the layout)"))]
+    tables = [("Set aside by the trust model", counts)]
+    devices = [d for d in c.get("by_device") or [] if d.get("refused") or d.get("set_aside")]
+    if devices:
+        tables.append(("Devices with rows refused or set aside", [
+            {"device": d["device"], "anonymous": "yes" if d.get("anonymous") else "no", "rows": d.get("rows"),
+             "refused by the contract": d.get("refused"), "set aside": d.get("set_aside")} for d in devices[:30]]))
+    if c.get("quarantined_objects"):
+        tables.append(("Objects quarantined", c["quarantined_objects"][:50]))
+    if c.get("held_back_objects"):
+        tables.append(("Objects held back", [{k: h.get(k) for k in ("file", "device", "day", "rows")}
+                                            for h in c["held_back_objects"][:50]]))
+    if c.get("conflict_list"):
+        tables.append(("Conflicts", [{"image_id": x["image_id"][:16] + "…", "kept": x["kept"], "refused": x["refused"],
+                                      "cos": x.get("cos"), "why": x.get("why")} for x in c["conflict_list"][:50]]))
+    return tables
+
+
+def contributions_section(page: Report, c) -> None:
+    if not isinstance(c, dict):
+        return
+    page.heading("Contributions")
+    screened = (f"Anonymous rows were screened against published projection {c['screened_against']} (residual limit "
+                f"{_number(c.get('screen_limit'), '.4g')})." if c.get("screened_against") else
+                "No projection was published for this model: anonymous rows were not screened.")
+    page.text(f"{_number(c.get('devices'))} devices sent rows, {_number(c.get('anonymous_devices'))} of them anonymous "
+              f"(Cognito identities) with {_number(c.get('rows_from_anonymous'))} rows. {screened}")
+    for title, rows in contributions_tables(c):
+        page.text(title, note=True)
+        page.table(rows)
+
+
 # ---------------------------------------------------------------------------------------- the page
 def build_report(spark, run_uri: str, *, max_points: int = DEFAULT_POINTS, extra=None) -> Report:
     """The report of the run at ``run_uri``. ``extra(page)`` adds sections after the run's own (the demo's
@@ -358,6 +399,7 @@ def _page(spark, run_uri: str, summary: dict, *, max_points: int, extra) -> Repo
     if s.get("bad_files"):
         page.heading("Files skipped")
         page.table([{"file": b["file"], "reason": b["reason"]} for b in s["bad_files"][:100]])
+    contributions_section(page, s.get("contributions"))
 
     projections = spark.read.parquet(f"{run_uri}/projections") if path_exists(spark, f"{run_uri}/projections") else None
     page.heading("Model and devices")

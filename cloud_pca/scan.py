@@ -40,7 +40,8 @@ BATCH_ROWS = 8192                # rows per pyarrow batch in a task (bounded mem
 TASK_BYTES = 128 * 2**20         # input bytes per task, as Spark's maxPartitionBytes
 NOT_SELECTED = "model fingerprint {} not selected (--model-sha256)"
 THIN_DDL = ("kind string, file int, row int, image_id string, vectorized_at timestamp, source string, "
-            "model_sha256 string, client_id string, reason string, sums binary")
+            "model_sha256 string, client_id string, reason string, sums binary, sig bigint, screen double, "
+            "owner string")
 _FILESYSTEMS: dict = {}          # per Python worker: one pyarrow filesystem per storage settings
 
 
@@ -111,13 +112,14 @@ def _batches(options: dict, path: str, columns=None):
         yield from pf.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False)
 
 
-def _conformed(batch, path: str, dim: int | None, select: str | None):
-    """The batch in the contract's types and each row's reason (None: fitted), the model selection applied."""
+def _conformed(batch, path: str, dim: int | None, select: str | None, owner: str | None = None):
+    """The batch in the contract's types and each row's reason (None: fitted), the model selection applied; with
+    ``owner`` (the device folder the file lies in), a row naming another device is refused."""
     import pyarrow as pa
 
     from contract.vectors import conform_table
 
-    table, reasons = conform_table(pa.Table.from_batches([batch]), origin="row", dim=dim)
+    table, reasons = conform_table(pa.Table.from_batches([batch]), origin="row", dim=dim, owner=owner)
     reasons = reasons.to_numpy(zero_copy_only=False).astype(object)
     if select is not None:
         shas = np.asarray(table.column("model_sha256").to_numpy(zero_copy_only=False), dtype=object)
@@ -181,9 +183,11 @@ def _over_groups(spark, groups: list[list[int]], work, ddl: str):
     return spark.range(0, len(groups), numPartitions=max(1, len(groups))).mapInArrow(run, ddl)
 
 
-def _scan_files(options, indices, paths, dim, select, gram, schema):
+def _scan_files(options, indices, paths, dim, select, gram, schema, owners=None, trust=None):
     """Pass 1 over some files (a task's, or the driver's): their thin rows, a 'bad' row per file that cannot be
-    read, and one 'sums' row per model (Arrow batches of THIN_DDL)."""
+    read, and one 'sums' row per model (Arrow batches of THIN_DDL). ``owners``: each file's device folder (rows must
+    name it); ``trust``: (the model card's feature center for signatures, the published projection's (mean, inverse
+    scale, components, limit) for residuals), either None."""
     import pyarrow as pa
 
     sums: dict[str, GramSums] = {}
@@ -192,7 +196,8 @@ def _scan_files(options, indices, paths, dim, select, gram, schema):
         # footer check let it through) is a bad file, none of its rows is counted.
         mine: dict[str, GramSums] = {}
         try:
-            out = list(_scan_file(options, idx, paths[idx], dim, select, gram, mine, schema))
+            out = list(_scan_file(options, idx, paths[idx], dim, select, gram, mine, schema,
+                                  owners[idx] if owners else None, trust))
         except Exception as exc:
             text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             yield pa.RecordBatch.from_pylist([{"kind": "bad", "file": idx, "reason": f"cannot be read ({text})"}],
@@ -206,16 +211,17 @@ def _scan_files(options, indices, paths, dim, select, gram, schema):
                                          schema=schema)
 
 
-def scan(spark, files: list, *, dim: int | None, select: str | None = None, gram: bool = True) -> Scan:
+def scan(spark, files: list, *, dim: int | None, select: str | None = None, gram: bool = True, trust=None) -> Scan:
     """Pass 1 over ``files`` (InputFiles whose footers passed) in Spark tasks: thin rows, and Gram partials when
-    ``gram``."""
+    ``gram``; ``trust``: (feature center, :class:`cloud_pca.trust.Screen`) for each row's signature and residual."""
     options = storage_options(spark)
     groups = task_groups(files, spark.sparkContext.defaultParallelism)
-    paths = [f.path for f in files]
+    paths, owners = [f.path for f in files], [f.owner for f in files]
     schema = _thin_schema()
+    params = _trust_params(trust)
 
-    mixed = _over_groups(spark, groups, lambda indices: _scan_files(options, indices, paths, dim, select, gram, schema),
-                         THIN_DDL).cache()
+    mixed = _over_groups(spark, groups, lambda indices: _scan_files(options, indices, paths, dim, select, gram, schema,
+                                                                    owners, params), THIN_DDL).cache()
     return Scan(mixed, files, groups, options, dim or FEATURE_DIM, select, [mixed])
 
 
@@ -258,12 +264,20 @@ class LocalScan:
         pass
 
 
-def local_scan(spark, files: list, *, dim: int | None, select: str | None = None) -> LocalScan:
+def _trust_params(trust):
+    if trust is None:
+        return None
+    center, screen = trust
+    return center, (screen.params() if screen is not None else None)
+
+
+def local_scan(spark, files: list, *, dim: int | None, select: str | None = None, trust=None) -> LocalScan:
     """Pass 1 over ``files`` in the driver (:func:`_scan_files`, as one task would run it)."""
     import pyarrow as pa
 
     options, schema = storage_options(spark), _thin_schema()
-    batches = list(_scan_files(options, range(len(files)), [f.path for f in files], dim, select, True, schema))
+    batches = list(_scan_files(options, range(len(files)), [f.path for f in files], dim, select, True, schema,
+                               [f.owner for f in files], _trust_params(trust)))
     return LocalScan(pa.Table.from_batches(batches, schema=schema), files, options, dim or FEATURE_DIM, select)
 
 
@@ -273,27 +287,52 @@ def _thin_schema():
     return pa.schema([("kind", pa.string()), ("file", pa.int32()), ("row", pa.int32()), ("image_id", pa.string()),
                       ("vectorized_at", pa.timestamp("us", tz="UTC")), ("source", pa.string()),
                       ("model_sha256", pa.string()), ("client_id", pa.string()), ("reason", pa.string()),
-                      ("sums", pa.binary())])
+                      ("sums", pa.binary()), ("sig", pa.int64()), ("screen", pa.float64()), ("owner", pa.string())])
 
 
-def _scan_file(options, idx, path, dim, select, gram, sums, schema):
-    """One file of pass 1: its thin rows (yielded per batch) and its fitted rows' statistics (into ``sums``)."""
+def _source_owner(sources: np.ndarray) -> np.ndarray:
+    """The uploader of featurized photos: the ``client=<id>`` folder their raw key starts with (``source``)."""
+    out = np.full(len(sources), None, dtype=object)
+    for i, src in enumerate(sources):
+        if isinstance(src, str) and src.startswith("client="):
+            out[i] = src[len("client="):].split("/", 1)[0]
+    return out
+
+
+def _scan_file(options, idx, path, dim, select, gram, sums, schema, owner=None, trust=None):
+    """One file of pass 1: its thin rows (yielded per batch: with each valid row's SimHash signature and residual off
+    the published projection) and its fitted rows' statistics (into ``sums``)."""
     import pyarrow as pa
 
+    from cloud_pca.trust import signatures
     from contract.vectors import features_matrix
 
     start = 0
     for batch in _batches(options, path):
-        table, reasons = _conformed(batch, path, dim, select)
+        table, reasons = _conformed(batch, path, dim, select, owner)
         n = table.num_rows
         rows = np.arange(start, start + n, dtype=np.int32)
         start += n
+        ok = np.flatnonzero(reasons == None)   # noqa: E711 - elementwise
+        sig, resid = np.zeros(n, np.int64), np.full(n, np.nan)
+        center, screen = trust if trust is not None else (None, None)
+        if len(ok):
+            feats = table.column("features")
+            x = features_matrix(feats.take(ok) if len(ok) < n else feats)
+            sig[ok] = signatures(x, center)
+            if screen is not None and x.shape[1] == len(screen[0]):
+                z = (x - screen[0]) * screen[1]
+                y = z @ screen[2]
+                resid[ok] = np.clip((z * z).sum(axis=1) - (y * y).sum(axis=1), 0.0, None)
+        owners = (np.full(n, owner, dtype=object) if owner is not None
+                  else _source_owner(table.column("source").to_numpy(zero_copy_only=False)))
         yield pa.RecordBatch.from_arrays([
             pa.array(["row"] * n, pa.string()), pa.array(np.full(n, idx, np.int32)), pa.array(rows),
             table.column("image_id").combine_chunks(), table.column("vectorized_at").combine_chunks(),
             table.column("source").combine_chunks(), table.column("model_sha256").combine_chunks(),
             table.column("client_id").combine_chunks(), pa.array(reasons.tolist(), pa.string()),
-            pa.nulls(n, pa.binary())], schema=schema)
+            pa.nulls(n, pa.binary()), pa.array(sig), pa.array(resid), pa.array(owners.tolist(), pa.string())],
+            schema=schema)
         if gram:
             _add_sums(table, reasons, sums, features_matrix)
 
@@ -315,7 +354,7 @@ def _add_sums(table, reasons, sums: dict, features_matrix, keep: np.ndarray | No
 
 
 # ------------------------------------------------------------------- a Gram pass that leaves rows out
-def _gram_files(options, indices, paths, dim, select, left_out: np.ndarray) -> dict:
+def _gram_files(options, indices, paths, dim, select, left_out: np.ndarray, owners=None) -> dict:
     """The Gram statistics per model of the fitted rows of some files but those whose row id is in ``left_out``."""
     from contract.vectors import features_matrix
 
@@ -323,7 +362,7 @@ def _gram_files(options, indices, paths, dim, select, left_out: np.ndarray) -> d
     for idx in indices:
         start = 0
         for batch in _batches(options, paths[idx]):
-            table, reasons = _conformed(batch, paths[idx], dim, select)
+            table, reasons = _conformed(batch, paths[idx], dim, select, owners[idx] if owners else None)
             keep = ~np.isin(rid(idx, np.arange(start, start + table.num_rows)), left_out)
             start += table.num_rows
             _add_sums(table, reasons, sums, features_matrix, keep)
@@ -336,13 +375,14 @@ def gram(spark, found, model: str, excluded: np.ndarray) -> GramSums | None:
     import pyarrow as pa
 
     options, groups, paths, dim, select = found.options, found.groups, [f.path for f in found.files], found.dim, found.select
+    owners = [f.owner for f in found.files]
     excluded = np.asarray(excluded, dtype=np.int64)
     if isinstance(found, LocalScan):
-        return _gram_files(options, groups[0], paths, dim, select, excluded).get(model)
+        return _gram_files(options, groups[0], paths, dim, select, excluded, owners).get(model)
     skip = spark.sparkContext.broadcast(excluded)
 
     def model_sums(indices):
-        sums = _gram_files(options, indices, paths, dim, select, skip.value)
+        sums = _gram_files(options, indices, paths, dim, select, skip.value, owners)
         if model in sums:
             yield pa.RecordBatch.from_pydict({"sums": [sums[model].to_bytes()]})
 
@@ -366,7 +406,7 @@ def _projected_schema():
                       ("residual", pa.float64())])
 
 
-def _project_files(options, indices, paths, dim, select, model_sha256, params, left_out, label_col):
+def _project_files(options, indices, paths, dim, select, model_sha256, params, left_out, label_col, owners=None):
     """Pass 2 over some files: their fitted rows of ``model_sha256`` but ``left_out`` ones, projected with
     ``params`` (mean, inverse scale, components transposed, model id), as Arrow batches of PROJECTED_DDL."""
     import pyarrow as pa
@@ -378,7 +418,7 @@ def _project_files(options, indices, paths, dim, select, model_sha256, params, l
     for idx in indices:
         start = 0
         for batch in _batches(options, paths[idx]):
-            table, reasons = _conformed(batch, paths[idx], dim, select)
+            table, reasons = _conformed(batch, paths[idx], dim, select, owners[idx] if owners else None)
             shas = np.asarray(table.column("model_sha256").to_numpy(zero_copy_only=False), dtype=object)
             keep = (reasons == None) & (shas == model_sha256)   # noqa: E711
             keep &= ~np.isin(rid(idx, np.arange(start, start + table.num_rows)), left_out)
@@ -407,14 +447,17 @@ def project(spark, found, model_sha256: str, pca, excluded: np.ndarray, *, label
     from contract.vectors import safe_inverse
 
     options, groups, paths, dim, select = found.options, found.groups, [f.path for f in found.files], found.dim, found.select
+    owners = [f.owner for f in found.files]
     params = (pca.mean_, safe_inverse(pca.scale_), pca.components_.T, pca.model_id_)
     excluded = np.asarray(excluded, dtype=np.int64)
     if isinstance(found, LocalScan):
-        batches = _project_files(options, groups[0], paths, dim, select, model_sha256, params, excluded, label_col)
+        batches = _project_files(options, groups[0], paths, dim, select, model_sha256, params, excluded, label_col,
+                                 owners)
         return pa.Table.from_batches(list(batches), schema=_projected_schema()), None
     skip = spark.sparkContext.broadcast(excluded)
 
     def projected(indices):
-        return _project_files(options, indices, paths, dim, select, model_sha256, params, skip.value, label_col)
+        return _project_files(options, indices, paths, dim, select, model_sha256, params, skip.value, label_col,
+                              owners)
 
     return _over_groups(spark, groups, projected, PROJECTED_DDL), skip

@@ -10,7 +10,7 @@ import os
 import sys
 import uuid
 from contextlib import contextmanager
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 
 def _under_spark_submit() -> bool:
@@ -205,9 +205,19 @@ def file_version(status) -> str:
     return f"mtime:{int(status.getModificationTime())}"
 
 
-def list_files(spark, uri: str, suffixes: tuple[str, ...] | None = (".parquet",)) -> list[tuple[str, int, str]]:
-    """Files under ``uri`` (recursive) whose names end with ``suffixes`` (any name when ``None``, case-insensitive):
-    (path, size, version) triples, sorted (:func:`file_version`).
+class Listed(NamedTuple):
+    """A listed file: its path, size, version (:func:`file_version`) and modification time (ms since the epoch, the
+    store's clock: for S3 the time the object was created, which no device can set)."""
+
+    path: str
+    size: int
+    version: str
+    mtime: int
+
+
+def list_files(spark, uri: str, suffixes: tuple[str, ...] | None = (".parquet",)) -> list[Listed]:
+    """Files under ``uri`` (recursive) whose names end with ``suffixes`` (any name when ``None``, case-insensitive),
+    sorted by path.
 
     Names starting with ``_`` or ``.`` (markers, temporary files) are left out, as Spark does.
     """
@@ -221,7 +231,7 @@ def list_files(spark, uri: str, suffixes: tuple[str, ...] | None = (".parquet",)
         name = st.getPath().getName()
         if name.startswith(("_", ".")) or (suffixes is not None and not name.lower().endswith(suffixes)):
             continue
-        out.append((st.getPath().toString(), int(st.getLen()), file_version(st)))
+        out.append(Listed(st.getPath().toString(), int(st.getLen()), file_version(st), int(st.getModificationTime())))
     return sorted(out)
 
 

@@ -43,6 +43,11 @@ def uploaded(tmp_path_factory, s3_server, model_path):
     common = ["--endpoint-url", s3_server.endpoint_url, "--manifest", str(base / "m.sqlite")]
     assert edge_main(["--quiet", "sync", str(edge), f"s3://{bucket}/{PREFIX}", *common]) == 0
     assert edge_main(["--quiet", "upload-raw", str(raw), f"s3://{bucket}/{PREFIX}", *common]) == 0
+    # A hostile phone's junk, as IAM lets it write: a 0-byte object and a key of 32 dots. The chain passes no
+    # --skip-bad-files: one device's bad objects must stop only that device (issue 32).
+    junk = f"{PREFIX}/vectors/model={'0' * 64}/client=eu-west-3:00000000-0000-4000-8000-0000000000ff"
+    s3.put_object(Bucket=bucket, Key=f"{junk}/part-{'e' * 32}.parquet", Body=b"")
+    s3.put_object(Bucket=bucket, Key=f"{junk}/part-{'.' * 32}.parquet", Body=b"not parquet")
     return s3, bucket
 
 
@@ -78,6 +83,7 @@ def test_emr_steps_on_a_cluster_give_local_modes_results(cluster_run, uploaded, 
     assert "spark.sql.shuffle.partitions" not in " ".join(pca_argv), "Spark's default 200 partitions"
     remote = get_json(s3, bucket, f"{PREFIX}/pca/run=cluster/summary.json")
     assert (remote["rows_in"], remote["projected"], remote["rejected"]) == (360, 360, 0)
+    assert remote["contributions"]["quarantined"] == 2, remote["contributions"]   # listed, never fatal
     # Local mode: the same inputs, featurizing the raw photos itself.
     model = f"s3a://{bucket}/{PREFIX}/models/{spec.model}"
     assert cloud_main(["--quiet", "pca", "--input", f"s3://{bucket}/{PREFIX}/vectors/", "--images",

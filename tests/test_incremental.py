@@ -119,26 +119,20 @@ def test_another_model_is_not_mixed_into_the_moments(spark, s3, bucket):
     assert r["rejected"] == 20 and r["incremental"]["rows_total"] == 100
 
 
-def test_the_driver_ranks_duplicates_as_spark_does(spark):
-    """The driver's batch (local_losers, pyarrow) drops the same duplicates as Spark's window (losers): earliest
-    vectorization first (no time last), then source (none first), file, row."""
-    from datetime import datetime, timedelta, timezone
+def test_the_row_path_ranks_duplicates_by_tier_and_the_stores_clock(spark):
+    """The row path (--solver spark, --images) keeps the copy of a trusted device, then the one the store received
+    first, never the one whose vectorized_at says earliest (issue 32: a device claimed 1970 and won)."""
+    from datetime import datetime, timezone
 
-    import pyarrow as pa
+    from cloud_pca.inputs import InputFile
+    from cloud_pca.job import losers
 
-    from cloud_pca.job import local_losers, losers
-
-    t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
-    rng = np.random.default_rng(3)
-    n = 400
-    rows = {"image_id": [f"{i:064x}" for i in rng.integers(0, 60, n)],
-            "vectorized_at": [None if r < 0.2 else t0 + timedelta(seconds=int(r * 5)) for r in rng.random(n)],
-            "source": [None if r < 0.2 else f"p{int(r * 4)}.jpg" for r in rng.random(n)],
-            "file": rng.integers(0, 3, n).astype(np.int32).tolist()}
-    rids = (np.asarray(rows["file"], np.int64) << 32) | np.arange(n, dtype=np.int64)
-    table = pa.table({**rows, "vectorized_at": pa.array(rows["vectorized_at"], pa.timestamp("us", tz="UTC"))})
-    df = spark.createDataFrame([(int(r), *v) for r, v in zip(rids, zip(*rows.values()))],
-                               "_rid long, image_id string, vectorized_at timestamp, source string, file int")
-    expected = sorted(r["_rid"] for r in losers(df).collect())
-    assert len(expected) == n - len(set(rows["image_id"]))
-    assert sorted(local_losers(table, rids).tolist()) == expected
+    phone = "eu-west-3:00000000-0000-4000-8000-000000000001"
+    files = [InputFile("s3a://b/team/vectors/x/client=laptop/a.parquet", 1, mtime=5000, owner="laptop"),
+             InputFile(f"s3a://b/team/vectors/x/client={phone}/b.parquet", 1, mtime=100, owner=phone, anonymous=True),
+             InputFile(f"s3a://b/team/vectors/x/client={phone}/c.parquet", 1, mtime=50, owner=phone, anonymous=True)]
+    t1970, now = datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 1, tzinfo=timezone.utc)
+    rows = [(1, "a", files[0].path, now), (2, "a", files[1].path, t1970),      # trusted wins over a 1970 claim
+            (3, "b", files[1].path, t1970), (4, "b", files[2].path, now)]      # then the earlier upload
+    df = spark.createDataFrame(rows, "_rid long, image_id string, file string, vectorized_at timestamp")
+    assert sorted(r["_rid"] for r in losers(df, files).collect()) == [2, 3]

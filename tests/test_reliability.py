@@ -354,10 +354,17 @@ def test_reconciles_is_a_real_check(spark, s3, bucket, monkeypatch):
     cfg = dict(inputs=[f"s3a://{bucket}/r/"], output=f"s3a://{bucket}/pca", k=2, plots=False)
     s = run(spark, JobConfig(**cfg, run_id="ok")).summary
     assert (s["rows_in"], s["projected"], s["rejected"], s["duplicates"], s["reconciles"]) == (50, 40, 0, 10, True)
-    real_rows, real_thin = job.deduplicate, job.drop_duplicates   # the row path's and the file path's
-    monkeypatch.setattr(job, "deduplicate", lambda valid, spark=None: (real_rows(valid, spark)[0].limit(39), 10))
-    monkeypatch.setattr(job, "drop_duplicates", lambda valid: (real_thin(valid)[0].limit(39), real_thin(valid)[1]))
+    real_rows, real_trust = job.deduplicate, job.trust_stage   # the row path's and the file path's
+    monkeypatch.setattr(job, "deduplicate", lambda valid, spark=None, files=None: (
+        real_rows(valid, spark, files)[0].limit(39), 10))
+
+    def double_counting(*a, **k):   # a duplicate also counted as refused: left out once, counted twice
+        decision = real_trust(*a, **k)
+        decision.refused[next(iter(decision.duplicates))] = "counted twice"
+        return decision
+
+    monkeypatch.setattr(job, "trust_stage", double_counting)
     s = run(spark, JobConfig(**cfg, run_id="lossy")).summary
-    assert (s["projected"], s["reconciles"]) == (39, False)
+    assert (s["projected"], s["rejected"], s["duplicates"], s["reconciles"]) == (40, 1, 10, False)
     s = run(spark, JobConfig(**cfg, run_id="lossy-rows", solver="spark")).summary   # the row path too
     assert (s["projected"], s["reconciles"]) == (39, False)

@@ -1,0 +1,359 @@
+"""Who may move the shared model, and how much: the job's trust model for contributions (README, "Threat model").
+
+Anyone with the web app's address gets an anonymous Cognito identity that may write vectors, as many identities as
+they like. The rules, applied on every path (pca full and incremental, in Spark tasks or in the driver):
+
+1. **What the model can produce, and nothing else**: features outside [0, 6] (ReLU6 then average pooling) are
+   refused by the contract itself (:func:`contract.vectors.conform_table`), on the devices before an upload too.
+2. **Identity is where an object is**: a row whose ``client_id`` names another device than the ``client=`` folder
+   it lies in is refused (``conform_table(owner=...)``). Tiers follow the folder: a Cognito identity id is
+   *anonymous*; every other device folder was written with the operator's keys (a laptop uploader) and, with the
+   job's own outputs and the operator's files, is *trusted*. Featurized photos keep their uploader's tier (from the
+   ``client=`` folder of their raw key, in ``source``).
+3. **Screening** (anonymous rows, when a projection is published for the model): a row farther off the published
+   k-d subspace than :data:`SCREEN_FACTOR` times the published residual threshold is quarantined. Honest photos
+   lie within 1x (the threshold is 1.5x their 99th percentile).
+4. **Bounded influence of one identity**: an anonymous device's objects count at most :data:`DAILY_ROWS` rows per
+   day of upload (the store's clock); later objects of that day are held back (listed, never read).
+5. **Bounded influence of many identities** (a Sybil attacker with free identities): anonymous vectors that are
+   near-copies of each other (the same 32-bit half of a 64-bit SimHash signature: within about a degree) count at
+   most :data:`NEAR_COPY_KEEP` times, whatever identities sent them; the rest are quarantined as a dense cluster.
+6. **Duplicates and conflicts never trust what a device says**: copies of one ``image_id`` are ranked by tier, then
+   by when the store received them, then by key, never by the device-supplied ``vectorized_at``. Copies that agree
+   (cosine >= :data:`AGREE_COS`) are duplicates; a copy that disagrees is a *conflict*: it is refused, listed with
+   both sides, and the ranked-first copy is fitted. The incremental state applies the same rule: a counted copy
+   that loses to a new one is taken out of the statistics (read again from its object) and the new one counted.
+
+Everything set aside is counted and listed (summary ``contributions``, the report, ``fruits-cloud contributions``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+SIG_BITS = 64
+SIG_SEED = 20261202
+AGREE_COS = 0.999               # two copies of one photo agree (engines that decode exactly differ by < 1e-5)
+SIG_AGREE_BITS, SIG_CONFLICT_BITS = 2, 12   # Hamming distances sure enough to skip the exact cosine
+NEAR_COPY_KEEP = 3              # anonymous near-copies counted per dense cluster
+NEAR_BITS = 4                   # signatures this close are near-copies (about 11 degrees around the card's center)
+SCREEN_FACTOR = 2.0             # x the published residual threshold
+DAILY_ROWS = 5000               # rows an anonymous device's objects may add per day of upload
+TRUSTED, ANONYMOUS = 0, 1       # tier ranks: lower wins a conflict
+
+
+_PLANES: dict[int, np.ndarray] = {}
+
+
+def signatures(x: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:
+    """64-bit SimHash signatures (int64) of the rows of ``x`` around ``center`` (the model card's mean feature vector):
+    the signs of 64 fixed random projections of ``x - center``. Two vectors at angle t (seen from the center) differ
+    in about 64 t / pi bits: near-copies share most halves, different photos almost none. Without the center, every
+    photo's vector points along the model's one strong mean direction and different photos look alike."""
+    d = x.shape[1] if x.ndim == 2 else 0
+    if d not in _PLANES:
+        _PLANES[d] = np.random.default_rng(SIG_SEED).standard_normal((d, SIG_BITS)).astype(np.float64)
+    if not len(x):
+        return np.zeros(0, np.int64)
+    z = np.asarray(x, np.float64)
+    if center is not None and len(center) == d:
+        z = z - center
+    bits = (z @ _PLANES[d]) > 0
+    return np.packbits(bits, axis=1, bitorder="little").view("<i8").ravel().astype(np.int64)
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bits that differ between signatures."""
+    x = np.bitwise_xor(np.asarray(a, np.int64), np.asarray(b, np.int64)).view(np.uint64)
+    return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+
+
+def bands(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two 32-bit halves of signatures: near-copies share one (a copy within a degree keeps a half whole with
+    probability ~0.87 each), unrelated vectors almost never (2^-32)."""
+    s = np.asarray(sig, np.int64).view(np.uint64)
+    return (s & np.uint64(0xFFFFFFFF)).astype(np.int64), (s >> np.uint64(32)).astype(np.int64)
+
+
+def load_center(spark, root: str | None, model_sha256: str | None) -> np.ndarray | None:
+    """The ``feature_center`` of the model card for ``model_sha256``: from the dataset's ``ROOT/models/`` (where
+    ``emr launch`` uploads the cards), else the committed cards of this checkout; None when no card says (signatures
+    are then taken around the origin, and near-copies are found less well: said in the log)."""
+    from cloud_pca.spark import list_files, read_bytes
+
+    cards = []
+    if root:
+        try:
+            cards = [read_bytes(spark, f.path) for f in list_files(spark, f"{root.rstrip('/')}/models",
+                                                                   suffixes=(".json",))]
+        except Exception:  # no models/ folder there
+            cards = []
+    try:
+        import models
+
+        cards += [p.with_suffix(".json").read_bytes() for p in models.committed()]
+    except (ImportError, AttributeError, OSError):
+        pass
+    for data in cards:
+        try:
+            card = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(card, dict) and card.get("sha256") == model_sha256 and card.get("feature_center"):
+            return np.asarray(card["feature_center"], np.float64)
+    if model_sha256:
+        log.warning("no model card with a feature_center for %s: near-copy signatures around the origin", model_sha256)
+    return None
+
+
+# ------------------------------------------------------------------------------------------- screening
+@dataclass
+class Screen:
+    """The published projection anonymous rows are screened against: standardize, project on its k components, and
+    compare the residual off that subspace with ``limit``."""
+
+    projection_id: str
+    mean: np.ndarray
+    inv: np.ndarray
+    comps_t: np.ndarray      # (d, k)
+    limit: float
+
+    def residuals(self, x: np.ndarray) -> np.ndarray:
+        if not len(x):
+            return np.zeros(0)
+        z = (np.asarray(x, np.float64) - self.mean) * self.inv
+        y = z @ self.comps_t
+        return np.clip((z * z).sum(axis=1) - (y * y).sum(axis=1), 0.0, None)
+
+    def params(self) -> tuple:
+        return self.mean, self.inv, self.comps_t, self.limit
+
+
+def load_screen(spark, root: str | None, model_sha256: str | None, factor: float = SCREEN_FACTOR) -> Screen | None:
+    """The projection published for ``model_sha256`` under the dataset ``root`` (``ROOT/models/``), or None when
+    nothing is published yet (the first fit is not screened) or it cannot be read (said in the log)."""
+    from contract.layout import index_key, latest_projection_key, projection_key
+    from contract.projection import Projection, ReferenceIndex
+    from cloud_pca.spark import path_exists, read_bytes
+
+    if not root or not model_sha256:
+        return None
+    root = root.rstrip("/")
+    try:
+        pointer_uri = f"{root}/{latest_projection_key('', model_sha256)}"
+        if not path_exists(spark, pointer_uri):
+            return None
+        pid = json.loads(read_bytes(spark, pointer_uri))["projection_id"]
+        projection = Projection.from_bytes(read_bytes(spark, f"{root}/{projection_key('', pid)}"), pid)
+        index = ReferenceIndex.from_bytes(read_bytes(spark, f"{root}/{index_key('', pid)}"), pid)
+    except Exception as exc:  # a damaged publication screens nothing; publish refuses damaged files anyway
+        log.warning("not screening against the published projection: %s", exc)
+        return None
+    if not np.isfinite(index.residual_threshold) or projection.model_sha256 != model_sha256:
+        return None
+    return Screen(pid, projection.mean, projection.scale, projection.components, factor * index.residual_threshold)
+
+
+# ------------------------------------------------------------------------------- per-device daily cap
+def hold_back(files: list, counted: list[dict] | None = None, cap: int = DAILY_ROWS) -> tuple[list, list[dict]]:
+    """``files`` (InputFiles) without the objects an anonymous device uploaded beyond ``cap`` rows on one day (the
+    store's clock), earliest first; the objects it counted before on that day (``counted``: state objects) count
+    first. Returns (files kept, [{file, device, day, rows, reason}] held back)."""
+    import datetime as dt
+
+    def day(ms: int) -> str:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d")
+
+    used: dict[tuple, int] = {}
+    for o in counted or []:
+        if o.get("anonymous") and o.get("owner"):
+            key = (o["owner"], day(o.get("mtime", 0)))
+            used[key] = used.get(key, 0) + int(o.get("rows") or 0)
+    kept, held = [], []
+    for f in sorted(files, key=lambda f: (f.mtime, f.path)):
+        if f.reason is None and f.anonymous and f.owner:
+            key = (f.owner, day(f.mtime))
+            rows = int(f.rows or 0)
+            if used.get(key, 0) + rows > cap and used.get(key, 0) > 0 or rows > cap:
+                held.append({"file": f.path, "device": f.owner, "day": key[1], "rows": rows,
+                             "reason": f"held back: device {f.owner} already sent {used.get(key, 0)} rows on "
+                                       f"{key[1]} (at most {cap} a day from one anonymous device)"})
+                continue
+            used[key] = used.get(key, 0) + rows
+        kept.append(f)
+    order = {f.path: i for i, f in enumerate(files)}
+    return sorted(kept, key=lambda f: order[f.path]), held
+
+
+# ------------------------------------------------------------------------------------------ decisions
+@dataclass
+class Decision:
+    """What :func:`decide` made of the candidate rows: a reason per refused row id, the duplicates (agreeing copies
+    left out), the counted copies a new row replaces, the conflicts (listed for the operator)."""
+
+    refused: dict = field(default_factory=dict)          # rid -> reason (screened, near-copy, conflict)
+    duplicates: set = field(default_factory=set)         # rids: agreeing copies of a row fitted now
+    already: set = field(default_factory=set)            # rids: agreeing copies of a row counted before
+    replaced: list = field(default_factory=list)         # [(counted path, counted row)] out of the statistics
+    replaced_ids: list = field(default_factory=list)     # their image ids (the state drops them)
+    conflicts: list = field(default_factory=list)        # [{image_id, kept, refused, cos}]
+    screened: int = 0
+    near_copies: int = 0
+
+
+def decide(rows, files: list, *, counted=None, screen: Screen | None = None, read_features=None,
+           keep: int = NEAR_COPY_KEEP) -> Decision:
+    """Decisions on the valid rows of a run (``rows``: a pyarrow Table with rid, image_id, file, row, sig, screen,
+    owner): screening, conflicts and duplicates, near-copies (the module's rules 3, 5, 6). ``counted`` (incremental):
+    rows counted before, with image_id, sig, anonymous, mtime, path, row. ``read_features([(path, row)])`` gives the
+    exact vectors where signatures leave the agreement in doubt."""
+    out = Decision()
+    n = rows.num_rows
+    col = {name: rows.column(name).to_numpy(zero_copy_only=False) for name in rows.column_names}
+    file_idx = col["file"].astype(np.int64)
+    anon = np.array([bool(files[i].anonymous) for i in file_idx], dtype=bool) if n else np.zeros(0, bool)
+    if "owner" in col:   # featurized rows: their uploader's tier
+        from contract.layout import is_anonymous
+
+        anon |= np.array([is_anonymous(o) for o in col["owner"]], dtype=bool) if n else np.zeros(0, bool)
+    mtime = np.array([files[i].mtime for i in file_idx], dtype=np.int64) if n else np.zeros(0, np.int64)
+    path = np.array([files[i].path for i in file_idx], dtype=object) if n else np.zeros(0, object)
+    rid, ids, rownum, sig = col["rid"].astype(np.int64), col["image_id"].astype(object), col["row"], col["sig"]
+    alive = np.ones(n, dtype=bool)
+
+    # 3. screening
+    if screen is not None and n:
+        resid = col["screen"].astype(np.float64)
+        bad = anon & (resid > screen.limit)
+        for i in np.flatnonzero(bad):
+            out.refused[int(rid[i])] = (f"quarantined: off the published model (residual {resid[i]:.4g} > "
+                                        f"{screen.limit:.4g}, {SCREEN_FACTOR:g}x projection {screen.projection_id}'s "
+                                        f"threshold)")
+        out.screened = int(bad.sum())
+        alive &= ~bad
+
+    # 5. near-copies among anonymous vectors (these rows and those counted before), whatever identity sent them:
+    # counted per distinct image id (copies of one photo are duplicates, decided below), the earliest kept. Before the
+    # duplicates are ranked, so a cluster that claims honest photos' ids cannot win them.
+    if counted is not None and counted.num_rows:
+        c = {name: counted.column(name).to_numpy(zero_copy_only=False) for name in counted.column_names}
+    else:
+        c = None
+    pool = np.flatnonzero(alive & anon)
+    if len(pool):
+        lo, hi = bands(sig[pool])
+        buckets: dict = {}     # (half, value) -> {image id: [(when, new row index or None, signature)]}
+        if c is not None:
+            for j in np.flatnonzero(c["anonymous"].astype(bool) & ~c.get("legacy", np.zeros(len(c["sig"]), bool))):
+                when = (int(c["mtime"][j]), str(c["path"][j]), int(c["row"][j]))
+                a, b = bands(np.array([c["sig"][j]], np.int64))
+                for key in (("lo", int(a[0])), ("hi", int(b[0]))):
+                    buckets.setdefault(key, {}).setdefault(c["image_id"][j], []).append((when, None, int(c["sig"][j])))
+        for k, i in enumerate(pool):
+            when = (int(mtime[i]), str(path[i]), int(rownum[i]))
+            for key in (("lo", int(lo[k])), ("hi", int(hi[k]))):
+                buckets.setdefault(key, {}).setdefault(ids[i], []).append((when, i, int(sig[i])))
+        # A bucket (one shared signature half) only proposes candidates; near-copies are those within NEAR_BITS of
+        # the whole signature (about 11 degrees), so photos of one fruit that happen to share a half are not flagged.
+        over = set()
+        for entries in buckets.values():
+            if len(entries) <= keep:
+                continue
+            kept: list[int] = []
+            for copies in sorted(entries.values(), key=lambda copies: min(e[0] for e in copies)):
+                first = copies[0][2]
+                if sum(int(hamming(np.array([k]), np.array([first]))[0]) <= NEAR_BITS for k in kept) >= keep:
+                    over.update(i for _, i, _ in copies if i is not None)
+                else:
+                    kept.append(first)
+        for i in sorted(over):
+            out.refused[int(rid[i])] = (f"quarantined: a near-copy of other anonymous vectors (a dense cluster; the "
+                                        f"first {keep} photos counted)")
+            alive[i] = False
+        out.near_copies = len(over)
+
+    # 6. duplicates and conflicts: new rows and counted copies of the same image id, ranked
+    members: dict[str, list] = {}
+    for i in np.flatnonzero(alive):
+        members.setdefault(ids[i], []).append(("new", i))
+    if c is not None:
+        for j in range(counted.num_rows):
+            if c["image_id"][j] in members:
+                members[c["image_id"][j]].append(("counted", j))
+
+    def rank(m):
+        kind, i = m
+        if kind == "new":
+            return (ANONYMOUS if anon[i] else TRUSTED, int(mtime[i]), str(path[i]), int(rownum[i]))
+        return (ANONYMOUS if c["anonymous"][i] else TRUSTED, int(c["mtime"][i]), str(c["path"][i]), int(c["row"][i]))
+
+    def where(m):
+        kind, i = m
+        return (str(path[i]), int(rownum[i])) if kind == "new" else (str(c["path"][i]), int(c["row"][i]))
+
+    def signature(m):
+        kind, i = m
+        return int(sig[i]) if kind == "new" else int(c["sig"][i])
+
+    doubtful, groups = [], []
+    for image, group in members.items():
+        if len(group) < 2:
+            continue
+        group.sort(key=rank)
+        groups.append((image, group))
+        for m in group[1:]:
+            bits = int(hamming(np.array([signature(group[0])]), np.array([signature(m)]))[0])
+            if SIG_AGREE_BITS < bits < SIG_CONFLICT_BITS:
+                doubtful += [where(group[0]), where(m)]
+    exact = {}
+    if doubtful and read_features is not None:
+        vectors = read_features(sorted(set(doubtful)))
+        exact = {k: np.asarray(v, np.float64) for k, v in vectors.items()}
+
+    def legacy(m) -> bool:   # a row counted by a state from before signatures: as before, it agrees
+        return m[0] == "counted" and "legacy" in c and bool(c["legacy"][m[1]])
+
+    def agree(a, b) -> tuple[bool, float | None]:
+        if legacy(a) or legacy(b):
+            return True, None
+        bits = int(hamming(np.array([signature(a)]), np.array([signature(b)]))[0])
+        if bits <= SIG_AGREE_BITS:
+            return True, None
+        if bits >= SIG_CONFLICT_BITS or where(a) not in exact or where(b) not in exact:
+            return False, float(np.cos(np.pi * bits / SIG_BITS))
+        x, y = exact[where(a)], exact[where(b)]
+        cos = float(x @ y / max(np.linalg.norm(x) * np.linalg.norm(y), 1e-300))
+        return cos >= AGREE_COS, cos
+
+    for image, group in groups:
+        winner = group[0]
+        for m in group[1:]:
+            ok, cos = agree(winner, m)
+            kind, i = m
+            if ok:
+                if kind == "new":
+                    (out.already if winner[0] == "counted" else out.duplicates).add(int(rid[i]))
+                elif winner[0] == "new":   # a counted copy agrees with a new winner: the new row is counted already
+                    out.already.add(int(rid[winner[1]]))
+                continue
+            why = ("kept the copy from a trusted device" if rank(winner)[0] < rank(m)[0]
+                   else "kept the copy the store received first")
+            conflict = {"image_id": image, "kept": where(winner)[0], "refused": where(m)[0],
+                        "cos": None if cos is None else round(cos, 4), "why": why}
+            out.conflicts.append(conflict)
+            if kind == "new":
+                out.refused[int(rid[i])] = (f"conflict: image {image[:12]}… has another vector in {where(winner)[0]} "
+                                            f"(cos {cos:.3f}); {why}")
+            else:   # a counted copy loses to a new one: out of the statistics, the new one in
+                out.replaced.append(where(m))
+                out.replaced_ids.append(image)
+    for r in out.refused:
+        alive[np.flatnonzero(rid == r)] = False
+    for r in out.duplicates | out.already:
+        alive[np.flatnonzero(rid == r)] = False
+
+    return out
