@@ -274,7 +274,7 @@ def cmd_contributions(args) -> int:
         print(json.dumps(c, indent=1))
         return 0
     print(f"{c.get('devices')} devices ({c.get('anonymous_devices')} anonymous, {c.get('rows_from_anonymous')} rows); "
-          f"screened against: {c.get('screened_against') or 'nothing published'}")
+          f"screened against: {c.get('screened_against') or 'nothing (the card states no feature radius)'}")
     for title, rows in contributions_tables(c):
         print(f"\n{title}")
         cols = list(rows[0]) if rows else []

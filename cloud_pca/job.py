@@ -66,7 +66,7 @@ class JobConfig:
     full: bool = False             # fit everything and start the incremental state afresh
     reproject: bool = False        # with incremental: project every row, not only the new ones
     driver_batch_bytes: int = 128 * 2**20   # incremental: a batch up to this size is read by the driver (0: never)
-    screen: bool = True            # screen anonymous rows against the published projection (cloud_pca.trust)
+    screen: bool = True            # quarantine anonymous vectors no photo gives (the card's radius; cloud_pca.trust)
     stall_s: float = 20 * 60       # fail when no progress for this long (cloud_pca.watchdog; 0: never)
 
     def check(self) -> None:
@@ -137,7 +137,7 @@ class Scanned:
     passes: int = 1               # passes over the features so far
     featurized: object = None
     decision: object = None       # cloud_pca.trust.Decision: what the trust model set aside, conflicts, replacements
-    screen: object = None         # the published projection anonymous rows were screened against
+    screen: object = None         # the card's plausibility screen anonymous rows went through
     contributions: dict | None = None
 
     @property
@@ -224,9 +224,9 @@ def with_sums(spark, data: Scanned) -> Scanned:
 def trust_context(spark, cfg: JobConfig, files: list, model_sha256: str | None = None):
     """What the trust model needs before pass 1 (:mod:`cloud_pca.trust`), for the run's model (``--model-sha256``, the
     state's, or the one the files' footers name), under the dataset root the output lies in (``ROOT/pca``): the model
-    card's feature center (signatures) and the published projection anonymous rows are screened against (None when
-    nothing is published, or with ``screen`` off)."""
-    from cloud_pca.trust import load_center, load_screen
+    card's feature center (signatures) and the card's plausibility screen for anonymous rows (None for a card without
+    a radius, or with ``screen`` off)."""
+    from cloud_pca.trust import load_card, load_center, load_screen
 
     model = model_sha256 or cfg.model_sha256
     if model is None:
@@ -234,7 +234,8 @@ def trust_context(spark, cfg: JobConfig, files: list, model_sha256: str | None =
         model = next(iter(named)) if len(named) == 1 else (first_model(spark, files) if not named else None)
     out = cfg.output.rstrip("/")
     root = out[: -len("/pca")] if out.endswith("/pca") else None
-    return load_center(spark, root, model), (load_screen(spark, root, model) if cfg.screen else None)
+    card = load_card(spark, root, model)
+    return load_center(card, model), (load_screen(card) if cfg.screen else None)
 
 
 def first_model(spark, files: list) -> str | None:
@@ -328,7 +329,7 @@ def contributions(found, thin_counts: list[dict], decision, held: list[dict], qu
         d["set_aside"] += n
     ranked = sorted(devices.values(), key=lambda d: (-(d["refused"] + d["set_aside"]), -d["rows"], d["device"]))
     return {
-        "screened_against": screen.projection_id if screen is not None else None,
+        "screened_against": f"model card {screen.card}" if screen is not None else None,
         "screen_limit": screen.limit if screen is not None else None,
         "devices": len(devices), "anonymous_devices": sum(d["anonymous"] for d in devices.values()),
         "rows_from_anonymous": sum(d["rows"] for d in devices.values() if d["anonymous"]),

@@ -306,7 +306,7 @@ def contributions_tables(c: dict) -> list[tuple[str, list[dict]]]:
     """The trust model's account of a run (summary ``contributions``) as titled tables: the report's section and
     ``fruits-cloud contributions`` show the same."""
     counts = [{"what": what, "count": c.get(key, 0)} for key, what in (
-        ("screened", "rows off the published model (screened)"),
+        ("screened", "rows no photo gives (screened: beyond the model's feature radius)"),
         ("near_copies", "near-copies of other anonymous vectors (a dense cluster)"),
         ("conflicts", "conflicts: another vector for a photo already given"),
         ("replaced_counted", "counted rows replaced by a better-ranked copy"),
@@ -333,9 +333,10 @@ def contributions_section(page: Report, c) -> None:
     if not isinstance(c, dict):
         return
     page.heading("Contributions")
-    screened = (f"Anonymous rows were screened against published projection {c['screened_against']} (residual limit "
-                f"{_number(c.get('screen_limit'), '.4g')})." if c.get("screened_against") else
-                "No projection was published for this model: anonymous rows were not screened.")
+    screened = (f"Anonymous rows were screened against the {c['screened_against']} (a vector farther than "
+                f"{_number(c.get('screen_limit'), '.4g')} from its feature center is not what a photo gives)."
+                if c.get("screened_against") else
+                "The model's card states no feature radius: anonymous rows were not screened.")
     page.text(f"{_number(c.get('devices'))} devices sent rows, {_number(c.get('anonymous_devices'))} of them anonymous "
               f"(Cognito identities) with {_number(c.get('rows_from_anonymous'))} rows. {screened}")
     for title, rows in contributions_tables(c):

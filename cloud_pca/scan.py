@@ -320,10 +320,8 @@ def _scan_file(options, idx, path, dim, select, gram, sums, schema, owner=None, 
             feats = table.column("features")
             x = features_matrix(feats.take(ok) if len(ok) < n else feats)
             sig[ok] = signatures(x, center)
-            if screen is not None and x.shape[1] == len(screen[0]):
-                z = (x - screen[0]) * screen[1]
-                y = z @ screen[2]
-                resid[ok] = np.clip((z * z).sum(axis=1) - (y * y).sum(axis=1), 0.0, None)
+            if screen is not None and x.shape[1] == len(screen[0]):   # distance from the card's center
+                resid[ok] = np.linalg.norm(x.astype(np.float64) - screen[0], axis=1)
         owners = (np.full(n, owner, dtype=object) if owner is not None
                   else _source_owner(table.column("source").to_numpy(zero_copy_only=False)))
         yield pa.RecordBatch.from_arrays([

@@ -49,6 +49,9 @@ class ModelCard:
     # two different photos' vectors (all positive, sharing one strong mean direction) are not "near" each other
     # (the job's near-copy signatures, cloud_pca.trust). Empty in cards from before it.
     feature_center: list[float] = field(default_factory=list)
+    # The calibration photos' largest distance from that center: vectors far beyond it are not what a photo gives
+    # (the job's plausibility screen for anonymous rows, cloud_pca.trust). 0 in cards from before it.
+    feature_radius: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"

@@ -197,10 +197,12 @@ def output_range(model_bytes: bytes, outputs: np.ndarray) -> tuple[float, float]
     return float(low), float(high)
 
 
-def feature_center(model_bytes: bytes, calibration: np.ndarray) -> list[float]:
-    """The mean feature vector over the calibration photos (6 significant digits): the card's ``feature_center``."""
-    mean = tflite_features(model_bytes, calibration).astype(np.float64).mean(axis=0)
-    return [float(f"{v:.6g}") for v in mean]
+def feature_center(model_bytes: bytes, calibration: np.ndarray) -> tuple[list[float], float]:
+    """The mean feature vector over the calibration photos (6 significant digits) and their largest distance from it:
+    the card's ``feature_center`` and ``feature_radius``."""
+    x = tflite_features(model_bytes, calibration).astype(np.float64)
+    center = np.array([float(f"{v:.6g}") for v in x.mean(axis=0)])
+    return center.tolist(), float(f"{np.linalg.norm(x - center, axis=1).max():.6g}")
 
 
 def cosine_stats(a: np.ndarray, b: np.ndarray) -> dict:
@@ -281,13 +283,13 @@ def export(weights: str, *, input_size: int, precisions: Sequence[str] = PRECISI
         path = out_dir / f"{name}.tflite"
         _write_atomic(path, data)
         low, high = output_range(data, ours)
-        center = feature_center(data, calibration)
+        center, radius = feature_center(data, calibration)
         card = ModelCard(
             name=name, input_size=input_size, output_dim=FEATURE_DIM, precision=precision,
             sha256=file_sha256(path), size_bytes=len(data), preprocessing=dict(PREPROCESSING),
             weights=weights_info, export={"tool": "fruits-export", **_versions(),
                                           "input": "float32 [1, s, s, 3]", "output": "float32 [1, 1280]"},
-            parity=stats, output_range=[low, high], feature_center=center)
+            parity=stats, output_range=[low, high], feature_center=center, feature_radius=radius)
         _write_atomic(card_path_for(path), card.to_json().encode())
         log.info("%s: %d bytes, cosine vs %s min %.6f mean %.6f", path.name, len(data), ref_name,
                  stats["cosine_min"], stats["cosine_mean"])

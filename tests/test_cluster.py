@@ -244,6 +244,7 @@ def test_the_serverless_job_runs_on_a_cluster(cluster, uploaded, s3_server, tmp_
     assert all(s.returncode == 0 for s in done.steps)
     summary = get_json(s3, bucket, f"{PREFIX}/pca/run=serverless/summary.json")
     assert summary["incremental"]["rows_total"] == 360 and summary["incremental"]["projections"] == "all rows"
+    assert summary["contributions"]["quarantined"] == 2, "the hostile device's junk is listed, never fatal"
     state = get_json(s3, bucket, f"{PREFIX}/pca/featurized/run=incremental/state/model={summary['model_sha256']}/current.json")
     assert state["count"] == 60, "the 60 raw photos are recorded as featurized"
     assert "photos read: 60" in done.steps[0].stdout

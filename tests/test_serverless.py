@@ -273,3 +273,30 @@ def test_numeric_options_are_checked_for_their_range(args, message, capsys):
     assert main(["--quiet", *args]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("Error: ") and message in err[0], err
+
+
+def test_status_lists_what_the_runs_trust_model_set_aside(aws, capsys):
+    """The operator sees a hostile device's quarantined and held-back objects next to the job runs (issue 32)."""
+    from bootstrap.cli import main as emr_main
+    from contract import layout
+
+    bad = "team/vectors/model=" + "0" * 64 + "/client=eu-west-3:00000000-0000-4000-8000-0000000000ff/part-x.parquet"
+    record = {"quarantined": 1, "held_back": 1, "screened": 2, "near_copies": 5, "conflicts": 0,
+              "quarantined_objects": [{"file": f"s3://{BUCKET}/{bad}", "reason": "not a Parquet file (0 bytes)"}],
+              "held_back_objects": [{"file": f"s3://{BUCKET}/team/vectors/b.parquet", "reason": "held back: 5000 rows"}]}
+    aws.client("s3").put_object(Bucket=BUCKET, Key=layout.run_prefix("team", "r1") + "summary.json",
+                                Body=json.dumps({"contributions": record}).encode())
+    emrs = aws.client("emr-serverless")
+    app = emrs.create_application(name="fruits", releaseLabel="emr-7.5.0", type="SPARK")["applicationId"]
+    emrs.start_job_run(applicationId=app, executionRoleArn="arn:aws:iam::123456789012:role/r", name="fruits: pca",
+                       jobDriver={"sparkSubmit": {"entryPoint": "s3://b/main.py"}})   # moto lists runs only then
+    assert emr_main(["emr", "serverless", "status", "--region", "eu-west-3", "--application-id", app,
+                     "--bucket", BUCKET, "--prefix", "team", "--run-id", "r1"]) == 0
+    text = capsys.readouterr().out
+    assert "fruits: pca" in text
+    assert "run r1: 1 object(s) quarantined, 1 held back; rows set aside: 2 screened, 5 near-copies" in text
+    assert f"quarantined s3://{BUCKET}/{bad}: not a Parquet file (0 bytes)" in text
+    assert "held back" in text.split("quarantined s3://")[1]
+    assert emr_main(["emr", "serverless", "status", "--region", "eu-west-3", "--application-id", app,
+                     "--bucket", BUCKET, "--prefix", "team", "--run-id", "nope"]) == 1
+    assert "the run has not written its summary yet?" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """Anonymous phones can neither steer the shared model, nor push honest rows out of it, nor stop the refresh (issue 32):
 the contract refuses what no model produces and rows naming another device; the job's trust model (cloud_pca.trust)
 ranks copies by tier and by when the store received them, never by what a device says, refuses conflicting copies,
-quarantines anonymous near-copies and rows off the published model, holds back one device's excess, and sets a
+quarantines anonymous near-copies and vectors no photo gives, holds back one device's excess, and sets a
 device's bad objects aside without failing anyone's run. Each test failed before its fix."""
 from __future__ import annotations
 
@@ -137,6 +137,22 @@ def test_a_copy_that_disagrees_is_a_conflict_refused_and_listed():
     assert d.conflicts[0]["kept"].endswith("f0.parquet") and d.conflicts[0]["refused"].endswith("f1.parquet")
 
 
+def test_the_screen_is_the_models_own_and_lets_every_photo_through(python_vectors, model_path):
+    """The plausibility screen comes from the model card (never the last fit: a fruit the fit has not seen must get
+    through to be learned). The web client's shared test photos (noise, alpha, 16-bit, a portrait, EXIF turns) lie
+    within it, vectors no photo gives do not, and a card without a radius screens nothing."""
+    from cloud_pca.trust import load_screen
+
+    card = json.loads(model_path.with_suffix(".json").read_text())
+    screen = load_screen(card)
+    x = np.array([r["features"] for r in python_vectors.values()], dtype=np.float64)
+    assert screen.residuals(x).max() < 0.6 * screen.limit, "honest photos lie well within (at most 1x the radius)"
+    rng = np.random.default_rng(0)
+    junk = np.vstack([rng.uniform(0, 6, (20, 1280)), rng.choice([0.0, 6.0], (20, 1280)), np.full((1, 1280), 6.0)])
+    assert screen.residuals(junk).min() > 1.5 * screen.limit
+    assert load_screen({**card, "feature_radius": 0}) is None and load_screen(None) is None
+
+
 def test_anonymous_near_copies_count_three_times_whatever_identities_sent_them():
     from cloud_pca.trust import NEAR_COPY_KEEP, decide, signatures
 
@@ -186,7 +202,8 @@ def put(s3, bucket, rows: dict, client: str, *, names: str | None = None, key: s
 @pytest.mark.slow
 def test_hostile_objects_neither_steer_nor_stop_the_run(spark, s3, s3_server, bucket, capsys):
     """300 honest rows from laptops and phones; then, from anonymous devices: a 0-byte object, a key of 32 dots, a
-    row of 1e30, rows naming another device, 30 near-copies spread over 30 identities, and 100 honest photos' ids
+    row of 1e30, rows naming another device, 30 near-copies spread over 30 identities, 10 vectors of 0s and 6s (no
+    photo gives them: screened by the card's radius), and 100 honest photos' ids
     claimed (with other photos' vectors) and vectorized_at 1970. The EMR step's command line completes, every honest row is fitted, the model
     is the honest one's, and the report and `fruits-cloud contributions` list what was set aside."""
     from bootstrap.cli import main as cloud_main
@@ -213,6 +230,9 @@ def test_hostile_objects_neither_steer_nor_stop_the_run(spark, s3, s3_server, bu
         near = contract_rows(1, start=9200 + i, x=np.clip(x0 + 1e-3 * np.random.default_rng(i).standard_normal(1280),
                                                           0, 6)[None])
         put(s3, bucket, near, f"eu-west-3:00000000-0000-4000-8001-{i:012x}")
+    junk = np.random.default_rng(3).choice([0.0, 6.0], (10, 1280))   # in range, but no photo gives it
+    for i in range(10):
+        put(s3, bucket, contract_rows(1, start=9400 + i, x=junk[i:i + 1]), f"eu-west-3:00000000-0000-4000-8002-{i:012x}")
     claim = contract_rows(100, start=0, x=by_id(range(5000, 5100)))   # other photos' vectors under honest ids
     claim["vectorized_at"] = [datetime(1970, 1, 1, tzinfo=timezone.utc)] * 100
     put(s3, bucket, claim, bad)
@@ -221,6 +241,7 @@ def test_hostile_objects_neither_steer_nor_stop_the_run(spark, s3, s3_server, bu
     s = json.loads(s3.get_object(Bucket=bucket, Key=f"{ROOT}/pca/run=attacked/summary.json")["Body"].read())
     c = s["contributions"]
     assert s["reconciles"] and c["quarantined"] == 2 and c["near_copies"] == 30 - 3 and c["conflicts"] == 100
+    assert c["screened"] == 10 and c["screened_against"] == "model card test-model", c
     proj = spark.read.parquet(f"{base}/pca/run=attacked/projections")
     fitted = {r["image_id"] for r in proj.select("image_id").collect()}
     assert set(honest["image_id"]) <= fitted, "every honest row is fitted"

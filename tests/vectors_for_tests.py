@@ -87,12 +87,19 @@ def population_center() -> np.ndarray:
     return by_id(range(2000)).astype(np.float64).mean(axis=0)
 
 
+def population_radius() -> float:
+    """The population's largest distance from its center (what a card's ``feature_radius`` is for a real model)."""
+    x = by_id(range(2000)).astype(np.float64)
+    return float(np.linalg.norm(x - x.mean(axis=0), axis=1).max())
+
+
 def put_card(s3, bucket, root: str, model: str = SHA) -> str:
     """The test model's card under ``ROOT/models/`` (as ``emr launch`` uploads the real ones): its feature center is
-    what the job's near-copy signatures are taken around."""
+    what the job's near-copy signatures are taken around, its radius what the plausibility screen allows."""
     import json
 
     key = f"{root}/models/test-model.json"
-    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps({"sha256": model,
-                                                          "feature_center": population_center().tolist()}).encode())
+    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps({
+        "sha256": model, "name": "test-model", "feature_center": population_center().tolist(),
+        "feature_radius": population_radius()}).encode())
     return key
