@@ -8,12 +8,22 @@ With IAM checks on (``INITIAL_NO_AUTH_ACTION_COUNT``), moto matches policy resou
 ``?`` is a quantifier; in AWS, ``?`` is one character (the generated policies use it to fix key shapes).
 :func:`aws_globs` makes moto match as AWS does, and :func:`aws_preflight` answers a browser's CORS preflight for an
 existing object as S3 does (moto refused it); both are applied in both modes.
+
+``state=FOLDER`` (process mode, ``python -m demo.s3server --state FOLDER``) keeps what moto holds only in memory on
+disk, write-through: S3 buckets and objects (bytes, ETag, metadata, the store's modification time) and Cognito
+identity pools with their identities. A request that changed them is answered only once the change is on disk, and
+the next server started on the folder serves them again (``./run web``'s local stack, :mod:`demo.stack`). IAM,
+bucket policies and CORS rules are not kept: whoever starts the server sets those again.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
+import shutil
 import socket
+import threading
 import subprocess
 import sys
 import time
@@ -52,6 +62,221 @@ def aws_preflight() -> None:
     S3Response._fruits_preflight = True
 
 
+class Persisted:
+    """moto's S3 objects and Cognito identities in ``folder``, kept write-through by :meth:`app` (a WSGI wrapper around
+    moto's server) and put back into moto's backends by :meth:`restore` before the server answers.
+
+    Layout: ``s3/<bucket>/bucket.json`` and, per object, ``<sha256 of the key>.bin`` (the bytes) and ``.json`` (key,
+    ETag, metadata, modification time; written after the bytes, so an object is there only whole); ``cognito.json``
+    (pools and their identity ids). Each file is written to a temporary name and renamed."""
+
+    def __init__(self, folder: str | os.PathLike):
+        from pathlib import Path
+
+        self.folder = Path(folder)
+        (self.folder / "s3").mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+
+    # ---------------------------------------------------------------- moto's backends
+    @staticmethod
+    def _s3():
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        return s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+
+    @staticmethod
+    def _cognito(region: str):
+        from moto.cognitoidentity.models import cognitoidentity_backends
+        from moto.core import DEFAULT_ACCOUNT_ID
+
+        return cognitoidentity_backends[DEFAULT_ACCOUNT_ID][region]
+
+    def _write(self, path, data: bytes) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def _object_paths(self, bucket: str, key: str):
+        name = hashlib.sha256(key.encode()).hexdigest()
+        base = self.folder / "s3" / bucket
+        return base / f"{name}.bin", base / f"{name}.json"
+
+    # ---------------------------------------------------------------- saving
+    def save_bucket(self, bucket: str) -> None:
+        """The bucket's existence and every object it holds now (after a batch delete or a bucket-level change)."""
+        b = self._s3().buckets.get(bucket)
+        folder = self.folder / "s3" / bucket
+        if b is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        self._write(folder / "bucket.json", json.dumps({"name": bucket, "region": b.region_name}).encode())
+        keys = {k for k in b.keys.keys()}
+        for meta in folder.glob("*.json"):
+            if meta.name == "bucket.json":
+                continue
+            try:
+                key = json.loads(meta.read_text())["key"]
+            except (OSError, ValueError, KeyError):
+                key = None
+            if key not in keys:
+                meta.unlink(missing_ok=True)
+                meta.with_suffix(".bin").unlink(missing_ok=True)
+        for key in keys:
+            self.save_object(bucket, key)
+
+    def save_object(self, bucket: str, key: str) -> None:
+        b = self._s3().buckets.get(bucket)
+        blob, meta = self._object_paths(bucket, key)
+        obj = b.keys.get(key) if b is not None else None
+        if obj is None:
+            meta.unlink(missing_ok=True)
+            blob.unlink(missing_ok=True)
+            return
+        record = {"key": key, "etag": obj.etag.strip('"'), "metadata": dict(obj.metadata),
+                  "last_modified": obj.last_modified.isoformat(), "size": obj.size}
+        if meta.exists():
+            try:
+                if json.loads(meta.read_text()) == record:
+                    return
+            except (OSError, ValueError):
+                pass
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        if not (self.folder / "s3" / bucket / "bucket.json").exists():
+            self._write(self.folder / "s3" / bucket / "bucket.json",
+                        json.dumps({"name": bucket, "region": b.region_name}).encode())
+        self._write(blob, obj.value)
+        self._write(meta, json.dumps(record).encode())
+
+    def save_cognito(self) -> None:
+        from moto.cognitoidentity.models import cognitoidentity_backends
+        from moto.core import DEFAULT_ACCOUNT_ID
+
+        pools = []
+        for region, backend in cognitoidentity_backends[DEFAULT_ACCOUNT_ID].items():
+            for pid, pool in backend.identity_pools.items():
+                pools.append({"region": region, **json.loads(pool.to_json()),
+                              "Identities": [i["IdentityId"] for i in
+                                             backend.pools_identities.get(pid, {}).get("Identities", [])]})
+        self._write(self.folder / "cognito.json", json.dumps({"pools": pools}, indent=1).encode())
+
+    # ---------------------------------------------------------------- restoring
+    def restore(self) -> dict:
+        """Put the folder's buckets, objects and identity pools back into moto; returns what was restored."""
+        import datetime as dt
+
+        from moto.cognitoidentity.models import CognitoIdentityPool
+
+        s3, counts = self._s3(), {"buckets": 0, "objects": 0, "pools": 0, "identities": 0}
+        for folder in sorted((self.folder / "s3").iterdir()):
+            try:
+                info = json.loads((folder / "bucket.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if info["name"] not in s3.buckets:
+                s3.create_bucket(info["name"], info.get("region") or "us-east-1")
+            counts["buckets"] += 1
+            for meta in folder.glob("*.json"):
+                if meta.name == "bucket.json":
+                    continue
+                try:
+                    record = json.loads(meta.read_text())
+                    data = meta.with_suffix(".bin").read_bytes()
+                except (OSError, ValueError):
+                    continue   # a half-written object (the bytes come first): never answered as stored
+                obj = s3.put_object(info["name"], record["key"], data, etag=record["etag"],
+                                    disable_notification=True)
+                obj.set_metadata(dict(record.get("metadata") or {}))
+                obj.last_modified = dt.datetime.fromisoformat(record["last_modified"])
+                counts["objects"] += 1
+        try:
+            saved = json.loads((self.folder / "cognito.json").read_text())["pools"]
+        except (OSError, ValueError, KeyError):
+            saved = []
+        for p in saved:
+            backend = self._cognito(p["region"])
+            pool = CognitoIdentityPool(p["region"], p["IdentityPoolName"],
+                                       allow_unauthenticated_identities=p.get("AllowUnauthenticatedIdentities"),
+                                       tags=p.get("IdentityPoolTags"))
+            pool.identity_pool_id = p["IdentityPoolId"]
+            backend.identity_pools[pool.identity_pool_id] = pool
+            backend.pools_identities[pool.identity_pool_id] = {
+                "IdentityPoolId": pool.identity_pool_id, "Identities": [{"IdentityId": i} for i in p["Identities"]]}
+            counts["pools"] += 1
+            counts["identities"] += len(p["Identities"])
+        return counts
+
+    # ---------------------------------------------------------------- the WSGI wrapper
+    def app(self, inner):
+        """``inner`` (moto's WSGI application), saving what a successful changing request changed before it is
+        answered."""
+        from urllib.parse import unquote
+
+        def wrapped(environ, start_response):
+            method = environ.get("REQUEST_METHOD", "GET")
+            if method in ("GET", "HEAD", "OPTIONS"):
+                return inner(environ, start_response)
+            status = []
+
+            def capture(code, headers, exc_info=None):
+                status.append(int(code.split()[0]))
+                return start_response(code, headers, exc_info) if exc_info else start_response(code, headers)
+
+            body = list(inner(environ, capture))   # moto has changed its state by now
+            if status and status[0] < 300:
+                with self.lock:
+                    target = environ.get("HTTP_X_AMZ_TARGET", "")
+                    if target.startswith("AWSCognitoIdentityService."):
+                        self.save_cognito()
+                    elif not target and not environ.get("PATH_INFO", "").startswith("/moto-api"):
+                        self._saved_s3(environ, method, unquote)
+            return body
+
+        return wrapped
+
+    def _saved_s3(self, environ, method: str, unquote) -> None:
+        host = environ.get("HTTP_HOST", "").split(":")[0]
+        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        if raw:   # the path as sent, decoded once (PATH_INFO is decoded already, as latin-1)
+            path = unquote(raw.split("?", 1)[0])
+        else:
+            path = environ.get("PATH_INFO", "/").encode("latin-1").decode("utf-8", "replace")
+        if host and not re.fullmatch(r"[0-9.]+|localhost|\[[0-9a-fA-F:]+\]", host) and host.count(".") >= 1 \
+                and not host.endswith(".amazonaws.com"):
+            bucket, key = host.split(".")[0], path.lstrip("/")          # virtual-host style
+        else:
+            bucket, _, key = path.lstrip("/").partition("/")            # path style
+        if not bucket:
+            return
+        query = environ.get("QUERY_STRING", "")
+        if key and not ("delete" in query.split("&") or query.startswith("delete")):
+            if method in ("PUT", "POST", "DELETE"):
+                self.save_object(bucket, key)
+        else:
+            self.save_bucket(bucket)
+
+
+def serve(host: str, port: int, state: str | None = None) -> None:
+    """moto's server (all services on one port), with ``state``: what it holds kept in that folder."""
+    import signal
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import run_simple
+
+    aws_globs()
+    aws_preflight()
+    os.environ.setdefault("MOTO_PORT", str(port))
+    app = DomainDispatcherApplication(create_backend_app)
+    if state:
+        persisted = Persisted(state)
+        restored = persisted.restore()
+        print(f"restored from {state}: {restored}", flush=True)
+        app = persisted.app(app)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    run_simple(host, port, app, threaded=True, request_handler=MotoRequestHandler)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -61,11 +286,15 @@ def free_port() -> int:
 class LocalS3:
     """``with LocalS3() as s3: s3.endpoint_url``."""
 
-    def __init__(self, port: int | None = None, *, mode: str = "thread", env: dict | None = None):
+    def __init__(self, port: int | None = None, *, mode: str = "thread", env: dict | None = None,
+                 state: str | os.PathLike | None = None):
         if mode not in ("thread", "process"):
             raise ValueError(f"mode={mode!r} must be 'thread' or 'process'")
+        if state is not None and mode != "process":
+            raise ValueError("state= (what the server holds, kept in a folder) needs mode='process'")
         self.port = port or free_port()
         self.mode = mode
+        self.state = state
         self.env = env or {}
         self._server = None
         self._proc = None
@@ -87,7 +316,10 @@ class LocalS3:
             self._server.start()
         else:
             env = {**os.environ, **TEST_CREDENTIALS, **self.env}
-            self._proc = subprocess.Popen([sys.executable, "-m", "demo.s3server", "-H", "127.0.0.1", "-p", str(self.port)],
+            argv = [sys.executable, "-m", "demo.s3server", "-H", "127.0.0.1", "-p", str(self.port)]
+            if self.state is not None:
+                argv += ["--state", str(self.state)]
+            self._proc = subprocess.Popen(argv,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                                           # its own session: Ctrl-C in the terminal reaches us, not the server,
                                           # so it keeps serving until we stop it in order
@@ -138,8 +370,11 @@ def prefix_bytes(s3, bucket: str, prefix: str) -> tuple[int, int]:
 
 
 if __name__ == "__main__":  # the child of mode="process": moto's server, matching resources as AWS does
-    from moto.server import main as moto_main
+    import argparse
 
-    aws_globs()
-    aws_preflight()
-    sys.exit(moto_main(sys.argv[1:]))
+    ap = argparse.ArgumentParser(description="moto's server on loopback (demo, tests, ./run web's local stack)")
+    ap.add_argument("-H", "--host", default="127.0.0.1")
+    ap.add_argument("-p", "--port", type=int, required=True)
+    ap.add_argument("--state", help="a folder: keep the S3 objects and Cognito identities there (write-through)")
+    a = ap.parse_args()
+    serve(a.host, a.port, a.state)

@@ -46,6 +46,17 @@ export function engineLine(engine) {
   return (off.length ? `In this browser ${off.join('; ')}: such photos are marked.` : 'This browser decodes photos as the cloud does.') + wasm;
 }
 
+/** Where this page's vectors go: the bucket and root, and on which server (the local stack, or AWS's region). */
+export function whereLine(config, root) {
+  if (!config.bucket || !config.identityPoolId) return '';
+  let on = `AWS, ${config.region || 'its region'}`;
+  if (config.endpoint) {
+    const host = new URL(config.endpoint).host;
+    on = /^(127\.0\.0\.1|localhost|\[::1\])(:|$)/.test(host) ? `the local stack on this machine, ${host}` : host;
+  }
+  return `Contributes to s3://${config.bucket}/${root ? `${root}/` : ''} (${on})`;
+}
+
 export function ready(app) {
   for (const id of ['take', 'choose', 'folder']) $(id).disabled = false;
   const t = app.timings;
@@ -57,6 +68,7 @@ export function ready(app) {
   }
   $('device').textContent = `This device: ${app.clientId}`;
   $('device').dataset.clientId = app.clientId;
+  $('where').textContent = whereLine(app.config, app.root);
   $('problems').textContent = app.problems.join(' · ');
   document.body.dataset.state = 'ready';
   queueLine(app);

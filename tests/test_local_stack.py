@@ -1,0 +1,201 @@
+"""The loop on one machine (issue 33): `./run web` with no bucket runs against a local stack (moto on 127.0.0.1)
+whose S3 objects and Cognito identities survive a restart, publishes a first projection by itself, and
+`./run web refresh` folds what the page contributed into the next projection."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import require_browser
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_objects_and_identities_survive_a_restart(tmp_path):
+    """Write-through: an object (bytes, ETag, metadata, the store's time), a multipart object, a deleted one, an
+    identity pool and its identities are all there, the same, after the server is stopped and started on the folder."""
+    import boto3
+
+    from demo.s3server import TEST_CREDENTIALS, LocalS3
+
+    creds = {k.lower(): v for k, v in TEST_CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"}
+
+    def clients(url):
+        session = boto3.Session(**creds, region_name="us-east-1")
+        return session.client("s3", endpoint_url=url), session.client("cognito-identity", endpoint_url=url)
+
+    state = tmp_path / "state"
+    with LocalS3(mode="process", state=state) as server:
+        port = server.port
+        s3, cognito = clients(server.endpoint_url)
+        s3.create_bucket(Bucket="kept-bucket")
+        s3.put_object(Bucket="kept-bucket", Key="a/b c/é.parquet", Body=b"vectors", Metadata={"who": "phone"},
+                      ContentType="application/vnd.apache.parquet")
+        s3.put_object(Bucket="kept-bucket", Key="label=%5F/literal", Body=b"a key with a % in it")
+        s3.put_object(Bucket="kept-bucket", Key="gone", Body=b"x")
+        s3.delete_object(Bucket="kept-bucket", Key="gone")
+        up = s3.create_multipart_upload(Bucket="kept-bucket", Key="big")["UploadId"]
+        part = s3.upload_part(Bucket="kept-bucket", Key="big", UploadId=up, PartNumber=1, Body=b"p" * (5 << 20))
+        s3.complete_multipart_upload(Bucket="kept-bucket", Key="big", UploadId=up,
+                                     MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]})
+        pool = cognito.create_identity_pool(IdentityPoolName="devices", AllowUnauthenticatedIdentities=True)
+        ids = [cognito.get_id(IdentityPoolId=pool["IdentityPoolId"])["IdentityId"] for _ in range(2)]
+        before = {k: s3.head_object(Bucket="kept-bucket", Key=k) for k in ("a/b c/é.parquet", "big")}
+    with LocalS3(port, mode="process", state=state) as server:
+        s3, cognito = clients(server.endpoint_url)
+        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="kept-bucket")["Contents"])
+        assert keys == ["a/b c/é.parquet", "big", "label=%5F/literal"]
+        got = s3.get_object(Bucket="kept-bucket", Key="a/b c/é.parquet")
+        assert got["Body"].read() == b"vectors" and got["Metadata"] == {"who": "phone"}
+        assert got["ContentType"] == "application/vnd.apache.parquet"
+        for k, head in before.items():
+            now = s3.head_object(Bucket="kept-bucket", Key=k)
+            assert (now["ETag"], now["LastModified"], now["ContentLength"]) == \
+                (head["ETag"], head["LastModified"], head["ContentLength"]), k
+        pools = cognito.list_identity_pools(MaxResults=10)["IdentityPools"]
+        assert [p["IdentityPoolId"] for p in pools] == [pool["IdentityPoolId"]]
+        listed = cognito.list_identities(IdentityPoolId=pool["IdentityPoolId"], MaxResults=10)["Identities"]
+        assert sorted(i["IdentityId"] for i in listed) == sorted(ids)
+        assert cognito.get_credentials_for_identity(IdentityId=ids[0])["IdentityId"] == ids[0]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def label_of(summary: dict) -> dict:
+    """{image id: the page's first answer}."""
+    return {a["imageId"]: a["answer"][0]["label"] for a in summary["answers"]}
+
+
+def edge_answers(endpoint: str, photos: list[Path]) -> dict:
+    """What `fruits-edge identify` answers for each photo with the projection published on the stack."""
+    import boto3
+
+    from contract.card import load_model_card
+    from demo.s3server import TEST_CREDENTIALS
+    from edge_client.project import fetch_index, fetch_projection, identify
+    from featurizer.runtime import Model
+    from models import model_path
+
+    s3 = boto3.Session(**{k.lower(): v for k, v in TEST_CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"},
+                       region_name="us-east-1").client("s3", endpoint_url=endpoint)
+    projection = fetch_projection(s3, "fruits-local", "fruits", load_model_card(model_path()).sha256,
+                                  endpoint_url=endpoint)
+    index = fetch_index(s3, "fruits-local", "fruits", projection.projection_id, endpoint_url=endpoint)
+    model = Model(model_path())
+    return {sha(p): identify(p, model, projection, index, top=1)[0][0] for p in photos}
+
+
+def _start_web(env, port: int, log: Path) -> subprocess.Popen:
+    out = open(log, "w")
+    return subprocess.Popen([sys.executable, "-m", "demo.stack", "--port", str(port), "--seed-classes", "6",
+                             "--seed-per-class", "80"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _wait_serving(proc: subprocess.Popen, log: Path, timeout_s: float = 600) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        if "serving " in text and "contributing to " in text:
+            return text
+        if proc.poll() is not None:
+            pytest.fail(f"./run web exited {proc.returncode}:\n{text[-3000:]}")
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail(f"./run web did not serve within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop_web(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGINT)      # Ctrl-C
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail("./run web did not stop on Ctrl-C within 60 s")
+
+
+@pytest.mark.timeout(1500)
+def test_run_web_identifies_out_of_the_box_keeps_contributions_and_learns_a_new_fruit(tmp_path):
+    """`./run web` on a fresh folder: a first projection (6 synthetic fruits) is published by itself, and the page
+    identifies a held-out apple. Plums, which the index does not know, are "unknown"; the page sends them labelled
+    ("I know what it is"), `./run web refresh` runs the refresh chain, and on its next visit the page identifies a plum
+    it never sent. Ctrl-C, start again: the page's objects and its Cognito identity are still there."""
+    require_browser("chromium")
+    import boto3
+
+    from demo.s3server import TEST_CREDENTIALS, free_port
+    from models.synthetic import generate
+    from web.device import Chromium
+
+    env = {**os.environ, "FRUITS_LOCAL_STACK": str(tmp_path / "stack"), "PYTHONPATH": str(ROOT)}
+    port = free_port()
+    photos = generate(tmp_path / "photos", per_class=12, n_classes=10, seed=77)
+    apples, plums = sorted((photos / "Apple Red").glob("*.jpg")), sorted((photos / "Plum").glob("*.jpg"))
+    proc = _start_web(env, port, tmp_path / "web1.log")
+    try:
+        text = _wait_serving(proc, tmp_path / "web1.log")
+        assert "nothing published yet: fitting a first projection on 480 synthetic photos of 6 fruits" in text, text
+        endpoint = json.loads((tmp_path / "stack" / "server.json").read_text())["endpoint"]
+        with Chromium(tmp_path / "profile") as b:
+            phone = b.open(f"http://127.0.0.1:{port}/")
+            first = phone.wait_published()
+            where = phone.text("#where")
+            answers = label_of(phone.pick(apples + plums[:1]))
+            taught = phone.pick(plums[1:9], label="Plum")
+            phone.wait_uploaded()
+            client = phone.evaluate("() => fruits.clientId")
+            phone.screenshot(tmp_path / "before-refresh.png")
+        assert where.startswith("Contributes to s3://fruits-local/fruits/ (the local stack on this machine"), where
+        assert answers == edge_answers(endpoint, apples + plums[:1]), "the page answers as fruits-edge identify"
+        assert sum(answers[sha(a)] == "Apple Red" for a in apples) >= 3, answers   # identified out of the box
+        assert answers[sha(plums[0])] == "unknown", "a fruit the index does not know"
+        assert taught["queuedRows"] == 8
+        done = subprocess.run([sys.executable, "-m", "demo.stack", "refresh"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "reusing the local stack" in done.stderr and "published projection" in done.stdout, done.stdout
+        with Chromium(tmp_path / "profile") as b:
+            phone = b.open(f"http://127.0.0.1:{port}/")
+            second = phone.wait_published()
+            held = plums[9:]
+            answers = label_of(phone.pick(held))
+            phone.screenshot(tmp_path / "after-refresh.png")
+        assert second != first, "the page uses the new projection on its next visit"
+        assert answers == edge_answers(endpoint, held)
+        assert sum(answers[sha(p)] == "Plum" for p in held) >= 1, answers   # plums it never sent, now identified
+    finally:
+        _stop_web(proc)
+    # Stopped: the server is gone. Start again: the page's object and identity are still there.
+    info = json.loads((tmp_path / "stack" / "server.json").read_text())
+    assert "pid" not in info, "the stack ./run web started was stopped with it"
+    proc = _start_web(env, port, tmp_path / "web2.log")
+    try:
+        text = _wait_serving(proc, tmp_path / "web2.log")
+        assert "nothing published yet" not in text
+        endpoint = json.loads((tmp_path / "stack" / "server.json").read_text())["endpoint"]
+        session = boto3.Session(**{k.lower(): v for k, v in TEST_CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"},
+                                region_name="us-east-1")
+        s3 = session.client("s3", endpoint_url=endpoint)
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="fruits-local", Prefix="fruits/vectors/")["Contents"]]
+        assert sum(f"/client={client}/" in k for k in keys) >= 2, keys   # the plums' objects, sent before the restart
+        cognito = session.client("cognito-identity", endpoint_url=endpoint)
+        pool = cognito.list_identity_pools(MaxResults=10)["IdentityPools"][0]["IdentityPoolId"]
+        ids = [i["IdentityId"] for i in cognito.list_identities(IdentityPoolId=pool, MaxResults=60)["Identities"]]
+        assert client in ids
+        with Chromium(tmp_path / "profile") as b:
+            phone = b.open(f"http://127.0.0.1:{port}/")
+            assert phone.wait_published() == second
+            assert phone.evaluate("() => fruits.clientId") == client, "the same device identity after the restart"
+    finally:
+        _stop_web(proc)
