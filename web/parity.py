@@ -11,6 +11,7 @@ an alpha grid for the composite). The 1/8 draft is covered by the page's own dec
     Real/draft-4.jpg, draft-2.jpg   2700x2100 and 1400x1300: both drafted at 1/2
     Real/progressive.jpg, s444.jpg, gray.jpg, cmyk.jpg, burst-mpo.jpg (two frames: Pillow opens it as MPO: no draft)
     Real/alpha.png, palette.png, orient-6.png (eXIf chunk), photo.gif, photo.bmp, lossy.webp, lossless.webp
+    Real/p3.jpg, p3.png, p3.webp   a Display P3 colour profile, as iPhones embed (Pillow ignores it; WebKit applied it)
     Stress/noise-173x311.png, noise-1001x999.png, alpha-grid.png (every value x alpha pair), gray16.png
 """
 from __future__ import annotations
@@ -52,6 +53,24 @@ def _xmp_jpeg(img: Image.Image, orientation: int) -> bytes:
     return data[:2] + segment + data[2:]
 
 
+def display_p3_profile() -> bytes:
+    """An ICC profile with Display P3's primaries (D50-adapted) and sRGB's curves: Pillow's sRGB profile with its
+    colorants replaced (and its profile id cleared, which then means "not computed")."""
+    import struct
+
+    from PIL import ImageCms
+
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    icc[84:100] = bytes(16)
+    primaries = {b"rXYZ": (0.5151, 0.2412, -0.0011), b"gXYZ": (0.2919, 0.6922, 0.0419),
+                 b"bXYZ": (0.1572, 0.0666, 0.7841)}
+    for i in range(struct.unpack(">I", icc[128:132])[0]):
+        sig, off, _ = struct.unpack(">4sII", icc[132 + 12 * i:144 + 12 * i])
+        if sig in primaries:
+            icc[off + 8:off + 20] = struct.pack(">3i", *(round(v * 65536) for v in primaries[sig]))
+    return bytes(icc)
+
+
 def parity_photos(root: Path) -> Path:
     """Write the set under ``root`` (``Real/``, ``Stress/``); returns ``root``."""
     real, stress = root / "Real", root / "Stress"
@@ -85,6 +104,10 @@ def parity_photos(root: Path) -> Path:
     photo.save(real / "photo.bmp")
     photo.save(real / "lossy.webp", quality=80)
     photo.save(real / "lossless.webp", lossless=True)
+    p3 = display_p3_profile()
+    photo.save(real / "p3.jpg", quality=90, icc_profile=p3)
+    photo.save(real / "p3.png", icc_profile=p3)
+    photo.save(real / "p3.webp", quality=80, icc_profile=p3)
     rng = np.random.RandomState(3)
     for w, h in ((173, 311), (1001, 999)):
         Image.fromarray(rng.randint(0, 256, (h, w, 3), dtype=np.uint8)).save(stress / f"noise-{w}x{h}.png")

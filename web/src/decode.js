@@ -18,7 +18,7 @@
 // perturbed by anti-fingerprinting in some browsers); colour management off (`colorSpaceConversion: 'none'`, as
 // Pillow ignores ICC profiles); straight alpha composited on white with Pillow's integer formula.
 
-import {Rejected, draftScale, imageInfo} from './imageinfo.js';
+import {Rejected, draftScale, imageInfo, withoutColourProfile} from './imageinfo.js';
 
 const MIME = {JPEG: 'image/jpeg', MPO: 'image/jpeg', PNG: 'image/png', GIF: 'image/gif', WEBP: 'image/webp',
               BMP: 'image/bmp', AVIF: 'image/avif'};
@@ -202,6 +202,7 @@ export async function decodePhoto(bytes, size, {caps = UNKNOWN_CAPS, draftFactor
   let img = null;
   let turned = false;    // the decoder applied the EXIF orientation itself
   try {
+    bytes = withoutColourProfile(bytes, info.format);   // Pillow ignores colour profiles; some browsers cannot
     const draft = caps.draft;
     if (sc > 1 && draft && HAS_IMAGE_DECODER && !noImageDecoder && (exif === 1 || draft.orients !== null)) {
       const w = Math.ceil(info.width / sc);
