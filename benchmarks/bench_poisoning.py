@@ -28,6 +28,8 @@ import numpy as np
 
 from common import Recorder, timed
 
+from cloud_pca.pca import largest_angle
+
 DAY_MS = 86_400_000
 T0 = 1_790_000_000_000          # the honest uploads' first day (ms since the epoch)
 
@@ -170,12 +172,6 @@ def _junk(root: Path, when: int, client: str) -> None:
         os.utime(folder / name, ns=(when * 1_000_000, when * 1_000_000))
 
 
-def subspace_angle(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest principal angle (degrees) between the row spaces of two (k, d) orthonormal bases."""
-    s = np.linalg.svd(a @ b.T, compute_uv=False)
-    return float(np.degrees(np.arccos(np.clip(s.min(), -1.0, 1.0))))
-
-
 def fit(spark, root: Path, out: Path, run_id: str, k: int, **mode) -> dict:
     from cloud_pca.job import JobConfig, run
 
@@ -251,7 +247,7 @@ def main() -> int:
                     print(f"| {name} | | {mode}: FAILED ({str(exc)[:80]}) | | | |", flush=True)
                     continue
                 s = got["summary"]
-                angle = subspace_angle(got["model"].components_[:args.k], ref_basis)
+                angle = largest_angle(got["model"].components_[:args.k], ref_basis)
                 kept = honest_kept(spark, got["run_uri"], owner) if mode == "full" else None
                 c = s.get("contributions") or {}
                 aside = {key: c.get(key, 0) for key in ("screened", "near_copies", "conflicts", "quarantined",

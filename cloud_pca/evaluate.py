@@ -230,7 +230,7 @@ def plot(ev: Evaluation) -> dict[str, bytes]:
         ax.set_title(f"{clf}: accuracy vs bytes ({ev.n_test} test images, {ev.classes} classes)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    out["accuracy_vs_bytes.png"] = png(fig)
+    out["accuracy_vs_bytes.png"] = png(fig, tight=True)
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for clf in ("knn5", "ridge"):
@@ -242,5 +242,5 @@ def plot(ev: Evaluation) -> dict[str, bytes]:
     ax.set_ylabel("held-out accuracy (float32)")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    out["accuracy_vs_variance.png"] = png(fig)
+    out["accuracy_vs_variance.png"] = png(fig, tight=True)
     return out

@@ -11,13 +11,16 @@ State, one per model fingerprint, under ``OUTPUT/state/model=<sha256>/`` (``pca/
     gen=<g>/objects.json   every object seen (path, size, version: ETag or modification time, how Spark reads it;
                            its device, whether anonymous, when the store received it, its rows; and for an object
                            that added nothing, why: quarantined or held back)
+    gen=<g>/history.json   one record per refresh so far: rows added and in total, the first components'
+                           explained variance, the largest principal angle of the top-10 subspace since the last
+    gen=<g>/components.npy the top-10 components of generation g's model (the next refresh's angle)
     gen=<g>/ids/           Parquet: the rows generation g added: image id, SimHash signature, whether anonymous,
                            when the store received their object, its path and the row (what the trust model needs
                            to rank a later copy of the same photo against them, and to find near-copies)
-    current.json           the generation in force, the ids folders in force (at most MAX_PARTS: more are merged
-                           into one, so a refresh reads a bounded number of them) and the counted rows a later,
-                           better-ranked copy replaced; written last, so a run that fails leaves the previous state
-                           in force
+    current.json           the generation in force, the ids folders in force (merged by size tiers, :func:`merge_plan`:
+                           a refresh reads a number of them that grows with the log of the history) and their files'
+                           sizes, and the counted rows a later, better-ranked copy replaced; written last, so a run
+                           that fails leaves the previous state in force
 
 Each generation has a name of its own (``g00007-3fa2c1``): a failed run's folder is never reused (it is
 left behind, unreferenced; nothing is deleted, which the cluster's role may not do).
@@ -45,8 +48,25 @@ from cloud_pca.spark import list_dirs, path_exists, read_bytes, write_bytes, wri
 
 STATE = "state"
 POINTER = "current.json"
-MAX_PARTS = 8                    # ids folders in force; one more and they are merged into one
-COUNTED_DDL = "image_id string, sig bigint, anonymous boolean, mtime bigint, path string, row int"
+MAX_PARTS = 24                   # ids folders in force at most (size tiers keep it near 3 x log4 of the history)
+COUNTED_DDL = "image_id string, sig bigint, anonymous boolean, mtime bigint, path string, row int, key bigint"
+KEY_HEX = 15                     # an image id's first 15 hex digits, as a long: what a refresh reads of each counted row
+MERGE_FAN_IN = 4                 # ids folders of one size tier (within a factor of 4) merged into one once there are 4
+
+
+def id_key(image_id: str) -> int | None:
+    """The ``key`` column of an image id (its first KEY_HEX hex digits; None when they are not hex)."""
+    try:
+        return int(image_id[:KEY_HEX], 16) if len(image_id) >= KEY_HEX else None
+    except (TypeError, ValueError):
+        return None
+
+
+STATE_READS = {"objects": 0}      # state files this process read (pointer, moments, objects, ids files): the bench's
+
+
+def _read(n: int = 1) -> None:
+    STATE_READS["objects"] += n
 
 
 class StateError(FruitsError, ValueError):
@@ -63,6 +83,7 @@ class State:
     objects: list[dict] = field(default_factory=list)
     id_parts: list[str] = field(default_factory=list)
     dropped: list[list] = field(default_factory=list)   # [path, row] of counted rows replaced by a later copy
+    id_sizes: dict = field(default_factory=dict)         # ids folder (relative) -> {file name: size} at commit
 
     @property
     def counted_paths(self) -> set[str]:
@@ -70,7 +91,8 @@ class State:
 
     @property
     def counted(self) -> "Counted":
-        return Counted(self.model_sha256, list(self.id_parts), [tuple(d) for d in self.dropped], self.objects)
+        return Counted(self.model_sha256, list(self.id_parts), [tuple(d) for d in self.dropped], self.objects,
+                       {f"{self.uri}/{p}": v for p, v in self.id_sizes.items()})
 
 
 @dataclass
@@ -82,16 +104,49 @@ class Counted:
     parts: list[str]
     dropped: list[tuple]
     objects: list[dict]
+    files: dict = field(default_factory=dict)   # part URI -> {file name: size} recorded at commit
 
     def frame(self, spark):
         """Every counted row (a DataFrame of COUNTED_DDL; columns a part from before them lacks are null)."""
         from pyspark.sql import functions as F
 
+        _read(sum(max(1, len(self.files.get(p, ()))) for p in self.parts))   # files recorded at commit, else 1
         df = spark.read.schema(COUNTED_DDL).parquet(*self.parts)
+        df = df.withColumn("key", F.coalesce(F.col("key"), F.when(   # parts from before the key column
+            F.col("image_id").rlike(f"^[0-9a-fA-F]{{{KEY_HEX}}}"), F.conv(F.substring("image_id", 1, KEY_HEX), 16,
+                                                                           10).cast("long"))))
         if self.dropped:
             gone = spark.createDataFrame([(p, int(r)) for p, r in self.dropped], "path string, row int")
             df = df.join(F.broadcast(gone), ["path", "row"], "left_anti")
         return df
+
+    def table(self, spark):
+        """Every counted row, read by the driver with pyarrow (small parts: no Spark job), as :meth:`frame` gives
+        them: a pyarrow Table of COUNTED_DDL."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from cloud_pca.scan import open_file, storage_options
+        from cloud_pca.spark import list_files
+
+        schema = pa.schema([("image_id", pa.string()), ("sig", pa.int64()), ("anonymous", pa.bool_()),
+                            ("mtime", pa.int64()), ("path", pa.string()), ("row", pa.int32()), ("key", pa.int64())])
+        options, tables = storage_options(spark), []
+        for f in [f for part in self.parts for f in list_files(spark, part)]:
+            _read()
+            with open_file(options, f.path) as fh:
+                t = pq.read_table(fh)
+            if "key" not in t.column_names:   # a part from before the key column
+                t = t.append_column("key", pa.array([id_key(i) for i in t.column("image_id").to_pylist()], pa.int64()))
+            tables.append(pa.table({n: (t.column(n).cast(schema.field(n).type) if n in t.column_names
+                                        else pa.nulls(t.num_rows, schema.field(n).type)) for n in schema.names}))
+        table = pa.concat_tables(tables) if tables else schema.empty_table()
+        if self.dropped and len(table):
+            gone = set(self.dropped)
+            keep = [(p, int(r)) not in gone for p, r in zip(table.column("path").to_pylist(),
+                                                             table.column("row").to_pylist())]
+            table = table.filter(pa.array(keep))
+        return table.combine_chunks() if len(table) else table
 
     def rows_for(self, spark, ids: set, lo: list, hi: list, *, local_bytes: int = 256 * 2**20):
         """The counted rows whose image id is in ``ids`` or, anonymous, whose signature halves are in ``lo``/``hi``:
@@ -104,17 +159,33 @@ class Counted:
         from cloud_pca.trust import bands
 
         files = [f for part in self.parts for f in list_files(spark, part)]
+        _read(len(files))
         schema = pa.schema([("image_id", pa.string()), ("sig", pa.int64()), ("anonymous", pa.bool_()),
                             ("mtime", pa.int64()), ("path", pa.string()), ("row", pa.int32())])
         if sum(f.size for f in files) <= local_bytes:
             from cloud_pca.scan import open_file, storage_options
 
+            import pyarrow.parquet as pq
+
+            keys = pa.array(sorted({k for k in map(id_key, ids) if k is not None}), pa.int64())
+            lo_set, hi_set = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
             options, tables = storage_options(spark), []
             for f in files:
-                import pyarrow.parquet as pq
-
                 with open_file(options, f.path) as fh:
-                    t = pq.read_table(fh)
+                    pf = pq.ParquetFile(fh)
+                    if "key" in pf.schema_arrow.names:
+                        # Only the key, signature and tier columns (17 of ~130 bytes a row): the whole file only
+                        # where one of its rows may meet the batch (a counted id again, a near-copy's band).
+                        few = pf.read(columns=["key", "sig", "anonymous"])
+                        hit = pc.fill_null(pc.is_in(few.column("key"), value_set=keys), True).to_numpy(
+                            zero_copy_only=False)
+                        if len(lo_set) or len(hi_set):
+                            a, b = bands(pc.fill_null(few.column("sig"), 0).to_numpy(zero_copy_only=False))
+                            anon = pc.fill_null(few.column("anonymous"), False).to_numpy(zero_copy_only=False)
+                            hit = hit | (anon & (np.isin(a, lo_set) | np.isin(b, hi_set)))
+                        if not hit.any():
+                            continue
+                    t = pf.read()
                 tables.append(pa.table({name: (t.column(name).cast(schema.field(name).type) if name in t.column_names
                                                else pa.nulls(t.num_rows, schema.field(name).type))
                                         for name in schema.names}))
@@ -187,6 +258,7 @@ def load_state(spark, output: str, model_sha256: str | None) -> State | None:
     def file(rel: str) -> bytes:
         if not path_exists(spark, f"{uri}/{rel}"):
             raise damaged(f"{uri}/{rel}", "missing")
+        _read()
         return read_bytes(spark, f"{uri}/{rel}")
 
     try:
@@ -213,18 +285,40 @@ def load_state(spark, output: str, model_sha256: str | None) -> State | None:
     if not isinstance(objects, list) or not all(isinstance(o, dict) and isinstance(o.get("path"), str)
                                                 and isinstance(o.get("size"), int) for o in objects):
         raise damaged(f"{uri}/gen={gen}/objects.json", "must be a list of objects with a path and a size")
-    state = State(uri, model_sha256, gen, number, sums, objects, [f"{uri}/{p}" for p in ids], dropped)
+    sizes = pointer.get("id_sizes") if isinstance(pointer.get("id_sizes"), dict) else {}
+    state = State(uri, model_sha256, gen, number, sums, objects, [f"{uri}/{p}" for p in ids], dropped, sizes)
     check_ids(spark, state)
     return state
 
 
+def id_sizes(spark, uri: str, parts: list[str]) -> dict:
+    """``{part: {file name: size}}`` of the ids folders ``parts`` (relative to the state ``uri``), as listed now."""
+    from cloud_pca.spark import list_files
+
+    return {p: {f.path.rsplit("/", 1)[-1]: f.size for f in list_files(spark, f"{uri}/{p}")} for p in parts}
+
+
 def check_ids(spark, state: State) -> None:
-    """Every ids folder the pointer names exists and its Parquet files have readable footers (a missing or
-    truncated one would otherwise fail deep in a Spark job)."""
+    """Every ids folder the pointer names exists and its Parquet files are whole (a missing or truncated one would
+    otherwise fail deep in a Spark job): the files the pointer recorded at commit, with the same sizes; a folder
+    without a record (a state from before them) has its footers read."""
     from cloud_pca.inputs import java_reason, read_footer
     from cloud_pca.spark import list_files
 
     for part in state.id_parts:
+        recorded = state.id_sizes.get(part[len(state.uri) + 1:])
+        if recorded:
+            try:
+                now = {f.path.rsplit("/", 1)[-1]: f.size for f in list_files(spark, part)}
+            except Exception as exc:
+                raise StateError(f"{part}: cannot be listed ({java_reason(exc)}); rebuild the state with --full") from None
+            for name, size in recorded.items():
+                if now.get(name) != size:
+                    raise StateError(f"{part}/{name}: " + ("missing" if name not in now else
+                                                          f"{now[name]} bytes, {size} when it was written (truncated "
+                                                          f"or rewritten)") +
+                                     "; the incremental state is damaged: rebuild it with --full")
+            continue
         try:
             files = list_files(spark, part)
         except Exception as exc:
@@ -233,6 +327,7 @@ def check_ids(spark, state: State) -> None:
             raise StateError(f"{part}: missing (the image ids a generation counted); the incremental state is "
                              f"damaged: rebuild it with --full")
         for path, size, *_ in files:
+            _read()
             try:
                 read_footer(spark, path, size)
             except Exception as exc:
@@ -291,6 +386,42 @@ def all_files(spark, state: State, new: list[InputFile]):
                       where=f"{state.uri} (counted) and the new objects")
 
 
+HISTORY_COMPONENTS = 10          # the top components whose movement each refresh records
+
+
+def history(spark, state: State, model, *, rows_added: int, run_id: str) -> tuple[list[dict], np.ndarray]:
+    """The refreshes so far and this one's record (when, rows added and in total, the first components' explained
+    variance, and the largest principal angle between this model's top-10 subspace and the previous refresh's:
+    what tells an operator the model drifts), and this model's top components (kept for the next refresh)."""
+    import io
+
+    previous, before = [], None
+    if state.generation:
+        base = f"{state.uri}/gen={state.generation}"
+        try:
+            if path_exists(spark, f"{base}/history.json"):
+                _read()
+                loaded = json.loads(read_bytes(spark, f"{base}/history.json"))
+                previous = [h for h in loaded if isinstance(h, dict)] if isinstance(loaded, list) else []
+            if path_exists(spark, f"{base}/components.npy"):
+                _read()
+                before = np.load(io.BytesIO(read_bytes(spark, f"{base}/components.npy")), allow_pickle=False)
+        except ValueError:   # a damaged history is started afresh; it steers nothing
+            previous, before = [], None
+    top = np.asarray(model.components_[:HISTORY_COMPONENTS], np.float64)
+    angle = None
+    if before is not None and before.shape == top.shape:
+        from cloud_pca.pca import largest_angle
+
+        angle = round(largest_angle(before, top), 4)
+    ratio = np.asarray(model.explained_variance_ratio_, np.float64)
+    record = {"run_id": run_id, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "rows_added": int(rows_added), "rows_total": int(model.n_samples_), "k": int(model.n_components_),
+              "explained_first": [round(float(r), 6) for r in ratio[:5]],
+              "cumulative_k": round(float(ratio.sum()), 6), "angle_top10_deg": angle}
+    return previous + [record], top
+
+
 def next_generation(state: State) -> str:
     """The name of the generation after ``state``'s: its number and a random part (never reused)."""
     return f"g{state.number + 1:05d}-{uuid.uuid4().hex[:6]}"
@@ -311,7 +442,8 @@ def counted_rows(spark, fitted, files: list):
             "image_id": fitted.column("image_id"), "sig": fitted.column("sig"),
             "anonymous": pa.array([meta[i][3] or is_anonymous(o) for i, o in zip(idx, owners)], pa.bool_()),
             "mtime": pa.array([meta[i][2] for i in idx], pa.int64()),
-            "path": pa.array([meta[i][1] for i in idx], pa.string()), "row": fitted.column("row")})
+            "path": pa.array([meta[i][1] for i in idx], pa.string()), "row": fitted.column("row"),
+            "key": pa.array([id_key(i) for i in fitted.column("image_id").to_pylist()], pa.int64())})
     from pyspark.sql import functions as F
 
     from contract.layout import _COGNITO_ID_RE
@@ -320,15 +452,40 @@ def counted_rows(spark, fitted, files: list):
     return (fitted.join(F.broadcast(m), "file").select(
         "image_id", "sig", (F.col("file_anonymous") | F.coalesce(F.col("owner").rlike(_COGNITO_ID_RE.pattern),
                                                                  F.lit(False))).alias("anonymous"),
-        "mtime", "path", F.col("row").cast("int").alias("row")))
+        "mtime", "path", F.col("row").cast("int").alias("row"),
+        F.when(F.col("image_id").rlike(f"^[0-9a-fA-F]{{{KEY_HEX}}}"),
+               F.conv(F.substring("image_id", 1, KEY_HEX), 16, 10).cast("long")).alias("key")))
+
+
+def merge_plan(parts: list[str], sizes: dict[str, dict]) -> list[str]:
+    """The ids folders to merge into one now (oldest first), or none: size-tiered, so that a refresh reads a number of
+    folders that grows with the log of the history and each counted row is rewritten a few times in a year, never
+    all of them every few runs. Tier = log base MERGE_FAN_IN of a folder's bytes; the smallest tier holding
+    MERGE_FAN_IN folders is merged; more than MAX_PARTS folders in all: the smallest MERGE_FAN_IN are merged."""
+    import math
+
+    def tier(p: str) -> int:
+        return int(math.log(max(sum(sizes.get(p, {}).values()), 1), MERGE_FAN_IN))
+
+    tiers: dict[int, list[str]] = {}
+    for p in parts:
+        tiers.setdefault(tier(p), []).append(p)
+    for t in sorted(tiers):
+        if len(tiers[t]) >= MERGE_FAN_IN:
+            return tiers[t]
+    if len(parts) > MAX_PARTS:
+        smallest = set(sorted(parts, key=lambda p: sum(sizes.get(p, {}).values()))[:MERGE_FAN_IN])
+        return [p for p in parts if p in smallest]
+    return []
 
 
 def commit(spark, state: State, gen: str, sums: GramSums, new_files: list[InputFile], fitted, *, run_id: str,
-           scanned: list | None = None, dropped: list | None = None, held: list | None = None) -> dict:
+           scanned: list | None = None, dropped: list | None = None, held: list | None = None,
+           refreshes: tuple[list[dict], np.ndarray] | None = None) -> dict:
     """Write generation ``gen`` (the rows it counted, moments and objects), then the pointer: the new total is in
     force. ``fitted``: the run's fitted thin rows (``scanned``: the scan's files their indices name);
     ``dropped``: counted rows a better-ranked copy replaced; ``held``: objects held back (recorded, never re-read).
-    More than MAX_PARTS ids folders are merged into one (the dropped rows left out)."""
+    ids folders are merged by size tiers (:func:`merge_plan`; the dropped rows left out)."""
     number = int(gen[1:6])
     base = f"{state.uri}/gen={gen}"
     parts = [p[len(state.uri) + 1:] for p in state.id_parts]
@@ -336,17 +493,35 @@ def commit(spark, state: State, gen: str, sums: GramSums, new_files: list[InputF
     if fitted is not None:
         write_rows(spark, f"{base}/ids", counted_rows(spark, fitted, scanned or []))   # a DataFrame or a pyarrow Table
         parts.append(f"gen={gen}/ids")
-    if len(parts) > MAX_PARTS:
-        merged = Counted(state.model_sha256, [f"{state.uri}/{p}" for p in parts], [tuple(d) for d in all_dropped],
-                         []).frame(spark)
-        write_rows(spark, f"{base}/ids-merged", merged)
-        parts, all_dropped = [f"gen={gen}/ids-merged"], []
+    sizes = {p: state.id_sizes[p] for p in parts if p in state.id_sizes}
+    sizes.update(id_sizes(spark, state.uri, [p for p in parts if p not in sizes]))   # the folder written now
+    group = merge_plan(parts, sizes)
+    if group:
+        counted = Counted(state.model_sha256, [f"{state.uri}/{p}" for p in group], [tuple(d) for d in all_dropped],
+                          [], {f"{state.uri}/{p}": sizes.get(p, {}) for p in group})
+        small = sum(sum(sizes.get(p, {}).values()) for p in group) <= 256 * 2**20
+        write_rows(spark, f"{base}/ids-merged", counted.table(spark) if small else counted.frame(spark))
+        at = parts.index(group[0])
+        parts = [p for p in parts[:at] if p not in group] + [f"gen={gen}/ids-merged"] + \
+            [p for p in parts[at:] if p not in group]
+        if len(parts) == 1:   # everything merged: no dropped row is left anywhere
+            all_dropped = []
+        sizes.update(id_sizes(spark, state.uri, [f"gen={gen}/ids-merged"]))
     held_paths = {h["file"]: h["reason"] for h in held or []}
     objects = state.objects + [{**asdict(f), "reason": f.reason or held_paths.get(f.path)} for f in new_files]
+    if refreshes is not None:
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, refreshes[1], allow_pickle=False)
+        write_bytes(spark, f"{base}/history.json", json.dumps(refreshes[0]).encode())
+        write_bytes(spark, f"{base}/components.npy", buf.getvalue())
     write_bytes(spark, f"{base}/moments.npz", sums.to_bytes())
     write_bytes(spark, f"{base}/objects.json", json.dumps(objects).encode())
+    sizes = {p: sizes[p] for p in parts}
     pointer = {"generation": gen, "number": number, "previous": state.generation, "model_sha256": state.model_sha256,
-               "rows": sums.n, "objects": len(objects), "ids": parts, "dropped": all_dropped, "run_id": run_id,
+               "rows": sums.n, "objects": len(objects), "ids": parts, "id_sizes": sizes, "dropped": all_dropped,
+               "run_id": run_id,
                "committed_at": datetime.now(timezone.utc).isoformat()}
     write_bytes(spark, f"{state.uri}/{POINTER}", json.dumps(pointer, indent=1).encode())   # last
     return pointer

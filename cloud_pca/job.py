@@ -869,6 +869,7 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
     run_uri = cfg.output.rstrip("/") + f"/run={run_id}"
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    reads_before = incremental.STATE_READS["objects"]
     with driver_traffic(spark, "fruits-pca-run") as traffic:
         prepare_output(spark, run_uri, overwrite=cfg.overwrite)
         state = batch = None
@@ -906,12 +907,16 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
                 "passes": feature_passes(data, shown),
                 "contributions": getattr(data, "contributions", None),
             }
+            refreshes = None
             if cfg.incremental or cfg.full:
+                before = state
                 if cfg.full:   # a fresh count: the generation number goes on, nothing before it is kept
                     sha = summary["model_sha256"]
-                    previous = incremental.load_state(spark, cfg.output, sha)
+                    before = incremental.load_state(spark, cfg.output, sha)
                     state = incremental.State(incremental.state_root(cfg.output) + f"/model={sha}", sha,
-                                              number=previous.number if previous else 0)
+                                              number=before.number if before else 0)
+                refreshes = incremental.history(spark, before or state, model, rows_added=c["projected"],
+                                                run_id=run_id)   # the history goes on, also after a full refit
                 generation = incremental.next_generation(state)
                 summary["incremental"] = {
                     "mode": "incremental" if cfg.incremental else "full", "state": state.uri,
@@ -921,7 +926,9 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
                     "bytes_read": batch.bytes_read if batch else data.inputs.bytes,
                     "rows_added": c["projected"], "already_counted": c.get("already_counted", 0),
                     "rows_total": sums.n,
-                    "projections": "all rows" if (cfg.reproject or cfg.full) else "new rows only"}
+                    "projections": "all rows" if (cfg.reproject or cfg.full) else "new rows only",
+                    "state_objects_read": incremental.STATE_READS["objects"] - reads_before,
+                    "history": refreshes[0]}
             # The incremental state is committed after the run's own files, before its marker: the new total is
             # in force from there on, and a run killed before leaves no marker naming a generation not in force.
             decision = getattr(data, "decision", None)
@@ -929,7 +936,7 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
                 spark, state, generation, sums, batch.new if batch else data.inputs.files, data.unique, run_id=run_id,
                 scanned=data.found.files if isinstance(data, Scanned) else None,
                 dropped=decision.replaced if decision is not None else None,
-                held=getattr(data, "held", None))) if (cfg.incremental or cfg.full) else None
+                held=getattr(data, "held", None), refreshes=refreshes)) if (cfg.incremental or cfg.full) else None
             finish_run(spark, cfg, run_uri, run_id, model, summary, timings, t0, traffic, fit_traffic, shown,
                        before_marker=commit)
         finally:

@@ -218,6 +218,13 @@ def fix_signs(components: np.ndarray) -> np.ndarray:
     return components * signs
 
 
+def largest_angle(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest principal angle (degrees) between the row spaces of two (k, d) orthonormal bases: how far a
+    model's top-k subspace moved (0: the same subspace, 90: a direction of one is orthogonal to the other)."""
+    s = np.linalg.svd(np.asarray(a, np.float64) @ np.asarray(b, np.float64).T, compute_uv=False)
+    return float(np.degrees(np.arccos(np.clip(s.min(), -1.0, 1.0))))
+
+
 def choose_k(ratio: np.ndarray, *, k: int | None, variance: float | None, n_rows: int) -> tuple[int, str]:
     """The number of components and the reason, checking the allowed range."""
     d = len(ratio)
@@ -373,14 +380,11 @@ class FruitsPCAModel:
 
         The pipeline's files are written directly (:func:`pipeline_files`): Spark ML's writer ran 7 Spark jobs
         for them (most of a small refresh's jobs), and importing ``pyspark.ml`` costs 1-4 s in a cold process."""
-        from cloud_pca.spark import write_bytes
+        from cloud_pca.spark import write_tree
 
-        root = uri.rstrip("/")
         files = pipeline_files(self.mean_, self.scale_, self.components_.T, self.explained_variance_ratio_,
                                spark_version=spark.version)
-        for rel, data in files.items():
-            write_bytes(spark, f"{root}/{rel}", data)
-        write_bytes(spark, f"{root}/{MODEL_FILE}", self.to_bytes())
+        write_tree(spark, uri, {**files, MODEL_FILE: self.to_bytes()})
 
     @classmethod
     def load(cls, spark, uri: str) -> "FruitsPCAModel":

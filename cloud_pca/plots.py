@@ -16,9 +16,11 @@ def figure(**kw):
     return Figure(**kw)
 
 
-def png(fig) -> bytes:
+def png(fig, *, tight: bool = False) -> bytes:
+    """The figure as PNG bytes. The job's figures set their margins where they are made: ``tight``
+    (bbox_inches="tight") draws a figure twice, to measure it and to save it (a quarter of a refresh's plotting)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110, **({"bbox_inches": "tight"} if tight else {}))
     if getattr(fig.canvas, "manager", None) is not None:   # a pyplot figure (evaluate's): release it
         import matplotlib.pyplot as plt
 
@@ -32,6 +34,7 @@ def scree(explained: dict, max_components: int = 100) -> bytes:
     m = min(len(ratio), max(max_components, explained["k"] + 5))
     x = np.arange(1, m + 1)
     fig = figure(figsize=(8, 4.5))
+    fig.subplots_adjust(left=0.09, right=0.91, bottom=0.12, top=0.92)
     ax = fig.subplots()
     ax.bar(x, ratio[:m], color="#7aa6c2", label="per component")
     ax.set_xlabel("principal component")
@@ -67,7 +70,8 @@ def scatter(sample, dims: int) -> bytes:
         pcs = np.hstack([pcs, np.zeros((len(pcs), dims - pcs.shape[1]))])
     labels = sample["label"].fillna("(no label)").astype(str).to_numpy()
     names, colors = _colors(labels)
-    fig = figure(figsize=(8, 6.5))
+    fig = figure(figsize=(9.5, 6.5))
+    fig.subplots_adjust(left=0.08, right=0.80, bottom=0.09, top=0.93)   # the legend goes right of the axes
     ax = fig.add_subplot(111, projection=projection)
     for name in names:
         sel = labels == name

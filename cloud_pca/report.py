@@ -345,6 +345,39 @@ def contributions_section(page: Report, c) -> None:
 
 
 # ---------------------------------------------------------------------------------------- the page
+def history_section(page: Report, history) -> None:
+    """The refreshes so far: rows added per refresh, the first components' explained variance over time, and how
+    far the top-10 subspace moved since the previous refresh (the largest principal angle): drift shows here."""
+    rows = [h for h in history or [] if isinstance(h, dict)]
+    if not rows:
+        return
+    page.heading(f"History: {len(rows)} refresh{'es' if len(rows) != 1 else ''}")
+    xs = [str(h.get("at", ""))[:19].replace("T", " ") for h in rows]
+    first = [h.get("explained_first") if isinstance(h.get("explained_first"), list) else [] for h in rows]
+    angles = [h.get("angle_top10_deg") for h in rows]
+    moved = [a for a in angles if isinstance(a, (int, float))]
+    page.text(f"{_number(rows[-1].get('rows_total'))} rows counted; the last refresh added "
+              f"{_number(rows[-1].get('rows_added'))}" + (f"; its top-10 components moved {moved[-1]:.2f} degrees since "
+                                                           f"the refresh before (largest: {max(moved):.2f})" if moved else "")
+              + ". A steady model moves little per refresh; a jump is new data unlike the old (or a problem).")
+    _plot(page, "history-rows", "scree", [
+        {"type": "bar", "x": xs, "y": [h.get("rows_added") for h in rows], "name": "rows added",
+         "marker": {"color": "#8fb996"}},
+        {"type": "scatter", "mode": "lines", "x": xs, "y": [h.get("rows_total") for h in rows], "name": "rows in total",
+         "yaxis": "y2", "line": {"color": "#2f7d32"}}],
+        {"margin": {"t": 20}, "legend": {"orientation": "h"}, "yaxis": {"title": {"text": "rows added"}},
+         "yaxis2": {"title": {"text": "in total"}, "overlaying": "y", "side": "right"}})
+    n = max((len(f) for f in first), default=0)
+    _plot(page, "history-variance", "scree", [
+        {"type": "scatter", "mode": "lines+markers", "x": xs, "y": [f[i] if i < len(f) else None for f in first],
+         "name": f"PC{i + 1}"} for i in range(n)] + [
+        {"type": "scatter", "mode": "lines+markers", "x": xs, "y": angles, "name": "angle since last (deg)",
+         "yaxis": "y2", "line": {"color": "#b3261e", "dash": "dot"}}],
+        {"margin": {"t": 20}, "legend": {"orientation": "h"},
+         "yaxis": {"title": {"text": "explained variance ratio"}},
+         "yaxis2": {"title": {"text": "degrees"}, "overlaying": "y", "side": "right", "rangemode": "tozero"}})
+
+
 def build_report(spark, run_uri: str, *, max_points: int = DEFAULT_POINTS, extra=None) -> Report:
     """The report of the run at ``run_uri``. ``extra(page)`` adds sections after the run's own (the demo's
     devices and identification)."""
@@ -493,7 +526,8 @@ def _page(spark, run_uri: str, summary: dict, *, max_points: int, extra) -> Repo
     inc = s.get("incremental")
     if inc:
         page.heading("Incremental state")
-        page.table([{k: v for k, v in inc.items()}])
+        page.table([{k: v for k, v in inc.items() if k != "history"}])
+        history_section(page, inc.get("history"))
     if extra is not None:
         extra(page)
     page.text(f"Made by fruits-cloud report from {run_uri}: summary.json, explained_variance.json, plots/, rejects/, "

@@ -113,8 +113,22 @@ def copy_run(reported_run, tmp_path):
     return run
 
 
+def hadoop_crc(data: bytes, chunk: int = 512) -> bytes:
+    """The ``.NAME.crc`` Hadoop's local filesystem writes beside a file: magic, bytes per checksum, a CRC32 each."""
+    import struct
+    import zlib
+
+    return b"crc\0" + struct.pack(">i", chunk) + b"".join(
+        struct.pack(">I", zlib.crc32(data[i:i + chunk])) for i in range(0, len(data), chunk))
+
+
 def write(run, name: str, text: str, *, keep_crc: bool = False) -> None:
-    """Replace a run file; without its Hadoop .crc unless ``keep_crc`` (then the checksum no longer matches)."""
+    """Replace a run file; without its Hadoop .crc unless ``keep_crc``: then the checksum of the file as Hadoop
+    wrote it stays (the job writes local files directly, without one: made here as Hadoop would) and no longer
+    matches."""
+    crc = run / f".{name}.crc"
+    if keep_crc and not crc.exists():
+        crc.write_bytes(hadoop_crc((run / name).read_bytes()))
     (run / name).write_text(text)
     if not keep_crc:
         (run / f".{name}.crc").unlink(missing_ok=True)
