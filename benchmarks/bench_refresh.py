@@ -119,7 +119,7 @@ def main() -> int:
     week1 = statistics.median(r["seconds"] for r in rows[:7])
     last7 = statistics.median(r["seconds"] for r in rows[-7:])
     worst = max(rows, key=lambda r: r["seconds"])
-    print(f"\n| refresh | rows counted | seconds | state objects read | ids folders |")
+    print("\n| refresh | rows counted | seconds | state objects read | ids folders |")
     print("| --- | --- | --- | --- | --- |")
     for day in sorted({1, min(30, args.days), args.days}):
         r = rows[day - 1]
