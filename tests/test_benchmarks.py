@@ -72,3 +72,13 @@ def test_web_smoke(tmp_path):
     got = rows(tmp_path, "web")
     assert {r["measure"] for r in got} >= {"rate", "one_photo"}
     assert {r["engine"] for r in got if r["measure"] == "rate"} == set(engines)
+
+
+def test_refresh_smoke(tmp_path):
+    """A year of refreshes at its smoke size (12 days of 200 vectors) on the local stack's S3."""
+    bench("refresh", tmp_path)
+    got = rows(tmp_path, "refresh")
+    days = [r for r in got if r["measure"] == "refresh"]
+    assert [r["day"] for r in days] == list(range(1, 13)) and days[-1]["rows_total"] == 12 * 200
+    assert days[0]["state_objects_read"] == 0 and all(r["state_objects_read"] > 0 for r in days[1:])
+    assert [r for r in got if r["measure"] == "summary"][0]["days"] == 12
