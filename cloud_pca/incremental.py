@@ -13,6 +13,7 @@ State, one per model fingerprint, under ``OUTPUT/state/model=<sha256>/`` (``pca/
                            that added nothing, why: quarantined or held back)
     gen=<g>/history.json   one record per refresh so far: rows added and in total, the first components'
                            explained variance, the largest principal angle of the top-10 subspace since the last
+                           refresh (the report draws them)
     gen=<g>/components.npy the top-10 components of generation g's model (the next refresh's angle)
     gen=<g>/ids/           Parquet: the rows generation g added: image id, SimHash signature, whether anonymous,
                            when the store received their object, its path and the row (what the trust model needs
