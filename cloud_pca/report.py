@@ -365,15 +365,16 @@ def history_section(page: Report, history) -> None:
          "marker": {"color": "#8fb996"}},
         {"type": "scatter", "mode": "lines", "x": xs, "y": [h.get("rows_total") for h in rows], "name": "rows in total",
          "yaxis": "y2", "line": {"color": "#2f7d32"}}],
-        {"margin": {"t": 20}, "legend": {"orientation": "h"}, "yaxis": {"title": {"text": "rows added"}},
-         "yaxis2": {"title": {"text": "in total"}, "overlaying": "y", "side": "right"}})
+        {"margin": {"t": 20}, "legend": {"orientation": "h"}, "xaxis": {"type": "category"},
+         "yaxis": {"title": {"text": "rows added"}},
+         "yaxis2": {"title": {"text": "in total"}, "overlaying": "y", "side": "right", "rangemode": "tozero"}})
     n = max((len(f) for f in first), default=0)
     _plot(page, "history-variance", "scree", [
         {"type": "scatter", "mode": "lines+markers", "x": xs, "y": [f[i] if i < len(f) else None for f in first],
          "name": f"PC{i + 1}"} for i in range(n)] + [
         {"type": "scatter", "mode": "lines+markers", "x": xs, "y": angles, "name": "angle since last (deg)",
          "yaxis": "y2", "line": {"color": "#b3261e", "dash": "dot"}}],
-        {"margin": {"t": 20}, "legend": {"orientation": "h"},
+        {"margin": {"t": 20}, "legend": {"orientation": "h"}, "xaxis": {"type": "category"},
          "yaxis": {"title": {"text": "explained variance ratio"}},
          "yaxis2": {"title": {"text": "degrees"}, "overlaying": "y", "side": "right", "rangemode": "tozero"}})
 
