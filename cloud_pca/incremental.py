@@ -63,6 +63,23 @@ def id_key(image_id: str) -> int | None:
         return None
 
 
+def _counted_schema(*, key: bool):
+    """COUNTED_DDL as a pyarrow schema (without the ``key`` column where the reader does not need it)."""
+    import pyarrow as pa
+
+    return pa.schema([("image_id", pa.string()), ("sig", pa.int64()), ("anonymous", pa.bool_()),
+                      ("mtime", pa.int64()), ("path", pa.string()), ("row", pa.int32())]
+                     + ([("key", pa.int64())] if key else []))
+
+
+def _conform(t, schema):
+    """A counted ids table in ``schema``: its columns cast, the ones an older part lacks as nulls."""
+    import pyarrow as pa
+
+    return pa.table({n: (t.column(n).cast(schema.field(n).type) if n in t.column_names
+                         else pa.nulls(t.num_rows, schema.field(n).type)) for n in schema.names})
+
+
 STATE_READS = {"objects": 0}      # state files this process read (pointer, moments, objects, ids files): the bench's
 
 
@@ -130,8 +147,7 @@ class Counted:
         from cloud_pca.scan import open_file, storage_options
         from cloud_pca.spark import list_files
 
-        schema = pa.schema([("image_id", pa.string()), ("sig", pa.int64()), ("anonymous", pa.bool_()),
-                            ("mtime", pa.int64()), ("path", pa.string()), ("row", pa.int32()), ("key", pa.int64())])
+        schema = _counted_schema(key=True)
         options, tables = storage_options(spark), []
         for f in [f for part in self.parts for f in list_files(spark, part)]:
             _read()
@@ -139,8 +155,7 @@ class Counted:
                 t = pq.read_table(fh)
             if "key" not in t.column_names:   # a part from before the key column
                 t = t.append_column("key", pa.array([id_key(i) for i in t.column("image_id").to_pylist()], pa.int64()))
-            tables.append(pa.table({n: (t.column(n).cast(schema.field(n).type) if n in t.column_names
-                                        else pa.nulls(t.num_rows, schema.field(n).type)) for n in schema.names}))
+            tables.append(_conform(t, schema))
         table = pa.concat_tables(tables) if tables else schema.empty_table()
         if self.dropped and len(table):
             gone = set(self.dropped)
@@ -161,8 +176,7 @@ class Counted:
 
         files = [f for part in self.parts for f in list_files(spark, part)]
         _read(len(files))
-        schema = pa.schema([("image_id", pa.string()), ("sig", pa.int64()), ("anonymous", pa.bool_()),
-                            ("mtime", pa.int64()), ("path", pa.string()), ("row", pa.int32())])
+        schema = _counted_schema(key=False)
         if sum(f.size for f in files) <= local_bytes:
             from cloud_pca.scan import open_file, storage_options
 
@@ -187,9 +201,7 @@ class Counted:
                         if not hit.any():
                             continue
                     t = pf.read()
-                tables.append(pa.table({name: (t.column(name).cast(schema.field(name).type) if name in t.column_names
-                                               else pa.nulls(t.num_rows, schema.field(name).type))
-                                        for name in schema.names}))
+                tables.append(_conform(t, schema))
             table = pa.concat_tables(tables) if tables else schema.empty_table()
         else:
             from pyspark.sql import functions as F

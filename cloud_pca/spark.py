@@ -227,16 +227,9 @@ def write_tree(spark, uri: str, files: dict[str, bytes]) -> None:
     ``file:`` URI directly."""
     import tempfile
 
-    local = _local_file(uri)
-    if local is not None or _s3a_key(uri) is not None:
-        for rel, data in files.items():
-            if local is not None:
-                _write_local(os.path.join(local, *rel.split("/")), data)
-            else:
-                write_bytes(spark, f"{uri.rstrip('/')}/{rel}", data)
-        return
-    fs, path = _fs_path(spark, uri)
-    if fs.exists(path):
+    direct = _local_file(uri) is not None or _s3a_key(uri) is not None   # write_bytes writes these without Hadoop
+    fs, path = (None, None) if direct else _fs_path(spark, uri)
+    if direct or fs.exists(path):
         for rel, data in files.items():
             write_bytes(spark, f"{uri.rstrip('/')}/{rel}", data)
         return
