@@ -53,7 +53,7 @@ def _say(args, prefix: str):
 def _spark(args, name: str):
     from cloud_pca.spark import get_spark
 
-    return get_spark(f"fruits-{name}", master=args.master, s3_endpoint=args.endpoint_url)
+    return get_spark(f"fruits-{name}", master=args.master, s3_endpoint=args.endpoint_url, lazy=True)
 
 
 def build_parser(extend=None):

@@ -124,11 +124,26 @@ class Counted:
     objects: list[dict]
     files: dict = field(default_factory=dict)   # part URI -> {file name: size} recorded at commit
 
+    def part_files(self, spark) -> list[tuple[str, int]]:
+        """(path, size) of the ids folders' files: as recorded at commit (no listing: a refresh checks each size as it
+        opens the file, :func:`_open_counted`), or listed and their footers read for a folder from before the
+        record."""
+        out = []
+        for part in self.parts:
+            recorded = self.files.get(part)
+            if recorded:
+                out.extend((f"{part}/{name}", size) for name, size in sorted(recorded.items()))
+            else:
+                out.extend((f.path, f.size) for f in check_part(spark, part, None))
+        return out
+
     def frame(self, spark):
         """Every counted row (a DataFrame of COUNTED_DDL; columns a part from before them lacks are null)."""
         from pyspark.sql import functions as F
 
         _read(sum(max(1, len(self.files.get(p, ()))) for p in self.parts))   # files recorded at commit, else 1
+        for part in self.parts:   # whole, before Spark reads them (a truncated file would fail deep in a task)
+            check_part(spark, part, self.files.get(part))
         df = spark.read.schema(COUNTED_DDL).parquet(*self.parts)
         df = df.withColumn("key", F.coalesce(F.col("key"), F.when(   # parts from before the key column
             F.col("image_id").rlike(f"^[0-9a-fA-F]{{{KEY_HEX}}}"), F.conv(F.substring("image_id", 1, KEY_HEX), 16,
@@ -144,14 +159,13 @@ class Counted:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from cloud_pca.scan import open_file, storage_options
-        from cloud_pca.spark import list_files
+        from cloud_pca.scan import storage_options
 
         schema = _counted_schema(key=True)
         options, tables = storage_options(spark), []
-        for f in [f for part in self.parts for f in list_files(spark, part)]:
+        for path, size in self.part_files(spark):
             _read()
-            with open_file(options, f.path) as fh:
+            with _open_counted(options, path, size) as fh:
                 t = pq.read_table(fh)
             if "key" not in t.column_names:   # a part from before the key column
                 t = t.append_column("key", pa.array([id_key(i) for i in t.column("image_id").to_pylist()], pa.int64()))
@@ -171,30 +185,31 @@ class Counted:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        from cloud_pca.spark import list_files
         from cloud_pca.trust import bands
 
-        files = [f for part in self.parts for f in list_files(spark, part)]
+        files = self.part_files(spark)
         _read(len(files))
         schema = _counted_schema(key=False)
-        if sum(f.size for f in files) <= local_bytes:
-            from cloud_pca.scan import open_file, storage_options
+        if sum(size for _, size in files) <= local_bytes:
+            from cloud_pca.scan import storage_options
 
             import pyarrow.parquet as pq
 
             keys = pa.array(sorted({k for k in map(id_key, ids) if k is not None}), pa.int64())
             lo_set, hi_set = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
             options, tables = storage_options(spark), []
-            for f in files:
-                with open_file(options, f.path) as fh:
+            for path, size in files:
+                with _open_counted(options, path, size) as fh:
                     pf = pq.ParquetFile(fh)
                     if "key" in pf.schema_arrow.names:
-                        # Only the key, signature and tier columns (17 of ~130 bytes a row): the whole file only
-                        # where one of its rows may meet the batch (a counted id again, a near-copy's band).
-                        few = pf.read(columns=["key", "sig", "anonymous"])
+                        # Only the key column (8 of ~130 bytes a row), and the signature and tier columns where the
+                        # batch has anonymous rows: the whole file only where one of its rows may meet the batch (a
+                        # counted id again, a near-copy's band).
+                        near = bool(len(lo_set) or len(hi_set))
+                        few = pf.read(columns=["key", "sig", "anonymous"] if near else ["key"])
                         hit = pc.fill_null(pc.is_in(few.column("key"), value_set=keys), True).to_numpy(
                             zero_copy_only=False)
-                        if len(lo_set) or len(hi_set):
+                        if near:
                             a, b = bands(pc.fill_null(few.column("sig"), 0).to_numpy(zero_copy_only=False))
                             anon = pc.fill_null(few.column("anonymous"), False).to_numpy(zero_copy_only=False)
                             hit = hit | (anon & (np.isin(a, lo_set) | np.isin(b, hi_set)))
@@ -299,9 +314,8 @@ def load_state(spark, output: str, model_sha256: str | None) -> State | None:
                                                 and isinstance(o.get("size"), int) for o in objects):
         raise damaged(f"{uri}/gen={gen}/objects.json", "must be a list of objects with a path and a size")
     sizes = pointer.get("id_sizes") if isinstance(pointer.get("id_sizes"), dict) else {}
-    state = State(uri, model_sha256, gen, number, sums, objects, [f"{uri}/{p}" for p in ids], dropped, sizes)
-    check_ids(spark, state)
-    return state
+    # The ids folders are checked as they are read (Counted.part_files, check_part): no listing here.
+    return State(uri, model_sha256, gen, number, sums, objects, [f"{uri}/{p}" for p in ids], dropped, sizes)
 
 
 def id_sizes(spark, uri: str, parts: list[str]) -> dict:
@@ -311,41 +325,54 @@ def id_sizes(spark, uri: str, parts: list[str]) -> dict:
     return {p: {f.path.rsplit("/", 1)[-1]: f.size for f in list_files(spark, f"{uri}/{p}")} for p in parts}
 
 
-def check_ids(spark, state: State) -> None:
-    """Every ids folder the pointer names exists and its Parquet files are whole (a missing or truncated one would
-    otherwise fail deep in a Spark job): the files the pointer recorded at commit, with the same sizes; a folder
-    without a record (a state from before them) has its footers read."""
+def _damaged(path: str, what: str) -> StateError:
+    return StateError(f"{path}: {what}; the incremental state is damaged: rebuild it with --full")
+
+
+def _open_counted(options: dict, path: str, size: int):
+    """An ids file opened for reading, refused (:class:`StateError`, naming it) when it is missing or is not the
+    size recorded when it was written (truncated or rewritten): the check costs no request of its own."""
+    from cloud_pca.scan import open_file
+
+    try:
+        fh = open_file(options, path)
+    except (FileNotFoundError, OSError) as exc:
+        raise _damaged(path, "missing" if isinstance(exc, FileNotFoundError) or "not found" in str(exc).lower()
+                       or "no such" in str(exc).lower() else f"cannot be read ({str(exc).splitlines()[0][:200]})") \
+            from None
+    now = fh.size()
+    if now != size:
+        fh.close()
+        raise _damaged(path, f"{now} bytes, {size} when it was written (truncated or rewritten)")
+    return fh
+
+
+def check_part(spark, part: str, recorded: dict | None):
+    """An ids folder is there and whole: the files ``recorded`` at commit with the same sizes (listed), or, for a
+    folder without a record (a state from before them), every file's footer read. Returns its files as listed."""
     from cloud_pca.inputs import java_reason, read_footer
     from cloud_pca.spark import list_files
 
-    for part in state.id_parts:
-        recorded = state.id_sizes.get(part[len(state.uri) + 1:])
-        if recorded:
-            try:
-                now = {f.path.rsplit("/", 1)[-1]: f.size for f in list_files(spark, part)}
-            except Exception as exc:
-                raise StateError(f"{part}: cannot be listed ({java_reason(exc)}); rebuild the state with --full") from None
-            for name, size in recorded.items():
-                if now.get(name) != size:
-                    raise StateError(f"{part}/{name}: " + ("missing" if name not in now else
-                                                          f"{now[name]} bytes, {size} when it was written (truncated "
-                                                          f"or rewritten)") +
-                                     "; the incremental state is damaged: rebuild it with --full")
-            continue
+    try:
+        files = list_files(spark, part)
+    except Exception as exc:
+        raise StateError(f"{part}: cannot be listed ({java_reason(exc)}); rebuild the state with --full") from None
+    if recorded:
+        now = {f.path.rsplit("/", 1)[-1]: f.size for f in files}
+        for name, size in recorded.items():
+            if now.get(name) != size:
+                raise _damaged(f"{part}/{name}", "missing" if name not in now else
+                               f"{now[name]} bytes, {size} when it was written (truncated or rewritten)")
+        return files
+    if not files:
+        raise _damaged(part, "missing (the image ids a generation counted)")
+    for path, size, *_ in files:
+        _read()
         try:
-            files = list_files(spark, part)
+            read_footer(spark, path, size)
         except Exception as exc:
-            raise StateError(f"{part}: cannot be listed ({java_reason(exc)}); rebuild the state with --full") from None
-        if not files:
-            raise StateError(f"{part}: missing (the image ids a generation counted); the incremental state is "
-                             f"damaged: rebuild it with --full")
-        for path, size, *_ in files:
-            _read()
-            try:
-                read_footer(spark, path, size)
-            except Exception as exc:
-                raise StateError(f"{path}: {exc if isinstance(exc, FruitsError) else java_reason(exc)}; the "
-                                 f"incremental state is damaged: rebuild it with --full") from None
+            raise _damaged(path, str(exc) if isinstance(exc, FruitsError) else java_reason(exc)) from None
+    return files
 
 
 def check_counted(state: State, listed: list[tuple]) -> None:
@@ -503,23 +530,25 @@ def commit(spark, state: State, gen: str, sums: GramSums, new_files: list[InputF
     base = f"{state.uri}/gen={gen}"
     parts = [p[len(state.uri) + 1:] for p in state.id_parts]
     all_dropped = [list(d) for d in state.dropped] + [[p, int(r)] for p, r in (dropped or [])]
-    if fitted is not None:
-        write_rows(spark, f"{base}/ids", counted_rows(spark, fitted, scanned or []))   # a DataFrame or a pyarrow Table
-        parts.append(f"gen={gen}/ids")
     sizes = {p: state.id_sizes[p] for p in parts if p in state.id_sizes}
-    sizes.update(id_sizes(spark, state.uri, [p for p in parts if p not in sizes]))   # the folder written now
+    if fitted is not None:   # a DataFrame or a pyarrow Table; the driver's file's size is known, Spark's are listed
+        written = write_rows(spark, f"{base}/ids", counted_rows(spark, fitted, scanned or []))
+        parts.append(f"gen={gen}/ids")
+        if written:
+            sizes[f"gen={gen}/ids"] = written
+    sizes.update(id_sizes(spark, state.uri, [p for p in parts if p not in sizes]))
     group = merge_plan(parts, sizes)
     if group:
         counted = Counted(state.model_sha256, [f"{state.uri}/{p}" for p in group], [tuple(d) for d in all_dropped],
                           [], {f"{state.uri}/{p}": sizes.get(p, {}) for p in group})
         small = sum(sum(sizes.get(p, {}).values()) for p in group) <= 256 * 2**20
-        write_rows(spark, f"{base}/ids-merged", counted.table(spark) if small else counted.frame(spark))
+        merged = write_rows(spark, f"{base}/ids-merged", counted.table(spark) if small else counted.frame(spark))
         at = parts.index(group[0])
         parts = [p for p in parts[:at] if p not in group] + [f"gen={gen}/ids-merged"] + \
             [p for p in parts[at:] if p not in group]
         if len(parts) == 1:   # everything merged: no dropped row is left anywhere
             all_dropped = []
-        sizes.update(id_sizes(spark, state.uri, [f"gen={gen}/ids-merged"]))
+        sizes.update({f"gen={gen}/ids-merged": merged} if merged else id_sizes(spark, state.uri, [f"gen={gen}/ids-merged"]))
     held_paths = {h["file"]: h["reason"] for h in held or []}
     objects = state.objects + [{**asdict(f), "reason": f.reason or held_paths.get(f.path)} for f in new_files]
     if refreshes is not None:

@@ -73,7 +73,14 @@ class Inputs:
 
 # ------------------------------------------------------------------------------------------- footers
 def _read_range(spark, path: str, start: int, n: int) -> bytes:
-    """``n`` bytes of a file from ``start``, through Hadoop's file system (local, s3a://, EMR's s3://)."""
+    """``n`` bytes of a file from ``start``: ``file:`` and ``s3a://`` in Python (a local read, one ranged GET: no
+    JVM round trips, and no JVM at all for a refresh that starts no Spark job), others through Hadoop's file
+    system (EMR's s3://)."""
+    from cloud_pca.spark import read_range
+
+    data = read_range(spark, path, start, n)
+    if data is not None:
+        return data
     jvm = spark._jvm
     hpath = jvm.org.apache.hadoop.fs.Path(path)
     stream = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).open(hpath)

@@ -498,7 +498,13 @@ def local_scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=
     chosen = cfg.model_sha256 or next(iter(model_counts), None)
     counted_rows = None
     if counted is not None and counted.parts and valid.num_rows:
-        lo, hi = bands(valid.column("sig").to_numpy())
+        # Near-copies are looked for among anonymous rows only (trust.decide): the signature halves of this batch's
+        # anonymous rows, none for a batch of keyed devices (then only the counted rows' key column is read).
+        from contract.layout import is_anonymous
+
+        anon = np.array([bool(found.files[i].anonymous) or is_anonymous(o) for i, o in
+                         zip(valid.column("file").to_pylist(), valid.column("owner").to_pylist())], dtype=bool)
+        lo, hi = bands(valid.column("sig").to_numpy()[anon])
         counted_rows = counted.rows_for(spark, set(valid.column("image_id").to_pylist()), lo.tolist(), hi.tolist())
     decision = trust_stage(spark, cfg, found, valid, counted=counted_rows, screen=screen)
     rids = ((valid.column("file").to_numpy().astype(np.int64) << 32)

@@ -380,10 +380,12 @@ class FruitsPCAModel:
 
         The pipeline's files are written directly (:func:`pipeline_files`): Spark ML's writer ran 7 Spark jobs
         for them (most of a small refresh's jobs), and importing ``pyspark.ml`` costs 1-4 s in a cold process."""
-        from cloud_pca.spark import write_tree
+        import pyspark
+
+        from cloud_pca.spark import not_started, write_tree
 
         files = pipeline_files(self.mean_, self.scale_, self.components_.T, self.explained_variance_ratio_,
-                               spark_version=spark.version)
+                               spark_version=pyspark.__version__ if not_started(spark) else spark.version)
         write_tree(spark, uri, {**files, MODEL_FILE: self.to_bytes()})
 
     @classmethod

@@ -48,11 +48,16 @@ _FILESYSTEMS: dict = {}          # per Python worker: one pyarrow filesystem per
 # ------------------------------------------------------------------------------------------ storage
 def storage_options(spark) -> dict:
     """What a Python task needs to open the job's files as the JVM does: the session's S3A settings."""
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    from cloud_pca.spark import LazySession
 
-    def get(key):
-        value = conf.get(key)
-        return str(value) if value is not None else None
+    if isinstance(spark, LazySession):
+        get = spark.hadoop_setting   # without starting it
+    else:
+        conf = spark.sparkContext._jsc.hadoopConfiguration()
+
+        def get(key):
+            value = conf.get(key)
+            return str(value) if value is not None else None
 
     return {"endpoint": get("fs.s3a.endpoint"), "path_style": get("fs.s3a.path.style.access") == "true",
             "ssl": get("fs.s3a.connection.ssl.enabled") != "false", "region": get("fs.s3a.endpoint.region"),

@@ -194,3 +194,66 @@ def test_the_python_listing_is_hadoops(spark, s3, bucket, tmp_path):
     for uri in (f"file://{tmp_path}/d", f"file:{tmp_path}/d/", f"file://{tmp_path}/d/a.parquet"):
         assert list_files(spark, uri) == list_hadoop(spark, uri) and list_files(spark, uri), uri
     assert list_files(spark, f"file://{tmp_path}/d", None) == list_hadoop(spark, f"file://{tmp_path}/d", None)
+    # Folders, existence and byte ranges (a refresh that starts no JVM reads its state and footers with them).
+    from cloud_pca.inputs import _read_range
+    from cloud_pca.spark import list_dirs, list_dirs_hadoop, path_exists, read_range
+
+    for uri in (f"s3a://{bucket}/team/vectors/", f"s3a://{bucket}/team", f"s3a://{bucket}/nothing",
+                f"file://{tmp_path}/d", f"file:{tmp_path}/d/e", f"file://{tmp_path}/none"):
+        assert list_dirs(spark, uri) == list_dirs_hadoop(spark, uri), uri
+    assert list_dirs(spark, f"s3a://{bucket}/team/vectors/") == [f"model={SHA}", "sub"]   # a marker is a folder
+    assert list_dirs(spark, f"file://{tmp_path}/d") == ["e"]
+    for uri, exists in ((one, True), (f"s3a://{bucket}/team/vectors", True), (f"s3a://{bucket}/team/nope", False),
+                        (f"file://{tmp_path}/d/a.parquet", True), (f"file://{tmp_path}/d/e", True),
+                        (f"file://{tmp_path}/none", False)):
+        assert path_exists(spark, uri) is exists, uri
+    size = got[0].size
+    assert read_range(spark, one, size - 4, 4) == b"PAR1" == _read_range(spark, one.replace("s3a://", "s3://"),
+                                                                           size - 4, 4)
+    assert read_range(spark, f"file://{tmp_path}/d/a.parquet", 2, 3) == b"xxx"
+
+
+LAZY_CHILD = r"""
+import json, sys
+import boto3
+from cloud_pca.cli import main
+from pyspark import SparkContext
+
+endpoint, bucket = sys.argv[1:3]
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+out = {}
+for run_id, inputs, extra in (("small", ["team"], []), ("tasks", ["team", "more"], ["--driver-batch-mb", "0"])):
+    code = main(["--quiet", "--endpoint-url", endpoint, "pca", *[a for r in inputs for a in
+                 ("--input", f"s3a://{bucket}/{r}/vectors/")], "--output", f"s3a://{bucket}/team/pca", "--k", "5",
+                 "--no-plots", "--incremental", "--run-id", run_id, *extra])
+    summary = json.loads(s3.get_object(Bucket=bucket, Key=f"team/pca/run={run_id}/summary.json")["Body"].read())
+    out[run_id] = {"code": code, "jvm": SparkContext._gateway is not None, "jobs": summary["spark"]["jobs"],
+                   "added": summary["incremental"]["rows_added"], "already": summary["incremental"]["already_counted"]}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_a_small_refresh_from_the_command_line_starts_no_jvm(s3_server, s3, bucket, tmp_path):
+    """A cold ``fruits-cloud pca --incremental`` of a small batch (what the schedule runs daily) reads and writes in
+    Python and never starts Spark's JVM (4.6-5.2 s of a cold run here); a run that needs Spark tasks
+    (``--driver-batch-mb 0``) in the same process starts it then, and its Spark jobs are counted in its summary."""
+    import os
+    import subprocess
+    import sys
+
+    from demo.s3server import TEST_CREDENTIALS
+
+    upload_batch(s3, bucket, "b1", 0, 120, objects=2)
+    rows = contract_rows(60, start=120, x=X[120:180])
+    again = contract_rows(10, start=0, x=X[0:10])                        # 10 ids the first run counts
+    rows = {k: rows[k] + again[k] for k in rows}
+    put_rows(s3, bucket, layout_key("more", rows), rows)                 # read by the second run only
+    env = {**os.environ, **TEST_CREDENTIALS, "PYSPARK_PYTHON": sys.executable}
+    done = subprocess.run([sys.executable, "-c", LAZY_CHILD, s3_server.endpoint_url, bucket], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["small"] == {"code": 0, "jvm": False, "jobs": 0, "added": 120, "already": 0}, out
+    assert out["tasks"]["code"] == 0 and out["tasks"]["jvm"] is True and out["tasks"]["jobs"] > 0, out
+    assert (out["tasks"]["added"], out["tasks"]["already"]) == (60, 10), out
