@@ -7,7 +7,9 @@ For each existing N: N vectors in files of 5,000 rows (as uploads make them), co
 ``--full`` run (the state); then one file of ``--new`` new vectors arrives and both are timed, same outputs
 (projections, model, explained variance, plots): the incremental run (reads the new file's features and the
 counted image ids) and a full refit (reads every file). A warm-up of both runs on a small dataset comes
-first. Reported: seconds, the ratio, objects and bytes read; the scan of 1M and 4M counted ids (the part of an
+first. Reported: seconds, the ratio, objects and bytes read; the same refresh cold (``fruits-cloud pca --incremental``
+in a fresh process, as the schedule runs it: ``cold s``) and its fixed cost (cold minus warm; goal <= 5 s), with
+what starting a Spark session costs a fresh process; the scan of 1M and 4M counted ids (the part of an
 incremental run that grows with what exists); then the daily refresh cost at 1M and 100M vectors on EMR,
 EXTRAPOLATED from the measured slopes (seconds = a + b*N) and marked so.
 Output: ``out/benchmarks/incremental.{csv,json}``.
@@ -44,6 +46,8 @@ def measure(spark, tmp: Path, existing: int, new: int, k: int) -> dict:
     src = f"file://{data}"
     timed(f"state of {existing} (untimed --full)", lambda: job(spark, src, out, "state", k, full=True))
     new_files = make_files(data, new, 1, seed=existing + 1, start=10_000_000)
+    shutil.copytree(tmp / f"out-{existing}", tmp / f"cold-{existing}")   # the same state, for the cold run
+    cold_s = cold_run(src, f"file://{tmp}/cold-{existing}", k)
     inc, inc_s = timed(f"incremental +{new} on {existing}", lambda: job(spark, src, out, "inc", k, incremental=True))
     full, full_s = timed(f"full refit of {existing + new}", lambda: job(spark, src, out, "full", k))
     i = inc["incremental"]
@@ -52,12 +56,49 @@ def measure(spark, tmp: Path, existing: int, new: int, k: int) -> dict:
     assert full["projected"] == existing + new
     return {"measure": "daily_refresh", "existing": existing, "new": new, "k": k,
             "incremental_s": round(inc_s, 2), "full_s": round(full_s, 2), "ratio": round(inc_s / full_s, 3),
+            "cold_incremental_s": round(cold_s, 2), "cold_fixed_s": round(cold_s - inc_s, 2),
             "id_scan_s": round(scan_s, 3),
             "incremental_objects_read": i["objects_read"], "incremental_bytes_read": i["bytes_read"],
             "full_files": full["files"], "full_bytes_read": sum(f.stat().st_size for f in data.rglob("*.parquet")),
             "new_file_bytes": new_files[0].stat().st_size,
             "incremental_spark_jobs": inc["spark_jobs"], "full_spark_jobs": full["spark_jobs"],
             "incremental_timings": inc["timings_s"], "full_timings": full["timings_s"]}
+
+
+def cold_run(inputs: str, output: str, k: int) -> float:
+    """The same refresh as a scheduled job runs it: ``fruits-cloud pca --incremental`` in a fresh process (its
+    imports, and Spark's JVM only if the run needs it); wall seconds."""
+    import subprocess
+    import sys
+    import time
+
+    t = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "cloud_pca.cli", "--quiet", "pca", "--input", inputs, "--output",
+                           output, "--k", str(k), "--incremental", "--run-id", "cold"], capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    if done.returncode != 0:
+        raise RuntimeError(f"the cold run failed: {done.stderr[-2000:]}")
+    print(f"  cold run (fresh process): {seconds:.2f} s", flush=True)
+    return seconds
+
+
+def session_start() -> dict:
+    """What a run that needs Spark adds in a fresh process: the interpreter's imports, the JVM and the session, its
+    first job, its stop (a fresh interpreter; seconds)."""
+    import subprocess
+    import sys
+
+    code = ("import time; t0 = time.perf_counter()\n"
+            "from cloud_pca.spark import get_spark\n"
+            "t1 = time.perf_counter(); spark = get_spark('fruits-bench-start', master='local[2]')\n"
+            "t2 = time.perf_counter(); spark.range(1000).selectExpr('sum(id)').collect()\n"
+            "t3 = time.perf_counter(); spark.stop(); t4 = time.perf_counter()\n"
+            "import json; print(json.dumps({'import_s': t1 - t0, 'jvm_and_session_s': t2 - t1, "
+            "'first_job_s': t3 - t2, 'stop_s': t4 - t3}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"starting a session failed: {done.stderr[-2000:]}")
+    return {k: round(v, 2) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
 
 
 def scan_ids(spark, output: str) -> int:
@@ -155,15 +196,19 @@ def main() -> int:
         make_files(warm, 1000, 1, seed=2, start=9_000_000)
         job(spark, f"file://{warm}", f"file://{tmp}/warm-out", "w2", args.k, incremental=True)
         job(spark, f"file://{warm}", f"file://{tmp}/warm-out", "w3", args.k)
+        start = session_start()
+        rec.add(measure="session_start", **start)
+        print(f"a Spark session in a fresh process (what a run that needs Spark adds): {start}", flush=True)
         print(f"{'existing':>9s} {'new':>6s} {'incr s':>7s} {'full s':>7s} {'ratio':>6s} {'incr MB read':>12s} "
-              f"{'full MB read':>12s} {'id scan s':>9s}", flush=True)
+              f"{'full MB read':>12s} {'id scan s':>9s} {'cold s':>7s} {'fixed s':>7s}", flush=True)
         for n in sizes:
             r = measure(spark, tmp, n, args.new, args.k)
             rows.append(r)
             rec.add(**{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()})
             print(f"{n:9d} {args.new:6d} {r['incremental_s']:7.2f} {r['full_s']:7.2f} {r['ratio']:6.3f} "
                   f"{r['incremental_bytes_read'] / 1e6:12.1f} {r['full_bytes_read'] / 1e6:12.1f} "
-                  f"{r['id_scan_s']:9.3f}   Spark jobs: incremental {r['incremental_spark_jobs']}, full "
+                  f"{r['id_scan_s']:9.3f} {r['cold_incremental_s']:7.2f} {r['cold_fixed_s']:7.2f}   Spark jobs: "
+                  f"incremental {r['incremental_spark_jobs']}, full "
                   f"{r['full_spark_jobs']}; incremental stages (s): {r['incremental_timings']}", flush=True)
             shutil.rmtree(tmp / f"data-{n}", ignore_errors=True)
         print(f"\n{'counted ids':>11s} {'scan s':>7s} {'MB':>7s}   (semi-join with {args.new} new ids)", flush=True)

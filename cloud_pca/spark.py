@@ -201,6 +201,12 @@ def get_spark(app_name: str = "fruits", *, master: str | None = None, s3_endpoin
             settings["spark.driver.memory"] = os.environ.get("FRUITS_DRIVER_MEMORY", "4g")
         settings.update(s3a_conf(s3_endpoint))
     settings.update(conf or {})
+    if not _under_spark_submit():
+        from cloud_pca.classarchive import java_options
+
+        cds = java_options()   # the driver's classes mapped from an archive: ~3 s less of a cold start
+        if cds:
+            settings["spark.driver.extraJavaOptions"] = f"{cds} {settings.get('spark.driver.extraJavaOptions', '')}".strip()
     if lazy and not _under_spark_submit():   # (one not started yet is replaced: it holds nothing)
         _LAZY = LazySession(app_name, settings)
         return _LAZY

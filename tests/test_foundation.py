@@ -83,3 +83,28 @@ def test_synthetic_photos_are_deterministic_and_fruits360_shaped(tmp_path):
     assert img.size == (100, 100) and img.format == "JPEG"
     arr = np.asarray(img)
     assert (arr[0, 0] > 200).all(), "the background is white"
+
+
+@pytest.mark.slow
+def test_the_driver_maps_its_classes_from_the_archive_setup_wrote(tmp_path, monkeypatch):
+    """``./run setup`` archives the Spark driver's classes (AppCDS): a session from plain Python maps them (with
+    ``-Xshare:on`` the JVM refuses to start when it cannot), and loads most classes from the archive, not the jars.
+    Without an archive (another cache folder) no option is given, and sessions start as before."""
+    from cloud_pca import classarchive
+
+    path = classarchive.build(quiet=True)
+    assert path is not None and path.is_file(), "./run setup writes the archive (python -m cloud_pca.classarchive)"
+    options = classarchive.java_options()
+    assert f"-XX:SharedArchiveFile={path}" in options
+    log = tmp_path / "classes.txt"
+    code = ("import sys; from cloud_pca.spark import get_spark\n"
+            "s = get_spark('fruits-cds', master='local[1]', conf={'spark.driver.extraJavaOptions': sys.argv[1]})\n"
+            "s.range(10).count(); s.stop()")
+    done = subprocess.run([sys.executable, "-c", code, f"-Xshare:on -Xlog:class+load=info:file={log}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = log.read_text().splitlines()
+    shared = sum("shared objects file (top)" in line for line in lines)
+    assert shared > 5000 and shared > 5 * sum("source: jar:" in line or "source: file:" in line for line in lines)
+    monkeypatch.setenv("FRUITS_CACHE", str(tmp_path / "empty"))
+    assert classarchive.java_options() == ""
