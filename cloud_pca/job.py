@@ -893,7 +893,12 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
             if cfg.reproject:
                 say("re-projecting every counted row with the new model")
                 files = incremental.counted_files(state) + batch.good
-                shown = scan_stage(spark, cfg, files, where=f"{state.uri} (counted) and the new objects", gram=False)
+                where = f"{state.uri} (counted) and the new objects"
+                # As the batch: read by the driver when all of it is one task's worth (a small dataset: the local
+                # stack's refresh starts no Spark job for it), else by Spark tasks.
+                shown = (local_scan_stage(spark, cfg, files, where=where)
+                         if sum(f.size for f in files) <= cfg.driver_batch_bytes else
+                         scan_stage(spark, cfg, files, where=where, gram=False))
             explained = write_outputs(spark, cfg, run_uri, shown, model, say) if shown.unique is not None \
                 else write_model_only(spark, cfg, run_uri, model, say)
             timings["write_s"] = time.perf_counter() - t
@@ -905,7 +910,9 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
                 [{"file": f, "reason": r} for f, r in (data.inputs.bad if data.inputs else [])],
                 "photos": data.featurized.counts if data.featurized else None,
                 **c, "reconciles": c["rows_in"] == c["projected"] + c["rejected"] + c["duplicates"],
-                "model_sha256": cfg.model_sha256 or next(iter(data.model_counts), None),
+                # (a refresh with no new rows: the state's model, which publish and the report name)
+                "model_sha256": cfg.model_sha256 or next(iter(data.model_counts), None) or (
+                    state.model_sha256 if state is not None else None),
                 "rows_per_model": data.model_counts, "pca_model": model.model_id_,
                 "k": model.n_components_, "k_reason": model.choice_, "solver": cfg.solver,
                 "cumulative_explained_variance": float(np.sum(model.explained_variance_ratio_)),

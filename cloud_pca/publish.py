@@ -9,6 +9,7 @@ models' files).
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 from contract.errors import FruitsError, one_line
 from contract.layout import index_key, latest_projection_key, projection_key
@@ -49,8 +50,12 @@ def check_run(spark, run_uri: str) -> tuple[dict, FruitsPCAModel]:
     if model.model_id_ != marker["pca_model"] or model.n_components_ != marker["k"]:
         raise PublishError(f"{run_uri}/model is model {model.model_id_} with k={model.n_components_}, the run's "
                            f"marker names {marker['pca_model']} with k={marker['k']}: re-run it with --overwrite")
-    proj = spark.read.parquet(f"{run_uri}/projections")
-    found = {r["pca_model"]: r["count"] for r in proj.groupBy("pca_model").count().collect()}
+    small = _small_projections(spark, run_uri)
+    if small is not None:
+        found = dict(Counter(small.column("pca_model").to_pylist())) if small.num_rows else {}
+    else:
+        proj = spark.read.parquet(f"{run_uri}/projections")
+        found = {r["pca_model"]: r["count"] for r in proj.groupBy("pca_model").count().collect()}
     if set(found) != {marker["pca_model"]} or found[marker["pca_model"]] != marker["rows"]:
         raise PublishError(f"{run_uri}/projections holds {found} rows per model, the marker names "
                            f"{marker['rows']} rows of {marker['pca_model']}: re-run it with --overwrite")
@@ -60,6 +65,52 @@ def check_run(spark, run_uri: str) -> tuple[dict, FruitsPCAModel]:
         raise PublishError(f"{run_uri} is an incremental run whose projections hold only its new rows; the index "
                            f"needs every row: run it with --reproject (or a --full run) to publish")
     return summary, model
+
+
+def _small_projections(spark, run_uri: str):
+    """The run's projections as a pyarrow Table when they are one task's worth (read by the driver: a small run is
+    published without a Spark job, so the local stack's refresh never starts Spark's JVM), else None."""
+    from cloud_pca.scan import small_table
+
+    return small_table(spark, f"{run_uri.rstrip('/')}/projections", ["pca_model", "label", "pca", "residual"])
+
+
+def exact_quantile(values, q: float) -> float:
+    """The smallest value with at least ``q`` of the values at or below it: what Spark's ``percentile_approx`` gives
+    while its summary is exact (up to 1 / (2 x 1e-4) = 5,000 values; beyond, Spark's answer is within 1e-4 of the rank)."""
+    import numpy as np
+
+    return float(np.quantile(np.asarray(values, np.float64), q, method="inverted_cdf"))
+
+
+def _index_in_driver(table, run_uri: str, k: int, projection_id: str) -> ReferenceIndex:
+    """:func:`centroids` computed by the driver with numpy from a small run's projections (the same numbers)."""
+    import numpy as np
+
+    pca = table.column("pca").to_pylist()
+    labels_col = table.column("label").to_pylist() if "label" in table.column_names else [None] * table.num_rows
+    labelled = [i for i, lab in enumerate(labels_col) if lab is not None]
+    if not labelled:
+        raise PublishError(f"{run_uri}/projections has no labelled rows: nothing to identify with")
+    labels = sorted({labels_col[i] for i in labelled})
+    at = {lab: j for j, lab in enumerate(labels)}
+    p = np.array([pca[i][:k] for i in labelled], np.float64)
+    which = np.array([at[labels_col[i]] for i in labelled])
+    counts = np.bincount(which, minlength=len(labels)).astype(np.int64)
+    c = np.zeros((len(labels), k))
+    np.add.at(c, which, p)
+    c /= counts[:, None]
+    d = np.sqrt(((p - c[which]) ** 2).sum(axis=1))
+    thresholds = np.array([THRESHOLD_MARGIN * exact_quantile(d[which == j], THRESHOLD_QUANTILE)
+                           for j in range(len(labels))])
+    if "residual" in table.column_names:
+        beyond = np.array([sum(float(v) * float(v) for v in row[k:]) for row in pca])
+        resid = np.asarray(table.column("residual").to_numpy(zero_copy_only=False), np.float64) + beyond
+        resid = resid[~np.isnan(resid)]   # nulls, which Spark's percentile leaves out
+        residual = THRESHOLD_MARGIN * exact_quantile(resid, THRESHOLD_QUANTILE) if len(resid) else float("nan")
+    else:   # a run from before residuals: never "unknown" by residual
+        residual = float("inf")
+    return ReferenceIndex(labels, c, counts, projection_id, thresholds, residual)
 
 
 def projection_from_run(spark, run_uri: str, k: int | None = None) -> Projection:
@@ -74,10 +125,14 @@ def projection_from_run(spark, run_uri: str, k: int | None = None) -> Projection
 def centroids(spark, run_uri: str, k: int, projection_id: str) -> ReferenceIndex:
     """Per-label centroids of the first k projected components and per-label distance thresholds
     (``THRESHOLD_MARGIN`` x the 99th percentile of the label's own rows' distances to its centroid), both
-    aggregated in Spark: the driver receives a few numbers per label."""
+    aggregated in Spark: the driver receives a few numbers per label. A small run's (one task's worth of
+    projections) are computed by the driver (:func:`_index_in_driver`), with no Spark job."""
     import numpy as np
     from pyspark.sql import functions as F
 
+    small = _small_projections(spark, run_uri)
+    if small is not None:
+        return _index_in_driver(small, run_uri, k, projection_id)
     proj = (spark.read.parquet(f"{run_uri.rstrip('/')}/projections").filter(F.col("label").isNotNull())
             .select("label", F.slice("pca", 1, k).alias("p")))
     rows = (proj.select("label", F.posexplode("p").alias("pos", "v"))

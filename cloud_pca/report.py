@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from contract.errors import FruitsError, one_line
+from cloud_pca.scan import small_table
 
 DEFAULT_POINTS = 3000            # points in the 3-D view (a stratified sample beyond)
 
@@ -219,6 +220,17 @@ def reason_groups(spark, rejects_uri: str) -> list[dict]:
 
     if not path_exists(spark, rejects_uri):
         return []
+    small = small_table(spark, rejects_uri, ["reason"])
+    if small is not None:   # one task's worth: counted by the driver (no Spark job), as Spark would
+        if "reason" not in small.column_names:
+            return []
+        counts: dict = {}
+        for reason in small.column("reason").to_pylist():
+            for pattern, repl in REASON_PATTERNS if reason is not None else ():
+                reason = re.sub(pattern.replace(r"\d", "[0-9]"), repl, reason)   # Java's \d is ASCII
+            counts[reason] = counts.get(reason, 0) + 1
+        return [{"reason": r, "rows": n} for r, n in
+                sorted(counts.items(), key=lambda kv: (-kv[1], kv[0] is None, kv[0] or ""))[:50]]
     df = spark.read.parquet(rejects_uri)
     if "reason" not in df.columns:
         return []
@@ -232,7 +244,13 @@ def reason_groups(spark, rejects_uri: str) -> list[dict]:
 def device_shares(spark, projections) -> list[dict]:
     from pyspark.sql import functions as F
 
-    rows = projections.groupBy("client_id").count().orderBy(F.desc("count")).limit(1000).collect()
+    if hasattr(projections, "num_rows"):   # a small run's, read by the driver
+        from collections import Counter
+
+        rows = [{"client_id": c, "count": n} for c, n in
+                Counter(projections.column("client_id").to_pylist()).most_common(1000)]
+    else:
+        rows = projections.groupBy("client_id").count().orderBy(F.desc("count")).limit(1000).collect()
     total = sum(r["count"] for r in rows) or 1
     kinds: dict[str, dict] = {}
     for r in rows:
@@ -249,6 +267,8 @@ def sample_3d(spark, projections, max_points: int) -> tuple[list[dict], int, int
     """At most ``max_points`` rows of the first three components, stratified by label (each label gets its share,
     at most all its rows), chosen by a hash of the image id so the same run gives the same sample. Returns the
     rows, the rows in the run and the number of labels."""
+    if hasattr(projections, "num_rows"):
+        return _sample_3d_in_driver(projections, max_points)
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -265,6 +285,34 @@ def sample_3d(spark, projections, max_points: int) -> tuple[list[dict], int, int
     rows = (projections.select("image_id", *cols).withColumn("rn", F.row_number().over(w))
             .filter(F.col("rn") <= quota).drop("rn", "image_id").collect())
     return [r.asDict() for r in rows], total, len(counts)
+
+
+def _sample_3d_in_driver(table, max_points: int) -> tuple[list[dict], int, int]:
+    """:func:`sample_3d` of a small run's projections read by the driver: the same quota per label, the rows chosen by
+    a hash of the image id (blake2b here, Spark's xxhash64 there: each run always gets the same sample)."""
+    import hashlib
+
+    cols = {c: table.column(c).to_pylist() for c in ("image_id", "label", "pca", "client_id", "source")
+            if c in table.column_names}
+    labels = ["(no label)" if lab is None else lab for lab in cols.get("label", [None] * table.num_rows)]
+    if not labels:
+        return [], 0, 0
+    groups: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        groups.setdefault(lab, []).append(i)
+    quota = max(1, max_points // len(groups))
+
+    def order(i: int) -> bytes:
+        return hashlib.blake2b(str(cols["image_id"][i]).encode(), digest_size=8).digest()
+
+    rows = []
+    for lab, members in groups.items():
+        for i in sorted(members, key=order)[:quota]:
+            row = {"label": lab, "p": list(cols["pca"][i][:3]), "client_id": cols["client_id"][i]}
+            if "source" in cols:
+                row["source"] = cols["source"][i]
+            rows.append(row)
+    return rows, len(labels), len(groups)
 
 
 def published_for(spark, run_uri: str, summary: dict) -> dict | None:
@@ -436,7 +484,11 @@ def _page(spark, run_uri: str, summary: dict, *, max_points: int, extra) -> Repo
         page.table([{"file": b["file"], "reason": b["reason"]} for b in s["bad_files"][:100]])
     contributions_section(page, s.get("contributions"))
 
-    projections = spark.read.parquet(f"{run_uri}/projections") if path_exists(spark, f"{run_uri}/projections") else None
+    projections = None
+    if path_exists(spark, f"{run_uri}/projections"):   # a small run's read by the driver: no Spark job
+        projections = small_table(spark, f"{run_uri}/projections", ["image_id", "label", "pca", "client_id", "source"])
+        if projections is None:
+            projections = spark.read.parquet(f"{run_uri}/projections")
     page.heading("Model and devices")
     page.table([{"model fingerprint (sha256 of the .tflite)": s.get("model_sha256"), "rows per model":
                  ", ".join(f"{str(k)[:12]}…: {_number(v)}" for k, v in (s.get("rows_per_model") or {}).items())}])

@@ -91,6 +91,30 @@ def open_file(options: dict, uri: str):
     return pafs.LocalFileSystem().open_input_file(parsed.path if parsed.scheme == "file" else uri)
 
 
+DRIVER_READ_BYTES = TASK_BYTES   # a folder the job wrote, read back by the driver up to this size (small_table)
+
+
+def small_table(spark, folder: str, columns: list[str] | None = None, *, limit: int | None = None):
+    """A Parquet folder the job wrote (projections, rejects) as one pyarrow Table read by the driver, when its files
+    are no more than ``limit`` bytes (one task's worth: publishing and reporting a small run start no Spark job);
+    None when it is larger (read it with Spark). Columns a file lacks are left out of its table, as Spark's reader
+    would give them null."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cloud_pca.spark import list_files
+
+    files = list_files(spark, folder)
+    if sum(f.size for f in files) > (DRIVER_READ_BYTES if limit is None else limit):
+        return None
+    options, tables = storage_options(spark), []
+    for f in files:
+        with open_file(options, f.path) as fh:
+            pf = pq.ParquetFile(fh)
+            tables.append(pf.read(columns=[c for c in columns if c in pf.schema_arrow.names] if columns else None))
+    return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+
+
 def task_groups(files: list, cores: int, task_bytes: int = TASK_BYTES) -> list[list[int]]:
     """Files (indices into ``files``) grouped into tasks of about ``task_bytes``, and at least one task per core
     while there are files to share (in listing order: a group reads neighbouring files)."""

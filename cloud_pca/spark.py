@@ -244,7 +244,7 @@ def read_bytes(spark, uri: str) -> bytes:
     that Python reads: py4j carries only the names (its byte transfer runs at ~15 MB/s, a 7 MB state took 0.5 s)."""
     import tempfile
 
-    where = _s3a_key(uri)
+    where = _s3_key(spark, uri)
     if where is not None:   # boto3: one GET (S3A's open and copy took 30-70 ms a file, most of a small refresh's I/O)
         s3 = _s3a_client(spark)
         try:
@@ -254,8 +254,9 @@ def read_bytes(spark, uri: str) -> bytes:
                 raise FileNotFoundError(f"No such file or directory: {uri}") from None
             raise
     local = _local_file(uri)
-    if local is not None:
-        with open(local, "rb") as f:
+    folder, name = os.path.split(local) if local is not None else ("", "")
+    if local is not None and not os.path.exists(os.path.join(folder, f".{name}.crc")):
+        with open(local, "rb") as f:   # (a file Hadoop wrote, with its .crc beside it, is read by Hadoop: it checks it)
             return f.read()
     fs, path = _fs_path(spark, uri)
     with tempfile.TemporaryDirectory(prefix="fruits-read-") as tmp:
@@ -266,8 +267,8 @@ def read_bytes(spark, uri: str) -> bytes:
 
 
 def read_range(spark, uri: str, start: int, n: int) -> bytes | None:
-    """``n`` bytes from ``start`` of a ``file:`` or ``s3a://`` file (one ranged GET); None for other schemes."""
-    where, local = _s3a_key(uri), _local_file(uri)
+    """``n`` bytes from ``start`` of a ``file:`` or S3A file (one ranged GET); None for other schemes."""
+    where, local = _s3_key(spark, uri), _local_file(uri)
     if where is not None:
         s3 = _s3a_client(spark)
         try:
@@ -318,7 +319,7 @@ def write_bytes(spark, uri: str, data: bytes) -> None:
     if local is not None:
         _write_local(local, data)
         return
-    where = _s3a_key(uri)
+    where = _s3_key(spark, uri)
     if where is not None:   # boto3: one PUT (S3A's create checked parents and markers: 6-8 requests a file)
         _s3a_client(spark).put_object(Bucket=where[0], Key=where[1], Body=data)
         return
@@ -341,7 +342,7 @@ def write_tree(spark, uri: str, files: dict[str, bytes]) -> None:
     ``file:`` URI directly."""
     import tempfile
 
-    direct = _local_file(uri) is not None or _s3a_key(uri) is not None   # write_bytes writes these without Hadoop
+    direct = _local_file(uri) is not None or _s3_key(spark, uri) is not None   # write_bytes writes these without Hadoop
     fs, path = (None, None) if direct else _fs_path(spark, uri)
     if direct or fs.exists(path):
         for rel, data in files.items():
@@ -406,14 +407,15 @@ def list_files(spark, uri: str, suffixes: tuple[str, ...] | None = (".parquet",)
 
     Names starting with ``_`` or ``.`` (markers, temporary files) are left out, as Spark does.
 
-    ``s3a://`` and ``file:`` are listed in Python (boto3 with the session's S3A settings; the local filesystem), with
+    ``s3a://`` (and ``s3://`` where the session maps it to S3A) and ``file:`` are listed in Python (boto3 with the
+    session's S3A settings; the local filesystem), with
     the paths, sizes, versions and times Hadoop gives: walking Hadoop's iterator over py4j cost 3-6 ms a file, so
     a daily refresh grew by seconds as its inputs grew over a year. Other schemes (EMRFS's ``s3://``) go through
     Hadoop.
     """
     scheme = uri.split(":", 1)[0] if ":" in uri else ""
-    if scheme in ("s3a", "file"):
-        keep = [f for f in (_list_s3a(spark, uri) if scheme == "s3a" else _list_local(uri))
+    if scheme == "file" or _s3_key(spark, uri) is not None:
+        keep = [f for f in (_list_local(uri) if scheme == "file" else _list_s3a(spark, uri))
                 if not f.path.rsplit("/", 1)[-1].startswith(("_", "."))
                 and (suffixes is None or f.path.rsplit("/", 1)[-1].lower().endswith(suffixes))]
         return sorted(keep)
@@ -512,14 +514,24 @@ def _boto3_session():
     return boto3.session.Session(botocore_session=core)
 
 
-def _s3a_key(uri: str) -> tuple[str, str] | None:
-    """(bucket, key) of an ``s3a://`` URI; None for any other scheme."""
-    if not uri.startswith("s3a://"):
+def _s3_key(spark, uri: str) -> tuple[str, str] | None:
+    """(bucket, key) of an ``s3a://`` URI, or of an ``s3://`` one where the session maps ``s3://`` to S3A (local mode
+    and a standalone cluster: :func:`s3a_conf`; the EMR chains name their files ``s3://``); None otherwise (EMRFS's
+    ``s3://`` on EMR goes through Hadoop)."""
+    if not (uri.startswith("s3a://") or (uri.startswith("s3://") and _s3_is_s3a(spark))):
         return None
     from urllib.parse import urlparse
 
     parsed = urlparse(uri)
     return parsed.netloc, parsed.path.lstrip("/")
+
+
+def _s3_is_s3a(spark) -> bool:
+    if isinstance(spark, LazySession):
+        impl = spark.hadoop_setting("fs.s3.impl")
+    else:
+        impl = spark.sparkContext._jsc.hadoopConfiguration().get("fs.s3.impl")
+    return str(impl) == "org.apache.hadoop.fs.s3a.S3AFileSystem"
 
 
 def _not_found(exc) -> bool:
@@ -529,11 +541,12 @@ def _not_found(exc) -> bool:
 def _list_s3a(spark, uri: str) -> list[Listed]:
     """Every object under an ``s3a://`` URI (or the object itself), with its ETag (as S3A gives it, unquoted)."""
     s3 = _s3a_client(spark)
-    bucket, prefix = _s3a_key(uri)
+    bucket, prefix = _s3_key(spark, uri)
+    scheme = uri.split("://", 1)[0]   # paths as Hadoop spells them: in the URI's scheme
 
     def listed(o) -> Listed:
         mtime = int(o["LastModified"].timestamp() * 1000)
-        return Listed(f"s3a://{bucket}/{o['Key']}", int(o["Size"]), f"etag:{o['ETag'].strip(chr(34))}", mtime)
+        return Listed(f"{scheme}://{bucket}/{o['Key']}", int(o["Size"]), f"etag:{o['ETag'].strip(chr(34))}", mtime)
 
     out = []
     folder = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
@@ -638,7 +651,7 @@ def _fs_path(spark, uri: str):
 
 def path_exists(spark, uri: str) -> bool:
     """A file or a folder (``s3a://``: an object, or any object under it as a folder, as S3A says)."""
-    where = _s3a_key(uri)
+    where = _s3_key(spark, uri)
     if where is not None:
         s3 = _s3a_client(spark)
         key = where[1].rstrip("/")
@@ -666,7 +679,7 @@ def delete_path(spark, uri: str, *, recursive: bool = False) -> bool:
 def list_dirs(spark, uri: str) -> list[str]:
     """Names of the folders directly under ``uri`` (none when it does not exist); ``s3a://`` (common prefixes, as
     S3A lists them) and ``file:`` in Python."""
-    where, local = _s3a_key(uri), _local_file(uri)
+    where, local = _s3_key(spark, uri), _local_file(uri)
     if where is not None:
         s3, folder = _s3a_client(spark), where[1].rstrip("/") + "/" if where[1].strip("/") else ""
         names = set()

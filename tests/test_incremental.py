@@ -84,6 +84,11 @@ def test_three_refreshes_equal_a_full_fit_and_read_only_their_batch(spark, s3, b
     assert rp.summary["projections_rows"] == 900 and rp.summary["incremental"]["already_counted"] == 5
     projection, index, _ = publish(spark, rp.run_uri, f"s3a://{bucket}/team")
     assert int(index.counts.sum()) == 900 and projection.k == 5
+    # A day with nothing new (the schedule runs anyway): still published (before: "summary.json names no model
+    # fingerprint", and the chain stopped).
+    quiet = run(spark, cfg(bucket, "i6", reproject=True, **mode))
+    assert quiet.summary["incremental"]["objects_read"] == 0 and quiet.summary["model_sha256"] == SHA
+    assert int(publish(spark, quiet.run_uri, f"s3a://{bucket}/team")[1].counts.sum()) == 900
 
 
 @pytest.mark.slow
@@ -182,9 +187,10 @@ def test_the_python_listing_is_hadoops(spark, s3, bucket, tmp_path):
     upload_batch(s3, bucket, "l", 0, 30, objects=3)
     s3.put_object(Bucket=bucket, Key="team/vectors/_SUCCESS", Body=b"")
     s3.put_object(Bucket=bucket, Key="team/vectors/sub/", Body=b"")            # a folder marker
-    for uri in (f"s3a://{bucket}/team/vectors/", f"s3a://{bucket}/team/vectors"):
-        got = list_files(spark, uri)
+    for uri in (f"s3a://{bucket}/team/vectors/", f"s3a://{bucket}/team/vectors", f"s3://{bucket}/team/vectors/"):
+        got = list_files(spark, uri)   # (s3:// is S3A here, as in local mode and on a standalone cluster)
         assert len(got) == 3 and got == list_hadoop(spark, uri), (got, list_hadoop(spark, uri))
+    got = list_files(spark, f"s3a://{bucket}/team/vectors/")
     one = got[0].path
     assert list_files(spark, one) == list_hadoop(spark, one) == [got[0]]
     assert list_files(spark, f"s3a://{bucket}/nothing/") == list_hadoop(spark, f"s3a://{bucket}/nothing/") == []

@@ -186,3 +186,42 @@ def test_a_corrupt_or_foreign_artifact_is_refused(tmp_path):
     (label, score, distance), _ = back.rank(np.array([10.0, 11.0]), top=2)
     assert label == "y" and distance == 1.0 and score == 0.5
     assert back.rank(np.array([50.0, 50.0]), top=2)[0][:2] == ("unknown", 0.0)
+
+
+@pytest.mark.slow
+def test_a_small_run_is_published_and_reported_by_the_driver_as_spark_would(published, spark, monkeypatch, tmp_path):
+    """A small run's index (centroids, counts, per-label thresholds, the residual threshold) and its report's tables
+    are computed by the driver from the projections read with pyarrow (no Spark job: the local stack's refresh never
+    starts Spark's JVM); the same numbers as Spark's aggregations of the same run. Tolerance: 1e-12 relative (sums in
+    another order); the quantiles are equal (60 rows: Spark's percentile summary is exact below 5,000)."""
+    from cloud_pca import publish as pub
+    from cloud_pca import report, scan
+
+    base, result, projection, _ = published
+    driver = pub.centroids(spark, result.run_uri, K, projection.projection_id)
+    proj = spark.read.parquet(f"{result.run_uri}/projections")
+    shares_driver = report.device_shares(spark, scan.small_table(spark, f"{result.run_uri}/projections"))
+    sample_driver = report.sample_3d(spark, scan.small_table(spark, f"{result.run_uri}/projections"), 30)
+    (base / "pca" / "run=p" / "rejects").mkdir(exist_ok=True)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"reason": ["row 12: 'a' is 3 wide", "row 7: 'bb' is 30 wide", None, "x٣ 4"]}),
+                   base / "pca" / "run=p" / "rejects" / "part-extra.parquet")
+    reasons_driver = report.reason_groups(spark, f"{result.run_uri}/rejects")
+    monkeypatch.setattr(scan, "DRIVER_READ_BYTES", 0)           # everything through Spark
+    assert scan.small_table(spark, f"{result.run_uri}/projections") is None
+    spark_index = pub.centroids(spark, result.run_uri, K, projection.projection_id)
+    assert driver.labels == spark_index.labels and list(driver.counts) == list(spark_index.counts)
+    np.testing.assert_allclose(driver.centroids, spark_index.centroids, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(driver.thresholds, spark_index.thresholds, rtol=1e-12)
+    assert driver.residual_threshold == pytest.approx(spark_index.residual_threshold, rel=1e-12)
+    assert shares_driver == report.device_shares(spark, proj)
+    rows, total, labels = report.sample_3d(spark, proj, 30)
+    assert (total, labels, len(rows)) == sample_driver[1:] + (len(sample_driver[0]),)
+    assert sorted(r["label"] for r in rows) == sorted(r["label"] for r in sample_driver[0])
+    def key(r):   # (Spark orders equal counts as they come)
+        return -r["rows"], r["reason"] is None, r["reason"] or ""
+
+    assert reasons_driver == sorted(report.reason_groups(spark, f"{result.run_uri}/rejects"), key=key)
+    assert reasons_driver[0] == {"reason": "row N: '…' is N wide", "rows": 2}
