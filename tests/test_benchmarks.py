@@ -56,7 +56,9 @@ def test_pca_incremental_and_compare_smoke(tmp_path):
     assert [r["measure"] for r in got if r["measure"] != "extrapolated_100M"] == ["reference", "job"]
     assert (tmp_path / "pca.png").stat().st_size > 0
     bench("incremental", tmp_path)
-    assert {r["measure"] for r in rows(tmp_path, "incremental")} == {"daily_refresh", "id_scan", "daily_refresh_cost"}
+    inc = rows(tmp_path, "incremental")
+    assert {r["measure"] for r in inc} == {"session_start", "daily_refresh", "id_scan", "daily_refresh_cost"}
+    assert all(float(r["cold_incremental_s"]) > 0 for r in inc if r["measure"] == "daily_refresh")   # a fresh process
     bench("compare", tmp_path, "--reuse-pca", "--reuse-incremental")
     assert {r["measure"] for r in rows(tmp_path, "compare")} >= {"pca_cost", "daily_refresh"}
     assert (tmp_path / "compare.html").exists() and (tmp_path / "compare.md").exists()
