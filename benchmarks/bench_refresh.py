@@ -80,7 +80,7 @@ def main() -> int:
         print(f"{args.days} daily refreshes of {args.per_day} vectors in {args.devices} objects; state on the local "
               f"stack's S3 ({server.endpoint_url}); k={args.k}", flush=True)
         print(f"{'day':>4s} {'rows total':>10s} {'refresh s':>9s} {'state objects read':>18s} {'ids folders':>11s} "
-              f"{'read / fit / write s':>22s}", flush=True)
+              f"{'read / fit / write s':>22s} {'listing s (objects)':>20s}", flush=True)
         for day in range(1, args.days + 1):
             upload_day(s3, tmp, day, args.per_day, args.devices)
             profile = None
@@ -107,13 +107,14 @@ def main() -> int:
                    "state_objects_read": inc["state_objects_read"], "ids_folders": len(pointer["ids"]),
                    "objects_counted": inc["objects_counted_before"] + inc["objects_read"],
                    "read_s": tim.get("read_validate_s"), "fit_s": tim.get("fit_s"), "write_s": tim.get("write_s"),
+                   "objects_listed": inc["objects_listed"], "list_s": inc["list_s"],
                    "angle_top10_deg": inc["history"][-1]["angle_top10_deg"]}
             rows.append(row)
             rec.add(**row)
             if day in (1, 2, 30, args.days) or day % 30 == 0:
                 print(f"{day:4d} {row['rows_total']:10d} {seconds:9.2f} {row['state_objects_read']:18d} "
                       f"{row['ids_folders']:11d} {tim.get('read_validate_s'):7.2f} /{tim.get('fit_s'):5.2f} /"
-                      f"{tim.get('write_s'):5.2f}", flush=True)
+                      f"{tim.get('write_s'):5.2f} {row['list_s']:9.2f} ({row['objects_listed']})", flush=True)
         spark.stop()
     first = rows[0]
     week1 = statistics.median(r["seconds"] for r in rows[:7])
@@ -124,6 +125,9 @@ def main() -> int:
     for day in sorted({1, min(30, args.days), args.days}):
         r = rows[day - 1]
         print(f"| {day} | {r['rows_total']:,} | {r['seconds']:.2f} | {r['state_objects_read']} | {r['ids_folders']} |")
+    lists = [r["list_s"] for r in rows]
+    print(f"\nlisting the inputs (inside read): median {statistics.median(lists[:7]):.2f} s (first 7) -> "
+          f"{statistics.median(lists[-7:]):.2f} s (last 7), {rows[-1]['objects_listed']} objects at the end")
     print(f"\nrefresh {args.days} / refresh 1: {rows[-1]['seconds'] / first['seconds']:.2f} (goal <= 1.2); median of the "
           f"last 7 / the first 7: {last7 / week1:.2f} ({last7:.2f} / {week1:.2f} s); slowest: day {worst['day']}, "
           f"{worst['seconds']:.2f} s ({worst['ids_folders']} ids folders after it)")

@@ -83,6 +83,9 @@ def _conform(t, schema):
 STATE_READS = {"objects": 0}      # state files this process read (pointer, moments, objects, ids files): the bench's
 
 
+LAST_LIST_S = [0.0]               # seconds the last plan_batch spent listing the inputs
+
+
 def _read(n: int = 1) -> None:
     STATE_READS["objects"] += n
 
@@ -251,6 +254,7 @@ class Batch:
     state: State
     new: list[InputFile]
     listed: int
+    list_s: float = 0.0          # seconds the listing of the inputs took (it grows with the objects under them)
 
     @property
     def good(self) -> list[InputFile]:
@@ -400,7 +404,11 @@ def check_counted(state: State, listed: list[tuple]) -> None:
 
 def plan_batch(spark, inputs: list[str], state: State | None, *, skip_bad_files: bool) -> tuple[list[InputFile], int]:
     """The objects under ``inputs`` not counted yet, their footers checked (the counted ones are not opened)."""
+    import time
+
+    t = time.perf_counter()
     listed = list_inputs(spark, inputs)
+    LAST_LIST_S[0] = time.perf_counter() - t
     if state is not None and state.objects:
         check_counted(state, listed)
     counted = state.counted_paths if state else set()

@@ -850,7 +850,7 @@ def incremental_stage(spark, cfg: JobConfig, say):
         sha = next(iter(data.model_counts))
         state = incremental.State(incremental.state_root(cfg.output) + f"/model={sha}", sha)
     data.held = held
-    return state, incremental.Batch(state, new, listed), data
+    return state, incremental.Batch(state, new, listed, round(incremental.LAST_LIST_S[0], 3)), data
 
 
 def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
@@ -937,6 +937,7 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
                     "objects_counted_before": len(state.objects),
                     "objects_read": len(batch.good) if batch else len(data.inputs.good),
                     "bytes_read": batch.bytes_read if batch else data.inputs.bytes,
+                    "objects_listed": batch.listed if batch else None, "list_s": batch.list_s if batch else None,
                     "rows_added": c["projected"], "already_counted": c.get("already_counted", 0),
                     "rows_total": sums.n,
                     "projections": "all rows" if (cfg.reproject or cfg.full) else "new rows only",
