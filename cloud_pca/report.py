@@ -579,7 +579,8 @@ def _page(spark, run_uri: str, summary: dict, *, max_points: int, extra) -> Repo
     inc = s.get("incremental")
     if inc:
         page.heading("Incremental state")
-        page.table([{k: v for k, v in inc.items() if k != "history"}])
+        page.table([{"figure": k.replace("_", " "), "value": v} for k, v in inc.items() if k != "history"])   # (one
+        # row of 16 columns was 2,500 px wide)
         history_section(page, inc.get("history"))
     if extra is not None:
         extra(page)
