@@ -83,9 +83,6 @@ def _conform(t, schema):
 STATE_READS = {"objects": 0}      # state files this process read (pointer, moments, objects, ids files): the bench's
 
 
-LAST_LIST_S = [0.0]               # seconds the last plan_batch spent listing the inputs
-
-
 def _read(n: int = 1) -> None:
     STATE_READS["objects"] += n
 
@@ -402,13 +399,15 @@ def check_counted(state: State, listed: list[tuple]) -> None:
                          f"rebuild it from what is there now with --full (or put the objects back)")
 
 
-def plan_batch(spark, inputs: list[str], state: State | None, *, skip_bad_files: bool) -> tuple[list[InputFile], int]:
-    """The objects under ``inputs`` not counted yet, their footers checked (the counted ones are not opened)."""
+def plan_batch(spark, inputs: list[str], state: State | None, *,
+               skip_bad_files: bool) -> tuple[list[InputFile], int, float]:
+    """The objects under ``inputs`` not counted yet, their footers checked (the counted ones are not opened); the
+    number of objects listed and the seconds the listing took."""
     import time
 
     t = time.perf_counter()
     listed = list_inputs(spark, inputs)
-    LAST_LIST_S[0] = time.perf_counter() - t
+    list_s = time.perf_counter() - t
     if state is not None and state.objects:
         check_counted(state, listed)
     counted = state.counted_paths if state else set()
@@ -418,7 +417,7 @@ def plan_batch(spark, inputs: list[str], state: State | None, *, skip_bad_files:
         refuse_bad([f for f in files if f.reason], skip_bad_files=skip_bad_files)
     except InputError as exc:
         raise StateError(str(exc)) from None
-    return files, len(listed)
+    return files, len(listed), list_s
 
 
 def counted_files(state: State) -> list[InputFile]:

@@ -820,7 +820,7 @@ def incremental_stage(spark, cfg: JobConfig, say):
     state = incremental.load_state(spark, cfg.output, cfg.model_sha256)
     say("reading the objects not counted yet" + (f" (state {state.generation}: {state.sums.n} rows, "
                                                   f"{len(state.objects)} objects)" if state and state.sums else ""))
-    new, listed = incremental.plan_batch(spark, cfg.inputs, state, skip_bad_files=cfg.skip_bad_files)
+    new, listed, list_s = incremental.plan_batch(spark, cfg.inputs, state, skip_bad_files=cfg.skip_bad_files)
     if listed == 0:
         raise JobError(f"no Parquet files under {', '.join(cfg.inputs)} (empty input prefix?)")
     from cloud_pca.trust import hold_back
@@ -850,7 +850,7 @@ def incremental_stage(spark, cfg: JobConfig, say):
         sha = next(iter(data.model_counts))
         state = incremental.State(incremental.state_root(cfg.output) + f"/model={sha}", sha)
     data.held = held
-    return state, incremental.Batch(state, new, listed, round(incremental.LAST_LIST_S[0], 3)), data
+    return state, incremental.Batch(state, new, listed, round(list_s, 3)), data
 
 
 def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
