@@ -48,17 +48,11 @@ _FILESYSTEMS: dict = {}          # per Python worker: one pyarrow filesystem per
 # ------------------------------------------------------------------------------------------ storage
 def storage_options(spark) -> dict:
     """What a Python task needs to open the job's files as the JVM does: the session's S3A settings."""
-    from cloud_pca.spark import LazySession
+    from cloud_pca.spark import hadoop_settings
 
-    if isinstance(spark, LazySession):
-        get = spark.hadoop_setting   # without starting it
-    else:
-        conf = spark.sparkContext._jsc.hadoopConfiguration()
-
-        def get(key):
-            value = conf.get(key)
-            return str(value) if value is not None else None
-
+    get = hadoop_settings(spark, ["fs.s3a.endpoint", "fs.s3a.path.style.access", "fs.s3a.connection.ssl.enabled",
+                                  "fs.s3a.endpoint.region", "fs.s3a.access.key", "fs.s3a.secret.key",
+                                  "fs.s3a.session.token"]).get   # (a lazy session's without starting it)
     return {"endpoint": get("fs.s3a.endpoint"), "path_style": get("fs.s3a.path.style.access") == "true",
             "ssl": get("fs.s3a.connection.ssl.enabled") != "false", "region": get("fs.s3a.endpoint.region"),
             "access_key": get("fs.s3a.access.key"), "secret_key": get("fs.s3a.secret.key"),

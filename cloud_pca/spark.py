@@ -89,7 +89,7 @@ class LazySession:
     here); a run that needs Spark starts it at its first Spark call, with the same settings.
 
     Any attribute of a SparkSession starts it (``spark.read``, ``spark.sparkContext``, ...); :attr:`started` and
-    :meth:`hadoop_setting` do not. ``on_start(fn)`` runs ``fn(session)`` once it has started (at once if it has)."""
+    :func:`hadoop_settings` do not. ``on_start(fn)`` runs ``fn(session)`` once it has started (at once if it has)."""
 
     def __init__(self, app_name: str, settings: dict[str, str]):
         self.app_name = app_name
@@ -124,13 +124,6 @@ class LazySession:
         if fn in self._on_start:
             self._on_start.remove(fn)
 
-    def hadoop_setting(self, key: str) -> str | None:
-        """A Hadoop setting (``fs.s3a.endpoint``) as the session has or will have it, without starting it."""
-        if self._session is not None:
-            value = self._session.sparkContext._jsc.hadoopConfiguration().get(key)
-            return str(value) if value is not None else None
-        return self.settings.get(f"spark.hadoop.{key}")
-
     def stop(self) -> None:
         global _LAZY
         if self._session is not None:
@@ -146,6 +139,16 @@ class LazySession:
 
 
 _LAZY: LazySession | None = None
+
+
+def hadoop_settings(spark, keys) -> dict[str, str | None]:
+    """Hadoop settings (``fs.s3a.endpoint``, ...) as the session has them, or, for a lazy session not started, as it
+    will have them (without starting it)."""
+    if not_started(spark):
+        return {k: spark.settings.get(f"spark.hadoop.{k}") for k in keys}
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    values = {k: conf.get(k) for k in keys}
+    return {k: str(v) if v is not None else None for k, v in values.items()}
 
 
 def not_started(spark) -> bool:
@@ -527,11 +530,7 @@ def _s3_key(spark, uri: str) -> tuple[str, str] | None:
 
 
 def _s3_is_s3a(spark) -> bool:
-    if isinstance(spark, LazySession):
-        impl = spark.hadoop_setting("fs.s3.impl")
-    else:
-        impl = spark.sparkContext._jsc.hadoopConfiguration().get("fs.s3.impl")
-    return str(impl) == "org.apache.hadoop.fs.s3a.S3AFileSystem"
+    return hadoop_settings(spark, ["fs.s3.impl"])["fs.s3.impl"] == "org.apache.hadoop.fs.s3a.S3AFileSystem"
 
 
 def _not_found(exc) -> bool:
