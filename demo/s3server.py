@@ -18,6 +18,7 @@ bucket policies and CORS rules are not kept: whoever starts the server sets thos
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -217,7 +218,14 @@ class Persisted:
             method = environ.get("REQUEST_METHOD", "GET")
             if method in ("GET", "HEAD", "OPTIONS"):
                 return inner(environ, start_response)
-            status = []
+            status, keys = [], None
+            if method == "POST" and "delete" in environ.get("QUERY_STRING", "").split("&"):
+                # A batch delete (Hadoop's S3A sends one after each file it writes, for the folder markers above
+                # it): the keys it names are saved, not the whole bucket (a year of refreshes made each one
+                # re-check every object on disk).
+                body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+                environ["wsgi.input"] = io.BytesIO(body)
+                keys = _batch_keys(body)
 
             def capture(code, headers, exc_info=None):
                 status.append(int(code.split()[0]))
@@ -230,12 +238,12 @@ class Persisted:
                     if target.startswith("AWSCognitoIdentityService."):
                         self.save_cognito()
                     elif not target and not environ.get("PATH_INFO", "").startswith("/moto-api"):
-                        self._saved_s3(environ, method, unquote)
+                        self._saved_s3(environ, method, unquote, keys)
             return body
 
         return wrapped
 
-    def _saved_s3(self, environ, method: str, unquote) -> None:
+    def _saved_s3(self, environ, method: str, unquote, keys: list[str] | None = None) -> None:
         host = environ.get("HTTP_HOST", "").split(":")[0]
         raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
         if raw:   # the path as sent, decoded once (PATH_INFO is decoded already, as latin-1)
@@ -250,11 +258,26 @@ class Persisted:
         if not bucket:
             return
         query = environ.get("QUERY_STRING", "")
-        if key and not ("delete" in query.split("&") or query.startswith("delete")):
+        if keys is not None:
+            for k in keys:
+                self.save_object(bucket, k)
+        elif key and not ("delete" in query.split("&") or query.startswith("delete")):
             if method in ("PUT", "POST", "DELETE"):
                 self.save_object(bucket, key)
         else:
             self.save_bucket(bucket)
+
+
+def _batch_keys(body: bytes) -> list[str] | None:
+    """The keys a DeleteObjects request names (``<Delete><Object><Key>``), or None when its body cannot be read
+    (then the whole bucket is saved)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return None
+    return [el.text or "" for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Key"]
 
 
 def serve(host: str, port: int, state: str | None = None) -> None:

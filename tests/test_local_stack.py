@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_objects_and_identities_survive_a_restart(tmp_path):
     """Write-through: an object (bytes, ETag, metadata, the store's time), a multipart object, a deleted one, an
-    identity pool and its identities are all there, the same, after the server is stopped and started on the folder."""
+    identity pool and its identities are all there (the objects deleted one by one or in a batch gone), the same, after the server is stopped and started on the folder."""
     import boto3
 
     from demo.s3server import TEST_CREDENTIALS, LocalS3
@@ -42,6 +42,10 @@ def test_objects_and_identities_survive_a_restart(tmp_path):
         s3.put_object(Bucket="kept-bucket", Key="label=%5F/literal", Body=b"a key with a % in it")
         s3.put_object(Bucket="kept-bucket", Key="gone", Body=b"x")
         s3.delete_object(Bucket="kept-bucket", Key="gone")
+        for k in ("batch/é 1", "batch/2"):   # a batch delete (S3A sends one after each file it writes)
+            s3.put_object(Bucket="kept-bucket", Key=k, Body=b"y")
+        s3.delete_objects(Bucket="kept-bucket", Delete={"Objects": [{"Key": "batch/é 1"}, {"Key": "batch/2"},
+                                                                    {"Key": "never/was"}]})
         up = s3.create_multipart_upload(Bucket="kept-bucket", Key="big")["UploadId"]
         part = s3.upload_part(Bucket="kept-bucket", Key="big", UploadId=up, PartNumber=1, Body=b"p" * (5 << 20))
         s3.complete_multipart_upload(Bucket="kept-bucket", Key="big", UploadId=up,
