@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import threading
@@ -161,7 +162,10 @@ def make_files(folder: Path, n: int, files: int, seed: int = 0, start: int = 0, 
         m = hi - lo
         z = rng.normal(size=(m, rank)).astype(np.float32) * scales
         x = np.clip(z @ basis * 0.2 + 0.5 + 0.05 * rng.normal(size=(m, d)).astype(np.float32), 0, 6)
-        ids = [f"{i:064x}" for i in range(lo, hi)]
+        # Image ids as devices send them: the sha256 of a photo, so their first digits (the state's ``key``
+        # column, what a refresh reads of each counted row) are spread as real ones are. (Ids "000...0<i>" gave
+        # every row the key 0: each refresh found a possible match in every ids file and read them whole.)
+        ids = [hashlib.sha256(i.to_bytes(8, "little")).hexdigest() for i in range(lo, hi)]
         table = pa.table({
             "image_id": pa.array(ids), "label": pa.array([f"class{i % 10}" for i in range(lo, hi)]),
             "source": pa.array([f"p{i}.jpg" for i in range(lo, hi)]), "width": pa.array([100] * m, pa.int32()),
