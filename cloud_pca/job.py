@@ -34,7 +34,7 @@ from contract.errors import FruitsError, one_line
 from contract.layout import check_run_id, check_sha256
 from cloud_pca.inputs import InputError, Inputs, read_inputs
 from cloud_pca.pca import FruitsPCAModel, GramSums, check_request, fit_pca, gram_sums
-from cloud_pca.spark import delete_path, driver_traffic, path_exists, write_bytes, write_rows
+from cloud_pca.spark import delete_path, driver_traffic, path_exists, settings_held, write_bytes, write_rows
 
 log = logging.getLogger(__name__)
 BROADCAST_LOSERS = 2_000_000    # duplicate rows dropped with a broadcast anti-join (8 bytes each) up to this many
@@ -864,7 +864,7 @@ def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
         beat(stage)
         (progress or log.info)(stage)
 
-    with Watchdog(stall_s=cfg.stall_s):
+    with Watchdog(stall_s=cfg.stall_s), settings_held():
         return _run(spark, cfg, say)
 
 

@@ -219,6 +219,24 @@ def test_the_python_listing_is_hadoops(spark, s3, bucket, tmp_path):
     assert read_range(spark, f"file://{tmp_path}/d/a.parquet", 2, 3) == b"xxx"
 
 
+
+def test_a_run_asks_the_jvm_for_its_settings_once(spark):
+    """Within a job (``settings_held``) the session's Hadoop settings are asked of the JVM once and kept (a daily
+    refresh asked for the same 7 settings 46 times over py4j: 0.09 s); outside it, each call asks the JVM."""
+    from cloud_pca.spark import hadoop_settings, settings_held
+
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    key, before = "fs.s3a.endpoint", conf.get("fs.s3a.endpoint")
+    try:
+        with settings_held():
+            held = hadoop_settings(spark, [key])
+            conf.set(key, "http://127.0.0.1:9")
+            assert hadoop_settings(spark, [key]) == held == {key: before}
+        assert hadoop_settings(spark, [key]) == {key: "http://127.0.0.1:9"}
+    finally:
+        conf.set(key, before)
+
+
 LAZY_CHILD = r"""
 import json, sys
 import boto3
