@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -45,13 +46,15 @@ from contract.errors import FruitsError
 from contract.layout import check_sha256
 from cloud_pca.inputs import InputError, InputFile, check_files, list_inputs, open_files, refuse_bad
 from cloud_pca.pca import GramSums
-from cloud_pca.spark import list_dirs, path_exists, read_bytes, write_bytes, write_rows
+from cloud_pca.spark import list_dirs, read_bytes, write_bytes, write_rows
 
 STATE = "state"
 POINTER = "current.json"
 MAX_PARTS = 24                   # ids folders in force at most (size tiers keep it near 3 x log4 of the history)
 COUNTED_DDL = "image_id string, sig bigint, anonymous boolean, mtime bigint, path string, row int, key bigint"
 KEY_HEX = 15                     # an image id's first 15 hex digits, as a long: what a refresh reads of each counted row
+IDS_ROW_GROUP = 65536            # rows per row group of an ids file (~3 MB of them): what a hit makes a refresh read
+IDS_THREADS = 8                  # ids files read at once by a small refresh
 MERGE_FAN_IN = 4                 # ids folders of one size tier (within a factor of 4) merged into one once there are 4
 
 
@@ -197,26 +200,36 @@ class Counted:
 
             keys = pa.array(sorted({k for k in map(id_key, ids) if k is not None}), pa.int64())
             lo_set, hi_set = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
-            options, tables = storage_options(spark), []
-            for path, size in files:
+            import pyarrow.fs  # noqa: F401  (imported here, not first in the threads below)
+
+            options = storage_options(spark)
+            near = bool(len(lo_set) or len(hi_set))
+
+            def wanted(item):
+                path, size = item
                 with _open_counted(options, path, size) as fh:
-                    pf = pq.ParquetFile(fh)
-                    if "key" in pf.schema_arrow.names:
-                        # Only the key column (8 of ~130 bytes a row), and the signature and tier columns where the
-                        # batch has anonymous rows: the whole file only where one of its rows may meet the batch (a
-                        # counted id again, a near-copy's band).
-                        near = bool(len(lo_set) or len(hi_set))
-                        few = pf.read(columns=["key", "sig", "anonymous"] if near else ["key"])
-                        hit = pc.fill_null(pc.is_in(few.column("key"), value_set=keys), True).to_numpy(
-                            zero_copy_only=False)
-                        if near:
-                            a, b = bands(pc.fill_null(few.column("sig"), 0).to_numpy(zero_copy_only=False))
-                            anon = pc.fill_null(few.column("anonymous"), False).to_numpy(zero_copy_only=False)
-                            hit = hit | (anon & (np.isin(a, lo_set) | np.isin(b, hi_set)))
-                        if not hit.any():
-                            continue
-                    t = pf.read()
-                tables.append(_conform(t, schema))
+                    pf = pq.ParquetFile(fh, pre_buffer=True)   # (the key column's chunks fetched at once)
+                    if "key" not in pf.schema_arrow.names:
+                        return _conform(pf.read(), schema)
+                    # Only the key column (8 of ~130 bytes a row), and the signature and tier columns where the batch
+                    # has anonymous rows; whole rows only of the row groups where one may meet the batch (a counted
+                    # id again, a near-copy's band).
+                    few = pf.read(columns=["key", "sig", "anonymous"] if near else ["key"])
+                    hit = pc.fill_null(pc.is_in(few.column("key"), value_set=keys), True).to_numpy(zero_copy_only=False)
+                    if near:
+                        a, b = bands(pc.fill_null(few.column("sig"), 0).to_numpy(zero_copy_only=False))
+                        anon = pc.fill_null(few.column("anonymous"), False).to_numpy(zero_copy_only=False)
+                        hit = hit | (anon & (np.isin(a, lo_set) | np.isin(b, hi_set)))
+                    if not hit.any():
+                        return None
+                    # Only the row groups holding a hit (the file is sorted by key: a key's rows are together).
+                    ends = np.cumsum([pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+                    groups = np.unique(np.searchsorted(ends, np.flatnonzero(hit), side="right"))
+                    return _conform(pf.read_row_groups(groups.tolist()), schema)
+
+            # The files a few at a time: each is a few round trips (open, footer, key column) that S3 answers at once.
+            with ThreadPoolExecutor(max_workers=max(1, min(IDS_THREADS, len(files)))) as pool:
+                tables = [t for t in pool.map(wanted, files) if t is not None]
             table = pa.concat_tables(tables) if tables else schema.empty_table()
         else:
             from pyspark.sql import functions as F
@@ -278,20 +291,21 @@ def load_state(spark, output: str, model_sha256: str | None) -> State | None:
                              f"select one with --model-sha256")
         model_sha256 = models[0]
     uri = f"{root}/model={check_sha256(model_sha256)}"
-    if not path_exists(spark, f"{uri}/{POINTER}"):
-        return State(uri, model_sha256)
 
     def damaged(where: str, what: str) -> StateError:
         return StateError(f"{where}: {what}; the incremental state is damaged: rebuild it with --full")
 
     def file(rel: str) -> bytes:
-        if not path_exists(spark, f"{uri}/{rel}"):
+        got = _read_if_there(spark, f"{uri}/{rel}")   # one request (an existence check first was a second)
+        if got is None:
             raise damaged(f"{uri}/{rel}", "missing")
-        _read()
-        return read_bytes(spark, f"{uri}/{rel}")
+        return got
 
+    first = _read_if_there(spark, f"{uri}/{POINTER}")
+    if first is None:
+        return State(uri, model_sha256)
     try:
-        pointer = json.loads(file(POINTER))
+        pointer = json.loads(first)
     except ValueError as exc:
         raise damaged(f"{uri}/{POINTER}", f"not JSON ({exc})") from None
     gen, number, ids, dropped = (pointer.get("generation"), pointer.get("number"), pointer.get("ids", []),
@@ -317,6 +331,18 @@ def load_state(spark, output: str, model_sha256: str | None) -> State | None:
     sizes = pointer.get("id_sizes") if isinstance(pointer.get("id_sizes"), dict) else {}
     # The ids folders are checked as they are read (Counted.part_files, check_part): no listing here.
     return State(uri, model_sha256, gen, number, sums, objects, [f"{uri}/{p}" for p in ids], dropped, sizes)
+
+
+def _read_if_there(spark, uri: str) -> bytes | None:
+    """A state file's bytes (counted in STATE_READS), or None when there is no such file."""
+    try:
+        data = read_bytes(spark, uri)
+    except Exception as exc:
+        if isinstance(exc, FileNotFoundError) or "java.io.FileNotFoundException" in str(exc):
+            return None
+        raise
+    _read()
+    return data
 
 
 def id_sizes(spark, uri: str, parts: list[str]) -> dict:
@@ -399,15 +425,21 @@ def check_counted(state: State, listed: list[tuple]) -> None:
                          f"rebuild it from what is there now with --full (or put the objects back)")
 
 
-def plan_batch(spark, inputs: list[str], state: State | None, *,
-               skip_bad_files: bool) -> tuple[list[InputFile], int, float]:
-    """The objects under ``inputs`` not counted yet, their footers checked (the counted ones are not opened); the
-    number of objects listed and the seconds the listing took."""
+def timed_listing(spark, inputs: list[str]) -> tuple[list[tuple], float]:
+    """:func:`list_inputs` and the seconds it took."""
     import time
 
     t = time.perf_counter()
     listed = list_inputs(spark, inputs)
-    list_s = time.perf_counter() - t
+    return listed, time.perf_counter() - t
+
+
+def plan_batch(spark, inputs: list[str], state: State | None, *, skip_bad_files: bool,
+               listing: tuple[list[tuple], float] | None = None) -> tuple[list[InputFile], int, float]:
+    """The objects under ``inputs`` (``listing``: as :func:`timed_listing` gave them, else listed now) not counted
+    yet, their footers checked (the counted ones are not opened); the number of objects listed and the seconds the
+    listing took."""
+    listed, list_s = listing or timed_listing(spark, inputs)
     if state is not None and state.objects:
         check_counted(state, listed)
     counted = state.counted_paths if state else set()
@@ -446,13 +478,13 @@ def history(spark, state: State, model, *, rows_added: int, run_id: str) -> tupl
     if state.generation:
         base = f"{state.uri}/gen={state.generation}"
         try:
-            if path_exists(spark, f"{base}/history.json"):
-                _read()
-                loaded = json.loads(read_bytes(spark, f"{base}/history.json"))
+            loaded = _read_if_there(spark, f"{base}/history.json")
+            if loaded is not None:
+                loaded = json.loads(loaded)
                 previous = [h for h in loaded if isinstance(h, dict)] if isinstance(loaded, list) else []
-            if path_exists(spark, f"{base}/components.npy"):
-                _read()
-                before = np.load(io.BytesIO(read_bytes(spark, f"{base}/components.npy")), allow_pickle=False)
+            components = _read_if_there(spark, f"{base}/components.npy")
+            if components is not None:
+                before = np.load(io.BytesIO(components), allow_pickle=False)
         except ValueError:   # a damaged history is started afresh; it steers nothing
             previous, before = [], None
     top = np.asarray(model.components_[:HISTORY_COMPONENTS], np.float64)
@@ -504,6 +536,16 @@ def counted_rows(spark, fitted, files: list):
                F.conv(F.substring("image_id", 1, KEY_HEX), 16, 10).cast("long")).alias("key")))
 
 
+def write_ids(spark, uri: str, rows) -> dict[str, int] | None:
+    """Counted rows (:func:`counted_rows`) as an ids folder, sorted by ``key``; the driver's file in row groups of
+    IDS_ROW_GROUP rows. A refresh reads the key column and, where a new row may meet a counted one, only the row
+    groups holding it (:meth:`Counted.rows_for`): ids a device chose to share a prefix (key 0 for "000...") then
+    cost one row group, not every file whole."""
+    if hasattr(rows, "num_rows"):
+        return write_rows(spark, uri, rows.sort_by("key"), row_group_rows=IDS_ROW_GROUP)
+    return write_rows(spark, uri, rows.sortWithinPartitions("key"))
+
+
 def merge_plan(parts: list[str], sizes: dict[str, dict]) -> list[str]:
     """The ids folders to merge into one now (oldest first), or none: size-tiered, so that a refresh reads a number of
     folders that grows with the log of the history and each counted row is rewritten a few times in a year, never
@@ -539,7 +581,7 @@ def commit(spark, state: State, gen: str, sums: GramSums, new_files: list[InputF
     all_dropped = [list(d) for d in state.dropped] + [[p, int(r)] for p, r in (dropped or [])]
     sizes = {p: state.id_sizes[p] for p in parts if p in state.id_sizes}
     if fitted is not None:   # a DataFrame or a pyarrow Table; the driver's file's size is known, Spark's are listed
-        written = write_rows(spark, f"{base}/ids", counted_rows(spark, fitted, scanned or []))
+        written = write_ids(spark, f"{base}/ids", counted_rows(spark, fitted, scanned or []))
         parts.append(f"gen={gen}/ids")
         if written:
             sizes[f"gen={gen}/ids"] = written
@@ -549,7 +591,7 @@ def commit(spark, state: State, gen: str, sums: GramSums, new_files: list[InputF
         counted = Counted(state.model_sha256, [f"{state.uri}/{p}" for p in group], [tuple(d) for d in all_dropped],
                           [], {f"{state.uri}/{p}": sizes.get(p, {}) for p in group})
         small = sum(sum(sizes.get(p, {}).values()) for p in group) <= 256 * 2**20
-        merged = write_rows(spark, f"{base}/ids-merged", counted.table(spark) if small else counted.frame(spark))
+        merged = write_ids(spark, f"{base}/ids-merged", counted.table(spark) if small else counted.frame(spark))
         at = parts.index(group[0])
         parts = [p for p in parts[:at] if p not in group] + [f"gen={gen}/ids-merged"] + \
             [p for p in parts[at:] if p not in group]

@@ -385,10 +385,12 @@ def write_tree(spark, uri: str, files: dict[str, bytes]) -> None:
         _copy(spark, _local_fs(spark), spark._jvm.org.apache.hadoop.fs.Path(f"file://{top}"), fs, path)
 
 
-def write_rows(spark, uri: str, rows, *, name: str = "part-00000-driver.zstd.parquet") -> dict[str, int] | None:
+def write_rows(spark, uri: str, rows, *, name: str = "part-00000-driver.zstd.parquet",
+               row_group_rows: int | None = None) -> dict[str, int] | None:
     """Rows as a Parquet folder Spark reads: a DataFrame written by Spark (refusing an existing folder); a pyarrow
     Table (a batch the driver read, too small to be worth a Spark job) by the driver through :func:`write_bytes`:
-    one file, then ``_SUCCESS``. Returns ``{file name: size}`` of what the driver wrote (None for Spark's files)."""
+    one file (in row groups of ``row_group_rows``, else pyarrow's), then ``_SUCCESS``. Returns ``{file name: size}``
+    of what the driver wrote (None for Spark's files)."""
     if not hasattr(rows, "num_rows"):
         rows.write.mode("errorifexists").parquet(uri)
         return None
@@ -396,7 +398,7 @@ def write_rows(spark, uri: str, rows, *, name: str = "part-00000-driver.zstd.par
     import pyarrow.parquet as pq
 
     sink = pa.BufferOutputStream()
-    pq.write_table(rows, sink, compression="zstd")
+    pq.write_table(rows, sink, compression="zstd", row_group_size=row_group_rows)
     data = sink.getvalue().to_pybytes()
     write_bytes(spark, f"{uri.rstrip('/')}/{name}", data)
     write_bytes(spark, f"{uri.rstrip('/')}/_SUCCESS", b"")
@@ -553,6 +555,16 @@ def _s3_key(spark, uri: str) -> tuple[str, str] | None:
 
 def _s3_is_s3a(spark) -> bool:
     return hadoop_settings(spark, ["fs.s3.impl"])["fs.s3.impl"] == "org.apache.hadoop.fs.s3a.S3AFileSystem"
+
+
+def ready_to_list(spark, uris: list[str]) -> None:
+    """What listing ``uris`` from another thread needs, made on this one: the S3 client (creating it imports botocore
+    modules, and threads that import a module for the first time at once can deadlock on its import lock), and a
+    lazy session's JVM where Hadoop lists (it starts on the main thread)."""
+    if any(_s3_key(spark, u) is not None for u in uris):
+        _s3a_client(spark)
+    if any(_s3_key(spark, u) is None and _local_file(u) is None for u in uris):
+        spark.sparkContext
 
 
 def _not_found(exc) -> bool:
