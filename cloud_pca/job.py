@@ -24,6 +24,7 @@ import json
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -34,7 +35,8 @@ from contract.errors import FruitsError, one_line
 from contract.layout import check_run_id, check_sha256
 from cloud_pca.inputs import InputError, Inputs, read_inputs
 from cloud_pca.pca import FruitsPCAModel, GramSums, check_request, fit_pca, gram_sums
-from cloud_pca.spark import delete_path, driver_traffic, path_exists, settings_held, write_bytes, write_rows
+from cloud_pca.spark import (delete_path, driver_traffic, path_exists, ready_to_list, settings_held, write_bytes,
+                             write_rows)
 
 log = logging.getLogger(__name__)
 BROADCAST_LOSERS = 2_000_000    # duplicate rows dropped with a broadcast anti-join (8 bytes each) up to this many
@@ -817,10 +819,16 @@ def incremental_stage(spark, cfg: JobConfig, say):
     """The objects not counted yet under the inputs, their rows without ids counted before, and the state."""
     from cloud_pca import incremental
 
-    state = incremental.load_state(spark, cfg.output, cfg.model_sha256)
-    say("reading the objects not counted yet" + (f" (state {state.generation}: {state.sums.n} rows, "
-                                                  f"{len(state.objects)} objects)" if state and state.sums else ""))
-    new, listed, list_s = incremental.plan_batch(spark, cfg.inputs, state, skip_bad_files=cfg.skip_bad_files)
+    # The inputs are listed in a thread while the state is read: the listing is the one part of a refresh that
+    # grows with everything ever uploaded (a page of 1,000 keys a round trip), and S3 answers both at once.
+    ready_to_list(spark, cfg.inputs)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fruits-listing") as pool:
+        listing = pool.submit(incremental.timed_listing, spark, cfg.inputs)
+        state = incremental.load_state(spark, cfg.output, cfg.model_sha256)
+        say("reading the objects not counted yet" + (f" (state {state.generation}: {state.sums.n} rows, "
+                                                      f"{len(state.objects)} objects)" if state and state.sums else ""))
+        new, listed, list_s = incremental.plan_batch(spark, cfg.inputs, state, skip_bad_files=cfg.skip_bad_files,
+                                                     listing=listing.result())
     if listed == 0:
         raise JobError(f"no Parquet files under {', '.join(cfg.inputs)} (empty input prefix?)")
     from cloud_pca.trust import hold_back
