@@ -219,13 +219,16 @@ class Persisted:
             if method in ("GET", "HEAD", "OPTIONS"):
                 return inner(environ, start_response)
             status, keys = [], None
-            if method == "POST" and "delete" in environ.get("QUERY_STRING", "").split("&"):
+            query = environ.get("QUERY_STRING", "")
+            if method == "POST" and ("delete" in query.split("&") or query.startswith("delete")):
                 # A batch delete (Hadoop's S3A sends one after each file it writes, for the folder markers above
                 # it): the keys it names are saved, not the whole bucket (a year of refreshes made each one
                 # re-check every object on disk).
-                body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-                environ["wsgi.input"] = io.BytesIO(body)
-                keys = _batch_keys(body)
+                length = environ.get("CONTENT_LENGTH")
+                if length or environ.get("wsgi.input_terminated"):   # (a chunked body is read to its end)
+                    body = environ["wsgi.input"].read(int(length)) if length else environ["wsgi.input"].read()
+                    environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
+                    keys = _batch_keys(body)
 
             def capture(code, headers, exc_info=None):
                 status.append(int(code.split()[0]))
