@@ -337,10 +337,8 @@ def _read_if_there(spark, uri: str) -> bytes | None:
     """A state file's bytes (counted in STATE_READS), or None when there is no such file."""
     try:
         data = read_bytes(spark, uri)
-    except Exception as exc:
-        if isinstance(exc, FileNotFoundError) or "java.io.FileNotFoundException" in str(exc):
-            return None
-        raise
+    except FileNotFoundError:
+        return None
     _read()
     return data
 

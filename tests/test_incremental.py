@@ -266,6 +266,14 @@ def test_the_python_listing_is_hadoops(spark, s3, bucket, tmp_path):
     assert read_range(spark, one, size - 4, 4) == b"PAR1" == _read_range(spark, one.replace("s3a://", "s3://"),
                                                                            size - 4, 4)
     assert read_range(spark, f"file://{tmp_path}/d/a.parquet", 2, 3) == b"xxx"
+    # A missing file is FileNotFoundError on every path (boto3, the local filesystem, Hadoop for a path without
+    # a scheme): the state's reads tell "missing" from "damaged" by it.
+    from cloud_pca.spark import read_bytes
+
+    for uri in (f"s3a://{bucket}/team/nope.json", f"file://{tmp_path}/none.json", f"{tmp_path}/none.json"):
+        with pytest.raises(FileNotFoundError):
+            read_bytes(spark, uri)
+    assert read_bytes(spark, str(tmp_path / "d" / "a.parquet")) == b"x" * 10   # (that last path is Hadoop's)
 
 
 
