@@ -39,7 +39,7 @@ def cognito(i: int, region: str = "eu-west-3") -> str:
 
 
 def write_object(root: Path, rows: dict, client: str, mtime_ms: int, *, valid: bool = True) -> Path:
-    """One object as a device uploads it: ``vectors/model=<sha>/client=<device>/part-<content>.parquet``; ``valid``:
+    """One object as a device uploads it: ``vectors/model=<sha>/day=<day>/client=<device>/part-<content>.parquet``; ``valid``:
     through the contract's writer (an honest device), else written raw (an attacker need not)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -165,7 +165,9 @@ def attacks(honest, more, n_attack: int, seed: int = 2) -> dict:
 
 
 def _junk(root: Path, when: int, client: str) -> None:
-    folder = root / f"vectors/model={'0' * 64}/client={client}"
+    from contract.layout import upload_day
+
+    folder = root / f"vectors/model={'0' * 64}/day={upload_day()}/client={client}"
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in ((f"part-{'e' * 32}.parquet", b""), (f"part-{'.' * 32}.parquet", b"not parquet")):
         (folder / name).write_bytes(data)

@@ -105,7 +105,7 @@ def build_parser(extend=None):
     f = add_command(sub, "featurize", help="raw photos -> vectors (the data contract), for clients that cannot vectorize",
                     description="Vectorize every photo under --images with the same TFLite model and preprocessing "
                                 "as the edge client, and write the vectors under "
-                                "OUTPUT/vectors/model=<sha>/client=server-spark/ (rejects next to them).",
+                                "OUTPUT/vectors/model=<sha>/day=<today>/client=server-spark/ (rejects next to them).",
                     example="fruits-cloud featurize --images s3://b/team/raw/ --output s3://b/team/pca/featurized/run=1")
     f.add_argument("--images", action="append", required=True, help="photos prefix (local, s3://, s3a://); repeatable")
     f.add_argument("--output", required=True, help="dataset root to write vectors/ under")

@@ -389,10 +389,10 @@ def featurize_to(spark, images: list[str], output: str, *, model_path: str, thre
 
 def featurized_uri(output: str, model_sha256: str) -> str:
     """Where the server's vectors of one model go below the dataset root ``output``."""
-    from contract.layout import vectors_prefix
+    from contract.layout import upload_day, vectors_prefix
 
     return output.rstrip("/") + "/" + vectors_prefix("", model_sha256).strip("/") + \
-        f"/client={SERVER_CLIENT_ID.replace(':', '-')}"
+        f"/day={upload_day()}/client={SERVER_CLIENT_ID.replace(':', '-')}"
 
 
 def write_featurized(feat: Featurized, output: str, *, mode: str = "errorifexists") -> str:

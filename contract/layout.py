@@ -4,32 +4,37 @@ One table (:data:`AREAS`). The key functions below, the edge upload, the job, th
 (``bootstrap/emr.py``) and the IAM and bucket policies (``bootstrap/policies.py``) are all derived from it;
 a test walks every key any writer produces and checks that exactly the intended principals may write it.
 
-======================  ===================================================================  ===========  ==============
-area                    keys below the root                                                  written by   read by
-======================  ===================================================================  ===========  ==============
-vectors                 ``vectors/model=<sha256>/client=<device>/part-<content>.parquet``    device       emr
-projected               ``projected/model=<sha256>/projection=<id>/client=<device>/part-..``  device       emr
-raw                     ``raw/client=<device>/label=<label>/<image_id>.<ext>``               device       emr
-published               ``models/projection-<id>.npz``, ``models/index-<id>.npz``,            emr          device, emr
-                        ``models/projection-latest-<sha256>.json``
-models                  ``models/<name>.tflite``, ``models/<name>.json`` (card)              operator     device, emr
-pca                     ``pca/run=<id>/...``, ``pca/featurized/run=<id>/...``,                emr          emr, operator
-                        ``pca/state/model=<sha256>/...``
-code                    ``code/fruits-code.zip``, ``code/fruits_job.py``                     operator     emr
-bootstrap               ``bootstrap/emr-bootstrap.sh``, ``bootstrap/requirements-emr.txt``   operator     emr
-logs                    ``logs/<cluster id>/...``                                            emr          operator
-======================  ===================================================================  ===========  ==============
+============  ======================================================================================  ==========  =============
+area          keys below the root                                                                     written by  read by
+============  ======================================================================================  ==========  =============
+vectors       ``vectors/model=<sha256>/day=<YYYY-MM-DD>/client=<device>/part-<content>.parquet``      device      emr
+projected     ``projected/model=<sha256>/projection=<id>/day=<YYYY-MM-DD>/client=<device>/part-..``   device      emr
+raw           ``raw/client=<device>/label=<label>/<image_id>.<ext>``                                  device      emr
+published     ``models/projection-<id>.npz``, ``models/index-<id>.npz``,                              emr         device, emr
+              ``models/projection-latest-<sha256>.json``
+models        ``models/<name>.tflite``, ``models/<name>.json`` (card)                                 operator    device, emr
+pca           ``pca/run=<id>/...``, ``pca/featurized/run=<id>/...``,                                  emr         emr, operator
+              ``pca/state/model=<sha256>/...``
+code          ``code/fruits-code.zip``, ``code/fruits_job.py``                                        operator    emr
+bootstrap     ``bootstrap/emr-bootstrap.sh``, ``bootstrap/requirements-emr.txt``                      operator    emr
+logs          ``logs/<cluster id>/...``                                                               emr         operator
+============  ======================================================================================  ==========  =============
 
 Principals: ``device`` (a phone with per-device Cognito credentials, or a laptop's static key), ``emr``
 (the cluster's instance profile), ``operator`` (a person with the account's admin rights, running
 ``fruits-cloud emr launch``; no policy is generated for them). A device writes only under its own
 ``client=<id>/`` folder (with Cognito: ``<id>`` is its identity id, enforced by the IAM policy variable) and
 only new keys (``If-None-Match: *``, enforced by the bucket policy).
+
+Vectors are filed under the UTC day they are sent (``day=``, the device's clock; a page's queue re-files what waited
+offline under the day it goes). A daily refresh lists only the days since its last one (``cloud_pca.incremental``):
+with content-named keys alone, finding the new objects meant listing every object ever uploaded, each day.
 """
 from __future__ import annotations
 
 import hashlib
 import re
+from datetime import date, datetime, timedelta, timezone
 from dataclasses import dataclass
 from typing import Iterable
 from urllib.parse import quote, unquote
@@ -49,6 +54,8 @@ _CLIENT_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _ROOT_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 _RUN_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 _PROJECTION_RE = re.compile(r"^[0-9a-f]{16}$")
+_DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+DAY_FOLDER = "day="
 
 
 class LayoutError(ContractError):
@@ -59,9 +66,9 @@ class LayoutError(ContractError):
 class Area:
     """One kind of object under the root: its keys (as IAM resource globs), writers and readers.
 
-    ``globs`` are relative to the root; placeholders: ``{sha256}`` 64, ``{content}`` 32, ``{projection}`` 16
-    and ``{image_id}`` 64 characters (IAM's ``?`` matches exactly one), ``{device}`` the writing device's
-    own id (an IAM policy variable for Cognito identities), anything else ``*``.
+    ``globs`` are relative to the root; placeholders: ``{sha256}`` 64, ``{content}`` 32, ``{projection}`` 16,
+    ``{image_id}`` 64 and ``{day}`` 10 characters (IAM's ``?`` matches exactly one; the job checks a day's digits),
+    ``{device}`` the writing device's own id (an IAM policy variable for Cognito identities), anything else ``*``.
     """
 
     name: str
@@ -75,10 +82,10 @@ class Area:
 
 
 AREAS: tuple[Area, ...] = (
-    Area("vectors", "vectors", ("vectors/model={sha256}/client={device}/part-{content}.parquet",),
+    Area("vectors", "vectors", ("vectors/model={sha256}/day={day}/client={device}/part-{content}.parquet",),
          writers=(DEVICE,), readers=(EMR,), listers=(EMR,), doc="1280-d vectors uploaded by devices"),
     Area("projected", "projected",
-         ("projected/model={sha256}/projection={projection}/client={device}/part-{content}.parquet",),
+         ("projected/model={sha256}/projection={projection}/day={day}/client={device}/part-{content}.parquet",),
          writers=(DEVICE,), readers=(EMR,), listers=(EMR,), doc="k-d projections uploaded by devices"),
     Area("raw", "raw", ("raw/client={device}/label=*/{image_id}.*", "raw/client={device}/label=*/{image_id}"),
          writers=(DEVICE,), readers=(EMR,), listers=(EMR,), doc="photos of devices that cannot vectorize"),
@@ -113,16 +120,17 @@ def _shape_regex(glob: str) -> re.Pattern:
     (the policies deny keys deeper than the shape). So the job reads exactly the keys a device may write: a key IAM
     allows and the job refused (``part-`` and 32 dots) made every run fail; its rows are now checked like any."""
     out = "^"
-    for token in re.split(r"(\{sha256\}|\{image_id\}|\{content\}|\{projection\}|\{device\}|\*)", glob):
+    for token in re.split(r"(\{sha256\}|\{image_id\}|\{content\}|\{projection\}|\{device\}|\{day\}|\*)", glob):
         out += {"{sha256}": "[^/]{64}", "{image_id}": "[^/]{64}", "{content}": "[^/]{32}",
-                "{projection}": "[^/]{16}", "{device}": "[^/]{1,128}", "*": "[^/]+"}.get(token, re.escape(token))
+                "{projection}": "[^/]{16}", "{device}": "[^/]{1,128}", "{day}": r"\d{4}-\d{2}-\d{2}",
+                "*": "[^/]+"}.get(token, re.escape(token))
     return re.compile(out + "$")
 
 
 def expand_glob(glob: str, device: str = "*") -> str:
     """An area glob with its placeholders expanded to IAM wildcards (``?`` per fixed character)."""
     return (glob.replace("{sha256}", "?" * 64).replace("{image_id}", "?" * 64).replace("{content}", "?" * 32)
-            .replace("{projection}", "?" * 16).replace("{device}", device))
+            .replace("{projection}", "?" * 16).replace("{day}", "?" * 10).replace("{device}", device))
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -165,6 +173,66 @@ def check_projection_id(projection_id: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ keys
+def check_day(day) -> str:
+    """A day of the layout's ``day=`` folders: ``YYYY-MM-DD``, a real date."""
+    if not isinstance(day, str) or not _DAY_RE.match(day):
+        raise LayoutError(f"day {day!r} is not YYYY-MM-DD")
+    try:
+        date.fromisoformat(day)
+    except ValueError:
+        raise LayoutError(f"day {day!r} is not a date") from None
+    return day
+
+
+def upload_day(now: datetime | None = None) -> str:
+    """The ``day=`` folder an object sent now is filed under: the UTC date.
+
+    >>> upload_day(datetime(2026, 12, 2, 23, 59, tzinfo=timezone.utc))
+    '2026-12-02'
+    """
+    return (now or datetime.now(timezone.utc)).astimezone(timezone.utc).date().isoformat()
+
+
+def days_between(first: str, last: str) -> list[str]:
+    """The days from ``first`` to ``last``, both included (none when ``last`` is before ``first``).
+
+    >>> days_between("2026-12-30", "2027-01-01")
+    ['2026-12-30', '2026-12-31', '2027-01-01']
+    """
+    a, b = date.fromisoformat(check_day(first)), date.fromisoformat(check_day(last))
+    return [(a + timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
+
+
+def shift_day(day: str, days: int) -> str:
+    """``day`` moved by ``days`` (negative: earlier)."""
+    return (date.fromisoformat(check_day(day)) + timedelta(days=days)).isoformat()
+
+
+def day_of(path: str) -> str | None:
+    """The day a key is filed under (its ``day=`` folder), or None.
+
+    >>> day_of("s3a://b/t/vectors/model=" + "a" * 64 + "/day=2026-12-02/client=p/part-x.parquet")
+    '2026-12-02'
+    """
+    for part in path.split("/"):
+        if part.startswith(DAY_FOLDER) and _DAY_RE.match(part[len(DAY_FOLDER):]):
+            return part[len(DAY_FOLDER):]
+    return None
+
+
+def day_segment(area_name: str) -> int | None:
+    """The index of the ``day=`` segment in an area's keys (0: the area's folder), or None when it has none.
+
+    >>> day_segment("vectors"), day_segment("projected"), day_segment("raw")
+    (2, 3, None)
+    """
+    for part_glob in area(area_name).globs:
+        parts = part_glob.split("/")
+        if "day={day}" in parts:
+            return parts.index("day={day}")
+    return None
+
+
 def join(root: str, *parts: str) -> str:
     """``root/part/part`` without empty or doubled slashes."""
     return "/".join(p.strip("/") for p in (root, *parts) if p and p.strip("/"))
@@ -190,14 +258,15 @@ def vectors_prefix(root: str, model_sha256: str | None = None) -> str:
     return folder(root, "vectors") + f"model={check_sha256(model_sha256)}/"
 
 
-def vectors_object_key(root: str, model_sha256: str, client_id: str, image_ids: Iterable[str]) -> str:
-    """The key of one vectors object, named by its content.
+def vectors_object_key(root: str, model_sha256: str, client_id: str, image_ids: Iterable[str],
+                       day: str | None = None) -> str:
+    """The key of one vectors object, named by its content, filed under ``day`` (default: today, UTC).
 
-    >>> key = vectors_object_key("team", "a" * 64, "phone-1", ["x"])
-    >>> key.split("/")[:2], key.split("/")[3], len(key.rsplit("part-", 1)[1])
-    (['team', 'vectors'], 'client=phone-1', 40)
+    >>> key = vectors_object_key("team", "a" * 64, "phone-1", ["x"], day="2026-12-02")
+    >>> key.split("/")[:2], key.split("/")[3:5], len(key.rsplit("part-", 1)[1])
+    (['team', 'vectors'], ['day=2026-12-02', 'client=phone-1'], 40)
     """
-    return check_key_length(vectors_prefix(root, model_sha256)
+    return check_key_length(vectors_prefix(root, model_sha256) + f"day={check_day(day or upload_day())}/"
                             + f"client={check_client_id(client_id)}/part-{content_key(model_sha256, image_ids)}.parquet")
 
 
@@ -211,8 +280,9 @@ def projected_prefix(root: str, model_sha256: str | None = None, projection_id: 
 
 
 def projected_object_key(root: str, model_sha256: str, projection_id: str, client_id: str,
-                         image_ids: Iterable[str]) -> str:
-    return check_key_length(projected_prefix(root, model_sha256, projection_id) + f"client={check_client_id(client_id)}/"
+                         image_ids: Iterable[str], day: str | None = None) -> str:
+    return check_key_length(projected_prefix(root, model_sha256, projection_id) + f"day={check_day(day or upload_day())}/"
+                            f"client={check_client_id(client_id)}/"
                             f"part-{content_key(model_sha256 + projection_id, image_ids)}.parquet")
 
 
@@ -323,21 +393,13 @@ def depth(glob: str) -> int:
     return glob.count("/")
 
 
-def device_key_problem(path: str, under: str) -> str | None:
-    """Why a file listed under ``under`` is not of the layout's shape, or None when it is. Only inputs that name a
-    device area (``.../vectors/``, ``.../projected/``, ``.../raw/``, or a folder inside one) are checked; other
-    folders (a local photo folder, the job's own outputs under ``pca/``) may hold any names.
+def device_area_at(under: str) -> tuple[Area, list[str], int] | None:
+    """The area devices write that the folder ``under`` is (or lies in), the folder's path segments and the index of
+    the area's folder among them; None for any other folder (the job's outputs under ``pca/``, a local folder).
 
-    A device may only write keys of these shapes, but the policy's globs cannot stop every character (IAM's
-    ``*`` and ``?`` match ``/``), and a reader that turns keys into paths does not keep them: Hadoop collapses
-    ``//`` and resolves ``..``, so such a key is listed as another path, which cannot be opened (or, worse, is
-    another device's). Checked on the path's segments from the area's folder.
-
-    >>> d = "s3a://b/team/vectors/"
-    >>> device_key_problem(d + "model=" + "a" * 64 + "/client=p1/part-" + "b" * 32 + ".parquet", d)
-    >>> device_key_problem(d + "model=" + "a" * 64 + "/client=p1/part-/x.parquet", d)[:49]
-    "its key is not of the layout's shape for vectors "
-    >>> device_key_problem("file:/home/me/photos/Lime/1.jpg", "/home/me/photos")
+    >>> a, parts, at = device_area_at("s3a://b/team/vectors/model=x/")
+    >>> a.name, parts[at:]
+    ('vectors', ['vectors', 'model=x'])
     """
     from urllib.parse import urlparse
 
@@ -350,11 +412,35 @@ def device_key_problem(path: str, under: str) -> str | None:
             at = i
     if at is None:
         return None
+    return next(a for a in AREAS if DEVICE in a.writers and a.folder == base[at]), base, at
+
+
+def device_key_problem(path: str, under: str) -> str | None:
+    """Why a file listed under ``under`` is not of the layout's shape, or None when it is. Only inputs that name a
+    device area (``.../vectors/``, ``.../projected/``, ``.../raw/``, or a folder inside one) are checked; other
+    folders (a local photo folder, the job's own outputs under ``pca/``) may hold any names.
+
+    A device may only write keys of these shapes, but the policy's globs cannot stop every character (IAM's
+    ``*`` and ``?`` match ``/``), and a reader that turns keys into paths does not keep them: Hadoop collapses
+    ``//`` and resolves ``..``, so such a key is listed as another path, which cannot be opened (or, worse, is
+    another device's). Checked on the path's segments from the area's folder.
+
+    >>> d = "s3a://b/team/vectors/"
+    >>> device_key_problem(d + "model=" + "a" * 64 + "/day=2026-12-02/client=p1/part-" + "b" * 32 + ".parquet", d)
+    >>> device_key_problem(d + "model=" + "a" * 64 + "/day=2026-12-02/client=p1/part-/x.parquet", d)[:49]
+    "its key is not of the layout's shape for vectors "
+    >>> device_key_problem("file:/home/me/photos/Lime/1.jpg", "/home/me/photos")
+    """
+    from urllib.parse import urlparse
+
+    found = device_area_at(under)
+    if found is None:
+        return None
+    a, base, at = found
     parts = [p for p in urlparse(path).path.split("/") if p]
     if parts[:at + 1] != base[:at + 1]:
         return f"listed under {under} but outside it after path normalization (a '..' in its key?)"
     rel = "/".join(parts[at:])
-    a = next(a for a in AREAS if DEVICE in a.writers and a.folder == base[at])
     if any(_shape_regex(g).match(rel) for g in a.globs):
         return None
     return (f"its key is not of the layout's shape for {a.name} ({' or '.join(a.globs)}): not as a device's client "
@@ -377,18 +463,15 @@ def is_anonymous(client_id: str | None) -> bool:
 
 def in_device_area(under: str) -> bool:
     """Whether the folder ``under`` is (or lies in) an area devices write: what is there came from devices."""
-    from urllib.parse import urlparse
-
-    base = [p for p in urlparse(under).path.split("/") if p]
-    return any(any(DEVICE in a.writers and a.folder == name for a in AREAS) for i, name in enumerate(base)
-               if "pca" not in base[:i])
+    return device_area_at(under) is not None
 
 
 def device_of(path: str, under: str) -> str | None:
     """The device whose folder ``path`` lies in (its ``client=<id>`` segment), when ``under`` names a device area
     (see :func:`device_key_problem`); None elsewhere (the job's own outputs, an operator's local folder).
 
-    >>> device_of("s3a://b/t/vectors/model=" + "a" * 64 + "/client=phone-1/part-x.parquet", "s3a://b/t/vectors/")
+    >>> device_of("s3a://b/t/vectors/model=" + "a" * 64 + "/day=2026-12-02/client=phone-1/part-x.parquet",
+    ...           "s3a://b/t/vectors/")
     'phone-1'
     >>> device_of("file:/home/me/v.parquet", "/home/me")
     """

@@ -1,9 +1,11 @@
 """Upload vectors (never photos, unless asked) to S3: content-named objects, a local manifest, retries.
 
 Idempotence: rows are sorted by ``image_id`` and cut into objects of ``rows_per_object`` rows, each named
-by the fingerprint and the ids it holds (:func:`contract.vectors_object_key`).  Uploading the same rows
-again maps to the same keys; every PUT is conditional (``If-None-Match: *``), so S3 itself refuses to
-write a key that exists (412) and nothing is ever overwritten.  Rows that the manifest says are already
+by the fingerprint and the ids it holds (:func:`contract.vectors_object_key`) and filed under the UTC day it is
+sent (``day=``: a daily refresh lists the last few days only).  Uploading the same rows again the same day maps
+to the same keys; every PUT is conditional (``If-None-Match: *``), so S3 itself refuses to write a key that
+exists (412) and nothing is ever overwritten (rows sent again on a later day, when S3's answer was lost, are a
+second object: the job counts each image id once).  Rows that the manifest says are already
 uploaded are left out before cutting.  An object is recorded in the manifest only after S3 confirmed it,
 so an interrupted run resumes where it stopped.
 

@@ -10,6 +10,7 @@ import pytest
 
 from bootstrap.emr import ClusterSpec
 from bootstrap.rehearse import rehearse
+from contract.layout import upload_day
 from cloud_pca.pca import GramSums, gram_sums, tree_sum
 from cloud_pca.spark import driver_traffic
 
@@ -45,7 +46,7 @@ def uploaded(tmp_path_factory, s3_server, model_path):
     assert edge_main(["--quiet", "upload-raw", str(raw), f"s3://{bucket}/{PREFIX}", *common]) == 0
     # A hostile phone's junk, as IAM lets it write: a 0-byte object and a key of 32 dots. The chain passes no
     # --skip-bad-files: one device's bad objects must stop only that device (issue 32).
-    junk = f"{PREFIX}/vectors/model={'0' * 64}/client=eu-west-3:00000000-0000-4000-8000-0000000000ff"
+    junk = f"{PREFIX}/vectors/model={'0' * 64}/day={upload_day()}/client=eu-west-3:00000000-0000-4000-8000-0000000000ff"
     s3.put_object(Bucket=bucket, Key=f"{junk}/part-{'e' * 32}.parquet", Body=b"")
     s3.put_object(Bucket=bucket, Key=f"{junk}/part-{'.' * 32}.parquet", Body=b"not parquet")
     return s3, bucket

@@ -19,17 +19,20 @@ ME = "eu-west-3:00000000-0000-4000-8000-000000000001"
 OTHER = "eu-west-3:00000000-0000-4000-8000-000000000002"
 PID = "c" * 16
 IID = "d" * 64
+DAY = "2026-12-02"
 
 
 def off_layout_keys(me: str = ME) -> dict[str, str]:
     """Keys a device's allowed globs used to take (IAM's ? and * match '/' and '.'), of each device area."""
-    vec = f"{ROOT}/vectors/model={SHA}/client={me}/part-"
+    vec = f"{ROOT}/vectors/model={SHA}/day={DAY}/client={me}/part-"
     return {
         "'//' in the content name": vec + "//" + "e" * 30 + ".parquet",
         "'/../../client=OTHER/' in the content name": vec + ("/../../client=" + OTHER + "/part-")[:32] + ".parquet",
         "'/./' in the content name": vec + "/./" + "e" * 29 + ".parquet",
-        "'/' in the fingerprint": f"{ROOT}/vectors/model={'a' * 31}/{'a' * 32}/client={me}/part-{'e' * 32}.parquet",
-        "'/../' in the projection id": f"{ROOT}/projected/model={SHA}/projection=/../{'c' * 12}/client={me}/part-{'e' * 32}.parquet",
+        "'/' in the fingerprint": f"{ROOT}/vectors/model={'a' * 31}/{'a' * 32}/day={DAY}/client={me}/part-{'e' * 32}.parquet",
+        "'/' in the day": f"{ROOT}/vectors/model={SHA}/day=2026/12/02/client={me}/part-{'e' * 32}.parquet",
+        "'/../' in the projection id": f"{ROOT}/projected/model={SHA}/projection=/../{'c' * 12}/day={DAY}/client={me}/"
+                                       f"part-{'e' * 32}.parquet",
         "'//' in the image id": f"{ROOT}/raw/client={me}/label=Lime/{'d' * 31}//{'d' * 31}.jpg",
         "'/../' in the label": f"{ROOT}/raw/client={me}/label=a/../../x/{IID}.jpg",
     }

@@ -280,7 +280,7 @@ def test_status_lists_what_the_runs_trust_model_set_aside(aws, capsys):
     from bootstrap.cli import main as emr_main
     from contract import layout
 
-    bad = "team/vectors/model=" + "0" * 64 + "/client=eu-west-3:00000000-0000-4000-8000-0000000000ff/part-x.parquet"
+    bad = "team/vectors/model=" + "0" * 64 + "/day=2026-12-02/client=eu-west-3:00000000-0000-4000-8000-0000000000ff/part-x.parquet"
     record = {"quarantined": 1, "held_back": 1, "screened": 2, "near_copies": 5, "conflicts": 0,
               "quarantined_objects": [{"file": f"s3://{BUCKET}/{bad}", "reason": "not a Parquet file (0 bytes)"}],
               "held_back_objects": [{"file": f"s3://{BUCKET}/team/vectors/b.parquet", "reason": "held back: 5000 rows"}]}

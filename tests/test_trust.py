@@ -73,12 +73,12 @@ def test_the_job_reads_every_key_a_device_may_write():
     chars = "abcdef0123456789.-_~!$%&'()*+,;=:@ABCXYZ"
     for _ in range(40):
         content = "".join(rng.choice(chars) for _ in range(32))
-        key = f"{ROOT}/vectors/model={'a' * 64}/client={PHONE}/part-{content}.parquet"
+        key = f"{ROOT}/vectors/model={'a' * 64}/day={layout.upload_day()}/client={PHONE}/part-{content}.parquet"
         ok = allowed(docs["device-identity"], docs["bucket-policy"],
                      Request.put("fruits-data", key, **{"cognito-identity.amazonaws.com:sub": PHONE}))
         problem = layout.device_key_problem(f"s3a://fruits-data/{key}", f"s3a://fruits-data/{ROOT}/vectors/")
         assert ok and problem is None, (key, ok, problem)
-    dotted = f"{ROOT}/vectors/model={'a' * 64}/client={PHONE}/part-{'.' * 32}.parquet"
+    dotted = f"{ROOT}/vectors/model={'a' * 64}/day={layout.upload_day()}/client={PHONE}/part-{'.' * 32}.parquet"
     assert layout.device_key_problem(f"s3a://fruits-data/{dotted}", f"s3a://fruits-data/{ROOT}/vectors/") is None
 
 
@@ -218,7 +218,7 @@ def test_hostile_objects_neither_steer_nor_stop_the_run(spark, s3, s3_server, bu
     clean = run(spark, JobConfig(inputs=[f"{base}/vectors/"], output=f"{base}/pca", k=4, run_id="clean",
                                  plots=False)).model
     bad = "eu-west-3:00000000-0000-4000-8000-0000000000ff"
-    folder = f"{ROOT}/vectors/model={SHA}/client={bad}"
+    folder = f"{ROOT}/vectors/model={SHA}/day={layout.upload_day()}/client={bad}"
     s3.put_object(Bucket=bucket, Key=f"{folder}/part-{'0' * 32}.parquet", Body=b"")
     s3.put_object(Bucket=bucket, Key=f"{folder}/part-{'.' * 32}.parquet", Body=b"not parquet")
     wild = contract_rows(1, start=9000)
@@ -293,6 +293,6 @@ def test_evaluate_and_featurize_set_a_devices_bad_objects_aside(spark, s3, bucke
     honest = contract_rows(120)
     honest["label"] = [f"c{i % 3}" for i in range(120)]
     put(s3, bucket, honest, "laptop-1")
-    s3.put_object(Bucket=bucket, Key=f"{ROOT}/vectors/model={SHA}/client={PHONE}/part-{'1' * 32}.parquet", Body=b"")
+    s3.put_object(Bucket=bucket, Key=f"{ROOT}/vectors/model={SHA}/day={layout.upload_day()}/client={PHONE}/part-{'1' * 32}.parquet", Body=b"")
     ev = evaluate(spark, [f"s3a://{bucket}/{ROOT}/vectors/"], ks=(2,), test_fraction=0.25)
     assert ev.n_train + ev.n_test == 120

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -23,7 +24,8 @@ if not have_browser():
     pytest.skip("no Chromium (./run setup installs Debian's chromium as root)", allow_module_level=True)
 
 from contract import read_vectors, validate_table                      # noqa: E402
-from contract.layout import content_key, index_key, latest_projection_key, projection_key, vectors_object_key  # noqa: E402
+from contract.layout import (content_key, index_key, latest_projection_key, projection_key, upload_day,  # noqa: E402
+                             vectors_object_key)
 from contract.vectors import cosine                                     # noqa: E402
 from web.server import WebServer                                        # noqa: E402
 
@@ -110,7 +112,9 @@ def test_keys_and_sha256_equal_pythons(web_dist):
     sha, pid, client = "ab" * 32, "0123456789abcdef", "us-east-1:00000000-0000-4000-8000-000000000001"
     with WebServer(web_dist, {}) as server, Chromium() as browser:
         phone = browser.open(server.url)
-        keys = phone.page.evaluate("([r, s, c, i, p]) => fruits.debug.keys(r, s, c, i, p)", [ROOT, sha, client, ids, pid])
+        keys = phone.page.evaluate("([r, s, c, i, p, d]) => fruits.debug.keys(r, s, c, i, p, d)",
+                                   [ROOT, sha, client, ids, pid, "2027-02-28"])
+        today = phone.page.evaluate("([r, s, c, i, p]) => fruits.debug.keys(r, s, c, i, p)", [ROOT, sha, client, ids, pid])
         hashes = phone.page.evaluate("""async () => {
             const out = [];
             for (const n of [0, 1, 55, 56, 64, 1000, 100000]) {
@@ -119,7 +123,11 @@ def test_keys_and_sha256_equal_pythons(web_dist):
             }
             return out;
         }""")
-    assert keys == {"vectors": vectors_object_key(ROOT, sha, client, ids), "latest": latest_projection_key(ROOT, sha),
+    # Filed by day as Python files them (the UTC date, by default the day it is sent).
+    assert today["vectors"] in {vectors_object_key(ROOT, sha, client, ids, day=upload_day(datetime.now(timezone.utc) + d))
+                                for d in (timedelta(minutes=-1), timedelta(0))}
+    assert keys == {"vectors": vectors_object_key(ROOT, sha, client, ids, day="2027-02-28"),
+                    "latest": latest_projection_key(ROOT, sha),
                     "projection": projection_key(ROOT, pid), "index": index_key(ROOT, pid),
                     "content": content_key(sha, ids)}
     import hashlib

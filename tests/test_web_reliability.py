@@ -99,6 +99,33 @@ def test_a_new_identity_sends_the_old_identitys_vectors_under_the_new_one(served
     assert set(table.column("client_id").to_pylist()) == {new} and table.num_rows == len(lemons)
 
 
+def test_vectors_that_waited_offline_past_their_day_go_under_the_day_they_are_sent(served, cloud, photos, tmp_path):
+    """Vectors made on a day S3 could not be reached wait in the queue; sent days later, they are filed under the
+    day they go (a daily refresh lists the last few days only: under their first day, no refresh would find them)."""
+    from datetime import datetime, timedelta, timezone
+
+    from contract.layout import day_of, upload_day
+    from web.device import Chromium
+
+    limes = sorted((photos / "Lime").glob("*.jpg"))[:2]
+    then = datetime.now(timezone.utc) - timedelta(days=5)
+    with Chromium(tmp_path / "profile") as browser:
+        phone = browser.open(served.url)
+        bucket_puts = lambda r: r.method == "PUT" and cloud["bucket"] in r.url   # noqa: E731
+        phone.page.route(lambda url: cloud["bucket"] in url, lambda route: route.abort()
+                         if bucket_puts(route.request) else route.continue_())
+        phone.page.clock.set_system_time(then)           # the page's clock: five days ago, no network for S3
+        phone.pick(limes)
+        waiting = phone.evaluate("async () => (await fruits.queue.waiting()).map((e) => e.key)")
+        assert phone.pending() == 1 and objects(cloud["s3"], cloud["bucket"]) == []
+        phone.page.clock.set_system_time(datetime.now(timezone.utc))
+        phone.page.unroute_all()
+        phone.wait_uploaded()
+    keys = objects(cloud["s3"], cloud["bucket"])
+    assert [day_of(k) for k in waiting] == [upload_day(then)], waiting
+    assert len(keys) == 1 and day_of(keys[0]) in {upload_day(), upload_day(datetime.now(timezone.utc) - timedelta(minutes=5))}, keys
+
+
 def test_refused_and_malformed_entries_are_set_aside_and_never_block_the_others(served, cloud, photos, tmp_path):
     """Four bad entries put in the queue first (no image ids; bytes that are not Parquet; features no model can
     produce; a file S3 refuses with 403 every time) and one good pick after them: the good file reaches the bucket, the malformed ones are set aside

@@ -61,13 +61,14 @@ def contract_table(n: int, *, seed: int = 0, start: int = 0, **types):
     return pa.table(cols, schema=pa.schema(fields))
 
 
-def layout_key(root: str, rows: dict, client: str = "phone") -> str:
-    """Where a device would put these rows: the layout's content-named key (the job refuses other shapes). The
-    rows are made to name that device, as a device's own rows do (the job refuses rows naming another)."""
+def layout_key(root: str, rows: dict, client: str = "phone", day: str | None = None) -> str:
+    """Where a device would put these rows: the layout's content-named key, filed under ``day`` (default today;
+    the job refuses other shapes). The rows are made to name that device, as a device's own rows do (the job
+    refuses rows naming another)."""
     from contract.layout import vectors_object_key
 
     rows["client_id"] = [client] * len(rows["image_id"])
-    return vectors_object_key(root, rows["model_sha256"][0], client, rows["image_id"])
+    return vectors_object_key(root, rows["model_sha256"][0], client, rows["image_id"], day=day)
 
 
 def put_rows(s3, bucket, key, rows):

@@ -64,12 +64,13 @@ def contract_spec(model_path: Path) -> dict:
     from web.server import CONFIG_SCHEMA
 
     card = load_model_card(model_path)
-    sha, pid, client = "f" * 64, "e" * 16, "CLIENT"
-    vectors = layout.vectors_object_key("", sha, client, [])
+    sha, pid, client, day = "f" * 64, "e" * 16, "CLIENT", "0001-01-01"
+    vectors = layout.vectors_object_key("", sha, client, [], day=day)
     vectors = vectors.replace(layout.content_key(sha, []), "{content}")
 
     def template(key: str) -> str:
-        return key.replace(sha, "{sha256}").replace(pid, "{projection}").replace(f"client={client}", "client={client}")
+        return key.replace(sha, "{sha256}").replace(pid, "{projection}").replace(f"client={client}", "client={client}") \
+            .replace(f"day={day}", "day={day}")
 
     return {
         "contract_version": CONTRACT_VERSION,

@@ -4,7 +4,7 @@
 
 import {Bucket, explain} from './bucket.js';
 import {loadConfig} from './config.js';
-import {loadContract} from './contract.js';
+import {loadContract, uploadDay} from './contract.js';
 import {identifyVector, UNKNOWN} from './identify.js';
 import {DeviceIdentity} from './identity.js';
 import {loadParquet, readVectors, writeVectors} from './parquet.js';
@@ -217,16 +217,22 @@ class App {
     await this.queue.drain();
   }
 
-  /** The parts of a vectors key of this page's root: {sha, client, content}, or null for any other key. */
+  /** The parts of a vectors key of this page's root: {sha, client, day, content}, or null for any other key. */
   parseKey(key) {
     if (!this.keyPattern) {
-      const marks = {sha256: '\u0001', client: '\u0002', content: '\u0003'};
+      const marks = {sha256: '\u0001', client: '\u0002', content: '\u0003', day: '\u0004'};
       const template = this.contract.key('vectors', this.root, marks).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-      this.keyPattern = new RegExp('^' + template.replace('\u0001', '([0-9a-f]{64})')
-        .replace('\u0002', '([A-Za-z0-9._:-]{1,128})').replace('\u0003', '([0-9a-f]{32})') + '$');
+      const parts = [];    // the marks in the order the template has them
+      const pattern = template.replace(/[\u0001-\u0004]/g, (mark) => {
+        parts.push(mark);
+        return {'\u0001': '([0-9a-f]{64})', '\u0002': '([A-Za-z0-9._:-]{1,128})', '\u0003': '([0-9a-f]{32})',
+                '\u0004': '(\\d{4}-\\d{2}-\\d{2})'}[mark];
+      });
+      this.keyPattern = new RegExp('^' + pattern + '$');
+      this.keyParts = parts.map((mark) => ({'\u0001': 'sha', '\u0002': 'client', '\u0003': 'content', '\u0004': 'day'})[mark]);
     }
     const m = typeof key === 'string' ? this.keyPattern.exec(key) : null;
-    return m ? {sha: m[1], client: m[2], content: m[3]} : null;
+    return m ? Object.fromEntries(this.keyParts.map((name, i) => [name, m[i + 1]])) : null;
   }
 
   /** An entry that must not be sent throws EntryRefused (set aside): its key, ids and Parquet rows must agree. */
@@ -268,10 +274,16 @@ class App {
   }
 
   /** An entry of an identity this device no longer holds, re-made under its identity (its own vectors): the same
-   *  rows with this client id, under this client's key; null when the entry is this identity's already. */
+   *  rows with this client id, under this client's key; one that waited past its day (offline) re-filed under
+   *  the day it goes (a refresh lists the last few days only); null when the entry is this identity's, of today. */
   async rekeyEntry(entry) {
     const key = this.parseKey(entry.key);
-    if (!key || key.client === this.clientId) return null;
+    if (!key || !Array.isArray(entry.imageIds)) return null;   // validation sets it aside, with the reason
+    if (key.client === this.clientId) {
+      const today = uploadDay();
+      if (key.day === today) return null;
+      return {...entry, key: await this.contract.vectorsObjectKey(this.root, key.sha, this.clientId, entry.imageIds, today)};
+    }
     let rows;
     try {
       ({rows} = await readVectors(entry.bytes));
@@ -317,8 +329,8 @@ app.debug = {
   hasWebCrypto: HAS_WEBCRYPTO, UNKNOWN, sha256Hex,
   preprocess: (bytes, options = {}) => app.pool.call(app.pool.workers[0], {type: 'preprocess', bytes, options}, [bytes]),
   heapBytes: () => app.pool.heapBytes(),
-  keys: async (root, sha, client, ids, pid) => ({
-    vectors: await app.contract.vectorsObjectKey(root, sha, client, ids),
+  keys: async (root, sha, client, ids, pid, day) => ({
+    vectors: await app.contract.vectorsObjectKey(root, sha, client, ids, day),
     latest: app.contract.latestProjectionKey(root, sha), projection: app.contract.projectionKey(root, pid),
     index: app.contract.indexKey(root, pid), content: await app.contract.contentKey(sha, ids)}),
 };

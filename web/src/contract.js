@@ -5,6 +5,11 @@
 
 import {sha256Hex} from './sha256.js';
 
+/** contract.layout.upload_day: the UTC date of `now`, the day= folder an object sent now is filed under. */
+export function uploadDay(now = new Date()) {
+  return now.toISOString().slice(0, 10);
+}
+
 export async function loadContract(url = 'contract.json') {
   const response = await fetch(url, {cache: 'no-cache'});
   if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
@@ -44,9 +49,10 @@ export class Contract {
     }));
   }
 
-  /** contract.layout.vectors_object_key */
-  async vectorsObjectKey(root, modelSha256, clientId, imageIds) {
-    return this.key('vectors', root, {sha256: modelSha256, client: this.checkClientId(clientId),
+  /** contract.layout.vectors_object_key: filed under `day` (default: today, UTC, when it is sent). */
+  async vectorsObjectKey(root, modelSha256, clientId, imageIds, day = uploadDay()) {
+    if (!/^\d{4}-\d{2}-\d{2}$/.test(day)) throw new Error(`day ${JSON.stringify(day)} is not YYYY-MM-DD`);
+    return this.key('vectors', root, {sha256: modelSha256, client: this.checkClientId(clientId), day,
                                       content: await this.contentKey(modelSha256, imageIds)});
   }
 

@@ -52,7 +52,10 @@ export class UploadQueue extends EventTarget {
   }
 
   /** Entries waiting to be sent (those set aside are not waiting). */
-  async pending() { return (await storage.all('queue')).filter((e) => e.state !== 'aside').length; }
+  /** The entries still to send (not set aside). */
+  async waiting() { return (await storage.all('queue')).filter((e) => e.state !== 'aside'); }
+
+  async pending() { return (await this.waiting()).length; }
 
   /** Entries set aside: [{key, rows, reason}]. */
   async aside() {
