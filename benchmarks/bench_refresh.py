@@ -27,10 +27,20 @@ from common import Recorder, make_files
 BUCKET, ROOT = "fruits-bench", "fruits"
 
 
-def upload_day(s3, tmp: Path, day: int, per_day: int, devices: int) -> int:
-    """The day's objects, as uploads make them (content-named keys under ``vectors/``); returns their bytes."""
+FIRST_DAY = "2026-01-01"     # the simulated year's day 1: uploads are filed under their day, the job runs as of it
+
+
+def simulated(day: int) -> str:
+    from contract.layout import shift_day
+
+    return shift_day(FIRST_DAY, day - 1)
+
+
+def send_day(s3, tmp: Path, day: int, per_day: int, devices: int) -> int:
+    """The day's objects, as uploads make them (content-named keys under ``vectors/``, filed under the simulated
+    day); returns their bytes."""
     folder = tmp / f"day{day}"
-    paths = make_files(folder, per_day, devices, seed=1000 + day, start=day * 10_000_000)
+    paths = make_files(folder, per_day, devices, seed=1000 + day, start=day * 10_000_000, day=simulated(day))
     size = 0
     for path in paths:
         data = path.read_bytes()
@@ -82,7 +92,7 @@ def main() -> int:
         print(f"{'day':>4s} {'rows total':>10s} {'refresh s':>9s} {'state objects read':>18s} {'ids folders':>11s} "
               f"{'read / fit / write s':>22s} {'listing s (objects)':>20s}", flush=True)
         for day in range(1, args.days + 1):
-            upload_day(s3, tmp, day, args.per_day, args.devices)
+            send_day(s3, tmp, day, args.per_day, args.devices)
             profile = None
             if args.profile and day in (2, args.days):
                 import cProfile
@@ -91,7 +101,7 @@ def main() -> int:
                 profile.enable()
             t0 = time.perf_counter()
             result = run(spark, JobConfig(inputs=[inputs], output=output, k=args.k, run_id=f"day{day:03d}",
-                                          incremental=True))
+                                          incremental=True, as_of=simulated(day)))
             seconds = time.perf_counter() - t0
             if profile is not None:
                 import pstats
@@ -108,6 +118,7 @@ def main() -> int:
                    "objects_counted": inc["objects_counted_before"] + inc["objects_read"],
                    "read_s": tim.get("read_validate_s"), "fit_s": tim.get("fit_s"), "write_s": tim.get("write_s"),
                    "objects_listed": inc["objects_listed"], "list_s": inc["list_s"],
+                   "days_listed": "..".join(inc["days_listed"]) if isinstance(inc["days_listed"], list) else "all",
                    "angle_top10_deg": inc["history"][-1]["angle_top10_deg"]}
             rows.append(row)
             rec.add(**row)

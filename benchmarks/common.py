@@ -138,9 +138,11 @@ class PeakMemory:
         self.sample()
 
 
-def make_files(folder: Path, n: int, files: int, seed: int = 0, start: int = 0, d: int = 1280) -> list[Path]:
+def make_files(folder: Path, n: int, files: int, seed: int = 0, start: int = 0, d: int = 1280,
+               day: str | None = None) -> list[Path]:
     """``n`` contract rows (non-negative low-rank-plus-noise vectors, like pooled ReLU6 features) in ``files``
-    Parquet files laid out as uploads; image ids start at ``start`` (so batches can be disjoint)."""
+    Parquet files laid out as uploads (filed under ``day``, default today); image ids start at ``start`` (so batches
+    can be disjoint)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -173,7 +175,7 @@ def make_files(folder: Path, n: int, files: int, seed: int = 0, start: int = 0, 
             "model_sha256": pa.array([sha] * m), "model_name": pa.array(["bench"] * m),
             "client_id": pa.array([f"phone-{f % 7}"] * m),
             "vectorized_at": pa.array([0] * m, pa.timestamp("us", tz="UTC"))}, schema=schema)
-        path = folder / vectors_object_key("", sha, f"phone-{f % 7}", ids)
+        path = folder / vectors_object_key("", sha, f"phone-{f % 7}", ids, day=day)
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path, **parquet_options())
         written.append(path)

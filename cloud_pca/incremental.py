@@ -26,10 +26,18 @@ State, one per model fingerprint, under ``OUTPUT/state/model=<sha256>/`` (``pca/
 Each generation has a name of its own (``g00007-3fa2c1``): a failed run's folder is never reused (it is
 left behind, unreferenced; nothing is deleted, which the cluster's role may not do).
 
-Objects are trusted by name only while they are what was counted: a run compares every counted object with
-the listing (size, and ETag or modification time) and refuses, naming the object, when one is gone or was
+New objects are found by listing: the device areas by day (``day=`` folders, :func:`listing_days`), from the day
+of the state's last listing minus LATE_DAYS to today plus AHEAD_DAYS, so that a daily refresh lists a few days of
+uploads, not every object ever uploaded (the one part of a refresh that grew with its history). An object filed
+under a day before that window (a device's clock days behind) waits for the next ``--full``, which lists
+everything (so does a first run, or one after a gap of more than MAX_WINDOW_DAYS); one filed under a later day
+waits for its day.
+
+Objects are trusted by name only while they are what was counted: a run compares the counted objects it listed
+with the listing (size, and ETag or modification time) and refuses, naming the object, when one is gone or was
 rewritten (a lifecycle rule, ``featurize --overwrite``): its moments are still in the state, and only a
-``--full`` run can take them out. Every state file is checked when it is loaded: a damaged one is one error
+``--full`` run can take them out. Devices can neither rewrite nor delete (the bucket and IAM policies); counted
+objects filed under days before the listing's window are checked by the next ``--full``. Every state file is checked when it is loaded: a damaged one is one error
 naming the file, never a traceback.
 """
 from __future__ import annotations
@@ -43,7 +51,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from contract.errors import FruitsError
-from contract.layout import check_sha256
+from contract.layout import LayoutError, check_day, check_sha256, day_of, days_between, shift_day
 from cloud_pca.inputs import InputError, InputFile, check_files, list_inputs, open_files, refuse_bad
 from cloud_pca.pca import GramSums
 from cloud_pca.spark import list_dirs, read_bytes, write_bytes, write_rows
@@ -105,6 +113,7 @@ class State:
     id_parts: list[str] = field(default_factory=list)
     dropped: list[list] = field(default_factory=list)   # [path, row] of counted rows replaced by a later copy
     id_sizes: dict = field(default_factory=dict)         # ids folder (relative) -> {file name: size} at commit
+    listed_day: str | None = None                         # the day its last run listed the inputs (UTC)
 
     @property
     def counted_paths(self) -> set[str]:
@@ -265,6 +274,7 @@ class Batch:
     new: list[InputFile]
     listed: int
     list_s: float = 0.0          # seconds the listing of the inputs took (it grows with the objects under them)
+    days: list[str] | None = None    # the day folders listed (None: every object)
 
     @property
     def good(self) -> list[InputFile]:
@@ -329,8 +339,13 @@ def load_state(spark, output: str, model_sha256: str | None) -> State | None:
                                                 and isinstance(o.get("size"), int) for o in objects):
         raise damaged(f"{uri}/gen={gen}/objects.json", "must be a list of objects with a path and a size")
     sizes = pointer.get("id_sizes") if isinstance(pointer.get("id_sizes"), dict) else {}
+    try:
+        listed_day = check_day(pointer["listed_day"]) if "listed_day" in pointer else None
+    except LayoutError:
+        listed_day = None            # a damaged day: this run lists everything (as for a state from before the days)
     # The ids folders are checked as they are read (Counted.part_files, check_part): no listing here.
-    return State(uri, model_sha256, gen, number, sums, objects, [f"{uri}/{p}" for p in ids], dropped, sizes)
+    return State(uri, model_sha256, gen, number, sums, objects, [f"{uri}/{p}" for p in ids], dropped, sizes,
+                 listed_day)
 
 
 def _read_if_there(spark, uri: str) -> bytes | None:
@@ -400,13 +415,18 @@ def check_part(spark, part: str, recorded: dict | None):
     return files
 
 
-def check_counted(state: State, listed: list[tuple]) -> None:
+def check_counted(state: State, listed: list[tuple], days: list[str] | None = None) -> None:
     """Refuse when an object the state counted is gone from the listing or is not the version counted. Objects
-    that added nothing (quarantined, held back) may go: an operator cleans them up."""
+    that added nothing (quarantined, held back) may go: an operator cleans them up. ``days``: the listing held
+    only the device areas' objects filed under these days; the others counted are not checked (devices can neither
+    rewrite nor delete an object; an operator who does runs ``--full``)."""
     now = {item[0]: item for item in listed}
     gone, changed = [], []
+    window = None if days is None else set(days)
     for o in state.objects:
         if o.get("reason"):
+            continue
+        if window is not None and o.get("device_area") and day_of(o["path"]) not in window:
             continue
         item = now.get(o["path"])
         if item is None:
@@ -423,23 +443,54 @@ def check_counted(state: State, listed: list[tuple]) -> None:
                          f"rebuild it from what is there now with --full (or put the objects back)")
 
 
-def timed_listing(spark, inputs: list[str]) -> tuple[list[tuple], float]:
-    """:func:`list_inputs` and the seconds it took."""
+LATE_DAYS = 2          # a refresh lists the days from its last listing's day minus these (a clock behind, midnight)
+AHEAD_DAYS = 1         # to today plus these (a clock ahead; an object filed later waits for its day)
+MAX_WINDOW_DAYS = 31   # more days than this since the last listing: every object is listed
+
+
+def listing_days(today: str, listed_day: str | None) -> list[str] | None:
+    """The ``day=`` folders a refresh lists: from the last listing's day (``listed_day``, else today) minus
+    LATE_DAYS to today plus AHEAD_DAYS; None (list everything) for a first run or a long gap.
+
+    >>> listing_days("2026-12-02", "2026-12-01")
+    ['2026-11-29', '2026-11-30', '2026-12-01', '2026-12-02', '2026-12-03']
+    >>> listing_days("2026-12-02", "2026-09-01") is None
+    True
+    """
+    first = shift_day(min(listed_day or today, today), -LATE_DAYS)
+    days = days_between(first, shift_day(today, AHEAD_DAYS))
+    return days if len(days) <= MAX_WINDOW_DAYS + LATE_DAYS + AHEAD_DAYS else None
+
+
+def timed_listing(spark, inputs: list[str], days: list[str] | None = None) -> tuple[list[tuple], float]:
+    """:func:`list_inputs` (of ``days`` only, where the inputs file by day) and the seconds it took."""
     import time
 
     t = time.perf_counter()
-    listed = list_inputs(spark, inputs)
+    listed = list_inputs(spark, inputs, days)
     return listed, time.perf_counter() - t
 
 
-def plan_batch(spark, inputs: list[str], state: State | None, *, skip_bad_files: bool,
-               listing: tuple[list[tuple], float] | None = None) -> tuple[list[InputFile], int, float]:
-    """The objects under ``inputs`` (``listing``: as :func:`timed_listing` gave them, else listed now) not counted
-    yet, their footers checked (the counted ones are not opened); the number of objects listed and the seconds the
-    listing took."""
-    listed, list_s = listing or timed_listing(spark, inputs)
+def plan_batch(spark, inputs: list[str], state: State | None, *, skip_bad_files: bool, today: str,
+               listing: tuple[list[tuple], float, list[str]] | None = None
+               ) -> tuple[list[InputFile], int, float, list[str] | None]:
+    """The objects under ``inputs`` not counted yet, their footers checked (the counted ones are not opened); the
+    number of objects listed, the seconds the listing took and the days it covered (None: everything).
+
+    Objects of the device areas are listed by the day they are filed under (:func:`listing_days`): the days since
+    the state's last listing, not every object ever uploaded. ``listing``: (listed, seconds, days) already listed
+    (the job lists the last days while it reads the state); the days missing are listed here."""
+    days = listing_days(today, state.listed_day) if state is not None and state.listed_day else None
+    if listing is not None and days is not None and set(listing[2]) <= set(days):
+        listed, list_s = listing[0], listing[1]
+        missing = [d for d in days if d not in listing[2]]
+        if missing:
+            more, more_s = timed_listing(spark, inputs, missing)
+            listed, list_s = listed + more, list_s + more_s
+    else:
+        listed, list_s = timed_listing(spark, inputs, days)
     if state is not None and state.objects:
-        check_counted(state, listed)
+        check_counted(state, listed, days)
     counted = state.counted_paths if state else set()
     new = [item for item in listed if item[0] not in counted]
     files = check_files(spark, new) if new else []
@@ -447,7 +498,7 @@ def plan_batch(spark, inputs: list[str], state: State | None, *, skip_bad_files:
         refuse_bad([f for f in files if f.reason], skip_bad_files=skip_bad_files)
     except InputError as exc:
         raise StateError(str(exc)) from None
-    return files, len(listed), list_s
+    return files, len(listed), list_s, days
 
 
 def counted_files(state: State) -> list[InputFile]:
@@ -568,7 +619,7 @@ def merge_plan(parts: list[str], sizes: dict[str, dict]) -> list[str]:
 
 def commit(spark, state: State, gen: str, sums: GramSums, new_files: list[InputFile], fitted, *, run_id: str,
            scanned: list | None = None, dropped: list | None = None, held: list | None = None,
-           refreshes: tuple[list[dict], np.ndarray] | None = None) -> dict:
+           refreshes: tuple[list[dict], np.ndarray] | None = None, listed_day: str | None = None) -> dict:
     """Write generation ``gen`` (the rows it counted, moments and objects), then the pointer: the new total is in
     force. ``fitted``: the run's fitted thin rows (``scanned``: the scan's files their indices name);
     ``dropped``: counted rows a better-ranked copy replaced; ``held``: objects held back (recorded, never re-read).
@@ -610,7 +661,7 @@ def commit(spark, state: State, gen: str, sums: GramSums, new_files: list[InputF
     sizes = {p: sizes[p] for p in parts}
     pointer = {"generation": gen, "number": number, "previous": state.generation, "model_sha256": state.model_sha256,
                "rows": sums.n, "objects": len(objects), "ids": parts, "id_sizes": sizes, "dropped": all_dropped,
-               "run_id": run_id,
+               "run_id": run_id, "listed_day": listed_day,
                "committed_at": datetime.now(timezone.utc).isoformat()}
     write_bytes(spark, f"{state.uri}/{POINTER}", json.dumps(pointer, indent=1).encode())   # last
     return pointer

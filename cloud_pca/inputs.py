@@ -23,7 +23,7 @@ from contract.errors import ContractError, FruitsError, one_line
 from contract.layout import device_key_problem, device_of, in_device_area, is_anonymous
 from contract.vectors import (META_MODEL_SHA256, META_PROJECTION_ID, PROJECTION_COLUMN, VECTOR_COLUMNS,
                               conform_schema, conform_table, vector_schema)
-from cloud_pca.spark import list_files
+from cloud_pca.spark import list_days, list_dirs, list_files
 
 log = logging.getLogger(__name__)
 FOOTER_TAIL = 64 * 1024          # one read of a file's last 64 KB holds the footer of a contract file
@@ -301,16 +301,43 @@ def projected_dim(spark, files: list[InputFile]) -> int:
     return int(first["n"]) if first else FEATURE_DIM
 
 
-def list_inputs(spark, inputs: list[str]) -> list[tuple[str, int, str, int, str]]:
+def list_inputs(spark, inputs: list[str], days: list[str] | None = None) -> list[tuple[str, int, str, int, str]]:
     """(path, size, version, mtime, the input it was listed under) of every Parquet file under the inputs
-    (recursive), as the driver's file system lists them."""
+    (recursive), as the driver's file system lists them. ``days``: of an input above the ``day=`` folders of a
+    device area, only the files filed under those days (:func:`day_folders`); any other input whole."""
     listed = []
     for uri in inputs:
         try:
-            listed.extend((*item, uri) for item in list_files(spark, uri))
+            folders = day_folders(spark, uri) if days else None
+            if folders is None:
+                listed.extend((*item, uri) for item in list_files(spark, uri))
+            for folder in folders or []:
+                listed.extend((*item, uri) for item in list_days(spark, folder, days))
         except Exception as exc:  # Py4JJavaError: no such bucket, access denied
             raise InputError(f"cannot list {uri}: {one_line(exc)[:300]}") from None
     return listed
+
+
+def day_folders(spark, uri: str) -> list[str] | None:
+    """The folders holding the ``day=`` folders under ``uri`` when it lies above them in an area devices file by day
+    (``.../vectors/``, ``.../vectors/model=<sha>/``, ``.../projected/...``): the folders between are listed (one
+    request per model or projection). None for any other input (listed whole)."""
+    from contract.layout import day_segment, device_area_at
+
+    found = device_area_at(uri)
+    if found is None:
+        return None
+    area, parts, at = found
+    index = day_segment(area.name)
+    rel = parts[at:]
+    if index is None or len(rel) > index:
+        return None
+    shape = area.globs[0].split("/")
+    folders = [uri.rstrip("/")]
+    for i in range(len(rel), index):
+        start = shape[i].split("{", 1)[0]             # "model=", "projection="
+        folders = [f"{f}/{name}" for f in folders for name in list_dirs(spark, f) if name.startswith(start)]
+    return [f"{f}/" for f in folders]
 
 
 def refuse_bad(bad: list[InputFile], *, skip_bad_files: bool) -> None:

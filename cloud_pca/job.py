@@ -20,6 +20,7 @@ run killed half-way never looks complete.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -32,7 +33,7 @@ import numpy as np
 
 from contract.card import FEATURE_DIM
 from contract.errors import FruitsError, one_line
-from contract.layout import check_run_id, check_sha256
+from contract.layout import check_day, check_run_id, check_sha256, upload_day
 from cloud_pca.inputs import InputError, Inputs, read_inputs
 from cloud_pca.pca import FruitsPCAModel, GramSums, check_request, fit_pca, gram_sums
 from cloud_pca.spark import (delete_path, driver_traffic, path_exists, ready_to_list, settings_held, write_bytes,
@@ -70,6 +71,7 @@ class JobConfig:
     driver_batch_bytes: int = 128 * 2**20   # incremental: a batch up to this size is read by the driver (0: never)
     screen: bool = True            # quarantine anonymous vectors no photo gives (the card's radius; cloud_pca.trust)
     stall_s: float = 20 * 60       # fail when no progress for this long (cloud_pca.watchdog; 0: never)
+    as_of: str | None = None       # the UTC day the run takes for today (the day folders it lists); None: the clock
 
     def check(self) -> None:
         """Everything that can be checked before any data is read."""
@@ -91,6 +93,13 @@ class JobConfig:
             raise JobError("--reproject goes with --incremental (a full run projects every row anyway)")
         if self.driver_batch_bytes < 0:
             raise JobError("--driver-batch-mb must be 0 or more")
+        if self.as_of is not None:
+            check_day(self.as_of)
+
+    @property
+    def today(self) -> str:
+        """The UTC day the run takes for today (fixed by :func:`run` when it starts)."""
+        return self.as_of or upload_day()
 
 
 @dataclass
@@ -821,14 +830,18 @@ def incremental_stage(spark, cfg: JobConfig, say):
 
     # The inputs are listed in a thread while the state is read: the listing is the one part of a refresh that
     # grows with everything ever uploaded (a page of 1,000 keys a round trip), and S3 answers both at once.
+    # The device areas are listed by day: the last few days now (what a daily refresh needs), the days since an
+    # older state's last listing once it is read.
     ready_to_list(spark, cfg.inputs)
+    today = cfg.today
+    recent = incremental.listing_days(today, None)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fruits-listing") as pool:
-        listing = pool.submit(incremental.timed_listing, spark, cfg.inputs)
+        listing = pool.submit(incremental.timed_listing, spark, cfg.inputs, recent)
         state = incremental.load_state(spark, cfg.output, cfg.model_sha256)
         say("reading the objects not counted yet" + (f" (state {state.generation}: {state.sums.n} rows, "
                                                       f"{len(state.objects)} objects)" if state and state.sums else ""))
-        new, listed, list_s = incremental.plan_batch(spark, cfg.inputs, state, skip_bad_files=cfg.skip_bad_files,
-                                                     listing=listing.result())
+        new, listed, list_s, days = incremental.plan_batch(spark, cfg.inputs, state, skip_bad_files=cfg.skip_bad_files,
+                                                           today=today, listing=(*listing.result(), recent))
     if listed == 0:
         raise JobError(f"no Parquet files under {', '.join(cfg.inputs)} (empty input prefix?)")
     from cloud_pca.trust import hold_back
@@ -858,7 +871,7 @@ def incremental_stage(spark, cfg: JobConfig, say):
         sha = next(iter(data.model_counts))
         state = incremental.State(incremental.state_root(cfg.output) + f"/model={sha}", sha)
     data.held = held
-    return state, incremental.Batch(state, new, listed, round(list_s, 3)), data
+    return state, incremental.Batch(state, new, listed, round(list_s, 3), days), data
 
 
 def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
@@ -867,6 +880,8 @@ def run(spark, cfg: JobConfig, *, progress=None) -> JobResult:
     from cloud_pca.watchdog import Watchdog, beat
 
     cfg.check()
+    if cfg.as_of is None:   # one day for the whole run: the days it lists and the day its state says it listed
+        cfg = dataclasses.replace(cfg, as_of=upload_day())
 
     def say(stage: str) -> None:
         beat(stage)
@@ -946,6 +961,7 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
                     "objects_read": len(batch.good) if batch else len(data.inputs.good),
                     "bytes_read": batch.bytes_read if batch else data.inputs.bytes,
                     "objects_listed": batch.listed if batch else None, "list_s": batch.list_s if batch else None,
+                    "days_listed": ([batch.days[0], batch.days[-1]] if batch.days else "all") if batch else "all",
                     "rows_added": c["projected"], "already_counted": c.get("already_counted", 0),
                     "rows_total": sums.n,
                     "projections": "all rows" if (cfg.reproject or cfg.full) else "new rows only",
@@ -958,7 +974,8 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
                 spark, state, generation, sums, batch.new if batch else data.inputs.files, data.unique, run_id=run_id,
                 scanned=data.found.files if isinstance(data, Scanned) else None,
                 dropped=decision.replaced if decision is not None else None,
-                held=getattr(data, "held", None), refreshes=refreshes)) if (cfg.incremental or cfg.full) else None
+                held=getattr(data, "held", None), refreshes=refreshes, listed_day=cfg.today)) \
+                if (cfg.incremental or cfg.full) else None
             finish_run(spark, cfg, run_uri, run_id, model, summary, timings, t0, traffic, fit_traffic, shown,
                        before_marker=commit)
         finally:

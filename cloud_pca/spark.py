@@ -455,6 +455,31 @@ def list_files(spark, uri: str, suffixes: tuple[str, ...] | None = (".parquet",)
     return list_hadoop(spark, uri, suffixes)
 
 
+def list_days(spark, uri: str, days: list[str], suffixes: tuple[str, ...] = (".parquet",)) -> list[Listed]:
+    """:func:`list_files` of the ``day=<day>/`` folders of ``days`` (consecutive) under the folder ``uri``: on S3 one
+    listing from the first day's folder to the last's (``StartAfter``; a page of 1,000 keys a request), elsewhere
+    folder by folder."""
+    where = _s3_key(spark, uri)
+    if where is None:
+        return sorted(f for d in days for f in list_files(spark, f"{uri.rstrip('/')}/day={d}/", suffixes))
+    s3, scheme = _s3a_client(spark), uri.split("://", 1)[0]
+    bucket, folder = where[0], where[1].strip("/") + "/" if where[1].strip("/") else ""
+    last = f"{folder}day={days[-1]}/"
+    out = []
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{folder}day=",
+                                                         StartAfter=f"{folder}day={days[0]}")
+    for page in pages:
+        for o in page.get("Contents", []):
+            key = o["Key"]
+            if key > last and not key.startswith(last):
+                return sorted(out)
+            name = key.rsplit("/", 1)[-1]
+            if not name.startswith(("_", ".")) and name.lower().endswith(suffixes):
+                out.append(Listed(f"{scheme}://{bucket}/{key}", int(o["Size"]), f"etag:{o['ETag'].strip(chr(34))}",
+                                  int(o["LastModified"].timestamp() * 1000)))
+    return sorted(out)
+
+
 def list_hadoop(spark, uri: str, suffixes: tuple[str, ...] | None = (".parquet",)) -> list[Listed]:
     """:func:`list_files` through Hadoop's filesystem (any scheme; what the Python listings must equal)."""
     fs, root = _fs_path(spark, uri)

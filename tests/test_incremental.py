@@ -17,9 +17,10 @@ from vectors_for_tests import SHA, contract_rows, layout_key, low_rank, put_rows
 X = low_rank(n=900, seed=11)
 
 
-def upload_batch(s3, bucket, name: str, lo: int, hi: int, objects: int = 3, repeat: tuple[int, int] | None = None) -> int:
-    """Rows lo..hi-1 of X as ``objects`` files under vectors/ (plus rows ``repeat`` of an earlier batch, again);
-    returns the bytes uploaded."""
+def upload_batch(s3, bucket, name: str, lo: int, hi: int, objects: int = 3, repeat: tuple[int, int] | None = None,
+                 day: str | None = None) -> int:
+    """Rows lo..hi-1 of X as ``objects`` files under vectors/ (plus rows ``repeat`` of an earlier batch, again),
+    filed under ``day`` (default today); returns the bytes uploaded."""
     size = 0
     bounds = np.linspace(lo, hi, objects + 1).astype(int)
     for i in range(objects):
@@ -28,7 +29,7 @@ def upload_batch(s3, bucket, name: str, lo: int, hi: int, objects: int = 3, repe
         if repeat and i == 0:
             extra = contract_rows(repeat[1] - repeat[0], start=repeat[0], x=X[repeat[0]:repeat[1]])
             rows = {k: rows[k] + extra[k] for k in rows}
-        key = layout_key("team", rows)
+        key = layout_key("team", rows, day=day)
         put_rows(s3, bucket, key, rows)
         size += s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
     return size
@@ -227,6 +228,44 @@ def test_a_refresh_reads_whole_rows_only_of_the_row_groups_a_new_id_may_meet(spa
     assert whole_rows == []                                            # (a key no row has: nothing whole)
 
 
+@pytest.mark.slow
+def test_a_refresh_lists_the_days_since_its_last_listing_not_every_object(spark, s3, bucket):
+    """Devices file vectors under the day they send them: a daily refresh lists the days from its last listing's
+    (minus LATE_DAYS) to today's (plus AHEAD_DAYS), so what it lists does not grow with everything ever uploaded
+    (it listed every object before: 12 here on day 6). An object filed under a day before that window (a clock days
+    behind) waits for the next --full, which lists everything; so does a counted object removed outside the window
+    (devices can neither delete nor rewrite one)."""
+    from contract.layout import shift_day
+
+    days = [shift_day("2026-03-01", i) for i in range(7)]
+    for i, day in enumerate(days[:5]):
+        upload_batch(s3, bucket, f"d{i}", i * 60, i * 60 + 60, objects=2, day=day)
+        inc = run(spark, cfg(bucket, f"d{i}", incremental=True, as_of=day)).summary["incremental"]
+        assert inc["rows_added"] == 60, inc
+    assert inc["days_listed"] == ["2026-03-02", "2026-03-06"] and inc["objects_listed"] == 8, inc
+    upload_batch(s3, bucket, "late", 400, 430, objects=1, day="2026-02-01")       # a clock a month behind
+    upload_batch(s3, bucket, "d5", 300, 360, objects=2, day=days[5])
+    old = next(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"team/vectors/model={SHA}/day={days[0]}/")
+               ["Contents"])
+    s3.delete_object(Bucket=bucket, Key=old)                                       # counted, outside the window
+    inc = run(spark, cfg(bucket, "d5", incremental=True, as_of=days[5])).summary["incremental"]
+    assert (inc["days_listed"], inc["objects_listed"], inc["rows_added"], inc["rows_total"]) == \
+        (["2026-03-03", "2026-03-07"], 8, 60, 360), inc
+    # A counted object removed inside the window is refused, as before.
+    recent = next(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"team/vectors/model={SHA}/day={days[5]}/")
+                  ["Contents"])
+    body = s3.get_object(Bucket=bucket, Key=recent)["Body"].read()
+    s3.delete_object(Bucket=bucket, Key=recent)
+    with pytest.raises(incremental.StateError, match="counted object"):
+        run(spark, cfg(bucket, "gone", incremental=True, as_of=days[6]))
+    s3.put_object(Bucket=bucket, Key=recent, Body=body)
+    full = run(spark, cfg(bucket, "full", full=True, as_of=days[6])).summary
+    assert full["incremental"]["rows_total"] == 360 - 30 + 30, full["incremental"]   # the late one in, the removed out
+    # A month without a refresh: everything is listed again.
+    inc = run(spark, cfg(bucket, "later", incremental=True, as_of="2026-05-01")).summary["incremental"]
+    assert inc["days_listed"] == "all" and inc["objects_listed"] == 12, inc
+
+
 def test_the_python_listing_is_hadoops(spark, s3, bucket, tmp_path):
     """s3a:// and file: are listed in Python (py4j cost 3-6 ms a file: a year of daily inputs made a refresh seconds
     slower); the paths, sizes, versions (ETag, modification time) and times are those Hadoop gives, so a state
@@ -249,6 +288,16 @@ def test_the_python_listing_is_hadoops(spark, s3, bucket, tmp_path):
     for uri in (f"file://{tmp_path}/d", f"file:{tmp_path}/d/", f"file://{tmp_path}/d/a.parquet"):
         assert list_files(spark, uri) == list_hadoop(spark, uri) and list_files(spark, uri), uri
     assert list_files(spark, f"file://{tmp_path}/d", None) == list_hadoop(spark, f"file://{tmp_path}/d", None)
+    # Some days of a model's folder: on S3 one listing from the first day to the last (StartAfter), what Hadoop
+    # lists of each day's folder.
+    from cloud_pca.spark import list_days
+
+    for day in ("2026-02-27", "2026-02-28", "2026-03-01", "2026-03-02"):
+        upload_batch(s3, bucket, day, 100, 102, objects=1, day=day)
+    model = f"s3a://{bucket}/team/vectors/model={SHA}/"
+    want = sorted(f for d in ("2026-02-28", "2026-03-01") for f in list_hadoop(spark, f"{model}day={d}/"))
+    assert len(want) == 2 and list_days(spark, model, ["2026-02-28", "2026-03-01"]) == want
+    assert list_days(spark, model, ["2026-03-05", "2026-03-06"]) == []
     # Folders, existence and byte ranges (a refresh that starts no JVM reads its state and footers with them).
     from cloud_pca.inputs import _read_range
     from cloud_pca.spark import list_dirs, list_dirs_hadoop, path_exists, read_range
