@@ -130,6 +130,70 @@ def _stop_web(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.timeout(1500)
+def test_a_prefix_is_listed_from_an_index_with_s3s_answers(tmp_path):
+    """The local server lists a prefix from a sorted index of the bucket's names (moto walked every key of the
+    bucket for each listing: the daily refresh grew with everything the bucket held). Its answers are S3's for the
+    keys there are, after writes, overwrites, deletes one by one and in a batch, and a restart: prefixes,
+    delimiters, StartAfter, pages."""
+    import random
+
+    import boto3
+
+    from demo.s3server import TEST_CREDENTIALS, LocalS3
+
+    creds = {k.lower(): v for k, v in TEST_CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"}
+    rng = random.Random(7)
+    keys = set()
+
+    def expected(prefix, delimiter=None, start_after=""):
+        out = set()
+        for k in keys:
+            if k.startswith(prefix) and k > start_after:
+                rest = k[len(prefix):]
+                out.add(prefix + rest.split(delimiter)[0] + delimiter if delimiter and delimiter in rest else k)
+        return sorted(out)
+
+    def listed(s3, prefix, delimiter=None, start_after=""):
+        kw = {"Bucket": "index-bucket", "Prefix": prefix, "PaginationConfig": {"PageSize": 7}}
+        if delimiter:
+            kw["Delimiter"] = delimiter
+        if start_after:
+            kw["StartAfter"] = start_after
+        out = []
+        for page in s3.get_paginator("list_objects_v2").paginate(**kw):
+            out += [o["Key"] for o in page.get("Contents", [])] + [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+        return sorted(out)
+
+    def check(s3):
+        for prefix, delimiter, after in (("v/", None, ""), ("v/day=", None, "v/day=03"), ("v/", "/", ""),
+                                         ("v/day=0", "/", ""), ("p", None, ""), ("v/day=05/c", None, ""),
+                                         ("zz", None, ""), ("v/day=02/", "/", "v/day=02/c1")):
+            assert listed(s3, prefix, delimiter, after) == expected(prefix, delimiter, after), (prefix, delimiter, after)
+
+    state = tmp_path / "state"
+    with LocalS3(mode="process", state=state) as server:
+        s3 = boto3.Session(**creds, region_name="us-east-1").client("s3", endpoint_url=server.endpoint_url)
+        s3.create_bucket(Bucket="index-bucket")
+        for i in range(120):
+            key = f"v/day={rng.randrange(8):02d}/c{rng.randrange(5)}/part-{i}" if i % 3 else f"pca/run={i}/f"
+            s3.put_object(Bucket="index-bucket", Key=key, Body=b"x")
+            keys.add(key)
+            if i % 17 == 0:
+                check(s3)
+        some = sorted(keys)
+        s3.put_object(Bucket="index-bucket", Key=some[3], Body=b"again")          # an overwrite: one name
+        s3.delete_object(Bucket="index-bucket", Key=some[5])
+        s3.delete_objects(Bucket="index-bucket", Delete={"Objects": [{"Key": k} for k in some[10:20]]})
+        keys -= {some[5], *some[10:20]}
+        check(s3)
+    with LocalS3(mode="process", state=state) as server:
+        s3 = boto3.Session(**creds, region_name="us-east-1").client("s3", endpoint_url=server.endpoint_url)
+        check(s3)
+        s3.put_object(Bucket="index-bucket", Key="v/day=00/a-new-one", Body=b"x")
+        keys.add("v/day=00/a-new-one")
+        check(s3)
+
+
 def test_run_web_identifies_out_of_the_box_keeps_contributions_and_learns_a_new_fruit(tmp_path):
     """`./run web` on a fresh folder: a first projection (6 synthetic fruits) is published by itself, and the page
     identifies a held-out apple. Plums, which the index does not know, are "unknown"; the page sends them labelled
