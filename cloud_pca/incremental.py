@@ -8,9 +8,13 @@ new statistics to the kept ones and solves the 1280x1280 eigenproblem again.
 State, one per model fingerprint, under ``OUTPUT/state/model=<sha256>/`` (``pca/state/...`` in the layout)::
 
     gen=<g>/moments.npz    the total statistics after generation g
-    gen=<g>/objects.json   every object seen (path, size, version: ETag or modification time, how Spark reads it;
-                           its device, whether anonymous, when the store received it, its rows; and for an object
-                           that added nothing, why: quarantined or held back)
+    gen=<g>/objects.json   the objects seen that the next daily listing can meet: filed under the last LATE_DAYS
+                           days or later, or in an input not filed by day (path, size, version: ETag or
+                           modification time, how Spark reads it; its device, whether anonymous, when the store
+                           received it, its rows; and for an object that added nothing, why: quarantined or held
+                           back)
+    gen=<g>/objects-old.json  the objects that left objects.json in generation g (an archive, written once; read by
+                           a run that lists everything or re-projects every row; ARCHIVE_MERGE of them merged)
     gen=<g>/history.json   one record per refresh so far: rows added and in total, the first components'
                            explained variance, the largest principal angle of the top-10 subspace since the last
                            refresh (the report draws them)
@@ -52,7 +56,7 @@ import numpy as np
 
 from contract.errors import FruitsError
 from contract.layout import LayoutError, check_day, check_sha256, day_of, days_between, shift_day
-from cloud_pca.inputs import InputError, InputFile, check_files, list_inputs, open_files, refuse_bad
+from cloud_pca.inputs import InputError, InputFile, check_files, list_inputs, refuse_bad
 from cloud_pca.pca import GramSums
 from cloud_pca.spark import list_dirs, read_bytes, write_bytes, write_rows
 
@@ -114,10 +118,41 @@ class State:
     dropped: list[list] = field(default_factory=list)   # [path, row] of counted rows replaced by a later copy
     id_sizes: dict = field(default_factory=dict)         # ids folder (relative) -> {file name: size} at commit
     listed_day: str | None = None                         # the day its last run listed the inputs (UTC)
+    # ``objects`` holds the objects filed under ``recent_from`` or later (and those of inputs not filed by day): what
+    # a daily refresh's listing can meet. The older ones are in the archive files (loaded when a run needs them all).
+    recent_from: str | None = None
+    archive: list[str] = field(default_factory=list)     # archive files (relative), oldest first
+    archived: list[dict] | None = None                   # their objects, once loaded (:meth:`load_archive`)
+    total: int = 0                                       # objects counted in all
 
     @property
     def counted_paths(self) -> set[str]:
-        return {o["path"] for o in self.objects}
+        """The objects counted that a listing may meet: the recent ones (:meth:`covers`), the archived once loaded."""
+        return {o["path"] for o in (self.archived or []) + self.objects}
+
+    @property
+    def all_objects(self) -> list[dict]:
+        """Every object counted (the archive loaded first where there is one: :meth:`load_archive`)."""
+        if self.archive and self.archived is None:
+            raise RuntimeError("the state's archive is not loaded")   # a bug, not a user error
+        return (self.archived or []) + self.objects
+
+    def load_archive(self, spark) -> None:
+        """Read the archive files: the objects filed under days before ``recent_from``."""
+        if self.archived is not None:
+            return
+        out = []
+        for rel in self.archive:
+            where = f"{self.uri}/{rel}"
+            got = _read_if_there(spark, where)
+            if got is None:
+                raise StateError(f"{where}: missing; the incremental state is damaged: rebuild it with --full")
+            out += _objects_list(got, where)
+        self.archived = out
+
+    def covers(self, days: list[str] | None) -> bool:
+        """Whether ``objects`` holds every counted object a listing of ``days`` (None: everything) can meet."""
+        return not self.archive or (days is not None and self.recent_from is not None and days[0] >= self.recent_from)
 
     @property
     def counted(self) -> "Counted":
@@ -331,21 +366,35 @@ def load_state(spark, output: str, model_sha256: str | None) -> State | None:
         raise
     except Exception as exc:  # not an .npz, wrong arrays
         raise damaged(f"{uri}/gen={gen}/moments.npz", f"unreadable ({str(exc).strip().splitlines()[0][:200]})") from None
-    try:
-        objects = json.loads(file(f"gen={gen}/objects.json"))
-    except ValueError as exc:
-        raise damaged(f"{uri}/gen={gen}/objects.json", f"not JSON ({exc})") from None
-    if not isinstance(objects, list) or not all(isinstance(o, dict) and isinstance(o.get("path"), str)
-                                                and isinstance(o.get("size"), int) for o in objects):
-        raise damaged(f"{uri}/gen={gen}/objects.json", "must be a list of objects with a path and a size")
+    objects = _objects_list(file(f"gen={gen}/objects.json"), f"{uri}/gen={gen}/objects.json")
+    archive, recent_from = pointer.get("archive", []), pointer.get("recent_from")
+    if not isinstance(archive, list) or not all(isinstance(p, str) for p in archive) \
+            or (archive and not isinstance(recent_from, str)):
+        raise damaged(f"{uri}/{POINTER}", "its archive must be a list of files, with the day the recent objects start")
     sizes = pointer.get("id_sizes") if isinstance(pointer.get("id_sizes"), dict) else {}
     try:
         listed_day = check_day(pointer["listed_day"]) if "listed_day" in pointer else None
     except LayoutError:
         listed_day = None            # a damaged day: this run lists everything (as for a state from before the days)
+    total = pointer.get("objects") if isinstance(pointer.get("objects"), int) else len(objects)
     # The ids folders are checked as they are read (Counted.part_files, check_part): no listing here.
     return State(uri, model_sha256, gen, number, sums, objects, [f"{uri}/{p}" for p in ids], dropped, sizes,
-                 listed_day)
+                 listed_day, recent_from, archive, None, total)
+
+
+def _objects_list(data: bytes, where: str) -> list[dict]:
+    """A state's list of objects (``objects.json``, an archive file), checked."""
+    def damaged(what: str) -> StateError:
+        return StateError(f"{where}: {what}; the incremental state is damaged: rebuild it with --full")
+
+    try:
+        objects = json.loads(data)
+    except ValueError as exc:
+        raise damaged(f"not JSON ({exc})") from None
+    if not isinstance(objects, list) or not all(isinstance(o, dict) and isinstance(o.get("path"), str)
+                                                and isinstance(o.get("size"), int) for o in objects):
+        raise damaged("must be a list of objects with a path and a size")
+    return objects
 
 
 def _read_if_there(spark, uri: str) -> bytes | None:
@@ -423,7 +472,7 @@ def check_counted(state: State, listed: list[tuple], days: list[str] | None = No
     now = {item[0]: item for item in listed}
     gone, changed = [], []
     window = None if days is None else set(days)
-    for o in state.objects:
+    for o in (state.archived or []) + state.objects:
         if o.get("reason"):
             continue
         if window is not None and o.get("device_area") and day_of(o["path"]) not in window:
@@ -446,6 +495,7 @@ def check_counted(state: State, listed: list[tuple], days: list[str] | None = No
 LATE_DAYS = 2          # a refresh lists the days from its last listing's day minus these (a clock behind, midnight)
 AHEAD_DAYS = 1         # to today plus these (a clock ahead; an object filed later waits for its day)
 MAX_WINDOW_DAYS = 31   # more days than this since the last listing: every object is listed
+ARCHIVE_MERGE = 32     # archive files of single refreshes merged into one when there are this many
 
 
 def listing_days(today: str, listed_day: str | None) -> list[str] | None:
@@ -489,7 +539,9 @@ def plan_batch(spark, inputs: list[str], state: State | None, *, skip_bad_files:
             listed, list_s = listed + more, list_s + more_s
     else:
         listed, list_s = timed_listing(spark, inputs, days)
-    if state is not None and state.objects:
+    if state is not None and not state.covers(days):
+        state.load_archive(spark)       # a listing of everything (or of days before the recent ones) needs them all
+    if state is not None and (state.objects or state.archived):
         check_counted(state, listed, days)
     counted = state.counted_paths if state else set()
     new = [item for item in listed if item[0] not in counted]
@@ -501,17 +553,11 @@ def plan_batch(spark, inputs: list[str], state: State | None, *, skip_bad_files:
     return files, len(listed), list_s, days
 
 
-def counted_files(state: State) -> list[InputFile]:
+def counted_files(spark, state: State) -> list[InputFile]:
     """The objects the state counted rows of, as InputFiles (their footers were checked when they were counted)."""
+    state.load_archive(spark)
     return [InputFile(**{k: v for k, v in o.items() if k in InputFile.__dataclass_fields__})
-            for o in state.objects if not o.get("reason")]
-
-
-def all_files(spark, state: State, new: list[InputFile]):
-    """The rows of every counted object and of the new ones (for --reproject), without re-reading footers."""
-    known = [InputFile(**{k: v for k, v in o.items() if k in InputFile.__dataclass_fields__}) for o in state.objects]
-    return open_files(spark, known + [f for f in new if f.reason is None], skip_bad_files=True,
-                      where=f"{state.uri} (counted) and the new objects")
+            for o in state.all_objects if not o.get("reason")]
 
 
 HISTORY_COMPONENTS = 10          # the top components whose movement each refresh records
@@ -648,7 +694,25 @@ def commit(spark, state: State, gen: str, sums: GramSums, new_files: list[InputF
             all_dropped = []
         sizes.update({f"gen={gen}/ids-merged": merged} if merged else id_sizes(spark, state.uri, [f"gen={gen}/ids-merged"]))
     held_paths = {h["file"]: h["reason"] for h in held or []}
-    objects = state.objects + [{**asdict(f), "reason": f.reason or held_paths.get(f.path)} for f in new_files]
+    objects = (state.archived or []) + state.objects + \
+        [{**asdict(f), "reason": f.reason or held_paths.get(f.path)} for f in new_files]
+    total = state.total + len(new_files)
+    # Objects filed under days the next daily listing will not reach leave objects.json for an archive file, written
+    # once (a refresh reads and writes the recent ones only: objects.json grew with every object ever counted).
+    archive = [] if state.archived is not None else list(state.archive)
+    recent_from = shift_day(listed_day, -LATE_DAYS) if listed_day else None
+    aged = [o for o in objects if recent_from and (day_of(o["path"]) or recent_from) < recent_from]
+    if aged:
+        objects = [o for o in objects if not (day_of(o["path"]) or recent_from) < recent_from]
+        write_bytes(spark, f"{base}/objects-old.json", json.dumps(aged).encode())
+        archive.append(f"gen={gen}/objects-old.json")
+    small = [p for p in archive if p.endswith("/objects-old.json")]
+    if len(small) >= ARCHIVE_MERGE:   # a year of days is a dozen files, never all of them rewritten
+        merged = []
+        for rel in small:
+            merged += _objects_list(read_bytes(spark, f"{state.uri}/{rel}"), f"{state.uri}/{rel}")
+        write_bytes(spark, f"{base}/objects-old-merged.json", json.dumps(merged).encode())
+        archive = [p for p in archive if p not in small] + [f"gen={gen}/objects-old-merged.json"]
     if refreshes is not None:
         import io
 
@@ -660,8 +724,8 @@ def commit(spark, state: State, gen: str, sums: GramSums, new_files: list[InputF
     write_bytes(spark, f"{base}/objects.json", json.dumps(objects).encode())
     sizes = {p: sizes[p] for p in parts}
     pointer = {"generation": gen, "number": number, "previous": state.generation, "model_sha256": state.model_sha256,
-               "rows": sums.n, "objects": len(objects), "ids": parts, "id_sizes": sizes, "dropped": all_dropped,
-               "run_id": run_id, "listed_day": listed_day,
+               "rows": sums.n, "objects": total, "ids": parts, "id_sizes": sizes, "dropped": all_dropped,
+               "run_id": run_id, "listed_day": listed_day, "recent_from": recent_from, "archive": archive,
                "committed_at": datetime.now(timezone.utc).isoformat()}
     write_bytes(spark, f"{state.uri}/{POINTER}", json.dumps(pointer, indent=1).encode())   # last
     return pointer

@@ -839,7 +839,7 @@ def incremental_stage(spark, cfg: JobConfig, say):
         listing = pool.submit(incremental.timed_listing, spark, cfg.inputs, recent)
         state = incremental.load_state(spark, cfg.output, cfg.model_sha256)
         say("reading the objects not counted yet" + (f" (state {state.generation}: {state.sums.n} rows, "
-                                                      f"{len(state.objects)} objects)" if state and state.sums else ""))
+                                                      f"{state.total} objects)" if state and state.sums else ""))
         new, listed, list_s, days = incremental.plan_batch(spark, cfg.inputs, state, skip_bad_files=cfg.skip_bad_files,
                                                            today=today, listing=(*listing.result(), recent))
     if listed == 0:
@@ -915,7 +915,7 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
             t = time.perf_counter()
             if cfg.reproject:
                 say("re-projecting every counted row with the new model")
-                files = incremental.counted_files(state) + batch.good
+                files = incremental.counted_files(spark, state) + batch.good
                 where = f"{state.uri} (counted) and the new objects"
                 # As the batch: read by the driver when all of it is one task's worth (a small dataset: the local
                 # stack's refresh starts no Spark job for it), else by Spark tasks.
@@ -957,7 +957,7 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
                 summary["incremental"] = {
                     "mode": "incremental" if cfg.incremental else "full", "state": state.uri,
                     "generation": generation, "previous_generation": state.generation,
-                    "objects_counted_before": len(state.objects),
+                    "objects_counted_before": state.total,
                     "objects_read": len(batch.good) if batch else len(data.inputs.good),
                     "bytes_read": batch.bytes_read if batch else data.inputs.bytes,
                     "objects_listed": batch.listed if batch else None, "list_s": batch.list_s if batch else None,

@@ -229,7 +229,7 @@ def test_a_refresh_reads_whole_rows_only_of_the_row_groups_a_new_id_may_meet(spa
 
 
 @pytest.mark.slow
-def test_a_refresh_lists_the_days_since_its_last_listing_not_every_object(spark, s3, bucket):
+def test_a_refresh_lists_the_days_since_its_last_listing_not_every_object(spark, s3, bucket, monkeypatch):
     """Devices file vectors under the day they send them: a daily refresh lists the days from its last listing's
     (minus LATE_DAYS) to today's (plus AHEAD_DAYS), so what it lists does not grow with everything ever uploaded
     (it listed every object before: 12 here on day 6). An object filed under a day before that window (a clock days
@@ -237,11 +237,14 @@ def test_a_refresh_lists_the_days_since_its_last_listing_not_every_object(spark,
     (devices can neither delete nor rewrite one)."""
     from contract.layout import shift_day
 
+    monkeypatch.setattr(incremental, "ARCHIVE_MERGE", 2)      # archive files merged two at a time here
     days = [shift_day("2026-03-01", i) for i in range(7)]
     for i, day in enumerate(days[:5]):
         upload_batch(s3, bucket, f"d{i}", i * 60, i * 60 + 60, objects=2, day=day)
         inc = run(spark, cfg(bucket, f"d{i}", incremental=True, as_of=day)).summary["incremental"]
         assert inc["rows_added"] == 60, inc
+    pointer = json.loads(s3.get_object(Bucket=bucket, Key=f"team/pca/state/model={SHA}/current.json")["Body"].read())
+    assert pointer["recent_from"] == "2026-03-03" and any(p.endswith("-merged.json") for p in pointer["archive"]), pointer
     assert inc["days_listed"] == ["2026-03-02", "2026-03-06"] and inc["objects_listed"] == 8, inc
     upload_batch(s3, bucket, "late", 400, 430, objects=1, day="2026-02-01")       # a clock a month behind
     upload_batch(s3, bucket, "d5", 300, 360, objects=2, day=days[5])
@@ -261,9 +264,16 @@ def test_a_refresh_lists_the_days_since_its_last_listing_not_every_object(spark,
     s3.put_object(Bucket=bucket, Key=recent, Body=body)
     full = run(spark, cfg(bucket, "full", full=True, as_of=days[6])).summary
     assert full["incremental"]["rows_total"] == 360 - 30 + 30, full["incremental"]   # the late one in, the removed out
-    # A month without a refresh: everything is listed again.
-    inc = run(spark, cfg(bucket, "later", incremental=True, as_of="2026-05-01")).summary["incremental"]
-    assert inc["days_listed"] == "all" and inc["objects_listed"] == 12, inc
+    # The state's objects list holds what a daily listing can meet; the older ones are archived, written once.
+    pointer = json.loads(s3.get_object(Bucket=bucket, Key=f"team/pca/state/model={SHA}/current.json")["Body"].read())
+    recent = json.loads(s3.get_object(Bucket=bucket, Key=f"team/pca/state/model={SHA}/gen={pointer['generation']}/"
+                                                         f"objects.json")["Body"].read())
+    assert pointer["objects"] == 12 and len(recent) == 4 and len(pointer["archive"]) == 1, pointer   # days 5-6 recent
+    # A month without a refresh: everything is listed again (the archive read), every counted row re-projected.
+    later = run(spark, cfg(bucket, "later", incremental=True, as_of="2026-05-01", reproject=True)).summary
+    inc = later["incremental"]
+    assert inc["days_listed"] == "all" and inc["objects_listed"] == 12 and inc["rows_added"] == 0, inc
+    assert later["projections_rows"] == 360
 
 
 def test_the_python_listing_is_hadoops(spark, s3, bucket, tmp_path):
