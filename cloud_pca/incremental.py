@@ -150,9 +150,15 @@ class State:
             out += _objects_list(got, where)
         self.archived = out
 
-    def covers(self, days: list[str] | None) -> bool:
-        """Whether ``objects`` holds every counted object a listing of ``days`` (None: everything) can meet."""
-        return not self.archive or (days is not None and self.recent_from is not None and days[0] >= self.recent_from)
+    def covers(self, days: list[str] | None, listed: list[tuple]) -> bool:
+        """Whether ``objects`` holds every counted object the listing (of ``days``; None: everything) can meet: no
+        listed path is filed under a day before ``recent_from`` (an input below the day folders, listed whole, can
+        hold some)."""
+        if not self.archive:
+            return True
+        if days is None or self.recent_from is None or days[0] < self.recent_from:
+            return False
+        return not any((day_of(item[0]) or self.recent_from) < self.recent_from for item in listed)
 
     @property
     def counted(self) -> "Counted":
@@ -539,8 +545,8 @@ def plan_batch(spark, inputs: list[str], state: State | None, *, skip_bad_files:
             listed, list_s = listed + more, list_s + more_s
     else:
         listed, list_s = timed_listing(spark, inputs, days)
-    if state is not None and not state.covers(days):
-        state.load_archive(spark)       # a listing of everything (or of days before the recent ones) needs them all
+    if state is not None and not state.covers(days, listed):
+        state.load_archive(spark)       # a listing that may meet archived objects needs them all
     if state is not None and (state.objects or state.archived):
         check_counted(state, listed, days)
     counted = state.counted_paths if state else set()
@@ -701,9 +707,12 @@ def commit(spark, state: State, gen: str, sums: GramSums, new_files: list[InputF
     # once (a refresh reads and writes the recent ones only: objects.json grew with every object ever counted).
     archive = [] if state.archived is not None else list(state.archive)
     recent_from = shift_day(listed_day, -LATE_DAYS) if listed_day else None
-    aged = [o for o in objects if recent_from and (day_of(o["path"]) or recent_from) < recent_from]
+    def old(o: dict) -> bool:   # a device area's object filed before the next daily listing's first day
+        return bool(recent_from and o.get("device_area") and (day_of(o["path"]) or recent_from) < recent_from)
+
+    aged = [o for o in objects if old(o)]
     if aged:
-        objects = [o for o in objects if not (day_of(o["path"]) or recent_from) < recent_from]
+        objects = [o for o in objects if not old(o)]
         write_bytes(spark, f"{base}/objects-old.json", json.dumps(aged).encode())
         archive.append(f"gen={gen}/objects-old.json")
     small = [p for p in archive if p.endswith("/objects-old.json")]

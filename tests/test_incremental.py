@@ -274,6 +274,11 @@ def test_a_refresh_lists_the_days_since_its_last_listing_not_every_object(spark,
     inc = later["incremental"]
     assert inc["days_listed"] == "all" and inc["objects_listed"] == 12 and inc["rows_added"] == 0, inc
     assert later["projections_rows"] == 360
+    # One day's folder as the input (listed whole): its objects are archived ones, counted once.
+    one = run(spark, JobConfig(inputs=[f"s3a://{bucket}/team/vectors/model={SHA}/day={days[1]}/"],
+                               output=f"s3a://{bucket}/team/pca", k=5, run_id="one-day", plots=False, incremental=True,
+                               as_of="2026-05-02")).summary["incremental"]
+    assert one["objects_listed"] >= 2 and (one["objects_read"], one["rows_added"], one["rows_total"]) == (0, 0, 360), one
 
 
 def test_the_python_listing_is_hadoops(spark, s3, bucket, tmp_path):
