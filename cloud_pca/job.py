@@ -828,10 +828,9 @@ def incremental_stage(spark, cfg: JobConfig, say):
     """The objects not counted yet under the inputs, their rows without ids counted before, and the state."""
     from cloud_pca import incremental
 
-    # The inputs are listed in a thread while the state is read: the listing is the one part of a refresh that
-    # grows with everything ever uploaded (a page of 1,000 keys a round trip), and S3 answers both at once.
-    # The device areas are listed by day: the last few days now (what a daily refresh needs), the days since an
-    # older state's last listing once it is read.
+    # The inputs are listed in a thread while the state is read (S3 answers both at once). The device areas are
+    # listed by day: the last few days now (what a daily refresh needs), the days since an older state's last
+    # listing once it is read (listing every object ever uploaded made each refresh grow with the history).
     ready_to_list(spark, cfg.inputs)
     today = cfg.today
     recent = incremental.listing_days(today, None)
