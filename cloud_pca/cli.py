@@ -122,23 +122,32 @@ def build_parser(extend=None):
 
     b = add_command(sub, "publish", help="publish a run's projection + reference index for the devices",
                     description="Write ROOT/models/projection-<id>.npz (mean, scale, first k components, model "
-                                "fingerprint), ROOT/models/index-<id>.npz (per-label centroids) and the pointer "
-                                "ROOT/models/projection-latest-<model_sha256>.json, for `fruits-edge sync --project` "
-                                "and `fruits-edge identify`. The run's files must agree (marker, summary, model, "
-                                "projections).",
+                                "fingerprint), ROOT/models/index-<id>.npz (what devices identify with: prototypes per "
+                                "label, and the 'unknown' and 'not sure' thresholds calibrated on rows held out by "
+                                "film) and the pointer ROOT/models/projection-latest-<model_sha256>.json naming both, "
+                                "for `fruits-edge sync --project`, `fruits-edge identify` and the web app. The run's "
+                                "files must agree (marker, summary, model, projections).",
                     example="fruits-cloud publish --run s3://b/team/pca/run=2026... --root s3://b/team --k 32")
     b.add_argument("--run", required=True, help="a finished run folder (OUTPUT/run=<id>)")
     b.add_argument("--root", required=True, help="the dataset root (s3://BUCKET/PREFIX)")
     b.add_argument("--k", type=int, help="components to publish (default: the run's k)")
+    b.add_argument("--driver-read-mb", type=float, default=128,
+                   help="projections up to this size are read by the driver, larger ones in Spark (default 128)")
 
     v = add_command(sub, "evaluate", help="identification accuracy vs bytes per image: full vectors, PCA k, dtypes",
-                    description="On labelled vectors: held-out split by image, StandardScaler + PCA on the training "
-                                "part, kNN and a linear classifier on the full vectors and on k components stored "
-                                "as float32/float16/int8; writes evaluation.json/.csv and plots under OUTPUT.",
-                    example="fruits-cloud evaluate --input s3://b/team/vectors/ --output s3://b/team/evaluation/")
+                    description="On labelled vectors: a held-out set (a separate one with --test, else a split that "
+                                "keeps each film's frames on one side), StandardScaler + PCA on the training part, "
+                                "kNN and a linear classifier on the full vectors and on k components stored as "
+                                "float32/float16/int8; writes evaluation.json/.csv and plots under OUTPUT. Warns when "
+                                "held-out rows have near-identical training rows (cosine >= 0.99).",
+                    example="fruits-cloud evaluate --input s3://b/team/vectors/ --output s3://b/team/evaluation/\n"
+                            "         fruits-cloud evaluate --input train.parquet --test test.parquet --output out/ev")
     v.add_argument("--input", action="append", required=True, help="vectors prefix; repeatable")
     v.add_argument("--output", required=True)
     v.add_argument("--ks", default="8,16,32,64,128,256,512", help="components to try (comma-separated)")
+    v.add_argument("--test", action="append", help="vectors of a separate held-out set (repeatable); instead of a split")
+    v.add_argument("--split", default="film", choices=("film", "image"),
+                   help="without --test: hold out whole films (folder, name and frame runs; default) or single images")
     v.add_argument("--test-fraction", type=float, default=0.25)
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--max-rows", type=int, default=200_000, help="rows the classifiers use (a sample beyond)")
@@ -210,9 +219,15 @@ def cmd_featurize(args) -> int:
 def cmd_publish(args) -> int:
     from cloud_pca.publish import publish
 
-    projection, index, written = publish(_spark(args, "publish"), _uri(args.run), _uri(args.root), k=args.k)
-    print(f"projection {projection.projection_id}: k={projection.k}, model {projection.model_sha256[:12]}..., "
-          f"{len(index.labels)} labels in the index")
+    if args.driver_read_mb < 0:
+        raise FruitsError(f"--driver-read-mb {args.driver_read_mb} must be at least 0")
+    projection, index, written = publish(_spark(args, "publish"), _uri(args.run), _uri(args.root), k=args.k,
+                                         driver_read_bytes=int(args.driver_read_mb * 2**20))
+    cal = index.calibration
+    print(f"projection {projection.projection_id}: k={projection.k}, model {projection.model_sha256[:12]}...; index "
+          f"{index.index_id}: {len(index.labels)} labels, {len(index.owner)} prototypes; calibrated on "
+          f"{cal['held_out']} rows held out by {cal['split']}: named right {cal['named_right']:.1%}, wrong "
+          f"{cal['wrong']:.1%}, unknown {cal['unknown']:.1%}, not sure {cal['not_sure']:.1%}")
     for uri in written:
         print(f"  {uri}")
     return 0
@@ -236,14 +251,18 @@ def cmd_evaluate(args) -> int:
     from cloud_pca.evaluate import check_options
 
     ks = parse_ks(args.ks)
-    check_options(ks=ks, test_fraction=args.test_fraction, max_rows=args.max_rows, max_bytes=args.max_bytes)
+    check_options(ks=ks, test_fraction=args.test_fraction, max_rows=args.max_rows, max_bytes=args.max_bytes,
+                  split=args.split)
     spark = _spark(args, "evaluate")
-    _say(args, "evaluate")("fitting PCA on the training split, then classifiers per form and dtype")
+    _say(args, "evaluate")("fitting PCA on the training part, then classifiers per form and dtype")
     ev = evaluate(spark, [_uri(u) for u in args.input], ks=ks, test_fraction=args.test_fraction, seed=args.seed,
-                  max_rows=args.max_rows, max_bytes=args.max_bytes)
+                  max_rows=args.max_rows, max_bytes=args.max_bytes, split=args.split,
+                  test_inputs=[_uri(u) for u in args.test] if args.test else None)
     write_evaluation(spark, ev, _uri(args.output))
-    print(f"{ev.n_train} training / {ev.n_test} held-out images, {ev.classes} classes; results in "
+    print(f"{ev.n_train} training / {ev.n_test} held-out images ({ev.split}), {ev.classes} classes; results in "
           f"{_uri(args.output).rstrip('/')}/")
+    if ev.warning:
+        print(f"Warning: {ev.warning}", file=sys.stderr)
     for clf, a in ev.answer.items():
         print(f"{clf}: {a['sentence']}")
     return 0

@@ -5,7 +5,7 @@ model fingerprints checked, duplicates found), :func:`fit_stage` (StandardScaler
 :func:`write_outputs`. Output, under ``OUTPUT/run=<run_id>/``::
 
     projections/            Parquet: image_id, label, client_id, source, pca (k floats), pca_model (the model's id),
-                            residual (|z|^2 - |y|^2: how far off the k-d subspace; publish calibrates with it)
+                            residual (|z|^2 - |y|^2: how far off the k-d subspace: rows the components describe badly)
     model/                  the fitted model: a Spark ML PipelineModel (StandardScalerModel + PCAModel), with
                             fruits-pca.npz (FruitsPCAModel.load) inside
     explained_variance.json / .csv   per component and cumulative, with the chosen k and why

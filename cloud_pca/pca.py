@@ -306,8 +306,8 @@ class FruitsPCAModel:
     def project(self, df, input_col: str = "features", output_col: str = "pca", model_col: str | None = None,
                 residual_col: str | None = None):
         """``df``'s other columns plus ``output_col`` (array<float> of k values), and when asked this model's id
-        (``model_col``) and each row's residual off the k-d subspace (``residual_col``: |z|^2 - |y|^2, what
-        publish calibrates "unknown" with): numpy per Arrow batch (``mapInArrow``), the same numbers as
+        (``model_col``) and each row's residual off the k-d subspace (``residual_col``: |z|^2 - |y|^2, large for rows
+        the components describe badly): numpy per Arrow batch (``mapInArrow``), the same numbers as
         :meth:`transform` (Spark ML's per-row pipeline) up to float32 rounding, several times faster."""
         import pyarrow as pa
         from pyspark.sql.types import ArrayType, DoubleType, FloatType, StringType, StructField, StructType

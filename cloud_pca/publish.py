@@ -1,6 +1,7 @@
 """Publish a PCA run for the devices: the projection artifact (mean, scale, first k components, model
-fingerprint) and a reference index (per-label centroids in that space) under ``ROOT/models/``, plus the pointer ``projection-latest-<model_sha256>.json`` a device reads. See
-:mod:`contract.projection`.
+fingerprint) and the reference index a device identifies with (prototypes per label and calibrated thresholds,
+:mod:`cloud_pca.identifier`) under ``ROOT/models/``, then the pointer ``projection-latest-<model_sha256>.json`` that
+names both. See :mod:`contract.projection`.
 
 A run is published only if its files agree: the marker, the summary, the saved model and the projections
 must name the same model, k and number of rows (a run killed half-way and re-run would otherwise mix two
@@ -13,9 +14,10 @@ from collections import Counter
 
 from contract.errors import FruitsError, one_line
 from contract.layout import index_key, latest_projection_key, projection_key
-from contract.projection import THRESHOLD_MARGIN, THRESHOLD_QUANTILE, Projection, ReferenceIndex
+from contract.projection import Projection, ReferenceIndex, pointer_bytes
 from contract.vectors import safe_inverse
 from cloud_pca.pca import FruitsPCAModel, PCAInputError
+from cloud_pca.scan import small_table
 from cloud_pca.spark import read_bytes, write_bytes
 
 
@@ -50,7 +52,7 @@ def check_run(spark, run_uri: str) -> tuple[dict, FruitsPCAModel]:
     if model.model_id_ != marker["pca_model"] or model.n_components_ != marker["k"]:
         raise PublishError(f"{run_uri}/model is model {model.model_id_} with k={model.n_components_}, the run's "
                            f"marker names {marker['pca_model']} with k={marker['k']}: re-run it with --overwrite")
-    small = _small_projections(spark, run_uri)
+    small = small_table(spark, f"{run_uri}/projections", ["pca_model"])
     if small is not None:
         found = dict(Counter(small.column("pca_model").to_pylist())) if small.num_rows else {}
     else:
@@ -67,50 +69,11 @@ def check_run(spark, run_uri: str) -> tuple[dict, FruitsPCAModel]:
     return summary, model
 
 
-def _small_projections(spark, run_uri: str):
-    """The run's projections as a pyarrow Table when they are one task's worth (read by the driver: a small run is
-    published without a Spark job, so the local stack's refresh never starts Spark's JVM), else None."""
-    from cloud_pca.scan import small_table
-
-    return small_table(spark, f"{run_uri.rstrip('/')}/projections", ["pca_model", "label", "pca", "residual"])
-
-
-def exact_quantile(values, q: float) -> float:
-    """The smallest value with at least ``q`` of the values at or below it: what Spark's ``percentile_approx`` gives
-    while its summary is exact (up to 1 / (2 x 1e-4) = 5,000 values; beyond, Spark's answer is within 1e-4 of the rank)."""
-    import numpy as np
-
-    return float(np.quantile(np.asarray(values, np.float64), q, method="inverted_cdf"))
-
-
-def _index_in_driver(table, run_uri: str, k: int, projection_id: str) -> ReferenceIndex:
-    """:func:`centroids` computed by the driver with numpy from a small run's projections (the same numbers)."""
-    import numpy as np
-
-    pca = table.column("pca").to_pylist()
-    labels_col = table.column("label").to_pylist() if "label" in table.column_names else [None] * table.num_rows
-    labelled = [i for i, lab in enumerate(labels_col) if lab is not None]
-    if not labelled:
-        raise PublishError(f"{run_uri}/projections has no labelled rows: nothing to identify with")
-    labels = sorted({labels_col[i] for i in labelled})
-    at = {lab: j for j, lab in enumerate(labels)}
-    p = np.array([pca[i][:k] for i in labelled], np.float64)
-    which = np.array([at[labels_col[i]] for i in labelled])
-    counts = np.bincount(which, minlength=len(labels)).astype(np.int64)
-    c = np.zeros((len(labels), k))
-    np.add.at(c, which, p)
-    c /= counts[:, None]
-    d = np.sqrt(((p - c[which]) ** 2).sum(axis=1))
-    thresholds = np.array([THRESHOLD_MARGIN * exact_quantile(d[which == j], THRESHOLD_QUANTILE)
-                           for j in range(len(labels))])
-    if "residual" in table.column_names:
-        beyond = np.array([sum(float(v) * float(v) for v in row[k:]) for row in pca])
-        resid = np.asarray(table.column("residual").to_numpy(zero_copy_only=False), np.float64) + beyond
-        resid = resid[~np.isnan(resid)]   # nulls, which Spark's percentile leaves out
-        residual = THRESHOLD_MARGIN * exact_quantile(resid, THRESHOLD_QUANTILE) if len(resid) else float("nan")
-    else:   # a run from before residuals: never "unknown" by residual
-        residual = float("inf")
-    return ReferenceIndex(labels, c, counts, projection_id, thresholds, residual)
+def _small_projections(spark, run_uri: str, limit: int | None = None):
+    """The run's projections as a pyarrow Table when they are one task's worth (``limit`` bytes; read by the driver: a
+    small run is published without a Spark job, so the local stack's refresh never starts Spark's JVM), else None."""
+    return small_table(spark, f"{run_uri.rstrip('/')}/projections", ["pca_model", "image_id", "label", "source", "pca"],
+                       limit=limit)
 
 
 def projection_from_run(spark, run_uri: str, k: int | None = None) -> Projection:
@@ -122,66 +85,45 @@ def projection_from_run(spark, run_uri: str, k: int | None = None) -> Projection
                       "", summary.get("run_id", ""))
 
 
-def centroids(spark, run_uri: str, k: int, projection_id: str) -> ReferenceIndex:
-    """Per-label centroids of the first k projected components and per-label distance thresholds
-    (``THRESHOLD_MARGIN`` x the 99th percentile of the label's own rows' distances to its centroid), both
-    aggregated in Spark: the driver receives a few numbers per label. A small run's (one task's worth of
-    projections) are computed by the driver (:func:`_index_in_driver`), with no Spark job."""
+def index_from_run(spark, run_uri: str, k: int, projection_id: str, *, driver_read_bytes: int | None = None
+                   ) -> ReferenceIndex:
+    """What devices identify with (:mod:`cloud_pca.identifier`), fitted on the run's labelled rows' first k
+    components: by the driver from a small run's projections (one task's worth), else in Spark."""
     import numpy as np
     from pyspark.sql import functions as F
 
-    small = _small_projections(spark, run_uri)
+    from cloud_pca import identifier
+
+    small = _small_projections(spark, run_uri, driver_read_bytes)
     if small is not None:
-        return _index_in_driver(small, run_uri, k, projection_id)
-    proj = (spark.read.parquet(f"{run_uri.rstrip('/')}/projections").filter(F.col("label").isNotNull())
-            .select("label", F.slice("pca", 1, k).alias("p")))
-    rows = (proj.select("label", F.posexplode("p").alias("pos", "v"))
-            .groupBy("label", "pos").agg(F.avg("v").alias("v"), F.count(F.lit(1)).alias("n")).collect())
-    if not rows:
-        raise PublishError(f"{run_uri}/projections has no labelled rows: nothing to identify with")
-    labels = sorted({r["label"] for r in rows})
-    at = {lab: i for i, lab in enumerate(labels)}
-    c = np.zeros((len(labels), k))
-    counts = np.zeros(len(labels), dtype=np.int64)
-    for r in rows:
-        c[at[r["label"]], r["pos"]] = r["v"]
-        counts[at[r["label"]]] = r["n"]
-    cents = spark.createDataFrame([(lab, c[i].tolist()) for i, lab in enumerate(labels)],
-                                  "label string, centroid array<double>")
-    sq = F.zip_with("p", "centroid", lambda a, b: (a - b) * (a - b))
-    dist = proj.join(F.broadcast(cents), "label").select(
-        "label", F.sqrt(F.aggregate(sq, F.lit(0.0), lambda acc, x: acc + x)).alias("d"))
-    q = {r["label"]: float(r["q"]) for r in
-         dist.groupBy("label").agg(F.percentile_approx("d", THRESHOLD_QUANTILE).alias("q")).collect()}
-    thresholds = np.array([THRESHOLD_MARGIN * q[lab] for lab in labels])
-    return ReferenceIndex(labels, c, counts, projection_id, thresholds, residual_threshold(spark, run_uri, k))
-
-
-def residual_threshold(spark, run_uri: str, k: int) -> float:
-    """``THRESHOLD_MARGIN`` x the 99th percentile of the run's rows' residuals off the first k components (the
-    run's residual plus the squares of the components beyond k)."""
-    from pyspark.sql import functions as F
-
+        labels = small.column("label").to_pylist() if "label" in small.column_names else []
+        rows = [i for i, lab in enumerate(labels) if lab is not None]
+        if not rows:
+            raise PublishError(f"{run_uri}/projections has no labelled rows: nothing to identify with")
+        pca, ids = small.column("pca").to_pylist(), small.column("image_id").to_pylist()
+        sources = small.column("source").to_pylist() if "source" in small.column_names else [None] * small.num_rows
+        return identifier.fit_arrays(np.array([pca[i][:k] for i in rows], np.float64), [labels[i] for i in rows],
+                                     [sources[i] for i in rows], [ids[i] for i in rows], projection_id)
     proj = spark.read.parquet(f"{run_uri.rstrip('/')}/projections")
-    if "residual" not in proj.columns:   # a run from before residuals: never "unknown" by residual
-        return float("inf")
-    beyond = F.aggregate(F.transform(F.slice("pca", k + 1, 1 << 20), lambda v: v * v), F.lit(0.0),
-                         lambda acc, x: acc + x)
-    q = proj.select((F.col("residual") + beyond).alias("r")).agg(
-        F.percentile_approx("r", THRESHOLD_QUANTILE).alias("q")).first()["q"]
-    return THRESHOLD_MARGIN * float(q)
+    if "source" not in proj.columns:
+        proj = proj.withColumn("source", F.lit(None).cast("string"))
+    try:
+        return identifier.fit(spark, proj, k, projection_id)
+    except ValueError as exc:
+        raise PublishError(f"{run_uri}/projections: {exc}") from None
 
 
-def publish(spark, run_uri: str, root_uri: str, k: int | None = None) -> tuple[Projection, ReferenceIndex, list[str]]:
-    """Write the projection, the index and the pointer under ``root_uri/models/``; returns them and the URIs."""
+def publish(spark, run_uri: str, root_uri: str, k: int | None = None, *, driver_read_bytes: int | None = None
+            ) -> tuple[Projection, ReferenceIndex, list[str]]:
+    """Write the projection, the index and the pointer under ``root_uri/models/``; returns them and the URIs.
+    Projections up to ``driver_read_bytes`` (default one task's worth) are read by the driver, larger ones in Spark."""
     projection = projection_from_run(spark, run_uri, k)
-    index = centroids(spark, run_uri, projection.k, projection.projection_id)
+    index = index_from_run(spark, run_uri, projection.k, projection.projection_id, driver_read_bytes=driver_read_bytes)
     root = root_uri.rstrip("/")
-    pid = projection.projection_id
     written = []
-    for key, data in ((projection_key("", pid), projection.to_bytes()), (index_key("", pid), index.to_bytes()),
-                      (latest_projection_key("", projection.model_sha256),
-                       json.dumps({"projection_id": pid, "k": projection.k, "run": projection.run}).encode())):
+    for key, data in ((projection_key("", projection.projection_id), projection.to_bytes()),
+                      (index_key("", index.index_id), index.to_bytes()),
+                      (latest_projection_key("", projection.model_sha256), pointer_bytes(projection, index))):
         write_bytes(spark, f"{root}/{key}", data)   # the pointer last: devices see a complete pair
         written.append(f"{root}/{key}")
     return projection, index, written

@@ -319,8 +319,8 @@ def published_for(spark, run_uri: str, summary: dict) -> dict | None:
     """The projection published from this run, if the run lies in a dataset root (``ROOT/pca/run=<id>``) whose
     pointer names a projection made from it: its id, k, labels and identify's calibration."""
     from contract.layout import index_key, latest_projection_key, projection_key
-    from contract.projection import Projection, ReferenceIndex
-    from cloud_pca.spark import path_exists, read_bytes
+    from contract.projection import Projection, ReferenceIndex, read_pointer
+    from cloud_pca.spark import read_bytes
 
     m = re.match(r"^(.*)/pca/run=[^/]+/?$", run_uri)
     sha = summary.get("model_sha256")
@@ -332,22 +332,19 @@ def published_for(spark, run_uri: str, summary: dict) -> dict | None:
         return None
     pid = pointer["projection_id"]
     try:
+        pid, iid = read_pointer(json.dumps(pointer).encode(), latest_projection_key("", sha))
         projection = Projection.from_bytes(read_bytes(spark, f"{root}/{projection_key('', pid)}"), projection_key("", pid))
-        index_uri = f"{root}/{index_key('', pid)}"
-        index = ReferenceIndex.from_bytes(read_bytes(spark, index_uri), index_key("", pid)) \
-            if path_exists(spark, index_uri) else None
+        index = ReferenceIndex.from_bytes(read_bytes(spark, f"{root}/{index_key('', iid)}"), index_key("", iid), iid)
     except Exception as exc:  # a damaged published file is reported, not fatal to the report
         return {"projection_id": pid, "error": one_line(exc)}
     if projection.run and projection.run != summary.get("run_id"):
         return {"projection_id": pid, "other_run": projection.run}
-    out = {"projection_id": pid, "k": projection.k, "run": projection.run}
-    if index is not None:
-        out["labels"] = [{"label": lab, "rows": int(n),
-                          "distance threshold": float(t) if index.thresholds is not None else None}
-                         for lab, n, t in zip(index.labels, index.counts,
-                                              index.thresholds if index.thresholds is not None else [None] * len(index.labels))]
-        out["residual_threshold"] = index.residual_threshold
-    return out
+    per_label = [int((index.owner == j).sum()) for j in range(len(index.labels))]
+    return {"projection_id": pid, "index_id": iid, "k": projection.k, "run": projection.run,
+            "unknown_distance": index.unknown_distance, "not_sure_ratio": index.not_sure_ratio,
+            "calibration": index.calibration, "bytes": len(projection.to_bytes()) + len(index.to_bytes()),
+            "labels": [{"label": lab, "rows": int(n), "prototypes": int(p)}
+                       for lab, n, p in zip(index.labels, index.counts, per_label)]}
 
 
 def contributions_tables(c: dict) -> list[tuple[str, list[dict]]]:
@@ -564,11 +561,20 @@ def _page(spark, run_uri: str, summary: dict, *, max_points: int, extra) -> Repo
             page.text(f"The projection in force ({published['projection_id']}) comes from run {published['other_run']}, "
                       f"not this one.", note=True)
         else:
+            cal = published["calibration"]
             page.text(f"Projection {published['projection_id']}: the first {published['k']} components of this run, "
-                      f"with a reference index of {len(published.get('labels', []))} labels. identify answers "
-                      f"'unknown' beyond a label's distance threshold or a residual of "
-                      f"{published.get('residual_threshold', float('inf')):.4g} off the projection.")
-            page.table(published.get("labels", []))
+                      f"and index {published['index_id']} of {len(published['labels'])} labels "
+                      f"({_number(published['bytes'])} bytes for a phone to download). A photo is named by its "
+                      f"nearest prototype (cosine, whitened space); 'unknown' beyond a distance of "
+                      f"{published['unknown_distance']:.4f}, 'not sure: A or B' when the runner-up is within a "
+                      f"ratio of {published['not_sure_ratio']:.4f}.")
+            page.text(f"Calibrated on {_number(cal.get('held_out'))} rows held out by {cal.get('split')} "
+                      f"({cal.get('folds')} folds; each identified by prototypes fitted without it) for a stated "
+                      f"false-refusal rate of {cal.get('refusal', 0):.0%}. On those rows: named right "
+                      f"{cal.get('named_right', 0):.1%}, wrong {cal.get('wrong', 0):.1%}, unknown "
+                      f"{cal.get('unknown', 0):.1%}, not sure {cal.get('not_sure', 0):.1%}; precision of named "
+                      f"answers {cal.get('precision', 0):.1%}.")
+            page.table(published["labels"])
 
     page.heading("Time and driver traffic")
     page.table([{"stage": k, "seconds": v} for k, v in (s.get("timings_s") or {}).items()])

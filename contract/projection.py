@@ -5,13 +5,15 @@ Artifacts (numpy ``.npz``, read with numpy alone, so the edge needs nothing more
 
     projection-<id>.npz           mean (d), scale (d: 1/std, 0 for constant columns), components (d x k),
                                   meta: model_sha256, model_name, k, run
-    projection-latest-<model_sha256>.json   {"projection_id": "<id>"}: the pointer a device reads (it may
-                                  only GET under models/, never list)
-    index-<id>.npz                labels (c), centroids (c x k) in the projection's space, counts (c), and per
-                                  label the distance beyond which a photo is not that label (thresholds, c)
+    projection-latest-<model_sha256>.json   the pointer a device reads (it may only GET under models/, never
+                                  list): which projection and index are in force
+    index-<id>.npz                what identifies a photo in the projection's space (:class:`ReferenceIndex`):
+                                  labels (c), prototypes (p x k, grouped by label), owner (p), whiten (k x k),
+                                  counts (c); meta: the projection id, the thresholds and their calibration
 
-``<id>`` is the first 16 hex characters of the sha256 of the projection's arrays and meta, so the same
-projection always has the same name. Projected vectors are contract rows whose ``features`` hold k values,
+``<id>`` is the first 16 hex characters of the sha256 of the artifact's arrays and meta, so the same
+projection (or index) always has the same name. The pointer names both: ``{"projection_id": ..., "index_id": ...,
+"k": ..., "run": ...}``. Projected vectors are contract rows whose ``features`` hold k values,
 plus a ``projection_id`` column, stored under
 ``PREFIX/projected/model=<sha>/projection=<id>/client=<id>/part-<content>.parquet``; the PCA job refuses to
 mix them with raw 1280-d vectors.
@@ -28,15 +30,16 @@ import numpy as np
 from contract.errors import ContractError
 
 
-def pack_arrays(meta: dict | None = None, **arrays) -> bytes:
-    """``arrays`` (and ``meta`` as JSON) as the bytes of one ``.npz`` file, readable with numpy alone.
+def pack_arrays(meta: dict | str | None = None, **arrays) -> bytes:
+    """``arrays`` (and ``meta`` as JSON, or JSON text as given) as the bytes of one ``.npz`` file, readable with
+    numpy alone.
 
     >>> unpack_arrays(pack_arrays({"k": 2}, x=np.arange(3)))["meta"]
     {'k': 2}
     """
     buf = io.BytesIO()
     if meta is not None:
-        arrays["meta"] = np.array(json.dumps(meta))
+        arrays["meta"] = np.array(meta if isinstance(meta, str) else json.dumps(meta))
     np.savez(buf, **arrays)
     return buf.getvalue()
 
@@ -94,13 +97,6 @@ class Projection:
         x = np.asarray(x, dtype=np.float64)
         return (((x - self.mean) * self.scale) @ self.components).astype(np.float32)
 
-    def residual(self, x: np.ndarray) -> np.ndarray | float:
-        """How far the standardized vector lies off the projection's k-d subspace: ``|z|^2 - |z C|^2``. A photo
-        of a fruit the PCA never saw has a large residual even when its projection lands near a centroid."""
-        z = (np.asarray(x, dtype=np.float64) - self.mean) * self.scale
-        y = z @ self.components
-        return np.clip((z * z).sum(axis=-1) - (y * y).sum(axis=-1), 0.0, None)
-
     def to_bytes(self) -> bytes:
         meta = {"model_sha256": self.model_sha256, "model_name": self.model_name, "k": self.k, "run": self.run,
                 "projection_id": self.projection_id, "format": 1}
@@ -142,70 +138,184 @@ class Projection:
 
 
 UNKNOWN = "unknown"
-THRESHOLD_QUANTILE = 0.99     # of the index rows' distances (per label) and residuals ...
-THRESHOLD_MARGIN = 1.5        # ... times this: beyond it, a photo is not that label (or no known fruit)
+NOT_SURE = "not sure"
+INDEX_FORMAT = 2
+
+
+def not_sure_answer(first: str, second: str) -> str:
+    """The answer when two labels are too close to tell apart: ``not sure: A or B``."""
+    return f"{NOT_SURE}: {first} or {second}"
+
+
+def unit_rows(a: np.ndarray) -> np.ndarray:
+    """Each row of ``a`` divided by its length (a zero row stays zero)."""
+    a = np.asarray(a, np.float64)
+    n = np.sqrt((a * a).sum(axis=-1, keepdims=True))
+    return np.divide(a, n, out=np.zeros_like(a), where=n > 0)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a device answers for one photo: ``answer`` is a label, :data:`UNKNOWN`, or ``not sure: A or B``;
+    ``ranked`` the labels nearest first as (label, score, distance). A label's score is 1 on one of its prototypes
+    and falls to 0 at the index's unknown distance."""
+
+    answer: str
+    label: str            # the nearest label (also when the answer is unknown or not sure)
+    runner_up: str        # the next label ("" with a one-label index)
+    score: float
+    ranked: tuple
+
+    @property
+    def named(self) -> bool:
+        return self.answer == self.label
 
 
 @dataclass
 class ReferenceIndex:
-    """Per-label centroids in the projection's space, with what a photo of a known fruit looks like,
-    calibrated on the index's own rows (``THRESHOLD_MARGIN`` x their 99th percentile): per label, the distance
-    to its centroid; for all, the residual off the projection's subspace (:meth:`Projection.residual`)."""
+    """What a device identifies with, published with the projection (``index-<id>.npz``, its own content id).
 
-    labels: list[str]
-    centroids: np.ndarray     # (c, k) in the projection's space
-    counts: np.ndarray        # (c,)
+    A photo's projected vector ``y`` (k values) is carried into the identification space ``u = unit(y @ whiten)``
+    (``whiten``: k x k, the labels' pooled within-label spread made round, so that every direction counts by how
+    much it separates labels, not by how much photos of one fruit vary along it). A label's distance is the cosine
+    distance ``1 - u . p`` to its nearest prototype ``p`` (a few unit vectors per label, chosen by the cloud job in
+    Spark from that label's rows). The answer is the nearest label, unless
+
+    - its distance is beyond ``unknown_distance``: :data:`UNKNOWN`;
+    - the nearest label's distance over the runner-up's is above ``not_sure_ratio``: ``not sure: A or B``.
+
+    Both thresholds are calibrated on rows held out of the fit (by film: see :mod:`cloud_pca.identifier`), for the
+    false-refusal rate ``calibration["refusal"]``; ``calibration`` records what they gave on those rows.
+    """
+
+    labels: list[str]             # (c,) sorted
+    prototypes: np.ndarray        # (p, k) unit vectors in the identification space
+    owner: np.ndarray             # (p,) the label (index into labels) of each prototype
+    whiten: np.ndarray            # (k, k)
+    counts: np.ndarray            # (c,) rows of each label the index was fitted on
     projection_id: str
-    thresholds: np.ndarray | None = None   # (c,) distances; None (an index from before thresholds): never "unknown"
-    residual_threshold: float = float("inf")
+    unknown_distance: float
+    not_sure_ratio: float
+    calibration: dict
+
+    @property
+    def k(self) -> int:
+        return int(self.whiten.shape[0])
+
+    def meta_json(self) -> str:
+        """The index's numbers that are not arrays, as the JSON text stored in the file (sorted keys, ASCII)."""
+        return json.dumps({"format": INDEX_FORMAT, "projection_id": self.projection_id, "labels": list(self.labels),
+                           "counts": [int(n) for n in self.counts], "unknown_distance": float(self.unknown_distance),
+                           "not_sure_ratio": float(self.not_sure_ratio), "calibration": self.calibration},
+                          sort_keys=True)
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {"prototypes": np.ascontiguousarray(self.prototypes, np.float32),
+                "owner": np.ascontiguousarray(self.owner, np.int32),
+                "whiten": np.ascontiguousarray(self.whiten, np.float32)}
+
+    @property
+    def index_id(self) -> str:
+        """16 hex characters naming the index's content (its key: ``index-<index_id>.npz``): SHA-256 of the bytes of
+        prototypes (float32), owner (int32) and whiten (float32), then the meta JSON text."""
+        h = hashlib.sha256()
+        for a in self._arrays().values():
+            h.update(a.tobytes())
+        h.update(self.meta_json().encode())
+        return h.hexdigest()[:16]
 
     def to_bytes(self) -> bytes:
-        thresholds = self.thresholds if self.thresholds is not None else np.full(len(self.labels), np.inf)
-        return pack_arrays(labels=np.array(self.labels), centroids=self.centroids.astype(np.float32),
-                           counts=self.counts.astype(np.int64), projection_id=np.array(self.projection_id),
-                           thresholds=np.asarray(thresholds, np.float64),
-                           residual_threshold=np.array(self.residual_threshold))
+        return pack_arrays(self.meta_json(), **self._arrays())
 
     @classmethod
-    def from_bytes(cls, data: bytes, origin: str = "<index>") -> "ReferenceIndex":
+    def from_bytes(cls, data: bytes, origin: str = "<index>", index_id: str | None = None) -> "ReferenceIndex":
+        """The index in ``data``, checked (shapes, finite numbers, thresholds in range) and, given ``index_id``
+        (the name it was fetched by), that its content is that index."""
         try:
             z = unpack_arrays(data)
-            thresholds = z["thresholds"].astype(np.float64) if "thresholds" in z else None
-            residual = float(z["residual_threshold"]) if "residual_threshold" in z else float("inf")
-            index = cls([str(v) for v in np.atleast_1d(z["labels"])], z["centroids"].astype(np.float64),
-                        np.atleast_1d(z["counts"]), str(z["projection_id"]), thresholds, residual)
-        except (ValueError, KeyError, TypeError) as exc:
+            meta = z["meta"]
+            if meta.get("format") != INDEX_FORMAT:
+                raise ContractError(f"{origin}: an index of format {meta.get('format', 1)}, not {INDEX_FORMAT} (made by "
+                                    f"an older publish); publish again")
+            index = cls([str(v) for v in meta["labels"]], z["prototypes"].astype(np.float64),
+                        np.atleast_1d(z["owner"]).astype(np.int64), z["whiten"].astype(np.float64),
+                        np.array(meta["counts"], np.int64), str(meta["projection_id"]),
+                        float(meta["unknown_distance"]), float(meta["not_sure_ratio"]), dict(meta["calibration"]))
+        except ContractError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ContractError(f"{origin}: not a reference index ({exc}); publish it again") from None
-        c = len(index.labels)
+        c, k = len(index.labels), index.k
         if c == 0:
             raise ContractError(f"{origin}: the index has no labels: nothing to identify with")
-        if index.centroids.ndim != 2 or index.centroids.shape[0] != c or index.counts.shape != (c,):
-            raise ContractError(f"{origin}: {c} labels but centroids {index.centroids.shape} and counts "
-                                f"{index.counts.shape}")
-        if thresholds is not None and (thresholds.shape != (c,) or np.isnan(thresholds).any()):
-            raise ContractError(f"{origin}: thresholds {thresholds.shape} do not give one number per label")
-        if not np.isfinite(index.centroids).all() or np.isnan(residual):
-            raise ContractError(f"{origin}: centroids or the residual threshold hold NaN or infinite values")
+        if len(set(index.labels)) != c:
+            raise ContractError(f"{origin}: a label appears twice")
+        if index.whiten.shape != (k, k) or index.prototypes.ndim != 2 or index.prototypes.shape[1] != k:
+            raise ContractError(f"{origin}: whiten {index.whiten.shape} and prototypes {index.prototypes.shape} do not "
+                                f"agree on k")
+        p = index.prototypes.shape[0]
+        if index.owner.shape != (p,) or index.counts.shape != (c,) or p == 0:
+            raise ContractError(f"{origin}: {p} prototypes, {index.owner.shape} owners, {c} labels and "
+                                f"{index.counts.shape} counts do not agree")
+        if index.owner[0] != 0 or index.owner[-1] != c - 1 or not np.isin(np.diff(index.owner), (0, 1)).all():
+            raise ContractError(f"{origin}: prototypes must be grouped by label, every label 0..{c - 1} in order")
+        for name, a in (("prototypes", index.prototypes), ("whiten", index.whiten),
+                        ("thresholds", np.array([index.unknown_distance, index.not_sure_ratio]))):
+            if not np.isfinite(a).all():
+                raise ContractError(f"{origin}: {name} hold NaN or infinite values; publish it again")
+        if not (0 <= index.unknown_distance <= 2 and index.not_sure_ratio >= 0):
+            raise ContractError(f"{origin}: thresholds out of range (unknown distance {index.unknown_distance} must "
+                                f"be in [0, 2], the not-sure ratio >= 0)")
+        if index_id is not None and index.index_id != index_id:
+            raise ContractError(f"{origin}: content does not match its index id {index_id}")
         return index
 
     def check_projection(self, projection: "Projection", origin: str = "the index") -> None:
         """This index belongs to ``projection``: the same id and the same k."""
         if self.projection_id != projection.projection_id:
             raise ContractError(f"{origin} belongs to projection {self.projection_id}, not {projection.projection_id}")
-        if self.centroids.shape[1] != projection.k:
-            raise ContractError(f"{origin} has centroids of k={self.centroids.shape[1]}, the projection k={projection.k}")
+        if self.k != projection.k:
+            raise ContractError(f"{origin} has k={self.k}, the projection k={projection.k}")
 
-    def rank(self, y: np.ndarray, top: int = 3, residual: float = 0.0) -> list[tuple[str, float, float]]:
-        """Labels nearest to the projected vector ``y``: (label, score, distance), nearest first. The score is 1
-        at a label's centroid and falls to 0 at its threshold. When the nearest label is beyond its
-        threshold, or the photo's ``residual`` beyond the index's, the answer starts with :data:`UNKNOWN`
-        (score 0, and the nearest distance)."""
-        d = np.sqrt(((self.centroids - np.asarray(y, np.float64)[None, :]) ** 2).sum(axis=1))
-        t = self.thresholds if self.thresholds is not None else np.full(len(d), np.inf)
-        order = np.argsort(d, kind="stable")[:top]
-        out = [(self.labels[i], float(max(0.0, 1.0 - d[i] / t[i])) if np.isfinite(t[i]) and t[i] > 0 else 1.0,
-                float(d[i])) for i in order]
-        nearest = order[0]
-        if d[nearest] > t[nearest] or residual > self.residual_threshold:
-            out.insert(0, (UNKNOWN, 0.0, float(d[nearest])))
-        return out[:top]
+    def distances(self, y: np.ndarray) -> np.ndarray:
+        """(n, c) (or (c,) for one vector): each label's cosine distance to the nearest of its prototypes, in the
+        identification space. A vector with no direction there (all zero) is at distance 1 from everything."""
+        u = unit_rows(np.atleast_2d(np.asarray(y, np.float64)) @ self.whiten)
+        starts = np.searchsorted(self.owner, np.arange(len(self.labels)))   # prototypes are grouped by label
+        d = 1.0 - np.maximum.reduceat(u @ self.prototypes.T, starts, axis=1)
+        return d[0] if np.ndim(y) == 1 else d
+
+    def answer(self, y: np.ndarray, top: int = 3) -> Answer:
+        """The answer for one projected vector (see the class): the page's ``answerVector`` is this, line for line."""
+        d = self.distances(np.asarray(y, np.float64).reshape(-1))
+        order = np.argsort(d, kind="stable")
+        first = int(order[0])
+        second = int(order[1]) if len(order) > 1 else -1
+        t = self.unknown_distance
+        ranked = tuple((self.labels[i], float(max(0.0, 1.0 - d[i] / t)) if t > 0 else float(d[i] <= 0),
+                        float(d[i])) for i in order[:max(1, top)])
+        if d[first] > t:
+            text = UNKNOWN
+        elif second >= 0 and d[second] > 0 and d[first] / d[second] > self.not_sure_ratio:
+            text = not_sure_answer(self.labels[first], self.labels[second])
+        else:
+            text = self.labels[first]
+        return Answer(text, self.labels[first], self.labels[second] if second >= 0 else "", ranked[0][1], ranked)
+
+
+def pointer_bytes(projection: Projection, index: ReferenceIndex) -> bytes:
+    """``projection-latest-<sha>.json``: the projection and the index in force for the projection's model."""
+    return json.dumps({"projection_id": projection.projection_id, "index_id": index.index_id, "k": projection.k,
+                       "run": projection.run}).encode()
+
+
+def read_pointer(data: bytes, origin: str = "<pointer>") -> tuple[str, str]:
+    """(projection id, index id) named by a pointer; anything else is one ContractError naming ``origin``."""
+    from contract.layout import check_projection_id
+
+    try:
+        pointer = json.loads(data)
+        return check_projection_id(pointer["projection_id"]), check_projection_id(pointer["index_id"])
+    except (ValueError, KeyError, TypeError, ContractError):
+        raise ContractError(f"{origin}: not a projection pointer (a JSON object naming a 16-hex projection_id and "
+                            f"index_id); publish again") from None
