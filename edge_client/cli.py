@@ -81,19 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-id", default=None)
     _add_s3_options(p)
 
-    p = add_command(sub, "identify", help="the most likely fruit in a photo, from the published reference index",
-                    description="Vectorize one photo, project it with the published projection and rank the labels "
-                                "of the reference index (per-class centroids); 'unknown' beyond every label's "
-                                "distance threshold.",
+    p = add_command(sub, "identify", help="name the fruit in photos, from the published projection and index",
+                    description="Vectorize photos, project them with the published projection and answer with the "
+                                "published index: a label, 'unknown' (no fruit it knows), or 'not sure: A or B'. "
+                                "One line per photo (path, answer, score, runner-up); when the photos' folders "
+                                "name their fruits, how right the answers were.",
                     example="fruits-edge identify apple.jpg --from s3://fruits-data/team-a\n"
+                            "         fruits-edge identify Test/ --from out/published --csv answers.csv\n"
                             "         fruits-edge identify apple.jpg --projection p.npz --index i.npz")
-    p.add_argument("photo", type=Path)
-    p.add_argument("--from", dest="source", help="s3://BUCKET[/PREFIX] where the projection and index are published")
+    p.add_argument("photos", nargs="+", help="photo files or folders (recursive)")
+    p.add_argument("--from", dest="source", help="where publish wrote: s3://BUCKET[/PREFIX] or a local folder (ROOT)")
     p.add_argument("--projection", type=Path, help="a local projection-<id>.npz (instead of --from)")
     p.add_argument("--index", type=Path, help="a local index-<id>.npz (instead of --from)")
-    p.add_argument("--top", type=int, default=3)
+    p.add_argument("--csv", type=Path, help="also write the answers here (path, answer, label, score, runner_up, ...)")
+    p.add_argument("--top", type=int, default=3, help="labels shown per photo (default 3)")
+    p.add_argument("--threads", type=int, default=None, help="parallel workers (default: cores + 2)")
     p.add_argument("--model", type=Path, help="the .tflite (default: the committed fp32 model)")
-    p.add_argument("--endpoint-url")
+    p.add_argument("--endpoint-url", default=os.environ.get("FRUITS_S3_ENDPOINT"))
     p.add_argument("--profile")
     p.add_argument("--identity-pool")
     p.add_argument("--region")
@@ -216,22 +220,44 @@ def cmd_upload_raw(args) -> int:
 
 
 def cmd_identify(args) -> int:
-    from edge_client.project import fetch_index, fetch_projection, identify, load_local
+    from edge_client.project import Published, figures_text, identify_photos, load_local, write_answers
     from featurizer.runtime import Model
 
+    if args.top < 1:
+        raise UserError(f"--top {args.top} must be at least 1")
+    if args.csv and args.csv.exists() and args.csv.is_dir():
+        raise UserError(f"--csv {args.csv} is a folder")
     model = Model(_model(args), threads=1)
-    if args.source:
+    if args.source and args.source.startswith("s3://"):
         dest = _destination(args, args.source)
-        projection = fetch_projection(dest.client, dest.bucket, dest.root, model.sha256, endpoint_url=args.endpoint_url)
-        index = fetch_index(dest.client, dest.bucket, dest.root, projection.projection_id,
-                            endpoint_url=args.endpoint_url)
+        published = Published(args.source, client=dest.client, endpoint_url=args.endpoint_url)
+        projection, index = published.identifier(model.sha256)
+    elif args.source:
+        projection, index = Published(args.source).identifier(model.sha256)
     elif args.projection and args.index:
         projection, index = load_local(args.projection, "projection"), load_local(args.index, "index")
     else:
-        raise UserError("give --from s3://BUCKET/PREFIX, or both --projection and --index")
-    for label, score, distance in identify(args.photo, model, projection, index, top=args.top):
-        print(f"{score:6.3f}  {label}  (distance {distance:.1f})")
-    return 0
+        raise UserError("give --from s3://BUCKET/PREFIX (or the local folder publish wrote), or both --projection "
+                        "and --index")
+    summary = Summary()
+    photos = find_photos(args.photos, summary=summary)
+    if not photos:
+        raise UserError(f"no photos found in {', '.join(args.photos)}")
+    answers = identify_photos(photos, model, projection, index, threads=args.threads, progress=not args.quiet,
+                              top=args.top)
+    for a in answers:
+        if a.answer is None:
+            print(f"{a.path}: not read ({a.reason})")
+            continue
+        print(f"{a.path}: {a.answer.answer}  (score {a.answer.score:.2f}; nearest: " + ", ".join(
+            f"{lab} {d:.3f}" for lab, _, d in a.answer.ranked) + ")")
+    if args.csv:
+        write_answers(answers, args.csv)
+    report = figures_text([(a.truth, a.answer.answer) for a in answers if a.answer is not None and a.truth],
+                          set(index.labels))
+    if report:
+        print(report)
+    return EXIT_REJECTS if summary.rejects or any(a.answer is None for a in answers) else 0
 
 
 COMMANDS = {"vectorize": cmd_vectorize, "upload": cmd_upload, "sync": cmd_sync, "upload-raw": cmd_upload_raw,

@@ -6,64 +6,88 @@ Everything here uses numpy and pyarrow only (no Spark, no TensorFlow), and reads
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from contract import ContractError, read_vectors
-from contract.layout import check_projection_id, index_key, latest_projection_key, projection_key
-from contract.projection import Projection, ReferenceIndex
+from contract.layout import index_key, latest_projection_key, projection_key
+from contract.projection import NOT_SURE, UNKNOWN, Answer, Projection, ReferenceIndex, read_pointer
 from contract.vectors import PROJECTION_COLUMN, features_array, features_matrix, file_metadata, parquet_options
 from edge_client.vectorize import UserError
 
 
-def _get(client, bucket: str, key: str, what: str, endpoint_url: str | None) -> bytes:
-    from botocore.exceptions import BotoCoreError, ClientError
+class Published:
+    """Where ``publish`` wrote the projection and index: an S3 root (``GetObject`` only) or a local folder holding
+    the same keys (``ROOT/models/...``)."""
 
-    from edge_client.upload import explain
+    def __init__(self, root: str, *, client=None, endpoint_url: str | None = None):
+        self.client, self.endpoint_url = client, endpoint_url
+        if root.startswith("s3://"):
+            from edge_client.upload import parse_s3_uri
 
-    try:
-        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("NoSuchKey", "404"):
-            raise UserError(f"no {what} at s3://{bucket}/{key}") from None
-        raise UserError(explain(exc, bucket, endpoint_url)) from None
-    except BotoCoreError as exc:
-        raise UserError(explain(exc, bucket, endpoint_url)) from None
+            self.bucket, self.root = parse_s3_uri(root)
+            self.where = lambda key: f"s3://{self.bucket}/{key}"
+        else:
+            folder = Path(root)
+            if not folder.is_dir():
+                raise UserError(f"--from {root}: not an s3:// root nor a folder")
+            self.bucket, self.root, self.folder = None, "", folder
+            self.where = lambda key: str(folder / key)
 
+    def get(self, key: str, what: str) -> bytes:
+        if self.bucket is None:
+            try:
+                return (self.folder / key).read_bytes()
+            except FileNotFoundError:
+                raise UserError(f"no {what} at {self.where(key)}") from None
+            except OSError as exc:
+                raise UserError(f"{self.where(key)}: cannot read ({exc.strerror or exc})") from None
+        from botocore.exceptions import BotoCoreError, ClientError
 
-def fetch_projection(client, bucket: str, root: str, model_sha256: str, *,
-                     endpoint_url: str | None = None) -> Projection:
-    """The projection published for ``model_sha256`` (via its pointer), checked against that fingerprint."""
-    import json
+        from edge_client.upload import explain
 
-    pointer = _get(client, bucket, latest_projection_key(root, model_sha256),
-                   f"projection published for model {model_sha256[:12]}... (run `fruits-cloud publish`)",
-                   endpoint_url)
-    try:
-        pid = json.loads(pointer)["projection_id"]
-        check_projection_id(pid)
-    except (ValueError, KeyError, TypeError, ContractError):
-        raise UserError(f"s3://{bucket}/{latest_projection_key(root, model_sha256)}: not a projection pointer "
-                        f"(a JSON object with a 16-hex projection_id); publish again") from None
-    key = projection_key(root, pid)
-    try:
-        projection = Projection.from_bytes(_get(client, bucket, key, "projection", endpoint_url), f"s3://{bucket}/{key}")
-        projection.check_model(model_sha256, f"s3://{bucket}/{key}")
-    except ContractError as exc:
-        raise UserError(str(exc)) from None
-    return projection
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404"):
+                raise UserError(f"no {what} at {self.where(key)}") from None
+            raise UserError(explain(exc, self.bucket, self.endpoint_url)) from None
+        except BotoCoreError as exc:
+            raise UserError(explain(exc, self.bucket, self.endpoint_url)) from None
 
+    def pointer(self, model_sha256: str) -> tuple[str, str]:
+        key = latest_projection_key(self.root, model_sha256)
+        data = self.get(key, f"projection published for model {model_sha256[:12]}... (run `fruits-cloud publish`)")
+        try:
+            return read_pointer(data, self.where(key))
+        except ContractError as exc:
+            raise UserError(str(exc)) from None
 
-def fetch_index(client, bucket: str, root: str, projection_id: str, *,
-                endpoint_url: str | None = None) -> ReferenceIndex:
-    key = index_key(root, projection_id)
-    try:
-        return ReferenceIndex.from_bytes(_get(client, bucket, key, "reference index", endpoint_url),
-                                         f"s3://{bucket}/{key}")
-    except ContractError as exc:
-        raise UserError(str(exc)) from None
+    def projection(self, model_sha256: str, projection_id: str | None = None) -> Projection:
+        """The projection in force for ``model_sha256`` (or the one named), checked against that fingerprint."""
+        pid = projection_id or self.pointer(model_sha256)[0]
+        key = projection_key(self.root, pid)
+        try:
+            projection = Projection.from_bytes(self.get(key, "projection"), self.where(key))
+            projection.check_model(model_sha256, self.where(key))
+        except ContractError as exc:
+            raise UserError(str(exc)) from None
+        return projection
+
+    def identifier(self, model_sha256: str) -> tuple[Projection, ReferenceIndex]:
+        """The projection and index the pointer names, checked against each other and the model."""
+        pid, iid = self.pointer(model_sha256)
+        projection = self.projection(model_sha256, pid)
+        key = index_key(self.root, iid)
+        try:
+            index = ReferenceIndex.from_bytes(self.get(key, "reference index"), self.where(key), iid)
+            index.check_projection(projection, self.where(key))
+        except ContractError as exc:
+            raise UserError(str(exc)) from None
+        return projection, index
 
 
 def load_local(path: str | os.PathLike, kind: str):
@@ -97,17 +121,19 @@ def project_file(vectors: str | os.PathLike, projection: Projection, out: str | 
     return table.num_rows
 
 
-def identify(photo: str | os.PathLike, model, projection: Projection, index: ReferenceIndex,
-             top: int = 3) -> list[tuple[str, float, float]]:
-    """The most likely labels of one photo: (label, score, distance), best first; "unknown" first when the
-    photo is beyond every label's distance threshold (see :meth:`ReferenceIndex.rank`)."""
+def identify_features(features: np.ndarray, projection: Projection, index: ReferenceIndex, top: int = 3) -> Answer:
+    """The answer for one photo's 1280-d vector (what the page's ``identifyVector`` does, line for line)."""
+    if not np.isfinite(features).all():
+        raise UserError("the model gave NaN or infinite features; check the .tflite against its card")
+    return index.answer(projection.project(features), top=top)
+
+
+def identify(photo: str | os.PathLike, model, projection: Projection, index: ReferenceIndex, top: int = 3) -> Answer:
+    """The answer for one photo: a label, "unknown", or "not sure: A or B" (see :meth:`ReferenceIndex.answer`)."""
     from featurizer.preprocess import ImageRejected, preprocess
 
     try:
         projection.check_model(model.sha256, f"projection {projection.projection_id}")
-    except ContractError as exc:
-        raise UserError(str(exc)) from None
-    try:
         index.check_projection(projection)
     except ContractError as exc:
         raise UserError(str(exc)) from None
@@ -119,7 +145,136 @@ def identify(photo: str | os.PathLike, model, projection: Projection, index: Ref
         x, _, _ = preprocess(data, model.input_size)
     except ImageRejected as exc:
         raise UserError(f"{photo}: {exc}") from None
-    features = model.features(x)
-    if not np.isfinite(features).all():
-        raise UserError(f"{photo}: the model gave NaN or infinite features; check the .tflite against its card")
-    return index.rank(projection.project(features), top=top, residual=float(projection.residual(features)))
+    return identify_features(model.features(x), projection, index, top)
+
+
+@dataclass
+class PhotoAnswer:
+    """One photo's answer (None when it could not be read: ``reason`` says why) and its folder's label."""
+
+    path: str
+    truth: str | None
+    answer: Answer | None
+    reason: str = ""
+
+
+def identify_photos(photos: list, model, projection: Projection, index: ReferenceIndex, *, threads: int | None = None,
+                    progress: bool = False, top: int = 3) -> list[PhotoAnswer]:
+    """Each photo vectorized (in parallel, as ``fruits-edge vectorize`` does) and answered, in the given order."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from edge_client.vectorize import printable, vectorize
+    from featurizer.preprocess import image_id
+
+    try:
+        projection.check_model(model.sha256, f"projection {projection.projection_id}")
+        index.check_projection(projection)
+    except ContractError as exc:
+        raise UserError(str(exc)) from None
+    with tempfile.TemporaryDirectory(prefix="fruits-identify-") as tmp:
+        summary = vectorize(photos, Path(tmp) / "v.parquet", model_path=model.path, threads=threads,
+                            client_id="identify", progress=progress, rejects_path=Path(tmp) / "rejects.csv")
+        table = pq.read_table(Path(tmp) / "v.parquet", columns=["image_id", "source", "features"]) if summary.ok \
+            else None
+    by_source, by_id = {}, {}
+    if table is not None:
+        feats = features_matrix(table.column("features"), projection.mean.shape[0])
+        for i, (iid, src) in enumerate(zip(table.column("image_id").to_pylist(), table.column("source").to_pylist())):
+            by_source[src] = by_id[iid] = feats[i]
+    reasons = dict(summary.rejects)
+    out = []
+    for photo in photos:
+        x = by_source.get(photo.source)
+        if x is None and photo.source not in reasons:     # a copy of another photo: vectorized once
+            try:
+                x = by_id.get(image_id(photo.path.read_bytes()))
+            except OSError:
+                x = None
+        path = printable(photo.path)
+        if x is None:
+            out.append(PhotoAnswer(path, photo.label, None, reasons.get(photo.source, "not read")))
+        else:
+            out.append(PhotoAnswer(path, photo.label, identify_features(x, projection, index, top)))
+    return out
+
+
+def write_answers(answers: list[PhotoAnswer], path: str | os.PathLike) -> None:
+    """The answers as CSV: path, answer (a label, "unknown" or "not sure: A or B"), the nearest label, score,
+    runner-up, the folder's label and, for a photo not read, why."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "answer", "label", "score", "runner_up", "folder_label", "not_read"])
+        for a in answers:
+            if a.answer is None:
+                w.writerow([a.path, "", "", "", "", a.truth or "", a.reason])
+            else:
+                w.writerow([a.path, a.answer.answer, a.answer.label, f"{a.answer.score:.4f}", a.answer.runner_up,
+                            a.truth or "", ""])
+
+
+def never_sent(labels, n: int, seed: int = 0) -> list[str]:
+    """``n`` of ``labels`` to withhold from a fit as never sent, chosen by ``seed`` (the bench's and the demo's rule,
+    so both withhold the same fruits: on the project's 21 real fruits, n=3 gives Grapefruit Pink, Peach, Walnut)."""
+    fruits = sorted(set(labels))
+    if n <= 0:
+        return []
+    return sorted(str(f) for f in np.random.RandomState(seed).choice(fruits, size=min(n, max(0, len(fruits) - 2)),
+                                                                     replace=False))
+
+
+def species(label: str) -> str:
+    """A label's species: its first word (Fruits-360's varieties: "Apple Red 2" -> "Apple")."""
+    return label.split()[0] if label.split() else label
+
+
+def figures(rows: list[tuple[str, str]], known: set[str]) -> dict:
+    """How right the answers are, from (true label, answer) pairs: on photos of known labels, the shares named
+    right, given a wrong name, "unknown" and "not sure", and the precision of named answers; on photos of labels
+    the index does not hold ("never sent"), the share answered "unknown" or "not sure"; and the same at the species
+    level (a variety's name is right if its species is)."""
+    def share(n, d):
+        return round(n / d, 4) if d else None
+
+    out = {}
+    for level, norm in (("label", lambda x: x), ("species", species)):
+        held = {norm(x) for x in known}
+        seen = [(norm(t), a) for t, a in rows if t in known] if level == "label" else \
+            [(norm(t), a) for t, a in rows if norm(t) in held]
+        unseen = [(norm(t), a) for t, a in rows if t not in known] if level == "label" else \
+            [(norm(t), a) for t, a in rows if norm(t) not in held]
+        kinds = [_kind(a) for _, a in seen]
+        right = sum(k == "named" and norm(a) == t for (t, a), k in zip(seen, kinds))
+        named = kinds.count("named")
+        out[level] = {
+            "known_photos": len(seen), "named_right": share(right, len(seen)),
+            "wrong": share(named - right, len(seen)), "unknown": share(kinds.count(UNKNOWN), len(seen)),
+            "not_sure": share(kinds.count(NOT_SURE), len(seen)), "precision": share(right, named),
+            "never_sent_photos": len(unseen),
+            "never_sent_refused": share(sum(_kind(a) != "named" for _, a in unseen), len(unseen)),
+            "never_sent_unknown": share(sum(_kind(a) == UNKNOWN for _, a in unseen), len(unseen))}
+    return out
+
+
+def figures_text(rows: list[tuple[str, str]], known: set[str]) -> str:
+    """:func:`figures` as a few lines (empty without rows)."""
+    if not rows:
+        return ""
+    lines = []
+    for level, f in figures(rows, known).items():
+        level = "labels" if level == "label" else level
+        if f["known_photos"]:
+            lines.append(f"known {level} ({f['known_photos']} photos): named right {f['named_right']:.1%}, wrong "
+                         f"{f['wrong']:.1%}, unknown {f['unknown']:.1%}, not sure {f['not_sure']:.1%}; precision of "
+                         f"named answers " + (f"{f['precision']:.1%}" if f["precision"] is not None else "-"))
+        if f["never_sent_photos"]:
+            lines.append(f"never-sent {level} ({f['never_sent_photos']} photos): answered unknown or not sure "
+                         f"{f['never_sent_refused']:.1%} (unknown {f['never_sent_unknown']:.1%})")
+    return "\n".join(lines)
+
+
+def _kind(answer: str) -> str:
+    return UNKNOWN if answer == UNKNOWN else NOT_SURE if answer.startswith(NOT_SURE + ": ") else "named"

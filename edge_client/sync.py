@@ -50,9 +50,9 @@ def sync(photos_in: list[str], client, bucket: str, root: str, *, manifest: Mani
         raise UserError(f"no photos found in {', '.join(map(str, photos_in))}")
     projection = None
     if project:
-        from edge_client.project import fetch_projection
+        from edge_client.project import Published
 
-        projection = fetch_projection(client, bucket, root, model.sha256, endpoint_url=endpoint_url)
+        projection = Published(f"s3://{bucket}/{root}", client=client, endpoint_url=endpoint_url).projection(model.sha256)
         say(f"projection {projection.projection_id}: {projection.k} components (run {projection.run})")
     kind = f"projected:{projection.projection_id}" if projection else "vectors"
     known = set() if recheck else manifest.uploaded_ids(bucket, root, kind, model.sha256)
