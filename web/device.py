@@ -555,6 +555,18 @@ class Phone:
         info.value.save_as(out)
         return out
 
+    def identify_vectors(self, projection: bytes, index: bytes, index_id: str, vectors) -> tuple[list[dict], float]:
+        """The page's answers for ``vectors`` (n x 1280) with the given published files (``fruits.debug``): a list of
+        {answer, label, runnerUp, score, distances} and the page's identify time per vector (ms)."""
+        import numpy as np
+
+        v = np.ascontiguousarray(vectors, "<f4")
+        b64 = lambda b: base64.b64encode(b).decode()   # noqa: E731
+        got = self.evaluate("(a) => fruits.debug.identifyVectors(a)", {
+            "projection": b64(projection), "index": b64(index), "indexId": index_id, "vectors": b64(v.tobytes()),
+            "dim": int(v.shape[1])})
+        return got["answers"], float(got["msPerPhoto"])
+
     def pending(self) -> int:
         return int(self.evaluate("async () => fruits.queue ? await fruits.queue.pending() : 0"))
 

@@ -5,7 +5,7 @@
 import {Bucket, explain} from './bucket.js';
 import {loadConfig} from './config.js';
 import {loadContract, uploadDay} from './contract.js';
-import {identifyVector, UNKNOWN} from './identify.js';
+import {identifyVector, Projection, ReferenceIndex, UNKNOWN} from './identify.js';
 import {DeviceIdentity} from './identity.js';
 import {loadParquet, readVectors, writeVectors} from './parquet.js';
 import {WorkerPool} from './pool.js';
@@ -329,6 +329,21 @@ app.debug = {
   hasWebCrypto: HAS_WEBCRYPTO, UNKNOWN, sha256Hex,
   preprocess: (bytes, options = {}) => app.pool.call(app.pool.workers[0], {type: 'preprocess', bytes, options}, [bytes]),
   heapBytes: () => app.pool.heapBytes(),
+  // The page's identification on given vectors (base64 float32, n x dim) with given published files (base64):
+  // what tests compare with `fruits-edge identify`, and the identify time per photo after its vector.
+  identifyVectors: async ({projection, index, indexId, vectors, dim}) => {
+    const bytes = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const p = await Projection.fromBytes(bytes(projection), {featureDim: dim, origin: 'projection'});
+    const i = await ReferenceIndex.fromBytes(bytes(index), {projection: p, origin: 'index', indexId});
+    const v = new Float32Array(bytes(vectors).buffer);
+    const n = v.length / dim;
+    const out = [];
+    const t0 = performance.now();
+    for (let r = 0; r < n; r++) out.push(identifyVector(v.subarray(r * dim, (r + 1) * dim), p, i));
+    const ms = (performance.now() - t0) / Math.max(1, n);
+    return {msPerPhoto: ms, answers: out.map((a) => ({answer: a.answer, label: a.label, runnerUp: a.runnerUp,
+                                                      score: a.score, distances: a.ranked.map((r) => r.distance)}))};
+  },
   keys: async (root, sha, client, ids, pid, day) => ({
     vectors: await app.contract.vectorsObjectKey(root, sha, client, ids, day),
     latest: app.contract.latestProjectionKey(root, sha), projection: app.contract.projectionKey(root, pid),

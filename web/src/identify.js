@@ -1,8 +1,9 @@
 // Identification on the phone, as `fruits-edge identify` does it (contract/projection.py): project the
-// vector with the published projection (standardize, then the first k components), rank the labels by
-// distance to their centroids in the reference index, and answer "unknown" when the photo is beyond the
-// nearest label's threshold or lies too far off the projection's subspace (its residual).
-// Arithmetic in float64 as numpy does; the projection is rounded to float32 where Python rounds it.
+// vector with the published projection (standardize, then the first k components), carry it into the index's
+// identification space (whiten, then unit length), take each label's cosine distance to its nearest prototype,
+// and answer with the nearest label, "unknown" beyond the index's unknown distance, or "not sure: A or B" when
+// the runner-up is too close. Arithmetic in float64 as numpy does; the projection is rounded to float32 where
+// Python rounds it.
 
 import {loadNpz} from './npz.js';
 import {sha256Hex} from './sha256.js';
@@ -83,80 +84,123 @@ export class Projection {
 
   /** Projection.project: k float32 values. */
   project(x) { return Float32Array.from(this.standardize(x).y); }
-
-  /** Projection.residual: |z|^2 - |zC|^2, at least 0. */
-  residual(x) {
-    const {z, y} = this.standardize(x);
-    let zz = 0, yy = 0;
-    for (const v of z) zz += v * v;
-    for (const v of y) yy += v * v;
-    return Math.max(0, zz - yy);
-  }
 }
 
+export const NOT_SURE = 'not sure';
+const INDEX_FORMAT = 2;
+
+/** The answer when two labels are too close to tell apart (contract/projection.py not_sure_answer). */
+export function notSureAnswer(first, second) { return `${NOT_SURE}: ${first} or ${second}`; }
+
 export class ReferenceIndex {
-  static async fromBytes(bytes, {projection, origin}) {
+  /** index-<id>.npz (ReferenceIndex.from_bytes): checked, and its content must be the index `indexId` names. */
+  static async fromBytes(bytes, {projection, origin, indexId}) {
     let z;
     try { z = await loadNpz(bytes); } catch (err) { throw new PublishedError(`${origin}: not a reference index (${err.message})`); }
     try {
-      const {labels, centroids, counts} = z;
-      if (!labels || !centroids || !counts) throw new PublishedError('labels, centroids or counts is missing');
-      const c = labels.shape[0] ?? 0;
-      if (c < 1) throw new PublishedError('it has no labels');
-      if (centroids.shape.length !== 2 || centroids.shape[0] !== c || counts.shape[0] !== c) {
-        throw new PublishedError(`${c} labels but centroids (${centroids.shape}) and counts (${counts.shape})`);
+      const metaText = scalar(z.meta, 'meta');
+      const meta = JSON.parse(metaText);
+      if (meta.format !== INDEX_FORMAT) {
+        throw new PublishedError(`an index of format ${meta.format ?? 1}, not ${INDEX_FORMAT} (made by an older publish); publish again`);
       }
-      const k = centroids.shape[1];
-      if (projection && k !== projection.k) throw new PublishedError(`its centroids have k=${k}, the projection k=${projection.k}`);
-      finite(centroids.data, 'centroids');
-      const pid = scalar(z.projection_id, 'projection_id');
-      if (projection && pid !== projection.projectionId) {
-        throw new PublishedError(`it belongs to projection ${pid}, not ${projection.projectionId}`);
+      const {prototypes, owner, whiten} = z;
+      if (!prototypes || !owner || !whiten || prototypes.dtype !== '<f4' || whiten.dtype !== '<f4' || owner.dtype !== '<i4') {
+        throw new PublishedError('prototypes and whiten must be float32 arrays, owner int32');
       }
-      const thresholds = z.thresholds ? Float64Array.from(z.thresholds.data) : new Float64Array(c).fill(Infinity);
-      if (thresholds.length !== c || thresholds.some((t) => Number.isNaN(t))) throw new PublishedError('bad thresholds');
-      const residual = z.residual_threshold ? Number(scalar(z.residual_threshold, 'residual_threshold')) : Infinity;
-      if (Number.isNaN(residual)) throw new PublishedError('bad residual_threshold');
-      return new ReferenceIndex(labels.data, Float64Array.from(centroids.data), k, thresholds, residual, pid,
-                                Array.from(counts.data, Number));
+      const labels = meta.labels;
+      if (!Array.isArray(labels) || !labels.length || labels.some((l) => typeof l !== 'string')) {
+        throw new PublishedError('it has no labels');
+      }
+      if (new Set(labels).size !== labels.length) throw new PublishedError('a label appears twice');
+      const c = labels.length;
+      const k = whiten.shape[0];
+      const p = prototypes.shape[0];
+      if (whiten.shape.length !== 2 || whiten.shape[1] !== k || prototypes.shape.length !== 2 || prototypes.shape[1] !== k) {
+        throw new PublishedError(`whiten (${whiten.shape}) and prototypes (${prototypes.shape}) do not agree on k`);
+      }
+      if (!p || owner.shape.join() !== String(p) || !Array.isArray(meta.counts) || meta.counts.length !== c) {
+        throw new PublishedError(`${p} prototypes, owners (${owner.shape}), ${c} labels and counts do not agree`);
+      }
+      if (owner.data[0] !== 0 || owner.data[p - 1] !== c - 1 || owner.data.some((o, i) => i > 0 && o - owner.data[i - 1] !== 0 && o - owner.data[i - 1] !== 1)) {
+        throw new PublishedError(`prototypes must be grouped by label, every label 0..${c - 1} in order`);
+      }
+      if (projection && k !== projection.k) throw new PublishedError(`it has k=${k}, the projection k=${projection.k}`);
+      finite(prototypes.data, 'prototypes'); finite(whiten.data, 'whiten');
+      const t = meta.unknown_distance;
+      const rho = meta.not_sure_ratio;
+      if (!Number.isFinite(t) || !Number.isFinite(rho) || t < 0 || t > 2 || rho < 0) throw new PublishedError('thresholds out of range');
+      if (projection && meta.projection_id !== projection.projectionId) {
+        throw new PublishedError(`it belongs to projection ${meta.projection_id}, not ${projection.projectionId}`);
+      }
+      if (indexId !== undefined) {
+        const id = (await sha256Hex(concat([bytesOf(prototypes.data), bytesOf(owner.data), bytesOf(whiten.data),
+                                            new TextEncoder().encode(metaText)]))).slice(0, 16);
+        if (id !== indexId) throw new PublishedError(`content does not match its index id ${indexId}`);
+      }
+      const starts = new Int32Array(c + 1);
+      for (let i = p - 1; i >= 0; i--) starts[owner.data[i]] = i;
+      starts[c] = p;
+      return new ReferenceIndex(labels, Float64Array.from(prototypes.data), starts, Float64Array.from(whiten.data), k, t,
+                                rho, meta);
     } catch (err) {
       throw new PublishedError(`${origin}: ${err.message}`);
     }
   }
 
-  constructor(labels, centroids, k, thresholds, residualThreshold, projectionId, counts) {
-    Object.assign(this, {labels, centroids, k, thresholds, residualThreshold, projectionId, counts});
+  constructor(labels, prototypes, starts, whiten, k, unknownDistance, notSureRatio, meta) {
+    Object.assign(this, {labels, prototypes, starts, whiten, k, unknownDistance, notSureRatio, meta});
+    this.projectionId = meta.projection_id;
+    this.counts = meta.counts;
+    this.calibration = meta.calibration;
   }
 
-  /** ReferenceIndex.rank: [{label, score, distance}], nearest first, "unknown" first when beyond. */
-  rank(y, {top = 3, residual = 0} = {}) {
+  /** ReferenceIndex.distances: each label's cosine distance to its nearest prototype, in the whitened space. */
+  distances(y) {
+    const k = this.k;
+    const u = new Float64Array(k);
+    for (let i = 0; i < k; i++) {
+      const yi = y[i];
+      const row = i * k;
+      for (let j = 0; j < k; j++) u[j] += yi * this.whiten[row + j];
+    }
+    let n = 0;
+    for (const v of u) n += v * v;
+    n = Math.sqrt(n);
+    if (n > 0) for (let j = 0; j < k; j++) u[j] /= n;
     const c = this.labels.length;
     const d = new Float64Array(c);
-    for (let i = 0; i < c; i++) {
-      let s = 0;
-      for (let j = 0; j < this.k; j++) {
-        const diff = this.centroids[i * this.k + j] - y[j];
-        s += diff * diff;
+    for (let l = 0; l < c; l++) {
+      let best = -Infinity;
+      for (let p = this.starts[l]; p < this.starts[l + 1]; p++) {
+        let s = 0;
+        const row = p * k;
+        for (let j = 0; j < k; j++) s += u[j] * this.prototypes[row + j];
+        if (s > best) best = s;
       }
-      d[i] = Math.sqrt(s);
+      d[l] = 1 - best;
     }
-    const order = Array.from(d.keys()).sort((a, b) => d[a] - d[b] || a - b).slice(0, top);
-    const out = order.map((i) => {
-      const t = this.thresholds[i];
-      const score = Number.isFinite(t) && t > 0 ? Math.max(0, 1 - d[i] / t) : 1.0;
-      return {label: this.labels[i], score, distance: d[i]};
-    });
-    const nearest = order[0];
-    if (d[nearest] > this.thresholds[nearest] || residual > this.residualThreshold) {
-      out.unshift({label: UNKNOWN, score: 0, distance: d[nearest]});
-    }
-    return out.slice(0, top);
+    return d;
+  }
+
+  /** ReferenceIndex.answer: {answer, label, runnerUp, score, ranked: [{label, score, distance}]}. */
+  answer(y, {top = 3} = {}) {
+    const d = this.distances(y);
+    const order = Array.from(d.keys()).sort((a, b) => d[a] - d[b] || a - b);
+    const [first, second = -1] = order;
+    const t = this.unknownDistance;
+    const ranked = order.slice(0, Math.max(1, top)).map((i) => ({
+      label: this.labels[i], distance: d[i], score: t > 0 ? Math.max(0, 1 - d[i] / t) : Number(d[i] <= 0)}));
+    let text;
+    if (d[first] > t) text = UNKNOWN;
+    else if (second >= 0 && d[second] > 0 && d[first] / d[second] > this.notSureRatio) text = notSureAnswer(this.labels[first], this.labels[second]);
+    else text = this.labels[first];
+    return {answer: text, label: this.labels[first], runnerUp: second >= 0 ? this.labels[second] : '', score: ranked[0].score, ranked};
   }
 }
 
-/** fruits-edge identify on a vector: the ranked answer. */
+/** fruits-edge identify on a vector (edge_client/project.py identify_features): the answer. */
 export function identifyVector(features, projection, index, top = 3) {
-  return index.rank(projection.project(features), {top, residual: projection.residual(features)});
+  return index.answer(projection.project(features), {top});
 }
 
 function concat(parts) {

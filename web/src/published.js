@@ -1,6 +1,7 @@
 // The published projection and reference index for this page's model (what `fruits-cloud publish` writes):
 // the small pointer projection-latest-<model sha256>.json is read on every visit; the projection and index
-// it names are content-named, so once fetched they are kept in IndexedDB and never downloaded again.
+// it names (contract/projection.py read_pointer) are content-named, so once fetched they are kept in IndexedDB
+// and never downloaded again.
 
 import {NetworkDown} from './bucket.js';
 import {Projection, ReferenceIndex} from './identify.js';
@@ -18,35 +19,38 @@ async function cachedGet(bucket, key) {
 export async function loadPublished(bucket, contract, root, {modelSha256}) {
   const pointerKey = contract.latestProjectionKey(root, modelSha256);
   let pointer;
-  let projectionId;
+  let ids;
   try {
     pointer = await bucket.get(pointerKey);
   } catch (err) {
     // Offline: the projection last used (kept below) still identifies; it is refreshed when the network is back.
-    projectionId = err instanceof NetworkDown ? await storage.get('kv', `pointer:${pointerKey}`) : null;
-    if (!projectionId) throw err;
+    ids = err instanceof NetworkDown ? await storage.get('kv', `pointer:${pointerKey}`) : null;
+    if (!ids || typeof ids !== 'object') throw err;   // (a string: kept by a page from before indexes had ids)
     pointer = new Uint8Array(0);
   }
   if (pointer === null) return {missing: `no projection published for this model yet (${pointerKey})`, fetchedBytes: 0};
-  if (!projectionId) {
+  if (!ids) {
     try {
-      projectionId = JSON.parse(new TextDecoder().decode(pointer)).projection_id;
+      const p = JSON.parse(new TextDecoder().decode(pointer));
+      ids = {projectionId: p.projection_id, indexId: p.index_id};
     } catch {
-      projectionId = null;
+      ids = {};
     }
   }
-  if (typeof projectionId !== 'string' || !/^[0-9a-f]{16}$/.test(projectionId)) {
-    throw new Error(`${pointerKey}: not a projection pointer`);
+  const hex16 = /^[0-9a-f]{16}$/;
+  if (typeof ids.projectionId !== 'string' || !hex16.test(ids.projectionId) || typeof ids.indexId !== 'string' ||
+      !hex16.test(ids.indexId)) {
+    throw new Error(`${pointerKey}: not a projection pointer (a JSON object naming a 16-hex projection_id and index_id); publish again`);
   }
-  const pKey = contract.projectionKey(root, projectionId);
-  const iKey = contract.indexKey(root, projectionId);
+  const pKey = contract.projectionKey(root, ids.projectionId);
+  const iKey = contract.indexKey(root, ids.indexId);
   const [p, i] = [await cachedGet(bucket, pKey), await cachedGet(bucket, iKey)];
-  if (!p.bytes) throw new Error(`the pointer names projection ${projectionId}, but ${pKey} is missing`);
-  if (!i.bytes) throw new Error(`the pointer names projection ${projectionId}, but ${iKey} is missing`);
+  if (!p.bytes) throw new Error(`the pointer names projection ${ids.projectionId}, but ${pKey} is missing`);
+  if (!i.bytes) throw new Error(`the pointer names index ${ids.indexId}, but ${iKey} is missing`);
   const projection = await Projection.fromBytes(p.bytes, {featureDim: contract.feature_dim, modelSha256, origin: pKey});
-  const index = await ReferenceIndex.fromBytes(i.bytes, {projection, origin: iKey});
+  const index = await ReferenceIndex.fromBytes(i.bytes, {projection, origin: iKey, indexId: ids.indexId});
   if (p.fetched) await storage.put('published', p.bytes, pKey);   // kept only once they passed the checks
   if (i.fetched) await storage.put('published', i.bytes, iKey);
-  await storage.put('kv', projectionId, `pointer:${pointerKey}`);
+  await storage.put('kv', ids, `pointer:${pointerKey}`);
   return {projection, index, fetchedBytes: pointer.length + p.fetched + i.fetched};
 }

@@ -1,6 +1,8 @@
 // What the person sees: buttons, progress, the answer, the photos' list with their reasons, the queue.
 // Plain DOM, no framework; every number shown comes from the app's state.
 
+import {UNKNOWN} from './identify.js';
+
 const $ = (id) => document.getElementById(id);
 const MAX_LISTED = 60;
 let thumbUrls = [];
@@ -128,12 +130,16 @@ export function progress(done, total, batch) {
 
 function answerText(answer) {
   if (!answer) return {title: 'Vectorized', detail: 'no projection published yet to identify it'};
-  const [best, ...rest] = answer;
-  if (best.label === 'unknown') {
-    return {title: 'Not a fruit I know', detail: `nearest: ${rest[0] ? rest[0].label : '—'} (distance ${best.distance.toFixed(2)})`};
+  const [best, next] = answer.ranked;
+  if (answer.answer === UNKNOWN) {
+    return {title: 'Not a fruit I know', detail: `nearest: ${best.label} (too far to say)`};
+  }
+  if (answer.answer !== answer.label) {    // "not sure: A or B"
+    return {title: `Not sure: ${answer.label} or ${answer.runnerUp}?`,
+            detail: `${best.label} ${pct(best.score)}, ${next.label} ${pct(next.score)}: too close to tell apart`};
   }
   return {title: `${best.label} · ${pct(best.score)}`,
-          detail: rest.filter((r) => r.label !== 'unknown').map((r) => `${r.label} ${pct(r.score)}`).join(', ')};
+          detail: answer.ranked.slice(1).map((r) => `${r.label} ${pct(r.score)}`).join(', ')};
 }
 
 function thumb(file) {
@@ -156,7 +162,7 @@ export function results(app, batch) {
   if (n) {
     const first = batch.rows[0];
     const t = answerText(first.answer);
-    answer.append(thumb(first.file), el('div', {}, el('p', {class: 'big', 'data-label': first.answer ? first.answer[0].label : ''}, t.title),
+    answer.append(thumb(first.file), el('div', {}, el('p', {class: 'big', 'data-label': first.answer ? first.answer.answer : ''}, t.title),
                                            el('p', {class: 'small'}, t.detail)));
   }
   $('batch').hidden = false;
@@ -167,7 +173,7 @@ export function results(app, batch) {
   const list = $('rows');
   list.replaceChildren(...batch.rows.slice(0, MAX_LISTED).map((row) => {
     const t = answerText(row.answer);
-    const item = el('li', {'data-image-id': row.imageId, 'data-label': row.answer ? row.answer[0].label : ''},
+    const item = el('li', {'data-image-id': row.imageId, 'data-label': row.answer ? row.answer.answer : ''},
                     thumb(row.file), el('span', {class: 'name'}, row.source), el('span', {class: 'what'}, t.title));
     if (row.approximate) {
       item.dataset.approximate = row.approximate;
