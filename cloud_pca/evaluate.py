@@ -1,12 +1,24 @@
 """How little must we store? Identification accuracy against bytes per image, measured.
 
-For labelled vectors: a held-out split by image (a hash of ``image_id`` and the seed, so duplicates never
-straddle it), StandardScaler + PCA fitted on the training part with the distributed gram solver, then for
+For labelled vectors: a held-out set, StandardScaler + PCA fitted on the training part with the distributed gram
+solver, then for
 the full standardized 1280-d vectors and for the first k components (k in a range), each stored as
 float32, float16 or int8 (per-component symmetric scales from the training part), two classifiers:
 
 - k-nearest neighbours (k=5, Euclidean, majority vote, ties to the nearest);
 - a linear classifier (one-vs-rest ridge regression on one-hot labels, closed form, lambda=1).
+
+The held-out set is, by choice:
+
+- ``test_inputs``: the vectors of a separate set (e.g. Fruits-360's ``Test/``, other frames of the training films);
+- ``split="film"`` (the default): a hash of each photo's *film* (its folder, the name before its first number, and
+  that number // 40: :func:`cloud_pca.identifier.film_of`) and the seed, so that neighbouring frames of one film, or a
+  burst of one phone, stay on one side (a label whose films all fall on one side, one film say, is split by image);
+- ``split="image"``: a hash of ``image_id`` and the seed (duplicates never straddle it, near-duplicates may).
+
+A random split of photos taken in films puts near-identical frames on both sides and measures too high (real
+Fruits-360 photos: kNN 1.000 by image against the other frames' 0.98), so every evaluation counts the held-out rows
+whose nearest training row has a cosine >= 0.99 (``near_duplicates``) and warns when there are any.
 
 The fit is distributed; the classifiers run on the driver on at most ``max_rows`` rows and ``max_bytes`` of
 features (128 MiB: ~26k rows; a random sample beyond), which is stated in the output (``rows_total``). The answer: the smallest stored form whose accuracy is
@@ -28,6 +40,8 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": 4, "float16": 2, "int8": 1}
 DEFAULT_KS = (8, 16, 32, 64, 128, 256, 512)
 DEFAULT_MAX_BYTES = 128 * 2**20   # features collected to the driver for the classifiers: ~26k rows of 1280
+SPLITS = ("film", "image")
+NEAR_COPY_COSINE = 0.99           # a held-out row this close to a training row measures memory, not identification
 
 
 class EvaluateError(FruitsError, ValueError):
@@ -81,6 +95,36 @@ def split_column(image_id_col: str, seed: int):
     return F.conv(head, 16, 10).cast("double") / float(2**32)
 
 
+def film_split_column(seed: int):
+    """A number in [0, 1) per row, the same for every photo of one film of one label (:func:`split_of` of the label
+    and :func:`cloud_pca.identifier.film_of`): the film split, computed in Python tasks with the identifier's own
+    rule, so the two never disagree on what a film is."""
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    from cloud_pca.identifier import film_of
+
+    def film_u(label, source, image_id):
+        return pd.Series([split_of(f"{lab}\0{film_of(src, iid)}", seed)
+                          for lab, src, iid in zip(label, source, image_id)])
+
+    # (the hints as objects: this module's annotations are strings, which Spark does not read)
+    film_u.__annotations__ = {"label": pd.Series, "source": pd.Series, "image_id": pd.Series, "return": pd.Series}
+    return F.pandas_udf(film_u, "double")(F.col("label"), F.col("source"), F.col("image_id"))
+
+
+def near_copies(x_train: np.ndarray, x_test: np.ndarray, cosine: float = NEAR_COPY_COSINE, chunk: int = 1024) -> int:
+    """Held-out rows whose nearest training row (by cosine of the raw vectors) is at least ``cosine``."""
+    def unit(a):
+        n = np.linalg.norm(a, axis=1, keepdims=True)
+        return a / np.where(n > 0, n, 1.0)
+
+    tr, count = unit(x_train), 0
+    for start in range(0, len(x_test), chunk):
+        count += int(((unit(x_test[start:start + chunk]) @ tr.T).max(axis=1, initial=-1.0) >= cosine).sum())
+    return count
+
+
 @dataclass
 class Evaluation:
     rows: list[dict]
@@ -90,10 +134,23 @@ class Evaluation:
     classes: int
     explained_cumulative: list[float]
     rows_total: int = 0       # labelled unique rows; the classifiers saw n_train + n_test of them (a sample)
+    split: str = "film"       # how the held-out rows were chosen: "film", "image" or "test set"
+    near_duplicates: int = 0  # held-out rows with a training row of cosine >= NEAR_COPY_COSINE
+    left_out: int = 0         # held-out rows left out: their label has no training rows (all its films held out)
+
+    @property
+    def warning(self) -> str:
+        if not self.near_duplicates:
+            return ""
+        return (f"{self.near_duplicates} of {self.n_test} held-out rows have a near-identical training row (cosine "
+                f">= {NEAR_COPY_COSINE}): they measure memory, not identification, so the accuracies read high"
+                + ("; split by film (--split film) or give a separate set (--test)" if self.split == "image" else ""))
 
     def to_json(self) -> str:
         return json.dumps({"n_train": self.n_train, "n_test": self.n_test, "classes": self.classes,
-                           "rows_total": self.rows_total,
+                           "rows_total": self.rows_total, "split": self.split,
+                           "near_duplicates": self.near_duplicates, "left_out": self.left_out,
+                           "warning": self.warning,
                            "answer": self.answer, "results": self.rows,
                            "explained_cumulative": self.explained_cumulative}, indent=1)
 
@@ -135,8 +192,10 @@ def evaluate_arrays(x_train, y_train, x_test, y_test, model, ks=DEFAULT_KS) -> t
     return rows, answer
 
 
-def check_options(*, ks, test_fraction: float, max_rows: int, max_bytes: int) -> None:
+def check_options(*, ks, test_fraction: float, max_rows: int, max_bytes: int, split: str = "film") -> None:
     """The request's ranges, before any data is read (and before Spark starts, from the CLI)."""
+    if split not in SPLITS:
+        raise EvaluateError(f"--split={split!r} must be one of {', '.join(SPLITS)}")
     if not 0 < test_fraction < 1:
         raise EvaluateError(f"--test-fraction={test_fraction} must be between 0 and 1")
     if not ks or min(ks) < 1:
@@ -148,46 +207,95 @@ def check_options(*, ks, test_fraction: float, max_rows: int, max_bytes: int) ->
 
 
 def evaluate(spark, inputs: list[str], *, ks=DEFAULT_KS, test_fraction: float = 0.25, seed: int = 0,
-             max_rows: int = 200_000, max_bytes: int = DEFAULT_MAX_BYTES) -> Evaluation:
-    """Read labelled contract vectors under ``inputs`` and measure accuracy against bytes."""
+             max_rows: int = 200_000, max_bytes: int = DEFAULT_MAX_BYTES, split: str = "film",
+             test_inputs: list[str] | None = None) -> Evaluation:
+    """Read labelled contract vectors under ``inputs`` and measure accuracy against bytes, held out by ``split`` (or
+    on the vectors under ``test_inputs``)."""
     from pyspark.sql import functions as F
 
-    from cloud_pca.inputs import InputError, read_inputs
-    from cloud_pca.job import deduplicate
     from cloud_pca.pca import fit_pca
 
-    check_options(ks=ks, test_fraction=test_fraction, max_rows=max_rows, max_bytes=max_bytes)
+    check_options(ks=ks, test_fraction=test_fraction, max_rows=max_rows, max_bytes=max_bytes, split=split)
+    unique, dim, cached = _labelled(spark, inputs)
     try:
-        inputs = read_inputs(spark, inputs, skip_bad_files=False)
-    except InputError as exc:
-        raise EvaluateError(str(exc)) from None
-    valid = inputs.df.filter(F.col("reason").isNull() & F.col("label").isNotNull()).cache()
-    try:
-        unique, _ = deduplicate(valid)
-        unique = unique.select("image_id", "label", "features").withColumn("_u", split_column("image_id", seed))
-        train = unique.filter(F.col("_u") >= test_fraction)
+        if test_inputs:
+            test_unique, test_dim, test_cached = _labelled(spark, test_inputs)
+            cached += test_cached
+            if test_dim != dim:
+                raise EvaluateError(f"the test set holds {test_dim}-d vectors, the inputs {dim}-d")
+            train, test_df = unique, test_unique
+        else:
+            unique = _with_split(unique, split, seed, test_fraction)
+            train, test_df = unique.filter(F.col("_u") >= test_fraction), unique.filter(F.col("_u") < test_fraction)
         n_train = train.count()
-        n_labels = unique.select("label").distinct().count()
+        n_labels = train.select("label").distinct().count()
         if n_labels < 2:
             raise EvaluateError(f"need at least 2 labels to measure identification, found {n_labels}")
         if n_train < 3:
             raise EvaluateError(f"only {n_train} training rows; need more labelled vectors")
-        kmax = min(max(ks), n_train - 1, inputs.dim)
+        kmax = min(max(ks), n_train - 1, dim)
         model = fit_pca(train.select("features"), k=kmax, solver="gram")   # distributed
-        total = unique.count()
+        n_test = test_df.count()
+        total = n_train + n_test
         # The classifiers run on the driver: bound what is collected by bytes (float32 features), not only rows.
-        max_rows = max(1, min(max_rows, max_bytes // (inputs.dim * 4)))
+        max_rows = max(1, min(max_rows, max_bytes // (dim * 4)))
         keep = min(1.0, max_rows / max(total, 1))
-        sample = unique.filter(F.rand(seed) < keep).limit(max_rows) if keep < 1 else unique
-        rows = sample.select("label", "features", "_u").toPandas()
+
+        def sample(df):
+            return (df.filter(F.rand(seed) < keep) if keep < 1 else df).select("label", "features").toPandas()
+
+        tr, te = sample(train), sample(test_df)
     finally:
-        valid.unpersist()
-    x = np.stack(rows["features"].to_numpy()).astype(np.float64)
-    y = rows["label"].to_numpy()
-    test = rows["_u"].to_numpy() < test_fraction
-    results, answer = evaluate_arrays(x[~test], y[~test], x[test], y[test], model, ks)
-    return Evaluation(results, answer, int((~test).sum()), int(test.sum()), n_labels,
-                      [float(v) for v in np.cumsum(model.spectrum_)[:kmax]], rows_total=int(total))
+        for df in cached:
+            df.unpersist()
+    unseen = ~te["label"].isin(set(tr["label"]))    # a label whose every film was held out: nothing to learn it from
+    te = te[~unseen]
+    if not len(te):
+        raise EvaluateError("no held-out rows of a label the training part has: give more labelled vectors, a larger "
+                            "--test-fraction, or --test")
+    x_train, x_test = (np.stack(t["features"].to_numpy()).astype(np.float64) for t in (tr, te))
+    y_train, y_test = tr["label"].to_numpy(), te["label"].to_numpy()
+    results, answer = evaluate_arrays(x_train, y_train, x_test, y_test, model, ks)
+    ev = Evaluation(results, answer, len(x_train), len(x_test), n_labels,
+                    [float(v) for v in np.cumsum(model.spectrum_)[:kmax]], rows_total=int(total),
+                    split="test set" if test_inputs else split, near_duplicates=near_copies(x_train, x_test),
+                    left_out=int(unseen.sum()))
+    if ev.warning:
+        log.warning(ev.warning)
+    return ev
+
+
+def _with_split(unique, split: str, seed: int, test_fraction: float):
+    """``unique`` with ``_u`` (held out below ``test_fraction``): by film, except for a label whose films all fall on
+    one side (one film, say), which is split by image rather than lost to one side."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    by_image = split_column("image_id", seed)
+    if split == "image":
+        return unique.withColumn("_u", by_image)
+    w = Window.partitionBy("label")
+    f = F.col("_f")
+    both = (F.max((f >= test_fraction).cast("int")).over(w) == 1) & (F.max((f < test_fraction).cast("int")).over(w) == 1)
+    return (unique.withColumn("_f", film_split_column(seed))
+            .withColumn("_u", F.when(both, f).otherwise(by_image)).drop("_f"))
+
+
+def _labelled(spark, inputs: list[str]):
+    """The unique labelled valid rows under ``inputs`` (image_id, label, source, features), their dimension, and the
+    DataFrames cached on the way (to unpersist)."""
+    from pyspark.sql import functions as F
+
+    from cloud_pca.inputs import InputError, read_inputs
+    from cloud_pca.job import deduplicate
+
+    try:
+        read = read_inputs(spark, inputs, skip_bad_files=False)
+    except InputError as exc:
+        raise EvaluateError(str(exc)) from None
+    valid = read.df.filter(F.col("reason").isNull() & F.col("label").isNotNull()).cache()
+    unique, _ = deduplicate(valid)
+    return unique.select("image_id", "label", "source", "features"), read.dim, [valid]
 
 
 def write_evaluation(spark, ev: Evaluation, output: str) -> list[str]:
