@@ -1,16 +1,20 @@
 """The whole architecture on one machine, no cloud account: photos -> devices -> S3 -> Spark -> report.
 
-    ./run demo [--photos DIR] [--per-class N] [--raw-fraction 0.2] [--out out/demo]
+    ./run demo [--photos DIR [--test DIR]] [--never-sent 3] [--raw-fraction 0.2] [--out out/demo]
+    ./run demo --synthetic [--per-class N]                              # synthetic photos (controlled, easy)
     ./run demo --s3 s3://my-bucket/fruits-demo [--endpoint-url URL]     # any real S3 instead
 
-1. photos: synthetic Fruits-360-like ones (10 classes), or ``--photos`` (e.g. Fruits-360 ``Training/``);
+1. photos: real Fruits-360 photos (the project's ``data/fruits360``: ``Training/`` is sent, ``Test/``, other frames
+   of the same films, is identified at the end; a few fruits are never sent, so their photos show "unknown"), or
+   ``--photos`` (a folder of labelled photos), or ``--synthetic``;
 2. a local S3-compatible server on 127.0.0.1 (moto, a child process; always stopped at the end);
 3. three kinds of devices: ``fruits-edge sync`` (Python, vectorizes on the device, uploads only vectors), a
    phone's web app in headless Chromium (LiteRT.js in the page, its own Cognito identity; where Chromium is
    installed), and ``fruits-edge upload-raw`` (devices that cannot vectorize);
 4. Spark local mode reads both through ``s3a://``, featurizes the raw photos with the same TFLite model,
    fits StandardScaler + PCA, writes results and plots to the bucket;
-5. results are copied to ``OUT/results`` and summarized in ``OUT/report.html`` (plots embedded).
+5. publish a 32-component projection and index; a device identifies the test photos from them (known fruits
+   and never-sent ones, with figures); results are copied to ``OUT/results`` and summarized in ``OUT/report.html``.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from pathlib import Path
 from demo.s3server import TEST_CREDENTIALS, LocalS3, prefix_bytes
 
 BUCKET = "fruits-demo"
+REAL = Path(__file__).resolve().parent.parent / "data" / "fruits360"
 
 
 def stage(msg: str) -> None:
@@ -34,10 +39,11 @@ def stage(msg: str) -> None:
 
 
 def split_photos(src: Path, dirs: dict[str, Path], raw_fraction: float, browser_fraction: float = 0.0,
-                 held_per_class: int = 2) -> dict[str, int]:
+                 held_per_class: int = 2, never_sent: tuple[str, ...] = ()) -> dict[str, int]:
     """Every class folder split four ways: ``held_per_class`` photos held out (identified at the end, never
     uploaded); of the rest, about ``raw_fraction`` to the raw-upload devices, ``browser_fraction`` to the web app's
-    phone, the others to the Python edge. ``dirs``: a folder for each of "edge", "browser", "raw", "held"."""
+    phone, the others to the Python edge. ``dirs``: a folder for each of "edge", "browser", "raw", "held". Classes in
+    ``never_sent`` go to "held" whole."""
     from featurizer.preprocess import IMAGE_EXTENSIONS
 
     counts = {"edge": 0, "browser": 0, "raw": 0, "held": 0}
@@ -51,7 +57,7 @@ def split_photos(src: Path, dirs: dict[str, Path], raw_fraction: float, browser_
         rel = path.relative_to(src)
         seen = per_class.get(str(rel.parent), 0)
         per_class[str(rel.parent)] = seen + 1
-        if seen < held_per_class and rel.parent != Path("."):
+        if rel.parent.name in never_sent or seen < held_per_class and rel.parent != Path("."):
             kind = "held"
         else:
             turn = (counts["edge"] + counts["browser"] + counts["raw"]) % cycle
@@ -66,24 +72,30 @@ def split_photos(src: Path, dirs: dict[str, Path], raw_fraction: float, browser_
     return counts
 
 
-def identify_held_out(held: Path, s3, bucket: str, root: str, endpoint: str | None) -> dict:
-    """Photos held out of every upload, identified on the 'device' from what the cloud published."""
-    from edge_client.project import fetch_index, fetch_projection, identify
+def identify_held_out(held: Path, s3, bucket: str, root: str, endpoint: str | None, never: list[str]) -> dict:
+    """Photos never uploaded (other frames of the sent films, and fruits never sent), identified on the 'device'
+    from what the cloud published, as `fruits-edge identify` does; with figures, per fruit and in all."""
+    from edge_client.project import Published, figures, identify_photos
+    from edge_client.vectorize import find_photos
     from featurizer.runtime import Model
     from models import model_path
 
     model = Model(model_path(), threads=1)
-    projection = fetch_projection(s3, bucket, root, model.sha256, endpoint_url=endpoint)
-    index = fetch_index(s3, bucket, root, projection.projection_id, endpoint_url=endpoint)
-    rows = []
-    for photo in sorted(held.rglob("*")):
-        if not photo.is_file():
-            continue
-        (label, score, _), *_ = identify(photo, model, projection, index, top=1)
-        rows.append({"photo": f"{photo.parent.name}/{photo.name}", "identified as": label, "score": round(score, 3),
-                     "right": label == photo.parent.name})
-    return {"rows": rows, "accuracy": sum(r["right"] for r in rows) / max(1, len(rows)), "k": projection.k,
-            "projection_id": projection.projection_id, "classes": len(index.labels)}
+    projection, index = Published(f"s3://{bucket}/{root}", client=s3, endpoint_url=endpoint).identifier(model.sha256)
+    answers = identify_photos(find_photos([held]), model, projection, index)
+    pairs = [(a.truth, a.answer.answer) for a in answers if a.answer is not None and a.truth]
+    per_fruit = []
+    for fruit in sorted({t for t, _ in pairs}):
+        got = [a for t, a in pairs if t == fruit]
+        per_fruit.append({"fruit": fruit, "sent": "yes" if fruit in index.labels else "never", "photos": len(got),
+                          "named right": sum(a == fruit for a in got),
+                          "wrong name": sum(a not in (fruit, "unknown") and not a.startswith("not sure: ") for a in got),
+                          "unknown": got.count("unknown"), "not sure": sum(a.startswith("not sure: ") for a in got)})
+    return {"figures": figures(pairs, set(index.labels)), "per_fruit": per_fruit, "k": projection.k,
+            "projection_id": projection.projection_id, "index_id": index.index_id, "classes": len(index.labels),
+            "never_sent": never, "calibration": index.calibration, "photos": len(pairs),
+            "rows": [{"photo": a.path.rsplit("/", 2)[-2] + "/" + a.path.rsplit("/", 1)[-1], "answer": a.answer.answer,
+                      "score": round(a.answer.score, 3)} for a in answers if a.answer is not None]}
 
 
 def write_report(spark, run_uri: str, out: Path, storage: dict, stage_s: dict, identified: dict | None = None) -> Path:
@@ -105,16 +117,24 @@ def write_report(spark, run_uri: str, out: Path, storage: dict, stage_s: dict, i
                   "For 100x100 thumbnails a vector is about as big as the photo; the saving of uploading vectors is "
                   "for phone photos (see ./run bench compare).", note=True)
         if identified is not None:
+            f = identified["figures"]["label"]
             page.heading("Identification on the device (fruits-edge identify)")
-            page.text(f"{len(identified['rows'])} photos held out of every upload (never seen by the PCA), identified "
-                      f"from the published {identified['k']}-component projection {identified['projection_id']} "
-                      f"and its per-class centroids: top-1 accuracy {identified['accuracy']:.0%} "
-                      f"(chance {1 / identified['classes']:.0%}).")
-            page.table(identified["rows"])
+            page.text(f"{identified['photos']} photos never uploaded, identified from the published "
+                      f"{identified['k']}-component projection {identified['projection_id']} and index "
+                      f"{identified['index_id']} ({identified['classes']} fruits). Fruits it knows "
+                      f"({f['known_photos']} photos): named right {_pct(f['named_right'])}, wrong {_pct(f['wrong'])}, "
+                      f"unknown {_pct(f['unknown'])}, not sure {_pct(f['not_sure'])}; of named answers "
+                      f"{_pct(f['precision'])} right. Fruits never sent ({', '.join(identified['never_sent']) or 'none'}"
+                      f"; {f['never_sent_photos']} photos): answered unknown or not sure {_pct(f['never_sent_refused'])}.")
+            page.table(identified["per_fruit"])
         page.heading("The demo's stages (seconds)")
         page.table([{"stage": k, "seconds": round(v, 2)} for k, v in stage_s.items()])
 
     return Path(run_report(spark, run_uri, str(out / "report.html"), extra=demo_sections))
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.1%}"
 
 
 _INTERRUPTED = []
@@ -128,9 +148,15 @@ def _interrupt(signum, frame):
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="./run demo", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--photos", type=Path, help="a folder of labelled photos (e.g. Fruits-360 Training/); "
-                                                "default: generate synthetic ones")
-    ap.add_argument("--per-class", type=int, default=100, help="synthetic photos per class (10 classes)")
+    ap.add_argument("--photos", type=Path, help="a folder of labelled photos, a folder per fruit (default: the project's "
+                                                "real Fruits-360 photos, data/fruits360/Training)")
+    ap.add_argument("--test", type=Path, help="photos to identify at the end, never uploaded (default: the Test folder "
+                                              "beside --photos, else 2 photos of each fruit held out of --photos)")
+    ap.add_argument("--never-sent", type=int, default=3,
+                    help="fruits of --photos never sent, so that identifying their photos shows 'unknown' (default 3)")
+    ap.add_argument("--synthetic", action="store_true", help="synthetic photos instead (10 fruits; easy: use them for "
+                                                             "the pipeline, not for accuracy)")
+    ap.add_argument("--per-class", type=int, default=100, help="with --synthetic: photos per class")
     ap.add_argument("--raw-fraction", type=float, default=0.2, help="share of photos uploaded raw (default 0.2)")
     ap.add_argument("--browser-fraction", type=float, default=0.2,
                     help="share of photos vectorized by the web app in headless Chromium (default 0.2; 0 where "
@@ -147,8 +173,18 @@ def parse_args(argv):
     if not 0 <= args.browser_fraction < 1 or args.raw_fraction + args.browser_fraction >= 1:
         raise SystemExit(f"Error: --browser-fraction {args.browser_fraction} must be in [0, 1), and with "
                          f"--raw-fraction leave some photos to the Python edge")
+    if args.synthetic and args.photos:
+        raise SystemExit("Error: give --photos or --synthetic, not both")
+    if not args.synthetic and args.photos is None:
+        args.photos = REAL / "Training"
     if args.photos and not args.photos.is_dir():
         raise SystemExit(f"Error: --photos {args.photos} is not a folder")
+    if args.test is None and args.photos and (args.photos.parent / "Test").is_dir() and args.photos.name != "Test":
+        args.test = args.photos.parent / "Test"
+    if args.test is not None and not args.test.is_dir():
+        raise SystemExit(f"Error: --test {args.test} is not a folder")
+    if args.never_sent < 0:
+        raise SystemExit(f"Error: --never-sent {args.never_sent} must be at least 0")
     return args
 
 
@@ -162,6 +198,7 @@ class Demo:
         self.bucket, self.root = BUCKET, "team"
         self.endpoint = None
         self.s3 = self.spark = None
+        self.never: list[str] = []
 
     def timed(self, name: str, fn):
         t = time.perf_counter()
@@ -172,13 +209,19 @@ class Demo:
     def photos(self) -> dict[str, int]:
         from web.device import have_browser
 
+        from edge_client.project import never_sent
+
         if self.args.photos:
             src = self.args.photos.resolve()
+            stage(f"1/5 photos: {src}" + (f"; identified at the end: {self.args.test.resolve()}" if self.args.test
+                                           else ""))
         else:
             from models.synthetic import generate
 
             stage(f"1/5 generating {self.args.per_class * 10} synthetic fruit photos")
             src = generate(self.out / "photos", per_class=self.args.per_class, progress=True)
+        self.never = never_sent([d.name for d in src.iterdir() if d.is_dir()], self.args.never_sent) \
+            if self.args.photos else []
         browser = self.args.browser_fraction
         if browser and self.args.s3:
             stage("    no browser phone with --s3 (it needs an identity pool): its photos go to the Python edge")
@@ -188,11 +231,16 @@ class Demo:
             browser = 0.0
         dev = self.out / "devices"
         counts = split_photos(src, {k: dev / k for k in ("edge", "browser", "raw", "held")}, self.args.raw_fraction,
-                              browser)
+                              browser, held_per_class=0 if self.args.test else 2, never_sent=tuple(self.never))
         if counts["edge"] + counts["browser"] + counts["raw"] == 0:
             raise DemoError(f"no photos under {src}")
+        if self.args.test:     # what the device identifies: the test folder (never-sent fruits' photos in it)
+            shutil.rmtree(dev / "held", ignore_errors=True)
+            shutil.copytree(self.args.test.resolve(), dev / "held")
+            counts["held"] = sum(1 for p in (dev / "held").rglob("*") if p.is_file())
         stage(f"    {counts['edge']} photos on Python devices that vectorize, {counts['browser']} on a phone's web "
-              f"app, {counts['raw']} on devices that upload raw photos, {counts['held']} held out to identify")
+              f"app, {counts['raw']} on devices that upload raw photos, {counts['held']} never uploaded, to identify"
+              + (f" (never sent: {', '.join(self.never)})" if self.never else ""))
         return counts
 
     def storage(self) -> None:
@@ -295,8 +343,9 @@ class Demo:
         publish(self.spark, result.run_uri, f"s3a://{self.bucket}/{self.root}", k=k)
 
     def identify(self) -> dict:
-        stage("    a device identifies the held-out photos (never uploaded) with fruits-edge identify")
-        return identify_held_out(self.out / "devices" / "held", self.s3, self.bucket, self.root, self.endpoint)
+        stage("    a device identifies the photos never uploaded with fruits-edge identify")
+        return identify_held_out(self.out / "devices" / "held", self.s3, self.bucket, self.root, self.endpoint,
+                                 self.never)
 
     def copy_results(self, n_edge: int) -> dict:
         stage(f"5/5 copying results from s3://{self.bucket}/{self.root}/pca/run=demo/ and writing the report")
@@ -394,8 +443,12 @@ def summarize(out: Path, s: dict, storage: dict, evaluation, identified: dict, r
           f"of 1280-d vectors ({s['solver']} solver)")
     for clf, a in evaluation.answer.items():
         print(f"store:    {clf}: {a['sentence']}")
-    print(f"identify: {identified['accuracy']:.0%} of {len(identified['rows'])} held-out photos right (chance "
-          f"{1 / identified['classes']:.0%}) from a {identified['k']}-component projection published to the bucket")
+    f = identified["figures"]["label"]
+    print(f"identify: {identified['photos']} photos never uploaded, from a {identified['k']}-component projection "
+          f"and index published to the bucket: known fruits ({f['known_photos']} photos) named right "
+          f"{_pct(f['named_right'])}, wrong {_pct(f['wrong'])}, unknown {_pct(f['unknown'])}, not sure "
+          f"{_pct(f['not_sure'])}; never-sent fruits ({f['never_sent_photos']} photos) unknown or not sure "
+          f"{_pct(f['never_sent_refused'])}")
     print(f"wall:     {wall:.0f} s")
 
 

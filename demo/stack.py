@@ -35,6 +35,8 @@ def stack_folder() -> Path:
 BUCKET, PREFIX, REGION = "fruits-local", "fruits", "us-east-1"
 POOL_NAME = "fruits_devices"
 SEED_CLIENT = "operator-seed"          # a keyed device folder: the trusted tier (cloud_pca.trust)
+SEED_PHOTOS = ROOT / "data" / "fruits360" / "Training"   # real photos: the first fit
+SEED_WITHOUT = ("Plum",)               # left out of the first fit: a fruit a person can teach the page
 PUBLISH_K = 32
 
 
@@ -194,23 +196,31 @@ class LocalStack:
         return out
 
     # ------------------------------------------------------------------------------------------------ the loop
-    def seed(self, *, classes: int = 9, per_class: int = 30) -> None:
-        """Synthetic photos of ``classes`` fruits vectorized by the Python edge and sent as the operator's keyed device
-        (the trusted tier): what the first projection is fitted on."""
+    def seed(self, *, photos: Path = SEED_PHOTOS, without: tuple[str, ...] = SEED_WITHOUT) -> None:
+        """Real photos (a folder per fruit; the project's Fruits-360 subset by default) vectorized by the Python edge
+        and sent as the operator's keyed device (the trusted tier): what the first projection is fitted on. Fruits in
+        ``without`` are left out, for the page to teach."""
         import tempfile
 
         from edge_client.cli import main as edge_main
-        from models.synthetic import class_names, generate
 
-        self.say(f"[stack] nothing published yet: fitting a first projection on {classes * per_class} synthetic photos "
-                 f"of {classes} fruits ({', '.join(class_names(classes))}), sent as the operator's device "
-                 f"'{SEED_CLIENT}'")
+        if not photos.is_dir():
+            raise StackError(f"--seed-photos {photos}: not a folder of fruit folders")
+        fruits = sorted(d.name for d in photos.iterdir() if d.is_dir() and d.name not in without)
+        if not fruits:
+            raise StackError(f"--seed-photos {photos}: no fruit folders" + (" left" if without else ""))
+        self.say(f"[stack] nothing published yet: fitting a first projection on the photos of {len(fruits)} fruits in "
+                 f"{photos} ({', '.join(fruits)}" + (f"; not {', '.join(without)}" if without else "") +
+                 f"), sent as the operator's device '{SEED_CLIENT}'")
         with tempfile.TemporaryDirectory(prefix="fruits-seed-") as tmp:
-            photos = generate(Path(tmp) / "photos", per_class=per_class, n_classes=classes, seed=33)
-            code = edge_main(["--quiet", "sync", str(photos), self.root, "--endpoint-url", self.endpoint,
+            chosen = Path(tmp) / "photos"        # the fruits' folders linked under one root: labels from folder names
+            chosen.mkdir()
+            for fruit in fruits:
+                (chosen / fruit).symlink_to((photos / fruit).resolve(), target_is_directory=True)
+            code = edge_main(["--quiet", "sync", str(chosen), self.root, "--endpoint-url", self.endpoint,
                               "--client-id", SEED_CLIENT, "--manifest", str(Path(tmp) / "m.sqlite")])
             if code != 0:
-                raise StackError(f"uploading the synthetic photos' vectors failed (fruits-edge exit {code})")
+                raise StackError(f"uploading the seed photos' vectors failed (fruits-edge exit {code})")
 
     def refresh(self, *, run_id: str | None = None) -> dict:
         """The refresh chain (:func:`bootstrap.emr.job_chain`, incremental, with publish and report) in local mode, in
@@ -253,8 +263,10 @@ def build_parser():
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--refresh-every", type=float, metavar="MINUTES",
                    help="run the refresh chain every so many minutes while serving")
-    s.add_argument("--seed-classes", type=int, default=9, help="fruits of the synthetic photos the first fit sees")
-    s.add_argument("--seed-per-class", type=int, default=30)
+    s.add_argument("--seed-photos", type=Path, default=SEED_PHOTOS,
+                   help="photos of the first fit, a folder per fruit (default: the project's real Fruits-360 photos)")
+    s.add_argument("--seed-without", action="append", metavar="FRUIT",
+                   help=f"a fruit folder to leave out of the first fit (repeatable; default: {', '.join(SEED_WITHOUT)})")
     r = add_command(sub, "refresh", help="run the refresh chain once against the local stack",
                     example="./run web refresh")
     r.add_argument("--run-id")
@@ -324,7 +336,7 @@ def cmd_local(args) -> int:
         pool = stack.ensure([origin, origin.replace("127.0.0.1", "localhost")])
         if stack.published() is None:
             if not _has_vectors(stack):
-                stack.seed(classes=args.seed_classes, per_class=args.seed_per_class)
+                stack.seed(photos=args.seed_photos, without=tuple(args.seed_without or SEED_WITHOUT))
             code, line = refresh_process(say=say)
             if code != 0:
                 raise StackError(f"the first refresh failed: {line}")
