@@ -84,3 +84,17 @@ def test_refresh_smoke(tmp_path):
     assert [r["day"] for r in days] == list(range(1, 13)) and days[-1]["rows_total"] == 12 * 200
     assert days[0]["state_objects_read"] == 0 and all(r["state_objects_read"] > 0 for r in days[1:])
     assert [r for r in got if r["measure"] == "summary"][0]["days"] == 12
+
+
+def test_identify_smoke(tmp_path):
+    """The identification bench on the project's real photos (3 fruits withheld), with the page in Chromium when it
+    is there: it reports the answers' shares, the baselines, and the page gives Python's answers."""
+    engine = "chromium" if have_browser() else "none"
+    bench("identify", tmp_path, "--engine", engine)
+    got = rows(tmp_path, "identify")
+    assert [r["measure"] for r in got] == ["identify"] and got[0]["k"] == 32
+    r = got[0]
+    assert r["label_known_photos"] + r["label_never_sent_photos"] == 314 and 0 < r["download_bytes"] < 1_000_000
+    assert {"nearest centroid, published space", "1-NN, published space", "1-NN, 1280-d"} <= set(r)
+    if engine != "none":
+        assert r["page_answers_differing"] == 0 and r["page_ms_per_photo"] > 0

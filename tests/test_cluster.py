@@ -19,6 +19,19 @@ K = 16
 PACKED_1280 = (1280 + 1280 * 1281 // 2) * 8      # one packed partial: n, sum and the upper triangle, float64
 
 
+def run_step(argv: list[str], workdir):
+    """One step's spark-submit command line as the rehearsal ran it (its environment: loopback, this Python)."""
+    import sys
+
+    from cloud_pca.standalone import loopback_env, run_group
+
+    env = loopback_env(None)
+    env.update({"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable})
+    env.pop("PYSPARK_GATEWAY_PORT", None)
+    env.pop("PYSPARK_GATEWAY_SECRET", None)
+    return run_group(argv, timeout=600, env=env, cwd=workdir)
+
+
 def get_json(s3, bucket, key):
     return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
@@ -118,12 +131,12 @@ def test_emr_steps_on_a_cluster_give_local_modes_results(cluster_run, uploaded, 
 
 
 @pytest.mark.slow
-def test_cluster_evaluate_and_publish_steps(cluster_run, uploaded, s3_server, spark, model_path):
+def test_cluster_evaluate_and_publish_steps(cluster_run, uploaded, s3_server, spark, model_path, tmp_path):
     """The run ends with what devices download: a projection and an index under models/, fitted by the run."""
     from cloud_pca.evaluate import evaluate
     from contract.projection import Projection
     from models.synthetic import class_names
-    from edge_client.project import fetch_index, fetch_projection
+    from edge_client.project import Published
     from featurizer.runtime import Model
 
     spec, _ = cluster_run
@@ -138,14 +151,27 @@ def test_cluster_evaluate_and_publish_steps(cluster_run, uploaded, s3_server, sp
         assert abs(by_key[(row["form"], row["dtype"], row["classifier"])] - row["accuracy"]) <= 1 / local.n_test + 1e-9
 
     model = Model(model_path)
-    projection = fetch_projection(s3, bucket, PREFIX, model.sha256, endpoint_url=s3_server.endpoint_url)
-    index = fetch_index(s3, bucket, PREFIX, projection.projection_id, endpoint_url=s3_server.endpoint_url)
+    projection, index = Published(f"s3://{bucket}/{PREFIX}", client=s3,
+                                  endpoint_url=s3_server.endpoint_url).identifier(model.sha256)
     assert isinstance(projection, Projection) and projection.k == 8 and projection.run == "cluster"
     from cloud_pca.pca import load_pipeline
 
     pc = load_pipeline(f"s3a://{bucket}/{PREFIX}/pca/run=cluster/model").stages[1].pc.toArray()
     np.testing.assert_allclose(projection.components, pc[:, :8], atol=1e-6)   # float32 storage
     assert index.labels == sorted(class_names(6)) and int(index.counts.sum()) == 360
+    # The publish step again, its index fitted in Spark on the cluster (as for a run too large for the driver):
+    # the same index as the driver's.
+    spec, steps = cluster_run
+    publish_step = next(s for s in steps.steps if s.name.startswith("fruits: publish"))
+    argv = list(publish_step.argv)
+    argv[argv.index("--root") + 1] = f"s3a://{bucket}/{PREFIX}/in-spark"
+    proc = run_step(argv + ["--driver-read-mb", "0"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, in_spark = Published(f"s3://{bucket}/{PREFIX}/in-spark", client=s3,
+                            endpoint_url=s3_server.endpoint_url).identifier(model.sha256)
+    from test_projection import same_index
+
+    same_index(index, in_spark)
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""How little must we store: the evaluation's pieces, and the whole on the synthetic fruit vectors."""
+"""How little must we store: the evaluation's pieces, the whole on the synthetic fruit vectors, and on real photos held
+out by film or as a separate set (a random split of film frames measures too high, and says so)."""
 from __future__ import annotations
 
 import json
@@ -43,7 +44,7 @@ def test_the_split_in_spark_is_the_split_in_python(spark):
 def test_evaluate_on_the_synthetic_fruit_vectors(vectors_file, spark, tmp_path, capsys):
     """6 classes x 10 photos: chance is 1/6; the full vectors identify the fruit far better, and the answer
     is a stored form at most as big as the full vectors, within 1 point of their accuracy."""
-    ev = evaluate(spark, [f"file://{vectors_file}"], ks=(2, 4, 8), seed=0)
+    ev = evaluate(spark, [f"file://{vectors_file}"], ks=(2, 4, 8), seed=0, split="image")   # renders, not films
     assert ev.classes == 6 and ev.n_train + ev.n_test == 60 and ev.n_test >= 8
     assert len(ev.rows) == 4 * 3 * 2          # (full + 3 k) x 3 dtypes x 2 classifiers
     full = {r["classifier"]: r["accuracy"] for r in ev.rows if r["form"] == "full" and r["dtype"] == "float32"}
@@ -54,7 +55,7 @@ def test_evaluate_on_the_synthetic_fruit_vectors(vectors_file, spark, tmp_path, 
     from cloud_pca.cli import main as cloud_main
 
     assert cloud_main(["--quiet", "evaluate", "--input", str(vectors_file), "--output", str(tmp_path / "ev"),
-                       "--ks", "2,4"]) == 0
+                       "--ks", "2,4", "--split", "image"]) == 0
     saved = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert set(saved["answer"]) == {"knn5", "ridge"}
     assert (tmp_path / "ev" / "accuracy_vs_bytes.png").stat().st_size > 10_000
@@ -72,3 +73,38 @@ def test_one_label_is_refused(tmp_path, spark):
     write_vectors(tmp_path / "v.parquet", rows, model_sha256="a" * 64, model_name="m")
     with pytest.raises(EvaluateError, match="at least 2 labels"):
         evaluate(spark, [f"file://{tmp_path}/v.parquet"])
+
+
+@pytest.mark.slow
+def test_evaluate_on_real_photos_by_film_by_image_and_on_a_test_set(real_vectors, spark, tmp_path, capsys):
+    """Real Fruits-360 frames: the film split gives every frame of one film the same side (its number depends on the
+    label and film only), a separate Test set is used whole, and a split whose held-out rows have a near-identical
+    training row (cosine >= 0.99) says so: here a split by image of Training plus copies of 40 of its rows under other
+    ids, which a split by image puts on both sides."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cloud_pca.cli import main as cloud_main
+    from cloud_pca.evaluate import film_split_column
+    from cloud_pca.identifier import film_of
+
+    train = f"file://{real_vectors['Training']}"
+    film = evaluate(spark, [train], ks=(8, 32), seed=0)
+    assert film.split == "film" and film.classes == 21 and film.n_train + film.n_test + film.left_out == 695
+    rows = spark.read.parquet(train).select("label", "source", "image_id", film_split_column(0).alias("u")).collect()
+    sides = {}
+    for r in rows:
+        sides.setdefault((r["label"], film_of(r["source"], r["image_id"])), set()).add(r["u"])
+    assert all(len(u) == 1 for u in sides.values()) and len(sides) < len(rows) / 2   # films of 2-3 frames here
+    test = evaluate(spark, [train], ks=(8, 32), test_inputs=[f"file://{real_vectors['Test']}"])
+    assert test.split == "test set" and (test.n_train, test.n_test) == (695, 314)
+    # copies of 5 training rows under new ids: near-identical rows a split by image can put on both sides
+    t = pq.read_table(real_vectors["Training"])
+    copies = t.slice(0, 40).set_column(0, "image_id", pa.array([f"{i:064x}" for i in range(40)]))
+    pq.write_table(pa.concat_tables([t, copies.cast(t.schema)]), tmp_path / "with-copies.parquet")
+    assert cloud_main(["--quiet", "evaluate", "--input", str(tmp_path / "with-copies.parquet"), "--output",
+                       str(tmp_path / "ev"), "--ks", "8", "--split", "image"]) == 0
+    err = capsys.readouterr().err
+    saved = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert saved["split"] == "image" and saved["near_duplicates"] >= 1, saved["near_duplicates"]
+    assert "Warning: " in err and "near-identical training row (cosine >= 0.99)" in err and "--split film" in err

@@ -260,46 +260,57 @@ def test_a_run_killed_before_its_state_commit_leaves_no_marker(spark, s3, s3_ser
 
 # ------------------------------------------------------------------------------ published files
 def _published(tmp_path):
-    from contract.projection import Projection, ReferenceIndex
+    from contract.projection import Projection, ReferenceIndex, unit_rows
 
     rng = np.random.RandomState(0)
     p = Projection(rng.rand(1280), np.ones(1280), np.linalg.qr(rng.randn(1280, 4))[0], SHA, "m")
-    idx = ReferenceIndex(["apple", "lime", "pear"], rng.rand(3, 4), np.array([5, 5, 5]), p.projection_id,
-                         np.array([9.0, 9.0, 9.0]), 99.0)
+    idx = ReferenceIndex(["apple", "lime", "pear"], unit_rows(rng.randn(5, 4)), np.array([0, 0, 1, 2, 2]), np.eye(4),
+                         np.array([5, 5, 5]), p.projection_id, 0.3, 0.9, {"refusal": 0.05})
     return p, idx
+
+
+def _index(idx, **change):
+    from contract.projection import ReferenceIndex
+
+    fields = {name: getattr(idx, name) for name in ("labels", "prototypes", "owner", "whiten", "counts",
+                                                     "projection_id", "unknown_distance", "not_sure_ratio",
+                                                     "calibration")}
+    return ReferenceIndex(**{**fields, **change}).to_bytes()
 
 
 def bad_artifacts(tmp_path) -> dict[str, tuple[bytes, bytes, str]]:
     """(projection bytes, index bytes, what the error says) of each damage."""
-    from contract.projection import Projection, ReferenceIndex, pack_arrays
+    from contract.projection import Projection
 
     p, idx = _published(tmp_path)
     good_p, good_i = p.to_bytes(), idx.to_bytes()
     p1279 = Projection(p.mean[:1279], p.scale[:1279], p.components[:1279], SHA, "m")
     nan = Projection(p.mean.copy(), p.scale.copy(), p.components.copy(), SHA, "m")
     nan.components[0, 0] = np.nan
-    k3 = ReferenceIndex(idx.labels, idx.centroids[:, :3], idx.counts, p.projection_id, idx.thresholds, 99.0)
-    none = pack_arrays(labels=np.array([], dtype="<U1"), centroids=np.zeros((0, 4), np.float32),
-                       counts=np.zeros(0, np.int64), projection_id=np.array(p.projection_id))
-    two = pack_arrays(labels=np.array(idx.labels), centroids=idx.centroids[:2].astype(np.float32),
-                      counts=idx.counts, projection_id=np.array(p.projection_id))
+    nan_proto = idx.prototypes.copy()
+    nan_proto[1, 2] = np.nan
     return {
         "projection truncated": (good_p[: len(good_p) // 2], good_i, "not a projection artifact"),
         "projection empty": (b"", good_i, "not a projection artifact"),
         "index truncated": (good_p, good_i[:100], "not a reference index"),
         "projection of d=1279": (p1279.to_bytes(), good_i, "1279-d"),
         "NaN in the projection": (nan.to_bytes(), good_i, "NaN"),
-        "index of another k": (good_p, k3.to_bytes(), "k=3"),
-        "index with no labels": (good_p, none, "no labels"),
-        "3 labels, 2 centroids": (good_p, two, "3 labels but centroids"),
+        "index of another k": (good_p, _index(idx, prototypes=idx.prototypes[:, :3], whiten=np.eye(3)), "k=3"),
+        "index with no labels": (good_p, _index(idx, labels=[], counts=np.zeros(0)), "no labels"),
+        "3 labels, 2 with prototypes": (good_p, _index(idx, owner=np.array([0, 0, 1, 1, 1])), "grouped by label"),
+        "NaN in the index": (good_p, _index(idx, prototypes=nan_proto), "NaN"),
+        "unknown distance out of range": (good_p, _index(idx, unknown_distance=7.0), "out of range"),
+        "index of another projection": (good_p, _index(idx, projection_id="0" * 16), "belongs to projection"),
     }
 
 
 @pytest.mark.parametrize("damage", ["projection truncated", "projection empty", "index truncated",
                                     "projection of d=1279", "NaN in the projection", "index of another k",
-                                    "index with no labels", "3 labels, 2 centroids"])
+                                    "index with no labels", "3 labels, 2 with prototypes", "NaN in the index",
+                                    "unknown distance out of range", "index of another projection"])
 def test_identify_with_a_bad_published_file_is_one_error(tmp_path, photos, capsys, damage, monkeypatch):
-    """Before: zipfile.BadZipFile, EOFError, ValueError, IndexError, or an answer "apple (distance nan)"."""
+    """Before: zipfile.BadZipFile, EOFError, ValueError, IndexError, or an answer "apple (distance nan)"; each damage
+    is one Error: line naming the problem, and the exit code 1."""
     from edge_client.cli import main as edge_main
     from featurizer import runtime
 

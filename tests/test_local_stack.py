@@ -76,34 +76,30 @@ def sha(path: Path) -> str:
 
 
 def label_of(summary: dict) -> dict:
-    """{image id: the page's first answer}."""
-    return {a["imageId"]: a["answer"][0]["label"] for a in summary["answers"]}
+    """{image id: the page's answer (a label, "unknown" or "not sure: A or B")}."""
+    return {a["imageId"]: a["answer"]["answer"] for a in summary["answers"]}
 
 
 def edge_answers(endpoint: str, photos: list[Path]) -> dict:
     """What `fruits-edge identify` answers for each photo with the projection published on the stack."""
     import boto3
 
-    from contract.card import load_model_card
     from demo.s3server import TEST_CREDENTIALS
-    from edge_client.project import fetch_index, fetch_projection, identify
+    from edge_client.project import Published, identify
     from featurizer.runtime import Model
     from models import model_path
 
     s3 = boto3.Session(**{k.lower(): v for k, v in TEST_CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"},
                        region_name="us-east-1").client("s3", endpoint_url=endpoint)
-    projection = fetch_projection(s3, "fruits-local", "fruits", load_model_card(model_path()).sha256,
-                                  endpoint_url=endpoint)
-    index = fetch_index(s3, "fruits-local", "fruits", projection.projection_id, endpoint_url=endpoint)
     model = Model(model_path())
-    return {sha(p): identify(p, model, projection, index, top=1)[0][0] for p in photos}
+    projection, index = Published("s3://fruits-local/fruits", client=s3, endpoint_url=endpoint).identifier(model.sha256)
+    return {sha(p): identify(p, model, projection, index, top=1).answer for p in photos}
 
 
 def _start_web(env, port: int, log: Path) -> subprocess.Popen:
     out = open(log, "w")
-    return subprocess.Popen([sys.executable, "-m", "demo.stack", "--port", str(port), "--seed-classes", "6",
-                             "--seed-per-class", "80"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "demo.stack", "--port", str(port)], cwd=ROOT, env=env, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _wait_serving(proc: subprocess.Popen, log: Path, timeout_s: float = 600) -> str:
@@ -195,39 +191,42 @@ def test_a_prefix_is_listed_from_an_index_with_s3s_answers(tmp_path):
 
 
 def test_run_web_identifies_out_of_the_box_keeps_contributions_and_learns_a_new_fruit(tmp_path):
-    """`./run web` on a fresh folder: a first projection (6 synthetic fruits) is published by itself, and the page
-    identifies a held-out apple. Plums, which the index does not know, are "unknown"; the page sends them labelled
-    ("I know what it is"), `./run web refresh` runs the refresh chain, and on its next visit the page identifies a plum
-    it never sent. Ctrl-C, start again: the page's objects and its Cognito identity are still there."""
+    """`./run web` on a fresh folder: a first projection is published by itself from the project's real photos (20
+    fruits; Plum left out), and the page identifies real apples it never saw (other frames of the films). A plum,
+    which the index does not know, is not named; the page sends 8 plums labelled ("I know what it is"), `./run web
+    refresh` runs the refresh chain, and on its next visit the page identifies plums it never sent. Ctrl-C, start
+    again: the page's objects and its Cognito identity are still there."""
     require_browser("chromium")
     import boto3
 
+    from conftest import REAL
     from demo.s3server import TEST_CREDENTIALS, free_port
-    from models.synthetic import generate
     from web.device import Chromium
 
     env = {**os.environ, "FRUITS_LOCAL_STACK": str(tmp_path / "stack"), "PYTHONPATH": str(ROOT)}
     port = free_port()
-    photos = generate(tmp_path / "photos", per_class=12, n_classes=10, seed=77)
-    apples, plums = sorted((photos / "Apple Red").glob("*.jpg")), sorted((photos / "Plum").glob("*.jpg"))
+    apples = sorted((REAL / "Test" / "Apple Braeburn").iterdir())[:5]
+    plums, teach = sorted((REAL / "Test" / "Plum").iterdir()), sorted((REAL / "Training" / "Plum").iterdir())[:8]
     proc = _start_web(env, port, tmp_path / "web1.log")
     try:
         text = _wait_serving(proc, tmp_path / "web1.log")
-        assert "nothing published yet: fitting a first projection on 480 synthetic photos of 6 fruits" in text, text
+        assert "nothing published yet: fitting a first projection on the photos of 20 fruits" in text, text
+        assert "; not Plum)" in text, text
         endpoint = json.loads((tmp_path / "stack" / "server.json").read_text())["endpoint"]
         with Chromium(tmp_path / "profile") as b:
             phone = b.open(f"http://127.0.0.1:{port}/")
             first = phone.wait_published()
             where = phone.text("#where")
-            answers = label_of(phone.pick(apples + plums[:1]))
-            taught = phone.pick(plums[1:9], label="Plum")
+            answers = label_of(phone.pick(apples + plums))
+            taught = phone.pick(teach, label="Plum")
             phone.wait_uploaded()
             client = phone.evaluate("() => fruits.clientId")
             phone.screenshot(tmp_path / "before-refresh.png")
         assert where.startswith("Contributes to s3://fruits-local/fruits/ (the local stack on this machine"), where
-        assert answers == edge_answers(endpoint, apples + plums[:1]), "the page answers as fruits-edge identify"
-        assert sum(answers[sha(a)] == "Apple Red" for a in apples) >= 3, answers   # identified out of the box
-        assert answers[sha(plums[0])] == "unknown", "a fruit the index does not know"
+        assert answers == edge_answers(endpoint, apples + plums), "the page answers as fruits-edge identify"
+        assert sum(answers[sha(a)] == "Apple Braeburn" for a in apples) >= 4, answers   # identified out of the box
+        # a fruit the index does not know: mostly not named (measured: 9 of 13 unknown, 3 Avocado ripe, 1 Nectarine)
+        assert sum(answers[sha(p)] == "unknown" or answers[sha(p)].startswith("not sure") for p in plums) >= 7, answers
         assert taught["queuedRows"] == 8
         done = subprocess.run([sys.executable, "-m", "demo.stack", "refresh"], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=900)
@@ -236,12 +235,13 @@ def test_run_web_identifies_out_of_the_box_keeps_contributions_and_learns_a_new_
         with Chromium(tmp_path / "profile") as b:
             phone = b.open(f"http://127.0.0.1:{port}/")
             second = phone.wait_published()
-            held = plums[9:]
+            held = plums
             answers = label_of(phone.pick(held))
             phone.screenshot(tmp_path / "after-refresh.png")
         assert second != first, "the page uses the new projection on its next visit"
         assert answers == edge_answers(endpoint, held)
-        assert sum(answers[sha(p)] == "Plum" for p in held) >= 1, answers   # plums it never sent, now identified
+        # the same plums, whose labelled frames it never got: now mostly named Plum (measured: 9 of 13)
+        assert sum(answers[sha(p)] == "Plum" for p in held) >= 7, answers
     finally:
         _stop_web(proc)
     # Stopped: the server is gone. Start again: the page's object and identity are still there.
