@@ -363,6 +363,9 @@ def code_zip() -> bytes:
     return buf.getvalue()
 
 
+CATALOG = ROOT / "data" / "catalog" / "catalog.json"
+
+
 def uploads(spec: ClusterSpec, models_dir: Path | None = None) -> dict[str, bytes | Path]:
     """Key -> content (bytes or a local file) that ``launch`` puts in the bucket."""
     from models import model_path
@@ -378,6 +381,7 @@ def uploads(spec: ClusterSpec, models_dir: Path | None = None) -> dict[str, byte
         layout.bootstrap_key(root, layout.BOOTSTRAP_REQUIREMENTS): REQUIREMENTS,
         layout.model_key(root, spec.model): model,
         layout.model_key(root, model.with_suffix(".json").name): model.with_suffix(".json"),
+        layout.catalog_source_key(root): CATALOG,       # the operator's fruit catalog, which publish copies
     }
 
 

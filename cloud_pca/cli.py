@@ -168,6 +168,37 @@ def build_parser(extend=None):
                     example="fruits-cloud contributions --run s3://b/team/pca/run=2026...")
     c.add_argument("--run", required=True, help="a run folder (OUTPUT/run=<id>)")
     c.add_argument("--json", action="store_true", help="the summary's contributions record as JSON")
+    g = add_command(sub, "catalog", help="the fruit catalog: check it, fill its nutrition, publish it",
+                    description="The catalog phones show under an answer (names in English and French, variety, "
+                                "description, season, storage, nutrition with its source): check a file against the "
+                                "catalog's rules, fill its nutrition from IFCT 2017, or publish the operator's "
+                                "catalog (ROOT/models/catalog.json) with the projection in force.",
+                    example="fruits-cloud catalog check data/catalog/catalog.json\n"
+                            "         fruits-cloud catalog publish --root s3://b/team --file data/catalog/catalog.json")
+    gsub = g.add_subparsers(dest="catalog_command", metavar="ACTION")
+    gc = add_command(gsub, "check", help="one line per problem; exit 1 if any",
+                     description="Check a catalog file; with --root, also list the labels the published index holds "
+                                 "that the catalog has no entry for (phones show them as their label).",
+                     example="fruits-cloud catalog check catalog.json --root s3://b/team")
+    gc.add_argument("file", help="a catalog JSON file")
+    gc.add_argument("--root", help="a dataset root (s3:// or a local folder): its published index's labels")
+    gc.add_argument("--model-sha256", help="with --root: the model whose publish to read (default: the committed one)")
+    gn = add_command(gsub, "nutrition", help="fill the nutrition of a catalog file from IFCT 2017",
+                     description="Every fruit whose nutrition.food names an IFCT 2017 food (its code) gets that "
+                                 "food's numbers; prints what changes, and writes it with --write (without: exit 1 "
+                                 "if anything would change).",
+                     example="fruits-cloud catalog nutrition data/catalog/catalog.json --write")
+    gn.add_argument("file")
+    gn.add_argument("--ifct", help="the IFCT 2017 table (default: data/catalog's npm package, ./run setup)")
+    gn.add_argument("--write", action="store_true")
+    gp = add_command(gsub, "publish", help="publish the operator's catalog with the projection in force",
+                     description="Check ROOT/models/catalog.json (after uploading --file there), write its "
+                                 "content-named copy next to the projection and index in force, and rewrite the "
+                                 "pointer to name it: a catalog change alone, no refit.",
+                     example="fruits-cloud catalog publish --root s3://b/team --file catalog.json")
+    gp.add_argument("--root", required=True)
+    gp.add_argument("--file", help="upload this catalog to ROOT/models/catalog.json first")
+    gp.add_argument("--model-sha256", help="the model whose pointer to rewrite (default: the committed one)")
     if extend is not None:
         extend(sub)
     return parser
@@ -304,8 +335,61 @@ def cmd_contributions(args) -> int:
     return 0
 
 
+def _model_sha(args) -> str:
+    if args.model_sha256:
+        return args.model_sha256
+    from contract.card import load_model_card
+
+    return load_model_card(default_model()).sha256
+
+
+def cmd_catalog(args) -> int:
+    from cloud_pca import catalog as cat
+
+    if args.catalog_command == "check":
+        problems = cat.problems(args.file)
+        for p in problems:
+            print(p)
+        if problems:
+            print(f"{args.file}: {len(problems)} problem(s)", file=sys.stderr)
+            return 1
+        catalog = cat.read_catalog(args.file)
+        fruits = catalog.data["fruits"]
+        print(f"{args.file}: good; {len(fruits)} fruits, {len(catalog.labels)} labels, "
+              f"{sum('nutrition' in f for f in fruits)} with nutrition; catalog id {catalog.catalog_id}")
+        if args.root:
+            labels = cat.published_labels(_spark(args, "catalog"), _uri(args.root), _model_sha(args))
+            missing = catalog.missing(labels)
+            for label in missing:
+                print(f"label without an entry (shown as itself): {label}")
+            print(f"{len(labels) - len(missing)} of the {len(labels)} labels published under {args.root} have an entry")
+        return 0
+    if args.catalog_command == "nutrition":
+        data = json.loads(open(args.file, encoding="utf-8").read())
+        changed = cat.fill_nutrition(data, cat.ifct_rows(args.ifct or cat.IFCT_CSV))
+        for line in changed:
+            print(line)
+        if args.write and changed:
+            with open(args.file, "w", encoding="utf-8") as f:
+                f.write(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+        print(f"{len(changed)} fruit(s) " + ("updated" if args.write else "would change"))
+        return 1 if changed and not args.write else 0
+    if args.catalog_command == "publish":
+        spark = _spark(args, "catalog")
+        root = _uri(args.root)
+        if args.file:
+            cat.upload_source(spark, root, cat.read_catalog(args.file))
+        catalog, written = cat.publish_catalog_alone(spark, root, _model_sha(args))
+        print(f"catalog {catalog.catalog_id}: {len(catalog.data['fruits'])} fruits, published with the projection in "
+              f"force")
+        for uri in written:
+            print(f"  {uri}")
+        return 0
+    raise FruitsError("give an action: check, nutrition or publish (fruits-cloud catalog --help)")
+
+
 COMMANDS = {"pca": cmd_pca, "featurize": cmd_featurize, "publish": cmd_publish, "evaluate": cmd_evaluate,
-            "report": cmd_report, "contributions": cmd_contributions}
+            "report": cmd_report, "contributions": cmd_contributions, "catalog": cmd_catalog}
 
 
 def watched(command):

@@ -13,7 +13,7 @@ import json
 from collections import Counter
 
 from contract.errors import FruitsError, one_line
-from contract.layout import index_key, latest_projection_key, projection_key
+from contract.layout import catalog_key, index_key, latest_projection_key, projection_key
 from contract.projection import Projection, ReferenceIndex, pointer_bytes
 from contract.vectors import safe_inverse
 from cloud_pca.pca import FruitsPCAModel, PCAInputError
@@ -115,15 +115,27 @@ def index_from_run(spark, run_uri: str, k: int, projection_id: str, *, driver_re
 
 def publish(spark, run_uri: str, root_uri: str, k: int | None = None, *, driver_read_bytes: int | None = None
             ) -> tuple[Projection, ReferenceIndex, list[str]]:
-    """Write the projection, the index and the pointer under ``root_uri/models/``; returns them and the URIs.
-    Projections up to ``driver_read_bytes`` (default one task's worth) are read by the driver, larger ones in Spark."""
+    """Write the projection, the index, the operator's catalog (``ROOT/models/catalog.json``, checked: a broken one
+    stops the publish) and last the pointer naming the three under ``root_uri/models/``; returns the projection, the
+    index and the URIs written. Projections up to ``driver_read_bytes`` (default one task's worth) are read by the
+    driver, larger ones in Spark."""
+    from cloud_pca.catalog import CatalogToolError, published_catalog
+
+    try:
+        catalog = published_catalog(spark, root_uri)   # before the work: a broken catalog is said at once
+    except CatalogToolError as exc:
+        raise PublishError(str(exc)) from None
     projection = projection_from_run(spark, run_uri, k)
     index = index_from_run(spark, run_uri, projection.k, projection.projection_id, driver_read_bytes=driver_read_bytes)
     root = root_uri.rstrip("/")
+    files = [(projection_key("", projection.projection_id), projection.to_bytes()),
+             (index_key("", index.index_id), index.to_bytes())]
+    if catalog is not None:
+        files.append((catalog_key("", catalog.catalog_id), catalog.to_bytes()))
+    files.append((latest_projection_key("", projection.model_sha256),
+                  pointer_bytes(projection, index, catalog.catalog_id if catalog else None)))
     written = []
-    for key, data in ((projection_key("", projection.projection_id), projection.to_bytes()),
-                      (index_key("", index.index_id), index.to_bytes()),
-                      (latest_projection_key("", projection.model_sha256), pointer_bytes(projection, index))):
-        write_bytes(spark, f"{root}/{key}", data)   # the pointer last: devices see a complete pair
+    for key, data in files:
+        write_bytes(spark, f"{root}/{key}", data)   # the pointer last: devices see a complete set
         written.append(f"{root}/{key}")
     return projection, index, written

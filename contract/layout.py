@@ -10,9 +10,9 @@ area          keys below the root                                               
 vectors       ``vectors/model=<sha256>/day=<YYYY-MM-DD>/client=<device>/part-<content>.parquet``      device      emr
 projected     ``projected/model=<sha256>/projection=<id>/day=<YYYY-MM-DD>/client=<device>/part-..``   device      emr
 raw           ``raw/client=<device>/label=<label>/<image_id>.<ext>``                                  device      emr
-published     ``models/projection-<id>.npz``, ``models/index-<id>.npz``,                              emr         device, emr
+published     ``models/projection-<id>.npz``, ``models/index-<id>.npz``, ``models/catalog-<id>.json``,   emr         device, emr
               ``models/projection-latest-<sha256>.json``
-models        ``models/<name>.tflite``, ``models/<name>.json`` (card)                                 operator    device, emr
+models        ``models/<name>.tflite``, ``models/<name>.json`` (card), ``models/catalog.json``         operator    device, emr
 pca           ``pca/run=<id>/...``, ``pca/featurized/run=<id>/...``,                                  emr         emr, operator
               ``pca/state/model=<sha256>/...``
 code          ``code/fruits-code.zip``, ``code/fruits_job.py``                                        operator    emr
@@ -90,10 +90,12 @@ AREAS: tuple[Area, ...] = (
     Area("raw", "raw", ("raw/client={device}/label=*/{image_id}.*", "raw/client={device}/label=*/{image_id}"),
          writers=(DEVICE,), readers=(EMR,), listers=(EMR,), doc="photos of devices that cannot vectorize"),
     # "published" before "models": its keys are more specific (area_of takes the first match).
-    Area("published", "models", ("models/projection-*.npz", "models/index-*.npz", "models/projection-latest-*.json"),
-         writers=(EMR,), readers=(DEVICE, EMR), doc="projection + reference index for the devices"),
+    Area("published", "models", ("models/projection-*.npz", "models/index-*.npz", "models/catalog-*.json",
+                                 "models/projection-latest-*.json"),
+         writers=(EMR,), readers=(DEVICE, EMR), doc="projection + reference index + the catalog they were published with"),
     Area("models", "models", ("models/*.tflite", "models/*.json"),
-         writers=(OPERATOR,), readers=(DEVICE, EMR), listers=(EMR,), doc="the .tflite models and their cards"),
+         writers=(OPERATOR,), readers=(DEVICE, EMR), listers=(EMR,),
+         doc="the .tflite models and their cards; the operator's fruit catalog (catalog.json)"),
     Area("pca", "pca", ("pca/*",), writers=(EMR,), readers=(EMR, OPERATOR), listers=(EMR,),
          scratch=("pca/*/_temporary/*",), doc="PCA runs, featurized vectors, incremental state"),
     Area("code", "code", (f"code/{CODE_ZIP}", f"code/{ENTRY_SCRIPT}"), writers=(OPERATOR,), readers=(EMR,),
@@ -343,6 +345,16 @@ def projection_key(root: str, projection_id: str) -> str:
 
 def index_key(root: str, projection_id: str) -> str:
     return folder(root, "published") + f"index-{check_projection_id(projection_id)}.npz"
+
+
+def catalog_key(root: str, catalog_id: str) -> str:
+    """The catalog as one publish used it (content-named, next to the projection and index it was published with)."""
+    return folder(root, "published") + f"catalog-{check_projection_id(catalog_id)}.json"
+
+
+def catalog_source_key(root: str) -> str:
+    """The operator's fruit catalog, which ``publish`` checks and copies (:func:`catalog_key`)."""
+    return folder(root, "models") + "catalog.json"
 
 
 def latest_projection_key(root: str, model_sha256: str) -> str:

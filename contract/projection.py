@@ -303,19 +303,39 @@ class ReferenceIndex:
         return Answer(text, self.labels[first], self.labels[second] if second >= 0 else "", ranked[0][1], ranked)
 
 
-def pointer_bytes(projection: Projection, index: ReferenceIndex) -> bytes:
-    """``projection-latest-<sha>.json``: the projection and the index in force for the projection's model."""
+@dataclass(frozen=True)
+class Pointer:
+    """What ``projection-latest-<sha>.json`` names: the projection, the index and the catalog (None: no catalog was
+    published) in force for a model; all from one publish."""
+
+    projection_id: str
+    index_id: str
+    catalog_id: str | None = None
+
+
+def pointer_bytes(projection: Projection, index: ReferenceIndex, catalog_id: str | None = None) -> bytes:
+    """``projection-latest-<sha>.json``: the projection, index and catalog in force for the projection's model."""
     return json.dumps({"projection_id": projection.projection_id, "index_id": index.index_id, "k": projection.k,
-                       "run": projection.run}).encode()
+                       "run": projection.run, "catalog_id": catalog_id}).encode()
 
 
-def read_pointer(data: bytes, origin: str = "<pointer>") -> tuple[str, str]:
-    """(projection id, index id) named by a pointer; anything else is one ContractError naming ``origin``."""
+def read_pointer(data: bytes, origin: str = "<pointer>") -> Pointer:
+    """What a pointer names; anything else is one ContractError naming ``origin``."""
     from contract.layout import check_projection_id
 
     try:
         pointer = json.loads(data)
-        return check_projection_id(pointer["projection_id"]), check_projection_id(pointer["index_id"])
-    except (ValueError, KeyError, TypeError, ContractError):
+        catalog = pointer.get("catalog_id")
+        return Pointer(check_projection_id(pointer["projection_id"]), check_projection_id(pointer["index_id"]),
+                       None if catalog is None else check_projection_id(catalog))
+    except (ValueError, KeyError, TypeError, AttributeError, ContractError):
         raise ContractError(f"{origin}: not a projection pointer (a JSON object naming a 16-hex projection_id and "
-                            f"index_id); publish again") from None
+                            f"index_id, and a catalog_id or null); publish again") from None
+
+
+def rewrite_pointer(data: bytes, *, catalog_id: str) -> bytes:
+    """The same pointer naming another catalog (``fruits-cloud catalog publish``)."""
+    pointer = json.loads(data)
+    read_pointer(data)
+    pointer["catalog_id"] = catalog_id
+    return json.dumps(pointer).encode()

@@ -81,13 +81,15 @@ def identify_held_out(held: Path, s3, bucket: str, root: str, endpoint: str | No
     from models import model_path
 
     model = Model(model_path(), threads=1)
-    projection, index = Published(f"s3://{bucket}/{root}", client=s3, endpoint_url=endpoint).identifier(model.sha256)
+    projection, index, catalog = Published(f"s3://{bucket}/{root}", client=s3,
+                                           endpoint_url=endpoint).published(model.sha256)
     answers = identify_photos(find_photos([held]), model, projection, index)
     pairs = [(a.truth, a.answer.answer) for a in answers if a.answer is not None and a.truth]
     per_fruit = []
     for fruit in sorted({t for t, _ in pairs}):
         got = [a for t, a in pairs if t == fruit]
-        per_fruit.append({"fruit": fruit, "sent": "yes" if fruit in index.labels else "never", "photos": len(got),
+        per_fruit.append({"fruit": catalog.name(fruit, with_label=True) if catalog else fruit,
+                          "sent": "yes" if fruit in index.labels else "never", "photos": len(got),
                           "named right": sum(a == fruit for a in got),
                           "wrong name": sum(a not in (fruit, "unknown") and not a.startswith("not sure: ") for a in got),
                           "unknown": got.count("unknown"), "not sure": sum(a.startswith("not sure: ") for a in got)})
@@ -336,10 +338,13 @@ class Demo:
         return ev
 
     def publish(self, result) -> None:
+        from bootstrap.emr import CATALOG
         from cloud_pca.publish import publish
+        from contract.layout import catalog_source_key
 
+        self.s3.put_object(Bucket=self.bucket, Key=catalog_source_key(self.root), Body=CATALOG.read_bytes())
         k = min(32, result.summary["k"])
-        stage(f"    publishing a {k}-component projection + reference index for the devices")
+        stage(f"    publishing a {k}-component projection + reference index + the fruit catalog for the devices")
         publish(self.spark, result.run_uri, f"s3a://{self.bucket}/{self.root}", k=k)
 
     def identify(self) -> dict:

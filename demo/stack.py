@@ -134,10 +134,12 @@ class LocalStack:
         return f"s3://{BUCKET}/{PREFIX}"
 
     def ensure(self, web_origins: list[str]) -> str:
-        """The bucket (CORS for ``web_origins``), the model and its card under ``models/``, and the devices' identity
-        pool; returns the pool id (the same across restarts)."""
+        """The bucket (CORS for ``web_origins``), the model and its card under ``models/``, the operator's fruit catalog
+        (the project's, when there is none: ``models/catalog.json``, which the next publish copies) and the devices'
+        identity pool; returns the pool id (the same across restarts)."""
+        from bootstrap.emr import CATALOG
         from bootstrap.policies import bucket_cors
-        from contract.layout import model_key
+        from contract.layout import catalog_source_key, model_key
         from models import model_path
 
         s3 = self.client("s3")
@@ -146,8 +148,9 @@ class LocalStack:
         if web_origins:
             s3.put_bucket_cors(Bucket=BUCKET, CORSConfiguration=bucket_cors(web_origins))
         model = model_path()
-        for path in (model, model.with_suffix(".json")):
-            key = model_key(PREFIX, path.name)
+        for path, key in ((model, model_key(PREFIX, model.name)),
+                          (model.with_suffix(".json"), model_key(PREFIX, model.with_suffix(".json").name)),
+                          (CATALOG, catalog_source_key(PREFIX))):
             try:
                 s3.head_object(Bucket=BUCKET, Key=key)
             except s3.exceptions.ClientError:
