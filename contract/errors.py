@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Callable, Mapping
 
@@ -64,6 +65,9 @@ def run_cli(parser: argparse.ArgumentParser, commands: Mapping[str, Callable], a
     except KeyboardInterrupt:
         print(f"Error: {interrupted}", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # the reader of the output went away (`| head`): stop quietly, as a Unix tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def one_line(exc: BaseException) -> str:

@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", help="where publish wrote: s3://BUCKET[/PREFIX] or a local folder (ROOT)")
     p.add_argument("--projection", type=Path, help="a local projection-<id>.npz (instead of --from)")
     p.add_argument("--index", type=Path, help="a local index-<id>.npz (instead of --from)")
+    p.add_argument("--catalog", type=Path, help="with --projection and --index: a catalog JSON file for the names")
     p.add_argument("--csv", type=Path, help="also write the answers here (path, answer, label, score, runner_up, ...)")
     p.add_argument("--top", type=int, default=3, help="labels shown per photo (default 3)")
     p.add_argument("--threads", type=int, default=None, help="parallel workers (default: cores + 2)")
@@ -228,12 +229,13 @@ def cmd_identify(args) -> int:
     if args.csv and args.csv.exists() and args.csv.is_dir():
         raise UserError(f"--csv {args.csv} is a folder")
     model = Model(_model(args), threads=1)
+    catalog = load_local(args.catalog, "catalog") if args.catalog else None
     if args.source and args.source.startswith("s3://"):
         dest = _destination(args, args.source)
         published = Published(args.source, client=dest.client, endpoint_url=args.endpoint_url)
-        projection, index = published.identifier(model.sha256)
+        projection, index, catalog = published.published(model.sha256)
     elif args.source:
-        projection, index = Published(args.source).identifier(model.sha256)
+        projection, index, catalog = Published(args.source).published(model.sha256)
     elif args.projection and args.index:
         projection, index = load_local(args.projection, "projection"), load_local(args.index, "index")
     else:
@@ -251,8 +253,12 @@ def cmd_identify(args) -> int:
             continue
         print(f"{a.path}: {a.answer.answer}  (score {a.answer.score:.2f}; nearest: " + ", ".join(
             f"{lab} {d:.3f}" for lab, _, d in a.answer.ranked) + ")")
+        if catalog is not None and a.answer.named and catalog.lookup(a.answer.label):
+            print(f"    {catalog.line(a.answer.label)}")
+        elif catalog is not None and not a.answer.named and a.answer.answer != "unknown":
+            print(f"    not sure: {catalog.name(a.answer.label)} or {catalog.name(a.answer.runner_up)}")
     if args.csv:
-        write_answers(answers, args.csv)
+        write_answers(answers, args.csv, catalog)
     report = figures_text([(a.truth, a.answer.answer) for a in answers if a.answer is not None and a.truth],
                           set(index.labels))
     if report:

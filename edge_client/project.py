@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from contract import ContractError, read_vectors
-from contract.layout import index_key, latest_projection_key, projection_key
-from contract.projection import NOT_SURE, UNKNOWN, Answer, Projection, ReferenceIndex, read_pointer
+from contract.catalog import Catalog
+from contract.layout import catalog_key, index_key, latest_projection_key, projection_key
+from contract.projection import NOT_SURE, UNKNOWN, Answer, Pointer, Projection, ReferenceIndex, read_pointer
 from contract.vectors import PROJECTION_COLUMN, features_array, features_matrix, file_metadata, parquet_options
 from edge_client.vectorize import UserError
 
@@ -58,7 +59,7 @@ class Published:
         except BotoCoreError as exc:
             raise UserError(explain(exc, self.bucket, self.endpoint_url)) from None
 
-    def pointer(self, model_sha256: str) -> tuple[str, str]:
+    def pointer(self, model_sha256: str) -> Pointer:
         key = latest_projection_key(self.root, model_sha256)
         data = self.get(key, f"projection published for model {model_sha256[:12]}... (run `fruits-cloud publish`)")
         try:
@@ -68,7 +69,7 @@ class Published:
 
     def projection(self, model_sha256: str, projection_id: str | None = None) -> Projection:
         """The projection in force for ``model_sha256`` (or the one named), checked against that fingerprint."""
-        pid = projection_id or self.pointer(model_sha256)[0]
+        pid = projection_id or self.pointer(model_sha256).projection_id
         key = projection_key(self.root, pid)
         try:
             projection = Projection.from_bytes(self.get(key, "projection"), self.where(key))
@@ -79,21 +80,34 @@ class Published:
 
     def identifier(self, model_sha256: str) -> tuple[Projection, ReferenceIndex]:
         """The projection and index the pointer names, checked against each other and the model."""
-        pid, iid = self.pointer(model_sha256)
-        projection = self.projection(model_sha256, pid)
-        key = index_key(self.root, iid)
+        projection, index, _ = self.published(model_sha256)
+        return projection, index
+
+    def published(self, model_sha256: str) -> tuple[Projection, ReferenceIndex, Catalog | None]:
+        """The projection, index and catalog (None: none was published) the pointer names: one publish's, checked."""
+        pointer = self.pointer(model_sha256)
+        projection = self.projection(model_sha256, pointer.projection_id)
+        key = index_key(self.root, pointer.index_id)
         try:
-            index = ReferenceIndex.from_bytes(self.get(key, "reference index"), self.where(key), iid)
+            index = ReferenceIndex.from_bytes(self.get(key, "reference index"), self.where(key), pointer.index_id)
             index.check_projection(projection, self.where(key))
+            catalog = None
+            if pointer.catalog_id:
+                key = catalog_key(self.root, pointer.catalog_id)
+                catalog = Catalog.from_bytes(self.get(key, "catalog"), self.where(key), pointer.catalog_id)
         except ContractError as exc:
             raise UserError(str(exc)) from None
-        return projection, index
+        return projection, index, catalog
 
 
 def load_local(path: str | os.PathLike, kind: str):
-    data = Path(path).read_bytes()
+    """A published file given directly: ``kind`` is "projection", "index" or "catalog"."""
     try:
-        return (Projection if kind == "projection" else ReferenceIndex).from_bytes(data, str(path))
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return {"projection": Projection, "index": ReferenceIndex, "catalog": Catalog}[kind].from_bytes(data, str(path))
     except ContractError as exc:
         raise UserError(str(exc)) from None
 
@@ -200,20 +214,21 @@ def identify_photos(photos: list, model, projection: Projection, index: Referenc
     return out
 
 
-def write_answers(answers: list[PhotoAnswer], path: str | os.PathLike) -> None:
+def write_answers(answers: list[PhotoAnswer], path: str | os.PathLike, catalog: Catalog | None = None) -> None:
     """The answers as CSV: path, answer (a label, "unknown" or "not sure: A or B"), the nearest label, score,
-    runner-up, the folder's label and, for a photo not read, why."""
+    runner-up, the fruit's name from the catalog (named answers), the folder's label and, for a photo not read, why."""
     import csv
 
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["path", "answer", "label", "score", "runner_up", "folder_label", "not_read"])
+        w.writerow(["path", "answer", "label", "score", "runner_up", "fruit", "folder_label", "not_read"])
         for a in answers:
             if a.answer is None:
-                w.writerow([a.path, "", "", "", "", a.truth or "", a.reason])
+                w.writerow([a.path, "", "", "", "", "", a.truth or "", a.reason])
             else:
+                fruit = catalog.name(a.answer.label) if catalog is not None and a.answer.named else ""
                 w.writerow([a.path, a.answer.answer, a.answer.label, f"{a.answer.score:.4f}", a.answer.runner_up,
-                            a.truth or "", ""])
+                            fruit, a.truth or "", ""])
 
 
 def never_sent(labels, n: int, seed: int = 0) -> list[str]:
