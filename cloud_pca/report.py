@@ -315,10 +315,24 @@ def _sample_3d_in_driver(table, max_points: int) -> tuple[list[dict], int, int]:
     return rows, len(labels), len(groups)
 
 
+# 24 colours far apart (Plotly's "Dark24"), then marker shapes: up to 192 fruits drawn each its own way (Plotly's
+# default colorway has 10: on 21 real fruits, Apple Braeburn, Lemon Meyer and Walnut shared one blue).
+PALETTE = ("#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#222A2A", "#B68100", "#750D86", "#EB663B",
+           "#511CFB", "#00A08B", "#FB00D1", "#FC0080", "#B2828D", "#6C7C32", "#778AAE", "#862A16", "#A777F1",
+           "#620042", "#1616A7", "#DA60CA", "#6C4516", "#0D2A63", "#AF0038")
+SYMBOLS = ("circle", "square", "diamond", "cross", "x", "circle-open", "square-open", "diamond-open")
+
+
+def marker_style(i: int) -> dict:
+    """The i-th fruit's colour and marker shape in the 3-D view."""
+    return {"color": PALETTE[i % len(PALETTE)], "symbol": SYMBOLS[(i // len(PALETTE)) % len(SYMBOLS)]}
+
+
 def published_for(spark, run_uri: str, summary: dict) -> dict | None:
     """The projection published from this run, if the run lies in a dataset root (``ROOT/pca/run=<id>``) whose
     pointer names a projection made from it: its id, k, labels and identify's calibration."""
-    from contract.layout import index_key, latest_projection_key, projection_key
+    from contract.catalog import Catalog
+    from contract.layout import catalog_key, index_key, latest_projection_key, projection_key
     from contract.projection import Projection, ReferenceIndex, read_pointer
     from cloud_pca.spark import read_bytes
 
@@ -332,18 +346,24 @@ def published_for(spark, run_uri: str, summary: dict) -> dict | None:
         return None
     pid = pointer["projection_id"]
     try:
-        pid, iid = read_pointer(json.dumps(pointer).encode(), latest_projection_key("", sha))
+        named = read_pointer(json.dumps(pointer).encode(), latest_projection_key("", sha))
+        pid, iid = named.projection_id, named.index_id
         projection = Projection.from_bytes(read_bytes(spark, f"{root}/{projection_key('', pid)}"), projection_key("", pid))
         index = ReferenceIndex.from_bytes(read_bytes(spark, f"{root}/{index_key('', iid)}"), index_key("", iid), iid)
+        catalog = None
+        if named.catalog_id:
+            key = catalog_key("", named.catalog_id)
+            catalog = Catalog.from_bytes(read_bytes(spark, f"{root}/{key}"), key, named.catalog_id)
     except Exception as exc:  # a damaged published file is reported, not fatal to the report
         return {"projection_id": pid, "error": one_line(exc)}
     if projection.run and projection.run != summary.get("run_id"):
-        return {"projection_id": pid, "other_run": projection.run}
+        return {"projection_id": pid, "other_run": projection.run, "catalog": catalog}
     per_label = [int((index.owner == j).sum()) for j in range(len(index.labels))]
     return {"projection_id": pid, "index_id": iid, "k": projection.k, "run": projection.run,
             "unknown_distance": index.unknown_distance, "not_sure_ratio": index.not_sure_ratio,
-            "calibration": index.calibration, "bytes": len(projection.to_bytes()) + len(index.to_bytes()),
-            "labels": [{"label": lab, "rows": int(n), "prototypes": int(p)}
+            "calibration": index.calibration, "catalog": catalog,
+            "bytes": len(projection.to_bytes()) + len(index.to_bytes()) + (len(catalog.to_bytes()) if catalog else 0),
+            "labels": [{"fruit": catalog.name(lab) if catalog else lab, "label": lab, "rows": int(n), "prototypes": int(p)}
                        for lab, n, p in zip(index.labels, index.counts, per_label)]}
 
 
@@ -513,6 +533,12 @@ def _page(spark, run_uri: str, summary: dict, *, max_points: int, extra) -> Repo
              "shapes": [{"type": "line", "x0": s.get("k"), "x1": s.get("k"), "y0": 0, "y1": 1, "yref": "paper",
                          "line": {"dash": "dot", "color": "#b3261e"}}]})
 
+    published = published_for(spark, run_uri, s)
+    catalog = (published or {}).get("catalog")
+
+    def fruit(label: str) -> str:     # the catalog's name, the label kept in brackets; the label where none
+        return catalog.name(label, with_label=True) if catalog is not None else label
+
     if projections is not None and s.get("k", 0) >= 3:
         rows, total, n_labels = sample_3d(spark, projections, max_points)
         page.heading("The photos on the first three components")
@@ -520,21 +546,22 @@ def _page(spark, run_uri: str, summary: dict, *, max_points: int, extra) -> Repo
         for r in rows:
             by_label.setdefault(r["label"], []).append(r)
         traces = []
-        for lab in sorted(by_label):
+        for i, lab in enumerate(sorted(by_label)):
             pts = by_label[lab]
             traces.append({
-                "type": "scatter3d", "mode": "markers", "name": f"{lab} ({len(pts)})",
+                "type": "scatter3d", "mode": "markers", "name": f"{fruit(lab)} ({len(pts)})",
                 "x": [round(p["p"][0], 4) for p in pts], "y": [round(p["p"][1], 4) for p in pts],
-                "z": [round(p["p"][2], 4) for p in pts], "marker": {"size": 3, "opacity": 0.85},
-                "text": [f"{lab}<br>{p.get('source') or '(source not recorded)'}<br>device {p['client_id']}"
-                         for p in pts],
+                "z": [round(p["p"][2], 4) for p in pts],
+                "marker": {"size": 3, "opacity": 0.85, **marker_style(i)},
+                "text": [f"{html.escape(fruit(lab))}<br>{html.escape(p.get('source') or '(source not recorded)')}"
+                         f"<br>device {html.escape(str(p['client_id']))}" for p in pts],
                 "hoverinfo": "text"})
         page.text(f"{len(rows):,} of the run's {total:,} photos, a sample stratified by label (at most "
                   f"{max(1, max_points // max(n_labels, 1)):,} of each of the {n_labels} labels). Drag to turn, scroll "
                   f"to zoom, hover a point for its label, source file and device, click a legend entry to hide a "
                   f"fruit (double-click: only that fruit).", note=True)
         _plot(page, "pca3d", "plot", traces, {"margin": {"l": 0, "r": 0, "t": 0, "b": 0},
-                                               "legend": {"itemsizing": "constant", "x": 0, "xanchor": "left", "y": 1},
+                                               "legend": {"itemsizing": "constant"},
                                                "scene": {"xaxis": {"title": {"text": "PC1"}}, "yaxis": {"title": {"text": "PC2"}},
                                                          "zaxis": {"title": {"text": "PC3"}}}})
     pngs = _read_pngs(spark, f"{run_uri}/plots")
@@ -552,7 +579,6 @@ def _page(spark, run_uri: str, summary: dict, *, max_points: int, extra) -> Repo
             page.table(rows[:60])
         page.images(_read_pngs(spark, f"{run_uri}/evaluation"))
 
-    published = published_for(spark, run_uri, s)
     if published:
         page.heading("Published for the devices")
         if "error" in published:
