@@ -16,18 +16,22 @@ mkdirSync(join(out, 'wasm'), {recursive: true});
 
 const common = {bundle: true, minify: true, sourcemap: true, target: ['chrome110', 'safari16.4', 'firefox115'],
                 legalComments: 'external', logLevel: 'warning'};
-// The page: an ES module. The workers: classic scripts (LiteRT.js loads its Wasm loader with importScripts).
+// The page: an ES module. The workers: classic scripts, one per LiteRT.js Wasm build, each with that build's
+// Emscripten loader in front (what LiteRT.js would fetch with importScripts): the page starts the one its browser
+// runs, and hands it the Wasm it compiled itself (web/src/wasm.js), so a worker fetches nothing. (In WebKit the
+// service worker does not see a worker's own requests: a worker that fetched its Wasm could not start offline.)
 await build({...common, entryPoints: [join(here, 'src/app.js')], outfile: join(out, 'app.js'), format: 'esm'});
-await build({...common, entryPoints: [join(here, 'src/worker.js')], outfile: join(out, 'worker.js'), format: 'iife'});
+const litert = join(here, 'node_modules/@litertjs/core/wasm');
+for (const [name, loader] of [['simd', 'litert_wasm_internal'], ['compat', 'litert_wasm_compat_internal']]) {
+  // The single-threaded builds: relaxed SIMD, and "compat" for browsers without it (Safari). The threaded
+  // and JSPI builds are not used (threads need cross-origin isolation; the page runs one worker per core).
+  await build({...common, entryPoints: [join(here, 'src/worker.js')], outfile: join(out, `worker-${name}.js`),
+               format: 'iife', banner: {js: readFileSync(join(litert, `${loader}.js`), 'utf8')}});
+  copyFileSync(join(litert, `${loader}.wasm`), join(out, 'wasm', `${loader}.wasm`));
+}
 
 cpSync(join(here, 'static'), out, {recursive: true});
 if (process.argv[3]) cpSync(process.argv[3], out, {recursive: true});
-const litert = join(here, 'node_modules/@litertjs/core/wasm');
-for (const f of readdirSync(litert)) {
-  // The single-threaded builds: relaxed SIMD, and "compat" for browsers without it (Safari). The threaded
-  // and JSPI builds are not used (threads need cross-origin isolation; the page runs one worker per core).
-  if (/^litert_wasm_(compat_)?internal\.(js|wasm)$/.test(f)) copyFileSync(join(litert, f), join(out, 'wasm', f));
-}
 copyFileSync(join(here, 'node_modules/parquet-wasm/esm/parquet_wasm_bg.wasm'), join(out, 'wasm/parquet_wasm_bg.wasm'));
 
 // The service worker's cache is named after everything it may serve (the model included), so a new build

@@ -173,6 +173,10 @@ class Tab:
 class Chromium(Browser):
     engine = "chromium"
 
+    def __init__(self, profile: str | Path | None = None, *, viewport: dict | None = None, locale: str | None = None):
+        super().__init__(profile, viewport=viewport)
+        self.locale = locale          # navigator.language (e.g. "fr-FR"); default: the browser's own
+
     def start(self) -> "Chromium":
         from playwright.sync_api import sync_playwright
 
@@ -181,7 +185,8 @@ class Chromium(Browser):
         try:
             self.context = self._pw.chromium.launch_persistent_context(
                 str(self.profile), executable_path=str(executable), headless=True, args=FLAGS, accept_downloads=True,
-                viewport=self.viewport, device_scale_factor=2, is_mobile=True, has_touch=True)
+                viewport=self.viewport, device_scale_factor=2, is_mobile=True, has_touch=True,
+                **({"locale": self.locale} if self.locale else {}))
         except Exception:
             self._pw.stop()
             raise

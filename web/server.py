@@ -312,6 +312,7 @@ class WebServer:
                 self.local = threading.local()   # .kept: this worker's connection went back to the gate, open
                 self.gate_lock = threading.Lock()
                 self.wake_r, self.wake_w = socket.socketpair()
+                self.closing = False          # set by server_close: nothing more is admitted or answered
                 self.selector.register(self.wake_r, selectors.EVENT_READ)
                 self.gate = threading.Thread(target=self._gate, name="fruits-web-gate", daemon=True)
                 self.gate.start()
@@ -324,9 +325,12 @@ class WebServer:
 
             def admit(self, sock, address, head: bytes, timeout_s: float) -> None:
                 """Wait (in the gate) until ``sock`` has sent a whole request's headers, for at most ``timeout_s``."""
+                if self.closing:
+                    self.shutdown_request(sock)
+                    return
                 if b"\r\n\r\n" in head:
                     self.heads[sock] = head
-                    self.pool.submit(self._handle, sock, address)
+                    self._submit(sock, address)
                     return
                 with self.gate_lock:
                     if len(self.waiting) >= MAX_WAITING:
@@ -354,8 +358,14 @@ class WebServer:
                         sock = key.fileobj
                         if sock is self.wake_r:
                             try:
-                                sock.recv(4096)
+                                woken = sock.recv(4096)
                             except OSError:
+                                woken = b""
+                            if not woken or self.closing:   # the server is closing: so are the connections waiting
+                                with self.gate_lock:
+                                    waiting, self.waiting = list(self.waiting), {}
+                                for s in waiting:
+                                    self.shutdown_request(s)
                                 return
                             continue
                         with self.gate_lock:
@@ -375,7 +385,7 @@ class WebServer:
                                 del self.waiting[sock]
                             sock.setblocking(True)
                             self.heads[sock] = head
-                            self.pool.submit(self._handle, sock, address)
+                            self._submit(sock, address)
                         else:
                             with self.gate_lock:
                                 self.waiting[sock] = (address, head, deadline)
@@ -383,6 +393,12 @@ class WebServer:
                         late = [s for s, (_, _, deadline) in self.waiting.items() if deadline < now]
                     for sock in late:
                         self._drop(sock)
+
+            def _submit(self, sock, address) -> None:
+                try:
+                    self.pool.submit(self._handle, sock, address)
+                except RuntimeError:        # the pool was shut down: the server is closing
+                    self.shutdown_request(sock)
 
             def _drop(self, sock) -> None:
                 with self.gate_lock:
@@ -402,9 +418,11 @@ class WebServer:
                     self.shutdown_request(sock)
 
             def server_close(self):
+                self.closing = True
                 super().server_close()
-                self.wake_w.close()
+                self.wake_w.close()          # wakes the gate, which closes the connections waiting in it and ends
                 self.pool.shutdown(wait=False, cancel_futures=True)
+                self.gate.join(timeout=5)
 
             def handle_error(self, request, client_address):
                 import sys

@@ -9,6 +9,7 @@ import {identifyVector, Projection, ReferenceIndex, UNKNOWN} from './identify.js
 import {DeviceIdentity} from './identity.js';
 import {loadParquet, readVectors, writeVectors} from './parquet.js';
 import {WorkerPool} from './pool.js';
+import {loadWasm} from './wasm.js';
 import {loadPublished} from './published.js';
 import {EntryRefused, UploadQueue} from './queue.js';
 import {HAS_WEBCRYPTO, sha256Hex} from './sha256.js';
@@ -71,6 +72,7 @@ class App {
 
   async startModel() {
     const t0 = performance.now();
+    const wasmLoading = loadWasm();       // the one LiteRT.js build this browser runs, while the model downloads
     const response = await fetch(this.contract.model.file);
     if (!response.ok) throw new Error(`the model ${this.contract.model.file}: HTTP ${response.status}`);
     const bytes = await response.arrayBuffer();
@@ -83,8 +85,11 @@ class App {
     const workers = Math.max(1, Math.min(this.config.workers || navigator.hardwareConcurrency || 2, MAX_WORKERS));
     const probes = await fetch('probes.json').then((r) => (r.ok ? r.json() : null)).catch(() => null);
     if (!probes) this.problems.push('decode probes missing: every photo is marked as decoded differently from the cloud');
+    const wasm = await wasmLoading;
+    this.timings.wasmFetchMs = wasm.fetchMs;
+    this.timings.wasmCompileMs = wasm.compileMs;
     this.pool = await WorkerPool.start({
-      workers, workerUrl: 'worker.js', wasmDir: new URL('wasm/', location.href).href, modelBytes: bytes, probes,
+      workers, wasm, modelBytes: bytes, probes,
       onError: (m) => this.error(m),
       settings: {inputSize: this.card.input_size, outputDim: this.contract.feature_dim,
                  draftFactor: this.contract.preprocessing.draft_factor, maxPixels: this.contract.preprocessing.max_pixels}});

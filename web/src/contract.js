@@ -59,6 +59,7 @@ export class Contract {
   latestProjectionKey(root, modelSha256) { return this.key('latest_projection', root, {sha256: modelSha256}); }
   projectionKey(root, projectionId) { return this.key('projection', root, {projection: projectionId}); }
   indexKey(root, indexId) { return this.key('index', root, {projection: indexId}); }
+  catalogKey(root, catalogId) { return this.key('catalog', root, {projection: catalogId}); }
 
   /** The label of a picked file from its relative path, as edge_client.vectorize.find_photos gives it. */
   labelFromPath(relativePath) {

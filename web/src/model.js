@@ -8,10 +8,22 @@
 import {Tensor, getGlobalLiteRt, loadAndCompile, loadLiteRt} from '@litertjs/core';
 
 export class Model {
-  static async open(wasmDir, modelBytes, {inputSize, outputDim}) {
-    // In a worker, Emscripten looks for the .wasm next to the worker's script; say where it is.
-    self.Module = {locateFile: (file) => new URL(file, wasmDir).href};
-    await loadLiteRt(wasmDir);
+  /** LiteRT.js on `wasmModule` (the WebAssembly.Module the page compiled: web/src/wasm.js), and the model. This
+   *  worker's script begins with that build's Emscripten loader (web/build.mjs), so nothing is fetched here. */
+  static async open(wasmModule, modelBytes, {inputSize, outputDim}) {
+    self.Module = {
+      instantiateWasm: (imports, receive) => {
+        WebAssembly.instantiate(wasmModule, imports).then((instance) => receive(instance, wasmModule));
+        return {};
+      },
+    };
+    const importScripts = self.importScripts;
+    self.importScripts = () => {};      // LiteRT.js would import the loader: it is at the top of this file already
+    try {
+      await loadLiteRt('litert-loader.js');
+    } finally {
+      self.importScripts = importScripts;
+    }
     const compiled = await loadAndCompile(new Uint8Array(modelBytes), {accelerator: 'wasm', cpuOptions: {numThreads: 1}});
     const input = compiled.getInputDetails()[0];
     const output = compiled.getOutputDetails()[0];
@@ -49,16 +61,6 @@ export class Model {
       input.delete();
       for (const t of outputs) t.delete();
     }
-  }
-
-  /** Which of LiteRT.js's Wasm builds this browser loaded: 'relaxed-simd', or 'compat' (no relaxed SIMD: WebKit,
-   *  whose vectors then differ from the Python edge's by float rounding, cos >= 0.99999999), seen from the file
-   *  fetched. */
-  static wasmBuild() {
-    const names = performance.getEntriesByType('resource').map((e) => e.name);
-    if (names.some((n) => n.endsWith('litert_wasm_compat_internal.wasm'))) return 'compat';
-    if (names.some((n) => n.endsWith('litert_wasm_internal.wasm'))) return 'relaxed-simd';
-    return 'unknown';
   }
 
   /** Bytes of the Wasm heap: flat over many photos when every tensor is freed. */

@@ -5,18 +5,19 @@
 export class WorkerPool {
   /** Workers started with the model; `probes` (probes.json) tell each what its browser's decoders do; `onError`
    *  gets the workers' errors that no call was waiting for. */
-  static async start({workers, workerUrl, wasmDir, modelBytes, settings, probes, onError = () => {}}) {
+  static async start({workers, wasm, modelBytes, settings, probes, onError = () => {}}) {
     const pool = new WorkerPool();
     const started = performance.now();
     // The first worker probes the browser's decoders (the same in every worker of a page); the others learn it after.
     const ready = await Promise.all(Array.from({length: workers}, (_, i) => new Promise((resolve, reject) => {
-      const w = new Worker(workerUrl);
+      const w = new Worker(wasm.worker);
       w.onmessage = (e) => {
         if (e.data.type === 'ready') resolve({w, info: e.data});
         else if (e.data.type === 'error') reject(new Error(e.data.message));
       };
       w.onerror = (e) => reject(new Error(e.message || 'the model worker failed to start'));
-      w.postMessage({type: 'init', wasmDir, modelBytes: modelBytes.slice(0), settings, probes: i === 0 ? probes : null});
+      w.postMessage({type: 'init', wasmModule: wasm.module, wasmBuild: wasm.build, modelBytes: modelBytes.slice(0),
+                     settings, probes: i === 0 ? probes : null});
     })));
     pool.workers = ready.map((r) => r.w);
     pool.engine = {caps: ready[0].info.caps, wasm: ready[0].info.wasm, probeMs: ready[0].info.probeMs};

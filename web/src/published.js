@@ -4,6 +4,7 @@
 // and never downloaded again.
 
 import {NetworkDown} from './bucket.js';
+import {Catalog} from './catalog.js';
 import {Projection, ReferenceIndex} from './identify.js';
 import * as storage from './storage.js';
 
@@ -32,15 +33,17 @@ export async function loadPublished(bucket, contract, root, {modelSha256}) {
   if (!ids) {
     try {
       const p = JSON.parse(new TextDecoder().decode(pointer));
-      ids = {projectionId: p.projection_id, indexId: p.index_id};
+      ids = {projectionId: p.projection_id, indexId: p.index_id, catalogId: p.catalog_id ?? null};
     } catch {
       ids = {};
     }
   }
   const hex16 = /^[0-9a-f]{16}$/;
   if (typeof ids.projectionId !== 'string' || !hex16.test(ids.projectionId) || typeof ids.indexId !== 'string' ||
-      !hex16.test(ids.indexId)) {
-    throw new Error(`${pointerKey}: not a projection pointer (a JSON object naming a 16-hex projection_id and index_id); publish again`);
+      !hex16.test(ids.indexId) || !(ids.catalogId === null || ids.catalogId === undefined ||
+                                    (typeof ids.catalogId === 'string' && hex16.test(ids.catalogId)))) {
+    throw new Error(`${pointerKey}: not a projection pointer (a JSON object naming a 16-hex projection_id and ` +
+                    `index_id, and a catalog_id or null); publish again`);
   }
   const pKey = contract.projectionKey(root, ids.projectionId);
   const iKey = contract.indexKey(root, ids.indexId);
@@ -49,8 +52,19 @@ export async function loadPublished(bucket, contract, root, {modelSha256}) {
   if (!i.bytes) throw new Error(`the pointer names index ${ids.indexId}, but ${iKey} is missing`);
   const projection = await Projection.fromBytes(p.bytes, {featureDim: contract.feature_dim, modelSha256, origin: pKey});
   const index = await ReferenceIndex.fromBytes(i.bytes, {projection, origin: iKey, indexId: ids.indexId});
+  // The catalog of the same publish (names, descriptions, nutrition): never one from another publish.
+  let catalog = null;
+  let c = {fetched: 0};
+  if (ids.catalogId) {
+    const cKey = contract.catalogKey(root, ids.catalogId);
+    c = await cachedGet(bucket, cKey);
+    if (!c.bytes) throw new Error(`the pointer names catalog ${ids.catalogId}, but ${cKey} is missing`);
+    catalog = await Catalog.fromBytes(c.bytes, {origin: cKey, catalogId: ids.catalogId});
+    if (c.fetched) await storage.put('published', c.bytes, cKey);
+  }
   if (p.fetched) await storage.put('published', p.bytes, pKey);   // kept only once they passed the checks
   if (i.fetched) await storage.put('published', i.bytes, iKey);
-  await storage.put('kv', ids, `pointer:${pointerKey}`);
-  return {projection, index, fetchedBytes: pointer.length + p.fetched + i.fetched};
+  await storage.put('kv', {projectionId: ids.projectionId, indexId: ids.indexId, catalogId: ids.catalogId ?? null},
+                    `pointer:${pointerKey}`);
+  return {projection, index, catalog, fetchedBytes: pointer.length + p.fetched + i.fetched + c.fetched};
 }

@@ -11,8 +11,8 @@
 
 const CACHE = `fruits-${__BUILD__}`;
 const FILES = __FILES__;     // {path relative to the scope: {size, sha256}}
-const SHELL = ['index.html', 'app.js', 'worker.js', 'style.css', 'manifest.webmanifest', 'icon.svg', 'icon-192.png',
-               'contract.json', 'probes.json'];
+const SHELL = ['index.html', 'app.js', 'style.css', 'manifest.webmanifest', 'icon.svg', 'icon-192.png',
+               'contract.json', 'probes.json'];   // (the worker and Wasm of this browser's build: cached when first used)
 const FRESH = /^(index\.html|config\.json|contract\.json)?$/;   // relative to the scope
 
 function relative(url) {
@@ -58,7 +58,8 @@ self.addEventListener('activate', (event) => {
 });
 
 async function cached(cache, request, rel) {
-  const hit = await cache.match(request, {ignoreSearch: true});
+  // The scope's root is the page: installed as index.html (the first visit loaded "/" before this worker ran).
+  const hit = (await cache.match(request, {ignoreSearch: true})) || (rel === '' ? await cache.match('index.html') : null);
   if (!hit) return null;
   if (await right(rel, hit)) return hit;
   await cache.delete(request, {ignoreSearch: true});   // damaged or not this build's: fetched again

@@ -1,6 +1,7 @@
 // What the person sees: buttons, progress, the answer, the photos' list with their reasons, the queue.
 // Plain DOM, no framework; every number shown comes from the app's state.
 
+import {pageLanguage} from './catalog.js';
 import {UNKNOWN} from './identify.js';
 
 const $ = (id) => document.getElementById(id);
@@ -128,18 +129,78 @@ export function progress(done, total, batch) {
   status(total ? `Vectorizing ${done} / ${total} photos${s > 0.5 ? ` · ${(done / s).toFixed(0)} per second` : ''}…` : 'No photos in that pick.');
 }
 
-function answerText(answer) {
+// The card's own words, in the languages the catalog speaks (contract/catalog.py LANGUAGES).
+const WORDS = {
+  en: {season: 'Season', storage: 'Keeping', per100: 'Per 100 g', sources: 'Sources', notSure: 'Not sure',
+       or: 'or', from: 'from', colon: ': ',
+       energy_kj: 'Energy', energy_kcal: 'Energy', water_g: 'Water', sugars_g: 'Sugars', fibre_g: 'Fibre',
+       vitamin_c_mg: 'Vitamin C', potassium_mg: 'Potassium'},
+  fr: {season: 'Saison', storage: 'Conservation', per100: 'Pour 100 g', sources: 'Sources', notSure: 'Pas sûr',
+       or: 'ou', from: 'd\'après', colon: '\u00a0: ',
+       energy_kj: 'Énergie', energy_kcal: 'Énergie', water_g: 'Eau', sugars_g: 'Sucres', fibre_g: 'Fibres',
+       vitamin_c_mg: 'Vitamine C', potassium_mg: 'Potassium'},
+};
+
+/** The page's language for the catalog: the one chosen in Settings, else navigator.language (English otherwise). */
+export function language() {
+  let chosen = '';
+  try { chosen = localStorage.getItem('fruits.lang') || ''; } catch { /* storage refused: automatic */ }
+  return pageLanguage(chosen || navigator.language);
+}
+
+function named(catalog, label, lang) { return catalog ? catalog.name(label, lang) : label; }
+
+function answerText(answer, catalog, lang) {
   if (!answer) return {title: 'Vectorized', detail: 'no projection published yet to identify it'};
   const [best, next] = answer.ranked;
   if (answer.answer === UNKNOWN) {
-    return {title: 'Not a fruit I know', detail: `nearest: ${best.label} (too far to say)`};
+    return {title: 'Not a fruit I know', detail: `nearest: ${named(catalog, best.label, lang)} (too far to say)`};
   }
   if (answer.answer !== answer.label) {    // "not sure: A or B"
-    return {title: `Not sure: ${answer.label} or ${answer.runnerUp}?`,
+    const w = WORDS[lang] || WORDS.en;
+    return {title: `${w.notSure}: ${named(catalog, answer.label, lang)} ${w.or} ${named(catalog, answer.runnerUp, lang)}?`,
             detail: `${best.label} ${pct(best.score)}, ${next.label} ${pct(next.score)}: too close to tell apart`};
   }
-  return {title: `${best.label} · ${pct(best.score)}`,
-          detail: answer.ranked.slice(1).map((r) => `${r.label} ${pct(r.score)}`).join(', ')};
+  return {title: `${named(catalog, best.label, lang)} · ${pct(best.score)}`,
+          detail: answer.ranked.slice(1).map((r) => `${named(catalog, r.label, lang)} ${pct(r.score)}`).join(', ')};
+}
+
+const number = (v, lang) => v.toLocaleString(lang === 'fr' ? 'fr-FR' : 'en-GB', {maximumFractionDigits: v < 10 ? 1 : 0});
+
+/** What the catalog says of a label's fruit, as text only (every value set with textContent: never markup). */
+export function fruitCard(catalog, label, lang) {
+  const c = catalog && catalog.card(label, lang);
+  if (!c) return null;
+  const w = WORDS[lang] || WORDS.en;
+  const used = new Map();
+  const cite = (item) => { if (item && item.source) used.set(item.source.name, item.source); return item; };
+  const box = el('section', {class: 'fruit-card', 'data-fruit': c.id, 'data-label': label, 'data-lang': lang});
+  box.append(el('h3', {class: 'fruit-name'}, c.name + (c.variety ? ` · ${c.variety}` : '')));
+  if (c.scientific) box.append(el('p', {class: 'scientific'}, cite(c.scientific).value));
+  if (c.description) box.append(el('p', {class: 'description'}, cite(c.description).value));
+  for (const key of ['season', 'storage']) {
+    if (c[key]) box.append(el('p', {class: key}, el('b', {}, `${w[key]}${w.colon}`), cite(c[key]).value));
+  }
+  if (c.nutrition && c.nutrition.rows.length) {
+    const food = c.nutrition.food ? cite(c.nutrition.food) : null;
+    const table = el('table', {class: 'nutrition'});
+    const kcal = c.nutrition.rows.find((r) => r.key === 'energy_kcal');
+    for (const r of c.nutrition.rows) {
+      cite(r);
+      if (r.key === 'energy_kcal') continue;
+      const value = `${number(r.value, lang)} ${r.unit}` + (r.key === 'energy_kj' && kcal ? ` (${number(kcal.value, lang)} kcal)` : '');
+      table.append(el('tr', {'data-nutrient': r.key}, el('th', {}, w[r.key] || r.key), el('td', {}, value)));
+    }
+    box.append(el('p', {class: 'per100'}, el('b', {}, w.per100),
+                  food ? ` (${w.from} ${food.source ? food.source.name.split(' (')[0] : ''}: ${food.value})` : ''), table);
+  }
+  const sources = el('p', {class: 'sources small'}, `${w.sources}${w.colon}`);
+  [...used.values()].forEach((src, i) => {
+    if (i) sources.append(' · ');
+    sources.append(el('span', {title: `${src.version}; ${src.licence}`}, src.name));
+  });
+  if (used.size) box.append(sources);
+  return box;
 }
 
 function thumb(file) {
@@ -159,11 +220,18 @@ export function results(app, batch) {
   const answer = $('answer');
   answer.hidden = n === 0;
   answer.replaceChildren();
+  const catalog = app.published && app.published.catalog;
+  const lang = language();
   if (n) {
     const first = batch.rows[0];
-    const t = answerText(first.answer);
+    const t = answerText(first.answer, catalog, lang);
     answer.append(thumb(first.file), el('div', {}, el('p', {class: 'big', 'data-label': first.answer ? first.answer.answer : ''}, t.title),
                                            el('p', {class: 'small'}, t.detail)));
+    const a = first.answer;
+    if (a && a.answer !== UNKNOWN) {       // a card for the fruit named; for "not sure", both; none for "unknown"
+      const cards = (a.answer === a.label ? [a.label] : [a.label, a.runnerUp]).map((l) => fruitCard(catalog, l, lang)).filter(Boolean);
+      if (cards.length) answer.append(el('div', {class: 'cards'}, ...cards));
+    }
   }
   $('batch').hidden = false;
   $('batch-summary').textContent = [`${n} vectorized`, `${batch.rejects.length} rejected`, `${batch.duplicates} duplicates`,
@@ -172,7 +240,7 @@ export function results(app, batch) {
     .filter(Boolean).join(' · ');
   const list = $('rows');
   list.replaceChildren(...batch.rows.slice(0, MAX_LISTED).map((row) => {
-    const t = answerText(row.answer);
+    const t = answerText(row.answer, catalog, lang);
     const item = el('li', {'data-image-id': row.imageId, 'data-label': row.answer ? row.answer.answer : ''},
                     thumb(row.file), el('span', {class: 'name'}, row.source), el('span', {class: 'what'}, t.title));
     if (row.approximate) {
@@ -224,6 +292,13 @@ export function bind(app) {
     }
   });
   $('retry-aside').addEventListener('click', () => app.queue && app.queue.retryAside());
+  try { $('lang').value = localStorage.getItem('fruits.lang') || ''; } catch { /* storage refused: automatic */ }
+  $('lang').addEventListener('change', () => {
+    try { localStorage.setItem('fruits.lang', $('lang').value); } catch { /* storage refused: for this visit only */ }
+    document.documentElement.lang = language();
+    if (app.lastBatch) results(app, app.lastBatch);     // the answer's card again, in the language chosen
+  });
+  document.documentElement.lang = language();
   $('reset-identity').addEventListener('click', async () => {
     if (!app.identity || !confirm('Start a new device identity? New vectors will go to a new folder.')) return;
     try {

@@ -40,8 +40,8 @@ self.onmessage = async (event) => {
         probeMs = performance.now() - t0;
         return c;
       }) : Promise.resolve(UNKNOWN_CAPS);
-      [caps, model] = await Promise.all([probing, Model.open(msg.wasmDir, msg.modelBytes, settings)]);
-      self.postMessage({type: 'ready', ms: performance.now() - t0, probeMs, caps, wasm: Model.wasmBuild()});
+      [caps, model] = await Promise.all([probing, Model.open(msg.wasmModule, msg.modelBytes, settings)]);
+      self.postMessage({type: 'ready', ms: performance.now() - t0, probeMs, caps, wasm: msg.wasmBuild});
     } else if (msg.type === 'caps') {         // what the first worker's probes learned
       caps = msg.caps;
     } else if (msg.type === 'vectorize') {
