@@ -236,3 +236,104 @@ def test_contributes_and_identifies_through_the_local_cloud(engine, served, clou
     keys = [o["Key"] for o in cloud["s3"].list_objects_v2(Bucket=cloud["bucket"], Prefix=f"{ROOT_PREFIX}/vectors/")
             .get("Contents", [])]
     assert len(keys) == 1 and f"/client={client}/" in keys[0] and client.startswith("us-east-1:"), keys
+
+
+@pytest.fixture(scope="module")
+def catalog_published(real_published, tmp_path_factory):
+    """The real photos' projection and index, with the project's catalog published next to them (`fruits-cloud
+    catalog publish`), one fruit's description made hostile (valid text: it must be shown as text): files by key."""
+    import json
+
+    from cloud_pca.cli import main as cloud_main
+
+    root, _, projection, index = real_published
+    home = tmp_path_factory.mktemp("catalog") / "root"
+    shutil.copytree(root, home)
+    catalog = json.loads((Path(__file__).resolve().parent.parent / "data" / "catalog" / "catalog.json").read_text())
+    kaki = next(f for f in catalog["fruits"] if f["id"] == "persimmon")
+    kaki["description"]["en"]["value"] = "<img src=x onerror=\"document.title='owned'\"> & <b>bold</b> " + \
+        kaki["description"]["en"]["value"]
+    (home.parent / "catalog.json").write_text(json.dumps(catalog))
+    assert cloud_main(["--quiet", "catalog", "publish", "--root", str(home), "--file", str(home.parent / "catalog.json"),
+                       "--model-sha256", projection.model_sha256]) == 0
+    return {f"{ROOT_PREFIX}/models/{p.name}": p.read_bytes() for p in (home / "models").iterdir()}, projection
+
+
+@pytest.mark.parametrize("engine", SEVERAL)
+def test_the_answer_shows_its_fruits_card_in_english_and_french_and_offline(engine, catalog_published, web_dist,
+                                                                            tmp_path):
+    """A real photo of a kaki, identified in the page: under the answer, the fruit's card (names, variety, description,
+    season, keeping, nutrition with its source) in English, and in French when chosen; hostile catalog text is shown
+    as text (no element made of it, nothing run). Then the bucket and the app's own server are gone (offline): the
+    next visit still identifies and shows the card, from what the first kept. A never-sent fruit (a walnut) gets no
+    card."""
+    require_browser(engine)
+    import boto3
+
+    from conftest import REAL
+    from demo.s3server import LocalS3
+
+    files, projection = catalog_published
+    photo = sorted((REAL / "Test" / "Kaki").iterdir())[0]
+    walnut = sorted((REAL / "Test" / "Walnut").iterdir())[0]
+    seen = {}
+    with LocalS3(mode="process") as bucket_server, browser(engine, tmp_path / "profile") as b:
+        s3 = boto3.client("s3", endpoint_url=bucket_server.endpoint_url, region_name="us-east-1")
+        s3.create_bucket(Bucket="card-bucket")
+        for key, data in files.items():
+            s3.put_object(Bucket="card-bucket", Key=key, Body=data)
+        pool = boto3.client("cognito-identity", endpoint_url=bucket_server.endpoint_url, region_name="us-east-1") \
+            .create_identity_pool(IdentityPoolName="cards", AllowUnauthenticatedIdentities=True)["IdentityPoolId"]
+        from bootstrap.policies import bucket_cors
+        from web.server import page_config
+
+        config = page_config(bucket="card-bucket", prefix=ROOT_PREFIX, identity_pool=pool,
+                             endpoint_url=bucket_server.endpoint_url)
+        server = WebServer(web_dist, config).start()
+        try:
+            s3.put_bucket_cors(Bucket="card-bucket", CORSConfiguration=bucket_cors([server.url.rstrip("/")]))
+            phone = b.open(server.url)
+            assert phone.wait_published() == projection.projection_id
+            phone.pick([photo, walnut])
+            phone.wait_uploaded()
+            seen["en"] = card(phone)
+            phone.screenshot(tmp_path / f"{engine}-card-en.png")
+            phone.evaluate("() => { const s = document.getElementById('lang'); s.value = 'fr'; "
+                           "s.dispatchEvent(new Event('change')); }")
+            seen["fr"] = card(phone)
+            phone.screenshot(tmp_path / f"{engine}-card-fr.png")
+            rows = {a["source"]: a["answer"]["answer"] for a in phone.summary()["answers"]}
+            errors = own_errors(phone)
+            phone.close()
+        finally:
+            server.stop()
+        bucket_server.stop()                       # offline: neither the bucket nor the app's server answers
+        phone = b.open(server.url)
+        assert phone.wait_published() == projection.projection_id, "the projection kept from the first visit"
+        phone.pick([photo])
+        seen["offline"] = card(phone)
+        phone.screenshot(tmp_path / f"{engine}-card-offline.png")
+    assert errors == [], errors
+    assert rows[photo.name] == "Kaki" and rows[walnut.name] in ("unknown",) or rows[walnut.name].startswith("not sure"), rows
+    en, fr = seen["en"], seen["fr"]
+    assert en["fruit"] == "persimmon" and en["lang"] == "en" and fr["lang"] == "fr"
+    assert en["name"] == "Persimmon (kaki)" and fr["name"] == "Kaki" and en["scientific"] == "Diospyros kaki"
+    assert en["description"].startswith("<img src=x onerror=\"document.title='owned'\"> & <b>bold</b> The orange fruit")
+    assert en["elements"] == 0 and en["title"] != "owned", "catalog text is text, never markup"
+    assert fr["description"].startswith("Le fruit orange d'un arbre d'Asie de l'Est")
+    assert "Season: Autumn and early winter" in en["text"] and "Saison\u00a0: Automne" in fr["text"]
+    assert en["nutrition"] == [] and "Sources" in en["text"], "IFCT 2017 has no persimmon: no nutrition shown"
+    assert seen["offline"]["fruit"] == "persimmon" and seen["offline"]["description"] == fr["description"]
+
+
+def card(phone) -> dict:
+    """What the answer's fruit card shows (and whether any element came from the catalog's text)."""
+    return phone.evaluate("""() => {
+      const c = document.querySelector('#answer .fruit-card');
+      if (!c) return {fruit: null};
+      const t = (s) => { const e = c.querySelector(s); return e ? e.textContent : null; };
+      return {fruit: c.dataset.fruit, lang: c.dataset.lang, name: t('.fruit-name'), scientific: t('.scientific'),
+              description: t('.description'), text: c.innerText, title: document.title,
+              elements: c.querySelectorAll('.description *').length,
+              nutrition: Array.from(c.querySelectorAll('[data-nutrient]')).map((r) => r.dataset.nutrient)};
+    }""")

@@ -1,0 +1,227 @@
+"""The fruit catalog: the seed covers every fruit the project shows, its nutrition is the IFCT 2017 table's, the rules
+are one definition applied alike by Python and the page, and a phone never mixes a catalog with another publish's
+projection and index."""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cloud_pca.cli import main as cloud_main
+from contract.catalog import Catalog, CatalogError, check_catalog
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = ROOT / "data" / "catalog" / "catalog.json"
+
+
+def seed() -> dict:
+    return json.loads(SEED.read_text(encoding="utf-8"))
+
+
+def test_the_seed_catalog_covers_every_fruit_of_the_demo_and_of_the_real_photos():
+    from models.synthetic import class_names
+
+    catalog = Catalog.from_bytes(SEED.read_bytes(), str(SEED))
+    real = {d.name for d in (ROOT / "data" / "fruits360" / "Training").iterdir()}
+    shared = ROOT.parent / "shared" / "data" / "fruits360" / "Training"
+    if shared.is_dir():
+        real |= {d.name for d in shared.iterdir()}
+    assert catalog.missing(real | set(class_names())) == []
+    assert catalog.name("Apple Braeburn") == "Apple (Braeburn)" and catalog.name("Apple Braeburn", "fr") == "Pomme (Braeburn)"
+    assert catalog.name("Apple Braeburn", with_label=True) == "Apple (Braeburn) [Apple Braeburn]"
+    assert catalog.name("Durian") == "Durian", "a label without an entry is shown as itself"
+    for fruit in catalog.data["fruits"]:           # every value names a source the catalog describes
+        for lang in ("en", "fr"):
+            assert fruit["name"][lang]["source"] in catalog.data["sources"] and fruit["description"][lang]["value"]
+
+
+def test_the_seed_nutrition_is_the_ifct_tables_own(capsys):
+    """Nothing made up: every number of the seed comes from the IFCT 2017 row its fruit names (fill_nutrition would
+    change nothing), and a fruit the table does not hold has no nutrition at all."""
+    from cloud_pca.catalog import IFCT_CSV, ifct_rows
+
+    assert IFCT_CSV.is_file(), "./run setup installs data/catalog's npm package (IFCT 2017)"
+    assert cloud_main(["--quiet", "catalog", "nutrition", str(SEED)]) == 0
+    assert "0 fruit(s) would change" in capsys.readouterr().out
+    table = ifct_rows()
+    data = seed()
+    apple = next(f for f in data["fruits"] if f["id"] == "apple")["nutrition"]
+    assert apple["food"]["value"] == "E001 Apple, big"
+    assert apple["per_100g"]["energy_kj"]["value"] == float(table["E001"]["enerc"])          # kJ as given
+    assert apple["per_100g"]["vitamin_c_mg"]["value"] == pytest.approx(float(table["E001"]["vitc"]) * 1000)
+    with_nutrition = {f["id"] for f in data["fruits"] if "nutrition" in f}
+    assert {"granadilla", "grapefruit", "persimmon", "raspberry", "tamarillo", "nectarine"}.isdisjoint(with_nutrition)
+    assert len(with_nutrition) == 14
+
+
+def broken_catalogs() -> dict[str, object]:
+    """Catalogs that break one or more rules (and one that does not: hostile text is text, shown escaped)."""
+    cases = {}
+
+    def case(name, fn):
+        data = seed()
+        fn(data)
+        cases[name] = data
+
+    cases["not an object"] = ["a", "list"]
+    case("an unknown top field and format 2", lambda d: d.update(formt=1, format=2))
+    case("a source without licence, a bad id and url", lambda d: d["sources"].update(
+        {"Bad Id": {"name": "x", "version": "1", "licence": "MIT"},
+         "nolicence": {"name": "x", "version": "1", "url": "javascript:alert(1)"},
+         "newline-url": {"name": "x", "version": "1", "licence": "MIT", "url": "https://a.example/x\n"}}))
+    case("duplicate id and label, a bad id", lambda d: d["fruits"].extend([
+        {**copy.deepcopy(d["fruits"][0]), "labels": {"Apple Braeburn": ""}},
+        {**copy.deepcopy(d["fruits"][1]), "id": "Avocado!", "labels": {"Avocado 2": ""}}]))
+    case("look-alike and invisible characters in labels", lambda d: d["fruits"][0]["labels"].update(
+        {" Apple Braeburn": "", "Apple\u200bRed": "", "Apple \u202eRed": "", "Apple Red 9": "x" * 61}))
+    case("names: fr missing, empty en, a language of 7 letters", lambda d: d["fruits"][2].update(
+        name={"en": {"value": " ", "source": "editorial"}, "english": {"value": "Melon", "source": "editorial"}}))
+    case("sources unknown or not text, a number as text", lambda d: d["fruits"][3].update(
+        description={"en": {"value": "ok", "source": "wikipedia"}, "fr": {"value": 3, "source": ["editorial"]}}))
+    case("a text too long, a value without its source", lambda d: d["fruits"][4].update(
+        season={"en": {"value": "y" * 301, "source": "editorial"}, "fr": {"value": "x"}},
+        scientific_name={"value": "Passiflora ligularis"}))
+    case("nutrition: no food, unknown nutrient, negative, too much water, a boolean", lambda d: d["fruits"][0].update(
+        nutrition={"per_100g": {"energy_kj": {"value": -1, "source": "ifct2017"},
+                                "water_g": {"value": 120, "source": "ifct2017"},
+                                "sugars_g": {"value": True, "source": "ifct2017"},
+                                "caffeine_mg": {"value": 1, "source": "ifct2017"}}}))
+    case("nutrition that is not an object, storage not an object", lambda d: d["fruits"][5].update(
+        nutrition=[1], storage="cold"))
+    case("hostile but valid text", lambda d: d["fruits"][0]["description"]["en"].update(
+        value="<img src=x onerror=alert(1)> & <script>alert(2)</script> \"quoted\""))
+    return cases
+
+
+def js_problems(cases: dict[str, object]) -> dict[str, list[str]]:
+    """The page's checkCatalog (web/src/catalog.js, as the page runs it) on the same parsed catalogs, under Node."""
+    script = ("import {checkCatalog} from './web/src/catalog.js';\n"
+              "let input = ''; process.stdin.on('data', (c) => { input += c; });\n"
+              "process.stdin.on('end', () => { const cases = JSON.parse(input); const out = {};\n"
+              "  for (const [k, v] of Object.entries(cases)) out[k] = checkCatalog(v);\n"
+              "  process.stdout.write(JSON.stringify(out)); });\n")
+    done = subprocess.run(["node", "--input-type=module", "-e", script], input=json.dumps(cases), cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_python_and_the_page_apply_the_same_rules_with_the_same_messages():
+    cases = {"the seed": seed(), **broken_catalogs()}
+    python = {name: check_catalog(data) for name, data in cases.items()}
+    assert js_problems(cases) == python
+    assert python["the seed"] == [] and python["hostile but valid text"] == []
+    assert all(python[name] for name in cases if name not in ("the seed", "hostile but valid text")), python
+    lines = python["look-alike and invisible characters in labels"]
+    assert any("holds the character" in line or "is not a label" in line for line in lines)
+    assert sum("is not a label" in line for line in lines) == 3, lines       # leading space, U+200B, U+202E
+    assert any("the variety must be text of at most 60 characters" in line for line in lines)
+    assert 'fruits[24] (apple).labels: "Apple Braeburn" is also a label of fruits[0] (apple)' in \
+        python["duplicate id and label, a bad id"]
+    assert "fruits[24] (apple).id: also the id of fruits[0]" in python["duplicate id and label, a bad id"]
+
+
+def test_catalog_check_prints_one_line_per_problem(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(broken_catalogs()["nutrition: no food, unknown nutrient, negative, too much water, a "
+                                                  "boolean"]))
+    assert cloud_main(["--quiet", "catalog", "check", str(bad)]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        "fruits[0] (apple).nutrition.food: missing (which food of the source the numbers are)",
+        "fruits[0] (apple).nutrition.per_100g.caffeine_mg: not a nutrient (energy_kj, energy_kcal, water_g, sugars_g, "
+        "fibre_g, vitamin_c_mg, potassium_mg)",
+        "fruits[0] (apple).nutrition.per_100g.energy_kj: the value must be a number from 0 to 4000",
+        "fruits[0] (apple).nutrition.per_100g.sugars_g: the value must be a number from 0 to 100",
+        "fruits[0] (apple).nutrition.per_100g.water_g: the value must be a number from 0 to 100"]
+    assert err.strip() == f"{bad}: 5 problem(s)"
+    assert cloud_main(["--quiet", "catalog", "check", str(SEED)]) == 0
+    assert "good; 24 fruits, 30 labels, 14 with nutrition" in capsys.readouterr().out
+    (tmp_path / "not.json").write_text("{nope")
+    assert cloud_main(["--quiet", "catalog", "check", str(tmp_path / "not.json")]) == 1
+    assert "not JSON" in capsys.readouterr().out
+
+
+def test_a_catalog_is_refused_whole_when_its_content_is_not_its_name():
+    data = SEED.read_bytes()
+    c = Catalog.from_bytes(data)
+    assert Catalog.from_bytes(c.to_bytes(), catalog_id=c.catalog_id).data == c.data
+    with pytest.raises(CatalogError, match="does not match its catalog id"):
+        Catalog.from_bytes(c.to_bytes() + b" ", catalog_id=c.catalog_id)
+    with pytest.raises(CatalogError, match="1 problem"):
+        Catalog.from_bytes(json.dumps({**json.loads(data), "format": 9}).encode())
+
+
+@pytest.mark.slow
+def test_a_phone_never_mixes_a_catalog_with_another_publish(real_published, spark, tmp_path, capsys):
+    """Publish with catalog v1; the operator changes the catalog and publishes it alone (v2: the pointer names the same
+    projection and index, and v2); a refit publishes v2 with its own projection. At each step what a device reads
+    (fruits-edge's Published) is the pointer's three files, each checked against its name; v1's files stay where they
+    were, so a phone holding the old pointer still finds its own set. A broken catalog stops publish, naming it."""
+    import shutil
+
+    from cloud_pca.publish import PublishError, publish
+    from contract.layout import catalog_source_key
+    from edge_client.project import Published
+
+    root, run_uri, projection, index = real_published
+    home = tmp_path / "root"
+    shutil.copytree(root, home)
+    sha = projection.model_sha256
+    (home / catalog_source_key("")).write_bytes(SEED.read_bytes())
+    publish(spark, run_uri, f"file://{home}", k=32)
+    p1, i1, c1 = Published(str(home)).published(sha)
+    assert c1 is not None and c1.name("Kaki") == "Persimmon (kaki)"
+    v2 = seed()
+    next(f for f in v2["fruits"] if f["id"] == "persimmon")["name"]["en"]["value"] = "Persimmon"
+    (tmp_path / "v2.json").write_text(json.dumps(v2))
+    assert cloud_main(["--quiet", "catalog", "publish", "--root", str(home), "--file", str(tmp_path / "v2.json"),
+                       "--model-sha256", sha]) == 0
+    p2, i2, c2 = Published(str(home)).published(sha)
+    assert (p2.projection_id, i2.index_id) == (p1.projection_id, i1.index_id) and c2.catalog_id != c1.catalog_id
+    assert c2.name("Kaki") == "Persimmon"
+    assert Catalog.from_bytes((home / "models" / f"catalog-{c1.catalog_id}.json").read_bytes(),
+                              catalog_id=c1.catalog_id).name("Kaki") == "Persimmon (kaki)"   # v1 is still there
+    publish(spark, run_uri, f"file://{home}", k=24)          # a refit's publish: its projection, with v2
+    p3, i3, c3 = Published(str(home)).published(sha)
+    assert p3.k == 24 and c3.catalog_id == c2.catalog_id and i3.projection_id == p3.projection_id
+    broken = copy.deepcopy(v2)
+    broken["fruits"][0]["name"].pop("fr")
+    (home / catalog_source_key("")).write_text(json.dumps(broken))
+    with pytest.raises(PublishError, match=r"1 problem\(s\): fruits\[0\] \(apple\).name.fr: missing"):
+        publish(spark, run_uri, f"file://{home}", k=16)
+    assert Published(str(home)).published(sha)[0].k == 24, "the publish in force is unchanged"
+
+
+@pytest.mark.slow
+def test_catalog_check_lists_published_labels_without_an_entry_and_the_report_names_fruits(real_published, spark,
+                                                                                        tmp_path, capsys):
+    """`catalog check FILE --root ROOT` lists the labels of the published index the catalog has no entry for (phones
+    show those as themselves); the run's report names each fruit by its catalog name, the label kept in brackets, and
+    its 3-D view gives each of the 18 fruits its own colour (the old palette repeated after 10)."""
+    import re
+    import shutil
+
+    from cloud_pca.report import build_report
+
+    root, run_uri, projection, _ = real_published
+    home = tmp_path / "root"
+    shutil.copytree(root, home)
+    partial = seed()
+    partial["fruits"] = [f for f in partial["fruits"] if f["id"] != "persimmon"]
+    (tmp_path / "partial.json").write_text(json.dumps(partial))
+    assert cloud_main(["--quiet", "catalog", "check", str(tmp_path / "partial.json"), "--root", str(home),
+                       "--model-sha256", projection.model_sha256]) == 0
+    out = capsys.readouterr().out
+    assert "label without an entry (shown as itself): Kaki" in out and "17 of the 18 labels published" in out
+    assert cloud_main(["--quiet", "catalog", "publish", "--root", str(home), "--file", str(SEED),
+                       "--model-sha256", projection.model_sha256]) == 0
+    html = build_report(spark, f"file://{home}/pca/run=real").html()
+    assert "Apple (Braeburn) [Apple Braeburn]" in html and "Persimmon (kaki) [Kaki]" in html
+    plot = json.loads(re.search(r'Plotly\.newPlot\("pca3d", (\[.*?\]), \{', html, re.S).group(1)
+                      .replace("\\u003c", "<").replace("\\u003e", ">").replace("\\u0026", "&"))
+    styles = {(t["marker"]["color"], t["marker"].get("symbol", "circle")) for t in plot}
+    assert len(plot) == 18 and len(styles) == 18, styles
