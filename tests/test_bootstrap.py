@@ -301,7 +301,7 @@ def test_launch_creates_exactly_the_planned_cluster(aws):
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}
     assert keys == {"team/code/fruits-code.zip", "team/code/fruits_job.py", "team/bootstrap/emr-bootstrap.sh",
                     "team/bootstrap/requirements-emr.txt", "team/models/mobilenetv2_160_fp32.tflite",
-                    "team/models/mobilenetv2_160_fp32.json"}
+                    "team/models/mobilenetv2_160_fp32.json", "team/models/catalog.json"}   # the operator's catalog
     assert out["web_config"] == {"bucket": BUCKET, "prefix": "team", "region": "eu-west-3",
                                  "identityPoolId": out["identity_pool"]}
     st = emr.status(client, out["cluster_id"])

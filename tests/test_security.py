@@ -81,8 +81,8 @@ def device_run(tmp_path, photos, model_path, s3, s3_server, bucket, pool, monkey
     sha = json.loads(model_path.with_suffix(".json").read_text())["sha256"]
     p = Projection(np.zeros(1280), np.ones(1280), np.eye(1280)[:, :4], sha, "m")   # published by the cloud
     s3.put_object(Bucket=bucket, Key=layout.projection_key(ROOT, p.projection_id), Body=p.to_bytes())
-    s3.put_object(Bucket=bucket, Key=layout.latest_projection_key(ROOT, sha),
-                  Body=json.dumps({"projection_id": p.projection_id}).encode())
+    s3.put_object(Bucket=bucket, Key=layout.latest_projection_key(ROOT, sha),   # (sync --project reads no index)
+                  Body=json.dumps({"projection_id": p.projection_id, "index_id": "0" * 16, "catalog_id": None}).encode())
     dest = f"s3://{bucket}/{ROOT}"
     common = ["--endpoint-url", s3_server.endpoint_url, "--identity-pool", pool, "--region", "eu-west-3",
               "--manifest", str(tmp_path / "m.sqlite")]
