@@ -86,8 +86,7 @@ class App {
     const probes = await fetch('probes.json').then((r) => (r.ok ? r.json() : null)).catch(() => null);
     if (!probes) this.problems.push('decode probes missing: every photo is marked as decoded differently from the cloud');
     const wasm = await wasmLoading;
-    this.timings.wasmFetchMs = wasm.fetchMs;
-    this.timings.wasmCompileMs = wasm.compileMs;
+    this.timings.wasmMs = wasm.ms;
     this.pool = await WorkerPool.start({
       workers, wasm, modelBytes: bytes, probes,
       onError: (m) => this.error(m),

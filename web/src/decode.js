@@ -26,7 +26,7 @@ const MIME = {JPEG: 'image/jpeg', MPO: 'image/jpeg', PNG: 'image/png', GIF: 'ima
 export const HAS_IMAGE_DECODER = typeof ImageDecoder === 'function';
 
 /** Before the probes ran (or where they could not): nothing is known to be exact, no decoder is known to turn. */
-export const UNKNOWN_CAPS = {orients: {}, exact: {}, draft: null, alpha: false, deep: false, probed: false};
+export const UNKNOWN_CAPS = {orients: {}, exact: {}, draft: null, jpeg: false, alpha: false, deep: false, probed: false};
 
 /** Pillow's alpha_composite of straight-alpha `v` over opaque white, for one channel (AlphaComposite.c with
  *  the destination's alpha 255: coef1 = a*128, coef2 = (255-a)*128, then two rounded divisions by 255). */
@@ -184,7 +184,7 @@ function turnedByDecoder(img, info, exif, orients) {
  * reason. `noImageDecoder`: decode as a browser without ImageDecoder does (tests).
  */
 export async function decodePhoto(bytes, size, {caps = UNKNOWN_CAPS, draftFactor = 4, maxPixels = 120_000_000,
-                                               noImageDecoder = false} = {}) {
+                                               noImageDecoder = false, jpeg = null} = {}) {
   const info = imageInfo(bytes);
   if (info.width && info.height && info.width * info.height > maxPixels) {
     throw new Rejected(`${info.width}x${info.height} = ${info.width * info.height} pixels is over the limit of ` +
@@ -204,7 +204,16 @@ export async function decodePhoto(bytes, size, {caps = UNKNOWN_CAPS, draftFactor
   try {
     bytes = withoutColourProfile(bytes, info.format);   // Pillow ignores colour profiles; some browsers cannot
     const draft = caps.draft;
-    if (sc > 1 && draft && HAS_IMAGE_DECODER && !noImageDecoder && (exif === 1 || draft.orients !== null)) {
+    const nativeExact = sc > 1 ? Boolean(draft && draft.exact && HAS_IMAGE_DECODER && !noImageDecoder)
+      : caps.exact[info.format] === true;
+    if (jpeg && caps.jpeg && (info.format === 'JPEG' || info.format === 'MPO') && !nativeExact) {
+      try {   // libjpeg-turbo in Wasm: Pillow's decode, the draft's scale included (jpeg.js); it never turns the photo
+        img = jpeg.decode(bytes, sc);
+      } catch (err) {
+        img = null;         // a JPEG it refuses (CMYK, damaged): the browser's decoder says what it makes of it
+      }
+    }
+    if (!img && sc > 1 && draft && HAS_IMAGE_DECODER && !noImageDecoder && (exif === 1 || draft.orients !== null)) {
       const w = Math.ceil(info.width / sc);
       const h = Math.ceil(info.height / sc);
       const upright = draft.orients && swaps(exif);
@@ -269,8 +278,8 @@ const CLOSE = 4;   // mean levels: a decoder that rounds otherwise is within thi
  * What this browser's decoders do, learned from `probes` (probes.json): {orients: {FORMAT: bool}, exact:
  * {FORMAT: bool}, draft: null | {orients, exact}, alpha, deep, probed, report: [{name, outcome}]}.
  */
-export async function probeDecoders(probes, {draftFactor = 4} = {}) {
-  const caps = {orients: {}, exact: {}, draft: null, alpha: false, deep: false, probed: true, report: []};
+export async function probeDecoders(probes, {draftFactor = 4, jpeg = null} = {}) {
+  const caps = {orients: {}, exact: {}, draft: null, jpeg: false, alpha: false, deep: false, probed: true, report: []};
   const note = (name, outcome) => caps.report.push({name, outcome});
   for (const p of probes) {
     const bytes = b64bytes(p.bytes);
@@ -308,7 +317,28 @@ export async function probeDecoders(probes, {draftFactor = 4} = {}) {
     }
   }
   if (HAS_IMAGE_DECODER) caps.draft = await probeDraft(probes, caps, draftFactor);
+  if (jpeg) caps.jpeg = probeJpeg(probes, caps, jpeg, draftFactor);
   return caps;
+}
+
+/** libjpeg-turbo in Wasm (jpeg.js) on the JPEG probes, at their draft's scale, turned by the page: true when every
+ *  one equals Pillow's decode (it is the same library: anything else means a broken build, and it is not used). */
+function probeJpeg(probes, caps, jpeg, draftFactor) {
+  let exact = true;
+  for (const p of probes.filter((q) => q.format === 'JPEG')) {
+    const bytes = b64bytes(p.bytes);
+    const info = imageInfo(bytes);
+    try {
+      const img = transpose(jpeg.decode(bytes, draftScale(info.width, info.height, draftFactor * p.size)), info.orientation);
+      const d = distance(img, p, b64bytes(p.rgb));
+      exact = exact && d.size && d.max === 0;
+      caps.report.push({name: `${p.name} (libjpeg-turbo, Wasm)`, outcome: d.max === 0 ? 'exact' : `max ${d.max} levels off`});
+    } catch (err) {
+      exact = false;
+      caps.report.push({name: `${p.name} (libjpeg-turbo, Wasm)`, outcome: `failed: ${err && err.message ? err.message : err}`});
+    }
+  }
+  return exact;
 }
 
 /** ImageDecoder's scaled JPEG decode: exact or close, and whether it turns the photo (then the upright box is

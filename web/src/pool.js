@@ -16,7 +16,8 @@ export class WorkerPool {
         else if (e.data.type === 'error') reject(new Error(e.data.message));
       };
       w.onerror = (e) => reject(new Error(e.message || 'the model worker failed to start'));
-      w.postMessage({type: 'init', wasmModule: wasm.module, wasmBuild: wasm.build, modelBytes: modelBytes.slice(0),
+      w.postMessage({type: 'init', wasmModule: wasm.module, wasmBuild: wasm.build, jpegModule: wasm.jpeg,
+                     modelBytes: modelBytes.slice(0),
                      settings, probes: i === 0 ? probes : null});
     })));
     pool.workers = ready.map((r) => r.w);

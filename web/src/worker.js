@@ -5,9 +5,11 @@ import {UNKNOWN_CAPS, probeDecoders} from './decode.js';
 import {Rejected} from './imageinfo.js';
 import {Model} from './model.js';
 import {preprocess} from './preprocess.js';
+import {TurboJpeg} from './jpeg.js';
 import {sha256Hex} from './sha256.js';
 
 let model = null;
+let jpeg = null;            // libjpeg-turbo in Wasm (jpeg.js), when the page could load it
 let settings = null;
 let caps = UNKNOWN_CAPS;    // what this browser's decoders do (probeDecoders, at start)
 
@@ -17,7 +19,7 @@ async function vectorize({id, bytes}) {
   const imageId = await sha256Hex(data);
   const t1 = performance.now();
   try {
-    const pre = await preprocess(data, settings.inputSize, {...settings, caps});
+    const pre = await preprocess(data, settings.inputSize, {...settings, caps, jpeg});
     const t2 = performance.now();
     const features = await model.features(pre.input);
     const t3 = performance.now();
@@ -34,9 +36,10 @@ self.onmessage = async (event) => {
   try {
     if (msg.type === 'init') {
       settings = msg.settings;
+      jpeg = msg.jpegModule ? new TurboJpeg(msg.jpegModule) : null;
       const t0 = performance.now();
       let probeMs = 0;
-      const probing = msg.probes ? probeDecoders(msg.probes, {draftFactor: settings.draftFactor}).then((c) => {
+      const probing = msg.probes ? probeDecoders(msg.probes, {draftFactor: settings.draftFactor, jpeg}).then((c) => {
         probeMs = performance.now() - t0;
         return c;
       }) : Promise.resolve(UNKNOWN_CAPS);
@@ -49,7 +52,7 @@ self.onmessage = async (event) => {
       self.postMessage({type: 'vector', ...out}, out.features ? [out.features.buffer] : []);
     } else if (msg.type === 'preprocess') {    // the model input alone: the tests compare it with Pillow's
       try {
-        const pre = await preprocess(new Uint8Array(msg.bytes), settings.inputSize, {...settings, caps, ...msg.options});
+        const pre = await preprocess(new Uint8Array(msg.bytes), settings.inputSize, {...settings, caps, jpeg, ...msg.options});
         self.postMessage({type: 'input', id: msg.id, ...pre}, [pre.input.buffer]);
       } catch (err) {
         self.postMessage({type: 'input', id: msg.id, reason: err.message});
