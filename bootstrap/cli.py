@@ -13,6 +13,7 @@ import sys
 
 from contract.errors import add_command, run_cli
 from cloud_pca.cli import COMMANDS, build_parser, watched
+from models import DEFAULT_MODEL
 
 
 def add_emr_commands(sub) -> None:
@@ -56,7 +57,7 @@ def _job_options(a) -> None:
                    help="the daily refresh: featurize and PCA read only what they have not counted yet")
     a.add_argument("--publish", type=int, metavar="K", dest="publish_k",
                    help="add the publish step: a K-component projection + index under models/ for the devices")
-    a.add_argument("--model", default="mobilenetv2_160_fp32.tflite", help="model file under models/")
+    a.add_argument("--model", default=DEFAULT_MODEL, help=f"model file under models/ (default {DEFAULT_MODEL})")
     a.add_argument("--k", type=int, help="components (1-1280); default: --variance")
     a.add_argument("--variance", type=float, default=0.95)
     a.add_argument("--run-id")

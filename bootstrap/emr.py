@@ -26,6 +26,7 @@ from contract.errors import FruitsError
 from bootstrap.policies import (MULTIPART_DAYS, POOL_PLACEHOLDER, PolicyError, bucket_cors, bucket_settings,
                                 check_bucket_name, merge_cors, merge_statements, policy_documents)
 from cloud_pca.spark import CLUSTER_DEFAULTS
+from models import DEFAULT_MODEL
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -78,7 +79,7 @@ class ClusterSpec:
     task_nodes: int = 2
     idle_timeout_s: int = 3600
     images: bool = False                 # add the featurize step for raw/
-    model: str = "mobilenetv2_160_fp32.tflite"
+    model: str = DEFAULT_MODEL
     k: int | None = None
     variance: float = 0.95
     run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))

@@ -30,7 +30,7 @@ def _uri(u: str) -> str:
 
 
 def default_model() -> str:
-    """The committed fp32 model, for runs from this checkout (the EMR steps always pass --model)."""
+    """The committed default model, for runs from this checkout (the EMR steps always pass --model)."""
     try:
         from models import model_path
     except ImportError:
@@ -77,7 +77,7 @@ def build_parser(extend=None):
     p.add_argument("--images", action="append", default=[],
                    help="raw photos prefix to featurize in this run and fit together with --input; repeatable")
     p.add_argument("--model", help="the .tflite for --images (local, s3://; its .json card next to it); "
-                                   "default: the committed models/mobilenetv2_160_fp32.tflite")
+                                   "default: the committed default model (models.DEFAULT_MODEL)")
     p.add_argument("--output", required=True, help="output prefix; the run goes to OUTPUT/run=<id>/")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--k", type=int, help="number of components (1-1280)")
@@ -109,7 +109,7 @@ def build_parser(extend=None):
                     example="fruits-cloud featurize --images s3://b/team/raw/ --output s3://b/team/pca/featurized/run=1")
     f.add_argument("--images", action="append", required=True, help="photos prefix (local, s3://, s3a://); repeatable")
     f.add_argument("--output", required=True, help="dataset root to write vectors/ under")
-    f.add_argument("--model", help="the .tflite (local, s3://); default: the committed fp32 model")
+    f.add_argument("--model", help="the .tflite (local, s3://); default: the committed default model")
     f.add_argument("--threads", type=int, default=1, help="interpreter threads per task (default 1: Spark runs a "
                                                           "task per core already)")
     f.add_argument("--batch-rows", type=int, default=32, help="photos per Arrow batch (bounds worker memory)")

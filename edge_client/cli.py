@@ -33,7 +33,7 @@ def _add_s3_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_vectorize_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, help="a .tflite with its model card (default: the committed fp32 model)")
+    p.add_argument("--model", type=Path, help="a .tflite with its model card (default: the committed model, int8)")
     p.add_argument("--threads", type=int, default=None,
                    help="parallel workers, each decoding and running a 1-thread interpreter (default: cores + 2, "
                         "so a core stays busy while a worker waits for Python's GIL)")
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, help="also write the answers here (path, answer, label, score, runner_up, ...)")
     p.add_argument("--top", type=int, default=3, help="labels shown per photo (default 3)")
     p.add_argument("--threads", type=int, default=None, help="parallel workers (default: cores + 2)")
-    p.add_argument("--model", type=Path, help="the .tflite (default: the committed fp32 model)")
+    p.add_argument("--model", type=Path, help="the .tflite (default: the committed model, int8)")
     p.add_argument("--endpoint-url", default=os.environ.get("FRUITS_S3_ENDPOINT"))
     p.add_argument("--profile")
     p.add_argument("--identity-pool")

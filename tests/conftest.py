@@ -91,7 +91,9 @@ def photos(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def model_path() -> Path:
-    return MODELS / "mobilenetv2_160_fp32.tflite"
+    from models import DEFAULT_MODEL
+
+    return MODELS / DEFAULT_MODEL
 
 
 @pytest.fixture(scope="session")

@@ -300,8 +300,8 @@ def test_launch_creates_exactly_the_planned_cluster(aws):
     assert [r["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] for r in lifecycle] == [policies.MULTIPART_DAYS]
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}
     assert keys == {"team/code/fruits-code.zip", "team/code/fruits_job.py", "team/bootstrap/emr-bootstrap.sh",
-                    "team/bootstrap/requirements-emr.txt", "team/models/mobilenetv2_160_fp32.tflite",
-                    "team/models/mobilenetv2_160_fp32.json", "team/models/catalog.json"}   # the operator's catalog
+                    "team/bootstrap/requirements-emr.txt", "team/models/mobilenetv2_160_int8.tflite",
+                    "team/models/mobilenetv2_160_int8.json", "team/models/catalog.json"}   # the operator's catalog
     assert out["web_config"] == {"bucket": BUCKET, "prefix": "team", "region": "eu-west-3",
                                  "identityPoolId": out["identity_pool"]}
     st = emr.status(client, out["cluster_id"])

@@ -12,6 +12,7 @@ import pytest
 from bootstrap import policies
 from bootstrap.policies import Request, allowed
 from contract import layout
+from models import DEFAULT_MODEL
 from vectors_for_tests import SHA, contract_rows, layout_key, put_rows
 
 ROOT = "team"
@@ -385,7 +386,7 @@ def test_device_credentials_renew_themselves_during_an_upload(tmp_path, photos, 
 
     monkeypatch.setattr(upload, "put_if_absent", put_slowly)
     result = sync([str(photos)], client, bucket, ROOT, manifest=Manifest(tmp_path / "m.sqlite"),
-                  model_path="models/mobilenetv2_160_fp32.tflite", client_id=device.identity_id, threads=2,
+                  model_path=f"models/{DEFAULT_MODEL}", client_id=device.identity_id, threads=2,
                   rows_per_object=20, progress=False)
     assert result.uploaded.objects_put == 3
     assert len(set(signed)) == 3 and len(fetched) >= 3, (signed, fetched)
@@ -419,7 +420,7 @@ def test_vectors_made_before_a_failed_upload_are_not_made_again(tmp_path, photos
 
     monkeypatch.setattr(sync_mod, "upload_vectors", network_down)
     with pytest.raises(UserError, match="kept in .*pending.*without vectorizing again"):
-        sync_mod.sync([str(photos)], client, bucket, ROOT, manifest=manifest, model_path="models/mobilenetv2_160_fp32.tflite",
+        sync_mod.sync([str(photos)], client, bucket, ROOT, manifest=manifest, model_path=f"models/{DEFAULT_MODEL}",
                       client_id="phone", threads=2, progress=False)
     assert len(list((tmp_path / "pending").rglob("*.parquet"))) == 1
     monkeypatch.setattr(sync_mod, "upload_vectors", real)
@@ -433,6 +434,6 @@ def test_vectors_made_before_a_failed_upload_are_not_made_again(tmp_path, photos
 
     monkeypatch.setattr(sync_mod, "vectorize", counting)
     result = sync_mod.sync([str(photos)], client, bucket, ROOT, manifest=manifest,
-                           model_path="models/mobilenetv2_160_fp32.tflite", client_id="phone", threads=2, progress=False)
+                           model_path=f"models/{DEFAULT_MODEL}", client_id="phone", threads=2, progress=False)
     assert vectorized == [0] and result.uploaded.rows_put == 60
     assert list((tmp_path / "pending").rglob("*.parquet")) == []

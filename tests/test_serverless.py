@@ -126,7 +126,7 @@ def test_launch_runs_the_chain_in_order_with_the_generated_role(aws):
         assert run["executionRole"] == role_arn and run["name"] == want["name"]
         assert run["jobDriver"]["sparkSubmit"]["entryPointArguments"] == want["jobDriver"]["sparkSubmit"]["entryPointArguments"]
     keys = {o["Key"] for o in aws.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"]}
-    assert {"team/code/fruits-code.zip", "team/code/fruits_job.py", "team/models/mobilenetv2_160_fp32.tflite"} <= keys
+    assert {"team/code/fruits-code.zip", "team/code/fruits_job.py", "team/models/mobilenetv2_160_int8.tflite"} <= keys
     assert not any(k.startswith("team/bootstrap/") for k in keys), "no bootstrap action: the image has the libraries"
     assert "DenyKeysOffTheLayout" in aws.client("s3").get_bucket_policy(Bucket=BUCKET)["Policy"]
     # In-process moto takes every request as plain http, so the TLS-only bucket policy would refuse the second

@@ -186,7 +186,7 @@ def test_second_visit_downloads_and_sends_nothing_again(served, cloud, photos, t
         phone.pick(training, folder=True)
         phone.wait_uploaded()
         first = dict(served.bytes_sent)
-    assert first.get("model/mobilenetv2_160_fp32.tflite", 0) > 8_000_000 and first.get("wasm/litert_wasm_internal.wasm", 0) > 0
+    assert first.get("model/mobilenetv2_160_int8.tflite", 0) > 2_000_000 and first.get("wasm/litert_wasm_internal.wasm", 0) > 0
     served.reset_counts()
     with Chromium(profile) as browser:
         phone = browser.open(served.url)

@@ -117,7 +117,7 @@ def test_vectors_equal_the_python_edges(phone, shared_photos, python_vectors):
           f"{worst:.9f}, {len(rows) - unflagged} flagged")
 
 
-def test_bad_photos_are_refused_as_the_python_edge_refuses_them(phone, photos, tmp_path):
+def test_bad_photos_are_refused_as_the_python_edge_refuses_them(phone, photos, tmp_path, model_path):
     """Zero bytes, truncated, not an image, a decompression bomb: refused in every engine as by the Python edge, each
     with its reason; a HEIC (Pillow decodes it, browsers on a desktop cannot) named as such."""
     from badphotos import bad_photo_folder
@@ -130,7 +130,7 @@ def test_bad_photos_are_refused_as_the_python_edge_refuses_them(phone, photos, t
     Image.open(next((photos / "Lemon").glob("*.jpg"))).save(root / "Mixed" / "iphone.heic")
     summary = Summary()
     vectorize(find_photos([root], summary=summary), tmp_path / "py.parquet",
-              model_path=Path("models/mobilenetv2_160_fp32.tflite"), threads=2, progress=False, summary=summary)
+              model_path=model_path, threads=2, progress=False, summary=summary)
     files = sorted(p for p in (root / "Mixed").iterdir() if p.suffix != ".txt")
     page = phone.pick(files)
     web_rejects = {r["source"]: r["reason"] for r in page["rejects"]}

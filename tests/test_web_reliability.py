@@ -17,7 +17,7 @@ from conftest import require_browser
 from web.server import WebServer
 
 pytestmark = pytest.mark.usefixtures("chromium")
-MODEL = "model/mobilenetv2_160_fp32.tflite"
+MODEL = "model/mobilenetv2_160_int8.tflite"
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ def _config_args(p) -> None:
     p.add_argument("--region")
     p.add_argument("--endpoint-url", help="an S3-compatible endpoint (tests, the demo); real S3 needs none")
     p.add_argument("--workers", type=int, help="model workers in the page (default: the device's cores, at most 4)")
-    p.add_argument("--model", type=Path, help="a .tflite with its card (default: the committed fp32 model)")
+    p.add_argument("--model", type=Path, help="a .tflite with its card (default: the committed model, models.DEFAULT_MODEL)")
 
 
 def build_parser():

@@ -163,7 +163,7 @@ def decode_probes() -> list[dict]:
 
 def build(out: str | os.PathLike | None = None, *, model_path: str | os.PathLike | None = None,
           force: bool = False) -> Path:
-    """Build the app into ``out`` (default ``web/dist``) for the model (default: the committed fp32); returns it."""
+    """Build the app into ``out`` (default ``web/dist``) for the model (default: the committed one, models.DEFAULT_MODEL); returns it."""
     from models import model_path as committed_model
 
     out = Path(out) if out else DEFAULT_DIST
