@@ -153,6 +153,11 @@ def pa_strings(values):
 
 # ------------------------------------------------------------------------------------------ the web app
 ROOT_PREFIX = "team"
+# The page's vectors against the Python edge's, the stated tolerances: an exactly decoded photo (the int8 model's
+# integer kernels: bit for bit in every engine), and a photo the page flags as decoded differently (one level of 255
+# off somewhere: measured 0.9937 at worst, WebKit's alpha composited one level off, and 0.998 for a 16-bit PNG; the
+# int8 model moves more with its input than fp32 did, 0.9995; a wrong turn gives 0.35-0.95).
+EXACT_COS, FLAGGED_COS = 0.99999, 0.99
 
 
 def require_browser(engine: str) -> None:

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
+from conftest import FLAGGED_COS
 from web.device import Chromium, have_browser
 
 if not have_browser():
@@ -53,7 +54,8 @@ def test_without_image_decoder_a_drafted_jpeg_is_exact_with_libjpeg_in_wasm_and_
     """Browsers without WebCodecs' ImageDecoder (Safari, and any page not in a secure context) decode a JPEG at the
     draft's DCT scale with libjpeg-turbo in Wasm (web/src/jpeg.js): Pillow's own decode, the same model input bit for
     bit. Without it too (the Wasm could not be had), the page decodes fully and averages blocks, and says so
-    (approximate): the vector then moves by at most 0.001 in cosine (measured here in Chromium with both turned off)."""
+    (approximate): the vector then moves by at most 0.01 in cosine (measured here in Chromium with both turned off:
+    0.996 with the int8 model, which is more sensitive to the input than fp32 was: 0.9995)."""
     from featurizer.preprocess import preprocess
     from featurizer.runtime import Model
 
@@ -78,13 +80,13 @@ def test_without_image_decoder_a_drafted_jpeg_is_exact_with_libjpeg_in_wasm_and_
                 elif path.name == "orient-6.jpg":    # 512x600: no draft, so no difference
                     assert got["approximate"] is False and sim == pytest.approx(1.0, abs=1e-7), path.name
                 else:
-                    assert "averaged in blocks" in got["approximate"] and 0.999 <= sim < 1.0, (path.name, sim)
+                    assert "averaged in blocks" in got["approximate"] and 0.99 <= sim < 1.0, (path.name, sim)
 
 
 def test_page_vectors_equal_the_python_edge(web_dist, shared_photos, python_vectors, tmp_path):
     """The folder picked in the page -> the Parquet file it saves (the Save button's download): a contract file
     (validate_table), the same rows as `fruits-edge vectorize` (ids, labels, sources, sizes) and the same vectors:
-    bit-identical, but for the photo the page flags (gray16: Chromium keeps the high byte), cosine >= 0.99999."""
+    bit-identical, but for the photo the page flags (gray16: Chromium keeps the high byte), cosine >= FLAGGED_COS."""
     with WebServer(web_dist, {}) as server, Chromium() as browser:
         phone = browser.open(server.url)
         summary = phone.pick(shared_photos, folder=True)
@@ -107,7 +109,7 @@ def test_page_vectors_equal_the_python_edge(web_dist, shared_photos, python_vect
         if r["source"] not in flagged:
             np.testing.assert_array_equal(a, b, err_msg=r["source"])
         cosines.append(cosine(a, b))
-    assert min(cosines) >= 0.99999, min(cosines)
+    assert min(cosines) >= FLAGGED_COS, min(cosines)
 
 
 def test_keys_and_sha256_equal_pythons(web_dist):

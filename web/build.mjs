@@ -32,7 +32,6 @@ for (const [name, loader] of [['simd', 'litert_wasm_internal'], ['compat', 'lite
 
 cpSync(join(here, 'static'), out, {recursive: true});
 if (process.argv[3]) cpSync(process.argv[3], out, {recursive: true});
-copyFileSync(join(here, 'node_modules/parquet-wasm/esm/parquet_wasm_bg.wasm'), join(out, 'wasm/parquet_wasm_bg.wasm'));
 copyFileSync(join(here, 'node_modules/@cwasm/jpeg-turbo/jpeg-turbo.wasm'), join(out, 'wasm/jpeg-turbo.wasm'));
 
 // The service worker's cache is named after everything it may serve (the model included), so a new build

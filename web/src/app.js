@@ -7,7 +7,7 @@ import {loadConfig} from './config.js';
 import {loadContract, uploadDay} from './contract.js';
 import {identifyVector, Projection, ReferenceIndex, UNKNOWN} from './identify.js';
 import {DeviceIdentity} from './identity.js';
-import {loadParquet, readVectors, writeVectors} from './parquet.js';
+import {readVectors, writeVectors} from './parquet.js';
 import {WorkerPool} from './pool.js';
 import {loadWasm} from './wasm.js';
 import {loadPublished} from './published.js';
@@ -43,10 +43,7 @@ class App {
     this.card = contract.model.card;
     this.root = (config.prefix || '').replace(/^\/+|\/+$/g, '');
     ui.modelLine(this.card, contract.model.file);
-    // The Parquet writer's Wasm is loaded now, with the model: a photo taken offline later can still be queued.
-    const parquetReady = loadParquet(new URL('wasm/parquet_wasm_bg.wasm', location.href).href);
     await this.startModel();
-    await parquetReady;
     await this.startCloud();
     this.state = 'ready';
     ui.ready(this);

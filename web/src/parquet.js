@@ -1,74 +1,31 @@
-// Rows -> one Parquet file of the contract (contract/vectors.py): the same Arrow schema, zstd, dictionary
-// encoding only on the repeating text columns (parquet_options), the fingerprint in the key-value metadata.
-// Written by parquet-wasm (arrow-rs's writer compiled to Wasm) from an apache-arrow table: a maintained
-// writer, not a hand-written one. The Wasm file is fetched only when a file is first written.
+// Rows -> one Parquet file of the contract (contract/vectors.py vector_schema): the same columns, types and
+// nullability as the Python edge writes (pyarrow reads them back as the same Arrow types: list<element: float>,
+// timestamp[us, UTC], int32, strings), dictionary encoding only on the repeating text columns (parquet_options), the
+// fingerprint in the key-value metadata. Written by hyparquet-writer (pure JavaScript, ~40 kB minified) for this one
+// schema, read back by hyparquet: before, parquet-wasm (arrow-rs in Wasm) and apache-arrow were 5.6 MB of the first
+// visit's download for the same file. SNAPPY pages (the writer's own compressor; zstd, which the Python side uses,
+// has no compressor in the page, and float vectors hardly compress: 1% either way).
 
-import {Field, Float32, Int32, List, Schema, Table, TimestampMicrosecond, Utf8, makeData, makeVector,
-        tableFromIPC, tableToIPC} from 'apache-arrow';
-import initParquet, {Compression, Table as WasmTable, WriterPropertiesBuilder, readParquet,
-                     writeParquet} from 'parquet-wasm/esm';
+import {parquetMetadata, parquetReadObjects} from 'hyparquet';
+import {parquetWriteBuffer} from 'hyparquet-writer';
 
-let ready = null;
+const text = (name, required = false) => ({name, type: 'BYTE_ARRAY', converted_type: 'UTF8', logical_type: {type: 'STRING'},
+                                           repetition_type: required ? 'REQUIRED' : 'OPTIONAL'});
 
-export function loadParquet(wasmUrl) {
-  ready = ready || initParquet({module_or_path: wasmUrl});
-  return ready;
-}
-
-function schema(contract, metadata) {
-  const text = (name, nullable = true) => new Field(name, new Utf8(), nullable);
-  return new Schema([
-    text('image_id', false), text('label'), text('source'),
-    new Field('width', new Int32(), true), new Field('height', new Int32(), true),
-    new Field('features', new List(new Field('item', new Float32(), true)), true),
+/** The Parquet schema of a vectors file: vector_schema's, column for column. */
+function schema() {
+  return [
+    {name: 'schema', num_children: 10},
+    text('image_id', true), text('label'), text('source'),
+    {name: 'width', type: 'INT32', repetition_type: 'OPTIONAL'},
+    {name: 'height', type: 'INT32', repetition_type: 'OPTIONAL'},
+    {name: 'features', repetition_type: 'OPTIONAL', converted_type: 'LIST', logical_type: {type: 'LIST'}, num_children: 1},
+    {name: 'list', repetition_type: 'REPEATED', num_children: 1},
+    {name: 'element', type: 'FLOAT', repetition_type: 'OPTIONAL'},
     text('model_sha256'), text('model_name'), text('client_id'),
-    new Field('vectorized_at', new TimestampMicrosecond('UTC'), true),
-  ], metadata);
-}
-
-// Columns are built from their buffers (as features are): apache-arrow's builders compile their null test with
-// `new Function`, which the page's Content-Security-Policy (no 'unsafe-eval') refuses.
-function validity(values) {
-  const bitmap = new Uint8Array((values.length + 7) >> 3);
-  let nulls = 0;
-  values.forEach((v, i) => {
-    if (v === null || v === undefined) nulls++;
-    else bitmap[i >> 3] |= 1 << (i & 7);
-  });
-  return {nullCount: nulls, nullBitmap: nulls ? bitmap : undefined};
-}
-
-function utf8Vector(values) {
-  const encoder = new TextEncoder();
-  const parts = values.map((v) => (v === null || v === undefined ? new Uint8Array(0) : encoder.encode(String(v))));
-  const offsets = new Int32Array(values.length + 1);
-  parts.forEach((p, i) => { offsets[i + 1] = offsets[i] + p.length; });
-  const data = new Uint8Array(offsets[values.length]);
-  parts.forEach((p, i) => data.set(p, offsets[i]));
-  return makeVector(makeData({type: new Utf8(), length: values.length, ...validity(values), valueOffsets: offsets, data}));
-}
-
-function int32Vector(values) {
-  return makeVector(makeData({type: new Int32(), length: values.length, ...validity(values),
-                              data: Int32Array.from(values, (v) => v ?? 0)}));
-}
-
-function microsVector(millis) {
-  return makeVector(makeData({type: new TimestampMicrosecond('UTC'), length: millis.length, ...validity(millis),
-                              data: BigInt64Array.from(millis, (v) => BigInt(Math.round((v ?? 0) * 1000)))}));
-}
-
-function featuresVector(rows, dim) {
-  const values = new Float32Array(rows.length * dim);
-  const offsets = new Int32Array(rows.length + 1);
-  rows.forEach((r, i) => {
-    if (r.features.length !== dim) throw new Error(`${r.source}: ${r.features.length} features, expected ${dim}`);
-    values.set(r.features, i * dim);
-    offsets[i + 1] = (i + 1) * dim;
-  });
-  const type = new List(new Field('item', new Float32(), true));
-  const child = makeData({type: new Float32(), length: values.length, nullCount: 0, data: values});
-  return makeVector(makeData({type, length: rows.length, nullCount: 0, valueOffsets: offsets, child}));
+    {name: 'vectorized_at', type: 'INT64', repetition_type: 'OPTIONAL',
+     logical_type: {type: 'TIMESTAMP', isAdjustedToUTC: true, unit: 'MICROS'}},
+  ];
 }
 
 /**
@@ -76,48 +33,60 @@ function featuresVector(rows, dim) {
  * client -> Parquet bytes (Uint8Array).
  */
 export async function writeVectors(contract, rows, {modelSha256, modelName, clientId}) {
-  await ready;
+  const dim = contract.feature_dim;
+  for (const r of rows) {
+    if (r.features.length !== dim) throw new Error(`${r.source}: ${r.features.length} features, expected ${dim}`);
+  }
   const keys = contract.metadata_keys;
-  const metadata = new Map([[keys.contract_version, contract.contract_version],
-                            [keys.model_sha256, modelSha256], [keys.model_name, modelName]]);
-  const s = schema(contract, metadata);
-  const table = new Table(s, {
-    image_id: utf8Vector(rows.map((r) => r.imageId)),
-    label: utf8Vector(rows.map((r) => r.label ?? null)),
-    source: utf8Vector(rows.map((r) => r.source)),
-    width: int32Vector(rows.map((r) => r.width)),
-    height: int32Vector(rows.map((r) => r.height)),
-    features: featuresVector(rows, contract.feature_dim),
-    model_sha256: utf8Vector(rows.map(() => modelSha256)),
-    model_name: utf8Vector(rows.map(() => modelName)),
-    client_id: utf8Vector(rows.map(() => clientId)),
-    vectorized_at: microsVector(rows.map((r) => r.vectorizedAt)),
+  const dictionary = new Set(contract.dictionary_columns);
+  const column = (name, data) => ({name, data, encoding: dictionary.has(name) ? 'RLE_DICTIONARY' : 'PLAIN'});
+  const buffer = parquetWriteBuffer({
+    schema: schema(),
+    columnData: [
+      column('image_id', rows.map((r) => r.imageId)),
+      column('label', rows.map((r) => r.label ?? null)),
+      column('source', rows.map((r) => r.source ?? null)),
+      column('width', rows.map((r) => r.width ?? null)),
+      column('height', rows.map((r) => r.height ?? null)),
+      column('features', rows.map((r) => Array.from(r.features))),
+      column('model_sha256', rows.map(() => modelSha256)),
+      column('model_name', rows.map(() => modelName)),
+      column('client_id', rows.map(() => clientId)),
+      column('vectorized_at', rows.map((r) => (r.vectorizedAt === null || r.vectorizedAt === undefined ? null
+        : BigInt(Math.round(r.vectorizedAt * 1000))))),
+    ],
+    kvMetadata: [{key: keys.contract_version, value: contract.contract_version},
+                 {key: keys.model_sha256, value: modelSha256}, {key: keys.model_name, value: modelName}],
+    statistics: false,
+    rowGroupSize: Math.max(1, rows.length),
+    createdBy: 'fruits web app (hyparquet-writer)',
   });
-  let props = new WriterPropertiesBuilder().setCompression(Compression.ZSTD).setDictionaryEnabled(false)
-    .setKeyValueMetadata(metadata);
-  for (const name of contract.dictionary_columns) props = props.setColumnDictionaryEnabled(name, true);
-  const wasmTable = WasmTable.fromIPCStream(tableToIPC(table, 'stream'));
-  return writeParquet(wasmTable, props.build());
+  return new Uint8Array(buffer);
 }
 
 /** A contract Parquet file the page wrote -> its rows ({imageId, label, source, width, height, features,
- *  vectorizedAt (ms), clientId, modelSha256}) and the file's metadata; throws on anything that is not Parquet. */
+ *  vectorizedAt (ms), clientId, modelSha256}) and the file's key-value metadata (a Map); throws on anything that is
+ *  not Parquet. */
 export async function readVectors(bytes) {
-  await ready;
-  const table = tableFromIPC(readParquet(bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes)).intoIPCStream());
-  const col = (name) => {
-    const v = table.getChild(name);
-    if (!v) throw new Error(`no column ${name}`);
-    return v;
-  };
-  const [ids, labels, sources, widths, heights, features, shas, clients, times] =
-    ['image_id', 'label', 'source', 'width', 'height', 'features', 'model_sha256', 'client_id', 'vectorized_at'].map(col);
-  const rows = [];
-  for (let i = 0; i < table.numRows; i++) {
-    const f = features.get(i);
-    rows.push({imageId: ids.get(i), label: labels.get(i), source: sources.get(i), width: widths.get(i),
-               height: heights.get(i), features: f ? Float32Array.from(f.toArray()) : null,
-               modelSha256: shas.get(i), clientId: clients.get(i), vectorizedAt: Number(times.get(i))});   // ms
+  const u8 = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+  const file = u8.buffer.slice(u8.byteOffset, u8.byteOffset + u8.byteLength);
+  const meta = parquetMetadata(file);
+  const names = meta.schema.map((s) => s.name);
+  for (const name of ['image_id', 'label', 'source', 'width', 'height', 'features', 'model_sha256', 'client_id',
+                      'vectorized_at']) {
+    if (!names.includes(name)) throw new Error(`no column ${name}`);
   }
-  return {rows, metadata: table.schema.metadata};
+  const objects = await parquetReadObjects({file, metadata: meta, utf8: true});
+  const rows = objects.map((o) => ({
+    imageId: o.image_id, label: o.label ?? null, source: o.source ?? null, width: o.width ?? null,
+    height: o.height ?? null, features: o.features ? Float32Array.from(o.features) : null, modelSha256: o.model_sha256,
+    clientId: o.client_id, vectorizedAt: o.vectorized_at === null || o.vectorized_at === undefined ? null
+      : vectorizedMs(o.vectorized_at)}));
+  return {rows, metadata: new Map((meta.key_value_metadata || []).map((kv) => [kv.key, kv.value]))};
+}
+
+/** hyparquet gives a TIMESTAMP(MICROS) as a Date (or the raw BigInt): milliseconds either way. */
+function vectorizedMs(v) {
+  if (v instanceof Date) return v.getTime();
+  return Number(BigInt(v) / 1000n);
 }
