@@ -4,6 +4,7 @@ browser downloads on each visit. The page runs in each browser engine asked for 
 WebKitGTK; headless, driven as a person would: web/device.py), one after another on the same photos.
 
     ./run bench web [--engine chromium|firefox|webkit|all] [--thumbs 1000] [--phone 60] [--repeats 3]
+    ./run bench web --first-visit [--engine all] [--mbit 10] [--rtt-ms 40]
 
 Photos: 100x100 synthetic thumbnails (the Fruits-360 size; decoding is cheap, the model is most of the time)
 and 12-megapixel synthetic phone photos (JPEG draft decode at 1/8 dominates). Each repeat runs the Python edge,
@@ -111,6 +112,55 @@ def visit(server, engine: str, profile: Path, folders: dict[str, Path], repeats:
     return out
 
 
+def first_visit(engines: list[str], tmp: Path, rec: Recorder, mbit: float, rtt_ms: float) -> None:
+    """Per engine, an empty profile on an emulated mobile link (the app's server paces every answer: `mbit` Mbit/s
+    shared by every connection, `rtt_ms` per request, so the page's workers see it too): from opening the page to the
+    first answer for one 12 MP photo, the bytes per file and the time per step; then a second visit in the same
+    browser (a new page load) and its bytes."""
+    from web.build import build
+    from web.device import browser
+    from web.server import WebServer
+
+    photo = sorted(phone_photos(tmp / "phone", 1).rglob("*.jpg"))[0]
+    dist = build()
+    print(f"\nfirst visit on a {mbit:g} Mbit/s link, {rtt_ms:g} ms a request; one 12 MP photo "
+          f"({photo.stat().st_size / 1e6:.2f} MB)")
+    for engine in engines:
+        with WebServer(dist, {}, link=(mbit * 1e6, rtt_ms / 1000)) as server, browser(engine, tmp / f"fv-{engine}") as b:
+            t0 = time.perf_counter()
+            phone = b.open(server.url, timeout_s=300)
+            ready_s = time.perf_counter() - t0
+            summary = phone.pick([photo])
+            answer_s = time.perf_counter() - t0
+            timings = phone.evaluate("() => fruits.timings")
+            files = dict(server.bytes_sent)
+            first_bytes = sum(files.values())
+            wasm = phone.evaluate("() => fruits.engine && fruits.engine.wasm")
+            phone.close()
+            server.reset_counts()
+            second = b.open(server.url, timeout_s=300)
+            second_bytes = sum(server.bytes_sent.values())
+            second_requests = dict(server.requests)
+            second.close()
+        steps = summary["msPerPhoto"]
+        row = {"engine": engine, "version": b.version, "wasm": wasm, "mbit": mbit, "rtt_ms": rtt_ms,
+               "ready_s": round(ready_s, 2), "first_answer_s": round(answer_s, 2), "first_visit_bytes": first_bytes,
+               "second_visit_bytes": second_bytes, "files": files, "second_visit_requests": second_requests,
+               "model_fetch_ms": timings.get("modelFetchMs"), "model_sha256_ms": timings.get("modelShaMs"),
+               "wasm_fetch_ms": timings.get("wasmFetchMs"), "wasm_compile_ms": timings.get("wasmCompileMs"),
+               "workers_start_ms": timings.get("workersMs"), **{f"photo_{k}_ms": v for k, v in steps.items()}}
+        rec.add(measure="first_visit", **row)
+        print(f"{engine} {b.version} ({wasm}): ready {ready_s:.2f} s, first answer {answer_s:.2f} s after opening; "
+              f"first visit {first_bytes / 1e6:.2f} MB, second visit {second_bytes / 1e3:.1f} kB "
+              f"({', '.join(f'{k} {v}' for k, v in sorted(second_requests.items()))})")
+        print("  steps (ms): " + ", ".join(f"{k} {row[k]:.0f}" for k in ("model_fetch_ms", "model_sha256_ms",
+                                                                         "wasm_fetch_ms", "wasm_compile_ms",
+                                                                         "workers_start_ms") if row[k] is not None)
+              + "; the photo: " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()))
+        print("  bytes: " + ", ".join(f"{k} {v / 1e3:.0f} kB" for k, v in sorted(files.items(), key=lambda kv: -kv[1])
+                                       if v > 1000))
+
+
 def parity(engines: list[str], photos: Path | None, tmp: Path, rec: Recorder) -> None:
     """Per engine: every shared test photo (web/parity.py) and every photo under ``photos`` picked in the page, its
     vector against the Python edge's: bit-identical or not, cosine, and whether the page flagged it."""
@@ -161,6 +211,11 @@ def main() -> int:
     ap.add_argument("--parity", action="store_true", help="instead of speed: each engine's vectors against the Python "
                                                            "edge's on the shared test photos (and --photos)")
     ap.add_argument("--photos", type=Path, help="with --parity: a folder of real photos to compare on too")
+    ap.add_argument("--first-visit", action="store_true", help="instead of speed: an empty profile's first visit on an "
+                                                                "emulated mobile link, to the first answer, and the "
+                                                                "second visit's bytes")
+    ap.add_argument("--mbit", type=float, default=10.0, help="with --first-visit: the link's Mbit/s (default 10)")
+    ap.add_argument("--rtt-ms", type=float, default=40.0, help="with --first-visit: ms per request (default 40)")
     ap.add_argument("--out", type=Path, default=Path("out/benchmarks"))
     ap.add_argument("--smoke", action="store_true", help="10 thumbnails, 1 phone photo, one repeat: that it runs "
                                                             "and writes its results")
@@ -176,11 +231,15 @@ def main() -> int:
         if missing(engine):
             print(f"Error: {engine}: {missing(engine)}", file=sys.stderr)
             return 1
-    rec = Recorder("web-parity" if args.parity else "web", args.out)
+    rec = Recorder("web-parity" if args.parity else "web-first-visit" if args.first_visit else "web", args.out)
     with tempfile.TemporaryDirectory(prefix="bench-web-") as t:
         tmp = Path(t)
         if args.parity:
             parity(engines, args.photos, tmp, rec)
+            print(f"written: {rec.save()}")
+            return 0
+        if args.first_visit:
+            first_visit(engines, tmp, rec, args.mbit, args.rtt_ms)
             print(f"written: {rec.save()}")
             return 0
         folders = {"thumbnail_100px": generate(tmp / "thumbs", per_class=max(1, args.thumbs // 10), seed=21)}

@@ -336,3 +336,27 @@ def card(phone) -> dict:
               elements: c.querySelectorAll('.description *').length,
               nutrition: Array.from(c.querySelectorAll('[data-nutrient]')).map((r) => r.dataset.nutrient)};
     }""")
+
+
+@pytest.mark.parametrize("engine", SEVERAL)
+def test_first_visit_downloads_at_most_6_mb_and_the_second_at_most_10_kb(engine, web_dist, tmp_path):
+    """What a phone downloads: an empty profile's first visit (the page, the code, the one LiteRT.js build this browser
+    runs, libjpeg-turbo, the int8 model; nothing of the build it does not run) at most 6 MB on the wire; a second
+    visit in the same browser (a new page load) at most 10 kB: the page, its settings and the contract, asked again
+    and answered 304 where unchanged, everything else from the service worker's cache. Before: 16.76 MB, and in
+    WebKit 8.6 MB again on the second visit (its workers' fetches do not go through the service worker)."""
+    require_browser(engine)
+    with WebServer(web_dist, {}) as server, browser(engine, tmp_path / "profile") as b:
+        phone = b.open(server.url)
+        wasm = phone.evaluate("() => fruits.engine.wasm")
+        first = dict(server.bytes_sent)
+        phone.close()
+        server.reset_counts()
+        b.open(server.url).close()
+        second = dict(server.bytes_sent)
+    other = "litert_wasm_internal.wasm" if wasm == "compat" else "litert_wasm_compat_internal.wasm"
+    assert not any(k.endswith(other) for k in first) and not any("parquet" in k for k in first), sorted(first)
+    assert any(k.startswith("model/") for k in first) and "wasm/jpeg-turbo.wasm" in first, sorted(first)
+    assert sum(first.values()) <= 6_000_000, (sum(first.values()), first)
+    heavy = {k: v for k, v in second.items() if k.startswith(("model/", "wasm/")) or (k.endswith(".js") and k != "sw.js")}
+    assert heavy == {} and sum(second.values()) <= 10_000, second

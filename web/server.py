@@ -2,7 +2,11 @@
 
 - Types a browser insists on (``application/wasm`` for the Wasm files, ``text/javascript``, the manifest's);
 - gzip for the text and Wasm files when the browser accepts it (the LiteRT Wasm file: 9.4 MB -> ~2.5 MB);
-- ``Cache-Control: no-cache``: the service worker does the caching, so an update is seen at once;
+- ``Cache-Control: no-cache`` with an ``ETag``: the service worker does the caching, so an update is seen at once,
+  and a file asked for again that has not changed is a 304 of a few hundred bytes;
+- ``link=(bits per second, seconds per request)`` (benchmarks, tests): every answer paced as over one shared mobile
+  link, so that every engine and every worker sees the same network (a browser's own throttling does not reach the
+  page's workers);
 - security headers: a Content-Security-Policy that lets the page load only its own files and Wasm and talk only
   to the bucket and identity pool of its settings, ``frame-ancestors 'none'`` (and X-Frame-Options), no referrer;
 - limits: a request's headers must arrive within :data:`HEADER_TIMEOUT_S` (a connection that sends half a request
@@ -18,6 +22,7 @@ when it loads them (``contract.json`` carries the schema), with one message nami
 from __future__ import annotations
 
 import gzip
+import hashlib
 import http.server
 import io
 import json
@@ -39,7 +44,7 @@ TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=u
          ".json": "application/json", ".map": "application/json", ".wasm": "application/wasm",
          ".webmanifest": "application/manifest+json", ".svg": "image/svg+xml", ".png": "image/png",
          ".tflite": "application/octet-stream", ".txt": "text/plain; charset=utf-8"}
-COMPRESS = {".html", ".js", ".css", ".json", ".map", ".wasm", ".webmanifest", ".svg"}
+COMPRESS = {".html", ".js", ".css", ".json", ".map", ".wasm", ".webmanifest", ".svg", ".tflite"}
 HEADER_TIMEOUT_S = 10.0       # the request line and headers must arrive within this
 IDLE_TIMEOUT_S = 30.0         # a kept-alive connection with nothing to say is closed after this
 MAX_WORKERS = 16              # threads answering complete requests
@@ -168,11 +173,15 @@ class _Prefixed(io.RawIOBase):
         return self.sock.recv_into(b)
 
 
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
 class WebServer:
     """``with WebServer(dist, config) as s: s.url``: the app on a free port of 127.0.0.1 (or ``host``)."""
 
     def __init__(self, dist: str | Path, config: dict | None = None, *, host: str = "127.0.0.1", port: int = 0,
-                 tls: tuple[Path, Path] | None = None):
+                 tls: tuple[Path, Path] | None = None, link: tuple[float, float] | None = None):
         self.dist = Path(dist).resolve()
         self.config = check_config(dict(config or {}), origin="settings")
         self.csp = content_security_policy(self.config)
@@ -181,9 +190,22 @@ class WebServer:
         self.bytes_sent: Counter = Counter()    # path -> body bytes sent
         self.statuses: Counter = Counter()      # HTTP status -> answers
         self.once: dict[str, list] = {}         # path -> (body, type) to serve instead, one per request (faults)
-        self._gz: dict[tuple[str, float], bytes] = {}
+        self._gz: dict[tuple[str, float], tuple[bytes, str]] = {}   # a file's gzip body and its ETag
         self._lock = threading.Lock()
         self._httpd = None
+        self.link = link                        # (bits per second, seconds per request): a paced, shared link
+        self._link_lock = threading.Lock()
+        self._link_free_at = 0.0
+
+    def pace(self, nbytes: int) -> None:
+        """Wait until ``nbytes`` more have crossed the emulated link (shared by every connection, in order)."""
+        if not self.link:
+            return
+        with self._link_lock:
+            start = max(time.monotonic(), self._link_free_at)
+            self._link_free_at = start + nbytes * 8 / self.link[0]
+            until = self._link_free_at
+        time.sleep(max(0.0, until - time.monotonic()))
 
     @property
     def url(self) -> str:
@@ -202,28 +224,32 @@ class WebServer:
         with self._lock:
             self.once.setdefault(rel, []).append((body, content_type))
 
-    def _body(self, rel: str, accept_gzip: bool) -> tuple[bytes, str, bool] | None:
+    def _body(self, rel: str, accept_gzip: bool) -> tuple[bytes, str, bool, str] | None:
+        """(body, content type, gzipped, ETag) of ``rel``, or None: not a file of the app."""
         with self._lock:
             queued = self.once.get(rel)
             fault = queued.pop(0) if queued else None
         if rel == "config.json" and fault is None:
-            return json.dumps(self.config).encode(), TYPES[".json"], False
+            body = json.dumps(self.config).encode()
+            return body, TYPES[".json"], False, _etag(body)
         path = (self.dist / rel).resolve()
         if not path.is_relative_to(self.dist) or not (path.is_file() or rel == "config.json"):
             return None
         ctype = TYPES.get(path.suffix, "application/octet-stream")
         if fault is not None:
-            return fault[0], fault[1] or ctype, False
+            return fault[0], fault[1] or ctype, False, _etag(fault[0])
         if accept_gzip and path.suffix in COMPRESS:
             key = (str(path), path.stat().st_mtime)
             with self._lock:
-                data = self._gz.get(key)
-            if data is None:
+                found = self._gz.get(key)
+            if found is None:
                 data = gzip.compress(path.read_bytes(), compresslevel=6, mtime=0)
+                found = (data, _etag(data))
                 with self._lock:
-                    self._gz[key] = data
-            return data, ctype, True
-        return path.read_bytes(), ctype, False
+                    self._gz[key] = found
+            return found[0], ctype, True, found[1]
+        body = path.read_bytes()
+        return body, ctype, False, _etag(body)
 
     def start(self) -> "WebServer":
         server = self
@@ -280,20 +306,34 @@ class WebServer:
                 if found is None:
                     self.send_plain(404, "not found\n", head)
                     return
-                body, ctype, gzipped = found
-                self.send_response(200)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
+                body, ctype, gzipped, etag = found
+                if server.link:
+                    time.sleep(server.link[1])     # the request's round trip on the emulated link
+                fresh = etag in [t.strip() for t in self.headers.get("If-None-Match", "").split(",")]
+                self.send_response(304 if fresh else 200)
+                self.send_header("ETag", etag)
                 self.send_header("Cache-Control", "no-cache")
                 self.security_headers()
                 if gzipped:
-                    self.send_header("Content-Encoding", "gzip")
                     self.send_header("Vary", "Accept-Encoding")
+                if fresh:
+                    self.end_headers()
+                    with server._lock:
+                        server.requests[rel] += 1
+                        server.statuses[304] += 1
+                    return
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                if gzipped:
+                    self.send_header("Content-Encoding", "gzip")
                 if rel == "sw.js":
                     self.send_header("Service-Worker-Allowed", "/")
                 self.end_headers()
                 if not head:
-                    self.wfile.write(body)
+                    for at in range(0, len(body), 16384):
+                        chunk = body[at:at + 16384]
+                        server.pace(len(chunk))
+                        self.wfile.write(chunk)
                 with server._lock:
                     server.requests[rel] += 1
                     server.bytes_sent[rel] += 0 if head else len(body)

@@ -74,7 +74,9 @@ class App {
     if (!response.ok) throw new Error(`the model ${this.contract.model.file}: HTTP ${response.status}`);
     const bytes = await response.arrayBuffer();
     const fetchMs = performance.now() - t0;
+    const tSha = performance.now();
     const sha = await sha256Hex(new Uint8Array(bytes));
+    this.timings.modelShaMs = performance.now() - tSha;
     if (sha !== this.card.sha256) {
       throw new Error(`the model file's sha256 is ${sha.slice(0, 12)}…, its card says ${this.card.sha256.slice(0, 12)}…`);
     }
@@ -83,13 +85,16 @@ class App {
     const probes = await fetch('probes.json').then((r) => (r.ok ? r.json() : null)).catch(() => null);
     if (!probes) this.problems.push('decode probes missing: every photo is marked as decoded differently from the cloud');
     const wasm = await wasmLoading;
-    this.timings.wasmMs = wasm.ms;
+    this.timings.wasmFetchMs = wasm.fetchMs;
+    this.timings.wasmCompileMs = wasm.compileMs;
+    const tWorkers = performance.now();
     this.pool = await WorkerPool.start({
       workers, wasm, modelBytes: bytes, probes,
       onError: (m) => this.error(m),
       settings: {inputSize: this.card.input_size, outputDim: this.contract.feature_dim,
                  draftFactor: this.contract.preprocessing.draft_factor, maxPixels: this.contract.preprocessing.max_pixels}});
     this.engine = this.pool.engine;
+    this.timings.workersMs = performance.now() - tWorkers;
     this.timings.modelFetchMs = fetchMs;
     this.timings.modelStartMs = performance.now() - t0;
     this.timings.workers = workers;

@@ -24,18 +24,21 @@ export function wasmBuild() {
 export const JPEG_WASM = 'wasm/jpeg-turbo.wasm';     // libjpeg-turbo (web/src/jpeg.js)
 
 async function compile(url) {
+  const t0 = performance.now();
   const response = await fetch(url);
   if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
   const bytes = await response.arrayBuffer();
-  return {module: await WebAssembly.compile(bytes), bytes: bytes.byteLength};
+  const t1 = performance.now();
+  return {module: await WebAssembly.compile(bytes), bytes: bytes.byteLength, fetchMs: t1 - t0,
+          compileMs: performance.now() - t1};
 }
 
 /** {build, worker, module, jpeg, bytes, fetchMs, compileMs}: the build's Wasm and libjpeg-turbo's, fetched (through the
- *  service worker) and compiled. A JPEG decoder that cannot be had leaves `jpeg` null (the browser's decoders then). */
+ *  service worker) and compiled (LiteRT's times). A JPEG decoder that cannot be had leaves `jpeg` null (the
+ *  browser's decoders then). */
 export async function loadWasm(build = wasmBuild()) {
   const {worker, wasm} = BUILDS[build];
-  const t0 = performance.now();
   const [litert, jpeg] = await Promise.all([compile(wasm), compile(JPEG_WASM).catch(() => null)]);
-  return {build, worker, module: litert.module, jpeg: jpeg && jpeg.module,
-          bytes: litert.bytes + (jpeg ? jpeg.bytes : 0), ms: performance.now() - t0};
+  return {build, worker, module: litert.module, jpeg: jpeg && jpeg.module, bytes: litert.bytes + (jpeg ? jpeg.bytes : 0),
+          fetchMs: litert.fetchMs, compileMs: litert.compileMs};
 }
