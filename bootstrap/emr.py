@@ -151,6 +151,17 @@ class JobStep:
     args: tuple[str, ...]
 
 
+def model_sha256(name: str) -> str:
+    """The fingerprint of the committed model ``name`` (from its card, ``models/<name>.json``)."""
+    from models import model_path
+
+    card = model_path(name).with_suffix(".json")
+    try:
+        return json.loads(card.read_text())["sha256"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise EMRError(f"model {name!r}: its card {card} cannot be read ({exc}); expected a committed model") from None
+
+
 def job_chain(spec: ClusterSpec) -> list[JobStep]:
     """featurize (with ``images``) -> pca -> evaluate (with ``evaluate``) -> publish (with ``publish_k``) -> report.
 
@@ -162,20 +173,22 @@ def job_chain(spec: ClusterSpec) -> list[JobStep]:
     featurized = spec.uri(layout.featurized_prefix(root, "incremental" if spec.incremental else spec.run_id)).rstrip("/")
     vectors, raw = spec.uri(layout.vectors_prefix(root)), spec.uri(layout.raw_prefix(root))
     run_uri = spec.uri(layout.run_prefix(root, spec.run_id)).rstrip("/")
+    # The launch's model only: a bucket moving to another model holds both models' vectors, which share no PCA.
+    only = ["--model-sha256", model_sha256(spec.model)]
     chain = []
     if spec.images:
         chain.append(JobStep("fruits: featurize raw photos", (
             "featurize", "--images", raw, "--output", featurized, "--model", model_uri,
             *(["--incremental"] if spec.incremental else []))))
     inputs = ["--input", vectors] + (["--input", featurized + "/vectors/"] if spec.images else [])
-    pca = ["pca", *inputs, "--output", spec.uri(layout.pca_prefix(root)), "--run-id", spec.run_id]
+    pca = ["pca", *inputs, *only, "--output", spec.uri(layout.pca_prefix(root)), "--run-id", spec.run_id]
     pca += ["--k", str(spec.k)] if spec.k is not None else ["--variance", str(spec.variance)]
     if spec.incremental:   # publishing needs every row projected with the new model
         pca += ["--incremental"] + (["--reproject"] if spec.publish_k else [])
     chain.append(JobStep("fruits: StandardScaler + PCA", tuple(pca)))
     if spec.evaluate:
         chain.append(JobStep("fruits: evaluate (accuracy vs bytes per image)",
-                             ("evaluate", *inputs, "--output", run_uri + "/evaluation")))
+                             ("evaluate", *inputs, *only, "--output", run_uri + "/evaluation")))
     if spec.publish_k:
         chain.append(JobStep("fruits: publish projection + index for the devices",
                              ("publish", "--run", run_uri, "--root", spec.uri(), "--k", str(spec.publish_k))))

@@ -150,6 +150,7 @@ def build_parser(extend=None):
                    help="without --test: hold out whole films (folder, name and frame runs; default) or single images")
     v.add_argument("--test-fraction", type=float, default=0.25)
     v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--model-sha256", help="use only vectors of this model fingerprint (needed when models are mixed)")
     v.add_argument("--max-rows", type=int, default=200_000, help="rows the classifiers use (a sample beyond)")
     v.add_argument("--max-bytes", type=int, default=128 * 2**20,
                    help="bytes of features collected to the driver for the classifiers (default 128 MiB, ~26k rows)")
@@ -288,7 +289,7 @@ def cmd_evaluate(args) -> int:
     _say(args, "evaluate")("fitting PCA on the training part, then classifiers per form and dtype")
     ev = evaluate(spark, [_uri(u) for u in args.input], ks=ks, test_fraction=args.test_fraction, seed=args.seed,
                   max_rows=args.max_rows, max_bytes=args.max_bytes, split=args.split,
-                  test_inputs=[_uri(u) for u in args.test] if args.test else None)
+                  test_inputs=[_uri(u) for u in args.test] if args.test else None, model_sha256=args.model_sha256)
     write_evaluation(spark, ev, _uri(args.output))
     print(f"{ev.n_train} training / {ev.n_test} held-out images ({ev.split}), {ev.classes} classes; results in "
           f"{_uri(args.output).rstrip('/')}/")

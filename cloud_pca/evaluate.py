@@ -208,18 +208,19 @@ def check_options(*, ks, test_fraction: float, max_rows: int, max_bytes: int, sp
 
 def evaluate(spark, inputs: list[str], *, ks=DEFAULT_KS, test_fraction: float = 0.25, seed: int = 0,
              max_rows: int = 200_000, max_bytes: int = DEFAULT_MAX_BYTES, split: str = "film",
-             test_inputs: list[str] | None = None) -> Evaluation:
+             test_inputs: list[str] | None = None, model_sha256: str | None = None) -> Evaluation:
     """Read labelled contract vectors under ``inputs`` and measure accuracy against bytes, held out by ``split`` (or
-    on the vectors under ``test_inputs``)."""
+    on the vectors under ``test_inputs``). Vectors of one model only: ``model_sha256``, needed when the inputs hold
+    several (a bucket moving from one model to another), as ``pca`` asks."""
     from pyspark.sql import functions as F
 
     from cloud_pca.pca import fit_pca
 
     check_options(ks=ks, test_fraction=test_fraction, max_rows=max_rows, max_bytes=max_bytes, split=split)
-    unique, dim, cached = _labelled(spark, inputs)
+    unique, dim, cached = _labelled(spark, inputs, model_sha256)
     try:
         if test_inputs:
-            test_unique, test_dim, test_cached = _labelled(spark, test_inputs)
+            test_unique, test_dim, test_cached = _labelled(spark, test_inputs, model_sha256)
             cached += test_cached
             if test_dim != dim:
                 raise EvaluateError(f"the test set holds {test_dim}-d vectors, the inputs {dim}-d")
@@ -281,19 +282,27 @@ def _with_split(unique, split: str, seed: int, test_fraction: float):
             .withColumn("_u", F.when(both, f).otherwise(by_image)).drop("_f"))
 
 
-def _labelled(spark, inputs: list[str]):
-    """The unique labelled valid rows under ``inputs`` (image_id, label, source, features), their dimension, and the
-    DataFrames cached on the way (to unpersist)."""
+def _labelled(spark, inputs: list[str], model_sha256: str | None = None):
+    """The unique labelled valid rows under ``inputs`` (image_id, label, source, features) of one model (refused when
+    they mix models and none is named), their dimension, and the DataFrames cached on the way (to unpersist)."""
     from pyspark.sql import functions as F
 
     from cloud_pca.inputs import InputError, read_inputs
-    from cloud_pca.job import deduplicate
+    from cloud_pca.job import JobError, deduplicate, pick_model
 
     try:
         read = read_inputs(spark, inputs, skip_bad_files=False)
     except InputError as exc:
         raise EvaluateError(str(exc)) from None
-    valid = read.df.filter(F.col("reason").isNull() & F.col("label").isNotNull()).cache()
+    valid = read.df.filter(F.col("reason").isNull() & F.col("label").isNotNull())
+    counts = {r["model_sha256"]: r["count"] for r in valid.groupBy("model_sha256").count().collect()}
+    try:
+        pick_model(counts, model_sha256)
+    except JobError as exc:
+        raise EvaluateError(str(exc)) from None
+    if model_sha256:
+        valid = valid.filter(F.col("model_sha256") == model_sha256)
+    valid = valid.cache()
     unique, _ = deduplicate(valid)
     return unique.select("image_id", "label", "source", "features"), read.dim, [valid]
 

@@ -75,6 +75,33 @@ def test_one_label_is_refused(tmp_path, spark):
         evaluate(spark, [f"file://{tmp_path}/v.parquet"])
 
 
+def test_a_bucket_holding_two_models_vectors_is_evaluated_one_model_at_a_time(tmp_path, spark):
+    """A bucket moving from one model to another holds both models' vectors, which share no PCA: without a model
+    named, evaluate refuses the mix and lists the fingerprints; with one named, only its rows count. The daily chain
+    names the launch's model in pca and evaluate."""
+    from bootstrap.emr import ClusterSpec, job_chain, model_sha256
+    from contract import write_vectors
+
+    rng = np.random.RandomState(0)
+    for sha, n in (("a" * 64, 40), ("b" * 64, 24)):
+        labels = ["Apple", "Kiwi"] * (n // 2)
+        rows = {"image_id": [f"{sha[0]}{i:063x}" for i in range(n)], "label": labels,
+                "source": [f"{lab}/{i}_100.jpg" for i, lab in enumerate(labels)], "width": [1] * n, "height": [1] * n,
+                "features": [list(rng.rand(1280) + (lab == "Kiwi")) for lab in labels], "model_sha256": [sha] * n,
+                "model_name": ["m"] * n, "client_id": ["c"] * n, "vectorized_at": [None] * n}
+        (tmp_path / "v").mkdir(exist_ok=True)
+        write_vectors(tmp_path / "v" / f"{sha[0]}.parquet", rows, model_sha256=sha, model_name="m")
+    with pytest.raises(EvaluateError, match=r"2 different models \(aaaaaaaaaaaa...: 40 rows, bbbbbbbbbbbb...: 24 rows\)"):
+        evaluate(spark, [f"file://{tmp_path}/v"], ks=(2,), split="image")
+    ev = evaluate(spark, [f"file://{tmp_path}/v"], ks=(2,), split="image", model_sha256="b" * 64)
+    assert ev.n_train + ev.n_test == 24
+    spec = ClusterSpec(bucket="b", prefix="p", run_id="r", k=8, evaluate=True, publish_k=8)
+    steps = {step.args[0]: step.args for step in job_chain(spec)}
+    sha = model_sha256(spec.model)
+    for name in ("pca", "evaluate"):
+        assert steps[name][steps[name].index("--model-sha256") + 1] == sha, steps[name]
+
+
 @pytest.mark.slow
 def test_evaluate_on_real_photos_by_film_by_image_and_on_a_test_set(real_vectors, spark, tmp_path, capsys):
     """Real Fruits-360 frames: the film split gives every frame of one film the same side (its number depends on the
