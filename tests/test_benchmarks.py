@@ -76,6 +76,16 @@ def test_web_smoke(tmp_path):
     assert {r["engine"] for r in got if r["measure"] == "rate"} == set(engines)
 
 
+@pytest.mark.skipif(not have_browser() and not os.environ.get("FRUITS_REQUIRE_BROWSER"),
+                    reason="no Chromium (./run setup installs it)")
+def test_web_first_visit_smoke(tmp_path):
+    """The first visit over the app's paced link (a fast one here: only that it runs and says what it measured)."""
+    bench("web", tmp_path, "--first-visit", "--mbit", "400", "--rtt-ms", "1")
+    got = rows(tmp_path, "web-first-visit")
+    assert [r["engine"] for r in got] == ["chromium"]
+    assert 1e6 < got[0]["first_visit_bytes"] < 6e6 and got[0]["first_answer_s"] > 0, got
+
+
 def test_refresh_smoke(tmp_path):
     """A year of refreshes at its smoke size (12 days of 200 vectors) on the local stack's S3."""
     bench("refresh", tmp_path)
