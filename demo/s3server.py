@@ -155,13 +155,26 @@ def aws_listing() -> None:
     S3Backend._fruits_listing = True
 
 
+class DamagedStore(RuntimeError):
+    """A file of the local stack's folder that cannot be read back as written: named, with the fix; nothing is changed
+    (never an empty bucket, never bytes deleted)."""
+
+
+RECORD_FIELDS = {"key": str, "etag": str, "last_modified": str}
+
+
 class Persisted:
     """moto's S3 objects and Cognito identities in ``folder``, kept write-through by :meth:`app` (a WSGI wrapper around
     moto's server) and put back into moto's backends by :meth:`restore` before the server answers.
 
     Layout: ``s3/<bucket>/bucket.json`` and, per object, ``<sha256 of the key>.bin`` (the bytes) and ``.json`` (key,
-    ETag, metadata, modification time; written after the bytes, so an object is there only whole); ``cognito.json``
-    (pools and their identity ids). Each file is written to a temporary name and renamed."""
+    ETag, metadata, modification time, size; written after the bytes, so an object is there only whole); ``cognito.json``
+    (pools and their identity ids). Each file is written to a temporary name and renamed.
+
+    What cannot be read back is an error naming the file and the fix (:meth:`check`, run before the server starts and
+    again by :meth:`restore`): a damaged ``bucket.json`` used to bring the bucket back empty, and a damaged object
+    record made the object vanish and its bytes be deleted at the next bucket-level save. Only a half-written object
+    (bytes without a record, or a ``.tmp`` file: the process stopped between the two writes) is passed over, and kept."""
 
     def __init__(self, folder: str | os.PathLike):
         from pathlib import Path
@@ -195,6 +208,75 @@ class Persisted:
         base = self.folder / "s3" / bucket
         return base / f"{name}.bin", base / f"{name}.json"
 
+    # ---------------------------------------------------------------- checking
+    def _damaged(self, path, what: str, fix: str) -> DamagedStore:
+        return DamagedStore(f"{path}: {what}. The local stack's data is damaged and was left as it is; {fix}, or move "
+                            f"{self.folder} away to start an empty stack")
+
+    def _bucket_info(self, folder) -> dict:
+        where = folder / "bucket.json"
+        fix = (f'write {json.dumps({"name": folder.name, "region": "us-east-1"})} into it (the folder is named after '
+               f'its bucket)')
+        try:
+            info = json.loads(where.read_text())
+        except FileNotFoundError:
+            raise self._damaged(where, "missing", fix) from None
+        except (OSError, ValueError) as exc:
+            raise self._damaged(where, f"not readable as JSON ({str(exc).splitlines()[0][:120]})", fix) from None
+        if not isinstance(info, dict) or not isinstance(info.get("name"), str) or info["name"] != folder.name:
+            raise self._damaged(where, f"does not name the bucket {folder.name!r}", fix)
+        return info
+
+    def _record(self, meta) -> dict:
+        """An object's record, checked against its bytes' file."""
+        blob = meta.with_suffix(".bin")
+        fix = f"put back {meta.name} and {blob.name} from a backup, or remove both to drop that one object"
+        try:
+            record = json.loads(meta.read_text())
+        except (OSError, ValueError) as exc:
+            raise self._damaged(meta, f"an object's record not readable as JSON ({str(exc).splitlines()[0][:120]})",
+                                fix) from None
+        if not isinstance(record, dict) or not all(isinstance(record.get(k), t) for k, t in RECORD_FIELDS.items()):
+            raise self._damaged(meta, "an object's record without its key, ETag and time", fix)
+        if self._object_paths(meta.parent.name, record["key"])[1] != meta:
+            raise self._damaged(meta, f"holds the record of another key ({record['key'][:80]!r})", fix)
+        try:
+            size = blob.stat().st_size
+        except OSError:
+            raise self._damaged(meta, f"its object's bytes ({blob.name}) are missing", fix) from None
+        if isinstance(record.get("size"), int) and size != record["size"]:
+            raise self._damaged(blob, f"{size} bytes, the record says {record['size']}", fix)
+        return record
+
+    def check(self) -> dict:
+        """Every bucket, object record and the identity pools readable as written (:class:`DamagedStore` naming the
+        first file that is not); returns {buckets, objects}."""
+        counts = {"buckets": 0, "objects": 0}
+        for folder in sorted(d for d in (self.folder / "s3").iterdir() if d.is_dir()):
+            self._bucket_info(folder)
+            counts["buckets"] += 1
+            for meta in folder.glob("*.json"):
+                if meta.name != "bucket.json":
+                    self._record(meta)
+                    counts["objects"] += 1
+        self._pools()
+        return counts
+
+    def _pools(self) -> list:
+        where = self.folder / "cognito.json"
+        try:
+            saved = json.loads(where.read_text())["pools"]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise self._damaged(where, f"the identity pools not readable ({str(exc).splitlines()[0][:120]})",
+                                "put it back from a backup (removing it forgets every device identity)") from None
+        if not isinstance(saved, list) or not all(isinstance(p, dict) and isinstance(p.get("Identities"), list)
+                                                  for p in saved):
+            raise self._damaged(where, "the identity pools not readable (a list of pools with identities expected)",
+                                "put it back from a backup (removing it forgets every device identity)")
+        return saved
+
     # ---------------------------------------------------------------- saving
     def save_bucket(self, bucket: str) -> None:
         """The bucket's existence and every object it holds now (after a batch delete or a bucket-level change)."""
@@ -211,8 +293,8 @@ class Persisted:
                 continue
             try:
                 key = json.loads(meta.read_text())["key"]
-            except (OSError, ValueError, KeyError):
-                key = None
+            except (OSError, ValueError, KeyError, TypeError):
+                continue   # a record that cannot be read is never taken for a deleted object: its bytes stay
             if key not in keys:
                 meta.unlink(missing_ok=True)
                 meta.with_suffix(".bin").unlink(missing_ok=True)
@@ -261,33 +343,24 @@ class Persisted:
 
         from moto.cognitoidentity.models import CognitoIdentityPool
 
+        self.check()   # all or nothing: a damaged file stops the start, before moto holds anything
         s3, counts = self._s3(), {"buckets": 0, "objects": 0, "pools": 0, "identities": 0}
-        for folder in sorted((self.folder / "s3").iterdir()):
-            try:
-                info = json.loads((folder / "bucket.json").read_text())
-            except (OSError, ValueError):
-                continue
+        for folder in sorted(d for d in (self.folder / "s3").iterdir() if d.is_dir()):
+            info = self._bucket_info(folder)
             if info["name"] not in s3.buckets:
                 s3.create_bucket(info["name"], info.get("region") or "us-east-1")
             counts["buckets"] += 1
-            for meta in folder.glob("*.json"):
+            for meta in folder.glob("*.json"):   # (bytes without a record: half-written, never answered as stored)
                 if meta.name == "bucket.json":
                     continue
-                try:
-                    record = json.loads(meta.read_text())
-                    data = meta.with_suffix(".bin").read_bytes()
-                except (OSError, ValueError):
-                    continue   # a half-written object (the bytes come first): never answered as stored
+                record = self._record(meta)
+                data = meta.with_suffix(".bin").read_bytes()
                 obj = s3.put_object(info["name"], record["key"], data, etag=record["etag"],
                                     disable_notification=True)
                 obj.set_metadata(dict(record.get("metadata") or {}))
                 obj.last_modified = dt.datetime.fromisoformat(record["last_modified"])
                 counts["objects"] += 1
-        try:
-            saved = json.loads((self.folder / "cognito.json").read_text())["pools"]
-        except (OSError, ValueError, KeyError):
-            saved = []
-        for p in saved:
+        for p in self._pools():
             backend = self._cognito(p["region"])
             pool = CognitoIdentityPool(p["region"], p["IdentityPoolName"],
                                        allow_unauthenticated_identities=p.get("AllowUnauthenticatedIdentities"),
@@ -389,7 +462,11 @@ def serve(host: str, port: int, state: str | None = None) -> None:
     app = DomainDispatcherApplication(create_backend_app)
     if state:
         persisted = Persisted(state)
-        restored = persisted.restore()
+        try:
+            restored = persisted.restore()
+        except DamagedStore as exc:
+            print(f"Error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(3)
         print(f"restored from {state}: {restored}", flush=True)
         app = persisted.app(app)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -13,6 +13,8 @@ chain the EMR Serverless schedule runs (:func:`bootstrap.emr.job_chain`), here i
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import sys
@@ -22,7 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contract.errors import FruitsError, add_command, main_parser, run_cli
+from contract.errors import FruitsError, add_command, main_parser, one_line, run_cli
 from demo.s3server import TEST_CREDENTIALS, LocalS3, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +40,7 @@ SEED_CLIENT = "operator-seed"          # a keyed device folder: the trusted tier
 SEED_PHOTOS = ROOT / "data" / "fruits360" / "Training"   # real photos: the first fit
 SEED_WITHOUT = ("Plum",)               # left out of the first fit: a fruit a person can teach the page
 PUBLISH_K = 32
+LOCK_WAIT_S = 60.0                     # a second process waits this long for the first to start the folder's server
 
 
 class StackError(FruitsError, RuntimeError):
@@ -93,11 +96,62 @@ class LocalStack:
             os.environ.setdefault(k, v)
         os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
         self.folder.mkdir(parents=True, exist_ok=True)
-        info = self.running()
-        if info:
-            self.endpoint = info["endpoint"]
-            self.say(f"[stack] reusing the local stack at {self.endpoint} (pid {info['pid']})")
-            return self
+        # One stack per data folder: the process that starts its server holds the folder's lock for as long as the
+        # server runs; another one waits for it to answer and reuses it (two servers on one folder would each write
+        # their own view of the bucket over the other's).
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            info = self.running()
+            if info:
+                self._unlock()
+                self.endpoint = info["endpoint"]
+                self.say(f"[stack] reusing the local stack at {self.endpoint} (pid {info['pid']})")
+                return self
+            if self._lock():
+                if self.running():
+                    continue          # started by the holder before us: reuse it
+                break
+            if time.monotonic() > deadline:
+                raise StackError(f"another process holds the local stack's folder {self.folder} (its lock file "
+                                 f"{self.folder / 'stack.lock'}) and its server did not answer within "
+                                 f"{LOCK_WAIT_S:.0f} s: stop that process, or use another folder (FRUITS_LOCAL_STACK)")
+            time.sleep(0.5)
+        try:
+            self._start()
+        except BaseException:
+            self._unlock()
+            raise
+        return self
+
+    def _lock(self) -> bool:
+        import fcntl
+
+        if getattr(self, "_lock_file", None) is not None:
+            return True
+        f = open(self.folder / "stack.lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            return False
+        self._lock_file = f
+        return True
+
+    def _unlock(self) -> None:
+        f = getattr(self, "_lock_file", None)
+        if f is not None:
+            f.close()             # (closing releases the lock)
+            self._lock_file = None
+
+    def _start(self) -> None:
+        from demo.s3server import DamagedStore, Persisted
+
+        data = self.folder / "data"
+        if data.is_dir():
+            try:
+                Persisted(data).check()   # a damaged file is one error here, before anything is served or written
+            except DamagedStore as exc:
+                raise StackError(str(exc)) from None
         try:
             port = int(json.loads(self.info_path.read_text()).get("port", 0)) or free_port()
         except (OSError, ValueError):
@@ -105,22 +159,31 @@ class LocalStack:
         try:
             self.started = LocalS3(port, mode="process", state=self.folder / "data").start()
         except RuntimeError:
-            self.started = LocalS3(free_port(), mode="process", state=self.folder / "data").start()   # port taken
+            try:      # the port taken (another program): any free one
+                self.started = LocalS3(free_port(), mode="process", state=self.folder / "data").start()
+            except RuntimeError as exc:
+                raise StackError(f"the local stack's server did not start on {self.folder / 'data'}: {exc}") from None
         self.endpoint = self.started.endpoint_url
         self.info_path.write_text(json.dumps({"pid": self.started._proc.pid, "port": self.started.port,
                                               "endpoint": self.endpoint, "data": str(self.folder / "data")}))
         self.say(f"[stack] started the local stack (S3 + Cognito, moto) at {self.endpoint}; its data: "
                  f"{self.folder / 'data'}")
-        return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def lost(self) -> bool:
+        """Whether the server this stack used has stopped (killed, or stopped by the ./run web that started it)."""
+        if self.started is not None and self.started._proc is not None:
+            return self.started._proc.poll() is not None
+        return not _answers(self.endpoint)
 
     def stop(self) -> None:
         if self.started is not None:
             self.started.stop()
             self.started = None
             self.info_path.write_text(json.dumps({"port": int(self.endpoint.rsplit(":", 1)[1])}))   # the port again
+        self._unlock()
 
     # ------------------------------------------------------------------------------------------------ clients
     def client(self, service: str):
@@ -240,11 +303,19 @@ class LocalStack:
         for step in job_chain(spec):
             self.say(f"[refresh] {step.name}")
             t = time.perf_counter()
-            code = cloud_main(["--quiet", "--endpoint-url", self.endpoint, *step.args])
+            said = io.StringIO()          # the step's own "Error: ..." becomes part of the one line said below
+            try:
+                with contextlib.redirect_stderr(said):
+                    code = cloud_main(["--quiet", "--endpoint-url", self.endpoint, *step.args])
+            finally:
+                kept = [line for line in said.getvalue().splitlines() if not line.startswith("Error: ")]
+                if kept:
+                    print("\n".join(kept), file=sys.stderr)
             steps.append((step.name, time.perf_counter() - t))
             if code != 0:
-                raise StackError(f"the refresh stopped at '{step.name}' (exit {code}); the projection in force is "
-                                 f"unchanged")
+                errors = [line[len("Error: "):] for line in said.getvalue().splitlines() if line.startswith("Error: ")]
+                raise StackError(f"the refresh stopped at '{step.name}' (exit {code}"
+                                 + (f": {errors[-1]}" if errors else "") + "); the projection in force is unchanged")
         from contract.layout import run_prefix
 
         summary = json.loads(s3.get_object(Bucket=BUCKET, Key=run_prefix(PREFIX, run_id) + "summary.json")["Body"]
@@ -290,10 +361,17 @@ def _summary_line(result: dict) -> str:
 def cmd_refresh(args) -> int:
     say = _say(args)
     with LocalStack(say=say) as stack:
-        stack.ensure([])
-        if stack.published() is None and not _has_vectors(stack):
-            stack.seed()
-        print(_summary_line(stack.refresh(run_id=args.run_id)))
+        try:
+            stack.ensure([])
+            if stack.published() is None and not _has_vectors(stack):
+                stack.seed()
+            print(_summary_line(stack.refresh(run_id=args.run_id)))
+        except Exception as exc:
+            if stack.lost():   # the server stopped under the refresh (Ctrl-C on ./run web, killed): one line
+                raise StackError(f"the local stack at {stack.endpoint} stopped during the refresh ({one_line(exc)[:300]}); "
+                                 f"nothing new was published: start it again (./run web) and run ./run web refresh") \
+                    from None
+            raise
     return 0
 
 
@@ -404,8 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         from web.__main__ import main as web_main
 
         return web_main(argv)
-    if not argv or argv[0].startswith("-") and argv[0] not in ("--help", "-h"):
-        argv = ["local", *argv]          # `./run web` alone: the local stack
+    if not any(a in ("local", "refresh", "stack", "--help", "-h") for a in argv):
+        argv = ["local", *argv]          # `./run web [options]`: the local stack (`--quiet refresh` is the refresh)
     return run_cli(build_parser(), {"local": cmd_local, "refresh": cmd_refresh, "stack": cmd_stack}, argv)
 
 

@@ -96,10 +96,10 @@ def edge_answers(endpoint: str, photos: list[Path]) -> dict:
     return {sha(p): identify(p, model, projection, index, top=1).answer for p in photos}
 
 
-def _start_web(env, port: int, log: Path) -> subprocess.Popen:
+def _start_web(env, port: int, log: Path, *extra: str) -> subprocess.Popen:
     out = open(log, "w")
-    return subprocess.Popen([sys.executable, "-m", "demo.stack", "--port", str(port)], cwd=ROOT, env=env, stdout=out,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "demo.stack", "--port", str(port), *extra], cwd=ROOT, env=env,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _wait_serving(proc: subprocess.Popen, log: Path, timeout_s: float = 600) -> str:
@@ -113,6 +113,14 @@ def _wait_serving(proc: subprocess.Popen, log: Path, timeout_s: float = 600) -> 
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     pytest.fail(f"./run web did not serve within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def _refreshed(log: Path) -> list[str]:
+    """The projections the periodic refresh published, from its lines in the log ("[refresh] refresh RUN: ...
+    published projection ID ...")."""
+    import re
+
+    return re.findall(r"^\[refresh\] refresh \S+: .*?published projection (\w+)", log.read_text(), re.M)
 
 
 def _stop_web(proc: subprocess.Popen) -> None:
@@ -247,10 +255,11 @@ def test_run_web_identifies_out_of_the_box_keeps_contributions_and_learns_a_new_
     # Stopped: the server is gone. Start again: the page's object and identity are still there.
     info = json.loads((tmp_path / "stack" / "server.json").read_text())
     assert "pid" not in info, "the stack ./run web started was stopped with it"
-    proc = _start_web(env, port, tmp_path / "web2.log")
+    # Started again, with the periodic refresh (every 3 s here): it runs, in its own process, on the same stack.
+    proc = _start_web(env, port, tmp_path / "web2.log", "--refresh-every", "0.05")
     try:
         text = _wait_serving(proc, tmp_path / "web2.log")
-        assert "nothing published yet" not in text
+        assert "nothing published yet" not in text and "(also every 0.05 minutes here)" in text, text
         endpoint = json.loads((tmp_path / "stack" / "server.json").read_text())["endpoint"]
         session = boto3.Session(**{k.lower(): v for k, v in TEST_CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"},
                                 region_name="us-east-1")
@@ -263,7 +272,110 @@ def test_run_web_identifies_out_of_the_box_keeps_contributions_and_learns_a_new_
         assert client in ids
         with Chromium(tmp_path / "profile") as b:
             phone = b.open(f"http://127.0.0.1:{port}/")
-            assert phone.wait_published() == second
+            assert phone.wait_published() in (second, *_refreshed(tmp_path / "web2.log"))
             assert phone.evaluate("() => fruits.clientId") == client, "the same device identity after the restart"
+        deadline = time.monotonic() + 300
+        while not _refreshed(tmp_path / "web2.log") and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(1)
+        lines = [line for line in (tmp_path / "web2.log").read_text().splitlines() if line.startswith("[refresh] ")]
+        assert _refreshed(tmp_path / "web2.log"), "\n".join(lines) or (tmp_path / "web2.log").read_text()[-3000:]
     finally:
         _stop_web(proc)
+
+
+def _stack_with_objects(folder: Path) -> dict:
+    """A stack folder holding a bucket with two objects; returns {key: bytes}."""
+    import boto3
+
+    from demo.s3server import TEST_CREDENTIALS, LocalS3
+
+    objects = {"fruits/vectors/a.parquet": b"vectors of a", "fruits/vectors/b.parquet": b"vectors of b"}
+    with LocalS3(mode="process", state=folder / "data") as server:
+        s3 = boto3.Session(**{k.lower(): v for k, v in TEST_CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"},
+                           region_name="us-east-1").client("s3", endpoint_url=server.endpoint_url)
+        s3.create_bucket(Bucket="fruits-local")
+        for key, body in objects.items():
+            s3.put_object(Bucket="fruits-local", Key=key, Body=body)
+    return objects
+
+
+def _files(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("damage", ["record", "record-bytes", "bucket.json", "cognito.json"])
+def test_a_damaged_stack_file_is_one_error_and_nothing_is_lost(tmp_path, damage):
+    """A damaged object record, an object whose bytes lost their end, a damaged bucket.json or identity pools: the next
+    start is one error naming the file and the fix, and nothing in the folder changes (before: the object vanished and
+    its bytes were deleted at the next save; the bucket came back empty, and a refresh re-seeded it with rc 0)."""
+    import hashlib as h
+
+    _stack_with_objects(tmp_path)
+    bucket = tmp_path / "data" / "s3" / "fruits-local"
+    name = h.sha256(b"fruits/vectors/a.parquet").hexdigest()
+    target = {"record": bucket / f"{name}.json", "record-bytes": bucket / f"{name}.bin",
+              "bucket.json": bucket / "bucket.json", "cognito.json": tmp_path / "data" / "cognito.json"}[damage]
+    target.write_bytes(target.read_bytes()[:-3] if damage == "record-bytes" else b'{"key": "fruits/vec')
+    before = _files(tmp_path / "data")
+    env = {**os.environ, "FRUITS_LOCAL_STACK": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    for command in (["stack"], ["refresh"]):
+        done = subprocess.run([sys.executable, "-m", "demo.stack", *command], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=120)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+        assert done.returncode == 1 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert str(target) in errors[0] and "move" in errors[0], errors[0]
+        assert _files(tmp_path / "data") == before, "nothing in the stack's folder changed"
+
+
+def test_one_stack_per_folder(tmp_path, monkeypatch):
+    """Two processes on one folder share one server (the second reuses the first's); a folder whose lock another process
+    holds without a server answering is one error after a wait, never a second server on the same data."""
+    import fcntl
+
+    from demo import stack as stack_mod
+
+    _stack_with_objects(tmp_path)
+    with stack_mod.LocalStack(folder=tmp_path) as first:
+        with stack_mod.LocalStack(folder=tmp_path) as second:
+            assert second.endpoint == first.endpoint and second.started is None
+            keys = [o["Key"] for o in second.client("s3").list_objects_v2(Bucket="fruits-local")["Contents"]]
+            assert keys == ["fruits/vectors/a.parquet", "fruits/vectors/b.parquet"]
+    monkeypatch.setattr(stack_mod, "LOCK_WAIT_S", 1.0)
+    with open(tmp_path / "stack.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(stack_mod.StackError, match="another process holds the local stack's folder"):
+            stack_mod.LocalStack(folder=tmp_path).__enter__()
+
+
+@pytest.mark.timeout(900)
+def test_a_refresh_that_loses_the_stack_ends_with_one_error_line(tmp_path):
+    """The stack's server killed while `./run web refresh` runs its chain: the refresh ends with exactly one Error
+    line saying what happened and what to do (before: a traceback)."""
+    from demo import stack as stack_mod
+
+    photos = tmp_path / "photos"
+    from conftest import REAL
+
+    for fruit in ("Apple Braeburn", "Kaki", "Walnut"):
+        (photos / fruit).mkdir(parents=True)
+        for p in sorted((REAL / "Training" / fruit).iterdir())[:6]:
+            (photos / fruit / p.name).write_bytes(p.read_bytes())
+    env = {**os.environ, "FRUITS_LOCAL_STACK": str(tmp_path / "stack"), "PYTHONPATH": str(ROOT)}
+    with stack_mod.LocalStack(folder=tmp_path / "stack") as stack:
+        stack.ensure([])
+        stack.seed(photos=photos, without=())
+        log = tmp_path / "refresh.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "demo.stack", "refresh"], cwd=ROOT, env=env,
+                                    stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while "[refresh] fruits: StandardScaler + PCA" not in log.read_text() and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stack.started._proc.kill()          # the server dies under the refresh
+        stack.started._proc.wait()
+        code = proc.wait(timeout=300)
+    text = log.read_text()
+    errors = [line for line in text.splitlines() if line.startswith("Error: ")]
+    assert code == 1 and len(errors) == 1 and "Traceback" not in text, text[-3000:]
+    assert "stopped during the refresh" in errors[0] and "./run web refresh" in errors[0], errors[0]

@@ -237,6 +237,44 @@ def test_contributes_and_identifies_through_the_local_cloud(engine, served, clou
     assert len(keys) == 1 and f"/client={client}/" in keys[0] and client.startswith("us-east-1:"), keys
 
 
+def test_the_page_keeps_only_the_published_files_in_force(served, cloud, published, tmp_path):
+    """Each publish names new content-named files (~250 kB); the page keeps in IndexedDB only those the pointer in force
+    names (before: every projection and index it ever fetched, for good)."""
+    require_browser("chromium")
+    import json
+
+    from contract.catalog import Catalog
+    from contract.layout import catalog_key, latest_projection_key
+    from contract.projection import pointer_bytes
+
+    projection, index, files = published
+    for key, data in files.items():
+        cloud["s3"].put_object(Bucket=cloud["bucket"], Key=key, Body=data)
+    seed = json.loads((Path(__file__).resolve().parent.parent / "data" / "catalog" / "catalog.json").read_text())
+    kept = []
+    with browser("chromium", tmp_path / "profile") as b:
+        for version in ("first", "second", "third"):   # a catalog published alone each time: a new pointer
+            seed["fruits"][0]["description"]["en"]["value"] = f"The {version} text."
+            catalog = Catalog.from_bytes(json.dumps(seed).encode())
+            cloud["s3"].put_object(Bucket=cloud["bucket"], Key=catalog_key(ROOT_PREFIX, catalog.catalog_id),
+                                   Body=catalog.to_bytes())
+            cloud["s3"].put_object(Bucket=cloud["bucket"], Key=latest_projection_key(ROOT_PREFIX, projection.model_sha256),
+                                   Body=pointer_bytes(projection, index, catalog.catalog_id))
+            phone = b.open(served.url)
+            assert phone.wait_published() == projection.projection_id
+            kept.append((catalog.catalog_id, sorted(phone.evaluate("""async () => {
+                const db = await new Promise((ok, no) => { const r = indexedDB.open('fruits'); r.onsuccess = () => ok(r.result);
+                                                            r.onerror = () => no(r.error); });
+                return await new Promise((ok) => { const r = db.transaction('published').objectStore('published')
+                                                       .getAllKeys(); r.onsuccess = () => ok(r.result); });
+            }"""))))
+            phone.close()
+    for catalog_id, keys in kept:
+        assert keys == sorted([f"{ROOT_PREFIX}/models/projection-{projection.projection_id}.npz",
+                               f"{ROOT_PREFIX}/models/index-{index.index_id}.npz",
+                               catalog_key(ROOT_PREFIX, catalog_id)]), kept
+
+
 @pytest.fixture(scope="module")
 def catalog_published(real_published, tmp_path_factory):
     """The real photos' projection and index, with the project's catalog published next to them (`fruits-cloud

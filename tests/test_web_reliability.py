@@ -303,11 +303,15 @@ def test_a_malformed_path_is_400_not_a_traceback(web_dist, capsys):
     with WebServer(web_dist, {}) as server:
         answers = []
         for raw in (b"GET /a\x00b HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
-                    b"GET /%00 HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /wasm/\\..\\x HTTP/1.1\r\nHost: x\r\n\r\n"):
+                    b"GET /%00 HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /wasm/\\..\\x HTTP/1.1\r\nHost: x\r\n\r\n",
+                    b"GET /" + b"a" * 300 + b".js HTTP/1.1\r\nHost: x\r\n\r\n",            # a name too long to open
+                    b"GET /" + b"a/" * 3000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"):
             s = socket.create_connection(("127.0.0.1", server.port))
             s.sendall(raw)
             answers.append(s.recv(40).split(b"\r\n")[0])
             s.close()
     assert answers[0] == answers[1] == answers[3] == b"HTTP/1.1 400 Bad Request", answers
     assert answers[2] in (b"HTTP/1.1 404 Not Found", b"HTTP/1.1 400 Bad Request")
+    assert answers[4] == b"HTTP/1.1 404 Not Found", answers
+    assert answers[5] in (b"HTTP/1.1 404 Not Found", b"HTTP/1.1 414 Request-URI Too Long"), answers
     assert "Traceback" not in capsys.readouterr().err

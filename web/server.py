@@ -232,8 +232,11 @@ class WebServer:
         if rel == "config.json" and fault is None:
             body = json.dumps(self.config).encode()
             return body, TYPES[".json"], False, _etag(body)
-        path = (self.dist / rel).resolve()
-        if not path.is_relative_to(self.dist) or not (path.is_file() or rel == "config.json"):
+        try:   # a name the file system refuses (too long, ...) is not a file of the app
+            path = (self.dist / rel).resolve()
+            if not path.is_relative_to(self.dist) or not (path.is_file() or rel == "config.json"):
+                return None
+        except (OSError, ValueError):
             return None
         ctype = TYPES.get(path.suffix, "application/octet-stream")
         if fault is not None:

@@ -16,6 +16,9 @@ export class Bucket {
       region, endpoint: endpoint || undefined, forcePathStyle: Boolean(endpoint), credentials, maxAttempts: 3,
       // No flexible-checksum headers: the conditional PUT needs only what the bucket's CORS rule allows.
       requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED',
+      // Never the browser's HTTP cache: S3 sends no Cache-Control, so a GET of the pointer could be answered from a
+      // heuristically fresh copy (an older publish; seen in a test). What is worth keeping is kept in IndexedDB.
+      requestHandler: {cache: 'no-store'},
     });
   }
 

@@ -66,5 +66,9 @@ export async function loadPublished(bucket, contract, root, {modelSha256}) {
   if (i.fetched) await storage.put('published', i.bytes, iKey);
   await storage.put('kv', {projectionId: ids.projectionId, indexId: ids.indexId, catalogId: ids.catalogId ?? null},
                     `pointer:${pointerKey}`);
-  return {projection, index, catalog, fetchedBytes: pointer.length + p.fetched + i.fetched + c.fetched};
+  // Only what the pointer in force names is kept: each refresh publishes new files (~250 kB), and a page kept every
+  // one it ever fetched.
+  const dropped = await storage.keepOnly('published', new Set([pKey, iKey, ...(ids.catalogId ?
+    [contract.catalogKey(root, ids.catalogId)] : [])]));
+  return {projection, index, catalog, fetchedBytes: pointer.length + p.fetched + i.fetched + c.fetched, dropped};
 }

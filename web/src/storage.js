@@ -3,7 +3,8 @@
 //   queue      Parquet files waiting for their upload: {key, bytes, rows, imageIds, scope, createdAt, attempts, lastError,
 //              nextAt, state: 'waiting' | 'aside'}
 //   uploaded   image ids S3 confirmed, per scope (endpoint, bucket, root, model): [scope, imageId]
-//   published  published projection and index files by key (content-named, so never stale)
+//   published  the published projection, index and catalog in force, by key (content-named, so never stale); the
+//              ones a newer pointer replaced are removed (published.js), so what is kept does not grow
 
 const DB = 'fruits';
 const VERSION = 1;
@@ -63,6 +64,23 @@ export async function remove(store, key) {
 export async function all(store) {
   const db = await openDb();
   return request(db.transaction(store).objectStore(store).getAll());
+}
+
+export async function keys(store) {
+  const db = await openDb();
+  return request(db.transaction(store).objectStore(store).getAllKeys());
+}
+
+/** Remove every key of `store` but those in `keep` (one transaction); returns how many went. */
+export async function keepOnly(store, keep) {
+  const db = await openDb();
+  const tx = db.transaction(store, 'readwrite');
+  const os = tx.objectStore(store);
+  const all = await request(os.getAllKeys());
+  const gone = all.filter((k) => !keep.has(k));
+  for (const k of gone) os.delete(k);
+  await done(tx);
+  return gone.length;
 }
 
 export async function count(store) {
