@@ -180,7 +180,7 @@ def _session(args):
 
 
 def cmd_emr(args) -> int:
-    from bootstrap import emr
+    from bootstrap import emr, serverless
 
     if not getattr(args, "emr_command", None):
         raise emr.EMRError("give an action: plan, launch, status, terminate or serverless")
@@ -188,8 +188,11 @@ def cmd_emr(args) -> int:
         return cmd_serverless(args)
     check_numbers(args)
     if args.emr_command == "plan":
-        print(emr.plan_text(spec_from_args(args), vectors=args.vectors, raw_photos=args.raw_photos, hours=args.hours,
+        spec = spec_from_args(args)
+        print(emr.plan_text(spec, vectors=args.vectors, raw_photos=args.raw_photos, hours=args.hours,
                             new_per_day=args.new_per_day))
+        # the daily refresh on this transient cluster and on EMR Serverless, side by side (ESTIMATED)
+        print("\n" + "\n".join(serverless.cost_lines(spec, new_per_day=args.new_per_day)))
         return 0
     if args.emr_command == "launch":
         say = (lambda m: None) if args.quiet else (lambda m: print(f"[emr] {m}", file=sys.stderr, flush=True))

@@ -299,15 +299,7 @@ def plan_text(spec: ClusterSpec, *, vectors: int, raw_photos: int = 0, hours: fl
     return (json.dumps(build_request(spec), indent=2)
             + "\n\ndevices' credentials (created by launch):\n" + json.dumps(device_access(spec), indent=2) + web
             + f"\n\ncost estimate for {vectors} vectors + {raw_photos} raw photos in {spec.region}:\n"
-            + "\n".join(cost.lines()) + "\n\n" + "\n".join(refresh_lines(spec, new_per_day=new_per_day))
-            + "\n\n" + "\n".join(side_by_side(spec, new_per_day)))
-
-
-def side_by_side(spec: ClusterSpec, new_per_day: int) -> list[str]:
-    """The daily refresh on this transient cluster and on EMR Serverless (``bootstrap.serverless``), ESTIMATED."""
-    from bootstrap.serverless import cost_lines
-
-    return cost_lines(spec, new_per_day=new_per_day)
+            + "\n".join(cost.lines()) + "\n\n" + "\n".join(refresh_lines(spec, new_per_day=new_per_day)))
 
 
 @dataclass

@@ -183,8 +183,7 @@ def list_photos(spark, uris: list[str], skip: set[str] | None = None) -> tuple[o
     Spark's own recursive lookup overflowed its stack on a key with a '..' folder (StackOverflowError).
     ``skip``: photos featurized before (incremental); neither read nor counted."""
     from contract.layout import device_key_problem
-    from cloud_pca.spark import list_files
-
+    from cloud_pca.storage import list_files
     listed, refused = [], []
     try:
         for uri in uris:
@@ -312,8 +311,7 @@ def load_featurized(spark, output: str, model_sha256: str) -> tuple[set[str], in
     """The photos featurized so far for this model (their paths) and the state's generation number."""
     import json
 
-    from cloud_pca.spark import path_exists, read_bytes
-
+    from cloud_pca.storage import path_exists, read_bytes
     uri = _state_uri(output, model_sha256)
     if not path_exists(spark, f"{uri}/current.json"):
         return set(), 0
@@ -333,8 +331,7 @@ def commit_featurized(spark, output: str, model_sha256: str, done: set[str], num
     import json
     import uuid
 
-    from cloud_pca.spark import write_bytes
-
+    from cloud_pca.storage import write_bytes
     uri = _state_uri(output, model_sha256)
     name = f"gen={number + 1:05d}-{uuid.uuid4().hex[:6]}/photos.json"
     write_bytes(spark, f"{uri}/{name}", json.dumps(sorted(done)).encode())
@@ -353,8 +350,7 @@ def featurize_to(spark, images: list[str], output: str, *, model_path: str, thre
     photos only; ``full``: every photo again, the vectors and the state started afresh."""
     import time
 
-    from cloud_pca.spark import path_exists
-
+    from cloud_pca.storage import path_exists
     start = time.perf_counter()
     if incremental and full:
         raise FeaturizeError("give --incremental or --full, not both")

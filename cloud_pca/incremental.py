@@ -24,8 +24,12 @@ State, one per model fingerprint, under ``OUTPUT/state/model=<sha256>/`` (``pca/
                            to rank a later copy of the same photo against them, and to find near-copies)
     current.json           the generation in force, the ids folders in force (merged by size tiers, :func:`merge_plan`:
                            a refresh reads a number of them that grows with the log of the history) and their files'
-                           sizes, and the counted rows a later, better-ranked copy replaced; written last, so a run
-                           that fails leaves the previous state in force
+                           sizes, the counted rows a later, better-ranked copy replaced, and the sha256 and size of
+                           each file the generation wrote (moments, objects, history, components, archive) with its
+                           row count; written last, so a run that fails leaves the previous state in force
+    gen=<g>/sealed.json    written after current.json: the generation came into force (its number, and the sha256 of
+                           the current.json that named it). A current.json naming an older generation than a sealed
+                           one was rolled back or replaced, and is refused
 
 Each generation has a name of its own (``g00007-3fa2c1``): a failed run's folder is never reused (it is
 left behind, unreferenced; nothing is deleted, which the cluster's role may not do).
@@ -42,7 +46,9 @@ with the listing (size, and ETag or modification time) and refuses, naming the o
 rewritten (a lifecycle rule, ``featurize --overwrite``): its moments are still in the state, and only a
 ``--full`` run can take them out. Devices can neither rewrite nor delete (the bucket and IAM policies); counted
 objects filed under days before the listing's window are checked by the next ``--full``. Every state file is checked when it is loaded: a damaged one is one error
-naming the file, never a traceback.
+naming the file, never a traceback; a file of another generation put in place of one of this generation's (its sha256
+is not the one recorded), or a rolled-back ``current.json``, is one error too: never a model silently fitted on an
+older total.
 """
 from __future__ import annotations
 
@@ -58,8 +64,7 @@ from contract.errors import FruitsError
 from contract.layout import LayoutError, check_day, check_sha256, day_of, days_between, shift_day
 from cloud_pca.inputs import InputError, InputFile, check_files, list_inputs, refuse_bad
 from cloud_pca.pca import GramSums
-from cloud_pca.spark import list_dirs, read_bytes, write_bytes, write_rows
-
+from cloud_pca.storage import list_dirs, read_bytes, write_bytes, write_rows
 STATE = "state"
 POINTER = "current.json"
 MAX_PARTS = 24                   # ids folders in force at most (size tiers keep it near 3 x log4 of the history)
@@ -124,6 +129,8 @@ class State:
     archive: list[str] = field(default_factory=list)     # archive files (relative), oldest first
     archived: list[dict] | None = None                   # their objects, once loaded (:meth:`load_archive`)
     total: int = 0                                       # objects counted in all
+    files: dict = field(default_factory=dict)            # state file (relative) -> {sha256, bytes}: current.json's record
+    sig_key: str | None = None                           # the signatures' planes' secret (None: a state from before)
 
     @property
     def counted_paths(self) -> set[str]:
@@ -147,6 +154,7 @@ class State:
             got = _read_if_there(spark, where)
             if got is None:
                 raise StateError(f"{where}: missing; the incremental state is damaged: rebuild it with --full")
+            check_recorded(got, where, self.files.get(rel))
             out += _objects_list(got, where)
         self.archived = out
 
@@ -163,7 +171,7 @@ class State:
     @property
     def counted(self) -> "Counted":
         return Counted(self.model_sha256, list(self.id_parts), [tuple(d) for d in self.dropped], self.objects,
-                       {f"{self.uri}/{p}": v for p, v in self.id_sizes.items()})
+                       {f"{self.uri}/{p}": v for p, v in self.id_sizes.items()}, self.sig_key)
 
 
 @dataclass
@@ -176,6 +184,7 @@ class Counted:
     dropped: list[tuple]
     objects: list[dict]
     files: dict = field(default_factory=dict)   # part URI -> {file name: size} recorded at commit
+    sig_key: str | None = None                  # the key its rows' signatures were made with (None: the public seed)
 
     def part_files(self, spark) -> list[tuple[str, int]]:
         """(path, size) of the ids folders' files: as recorded at commit (no listing: a refresh checks each size as it
@@ -212,8 +221,7 @@ class Counted:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from cloud_pca.scan import storage_options
-
+        from cloud_pca.storage import storage_options
         schema = _counted_schema(key=True)
         options, tables = storage_options(spark), []
         for path, size in self.part_files(spark):
@@ -244,8 +252,7 @@ class Counted:
         _read(len(files))
         schema = _counted_schema(key=False)
         if sum(size for _, size in files) <= local_bytes:
-            from cloud_pca.scan import storage_options
-
+            from cloud_pca.storage import storage_options
             import pyarrow.parquet as pq
 
             keys = pa.array(sorted({k for k in map(id_key, ids) if k is not None}), pa.int64())
@@ -366,13 +373,23 @@ def load_state(spark, output: str, model_sha256: str | None) -> State | None:
             or not all(isinstance(d, list) and len(d) == 2 for d in dropped):
         raise damaged(f"{uri}/{POINTER}", "needs a generation (text), a number, a list of ids folders and of dropped "
                                           "rows")
+    recorded = pointer.get("files") if isinstance(pointer.get("files"), dict) else {}
+    check_not_rolled_back(spark, uri, number, gen)
+
+    def checked(rel: str) -> bytes:
+        data = file(rel)
+        check_recorded(data, f"{uri}/{rel}", recorded.get(rel))
+        return data
+
     try:
-        sums = GramSums.from_bytes(file(f"gen={gen}/moments.npz"))
+        sums = GramSums.from_bytes(checked(f"gen={gen}/moments.npz"))
     except StateError:
         raise
     except Exception as exc:  # not an .npz, wrong arrays
         raise damaged(f"{uri}/gen={gen}/moments.npz", f"unreadable ({str(exc).strip().splitlines()[0][:200]})") from None
-    objects = _objects_list(file(f"gen={gen}/objects.json"), f"{uri}/gen={gen}/objects.json")
+    if isinstance(pointer.get("rows"), int) and sums.n != pointer["rows"]:
+        raise damaged(f"{uri}/gen={gen}/moments.npz", f"holds {sums.n} rows, current.json says {pointer['rows']}")
+    objects = _objects_list(checked(f"gen={gen}/objects.json"), f"{uri}/gen={gen}/objects.json")
     archive, recent_from = pointer.get("archive", []), pointer.get("recent_from")
     if not isinstance(archive, list) or not all(isinstance(p, str) for p in archive) \
             or (archive and not isinstance(recent_from, str)):
@@ -385,7 +402,63 @@ def load_state(spark, output: str, model_sha256: str | None) -> State | None:
     total = pointer.get("objects") if isinstance(pointer.get("objects"), int) else len(objects)
     # The ids folders are checked as they are read (Counted.part_files, check_part): no listing here.
     return State(uri, model_sha256, gen, number, sums, objects, [f"{uri}/{p}" for p in ids], dropped, sizes,
-                 listed_day, recent_from, archive, None, total)
+                 listed_day, recent_from, archive, None, total, recorded,
+                 pointer.get("sig_key") if isinstance(pointer.get("sig_key"), str) else None)
+
+
+def file_record(data: bytes, **extra) -> dict:
+    """What ``current.json`` records of a file its generation wrote: sha256 and size (and a row count where given)."""
+    import hashlib
+
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), **extra}
+
+
+def check_recorded(data: bytes, where: str, record: dict | None) -> None:
+    """Refuse a state file whose bytes are not the ones its generation recorded (a file of another generation, or
+    rewritten); a state from before the records (no record) is taken as it is."""
+    import hashlib
+
+    if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+        return
+    if len(data) != record.get("bytes") or hashlib.sha256(data).hexdigest() != record["sha256"]:
+        raise StateError(f"{where}: not the file its generation wrote (sha256 {hashlib.sha256(data).hexdigest()[:12]}…, "
+                         f"{len(data)} bytes; current.json recorded {record['sha256'][:12]}…, {record.get('bytes')} "
+                         f"bytes): a file of another generation or rewritten. Put the right file back, or rebuild the "
+                         f"state with --full")
+
+
+def highest_number(spark, uri: str) -> int:
+    """The highest generation number under the state ``uri`` (0 when there is none)."""
+    numbers = [0]
+    for d in list_dirs(spark, uri):
+        try:
+            numbers.append(int(d[len("gen=g"):len("gen=g") + 5]) if d.startswith("gen=g") else 0)
+        except ValueError:
+            continue
+    return max(numbers)
+
+
+def check_not_rolled_back(spark, uri: str, number: int, generation: str) -> None:
+    """Refuse a ``current.json`` that names an older generation than one sealed after it (``gen=<g>/sealed.json``): a
+    rolled-back or replaced pointer. One listing of the state's folder, and a read of each later generation's seal
+    (a failed run's folder has none)."""
+    later = []
+    for d in list_dirs(spark, uri):
+        if not d.startswith("gen=g") or d == f"gen={generation}":
+            continue
+        try:
+            n = int(d[len("gen=g"):len("gen=g") + 5])
+        except ValueError:
+            continue
+        if n > number:
+            later.append((n, d))
+    for n, d in sorted(later, reverse=True):
+        seal = _read_if_there(spark, f"{uri}/{d}/sealed.json")
+        if seal is not None:
+            raise StateError(f"{uri}/{POINTER}: names generation {generation} (number {number}), but {d} (number {n}) "
+                             f"came into force after it ({uri}/{d}/sealed.json): current.json was rolled back or "
+                             f"replaced. Put back the current.json that named {d[len('gen='):]} (its sha256 is in the "
+                             f"seal), or rebuild the state with --full")
 
 
 def _objects_list(data: bytes, where: str) -> list[dict]:
@@ -415,8 +488,7 @@ def _read_if_there(spark, uri: str) -> bytes | None:
 
 def id_sizes(spark, uri: str, parts: list[str]) -> dict:
     """``{part: {file name: size}}`` of the ids folders ``parts`` (relative to the state ``uri``), as listed now."""
-    from cloud_pca.spark import list_files
-
+    from cloud_pca.storage import list_files
     return {p: {f.path.rsplit("/", 1)[-1]: f.size for f in list_files(spark, f"{uri}/{p}")} for p in parts}
 
 
@@ -427,8 +499,7 @@ def _damaged(path: str, what: str) -> StateError:
 def _open_counted(options: dict, path: str, size: int):
     """An ids file opened for reading, refused (:class:`StateError`, naming it) when it is missing or is not the
     size recorded when it was written (truncated or rewritten): the check costs no request of its own."""
-    from cloud_pca.scan import open_file
-
+    from cloud_pca.storage import open_file
     try:
         fh = open_file(options, path)
     except (FileNotFoundError, OSError) as exc:
@@ -446,8 +517,7 @@ def check_part(spark, part: str, recorded: dict | None):
     """An ids folder is there and whole: the files ``recorded`` at commit with the same sizes (listed), or, for a
     folder without a record (a state from before them), every file's footer read. Returns its files as listed."""
     from cloud_pca.inputs import java_reason, read_footer
-    from cloud_pca.spark import list_files
-
+    from cloud_pca.storage import list_files
     try:
         files = list_files(spark, part)
     except Exception as exc:
@@ -581,10 +651,13 @@ def history(spark, state: State, model, *, rows_added: int, run_id: str) -> tupl
         try:
             loaded = _read_if_there(spark, f"{base}/history.json")
             if loaded is not None:
+                check_recorded(loaded, f"{base}/history.json", state.files.get(f"gen={state.generation}/history.json"))
                 loaded = json.loads(loaded)
                 previous = [h for h in loaded if isinstance(h, dict)] if isinstance(loaded, list) else []
             components = _read_if_there(spark, f"{base}/components.npy")
             if components is not None:
+                check_recorded(components, f"{base}/components.npy",
+                               state.files.get(f"gen={state.generation}/components.npy"))
                 before = np.load(io.BytesIO(components), allow_pickle=False)
         except ValueError:   # a damaged history is started afresh; it steers nothing
             previous, before = [], None
@@ -671,7 +744,8 @@ def merge_plan(parts: list[str], sizes: dict[str, dict]) -> list[str]:
 
 def commit(spark, state: State, gen: str, sums: GramSums, new_files: list[InputFile], fitted, *, run_id: str,
            scanned: list | None = None, dropped: list | None = None, held: list | None = None,
-           refreshes: tuple[list[dict], np.ndarray] | None = None, listed_day: str | None = None) -> dict:
+           refreshes: tuple[list[dict], np.ndarray] | None = None, listed_day: str | None = None,
+           sig_key: str | None = None) -> dict:
     """Write generation ``gen`` (the rows it counted, moments and objects), then the pointer: the new total is in
     force. ``fitted``: the run's fitted thin rows (``scanned``: the scan's files their indices name);
     ``dropped``: counted rows a better-ranked copy replaced; ``held``: objects held back (recorded, never re-read).
@@ -710,31 +784,44 @@ def commit(spark, state: State, gen: str, sums: GramSums, new_files: list[InputF
     def old(o: dict) -> bool:   # a device area's object filed before the next daily listing's first day
         return bool(recent_from and o.get("device_area") and (day_of(o["path"]) or recent_from) < recent_from)
 
+    files = {rel: rec for rel, rec in state.files.items() if rel in archive}   # the archive kept: as recorded
+
+    def put(rel: str, data: bytes, **extra) -> None:
+        write_bytes(spark, f"{state.uri}/{rel}", data)
+        files[rel] = file_record(data, **extra)
+
     aged = [o for o in objects if old(o)]
     if aged:
         objects = [o for o in objects if not old(o)]
-        write_bytes(spark, f"{base}/objects-old.json", json.dumps(aged).encode())
+        put(f"gen={gen}/objects-old.json", json.dumps(aged).encode(), rows=len(aged))
         archive.append(f"gen={gen}/objects-old.json")
     small = [p for p in archive if p.endswith("/objects-old.json")]
     if len(small) >= ARCHIVE_MERGE:   # a year of days is a dozen files, never all of them rewritten
         merged = []
         for rel in small:
-            merged += _objects_list(read_bytes(spark, f"{state.uri}/{rel}"), f"{state.uri}/{rel}")
-        write_bytes(spark, f"{base}/objects-old-merged.json", json.dumps(merged).encode())
+            data = read_bytes(spark, f"{state.uri}/{rel}")
+            check_recorded(data, f"{state.uri}/{rel}", files.get(rel))
+            merged += _objects_list(data, f"{state.uri}/{rel}")
+        put(f"gen={gen}/objects-old-merged.json", json.dumps(merged).encode(), rows=len(merged))
         archive = [p for p in archive if p not in small] + [f"gen={gen}/objects-old-merged.json"]
+        files = {rel: rec for rel, rec in files.items() if rel not in small}
     if refreshes is not None:
         import io
 
         buf = io.BytesIO()
         np.save(buf, refreshes[1], allow_pickle=False)
-        write_bytes(spark, f"{base}/history.json", json.dumps(refreshes[0]).encode())
-        write_bytes(spark, f"{base}/components.npy", buf.getvalue())
-    write_bytes(spark, f"{base}/moments.npz", sums.to_bytes())
-    write_bytes(spark, f"{base}/objects.json", json.dumps(objects).encode())
+        put(f"gen={gen}/history.json", json.dumps(refreshes[0]).encode(), rows=len(refreshes[0]))
+        put(f"gen={gen}/components.npy", buf.getvalue())
+    put(f"gen={gen}/moments.npz", sums.to_bytes(), rows=int(sums.n))
+    put(f"gen={gen}/objects.json", json.dumps(objects).encode(), rows=len(objects))
     sizes = {p: sizes[p] for p in parts}
     pointer = {"generation": gen, "number": number, "previous": state.generation, "model_sha256": state.model_sha256,
                "rows": sums.n, "objects": total, "ids": parts, "id_sizes": sizes, "dropped": all_dropped,
                "run_id": run_id, "listed_day": listed_day, "recent_from": recent_from, "archive": archive,
-               "committed_at": datetime.now(timezone.utc).isoformat()}
-    write_bytes(spark, f"{state.uri}/{POINTER}", json.dumps(pointer, indent=1).encode())   # last
+               "files": files, "sig_key": sig_key, "committed_at": datetime.now(timezone.utc).isoformat()}
+    body = json.dumps(pointer, indent=1).encode()
+    write_bytes(spark, f"{state.uri}/{POINTER}", body)   # last: the new total is in force
+    # Then the seal: a later current.json naming an older generation than this one is a rollback (load_state).
+    write_bytes(spark, f"{base}/sealed.json", json.dumps({"generation": gen, "number": number,
+                                                          "current_json_sha256": file_record(body)["sha256"]}).encode())
     return pointer

@@ -23,8 +23,7 @@ from contract.errors import ContractError, FruitsError, one_line
 from contract.layout import device_key_problem, device_of, in_device_area, is_anonymous
 from contract.vectors import (META_MODEL_SHA256, META_PROJECTION_ID, PROJECTION_COLUMN, VECTOR_COLUMNS,
                               conform_schema, conform_table, vector_schema)
-from cloud_pca.spark import list_days, list_dirs, list_files
-
+from cloud_pca.storage import list_days, list_dirs, list_files
 log = logging.getLogger(__name__)
 FOOTER_TAIL = 64 * 1024          # one read of a file's last 64 KB holds the footer of a contract file
 FOOTER_THREADS = 16              # footers read in parallel on the driver (S3 latency, not CPU, is the cost)
@@ -76,8 +75,7 @@ def _read_range(spark, path: str, start: int, n: int) -> bytes:
     """``n`` bytes of a file from ``start``: ``file:`` and ``s3a://`` in Python (a local read, one ranged GET: no
     JVM round trips, and no JVM at all for a refresh that starts no Spark job), others through Hadoop's file
     system (EMR's s3://)."""
-    from cloud_pca.spark import read_range
-
+    from cloud_pca.storage import read_range
     data = read_range(spark, path, start, n)
     if data is not None:
         return data

@@ -36,8 +36,8 @@ from contract.errors import FruitsError, one_line
 from contract.layout import check_day, check_run_id, check_sha256, upload_day
 from cloud_pca.inputs import InputError, Inputs, read_inputs
 from cloud_pca.pca import FruitsPCAModel, GramSums, check_request, fit_pca, gram_sums
-from cloud_pca.spark import (delete_path, driver_traffic, path_exists, ready_to_list, settings_held, write_bytes,
-                             write_rows)
+from cloud_pca.spark import driver_traffic, settings_held
+from cloud_pca.storage import delete_path, list_files, path_exists, read_bytes, ready_to_list, write_bytes, write_rows
 
 log = logging.getLogger(__name__)
 BROADCAST_LOSERS = 2_000_000    # duplicate rows dropped with a broadcast anti-join (8 bytes each) up to this many
@@ -150,6 +150,7 @@ class Scanned:
     decision: object = None       # cloud_pca.trust.Decision: what the trust model set aside, conflicts, replacements
     screen: object = None         # the card's plausibility screen anonymous rows went through
     contributions: dict | None = None
+    sig_key: str | None = None    # the key of the signatures' planes (the state keeps it)
 
     @property
     def partitions(self) -> int:
@@ -232,12 +233,39 @@ def with_sums(spark, data: Scanned) -> Scanned:
     return data
 
 
-def trust_context(spark, cfg: JobConfig, files: list, model_sha256: str | None = None):
+def load_card(spark, root: str | None, model_sha256: str | None) -> dict | None:
+    """The model card for ``model_sha256``: from the dataset's ``ROOT/models/`` (where ``emr launch`` uploads the cards),
+    else the committed cards of this checkout; None when no card names it."""
+    cards = []
+    if root:
+        try:
+            cards = [read_bytes(spark, f.path) for f in list_files(spark, f"{root.rstrip('/')}/models",
+                                                                   suffixes=(".json",))]
+        except Exception:  # no models/ folder there
+            cards = []
+    try:
+        import models
+
+        cards += [p.with_suffix(".json").read_bytes() for p in models.committed()]
+    except (ImportError, AttributeError, OSError):
+        pass
+    for data in cards:
+        try:
+            card = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(card, dict) and card.get("sha256") == model_sha256:
+            return card
+    return None
+
+
+def trust_context(spark, cfg: JobConfig, files: list, model_sha256: str | None = None, *, counted=None,
+                  sig_key: str | None = None):
     """What the trust model needs before pass 1 (:mod:`cloud_pca.trust`), for the run's model (``--model-sha256``, the
     state's, or the one the files' footers name), under the dataset root the output lies in (``ROOT/pca``): the model
-    card's feature center (signatures) and the card's plausibility screen for anonymous rows (None for a card without
-    a radius, or with ``screen`` off)."""
-    from cloud_pca.trust import load_card, load_center, load_screen
+    card's feature center (signatures), the card's plausibility screen for anonymous rows (None for a card without
+    a radius, or with ``screen`` off), and the key of the signatures' planes."""
+    from cloud_pca.trust import load_center, load_screen
 
     model = model_sha256 or cfg.model_sha256
     if model is None:
@@ -246,7 +274,13 @@ def trust_context(spark, cfg: JobConfig, files: list, model_sha256: str | None =
     out = cfg.output.rstrip("/")
     root = out[: -len("/pca")] if out.endswith("/pca") else None
     card = load_card(spark, root, model)
-    return load_center(card, model), (load_screen(card) if cfg.screen else None)
+    # The signature planes' key: the state's (a state from before keys has none: the public seed, as its counted
+    # rows' signatures were made), the one given (a re-projection), else a fresh one (a first or --full run: its state
+    # keeps it).
+    from cloud_pca.trust import new_key
+
+    key = counted.sig_key if counted is not None else (sig_key or new_key())
+    return load_center(card, model), (load_screen(card) if cfg.screen else None), key
 
 
 def first_model(spark, files: list) -> str | None:
@@ -254,8 +288,7 @@ def first_model(spark, files: list) -> str | None:
     metadata: a foreign writer's); None when none can be read."""
     import pyarrow.parquet as pq
 
-    from cloud_pca.scan import open_file, storage_options
-
+    from cloud_pca.storage import open_file, storage_options
     options = storage_options(spark)
     for f in files[:5]:
         try:
@@ -292,7 +325,7 @@ def feature_reader(found):
     def read(where: list[tuple[str, int]]) -> dict:
         import pyarrow.parquet as pq
 
-        from cloud_pca.scan import open_file
+        from cloud_pca.storage import open_file
         from contract.vectors import features_matrix
 
         out, by_path = {}, {}
@@ -352,7 +385,7 @@ def contributions(found, thin_counts: list[dict], decision, held: list[dict], qu
 
 
 def scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=None, gram: bool = True,
-               held: list | None = None) -> Scanned:
+               held: list | None = None, sig_key: str | None = None) -> Scanned:
     """Pass 1 (:func:`cloud_pca.scan.scan`) and what the driver makes of it: counts, the model, the trust model's
     decisions on the candidate rows (duplicates and conflicts, screened and near-copy rows; :mod:`cloud_pca.trust`),
     the rows left out, and the Gram statistics of the rows fitted (a second pass only when rows are left out).
@@ -364,8 +397,9 @@ def scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=None, 
     from cloud_pca.trust import NEAR_COPY_KEEP
 
     inputs, good, dim = check_inputs(spark, files, skip_bad_files=cfg.skip_bad_files, where=where)
-    center, screen = trust_context(spark, cfg, good, counted.model_sha256 if counted is not None else None)
-    found = scan(spark, good, dim=dim, select=cfg.model_sha256, gram=gram, trust=(center, screen))
+    center, screen, key = trust_context(spark, cfg, good, counted.model_sha256 if counted is not None else None,
+                                        counted=counted, sig_key=sig_key)
+    found = scan(spark, good, dim=dim, select=cfg.model_sha256, gram=gram, trust=(center, screen, key))
     try:
         unread = refuse_unread(cfg, found, inputs)
         thin = found.thin
@@ -444,7 +478,7 @@ def scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=None, 
             counts["already_counted"] = len(decision.already)
         data = Scanned(found, counts, model_counts, chosen, excluded,
                        valid.select("image_id", "file", "row", "sig", "owner"), rejects, inputs)
-        data.decision, data.screen = decision, screen
+        data.decision, data.screen, data.sig_key = decision, screen, key
         data.contributions = contributions(found, [r.asDict() for r in per_owner], decision, held or [],
                                            inputs.bad, screen)
         return with_sums(spark, data) if gram else data
@@ -480,7 +514,7 @@ def is_in(spark, column: str, values: list[str]):
 
 
 def local_scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=None,
-                     held: list | None = None) -> Scanned:
+                     held: list | None = None, sig_key: str | None = None) -> Scanned:
     """:func:`scan_stage` for a batch one Spark task would read (the daily refresh): pass 1 in the driver
     (:func:`cloud_pca.scan.local_scan`, the same reading and checks), its counts and the trust model's decisions in
     pyarrow and numpy, the rows counted before read from the state with pyarrow: no Spark job at all."""
@@ -491,8 +525,9 @@ def local_scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=
     from cloud_pca.trust import bands
 
     inputs, good, dim = check_inputs(spark, files, skip_bad_files=cfg.skip_bad_files, where=where)
-    center, screen = trust_context(spark, cfg, good, counted.model_sha256 if counted is not None else None)
-    found = local_scan(spark, good, dim=dim, select=cfg.model_sha256, trust=(center, screen))
+    center, screen, key = trust_context(spark, cfg, good, counted.model_sha256 if counted is not None else None,
+                                        counted=counted, sig_key=sig_key)
+    found = local_scan(spark, good, dim=dim, select=cfg.model_sha256, trust=(center, screen, key))
     unread = refuse_unread(cfg, found, inputs)
     thin = found.thin
     if unread:
@@ -552,7 +587,7 @@ def local_scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=
         counts["already_counted"] = len(decision.already)
     data = Scanned(found, counts, model_counts, chosen, excluded,
                    fitted.select(["image_id", "file", "row", "sig", "owner"]), rejects, inputs)
-    data.decision, data.screen = decision, screen
+    data.decision, data.screen, data.sig_key = decision, screen, key
     data.contributions = contributions(found, list(per_owner.values()), decision, held or [], inputs.bad, screen)
     return with_sums(spark, data)
 
@@ -918,9 +953,10 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
                 where = f"{state.uri} (counted) and the new objects"
                 # As the batch: read by the driver when all of it is one task's worth (a small dataset: the local
                 # stack's refresh starts no Spark job for it), else by Spark tasks.
-                shown = (local_scan_stage(spark, cfg, files, where=where)
+                key = state.sig_key if state.generation else getattr(data, "sig_key", None)
+                shown = (local_scan_stage(spark, cfg, files, where=where, sig_key=key)
                          if sum(f.size for f in files) <= cfg.driver_batch_bytes else
-                         scan_stage(spark, cfg, files, where=where, gram=False))
+                         scan_stage(spark, cfg, files, where=where, gram=False, sig_key=key))
             explained = write_outputs(spark, cfg, run_uri, shown, model, say) if shown.unique is not None \
                 else write_model_only(spark, cfg, run_uri, model, say)
             timings["write_s"] = time.perf_counter() - t
@@ -947,9 +983,15 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
                 before = state
                 if cfg.full:   # a fresh count: the generation number goes on, nothing before it is kept
                     sha = summary["model_sha256"]
-                    before = incremental.load_state(spark, cfg.output, sha)
-                    state = incremental.State(incremental.state_root(cfg.output) + f"/model={sha}", sha,
-                                              number=before.number if before else 0)
+                    uri = incremental.state_root(cfg.output) + f"/model={sha}"
+                    try:
+                        before = incremental.load_state(spark, cfg.output, sha)
+                    except incremental.StateError as exc:   # what --full is for: the history starts afresh
+                        log.warning("the state a --full run replaces cannot be used (%s)", one_line(exc))
+                        before = None
+                    # after every generation there is (sealed or not): never below one a rolled-back pointer hid
+                    state = incremental.State(uri, sha, number=max(incremental.highest_number(spark, uri),
+                                                                   before.number if before else 0))
                 refreshes = incremental.history(spark, before or state, model, rows_added=c["projected"],
                                                 run_id=run_id)   # the history goes on, also after a full refit
                 generation = incremental.next_generation(state)
@@ -973,7 +1015,8 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
                 spark, state, generation, sums, batch.new if batch else data.inputs.files, data.unique, run_id=run_id,
                 scanned=data.found.files if isinstance(data, Scanned) else None,
                 dropped=decision.replaced if decision is not None else None,
-                held=getattr(data, "held", None), refreshes=refreshes, listed_day=cfg.today)) \
+                held=getattr(data, "held", None), refreshes=refreshes, listed_day=cfg.today,
+                sig_key=state.sig_key if (state.generation and not cfg.full) else getattr(data, "sig_key", None))) \
                 if (cfg.incremental or cfg.full) else None
             finish_run(spark, cfg, run_uri, run_id, model, summary, timings, t0, traffic, fit_traffic, shown,
                        before_marker=commit)

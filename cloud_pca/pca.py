@@ -382,16 +382,16 @@ class FruitsPCAModel:
         for them (most of a small refresh's jobs), and importing ``pyspark.ml`` costs 1-4 s in a cold process."""
         import pyspark
 
-        from cloud_pca.spark import not_started, write_tree
+        from cloud_pca.spark import not_started
 
+        from cloud_pca.storage import write_tree
         files = pipeline_files(self.mean_, self.scale_, self.components_.T, self.explained_variance_ratio_,
                                spark_version=pyspark.__version__ if not_started(spark) else spark.version)
         write_tree(spark, uri, {**files, MODEL_FILE: self.to_bytes()})
 
     @classmethod
     def load(cls, spark, uri: str) -> "FruitsPCAModel":
-        from cloud_pca.spark import read_bytes
-
+        from cloud_pca.storage import read_bytes
         path = f"{uri.rstrip('/')}/{MODEL_FILE}"
         try:
             data = read_bytes(spark, path)

@@ -17,10 +17,8 @@ from contract.layout import catalog_key, index_key, latest_projection_key, proje
 from contract.projection import Projection, ReferenceIndex, pointer_bytes
 from contract.vectors import safe_inverse
 from cloud_pca.pca import FruitsPCAModel, PCAInputError
-from cloud_pca.scan import small_table
-from cloud_pca.spark import read_bytes, write_bytes
-
-
+from cloud_pca.storage import small_table
+from cloud_pca.storage import read_bytes, write_bytes
 class PublishError(FruitsError, ValueError):
     """A run that cannot be published (incomplete, inconsistent, unlabelled); says which file disagrees."""
 

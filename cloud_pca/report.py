@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from contract.errors import FruitsError, one_line
-from cloud_pca.scan import small_table
-
+from cloud_pca.storage import small_table
 DEFAULT_POINTS = 3000            # points in the 3-D view (a stratified sample beyond)
 
 _STYLE = """
@@ -147,8 +146,7 @@ def _read_json(spark, uri: str):
     """A run file's JSON, None when it is not there; a file that cannot be read (a damaged local copy whose Hadoop
     .crc no longer matches, access denied) or is not JSON is one ReportError naming it."""
     from cloud_pca.inputs import java_reason
-    from cloud_pca.spark import path_exists, read_bytes
-
+    from cloud_pca.storage import path_exists, read_bytes
     try:
         if not path_exists(spark, uri):
             return None
@@ -187,8 +185,7 @@ def _number(value, spec: str = ",", default: str = "?") -> str:
 
 
 def _read_pngs(spark, folder: str) -> list[tuple[str, bytes]]:
-    from cloud_pca.spark import list_files, read_bytes
-
+    from cloud_pca.storage import list_files, read_bytes
     try:
         files = list_files(spark, folder, suffixes=(".png",))
     except Exception:  # no such folder
@@ -216,8 +213,7 @@ def reason_groups(spark, rejects_uri: str) -> list[dict]:
     """The rejects' reasons grouped (quoted values and numbers generalized), counted in Spark."""
     from pyspark.sql import functions as F
 
-    from cloud_pca.spark import path_exists
-
+    from cloud_pca.storage import path_exists
     if not path_exists(spark, rejects_uri):
         return []
     small = small_table(spark, rejects_uri, ["reason"])
@@ -334,8 +330,7 @@ def published_for(spark, run_uri: str, summary: dict) -> dict | None:
     from contract.catalog import Catalog
     from contract.layout import catalog_key, index_key, latest_projection_key, projection_key
     from contract.projection import Projection, ReferenceIndex, read_pointer
-    from cloud_pca.spark import read_bytes
-
+    from cloud_pca.storage import read_bytes
     m = re.match(r"^(.*)/pca/run=[^/]+/?$", run_uri)
     sha = summary.get("model_sha256")
     if not m or not sha:
@@ -463,8 +458,7 @@ def build_report(spark, run_uri: str, *, max_points: int = DEFAULT_POINTS, extra
 
 
 def _page(spark, run_uri: str, summary: dict, *, max_points: int, extra) -> Report:
-    from cloud_pca.spark import path_exists
-
+    from cloud_pca.storage import path_exists
     marker = _read_json(spark, f"{run_uri}/_SUCCESS.json")
     explained = _read_json(spark, f"{run_uri}/explained_variance.json") or {}
     if not isinstance(explained, dict):
@@ -560,7 +554,9 @@ def _page(spark, run_uri: str, summary: dict, *, max_points: int, extra) -> Repo
                   f"{max(1, max_points // max(n_labels, 1)):,} of each of the {n_labels} labels). Drag to turn, scroll "
                   f"to zoom, hover a point for its label, source file and device, click a legend entry to hide a "
                   f"fruit (double-click: only that fruit).", note=True)
-        _plot(page, "pca3d", "plot", traces, {"margin": {"l": 0, "r": 0, "t": 0, "b": 0},
+        # (a top margin: Plotly's mode bar sits over the top right corner, where the legend starts; it took the
+        # clicks meant for the first fruit)
+        _plot(page, "pca3d", "plot", traces, {"margin": {"l": 0, "r": 0, "t": 40, "b": 0},
                                                "legend": {"itemsizing": "constant"},
                                                "scene": {"xaxis": {"title": {"text": "PC1"}}, "yaxis": {"title": {"text": "PC2"}},
                                                          "zaxis": {"title": {"text": "PC3"}}}})
@@ -624,8 +620,7 @@ def _page(spark, run_uri: str, summary: dict, *, max_points: int, extra) -> Repo
 
 def write_report(spark, run_uri: str, out: str | None = None, **kw) -> str:
     """Build the report and write it to ``out`` (a local path, or s3://...; default: ``<run>/report.html``)."""
-    from cloud_pca.spark import write_bytes
-
+    from cloud_pca.storage import write_bytes
     page = build_report(spark, run_uri, **kw)
     target = out or f"{run_uri.rstrip('/')}/report.html"
     if "://" in target and not target.startswith("file:"):

@@ -25,15 +25,14 @@ as on EMR).
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
 
 import numpy as np
 
 from contract.card import FEATURE_DIM
 from cloud_pca.pca import GramSums, tree_sum
+from cloud_pca.storage import open_file, storage_options
 
 log = logging.getLogger(__name__)
 BATCH_ROWS = 8192                # rows per pyarrow batch in a task (bounded memory: ~42 MB of features)
@@ -42,71 +41,6 @@ NOT_SELECTED = "model fingerprint {} not selected (--model-sha256)"
 THIN_DDL = ("kind string, file int, row int, image_id string, vectorized_at timestamp, source string, "
             "model_sha256 string, client_id string, reason string, sums binary, sig bigint, screen double, "
             "owner string")
-_FILESYSTEMS: dict = {}          # per Python worker: one pyarrow filesystem per storage settings
-
-
-# ------------------------------------------------------------------------------------------ storage
-def storage_options(spark) -> dict:
-    """What a Python task needs to open the job's files as the JVM does: the session's S3A settings."""
-    from cloud_pca.spark import hadoop_settings
-
-    get = hadoop_settings(spark, ["fs.s3a.endpoint", "fs.s3a.path.style.access", "fs.s3a.connection.ssl.enabled",
-                                  "fs.s3a.endpoint.region", "fs.s3a.access.key", "fs.s3a.secret.key",
-                                  "fs.s3a.session.token"]).get   # (a lazy session's without starting it)
-    return {"endpoint": get("fs.s3a.endpoint"), "path_style": get("fs.s3a.path.style.access") == "true",
-            "ssl": get("fs.s3a.connection.ssl.enabled") != "false", "region": get("fs.s3a.endpoint.region"),
-            "access_key": get("fs.s3a.access.key"), "secret_key": get("fs.s3a.secret.key"),
-            "session_token": get("fs.s3a.session.token")}
-
-
-def open_file(options: dict, uri: str):
-    """A pyarrow input file for a path or URI the JVM listed (``file:/...``, ``s3a://bucket/key``, ``s3://``)."""
-    from pyarrow import fs as pafs
-
-    parsed = urlparse(uri)
-    if parsed.scheme in ("s3", "s3a", "s3n"):
-        key = ("s3", json.dumps(options, sort_keys=True))
-        s3 = _FILESYSTEMS.get(key)
-        if s3 is None:
-            kwargs = {}
-            if options.get("endpoint"):
-                endpoint = options["endpoint"]
-                kwargs["endpoint_override"] = endpoint.split("://", 1)[-1]
-                kwargs["scheme"] = "https" if endpoint.startswith("https") or (
-                    "://" not in endpoint and options.get("ssl")) else "http"
-                kwargs["force_virtual_addressing"] = not options.get("path_style")
-            if options.get("region"):
-                kwargs["region"] = options["region"]
-            if options.get("access_key") and options.get("secret_key"):
-                kwargs.update(access_key=options["access_key"], secret_key=options["secret_key"],
-                              session_token=options.get("session_token"))
-            s3 = _FILESYSTEMS[key] = pafs.S3FileSystem(**kwargs)
-        return s3.open_input_file(parsed.netloc + parsed.path)
-    return pafs.LocalFileSystem().open_input_file(parsed.path if parsed.scheme == "file" else uri)
-
-
-DRIVER_READ_BYTES = TASK_BYTES   # a folder the job wrote, read back by the driver up to this size (small_table)
-
-
-def small_table(spark, folder: str, columns: list[str] | None = None, *, limit: int | None = None):
-    """A Parquet folder the job wrote (projections, rejects) as one pyarrow Table read by the driver, when its files
-    are no more than ``limit`` bytes (one task's worth: publishing and reporting a small run start no Spark job);
-    None when it is larger (read it with Spark). Columns a file lacks are left out of its table, as Spark's reader
-    would give them null."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from cloud_pca.spark import list_files
-
-    files = list_files(spark, folder)
-    if sum(f.size for f in files) > (DRIVER_READ_BYTES if limit is None else limit):
-        return None
-    options, tables = storage_options(spark), []
-    for f in files:
-        with open_file(options, f.path) as fh:
-            pf = pq.ParquetFile(fh)
-            tables.append(pf.read(columns=[c for c in columns if c in pf.schema_arrow.names] if columns else None))
-    return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
 
 
 def task_groups(files: list, cores: int, task_bytes: int = TASK_BYTES) -> list[list[int]]:
@@ -236,7 +170,8 @@ def _scan_files(options, indices, paths, dim, select, gram, schema, owners=None,
 
 def scan(spark, files: list, *, dim: int | None, select: str | None = None, gram: bool = True, trust=None) -> Scan:
     """Pass 1 over ``files`` (InputFiles whose footers passed) in Spark tasks: thin rows, and Gram partials when
-    ``gram``; ``trust``: (feature center, :class:`cloud_pca.trust.Screen`) for each row's signature and residual."""
+    ``gram``; ``trust``: (feature center, :class:`cloud_pca.trust.Screen`, signature key) for each row's signature and
+    residual."""
     options = storage_options(spark)
     groups = task_groups(files, spark.sparkContext.defaultParallelism)
     paths, owners = [f.path for f in files], [f.owner for f in files]
@@ -288,10 +223,11 @@ class LocalScan:
 
 
 def _trust_params(trust):
+    """(feature center, the screen's (center, limit), the signature key) for the tasks, from (center, Screen, key)."""
     if trust is None:
         return None
-    center, screen = trust
-    return center, (screen.params() if screen is not None else None)
+    center, screen, key = trust if len(trust) == 3 else (*trust, None)
+    return center, (screen.params() if screen is not None else None), key
 
 
 def local_scan(spark, files: list, *, dim: int | None, select: str | None = None, trust=None) -> LocalScan:
@@ -338,11 +274,11 @@ def _scan_file(options, idx, path, dim, select, gram, sums, schema, owner=None, 
         start += n
         ok = np.flatnonzero(reasons == None)   # noqa: E711 - elementwise
         sig, resid = np.zeros(n, np.int64), np.full(n, np.nan)
-        center, screen = trust if trust is not None else (None, None)
+        center, screen, key = trust if trust is not None else (None, None, None)
         if len(ok):
             feats = table.column("features")
             x = features_matrix(feats.take(ok) if len(ok) < n else feats)
-            sig[ok] = signatures(x, center)
+            sig[ok] = signatures(x, center, key)
             if screen is not None and x.shape[1] == len(screen[0]):   # distance from the card's center
                 resid[ok] = np.linalg.norm(x.astype(np.float64) - screen[0], axis=1)
         owners = (np.full(n, owner, dtype=object) if owner is not None

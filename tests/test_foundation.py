@@ -42,6 +42,45 @@ def test_edge_modules_import_without_tensorflow_or_spark():
     assert proc.returncode == 0, proc.stderr
 
 
+def test_the_packages_modules_import_each_other_without_a_circle():
+    """Every import between the project's own modules (at the top or inside a function) goes one way: a module never
+    reaches itself again (cloud_pca had pca -> spark -> scan -> trust -> spark). Storage, the Spark session, the
+    trust rules and the state each have a module of their own."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    packages = ("contract", "cloud_pca", "edge_client", "featurizer", "models", "web", "demo", "bootstrap")
+    graph = {}
+    for pkg in packages:
+        for path in sorted((root / pkg).glob("*.py")):
+            name = f"{pkg}.{path.stem}" if path.stem != "__init__" else pkg
+            deps = set()
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    if node.module.split(".")[0] in packages:
+                        deps.add(node.module)
+                        deps.update(f"{node.module}.{a.name}" for a in node.names)
+                elif isinstance(node, ast.Import):
+                    deps.update(a.name for a in node.names if a.name.split(".")[0] in packages)
+            graph[name] = deps
+    graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+    def circle(start):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    return path + [start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))
+        return None
+
+    circles = [c for c in map(circle, sorted(graph)) if c]
+    assert not circles, "\n".join(" -> ".join(c) for c in circles)
+
+
 def test_s3_round_trip_boto3_spark_pyarrow(spark, s3, bucket, s3_server):
     table = pa.table({"image_id": ["a", "b", "c"], "x": [1.0, 2.0, 3.0]})
     buf = io.BytesIO()

@@ -285,8 +285,7 @@ def test_the_python_listing_is_hadoops(spark, s3, bucket, tmp_path):
     """s3a:// and file: are listed in Python (py4j cost 3-6 ms a file: a year of daily inputs made a refresh seconds
     slower); the paths, sizes, versions (ETag, modification time) and times are those Hadoop gives, so a state
     recorded by either is checked by the other."""
-    from cloud_pca.spark import list_files, list_hadoop
-
+    from cloud_pca.storage import list_files, list_hadoop
     upload_batch(s3, bucket, "l", 0, 30, objects=3)
     s3.put_object(Bucket=bucket, Key="team/vectors/_SUCCESS", Body=b"")
     s3.put_object(Bucket=bucket, Key="team/vectors/sub/", Body=b"")            # a folder marker
@@ -305,8 +304,7 @@ def test_the_python_listing_is_hadoops(spark, s3, bucket, tmp_path):
     assert list_files(spark, f"file://{tmp_path}/d", None) == list_hadoop(spark, f"file://{tmp_path}/d", None)
     # Some days of a model's folder: on S3 one listing from the first day to the last (StartAfter), what Hadoop
     # lists of each day's folder.
-    from cloud_pca.spark import list_days
-
+    from cloud_pca.storage import list_days
     for day in ("2026-02-27", "2026-02-28", "2026-03-01", "2026-03-02"):
         upload_batch(s3, bucket, day, 100, 102, objects=1, day=day)
     model = f"s3a://{bucket}/team/vectors/model={SHA}/"
@@ -315,8 +313,7 @@ def test_the_python_listing_is_hadoops(spark, s3, bucket, tmp_path):
     assert list_days(spark, model, ["2026-03-05", "2026-03-06"]) == []
     # Folders, existence and byte ranges (a refresh that starts no JVM reads its state and footers with them).
     from cloud_pca.inputs import _read_range
-    from cloud_pca.spark import list_dirs, list_dirs_hadoop, path_exists, read_range
-
+    from cloud_pca.storage import list_dirs, list_dirs_hadoop, path_exists, read_range
     for uri in (f"s3a://{bucket}/team/vectors/", f"s3a://{bucket}/team", f"s3a://{bucket}/nothing",
                 f"file://{tmp_path}/d", f"file:{tmp_path}/d/e", f"file://{tmp_path}/none"):
         assert list_dirs(spark, uri) == list_dirs_hadoop(spark, uri), uri
@@ -332,8 +329,7 @@ def test_the_python_listing_is_hadoops(spark, s3, bucket, tmp_path):
     assert read_range(spark, f"file://{tmp_path}/d/a.parquet", 2, 3) == b"xxx"
     # A missing file is FileNotFoundError on every path (boto3, the local filesystem, Hadoop for a path without
     # a scheme): the state's reads tell "missing" from "damaged" by it.
-    from cloud_pca.spark import read_bytes
-
+    from cloud_pca.storage import read_bytes
     for uri in (f"s3a://{bucket}/team/nope.json", f"file://{tmp_path}/none.json", f"{tmp_path}/none.json"):
         with pytest.raises(FileNotFoundError):
             read_bytes(spark, uri)

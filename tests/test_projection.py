@@ -199,14 +199,14 @@ def test_a_small_run_is_published_and_reported_by_the_driver_as_spark_would(publ
     every label is one film (10 consecutive frames), so the thresholds are calibrated on photos held out one by one,
     and the index says so."""
     from cloud_pca import publish as pub
-    from cloud_pca import report, scan
+    from cloud_pca import report, storage
 
     base, result, projection, _ = published
     driver = pub.index_from_run(spark, result.run_uri, K, projection.projection_id)
     assert driver.calibration["split"] == "photo" and driver.calibration["held_out"] == 60
     proj = spark.read.parquet(f"{result.run_uri}/projections")
-    shares_driver = report.device_shares(spark, scan.small_table(spark, f"{result.run_uri}/projections"))
-    sample_driver = report.sample_3d(spark, scan.small_table(spark, f"{result.run_uri}/projections"), 30)
+    shares_driver = report.device_shares(spark, storage.small_table(spark, f"{result.run_uri}/projections"))
+    sample_driver = report.sample_3d(spark, storage.small_table(spark, f"{result.run_uri}/projections"), 30)
     (base / "pca" / "run=p" / "rejects").mkdir(exist_ok=True)
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -214,8 +214,8 @@ def test_a_small_run_is_published_and_reported_by_the_driver_as_spark_would(publ
     pq.write_table(pa.table({"reason": ["row 12: 'a' is 3 wide", "row 7: 'bb' is 30 wide", None, "x٣ 4"]}),
                    base / "pca" / "run=p" / "rejects" / "part-extra.parquet")
     reasons_driver = report.reason_groups(spark, f"{result.run_uri}/rejects")
-    monkeypatch.setattr(scan, "DRIVER_READ_BYTES", 0)           # everything through Spark
-    assert scan.small_table(spark, f"{result.run_uri}/projections") is None
+    monkeypatch.setattr(storage, "DRIVER_READ_BYTES", 0)           # everything through Spark
+    assert storage.small_table(spark, f"{result.run_uri}/projections") is None
     same_index(driver, pub.index_from_run(spark, result.run_uri, K, projection.projection_id))
     assert shares_driver == report.device_shares(spark, proj)
     rows, total, labels = report.sample_3d(spark, proj, 30)

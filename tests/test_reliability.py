@@ -13,6 +13,7 @@ import pytest
 
 from contract import read_vectors, vector_schema
 from contract.errors import ContractError
+from conftest import FLAGGED_COS
 from edge_client.cli import main as edge_main
 from vectors_for_tests import contract_table, put_table
 
@@ -249,13 +250,14 @@ def test_heic_avif_and_every_skipped_file_is_named(tmp_path, photos, model_path)
     assert run_cli("--quiet", "vectorize", root, "--out", out, "--model", model_path, "--threads", "2") == 3
     rows = {r["source"]: r for r in read_vectors(out).to_pylist()}
     assert {"Lime/photo.heic", "Lime/photo.avif", "Lime/photo.jpg"} <= set(rows)
-    # The same 12 MP phone photo as an iPhone (HEIC) and an Android (JPEG) saves it: cosine >= 0.999
-    # (measured 0.9995). 100x100 thumbnails differ more, by their codecs' own losses (HEIC 0.998, AVIF 0.990
-    # here): for them the check is that they decode to the same picture at all.
+    # The same 12 MP phone photo as an iPhone (HEIC) and an Android (JPEG) saves it: cosine >= FLAGGED_COS (0.99;
+    # measured 0.9952 with the int8 model, which amplifies small input differences; 0.9995 with fp32). 100x100
+    # thumbnails differ more, by their codecs' own losses (HEIC 0.998, AVIF 0.990 with fp32): for them the check is
+    # that they decode to the same picture at all.
     phone = photo_pair(tmp_path / "phone")
     assert run_cli("--quiet", "vectorize", phone, "--out", tmp_path / "p.parquet", "--model", model_path) == 0
     pair = {r["source"]: r for r in read_vectors(tmp_path / "p.parquet").to_pylist()}
-    assert cosine(pair["Banana/12mp.heic"]["features"], pair["Banana/12mp.jpg"]["features"]) >= 0.999
+    assert cosine(pair["Banana/12mp.heic"]["features"], pair["Banana/12mp.jpg"]["features"]) >= FLAGGED_COS
     assert (pair["Banana/12mp.heic"]["width"], pair["Banana/12mp.heic"]["height"]) == (4000, 3000)
     assert cosine(rows["Lime/photo.heic"]["features"], rows["Lime/photo.jpg"]["features"]) >= 0.98
     assert cosine(rows["Lime/photo.avif"]["features"], rows["Lime/photo.jpg"]["features"]) >= 0.98
