@@ -28,6 +28,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from contract.errors import ContractError
+from contract.labels import check_label
 
 CATALOG_FORMAT = 1
 LANGUAGES = ("en", "fr")                      # every name and description is in these; others are welcome
@@ -120,9 +121,10 @@ def check_catalog(data) -> list[str]:
             labels = {}
         for label in sorted(labels):
             variety = labels[label]
-            if not label.strip() or len(label) > 100 or _bad_text(label) or label != label.strip():
-                out.append(f"{where}.labels: {json.dumps(label, ensure_ascii=False)} is not a label (1-100 characters, no control "
-                           f"characters, no spaces at the ends)")
+            canonical, problem = check_label(label)   # the rules of every label (contract.labels)
+            if problem or canonical != label:
+                why = problem or f"not in its canonical form {json.dumps(canonical, ensure_ascii=False)}"
+                out.append(f"{where}.labels: {json.dumps(label, ensure_ascii=False)} is not a label ({why})")
             elif label in owner:
                 out.append(f"{where}.labels: {json.dumps(label, ensure_ascii=False)} is also a label of {owner[label]}")
             else:

@@ -147,6 +147,8 @@ def _manifest(args):
 
 def _report(summary: Summary) -> int:
     print(f"vectorized: {summary.line()}")
+    for line in summary.label_lines():
+        print(line, file=sys.stderr)
     listed = summary.rejects + summary.skipped
     if listed:
         print(f"rejected {summary.rejected} photo(s), skipped {summary.skipped_not_image} other file(s); all listed "
@@ -214,6 +216,8 @@ def cmd_upload_raw(args) -> int:
     write_rejects(summary, Path.cwd() / "upload-raw.rejects.csv")
     print(f"uploaded photos: {s.line()}" + (f"; {summary.skipped_not_image} other file(s) skipped"
                                              if summary.skipped_not_image else ""))
+    for line in summary.label_lines():
+        print(line, file=sys.stderr)
     if summary.rejects or summary.skipped:
         print(f"refused {summary.rejected} photo(s), skipped {summary.skipped_not_image} other file(s); all listed "
               f"in {summary.rejects_file}", file=sys.stderr)

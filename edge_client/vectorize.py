@@ -58,6 +58,12 @@ class Summary:
     rejects: list[tuple[str, str]] = field(default_factory=list)   # photos refused: (source, reason)
     skipped: list[tuple[str, str]] = field(default_factory=list)   # other files: (source, reason)
     rejects_file: Path | None = None
+    labels_refused: dict = field(default_factory=dict)             # folder label -> (why, photos): sent unlabelled
+
+    def label_lines(self) -> list[str]:
+        """One line per folder name refused as a label (contract.labels), for stderr."""
+        return [f"label {label!r} refused ({why}): its {n} photo(s) are sent without a label"
+                for label, (why, n) in sorted(self.labels_refused.items())]
 
     @property
     def images_per_s(self) -> float:
@@ -113,7 +119,14 @@ def find_photos(inputs: Iterable[str | os.PathLike], *, label: str | None = None
     The Fruits-360 layout ``Training/<Class>/<n>_100.jpg`` gives the label ``<Class>``; a photo directly
     in the root given has no label unless ``label`` is set.
     """
+    from contract.labels import check_label
+
+    if label is not None:
+        label, problem = check_label(label)
+        if problem:
+            raise UserError(f"--label: {problem}")
     photos: list[Photo] = []
+    checked: dict = {}
     for item in inputs:
         root = Path(item)
         if root.is_dir():
@@ -136,6 +149,17 @@ def find_photos(inputs: Iterable[str | os.PathLike], *, label: str | None = None
                                                                 f"{printable(Path(ext)) or 'none'})"))
                 continue
             lab = label if label is not None else (printable(Path(rel.parent.name)) if rel.parent.name else None)
+            if lab is not None and label is None:   # a folder's name: the label rules (contract.labels)
+                if lab not in checked:
+                    checked[lab] = check_label(lab)
+                canonical, problem = checked[lab]
+                if problem:
+                    if summary is not None:
+                        why, n = summary.labels_refused.get(lab, (problem, 0))
+                        summary.labels_refused[lab] = (why, n + 1)
+                    lab = None
+                else:
+                    lab = canonical
             photos.append(Photo(f, printable(rel), lab))
     return photos
 

@@ -98,12 +98,17 @@ def broken_catalogs() -> dict[str, object]:
 
 def js_problems(cases: dict[str, object]) -> dict[str, list[str]]:
     """The page's checkCatalog (web/src/catalog.js, as the page runs it) on the same parsed catalogs, under Node."""
+    from contract.labels import rules
+
     script = ("import {checkCatalog} from './web/src/catalog.js';\n"
+              "import {LabelRules} from './web/src/labels.js';\n"
               "let input = ''; process.stdin.on('data', (c) => { input += c; });\n"
-              "process.stdin.on('end', () => { const cases = JSON.parse(input); const out = {};\n"
-              "  for (const [k, v] of Object.entries(cases)) out[k] = checkCatalog(v);\n"
+              "process.stdin.on('end', () => { const {cases, rules} = JSON.parse(input); const out = {};\n"
+              "  const r = new LabelRules(rules);\n"
+              "  for (const [k, v] of Object.entries(cases)) out[k] = checkCatalog(v, r);\n"
               "  process.stdout.write(JSON.stringify(out)); });\n")
-    done = subprocess.run(["node", "--input-type=module", "-e", script], input=json.dumps(cases), cwd=ROOT,
+    done = subprocess.run(["node", "--input-type=module", "-e", script], input=json.dumps({"cases": cases,
+                                                                                          "rules": rules()}), cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)

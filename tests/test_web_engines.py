@@ -116,6 +116,22 @@ def test_vectors_equal_the_python_edges(phone, shared_photos, python_vectors):
           f"{worst:.9f}, {len(rows) - unflagged} flagged")
 
 
+def test_a_label_that_breaks_the_rules_is_refused_and_shown_and_the_photo_still_sent(phone, photos):
+    """The label typed for a pick goes through contract/labels.py's rules in the page (web/src/labels.js): "Apple Red "
+    is "Apple Red"; a Cyrillic А in "Аpple Red" is refused, said on the page, and the photo goes without a label."""
+    photo = sorted((photos / "Lemon").glob("*.jpg"))[0]
+    kept = phone.pick([photo], label="  Apple   Red ")
+    refused = phone.pick([photo], label="\u0410pple Red")
+    rows = phone.vectors()
+    shown = phone.text("#batch-summary")
+    assert kept["labelsRefused"] == [] and refused["labelsRefused"] == [
+        {"label": "\u0410pple Red", "problem": "mixes Cyrillic and Latin letters (a look-alike of another label)"}]
+    assert [r["label"] for r in rows] == [None] and refused["rows"] == 1
+    assert 'label "\u0410pple Red" refused (mixes Cyrillic and Latin letters' in shown, shown
+    phone.pick([photo], label="  Apple   Red ")
+    assert [r["label"] for r in phone.vectors()] == ["Apple Red"]
+
+
 def test_bad_photos_are_refused_as_the_python_edge_refuses_them(phone, photos, tmp_path, model_path):
     """Zero bytes, truncated, not an image, a decompression bomb: refused in every engine as by the Python edge, each
     with its reason; a HEIC (Pillow decodes it, browsers on a desktop cannot) named as such."""

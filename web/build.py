@@ -61,6 +61,7 @@ def ensure_packages(quiet: bool = True) -> Path:
 def contract_spec(model_path: Path) -> dict:
     """What the page needs of the contract, from the Python definitions (keys as templates)."""
     from featurizer.preprocess import DEFAULT_MAX_PIXELS, DRAFT_FACTOR, IMAGE_EXTENSIONS, NOT_PHOTOS
+    from contract.labels import rules as label_rules
     from web.server import CONFIG_SCHEMA
 
     card = load_model_card(model_path)
@@ -93,6 +94,7 @@ def contract_spec(model_path: Path) -> dict:
         "model": {"file": f"model/{model_path.name}",   # the card, less what only the job uses (20 kB of floats)
                   "card": {k: v for k, v in json.loads(card.to_json()).items() if k != "feature_center"}},
         "config_schema": CONFIG_SCHEMA,
+        "labels": label_rules(),
     }
 
 

@@ -520,6 +520,7 @@ class Phone:
           return {rows: b.rows.length, rejects: b.rejects, skipped: b.skipped, duplicates: b.duplicates,
                   seconds: b.seconds, imagesPerS: b.imagesPerS, queuedRows: b.queuedRows, alreadySent: b.alreadySent,
                   msPerPhoto: b.msPerPhoto, approximate: b.approximate, held: b.held || [],
+                  labelsRefused: b.labelsRefused || [],
                   answers: b.rows.map(r => ({imageId: r.imageId, source: r.source, answer: r.answer || null,
                                              approximate: r.approximate || null}))};
         }""")

@@ -6,6 +6,7 @@ import {Bucket, explain} from './bucket.js';
 import {loadConfig} from './config.js';
 import {loadContract, uploadDay} from './contract.js';
 import {identifyVector, Projection, ReferenceIndex, UNKNOWN} from './identify.js';
+import {LabelRules} from './labels.js';
 import {DeviceIdentity} from './identity.js';
 import {readVectors, writeVectors} from './parquet.js';
 import {WorkerPool} from './pool.js';
@@ -149,6 +150,11 @@ class App {
                    approximate: 0, approximateRows: [], started: performance.now()};
     this.lastBatch = batch;
     const items = [];
+    // Labels follow contract/labels.py's rules (web/src/labels.js): canonical, or refused with the reason, shown;
+    // a refused label's photos are still vectorized and sent, without a label.
+    this.labelRules = this.labelRules || new LabelRules(this.contract.labels);
+    const checked = new Map();
+    batch.labelsRefused = [];
     for (const file of files) {
       const rel = file.webkitRelativePath ? file.webkitRelativePath.split('/').slice(1).join('/') : file.name;
       const verdict = this.contract.fileVerdict(file.name);
@@ -156,8 +162,13 @@ class App {
         (verdict.rejected ? batch.rejects : batch.skipped).push({source: rel, reason: verdict.reason});
         continue;
       }
-      items.push({file, source: rel, label: file.webkitRelativePath ? this.contract.labelFromPath(rel) : label,
-                  read: () => file.arrayBuffer()});
+      const raw = file.webkitRelativePath ? this.contract.labelFromPath(rel) : label;
+      if (!checked.has(raw)) {
+        const c = this.labelRules.check(raw);
+        checked.set(raw, c);
+        if (c.problem) batch.labelsRefused.push({label: raw, problem: c.problem});
+      }
+      items.push({file, source: rel, label: checked.get(raw).label, read: () => file.arrayBuffer()});
     }
     items.sort((a, b) => (a.source < b.source ? -1 : a.source > b.source ? 1 : 0));   // as find_photos walks
     ui.progress(0, items.length, batch);

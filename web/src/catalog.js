@@ -37,7 +37,7 @@ function badText(text) {
 }
 
 /** check_catalog: every problem of a parsed catalog, one line each; [] for a good catalog. */
-export function checkCatalog(data) {
+export function checkCatalog(data, labelRules) {
   const out = [];
   if (!isObject(data)) return ['the catalog is not a JSON object'];
   for (const key of sorted(Object.keys(data).filter((k) => !TOP.includes(k)))) {
@@ -104,8 +104,10 @@ export function checkCatalog(data) {
     }
     for (const label of sorted(Object.keys(labels))) {
       const variety = labels[label];
-      if (!strip(label) || chars(label) > 100 || badText(label) || label !== strip(label)) {
-        out.push(`${where}.labels: ${q(label)} is not a label (1-100 characters, no control characters, no spaces at the ends)`);
+      const checked = labelRules.check(label);   // the rules of every label (contract/labels.py, labels.js)
+      if (checked.problem || checked.label !== label) {
+        const why = checked.problem || `not in its canonical form ${q(checked.label)}`;
+        out.push(`${where}.labels: ${q(label)} is not a label (${why})`);
       } else if (owner.has(label)) {
         out.push(`${where}.labels: ${q(label)} is also a label of ${owner.get(label)}`);
       } else {
@@ -183,7 +185,7 @@ export class CatalogError extends Error {
 
 export class Catalog {
   /** Catalog.from_bytes: the bytes must be the catalog `catalogId` names, then a good catalog. */
-  static async fromBytes(bytes, {origin, catalogId}) {
+  static async fromBytes(bytes, {origin, catalogId, labelRules}) {
     if (bytes.length > MAX_BYTES) throw new CatalogError(`${origin}: ${bytes.length} bytes, at most ${MAX_BYTES}`);
     if (catalogId !== undefined && (await sha256Hex(bytes)).slice(0, 16) !== catalogId) {
       throw new CatalogError(`${origin}: content does not match its catalog id ${catalogId}`);
@@ -194,7 +196,7 @@ export class Catalog {
     } catch (err) {
       throw new CatalogError(`${origin}: not JSON (${err.message})`);
     }
-    const problems = checkCatalog(data);
+    const problems = checkCatalog(data, labelRules);
     if (problems.length) throw new CatalogError(`${origin}: ${problems.length} problem(s): ${problems.join('; ')}`);
     return new Catalog(data, catalogId);
   }

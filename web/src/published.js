@@ -5,6 +5,7 @@
 
 import {NetworkDown} from './bucket.js';
 import {Catalog} from './catalog.js';
+import {LabelRules} from './labels.js';
 import {Projection, ReferenceIndex} from './identify.js';
 import * as storage from './storage.js';
 
@@ -59,7 +60,8 @@ export async function loadPublished(bucket, contract, root, {modelSha256}) {
     const cKey = contract.catalogKey(root, ids.catalogId);
     c = await cachedGet(bucket, cKey);
     if (!c.bytes) throw new Error(`the pointer names catalog ${ids.catalogId}, but ${cKey} is missing`);
-    catalog = await Catalog.fromBytes(c.bytes, {origin: cKey, catalogId: ids.catalogId});
+    catalog = await Catalog.fromBytes(c.bytes, {origin: cKey, catalogId: ids.catalogId,
+                                                labelRules: new LabelRules(contract.labels)});
     if (c.fetched) await storage.put('published', c.bytes, cKey);
   }
   if (p.fetched) await storage.put('published', p.bytes, pKey);   // kept only once they passed the checks

@@ -236,7 +236,8 @@ export function results(app, batch) {
   $('batch').hidden = false;
   $('batch-summary').textContent = [`${n} vectorized`, `${batch.rejects.length} rejected`, `${batch.duplicates} duplicates`,
     batch.skipped.length ? `${batch.skipped.length} skipped (not photos)` : '',
-    batch.approximate ? `${batch.approximate} decoded differently from the cloud (close: sent all the same; see the list)` : '']
+    batch.approximate ? `${batch.approximate} decoded differently from the cloud (close: sent all the same; see the list)` : '',
+    ...(batch.labelsRefused || []).map((r) => `label "${r.label}" refused (${r.problem}): sent without a label`)]
     .filter(Boolean).join(' · ');
   const list = $('rows');
   list.replaceChildren(...batch.rows.slice(0, MAX_LISTED).map((row) => {
