@@ -556,6 +556,18 @@ def set_aside(s3, bucket: str, prefix: str, run_id: str) -> list[str]:
              f"{c.get('conflicts', 0)} conflicts"]
     lines += [f"  quarantined {q['file']}: {q['reason']}" for q in c.get("quarantined_objects") or []]
     lines += [f"  held back {h['file']}: {h['reason']}" for h in c.get("held_back_objects") or []]
+    try:   # what publish did: held for the operator (the turn), labels held or refused
+        record = json.loads(s3.get_object(Bucket=bucket, Key=layout.run_prefix(prefix, run_id) + "publish.json")
+                            ["Body"].read())
+    except Exception:  # not published (a chain without publish, or not there yet)
+        return lines
+    from cloud_pca.report import publish_tables
+
+    text, tables = publish_tables(record if isinstance(record, dict) else {})
+    lines += [f"  publish: {line}" for line in text]
+    for title, rows in tables:
+        lines.append(f"  {title}:")
+        lines += ["    " + ", ".join(f"{k} {v}" for k, v in r.items()) for r in rows[:10]]
     return lines
 
 

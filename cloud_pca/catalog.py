@@ -99,6 +99,7 @@ def published_catalog(spark, root_uri: str) -> Catalog | None:
     error (publish stops: a phone is never served a catalog that breaks the rules, nor a stale one silently)."""
     from contract.layout import catalog_source_key
     from cloud_pca.storage import path_exists, read_bytes
+
     uri = f"{root_uri.rstrip('/')}/{catalog_source_key('')}"
     if not path_exists(spark, uri):
         return None
@@ -112,6 +113,7 @@ def write_catalog(spark, root_uri: str, catalog: Catalog) -> str:
     """The catalog's content-named copy under ``ROOT/models/``; returns its URI."""
     from contract.layout import catalog_key
     from cloud_pca.storage import write_bytes
+
     uri = f"{root_uri.rstrip('/')}/{catalog_key('', catalog.catalog_id)}"
     write_bytes(spark, uri, catalog.to_bytes())
     return uri
@@ -123,6 +125,7 @@ def publish_catalog_alone(spark, root_uri: str, model_sha256: str) -> tuple[Cata
     from contract.layout import latest_projection_key
     from contract.projection import read_pointer, rewrite_pointer
     from cloud_pca.storage import read_bytes, write_bytes
+
     catalog = published_catalog(spark, root_uri)
     if catalog is None:
         from contract.layout import catalog_source_key
@@ -144,6 +147,7 @@ def upload_source(spark, root_uri: str, catalog: Catalog) -> str:
     """The operator's catalog put at ``ROOT/models/catalog.json`` (what publish reads)."""
     from contract.layout import catalog_source_key
     from cloud_pca.storage import write_bytes
+
     uri = f"{root_uri.rstrip('/')}/{catalog_source_key('')}"
     write_bytes(spark, uri, json.dumps(catalog.data, indent=1, ensure_ascii=False).encode())
     return uri
@@ -154,6 +158,7 @@ def published_labels(spark, root_uri: str, model_sha256: str) -> list[str]:
     from contract.layout import index_key, latest_projection_key
     from contract.projection import ReferenceIndex, read_pointer
     from cloud_pca.storage import read_bytes
+
     root = root_uri.rstrip("/")
     pointer_uri = f"{root}/{latest_projection_key('', model_sha256)}"
     try:

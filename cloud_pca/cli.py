@@ -130,6 +130,11 @@ def build_parser(extend=None):
                     example="fruits-cloud publish --run s3://b/team/pca/run=2026... --root s3://b/team --k 32")
     b.add_argument("--run", required=True, help="a finished run folder (OUTPUT/run=<id>)")
     b.add_argument("--root", required=True, help="the dataset root (s3://BUCKET/PREFIX)")
+    b.add_argument("--accept-turn", action="store_true",
+                   help="publish a run whose components turn beyond --hold-turn (the operator has looked at it)")
+    b.add_argument("--hold-turn", type=float, metavar="DEGREES",
+                   help="hold a run whose top-10 components turn more than this from the projection in force "
+                        "(default 20)")
     b.add_argument("--k", type=int, help="components to publish (default: the run's k)")
     b.add_argument("--driver-read-mb", type=float, default=128,
                    help="projections up to this size are read by the driver, larger ones in Spark (default 128)")
@@ -253,14 +258,35 @@ def cmd_publish(args) -> int:
 
     if args.driver_read_mb < 0:
         raise FruitsError(f"--driver-read-mb {args.driver_read_mb} must be at least 0")
-    projection, index, written = publish(_spark(args, "publish"), _uri(args.run), _uri(args.root), k=args.k,
-                                         driver_read_bytes=int(args.driver_read_mb * 2**20))
+    if args.hold_turn is not None and not 0 <= args.hold_turn <= 90:
+        raise FruitsError(f"--hold-turn {args.hold_turn} must be between 0 and 90 degrees")
+    done = publish(_spark(args, "publish"), _uri(args.run), _uri(args.root), k=args.k,
+                   driver_read_bytes=int(args.driver_read_mb * 2**20), accept_turn=args.accept_turn,
+                   hold_deg=args.hold_turn)
+    projection, index, t = done.projection, done.index, done.record["turn"]
+    turned = (f"turn {t['turn_deg']:.1f} degrees from the projection in force (top {t['components']})"
+              if t.get("turn_deg") is not None else "first publish for this model")
+    if done.held:
+        print(f"HELD, not published: {t['why']}")
+        for d in t["drivers"][:5]:
+            print(f"  {d['device']}{' (anonymous)' if d['anonymous'] else ''}: {d['share_of_turn']:.0%} of the turn, "
+                  f"{d['share_of_rows']:.1%} of the rows")
+        print(f"the projection in force stays; {_uri(args.run).rstrip('/')}/publish.json has the record")
+        return 0
     cal = index.calibration
-    print(f"projection {projection.projection_id}: k={projection.k}, model {projection.model_sha256[:12]}...; index "
+    print(f"projection {projection.projection_id}: k={projection.k}, model {projection.model_sha256[:12]}...; {turned}"
+          + (" (accepted by the operator)" if done.record.get("accepted_turn") else "") + f"; index "
           f"{index.index_id}: {len(index.labels)} labels, {len(index.owner)} prototypes; calibrated on "
           f"{cal['held_out']} rows held out by {cal['split']}: named right {cal['named_right']:.1%}, wrong "
           f"{cal['wrong']:.1%}, unknown {cal['unknown']:.1%}, not sure {cal['not_sure']:.1%}")
-    for uri in written:
+    v = done.record.get("labels") or {}
+    if v.get("held_labels") or v.get("anonymous_not_counted"):
+        print(f"labels: {v.get('anonymous_counted', 0)} of {v.get('anonymous_rows', 0)} anonymous rows counted; "
+              + "; ".join(f"{n} {why}" for why, n in sorted(v.get("anonymous_not_counted", {}).items()))
+              + ("; held for the operator: " + ", ".join(f"{h['label']!r} ({h['rows']} rows)"
+                                                          for h in v.get("held_for_operator", [])[:5])
+                 if v.get("held_labels") else ""))
+    for uri in done.written:
         print(f"  {uri}")
     return 0
 
@@ -311,7 +337,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_contributions(args) -> int:
-    from cloud_pca.report import ReportError, _read_json, check_summary, contributions_tables
+    from cloud_pca.report import ReportError, _read_json, check_summary, contributions_tables, publish_tables
 
     run = _uri(args.run).rstrip("/")
     spark = _spark(args, "contributions")
@@ -321,12 +347,18 @@ def cmd_contributions(args) -> int:
     c = check_summary(summary, f"{run}/summary.json").get("contributions")
     if not c:
         raise ReportError(f"{run}: a run from before the trust model (no contributions in its summary)")
+    published = _read_json(spark, f"{run}/publish.json")
     if args.json:
-        print(json.dumps(c, indent=1))
+        print(json.dumps({**c, "publish": published} if isinstance(published, dict) else c, indent=1))
         return 0
     print(f"{c.get('devices')} devices ({c.get('anonymous_devices')} anonymous, {c.get('rows_from_anonymous')} rows); "
           f"screened against: {c.get('screened_against') or 'nothing (the card states no feature radius)'}")
-    for title, rows in contributions_tables(c):
+    tables = contributions_tables(c)
+    if isinstance(published, dict):   # what publish did with the run: the turn, and which labels counted
+        lines, more = publish_tables(published)
+        print("\n" + "\n".join(lines))
+        tables += more
+    for title, rows in tables:
         print(f"\n{title}")
         cols = list(rows[0]) if rows else []
         widths = {k: min(60, max(len(k), *(len(str(r.get(k))) for r in rows))) for k in cols}

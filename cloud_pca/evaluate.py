@@ -310,6 +310,7 @@ def _labelled(spark, inputs: list[str], model_sha256: str | None = None):
 def write_evaluation(spark, ev: Evaluation, output: str) -> list[str]:
     """``evaluation.json``, ``evaluation.csv`` and the two plots under ``output``; returns what was written."""
     from cloud_pca.storage import write_bytes
+
     out = output.rstrip("/")
     cols = ["form", "dims", "dtype", "bytes_per_image", "classifier", "accuracy", "explained_variance"]
     files = {"evaluation.json": ev.to_json().encode(),

@@ -184,6 +184,7 @@ def list_photos(spark, uris: list[str], skip: set[str] | None = None) -> tuple[o
     ``skip``: photos featurized before (incremental); neither read nor counted."""
     from contract.layout import device_key_problem
     from cloud_pca.storage import list_files
+
     listed, refused = [], []
     try:
         for uri in uris:
@@ -312,6 +313,7 @@ def load_featurized(spark, output: str, model_sha256: str) -> tuple[set[str], in
     import json
 
     from cloud_pca.storage import path_exists, read_bytes
+
     uri = _state_uri(output, model_sha256)
     if not path_exists(spark, f"{uri}/current.json"):
         return set(), 0
@@ -332,6 +334,7 @@ def commit_featurized(spark, output: str, model_sha256: str, done: set[str], num
     import uuid
 
     from cloud_pca.storage import write_bytes
+
     uri = _state_uri(output, model_sha256)
     name = f"gen={number + 1:05d}-{uuid.uuid4().hex[:6]}/photos.json"
     write_bytes(spark, f"{uri}/{name}", json.dumps(sorted(done)).encode())
@@ -351,6 +354,7 @@ def featurize_to(spark, images: list[str], output: str, *, model_path: str, thre
     import time
 
     from cloud_pca.storage import path_exists
+
     start = time.perf_counter()
     if incremental and full:
         raise FeaturizeError("give --incremental or --full, not both")

@@ -222,6 +222,7 @@ class Counted:
         import pyarrow.parquet as pq
 
         from cloud_pca.storage import storage_options
+
         schema = _counted_schema(key=True)
         options, tables = storage_options(spark), []
         for path, size in self.part_files(spark):
@@ -489,6 +490,7 @@ def _read_if_there(spark, uri: str) -> bytes | None:
 def id_sizes(spark, uri: str, parts: list[str]) -> dict:
     """``{part: {file name: size}}`` of the ids folders ``parts`` (relative to the state ``uri``), as listed now."""
     from cloud_pca.storage import list_files
+
     return {p: {f.path.rsplit("/", 1)[-1]: f.size for f in list_files(spark, f"{uri}/{p}")} for p in parts}
 
 
@@ -500,6 +502,7 @@ def _open_counted(options: dict, path: str, size: int):
     """An ids file opened for reading, refused (:class:`StateError`, naming it) when it is missing or is not the
     size recorded when it was written (truncated or rewritten): the check costs no request of its own."""
     from cloud_pca.storage import open_file
+
     try:
         fh = open_file(options, path)
     except (FileNotFoundError, OSError) as exc:
@@ -518,6 +521,7 @@ def check_part(spark, part: str, recorded: dict | None):
     folder without a record (a state from before them), every file's footer read. Returns its files as listed."""
     from cloud_pca.inputs import java_reason, read_footer
     from cloud_pca.storage import list_files
+
     try:
         files = list_files(spark, part)
     except Exception as exc:

@@ -76,6 +76,7 @@ def _read_range(spark, path: str, start: int, n: int) -> bytes:
     JVM round trips, and no JVM at all for a refresh that starts no Spark job), others through Hadoop's file
     system (EMR's s3://)."""
     from cloud_pca.storage import read_range
+
     data = read_range(spark, path, start, n)
     if data is not None:
         return data

@@ -289,6 +289,7 @@ def first_model(spark, files: list) -> str | None:
     import pyarrow.parquet as pq
 
     from cloud_pca.storage import open_file, storage_options
+
     options = storage_options(spark)
     for f in files[:5]:
         try:

@@ -385,6 +385,7 @@ class FruitsPCAModel:
         from cloud_pca.spark import not_started
 
         from cloud_pca.storage import write_tree
+
         files = pipeline_files(self.mean_, self.scale_, self.components_.T, self.explained_variance_ratio_,
                                spark_version=pyspark.__version__ if not_started(spark) else spark.version)
         write_tree(spark, uri, {**files, MODEL_FILE: self.to_bytes()})
@@ -392,6 +393,7 @@ class FruitsPCAModel:
     @classmethod
     def load(cls, spark, uri: str) -> "FruitsPCAModel":
         from cloud_pca.storage import read_bytes
+
         path = f"{uri.rstrip('/')}/{MODEL_FILE}"
         try:
             data = read_bytes(spark, path)

@@ -147,6 +147,7 @@ def _read_json(spark, uri: str):
     .crc no longer matches, access denied) or is not JSON is one ReportError naming it."""
     from cloud_pca.inputs import java_reason
     from cloud_pca.storage import path_exists, read_bytes
+
     try:
         if not path_exists(spark, uri):
             return None
@@ -186,6 +187,7 @@ def _number(value, spec: str = ",", default: str = "?") -> str:
 
 def _read_pngs(spark, folder: str) -> list[tuple[str, bytes]]:
     from cloud_pca.storage import list_files, read_bytes
+
     try:
         files = list_files(spark, folder, suffixes=(".png",))
     except Exception:  # no such folder
@@ -214,6 +216,7 @@ def reason_groups(spark, rejects_uri: str) -> list[dict]:
     from pyspark.sql import functions as F
 
     from cloud_pca.storage import path_exists
+
     if not path_exists(spark, rejects_uri):
         return []
     small = small_table(spark, rejects_uri, ["reason"])
@@ -331,6 +334,7 @@ def published_for(spark, run_uri: str, summary: dict) -> dict | None:
     from contract.layout import catalog_key, index_key, latest_projection_key, projection_key
     from contract.projection import Projection, ReferenceIndex, read_pointer
     from cloud_pca.storage import read_bytes
+
     m = re.match(r"^(.*)/pca/run=[^/]+/?$", run_uri)
     sha = summary.get("model_sha256")
     if not m or not sha:
@@ -387,6 +391,60 @@ def contributions_tables(c: dict) -> list[tuple[str, list[dict]]]:
         tables.append(("Conflicts", [{"image_id": x["image_id"][:16] + "…", "kept": x["kept"], "refused": x["refused"],
                                       "cos": x.get("cos"), "why": x.get("why")} for x in c["conflict_list"][:50]]))
     return tables
+
+
+def publish_tables(record: dict) -> tuple[list[str], list[tuple[str, list[dict]]]]:
+    """What ``publish`` did with a run (its ``publish.json``: :mod:`cloud_pca.turn`, :mod:`cloud_pca.votes`) as lines
+    and titled tables: the report's section and ``fruits-cloud contributions`` show the same."""
+    t = record.get("turn") or {}
+    lines = []
+    if record.get("held"):
+        lines.append(f"HELD, not published: {t.get('why', '')}")
+    elif record.get("published"):
+        lines.append(f"Published projection {record.get('projection_id')} and index {record.get('index_id')}"
+                     + (" (a turn beyond the hold accepted by the operator)" if record.get("accepted_turn") else "") + ".")
+    if t.get("turn_deg") is not None:
+        lines.append(f"The top-{t.get('components')} components turned {t['turn_deg']:.2f} degrees from the projection "
+                     f"in force (held beyond {t.get('hold_deg')}).")
+    elif t.get("why"):
+        lines.append(t["why"] + ".")
+    if t.get("dk_bound_deg") is not None:
+        lines.append(f"Anonymous rows are {t.get('anonymous_share', 0):.1%} of the fit; the Davis-Kahan bound on the turn "
+                     f"they could cause: {t['dk_bound_deg']:.1f} degrees"
+                     + (" (90: the bound says nothing here: the eigengap is small beside their weight)"
+                        if t["dk_bound_deg"] >= 89.99 else "") + ".")
+    tables = []
+    if t.get("drivers") and t.get("turn_deg") is not None:
+        tables.append(("Who pulled the components along the turn (share of the rows' energy along its direction)",
+                       t["drivers"]))
+    v = record.get("labels") or {}
+    if v:
+        lines.append(f"Labels: {v.get('counted', 0)} labelled rows counted for the index, {v.get('anonymous_counted', 0)} "
+                     f"of the {v.get('anonymous_rows', 0)} anonymous ones; {v.get('identities_with_weight', 0)} of "
+                     f"{v.get('identities', 0)} anonymous identities have earned the weight to count.")
+        if v.get("anonymous_not_counted"):
+            tables.append(("Anonymous labelled rows not counted", [
+                {"why": why, "rows": n} for why, n in sorted(v["anonymous_not_counted"].items(), key=lambda kv: -kv[1])]))
+        if v.get("held_for_operator"):
+            tables.append(("Labels held for the operator (no trusted source knows them: add one to the catalog to "
+                           "accept it)", v["held_for_operator"][:50]))
+        if v.get("labels_refused"):
+            tables.append(("Labels refused", v["labels_refused"][:50]))
+        if v.get("disagreeing_identities"):
+            tables.append(("Identities whose labels the trusted fit contradicts", v["disagreeing_identities"][:30]))
+    return lines, tables
+
+
+def publish_section(page: Report, record) -> None:
+    if not isinstance(record, dict):
+        return
+    page.heading("Publish: the turn and the labels")
+    lines, tables = publish_tables(record)
+    for i, line in enumerate(lines):
+        page.text(line, cls="bad" if i == 0 and record.get("held") else None)
+    for title, rows in tables:
+        page.text(title, note=True)
+        page.table(rows)
 
 
 def contributions_section(page: Report, c) -> None:
@@ -459,6 +517,7 @@ def build_report(spark, run_uri: str, *, max_points: int = DEFAULT_POINTS, extra
 
 def _page(spark, run_uri: str, summary: dict, *, max_points: int, extra) -> Report:
     from cloud_pca.storage import path_exists
+
     marker = _read_json(spark, f"{run_uri}/_SUCCESS.json")
     explained = _read_json(spark, f"{run_uri}/explained_variance.json") or {}
     if not isinstance(explained, dict):
@@ -598,6 +657,8 @@ def _page(spark, run_uri: str, summary: dict, *, max_points: int, extra) -> Repo
                       f"answers {cal.get('precision', 0):.1%}.")
             page.table(published["labels"])
 
+    publish_section(page, _read_json(spark, f"{run_uri}/publish.json"))
+
     page.heading("Time and driver traffic")
     page.table([{"stage": k, "seconds": v} for k, v in (s.get("timings_s") or {}).items()])
     traffic = s.get("driver_result_bytes") or {}
@@ -621,6 +682,7 @@ def _page(spark, run_uri: str, summary: dict, *, max_points: int, extra) -> Repo
 def write_report(spark, run_uri: str, out: str | None = None, **kw) -> str:
     """Build the report and write it to ``out`` (a local path, or s3://...; default: ``<run>/report.html``)."""
     from cloud_pca.storage import write_bytes
+
     page = build_report(spark, run_uri, **kw)
     target = out or f"{run_uri.rstrip('/')}/report.html"
     if "://" in target and not target.startswith("file:"):

@@ -138,7 +138,7 @@ def real_published(spark, real_vectors, tmp_path_factory):
                    base / "in" / "v.parquet")
     result = run(spark, JobConfig(inputs=[f"file://{base}/in"], output=f"file://{base}/root/pca", variance=0.95,
                                   run_id="real", plots=False))
-    projection, _, _ = publish(spark, result.run_uri, f"file://{base}/root", k=32)
+    projection = publish(spark, result.run_uri, f"file://{base}/root", k=32).projection
     from edge_client.project import Published
 
     projection, index = Published(str(base / "root")).identifier(projection.model_sha256)   # as devices read them

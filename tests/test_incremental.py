@@ -83,13 +83,14 @@ def test_three_refreshes_equal_a_full_fit_and_read_only_their_batch(spark, s3, b
     upload_batch(s3, bucket, "b4", 0, 0, objects=1, repeat=(0, 5))     # only repeats: nothing new to count
     rp = run(spark, cfg(bucket, "i5", reproject=True, **mode))
     assert rp.summary["projections_rows"] == 900 and rp.summary["incremental"]["already_counted"] == 5
-    projection, index, _ = publish(spark, rp.run_uri, f"s3a://{bucket}/team")
+    done = publish(spark, rp.run_uri, f"s3a://{bucket}/team")
+    projection, index = done.projection, done.index
     assert int(index.counts.sum()) == 900 and projection.k == 5
     # A day with nothing new (the schedule runs anyway): still published (before: "summary.json names no model
     # fingerprint", and the chain stopped).
     quiet = run(spark, cfg(bucket, "i6", reproject=True, **mode))
     assert quiet.summary["incremental"]["objects_read"] == 0 and quiet.summary["model_sha256"] == SHA
-    assert int(publish(spark, quiet.run_uri, f"s3a://{bucket}/team")[1].counts.sum()) == 900
+    assert int(publish(spark, quiet.run_uri, f"s3a://{bucket}/team").index.counts.sum()) == 900
 
 
 @pytest.mark.slow
@@ -286,6 +287,7 @@ def test_the_python_listing_is_hadoops(spark, s3, bucket, tmp_path):
     slower); the paths, sizes, versions (ETag, modification time) and times are those Hadoop gives, so a state
     recorded by either is checked by the other."""
     from cloud_pca.storage import list_files, list_hadoop
+
     upload_batch(s3, bucket, "l", 0, 30, objects=3)
     s3.put_object(Bucket=bucket, Key="team/vectors/_SUCCESS", Body=b"")
     s3.put_object(Bucket=bucket, Key="team/vectors/sub/", Body=b"")            # a folder marker
@@ -305,6 +307,7 @@ def test_the_python_listing_is_hadoops(spark, s3, bucket, tmp_path):
     # Some days of a model's folder: on S3 one listing from the first day to the last (StartAfter), what Hadoop
     # lists of each day's folder.
     from cloud_pca.storage import list_days
+
     for day in ("2026-02-27", "2026-02-28", "2026-03-01", "2026-03-02"):
         upload_batch(s3, bucket, day, 100, 102, objects=1, day=day)
     model = f"s3a://{bucket}/team/vectors/model={SHA}/"
@@ -314,6 +317,7 @@ def test_the_python_listing_is_hadoops(spark, s3, bucket, tmp_path):
     # Folders, existence and byte ranges (a refresh that starts no JVM reads its state and footers with them).
     from cloud_pca.inputs import _read_range
     from cloud_pca.storage import list_dirs, list_dirs_hadoop, path_exists, read_range
+
     for uri in (f"s3a://{bucket}/team/vectors/", f"s3a://{bucket}/team", f"s3a://{bucket}/nothing",
                 f"file://{tmp_path}/d", f"file:{tmp_path}/d/e", f"file://{tmp_path}/none"):
         assert list_dirs(spark, uri) == list_dirs_hadoop(spark, uri), uri
@@ -330,6 +334,7 @@ def test_the_python_listing_is_hadoops(spark, s3, bucket, tmp_path):
     # A missing file is FileNotFoundError on every path (boto3, the local filesystem, Hadoop for a path without
     # a scheme): the state's reads tell "missing" from "damaged" by it.
     from cloud_pca.storage import read_bytes
+
     for uri in (f"s3a://{bucket}/team/nope.json", f"file://{tmp_path}/none.json", f"{tmp_path}/none.json"):
         with pytest.raises(FileNotFoundError):
             read_bytes(spark, uri)

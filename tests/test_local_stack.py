@@ -214,6 +214,7 @@ def test_run_web_identifies_out_of_the_box_keeps_contributions_and_learns_a_new_
     env = {**os.environ, "FRUITS_LOCAL_STACK": str(tmp_path / "stack"), "PYTHONPATH": str(ROOT)}
     port = free_port()
     apples = sorted((REAL / "Test" / "Apple Braeburn").iterdir())[:5]
+    known = sorted((REAL / "Test" / "Apple Braeburn").iterdir())[5:] + sorted((REAL / "Test" / "Kaki").iterdir())
     plums, teach = sorted((REAL / "Test" / "Plum").iterdir()), sorted((REAL / "Training" / "Plum").iterdir())[:8]
     proc = _start_web(env, port, tmp_path / "web1.log")
     try:
@@ -226,6 +227,9 @@ def test_run_web_identifies_out_of_the_box_keeps_contributions_and_learns_a_new_
             first = phone.wait_published()
             where = phone.text("#where")
             answers = label_of(phone.pick(apples + plums))
+            # labels are votes: the phone earns its weight by naming fruits the system knows, rightly, then teaches
+            for fruit in ("Apple Braeburn", "Kaki"):
+                phone.pick([p for p in known if p.parent.name == fruit], label=fruit)
             taught = phone.pick(teach, label="Plum")
             phone.wait_uploaded()
             client = phone.evaluate("() => fruits.clientId")

@@ -29,7 +29,8 @@ def published(tmp_path_factory, vectors_file, spark):
     (base / "in" / "v.parquet").write_bytes(vectors_file.read_bytes())
     result = run(spark, JobConfig(inputs=[f"file://{base}/in"], output=f"file://{base}/pca", k=K, run_id="p",
                                   plots=False))
-    projection, index, written = publish(spark, result.run_uri, f"file://{base}/root")
+    done = publish(spark, result.run_uri, f"file://{base}/root")
+    projection, index = done.projection, done.index
     return base, result, projection, index
 
 
@@ -202,7 +203,7 @@ def test_a_small_run_is_published_and_reported_by_the_driver_as_spark_would(publ
     from cloud_pca import report, storage
 
     base, result, projection, _ = published
-    driver = pub.index_from_run(spark, result.run_uri, K, projection.projection_id)
+    driver, _ = pub.index_from_run(spark, result.run_uri, K, projection.projection_id)
     assert driver.calibration["split"] == "photo" and driver.calibration["held_out"] == 60
     proj = spark.read.parquet(f"{result.run_uri}/projections")
     shares_driver = report.device_shares(spark, storage.small_table(spark, f"{result.run_uri}/projections"))
@@ -216,7 +217,7 @@ def test_a_small_run_is_published_and_reported_by_the_driver_as_spark_would(publ
     reasons_driver = report.reason_groups(spark, f"{result.run_uri}/rejects")
     monkeypatch.setattr(storage, "DRIVER_READ_BYTES", 0)           # everything through Spark
     assert storage.small_table(spark, f"{result.run_uri}/projections") is None
-    same_index(driver, pub.index_from_run(spark, result.run_uri, K, projection.projection_id))
+    same_index(driver, pub.index_from_run(spark, result.run_uri, K, projection.projection_id)[0])
     assert shares_driver == report.device_shares(spark, proj)
     rows, total, labels = report.sample_3d(spark, proj, 30)
     assert (total, labels, len(rows)) == sample_driver[1:] + (len(sample_driver[0]),)
@@ -252,7 +253,7 @@ def test_the_index_of_a_large_run_is_fitted_in_spark_as_the_driver_fits_a_small_
 
     root, run_uri, projection, index = real_published
     assert index.calibration["split"] == "film" and index.calibration["held_out"] == index.counts.sum()
-    same_index(index, index_from_run(spark, run_uri, 32, projection.projection_id, driver_read_bytes=0))
+    same_index(index, index_from_run(spark, run_uri, 32, projection.projection_id, driver_read_bytes=0)[0])
     rows = spark.read.parquet(f"{run_uri}/projections").select("label", "source", "image_id").collect()
     films = {}
     for r in rows:

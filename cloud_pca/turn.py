@@ -1,0 +1,154 @@
+"""How far a publish would turn what phones project onto, and whether it is held for the operator.
+
+Every refresh refits the components on everything counted; the anonymous tier's rows are in that fit. What bounds
+their influence is stated and checked at ``publish`` (README, *Threat model*):
+
+- **The turn measured**: the largest principal angle between the new top-:data:`TURN_COMPONENTS` subspace and the
+  one of the projection in force for the model (the pointer's). Honest refreshes turn it a few degrees (a new fruit
+  too: 8 plums, 1.5°; 60 honest photos, 4°); the low-variance shift of issue 42 turned it 87°.
+- **A bound on what the anonymous rows could do** (Davis–Kahan, in Yu, Wang and Samworth's form): with the anonymous
+  rows a share ``w`` of the fit and ``m`` their mean squared length in the fit's standardized space,
+  ``||E|| <= w (m + lambda_1) / (1 - w)`` bounds how far they move the correlation matrix, and
+  ``sin(angle) <= 2 ||E|| / (lambda_k - lambda_{k+1})``. Reported beside the turn; on real photos the eigengap is small
+  beside the anonymous tier's weight and the bound says little (often 90°): stated as it is.
+- **Who turned it**: the new subspace's direction farthest from the published one, and each identity's share of
+  the rows' energy along it (the rows that pulled the components that way), the largest first.
+- **Held**: a turn beyond ``hold_deg`` (default :data:`HOLD_TURN_DEG`) is not published: the projection in force stays,
+  ``publish.json`` in the run folder says why and who, and the report, ``fruits-cloud contributions`` and the EMR
+  Serverless status show it; ``fruits-cloud publish --accept-turn`` publishes it once the operator has looked.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+TURN_COMPONENTS = 10
+HOLD_TURN_DEG = 20.0
+DRIVERS = 10            # identities listed as turning the components
+
+
+def direction(new: np.ndarray, published: np.ndarray) -> tuple[float, np.ndarray]:
+    """(the largest principal angle in degrees, the coefficients in ``new``'s basis of its direction farthest from
+    ``published``'s span): both (m, d) orthonormal rows."""
+    u, s, _ = np.linalg.svd(np.asarray(new, np.float64) @ np.asarray(published, np.float64).T)
+    j = int(np.argmin(s))
+    return float(np.degrees(np.arccos(np.clip(s[j], -1.0, 1.0)))), u[:, j]
+
+
+def dk_bound(model, anonymous_share: float, anonymous_sq: float, m: int) -> float | None:
+    """The Davis–Kahan bound (degrees) on the turn of the top-``m`` subspace the anonymous rows could cause; None where
+    the model does not tell its spectrum."""
+    ratio = np.asarray(getattr(model, "spectrum_", []), np.float64)
+    if len(ratio) <= m or ratio[0] <= 0:
+        return None
+    if not 0 <= anonymous_share < 1:
+        return 90.0
+    total = float(model.explained_variance_[0] / ratio[0])      # the trace: what the ratios are shares of
+    lam = ratio * total
+    gap = lam[m - 1] - lam[m]
+    if gap <= 0:
+        return 90.0
+    e = anonymous_share * (anonymous_sq + lam[0]) / (1.0 - anonymous_share)
+    return float(np.degrees(np.arcsin(min(1.0, 2.0 * e / gap))))
+
+
+def measure(model, published, y: np.ndarray, owners: list, anonymous: np.ndarray, residual: np.ndarray | None,
+            *, hold_deg: float = HOLD_TURN_DEG) -> dict:
+    """The turn record of a publish (see the module): ``y`` every projected row (the run's k values), ``owners`` their
+    devices, ``anonymous`` their tier, ``residual`` their squared distance off the k-d subspace (``|z|^2 - |y|^2``)."""
+    m = min(TURN_COMPONENTS, model.n_components_)
+    n = len(owners)
+    share = float(anonymous.mean()) if n else 0.0
+    sq = (np.asarray(residual, np.float64) + (y * y).sum(axis=1)) if residual is not None and n else np.zeros(n)
+    mean_sq = float(sq[anonymous].mean()) if anonymous.any() else 0.0
+    out = {"components": m, "hold_deg": hold_deg, "rows": n, "anonymous_share": round(share, 4),
+           "dk_bound_deg": None, "turn_deg": None, "held": False, "drivers": []}
+    bound = dk_bound(model, share, mean_sq, m)
+    out["dk_bound_deg"] = None if bound is None else round(bound, 2)
+    if published is None:
+        out["why"] = "nothing published for this model yet: no turn to measure"
+        return out
+    pub = np.asarray(published.components, np.float64).T     # (k, d): the published projection's components
+    mm = min(m, pub.shape[0])
+    angle, a = direction(model.components_[:mm], pub[:mm])
+    out["turn_deg"] = round(angle, 3)
+    out["components"] = mm
+    if n:
+        score = (np.asarray(y, np.float64)[:, :mm] @ a) ** 2
+        total = float(score.sum()) or 1.0
+        by: dict = {}
+        for o, s, anon in zip(owners, score, anonymous):
+            d = by.setdefault(o, [0.0, 0, bool(anon)])
+            d[0] += float(s)
+            d[1] += 1
+        out["drivers"] = drivers(by, total, n)
+    if angle > hold_deg:
+        out["held"] = True
+        out["why"] = (f"the top-{mm} components would turn {angle:.1f} degrees from the projection in force (more than "
+                      f"{hold_deg:g}): held for the operator, who publishes it with --accept-turn once the devices "
+                      f"listed have been looked at")
+    return out
+
+
+def drivers(by: dict, total: float, n: int, limit: int = DRIVERS) -> list[dict]:
+    """The identities pulling the components along the turn: {device: [energy, rows, anonymous]} -> the largest shares
+    of the energy, with their share of the rows."""
+    ranked = sorted(by.items(), key=lambda kv: -kv[1][0])[:limit]
+    return [{"device": o or "(operator files)", "anonymous": bool(a), "rows": int(r),
+             "share_of_rows": round(r / max(1, n), 4), "share_of_turn": round(e / total, 4)}
+            for o, (e, r, a) in ranked]
+
+
+def measure_in_spark(spark, model, published, proj, *, hold_deg: float = HOLD_TURN_DEG) -> dict:
+    """:func:`measure` on projections too large for the driver (a DataFrame of image_id, client_id, source, pca,
+    residual): per row in Python tasks, per device summed in Spark, a few numbers per device to the driver."""
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    from cloud_pca.votes import owner_of
+    from contract.layout import is_anonymous
+
+    m = min(TURN_COMPONENTS, model.n_components_)
+    a = None
+    out_angle = None
+    if published is not None:
+        pub = np.asarray(published.components, np.float64).T
+        m = min(m, pub.shape[0])
+        out_angle, a = direction(model.components_[:m], pub[:m])
+
+    def per_row(batches):
+        for batch in batches:
+            d = batch.to_pydict()
+            n = len(d["pca"])
+            y = np.array([v[:m] for v in d["pca"]], np.float64).reshape(n, m) if n else np.zeros((0, m))
+            full = [np.asarray(v, np.float64) for v in d["pca"]]
+            sq = np.array([float(r or 0.0) + float(v @ v) for r, v in zip(d["residual"], full)])
+            owners = [owner_of(c, s) for c, s in zip(d["client_id"], d["source"])]
+            yield pa.RecordBatch.from_pydict({
+                "owner": owners, "anonymous": [is_anonymous(o) or is_anonymous(c) for o, c in zip(owners, d["client_id"])],
+                "score": ((y @ a) ** 2).tolist() if a is not None else [0.0] * n, "sq": sq.tolist()})
+
+    cols = proj.select("client_id", "source", "pca", F.col("residual") if "residual" in proj.columns
+                       else F.lit(None).cast("double").alias("residual"))
+    rows = cols.mapInArrow(per_row, "owner string, anonymous boolean, score double, sq double").groupBy("owner").agg(
+        F.sum("score").alias("score"), F.count(F.lit(1)).alias("rows"), F.max("anonymous").alias("anonymous"),
+        F.sum(F.when(F.col("anonymous"), F.col("sq"))).alias("sq")).collect()
+    n = sum(int(r["rows"]) for r in rows)
+    n_anon = sum(int(r["rows"]) for r in rows if r["anonymous"])
+    share = n_anon / n if n else 0.0
+    mean_sq = sum(float(r["sq"] or 0.0) for r in rows if r["anonymous"]) / n_anon if n_anon else 0.0
+    bound = dk_bound(model, share, mean_sq, m)
+    out = {"components": m, "hold_deg": hold_deg, "rows": n, "anonymous_share": round(share, 4),
+           "dk_bound_deg": None if bound is None else round(bound, 2), "turn_deg": None, "held": False, "drivers": []}
+    if published is None:
+        out["why"] = "nothing published for this model yet: no turn to measure"
+        return out
+    out["turn_deg"] = round(out_angle, 3)
+    total = sum(float(r["score"]) for r in rows) or 1.0
+    out["drivers"] = drivers({r["owner"]: [float(r["score"]), int(r["rows"]), bool(r["anonymous"])] for r in rows},
+                             total, n)
+    if out_angle > hold_deg:
+        out["held"] = True
+        out["why"] = (f"the top-{m} components would turn {out_angle:.1f} degrees from the projection in force (more than "
+                      f"{hold_deg:g}): held for the operator, who publishes it with --accept-turn once the devices "
+                      f"listed have been looked at")
+    return out
