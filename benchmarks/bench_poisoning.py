@@ -1,27 +1,36 @@
-"""How far can anonymous phones move the shared model? Each attack family of the trust model's threat model (README,
-"Threat model") added to an honest set, fitted by the job as the EMR step runs it (``cloud_pca.job.run``, the gram
-solver, local[2]); the largest principal angle between the top-k subspace and the honest fit's, and the honest rows
-kept, per attack.
+"""How far can anonymous phones move what others get? Each attack of the threat model (README, "Threat model") added to
+an honest set of real photos and run as the daily chain runs it (``cloud_pca.job.run``, the gram solver, local[2],
+full and incremental; then ``publish`` against the projection in force, which holds a refit that turns too far).
 
-    ./run bench poisoning [--honest 800] [--k 10] [--smoke]
+    ./run bench poisoning [--photos DIR] [--k 10] [--only TEXT] [--smoke]
 
-Honest set: synthetic fruit photos (10 classes) vectorized by the Python edge (real model outputs), spread over
-anonymous phones (Cognito-like identity folders, 70%) and keyed laptops (30%), uploaded over several days (each
-object's modification time is the store's clock). The honest fit is published first, as in steady state. The
-first row is a control: honest photos added, what new honest data moves anyway. Attacks are objects in anonymous devices' own folders, contract-valid where
-the attack allows it. Goal: every attack with up to 10% of the rows moves the subspace by <= 10 degrees, no honest
-row is lost, every run completes. Also reported: what the defences cost honest phones (rows set aside among the
-honest set and the web client's shared test photos: goal 0).
+Honest set: real Fruits-360 photos (``../shared/data/fruits360`` when it is there, else ``data/fruits360``), the
+Training frames split in two by image id: one half is what honest devices sent (70% from 100 anonymous phones, 30% from
+5 keyed laptops, over 10 days), the other half is a pool of real photos the attacks and the controls send; the Test
+frames are what honest answers are measured on. The honest fit is published first, as in steady state.
+
+- **Vector attacks**: the largest principal angle between the attacked fit's top-k subspace and the honest fit's,
+  against the control (honest photos from the pool: what new honest data moves anyway); and what ``publish`` does
+  with it (published, or held: turned more than 20 degrees from the projection in force). Goal: every attack within
+  10 degrees of the control, or held; no honest row lost.
+- **Label attacks**: honest answers on the Test photos that change against the control (the same photos honestly
+  labelled by the same identities), the labels the index holds and its size. Goal: <= 1% changed for swaps from any
+  number of anonymous identities, up to 30% of the rows.
+- **Crafted rows**: the trust stage's seconds (``timings_s.trust_s``) for 20,000 rows crafted to share one 32-bit
+  signature half against 20,000 ordinary rows, in the same run. Goal: <= 2x.
+- **State and stack**: a swapped or rolled-back state, damaged local-stack files: the run's exit code and its one line.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import uuid
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +39,9 @@ from common import Recorder, timed
 
 from cloud_pca.pca import largest_angle
 
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data" / "fruits360"
+OWN = ROOT / "data" / "fruits360"
 DAY_MS = 86_400_000
 T0 = 1_790_000_000_000          # the honest uploads' first day (ms since the epoch)
 
@@ -39,8 +51,8 @@ def cognito(i: int, region: str = "eu-west-3") -> str:
 
 
 def write_object(root: Path, rows: dict, client: str, mtime_ms: int, *, valid: bool = True) -> Path:
-    """One object as a device uploads it: ``vectors/model=<sha>/day=<day>/client=<device>/part-<content>.parquet``; ``valid``:
-    through the contract's writer (an honest device), else written raw (an attacker need not)."""
+    """One object as a device uploads it: ``vectors/model=<sha>/day=<day>/client=<device>/part-<content>.parquet``;
+    ``valid``: through the contract's writer (an honest device), else written raw (an attacker need not)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -62,7 +74,7 @@ def write_object(root: Path, rows: dict, client: str, mtime_ms: int, *, valid: b
 def rows_of(table, idx, client: str, features=None, **override) -> dict:
     from datetime import datetime, timezone
 
-    t = table.take(idx)
+    t = table.take(list(map(int, idx)))
     out = {c: t.column(c).to_pylist() for c in t.column_names}
     out["client_id"] = [client] * len(idx)
     out["vectorized_at"] = [datetime.now(timezone.utc)] * len(idx)
@@ -72,27 +84,36 @@ def rows_of(table, idx, client: str, features=None, **override) -> dict:
     return out
 
 
-def honest_set(tmp: Path, n: int):
-    """The honest vectors (contract tables) of n synthetic photos, of n/10 more (the control: what honest newcomers
-    move), and of the web client's shared test photos."""
+def fresh_ids(k: int, tag: str) -> list[str]:
+    return [hashlib.sha256(f"{tag} {i}".encode()).hexdigest() for i in range(k)]
+
+
+# ------------------------------------------------------------------------------------------------ data
+def real_vectors(photos: Path, cache: Path):
+    """The Training and Test photos vectorized once by the Python edge (the committed model), cached."""
     from contract import read_vectors
     from edge_client.vectorize import find_photos, vectorize
     from models import model_path
-    from models.synthetic import generate
-    from web.parity import parity_photos
 
-    photos = generate(tmp / "photos", per_class=max(2, n // 10), n_classes=10, seed=9)
-    vectorize(find_photos([photos]), tmp / "honest.parquet", model_path=model_path(), progress=False)
-    more = generate(tmp / "more", per_class=max(1, n // 100), n_classes=10, seed=10)
-    vectorize(find_photos([more]), tmp / "more.parquet", model_path=model_path(), progress=False)
-    parity = parity_photos(tmp / "parity")
-    vectorize(find_photos([parity]), tmp / "parity.parquet", model_path=model_path(), progress=False)
-    return read_vectors(tmp / "honest.parquet"), read_vectors(tmp / "more.parquet"), read_vectors(tmp / "parity.parquet")
+    out = {}
+    for split in ("Training", "Test"):
+        f = cache / f"{hashlib.sha256(str(photos.resolve()).encode()).hexdigest()[:12]}-{model_path().stem}-{split}.parquet"
+        if not f.exists():
+            f.parent.mkdir(parents=True, exist_ok=True)
+            vectorize(find_photos([photos / split]), f, model_path=model_path(), progress=False, client_id="honest")
+        out[split] = read_vectors(f)
+    return out["Training"], out["Test"]
 
 
-def lay_out_honest(root: Path, honest, parity, per_object: int = 20) -> dict:
-    """Honest objects: 70% from 100 anonymous phones, 30% from 5 keyed laptops, over 10 days; the parity photos from
-    one more phone. Returns {image_id: client}."""
+def split_halves(training):
+    """(honest rows, pool rows): the Training rows split by a hash of the image id."""
+    ids = training.column("image_id").to_pylist()
+    half = np.array([int(i[:8], 16) % 2 for i in ids])
+    return training.take(np.flatnonzero(half == 0)), training.take(np.flatnonzero(half == 1))
+
+
+def lay_out_honest(root: Path, honest, per_object: int = 20) -> dict:
+    """Honest objects: 70% from 100 anonymous phones, 30% from 5 keyed laptops, over 10 days. {image_id: client}."""
     owner = {}
     n = honest.num_rows
     order = np.random.default_rng(1).permutation(n)
@@ -101,65 +122,87 @@ def lay_out_honest(root: Path, honest, parity, per_object: int = 20) -> dict:
         client = cognito(o % 100) if o % 10 < 7 else f"laptop-{o % 5}"
         write_object(root, rows_of(honest, idx, client), client, T0 + (o % 10) * DAY_MS + o * 1000)
         owner.update({honest.column("image_id")[int(i)].as_py(): client for i in idx})
-    phone = cognito(999)
-    write_object(root, rows_of(parity, np.arange(parity.num_rows), phone), phone, T0 + 5 * DAY_MS)
-    owner.update({i: phone for i in parity.column("image_id").to_pylist()})
     return owner
 
 
-def attacks(honest, more, n_attack: int, seed: int = 2) -> dict:
-    """Each attack family: a function writing its objects under ``root`` at time ``when`` (after the honest set).
-    The first is the control: honest photos (``more``), whose angle is what new honest data moves anyway."""
+# --------------------------------------------------------------------------------------------- attacks
+def write_rows(root, when, table, feats, clients, *, ids=None, labels=None, valid=False, tag="a", **override):
+    """Rows with the given features (or the table's), one object per client, raw or through the contract's writer."""
+    k = len(clients)
+    ids = ids or fresh_ids(k, f"{tag} {when}")
+    for j, client in enumerate(sorted(set(clients))):
+        pick = [i for i in range(k) if clients[i] == client]
+        extra = {c: [v[i] for i in pick] for c, v in override.items()}
+        if labels is not None:
+            extra["label"] = [labels[i] for i in pick]
+        src = [i % table.num_rows for i in pick]
+        write_object(root, rows_of(table, src, client, None if feats is None else [feats[i] for i in pick],
+                                   image_id=[ids[i] for i in pick], **extra), client, when + j, valid=valid)
+
+
+def low_variance_shift(x: np.ndarray, honest_x: np.ndarray, columns: int = 100, sd: float = 5.0, top: float = 4.99):
+    """Real photo vectors moved ``sd`` standard deviations (of the honest rows) in the ``columns`` columns where the
+    honest rows vary least (but vary)."""
+    std = honest_x.std(axis=0)
+    low = np.argsort(np.where(std > 0, std, np.inf))[:columns]
+    out = np.array(x, np.float64, copy=True)
+    out[:, low] += sd * std[low]
+    return np.clip(out, 0, top)
+
+
+def vector_attacks(honest, pool, n_attack: int) -> dict:
+    """name -> writer(root, when) of each vector attack; the first is the control."""
     from contract.vectors import features_matrix
 
-    rng = np.random.default_rng(seed)
-    x = features_matrix(honest.column("features"))
+    rng = np.random.default_rng(2)
+    hx = features_matrix(honest.column("features")).astype(np.float64)
+    px = features_matrix(pool.column("features")).astype(np.float64)
     ids = honest.column("image_id").to_pylist()
-    x0 = x[int(rng.integers(len(x)))]
-    d = x.shape[1]
-
-    def fresh_ids(k, tag):
-        return [f"{tag:08x}{i:056x}" for i in range(k)]
-
-    def write(root, when, feats, clients, *, ids_=None, valid=False, **override):
-        k = len(feats)
-        ids_ = ids_ or fresh_ids(k, zlib.crc32(f"{clients[0]} {k} {when}".encode()))
-        for j, client in enumerate(sorted(set(clients))):
-            pick = [i for i in range(k) if clients[i] == client]
-            rows = rows_of(honest, np.zeros(len(pick), int), client, [feats[i] for i in pick],
-                           image_id=[ids_[i] for i in pick], **{c: [v[i] for i in pick] for c, v in override.items()})
-            write_object(root, rows, client, when + j, valid=valid)
+    x0 = hx[int(rng.integers(len(hx)))]
+    d = hx.shape[1]
+    one, many = cognito(5000), [cognito(6000 + i) for i in range(100)]
 
     def near(k, noise):
-        return np.clip(x0 + noise * rng.standard_normal((k, d)) * x0.std(), 0, 6)
+        return np.clip(x0 + noise * rng.standard_normal((k, d)) * x0.std(), 0, 4.99)
 
-    one, many = cognito(5000), [cognito(6000 + i) for i in range(100)]
-    honest_more = features_matrix(more.column("features"))
+    def pool_rows(k):
+        return np.arange(k) % pool.num_rows
+
+    def spread(k):
+        return [many[i % 100] for i in range(k)]
+
+    n_shift = max(1, round(n_attack * 0.9))
+    claimed = min(300, len(ids) // 3)
     return {
-        f"control: {more.num_rows} more honest photos, 100 identities": lambda root, when: write(
-            root, when, honest_more, [many[i % 100] for i in range(more.num_rows)],
-            ids_=more.column("image_id").to_pylist(), valid=True),
-        "one row of 1e30": lambda root, when: write(root, when, [np.full(d, 1e30)], [one]),
-        "one row of 1e6": lambda root, when: write(root, when, [np.full(d, 1e6)], [one]),
-        f"{max(1, n_attack // 3)} rows of negative features": lambda root, when: write(
-            root, when, -x[:max(1, n_attack // 3)], [one] * max(1, n_attack // 3)),
-        f"{n_attack} near-copies of one vector, one identity": lambda root, when: write(
-            root, when, near(n_attack, 0.01), [one] * n_attack),
-        f"{n_attack} near-copies of one vector, 100 identities (Sybil)": lambda root, when: write(
-            root, when, near(n_attack, 0.01), [many[i % 100] for i in range(n_attack)]),
-        f"{n_attack} looser copies (noise 0.1 sd), 100 identities": lambda root, when: write(
-            root, when, near(n_attack, 0.1), [many[i % 100] for i in range(n_attack)]),
-        f"{n_attack} uniform random vectors in [0, 6], 100 identities": lambda root, when: write(
-            root, when, rng.uniform(0, 6, (n_attack, d)), [many[i % 100] for i in range(n_attack)]),
+        f"control: {n_attack} honest photos from the pool, 100 identities": lambda root, when: write_rows(
+            root, when, pool.take(pool_rows(n_attack)), None, spread(n_attack),
+            ids=[pool.column("image_id")[int(i)].as_py() for i in pool_rows(n_attack)], valid=True),
+        "one row of 1e30": lambda root, when: write_rows(root, when, honest, [np.full(d, 1e30)], [one]),
+        "one row of 1e6": lambda root, when: write_rows(root, when, honest, [np.full(d, 1e6)], [one]),
+        f"{max(1, n_attack // 3)} rows of negative features": lambda root, when: write_rows(
+            root, when, honest, -hx[:max(1, n_attack // 3)], [one] * max(1, n_attack // 3)),
+        f"{n_attack} near-copies of one vector, one identity": lambda root, when: write_rows(
+            root, when, honest, near(n_attack, 0.01), [one] * n_attack),
+        f"{n_attack} near-copies of one vector, 100 identities (Sybil)": lambda root, when: write_rows(
+            root, when, honest, near(n_attack, 0.01), spread(n_attack)),
+        f"{n_attack} looser copies (noise 0.1 sd), 100 identities": lambda root, when: write_rows(
+            root, when, honest, near(n_attack, 0.1), spread(n_attack)),
+        f"{n_attack} uniform random vectors in [0, 4.99], 100 identities": lambda root, when: write_rows(
+            root, when, honest, rng.uniform(0, 4.99, (n_attack, d)), spread(n_attack)),
         f"{n_attack} uniform random vectors in [0, 1] (a photo's distance from the center), 100 identities":
-            lambda root, when: write(root, when, rng.uniform(0, 1, (n_attack, d)),
-                                     [many[i % 100] for i in range(n_attack)]),
-        f"{min(300, len(ids) // 3)} honest ids claimed, vectorized_at 1970": lambda root, when: write(
-            root, when, near(min(300, len(ids) // 3), 0.01), [one] * min(300, len(ids) // 3),
-            ids_=ids[:min(300, len(ids) // 3)], vectorized_at=[__import__("datetime").datetime(
-                1970, 1, 1, tzinfo=__import__("datetime").timezone.utc)] * min(300, len(ids) // 3)),
-        "rows naming other devices": lambda root, when: write(
-            root, when, x[:20], [one] * 20, client_id=["laptop-0"] * 20),
+            lambda root, when: write_rows(root, when, honest, rng.uniform(0, 1, (n_attack, d)), spread(n_attack)),
+        f"{n_shift} real photos shifted 5 SD in the 100 lowest-variance columns, one identity":
+            lambda root, when: write_rows(root, when, honest, low_variance_shift(px[pool_rows(n_shift)], hx),
+                                          [one] * n_shift, valid=True),
+        f"{n_shift} real photos shifted 5 SD in the 100 lowest-variance columns, 100 identities":
+            lambda root, when: write_rows(root, when, honest, low_variance_shift(px[pool_rows(n_shift)], hx),
+                                          spread(n_shift), valid=True),
+        f"{claimed} honest ids claimed, vectorized_at 1970": lambda root, when: write_rows(
+            root, when, honest, near(claimed, 0.01), [one] * claimed, ids=ids[:claimed],
+            vectorized_at=[__import__("datetime").datetime(1970, 1, 1, tzinfo=__import__("datetime").timezone.utc)]
+            * claimed),
+        "rows naming other devices": lambda root, when: write_rows(
+            root, when, honest, hx[:20], [one] * 20, client_id=["laptop-0"] * 20),
         "a 0-byte object and a key of 32 dots": lambda root, when: _junk(root, when, one),
     }
 
@@ -174,6 +217,7 @@ def _junk(root: Path, when: int, client: str) -> None:
         os.utime(folder / name, ns=(when * 1_000_000, when * 1_000_000))
 
 
+# ------------------------------------------------------------------------------------------ the chain
 def fit(spark, root: Path, out: Path, run_id: str, k: int, **mode) -> dict:
     from cloud_pca.job import JobConfig, run
 
@@ -182,86 +226,360 @@ def fit(spark, root: Path, out: Path, run_id: str, k: int, **mode) -> dict:
     return {"summary": result.summary, "model": result.model, "run_uri": result.run_uri}
 
 
+def publish_run(spark, run_uri: str, root: Path, k: int):
+    from cloud_pca.publish import publish
+
+    return publish(spark, run_uri, f"file://{root}", k=k)
+
+
 def honest_kept(spark, run_uri: str, owner: dict) -> int:
     """Honest rows fitted as their honest device sent them (an id fitted with another device's vector is lost)."""
     proj = spark.read.parquet(f"{run_uri}/projections").select("image_id", "client_id").collect()
     return len({r["image_id"] for r in proj if owner.get(r["image_id"]) == r["client_id"]})
 
 
+def answers(publication, test) -> list[str]:
+    """The published index's answer for each Test photo, as a phone gives it."""
+    from contract.vectors import features_matrix
+
+    y = publication.projection.project(features_matrix(test.column("features")))
+    return [publication.index.answer(row).answer for row in y]
+
+
+def copy_base(base: Path, to: Path) -> Path:
+    while to.exists():   # (a case that did not add a row to the record)
+        to = to.with_name(to.name + "x")
+    shutil.copytree(base, to, ignore=shutil.ignore_patterns("pca"))
+    return to
+
+
+# ------------------------------------------------------------------------------------------ sections
+def run_vectors(spark, args, base, honest, pool, owner, ref, tmp, rec) -> None:
+    ref_basis = ref["model"].components_[:args.k]
+    n_attack = max(1, ref["summary"]["rows_in"] // 10)
+    print("\n| attack (real photos, up to 10% of the rows) | rows | run | largest angle (deg) | publish | honest rows kept "
+          "| set aside by the trust model |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, attack in vector_attacks(honest, pool, n_attack).items():
+        if args.only and args.only not in name and not name.startswith("control"):
+            continue
+        for mode in ("full", "incremental"):
+            root = copy_base(base, tmp / f"v{len(rec.rows)}")
+            out = root / "pca"
+            if mode == "incremental":   # the honest set counted first, then the attack in a refresh
+                fit(spark, root, out, "state", args.fit_k, full=True)
+            attack(root, T0 + 20 * DAY_MS)
+            try:
+                got, sec = timed(f"{name} {mode}", lambda: fit(spark, root, out, "attack", args.fit_k,
+                                                              **({"incremental": True, "reproject": True}
+                                                                 if mode == "incremental" else {})))
+                done = publish_run(spark, got["run_uri"], root, args.publish_k)
+            except Exception as exc:   # the run must complete: a failure is a result, and shown
+                rec.add(measure="attack", attack=name, mode=mode, completed=False, error=str(exc)[:300])
+                print(f"| {name} | | {mode}: FAILED ({str(exc)[:80]}) | | | | |", flush=True)
+                continue
+            s = got["summary"]
+            angle = largest_angle(got["model"].components_[:args.k], ref_basis)
+            kept = honest_kept(spark, got["run_uri"], owner) if mode == "full" else None
+            c = s.get("contributions") or {}
+            aside = {key: c.get(key, 0) for key in ("screened", "near_copies", "conflicts", "quarantined",
+                                                     "held_back", "replaced_counted")}
+            refused = s["rejected"] - sum(v for v in aside.values() if isinstance(v, int))
+            t = done.record["turn"]
+            verdict = (f"held ({t['turn_deg']:.1f} deg from the projection in force)" if done.held
+                       else f"published ({t['turn_deg']:.1f} deg)")
+            rec.add(measure="attack", attack=name, mode=mode, completed=True, angle_deg=round(angle, 3),
+                    turn_deg=t["turn_deg"], held=done.held, dk_bound_deg=t.get("dk_bound_deg"),
+                    top_driver=(t["drivers"][0]["device"] if t.get("drivers") else None),
+                    honest_kept=kept, honest=len(owner), rows_in=s["rows_in"], rejected=s["rejected"],
+                    seconds=round(sec, 2), trust_s=s["timings_s"].get("trust_s"), **aside)
+            why = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in aside.items() if v) or "-"
+            print(f"| {name} | {s['rows_in']} | {mode} | {angle:.2f} | {verdict} | "
+                  f"{'' if kept is None else f'{kept}/{len(owner)}'} | {why}; {max(refused, 0)} refused by the "
+                  f"contract |", flush=True)
+
+
+def run_drip(spark, args, base, honest, pool, ref, tmp, rec, refreshes: int = 8) -> None:
+    """One identity, 20 shifted rows per refresh: each refresh's turn against the projection in force."""
+    from contract.vectors import features_matrix
+
+    hx = features_matrix(honest.column("features")).astype(np.float64)
+    px = features_matrix(pool.column("features")).astype(np.float64)
+    root = copy_base(base, tmp / "drip")
+    fit(spark, root, root / "pca", "state", args.fit_k, full=True)
+    publish_run(spark, f"file://{root}/pca/run=state", root, args.publish_k)
+    one = cognito(7000)
+    print("\n| slow drip: one identity, 20 shifted real photos per refresh | refresh | rows so far | angle to the honest "
+          "fit (deg) | publish |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in range(refreshes):
+        rows = np.arange(20 * r, 20 * (r + 1)) % pool.num_rows
+        write_rows(root, T0 + (21 + r) * DAY_MS, honest, low_variance_shift(px[rows], hx), [one] * 20, valid=True,
+                   tag=f"drip {r}")
+        got = fit(spark, root, root / "pca", f"drip{r}", args.fit_k, incremental=True, reproject=True)
+        done = publish_run(spark, got["run_uri"], root, args.publish_k)
+        angle = largest_angle(got["model"].components_[:args.k], ref["model"].components_[:args.k])
+        t = done.record["turn"]
+        rec.add(measure="drip", refresh=r + 1, rows=20 * (r + 1), angle_deg=round(angle, 3), turn_deg=t["turn_deg"],
+                held=done.held, top_driver=(t["drivers"][0]["device"] if t.get("drivers") else None))
+        print(f"| | {r + 1} | {20 * (r + 1)} | {angle:.2f} | {'held' if done.held else 'published'} "
+              f"({t['turn_deg']:.1f} deg from the projection in force; first driver "
+              f"{'the drip' if t.get('drivers') and t['drivers'][0]['device'] == one else 'another'}) |", flush=True)
+
+
+def label_attacks(honest, pool, fruits: tuple[str, str], fracs=(0.167, 0.286)) -> dict:
+    """name -> (rows to add: (table of pool rows, labels, clients)) for each label attack and its control."""
+    labels = pool.column("label").to_pylist()
+    a, b = fruits
+    src = [i for i, lab in enumerate(labels) if lab in (a, b)]
+    others = [i for i, lab in enumerate(labels) if lab not in (a, b)]
+    out = {}
+    n = honest.num_rows
+    for frac in fracs:
+        k = int(round(frac / (1 - frac) * n))
+        pick = [src[i % len(src)] for i in range(k)]
+        ids = [cognito(8000 + j % 120) for j in range(k)]
+        tag = f"{frac:.1%} of the rows"
+        out[f"control: {k} real photos of {a} and {b}, honestly labelled, 120 new identities ({tag})"] = (
+            pick, [labels[i] for i in pick], ids)
+        out[f"swap: {k} real photos of {a} labelled {b} and the reverse, 120 new identities ({tag})"] = (
+            pick, [b if labels[i] == a else a for i in pick], ids)
+        earn = [others[j % len(others)] for j in range(120 * 10)]   # each identity first labels 10 photos rightly
+        out[f"swap after earning weight: 120 identities label 10 photos rightly each, then swap {k} ({tag})"] = (
+            earn + pick, [labels[i] for i in earn] + [b if labels[i] == a else a for i in pick],
+            [cognito(9000 + j // 10) for j in range(len(earn))] + [cognito(9000 + j % 120) for j in range(k)])
+        out[f"control for the above: the same 120 identities, every label right ({tag})"] = (
+            earn + pick, [labels[i] for i in earn + pick],
+            [cognito(9000 + j // 10) for j in range(len(earn))] + [cognito(9000 + j % 120) for j in range(k)])
+    lookalike = ["\u0410pple Red", "Apple Red ", "Apple\u200bRed", "\u202eApple Red", "unknown", "", "Not sure: A or B"]
+    pick = [src[i % len(src)] for i in range(len(lookalike) * 10)]
+    out["look-alike labels (Cyrillic А, a trailing space, zero-width, right-to-left, 'unknown', '', 'Not sure: A or B'),"
+        " 10 photos each"] = (pick, [lookalike[j // 10] for j in range(len(pick))],
+                              [cognito(10000 + j) for j in range(len(pick))])
+    many = [others[j % len(others)] for j in range(2000)]
+    out["2,000 labels of 1,000 characters, 2,000 identities"] = (
+        many, [hashlib.sha256(str(j).encode()).hexdigest() * 16 for j in range(2000)],
+        [cognito(20000 + j) for j in range(2000)])
+    return out
+
+
+def run_labels(spark, args, base, honest, pool, test, tmp, rec, honest_answers) -> None:
+    fruits = tuple(args.swap.split(",")) if args.swap else _two_similar(pool)
+    attacks = label_attacks(honest, pool, fruits)
+    results = {"honest": honest_answers}
+    print(f"\n| label attack ({fruits[0]} / {fruits[1]}) | rows added | honest Test answers changed vs its control | "
+          f"right answers | labels in the index | index bytes | anonymous rows counted / sent |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    truth = test.column("label").to_pylist()
+    for name, (pick, labels, clients) in attacks.items():
+        if args.only and args.only not in name and "control" not in name:
+            continue
+        root = copy_base(base, tmp / f"l{len(rec.rows)}")
+        table = pool.take(pick)
+        seen: set = set()
+        ids = []
+        for j, i in enumerate(pick):   # a photo sent again is sent under a new id (a re-encoded copy)
+            ids.append(table.column("image_id")[j].as_py() if i not in seen else fresh_ids(1, f"{name} {j}")[0])
+            seen.add(i)
+        write_rows(root, T0 + 20 * DAY_MS, table, None, clients, labels=labels, valid=True, ids=ids)
+        got = fit(spark, root, root / "pca", "labels", args.fit_k)
+        done = publish_run(spark, got["run_uri"], root, args.publish_k)
+        if done.held:
+            results[name] = None
+            print(f"| {name} | {len(pick)} | held ({done.record['turn']['turn_deg']:.1f} deg) | | | | |", flush=True)
+            continue
+        got_answers = answers(done, test)
+        results[name] = got_answers
+        control = _control_of(name, results)
+        changed = (None if control is None else
+                   float(np.mean([x != y for x, y in zip(control, got_answers)])))
+        right = float(np.mean([x == y for x, y in zip(got_answers, truth)]))
+        v = done.record["labels"]
+        size = len(done.index.to_bytes())
+        rec.add(measure="labels", attack=name, rows=len(pick), changed=changed, right=round(right, 4),
+                labels=len(done.index.labels), index_bytes=size, anonymous_counted=v["anonymous_counted"],
+                anonymous_rows=v["anonymous_rows"], held_labels=v["held_labels"],
+                refused_labels=v["labels_refused_count"])
+        print(f"| {name} | {len(pick)} | {'' if changed is None else f'{changed:.1%}'} | {right:.1%} | "
+              f"{len(done.index.labels)} | {size:,} | {v['anonymous_counted']} / {v['anonymous_rows']} "
+              f"({v['held_labels']} labels held, {v['labels_refused_count']} refused) |", flush=True)
+
+
+def _control_of(name: str, results: dict):
+    """The answers of the control that goes with an attack (its own line, before it in the table)."""
+    if name.startswith("swap:"):
+        tag = name[name.rindex("("):]
+        return next((a for n, a in results.items() if n.startswith("control: ") and n.endswith(tag)), None)
+    if name.startswith("swap after earning"):
+        tag = name[name.rindex("("):]
+        return next((a for n, a in results.items() if n.startswith("control for the above") and n.endswith(tag)), None)
+    if "look-alike" in name or "2,000 labels" in name:
+        return results.get("honest")
+    return None
+
+
+def _two_similar(pool) -> tuple[str, str]:
+    labels = sorted(set(pool.column("label").to_pylist()))
+    for a, b in (("Apple Braeburn", "Apple Red Delicious"), ("Peach", "Nectarine")):
+        if a in labels and b in labels:
+            return a, b
+    return labels[0], labels[1]
+
+
+def run_crafted(spark, args, base, honest, tmp, rec) -> None:
+    """The trust stage's seconds for N ordinary anonymous rows against N rows crafted to share one 32-bit half of
+    their signatures: with the public seed (what an attacker can compute), and with the state's own key (as if it
+    leaked)."""
+    from contract.vectors import features_matrix
+    from cloud_pca.trust import SIG_BITS, _seed, load_center
+    from models import model_path
+
+    n = args.crafted
+    rng = np.random.default_rng(5)
+    hx = features_matrix(honest.column("features")).astype(np.float64)
+    card = json.loads(model_path().with_suffix(".json").read_text())
+    center = load_center(card) if card.get("feature_center") else hx.mean(axis=0)
+
+    def crafted(key: str | None) -> np.ndarray:
+        """Rows whose 32 low signature bits are one pattern for the planes of ``key``: honest rows moved by the least
+        change along those planes that gives them the pattern (the high 32 bits stay as they were)."""
+        planes = np.random.default_rng(_seed(key)).standard_normal((hx.shape[1], SIG_BITS))[:, :32]
+        want = np.where(np.random.default_rng(9).random(32) < 0.5, -1.0, 1.0)
+        x = hx[rng.integers(len(hx), size=n)] + rng.normal(0, 0.02, (n, hx.shape[1]))
+        z = x - center
+        proj = z @ planes
+        target = want * np.maximum(np.abs(proj), 0.5)
+        delta = (target - proj) @ np.linalg.pinv(planes)
+        return np.clip(center + z + delta, 0, 4.99)
+
+    cases = {"ordinary": hx[rng.integers(len(hx), size=n)] + rng.normal(0, 0.05, (n, hx.shape[1])).clip(-0.5, 0.5),
+             "crafted from the public seed": crafted(None)}
+    print(f"\n| {n:,} anonymous rows, 200 identities | trust stage (s) | / ordinary | whole run (s) | near-copies set aside |")
+    print("| --- | --- | --- | --- | --- |")
+    ordinary = None
+    for name, x in list(cases.items()) + [("crafted for the state's own key (as if it leaked)", None)]:
+        root = copy_base(base, tmp / f"c{len(rec.rows)}")
+        out = root / "pca"
+        got = fit(spark, root, out, "state", args.fit_k, full=True)       # the honest state; its key
+        if x is None:
+            state = json.loads(next((out / "state").rglob("current.json")).read_text())
+            x = crafted(state["sig_key"])
+        write_rows(root, T0 + 20 * DAY_MS, honest, np.clip(x, 0, 4.99), [cognito(30000 + i % 200) for i in range(n)],
+                   valid=True, tag=name)
+        got, sec = timed(name, lambda: fit(spark, root, out, "crafted", args.fit_k, incremental=True))
+        trust_s = got["summary"]["timings_s"]["trust_s"]
+        ordinary = trust_s if ordinary is None else ordinary
+        near = (got["summary"].get("contributions") or {}).get("near_copies", 0)
+        rec.add(measure="crafted", case=name, rows=n, trust_s=round(trust_s, 3), ratio=round(trust_s / ordinary, 2),
+                seconds=round(sec, 2), near_copies=near)
+        print(f"| {name} | {trust_s:.3f} | {trust_s / ordinary:.2f} | {sec:.1f} | {near} |", flush=True)
+
+
+def run_state(tmp: Path, rec) -> None:
+    """A swapped moments.npz and a rolled-back current.json under a real state, and damaged local-stack files:
+    each run's exit code and its error line."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    print("\n| state or stack damaged | exit code | what the run says |")
+    print("| --- | --- | --- |")
+    from common import make_files
+
+    for case in ("an older moments.npz over the current one", "current.json rolled back"):
+        root = tmp / f"s{len(rec.rows)}"
+        make_files(root, 300, 3, seed=1)
+        cmd = [sys.executable, "-c", "import sys; from cloud_pca.cli import main; sys.exit(main())", "--quiet", "pca", "--input", str(root / "vectors"), "--output",
+               str(root / "pca"), "--k", "3", "--incremental"]
+        subprocess.run(cmd + ["--run-id", "a"], env=env, check=True, capture_output=True)
+        first = next((root / "pca" / "state").glob("model=*"))
+        pointer = (first / "current.json").read_bytes()
+        gen_a = json.loads(pointer)["generation"]
+        make_files(root, 100, 1, seed=2, start=1000)
+        subprocess.run(cmd + ["--run-id", "b"], env=env, check=True, capture_output=True)
+        gen_b = json.loads((first / "current.json").read_text())["generation"]
+        if case.startswith("an older"):
+            shutil.copy(first / f"gen={gen_a}" / "moments.npz", first / f"gen={gen_b}" / "moments.npz")
+        else:
+            (first / "current.json").write_bytes(pointer)
+        done = subprocess.run(cmd + ["--run-id", "c"], env=env, capture_output=True, text=True)
+        line = next((x for x in done.stderr.splitlines() if x.startswith("Error:")), done.stderr.strip()[-200:])
+        rec.add(measure="state", case=case, rc=done.returncode, says=line[:300])
+        print(f"| {case} | {done.returncode} | {line[:160]}… |", flush=True)
+    from demo.s3server import LocalS3
+
+    for case in ("a damaged object record", "a damaged bucket.json"):
+        folder = tmp / f"stack{len(rec.rows)}"
+        with LocalS3(mode="process", state=folder / "data") as server:
+            import boto3
+
+            s3 = boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1",
+                              aws_access_key_id="test", aws_secret_access_key="test")
+            s3.create_bucket(Bucket="fruits-local")
+            s3.put_object(Bucket="fruits-local", Key="fruits/vectors/a.parquet", Body=b"a")
+        bucket = folder / "data" / "s3" / "fruits-local"
+        target = bucket / "bucket.json" if "bucket.json" in case else next(p for p in bucket.glob("*.json")
+                                                                           if p.name != "bucket.json")
+        target.write_text('{"key": ')
+        done = subprocess.run([sys.executable, "-m", "demo.stack", "stack"], cwd=ROOT, capture_output=True, text=True,
+                              env={**env, "FRUITS_LOCAL_STACK": str(folder)})
+        line = next((x for x in done.stderr.splitlines() if x.startswith("Error:")), done.stderr.strip()[-200:])
+        rec.add(measure="stack", case=case, rc=done.returncode, says=line[:300])
+        print(f"| local stack: {case} | {done.returncode} | {line[:160]}… |", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--honest", type=int, default=800, help="honest photos (10 classes)")
+    ap.add_argument("--photos", type=Path, default=SHARED if SHARED.is_dir() else OWN,
+                    help="a Fruits-360 layout (Training/, Test/); default ../shared/data/fruits360, else data/fruits360")
     ap.add_argument("--k", type=int, default=10, help="components compared (the top-k subspace)")
-    ap.add_argument("--out", type=Path, default=Path("out/benchmarks"))
-    ap.add_argument("--smoke", action="store_true", help="100 honest photos, k=4: that it runs and writes its results")
-    ap.add_argument("--only", help="run only the attacks whose name holds this text (and the control)")
+    ap.add_argument("--publish-k", type=int, default=32, help="components published (what phones identify with)")
+    ap.add_argument("--swap", help="the two fruits the label swap exchanges, 'A,B' (default two similar ones)")
+    ap.add_argument("--crafted", type=int, default=20000, help="rows of the crafted-signature case")
+    ap.add_argument("--sections", default="vectors,drip,labels,crafted,state")
+    ap.add_argument("--out", type=Path, default=ROOT / "out" / "benchmarks")
+    ap.add_argument("--cache", type=Path, default=Path(os.environ.get("FRUITS_CACHE", ROOT / ".cache")) / "bench-poisoning")
+    ap.add_argument("--smoke", action="store_true", help="the project's own photos, the controls and one attack of each "
+                                                         "kind, 500 crafted rows: that it runs and writes its results")
+    ap.add_argument("--only", help="run only the attacks whose name holds this text (and the controls)")
     args = ap.parse_args()
     if args.smoke:
-        args.honest, args.k = 100, 4
-    from cloud_pca.publish import publish
+        args.photos, args.crafted, args.only = OWN, 500, args.only or "1e30"
+        args.sections = "vectors,labels,crafted,state"
+    sections = set(args.sections.split(","))
+    args.fit_k = max(args.k, args.publish_k)     # the fit keeps enough components to publish; the top k are compared
     from cloud_pca.spark import get_spark
 
     rec = Recorder("poisoning", args.out)
     tmp = Path(tempfile.mkdtemp(prefix="fruits-bench-poisoning-"))
     spark = get_spark("fruits-bench-poisoning", master="local[2]")
     try:
-        (honest, more, parity), seconds = timed("honest vectors", lambda: honest_set(tmp, args.honest))
+        (training, test), seconds = timed("real vectors", lambda: real_vectors(args.photos, args.cache))
+        honest, pool = split_halves(training)
         base = tmp / "honest-root"
-        owner = lay_out_honest(base, honest, parity)
-        honest_ids = set(owner)
-        ref, _ = timed("honest fit", lambda: fit(spark, base, base / "pca", "honest", args.k, full=True))
-        publish(spark, ref["run_uri"], f"file://{base}", k=args.k)
+        owner = lay_out_honest(base, honest)
+        ref, _ = timed("honest fit", lambda: fit(spark, base, base / "pca", "honest", args.fit_k, full=True))
+        first = publish_run(spark, ref["run_uri"], base, args.publish_k)
         s = ref["summary"]
-        kept = set(r["image_id"] for r in spark.read.parquet(f"{ref['run_uri']}/projections").select("image_id")
-                   .collect())
-        synthetic = set(honest.column("image_id").to_pylist())
-        web = set(parity.column("image_id").to_pylist())
-        lost_synthetic, lost_web = len(synthetic - kept), len(web - kept)
-        print(f"honest set: {s['rows_in']} rows from {s.get('contributions', {}).get('devices', '?')} devices; fitted {s['projected']}; "
-              f"set aside: {lost_synthetic} of the {len(synthetic)} synthetic photos (false quarantines, goal 0), "
-              f"{lost_web} of the {len(web)} web test photos (one portrait in {len(web)} encodings: near-copies of "
-              f"each other, counted 3 times at most by design); top-{args.k} variance "
-              f"{s['cumulative_explained_variance']:.3f}", flush=True)
-        rec.add(measure="honest", rows=s["rows_in"], fitted=s["projected"], false_quarantines=lost_synthetic,
-                web_test_photos_set_aside=lost_web, k=args.k)
+        kept = {r["image_id"] for r in spark.read.parquet(f"{ref['run_uri']}/projections").select("image_id").collect()}
+        lost = len(set(owner) - kept)
+        honest_answers = answers(first, test)
+        right = float(np.mean([a == t for a, t in zip(honest_answers, test.column("label").to_pylist())]))
+        print(f"honest set: {s['rows_in']} real photos ({args.photos}) from {s['contributions']['devices']} devices "
+              f"({s['contributions']['anonymous_devices']} anonymous); fitted {s['projected']}, set aside {lost} "
+              f"(goal 0); published with k={args.publish_k}: {right:.1%} of the {test.num_rows} Test photos named "
+              f"right; labels counted: {first.record['labels']['anonymous_counted']} of "
+              f"{first.record['labels']['anonymous_rows']} anonymous rows", flush=True)
+        rec.add(measure="honest", rows=s["rows_in"], fitted=s["projected"], set_aside=lost, right=round(right, 4))
         owner = {i: c for i, c in owner.items() if i in kept}   # an attack must not lose any row the honest fit kept
-        honest_ids = set(owner)
-        ref_basis = ref["model"].components_[:args.k]
-        n_attack = max(1, s["rows_in"] // 10)
-        print("\n| attack | rows | run | largest angle (deg) | honest rows kept | set aside by the trust model |")
-        print("| --- | --- | --- | --- | --- | --- |")
-        for name, attack in attacks(honest, more, n_attack).items():
-            if args.only and args.only not in name and not name.startswith("control"):
-                continue
-            for mode in ("full", "incremental"):
-                root = tmp / f"r{len(rec.rows)}"
-                shutil.copytree(base, root, ignore=shutil.ignore_patterns("pca"))
-                out = root / "pca"
-                if mode == "incremental":   # the honest set counted first, then the attack in a refresh
-                    fit(spark, root, out, "state", args.k, full=True)
-                attack(root / "", T0 + 20 * DAY_MS)
-                try:
-                    got, sec = timed(f"{name} {mode}", lambda: fit(spark, root, out, "attack", args.k,
-                                                                  **({"incremental": True} if mode == "incremental"
-                                                                     else {})))
-                except Exception as exc:   # the run must complete: a failure is a result, and shown
-                    rec.add(measure="attack", attack=name, mode=mode, completed=False, error=str(exc)[:300])
-                    print(f"| {name} | | {mode}: FAILED ({str(exc)[:80]}) | | | |", flush=True)
-                    continue
-                s = got["summary"]
-                angle = largest_angle(got["model"].components_[:args.k], ref_basis)
-                kept = honest_kept(spark, got["run_uri"], owner) if mode == "full" else None
-                c = s.get("contributions") or {}
-                aside = {key: c.get(key, 0) for key in ("screened", "near_copies", "conflicts", "quarantined",
-                                                         "held_back", "replaced_counted")}
-                refused = s["rejected"] - sum(v for v in aside.values() if isinstance(v, int))
-                rec.add(measure="attack", attack=name, mode=mode, completed=True, angle_deg=round(angle, 3),
-                        honest_kept=kept, honest=len(honest_ids), rows_in=s["rows_in"], rejected=s["rejected"],
-                        seconds=round(sec, 2), **aside)
-                why = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in aside.items() if v) or "-"
-                print(f"| {name} | {s['rows_in']} | {mode} | {angle:.2f} | "
-                      f"{'' if kept is None else f'{kept}/{len(honest_ids)}'} | {why}; {max(refused, 0)} refused by "
-                      f"the contract |", flush=True)
+        base_published = base      # (the honest projection in force under base/models: every copy starts from it)
+        if "vectors" in sections:
+            run_vectors(spark, args, base_published, honest, pool, owner, ref, tmp, rec)
+        if "drip" in sections:
+            run_drip(spark, args, base_published, honest, pool, ref, tmp, rec)
+        if "labels" in sections:
+            run_labels(spark, args, base_published, honest, pool, test, tmp, rec, honest_answers)
+        if "crafted" in sections:
+            run_crafted(spark, args, base_published, honest, tmp, rec)
+        if "state" in sections:
+            run_state(tmp, rec)
     finally:
         spark.stop()
         shutil.rmtree(tmp, ignore_errors=True)

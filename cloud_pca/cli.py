@@ -264,7 +264,7 @@ def cmd_publish(args) -> int:
                    driver_read_bytes=int(args.driver_read_mb * 2**20), accept_turn=args.accept_turn,
                    hold_deg=args.hold_turn)
     projection, index, t = done.projection, done.index, done.record["turn"]
-    turned = (f"turn {t['turn_deg']:.1f} degrees from the projection in force (top {t['components']})"
+    turned = (f"top {t['components']} components at most {t['turn_deg']:.1f} degrees outside the projection in force"
               if t.get("turn_deg") is not None else "first publish for this model")
     if done.held:
         print(f"HELD, not published: {t['why']}")

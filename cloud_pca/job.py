@@ -151,6 +151,7 @@ class Scanned:
     screen: object = None         # the card's plausibility screen anonymous rows went through
     contributions: dict | None = None
     sig_key: str | None = None    # the key of the signatures' planes (the state keeps it)
+    trust_s: float = 0.0          # seconds of the trust stage (candidates, counted rows met, decisions)
 
     @property
     def partitions(self) -> int:
@@ -416,6 +417,7 @@ def scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=None, 
         pick_model(model_counts, cfg.model_sha256)
         chosen = cfg.model_sha256 or next(iter(model_counts), None)
         valid = thin.filter(F.col("reason").isNull()).withColumn("_rid", _rid("file", "row"))
+        t_trust = time.perf_counter()
         # Candidates for the trust model, found in Spark; only they reach the driver: copies of one image id (here
         # or counted before), anonymous rows in a dense cluster of signature halves, rows off the published model.
         anon_files = [i for i, f in enumerate(found.files) if f.anonymous]
@@ -453,6 +455,7 @@ def scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=None, 
         if counted is not None and counted.parts:
             counted_rows = counted.rows_for(spark, set(candidates.column("image_id").to_pylist()), dense_lo, dense_hi)
         decision = trust_stage(spark, cfg, found, candidates, counted=counted_rows, screen=screen)
+        trust_s = time.perf_counter() - t_trust
         left = sorted(set(decision.refused) | decision.duplicates | decision.already)
         excluded = np.asarray(left, dtype=np.int64)
         if len(excluded):
@@ -479,7 +482,7 @@ def scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=None, 
             counts["already_counted"] = len(decision.already)
         data = Scanned(found, counts, model_counts, chosen, excluded,
                        valid.select("image_id", "file", "row", "sig", "owner"), rejects, inputs)
-        data.decision, data.screen, data.sig_key = decision, screen, key
+        data.decision, data.screen, data.sig_key, data.trust_s = decision, screen, key, trust_s
         data.contributions = contributions(found, [r.asDict() for r in per_owner], decision, held or [],
                                            inputs.bad, screen)
         return with_sums(spark, data) if gram else data
@@ -543,6 +546,7 @@ def local_scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=
                                               per_model.field("counts").to_pylist()) if m}
     pick_model(model_counts, cfg.model_sha256)
     chosen = cfg.model_sha256 or next(iter(model_counts), None)
+    t_trust = time.perf_counter()
     counted_rows = None
     if counted is not None and counted.parts and valid.num_rows:
         # Near-copies are looked for among anonymous rows only (trust.decide): the signature halves of this batch's
@@ -554,6 +558,7 @@ def local_scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=
         lo, hi = bands(valid.column("sig").to_numpy()[anon])
         counted_rows = counted.rows_for(spark, set(valid.column("image_id").to_pylist()), lo.tolist(), hi.tolist())
     decision = trust_stage(spark, cfg, found, valid, counted=counted_rows, screen=screen)
+    trust_s = time.perf_counter() - t_trust
     rids = ((valid.column("file").to_numpy().astype(np.int64) << 32)
             | valid.column("row").to_numpy().astype(np.int64))
     left = set(decision.refused) | decision.duplicates | decision.already
@@ -588,7 +593,7 @@ def local_scan_stage(spark, cfg: JobConfig, files: list, *, where: str, counted=
         counts["already_counted"] = len(decision.already)
     data = Scanned(found, counts, model_counts, chosen, excluded,
                    fitted.select(["image_id", "file", "row", "sig", "owner"]), rejects, inputs)
-    data.decision, data.screen, data.sig_key = decision, screen, key
+    data.decision, data.screen, data.sig_key, data.trust_s = decision, screen, key, trust_s
     data.contributions = contributions(found, list(per_owner.values()), decision, held or [], inputs.bad, screen)
     return with_sums(spark, data)
 
@@ -944,6 +949,7 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
         shown = data
         try:
             timings["read_validate_s"] = time.perf_counter() - t0
+            timings["trust_s"] = getattr(data, "trust_s", 0.0)   # (part of read_validate_s)
             t = time.perf_counter()
             model, fit_traffic, sums = fit_stage(spark, cfg, data, say, before=state.sums if state else None)
             timings["fit_s"] = time.perf_counter() - t

@@ -404,8 +404,10 @@ def publish_tables(record: dict) -> tuple[list[str], list[tuple[str, list[dict]]
         lines.append(f"Published projection {record.get('projection_id')} and index {record.get('index_id')}"
                      + (" (a turn beyond the hold accepted by the operator)" if record.get("accepted_turn") else "") + ".")
     if t.get("turn_deg") is not None:
-        lines.append(f"The top-{t.get('components')} components turned {t['turn_deg']:.2f} degrees from the projection "
-                     f"in force (held beyond {t.get('hold_deg')}).")
+        lines.append(f"The top-{t.get('components')} components lie at most {t['turn_deg']:.2f} degrees outside the "
+                     f"subspace the projection in force publishes (held beyond {t.get('hold_deg')}); the largest "
+                     f"principal angle between the two top-{t.get('components')} subspaces: "
+                     f"{t.get('subspace_angle_deg', float('nan')):.2f} degrees.")
     elif t.get("why"):
         lines.append(t["why"] + ".")
     if t.get("dk_bound_deg") is not None:

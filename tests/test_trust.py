@@ -170,6 +170,40 @@ def test_anonymous_near_copies_count_three_times_whatever_identities_sent_them()
     assert not d.refused, "different photos are not near-copies"
 
 
+def test_the_near_copy_rule_costs_a_bounded_number_of_comparisons_per_row_whatever_a_bucket_holds(monkeypatch):
+    """20,000 signatures built to share one 32-bit half (what the public planes let an attacker do, and what a leaked
+    key would): every row is compared with at most BUCKET_KEPT kept ones (before: with every one kept before it,
+    quadratic: 119 s for 4,000 rows); near-copies among them are still found; and with the state's own key, rows
+    crafted from the public seed scatter over the buckets like any others."""
+    from cloud_pca import trust
+
+    n = 20_000
+    rng = np.random.default_rng(1)
+    half = int(rng.integers(0, 2**31))
+    high = rng.integers(0, 2**31, n).astype(np.int64) << 32
+    crafted = high | half                                   # one low half for all, the high halves all different
+    crafted[n - 10:] = crafted[0]                           # and 10 exact copies of the first
+    compared = []
+    real = trust.hamming
+
+    def counting(a, b):
+        out = real(a, b)
+        compared.append(np.size(out))
+        return out
+
+    monkeypatch.setattr(trust, "hamming", counting)
+    owners = [f"eu-west-3:00000000-0000-4000-8000-{i % 200:012x}" for i in range(n)]
+    fs = files(*[(o, 1000 + i) for i, o in enumerate(owners[:200])])
+    d = trust.decide(thin([{"rid": i, "id": f"{i:064x}", "file": i % 200, "row": i, "sig": int(crafted[i])}
+                           for i in range(n)]), fs)
+    assert sum(compared) <= 2 * n * trust.BUCKET_KEPT, sum(compared)
+    # the first and its first 2 copies count (3), the other 8 copies are found: through the other half's bucket
+    assert set(range(n - 8, n)) <= set(d.refused) and not {0, n - 10, n - 9} & set(d.refused), sorted(d.refused)[:20]
+    # keyed planes: the same vectors give other signatures under another key
+    x = by_id(range(40))
+    assert (trust.signatures(x, population_center()) != trust.signatures(x, population_center(), "a key")).all()
+
+
 def test_one_anonymous_device_is_held_back_beyond_its_daily_rows():
     from cloud_pca.inputs import InputFile
     from cloud_pca.trust import DAILY_ROWS, hold_back
