@@ -232,15 +232,18 @@ def test_the_incremental_pca_step_on_a_cluster(cluster, s3_server, spark, tmp_pa
     from cloud_pca.job import JobConfig, run
     from vectors_for_tests import contract_rows, layout_key, low_rank, put_rows
 
+    from bootstrap.emr import model_sha256
+
     s3 = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1")
     bucket = "fruits-incremental-test"
     s3.create_bucket(Bucket=bucket)
     x = low_rank(n=400, seed=5)
+    fp32 = "mobilenetv2_160_fp32.tflite"     # the chain fits the launch model's vectors only (--model-sha256)
     for run_id, lo, hi in (("d1", 0, 200), ("d2", 200, 400)):
         for i, (a, b) in enumerate(((lo, lo + 100), (lo + 100, hi))):
-            rows = contract_rows(b - a, start=a, x=x[a:b])
+            rows = contract_rows(b - a, start=a, x=x[a:b], model=model_sha256(fp32))
             put_rows(s3, bucket, layout_key(PREFIX, rows), rows)
-        rehearse(ClusterSpec(bucket=bucket, prefix=PREFIX, k=5, incremental=True, run_id=run_id),
+        rehearse(ClusterSpec(bucket=bucket, prefix=PREFIX, k=5, incremental=True, run_id=run_id, model=fp32),
                  master=cluster.master_url, endpoint_url=s3_server.endpoint_url, workdir=tmp_path / run_id)
     second = get_json(s3, bucket, f"{PREFIX}/pca/run=d2/summary.json")["incremental"]
     assert (second["objects_counted_before"], second["objects_read"], second["rows_total"]) == (2, 2, 400)

@@ -280,10 +280,11 @@ def test_upload_raw_names_what_it_refuses_and_never_sticks(tmp_path, photos, s3,
     assert run_cli("--quiet", *args) == 3        # a re-run: nothing new, the same refusals
     raw = keys(s3, bucket, "team/raw/")
     # jpg (twice the same bytes: one object), heic, avif, the animated gif (this device does not decode: the
-    # cloud's featurization rejects it with its reason), the rotated one under the label with a newline.
-    assert len(raw) == 5 and any("label=Red%0AApple" in k for k in raw), raw
-    head = s3.head_object(Bucket=bucket, Key=next(k for k in raw if "Red%0AApple" in k))
-    assert head["Metadata"]["fruits-label"] == "Red%0AApple"
+    # cloud's featurization rejects it with its reason), the rotated one under the label with a newline, which the
+    # label rules (contract.labels) make one space: "Red Apple".
+    assert len(raw) == 5 and any("label=Red%20Apple" in k for k in raw), raw
+    head = s3.head_object(Bucket=bucket, Key=next(k for k in raw if "Red%20Apple" in k))
+    assert head["Metadata"]["fruits-label"] == "Red Apple"
     with open(tmp_path / "upload-raw.rejects.csv", newline="") as f:
         listed = {r["source"]: r["reason"] for r in csv.DictReader(f)}
     assert set(listed) == {"Lime/logo.svg", "notes.txt"} and "other file(s) skipped" in capsys.readouterr().out
