@@ -345,18 +345,21 @@ def label_attacks(honest, pool, fruits: tuple[str, str], fracs=(0.167, 0.286)) -
         out[f"swap: {k} real photos of {a} labelled {b} and the reverse, 120 new identities ({tag})"] = (
             pick, [b if labels[i] == a else a for i in pick], ids)
         earn = [others[j % len(others)] for j in range(120 * 10)]   # each identity first labels 10 photos rightly
-        out[f"swap after earning weight: 120 identities label 10 photos rightly each, then swap {k} ({tag})"] = (
-            earn + pick, [labels[i] for i in earn] + [b if labels[i] == a else a for i in pick],
-            [cognito(9000 + j // 10) for j in range(len(earn))] + [cognito(9000 + j % 120) for j in range(k)])
-        out[f"control for the above: the same 120 identities, every label right ({tag})"] = (
-            earn + pick, [labels[i] for i in earn + pick],
-            [cognito(9000 + j // 10) for j in range(len(earn))] + [cognito(9000 + j % 120) for j in range(k)])
+        earners = [cognito(9000 + j // 10) for j in range(len(earn))] + [cognito(9000 + j % 120) for j in range(k)]
+        out[f"control for the next: 120 identities label 10 photos rightly each, then {k} more rightly ({tag})"] = (
+            earn + pick, [labels[i] for i in earn + pick], earners)
+        out[f"swap after earning weight: the same 120 identities, the {k} swapped ({tag})"] = (
+            earn + pick, [labels[i] for i in earn] + [b if labels[i] == a else a for i in pick], earners)
     lookalike = ["\u0410pple Red", "Apple Red ", "Apple\u200bRed", "\u202eApple Red", "unknown", "", "Not sure: A or B"]
     pick = [src[i % len(src)] for i in range(len(lookalike) * 10)]
+    out["control for the next: the same 70 photos, honestly labelled"] = (
+        pick, [labels[i] for i in pick], [cognito(10000 + j) for j in range(len(pick))])
     out["look-alike labels (Cyrillic А, a trailing space, zero-width, right-to-left, 'unknown', '', 'Not sure: A or B'),"
         " 10 photos each"] = (pick, [lookalike[j // 10] for j in range(len(pick))],
                               [cognito(10000 + j) for j in range(len(pick))])
     many = [others[j % len(others)] for j in range(2000)]
+    out["control for the next: the same 2,000 photos, honestly labelled"] = (
+        many, [labels[i] for i in many], [cognito(20000 + j) for j in range(2000)])
     out["2,000 labels of 1,000 characters, 2,000 identities"] = (
         many, [hashlib.sha256(str(j).encode()).hexdigest() * 16 for j in range(2000)],
         [cognito(20000 + j) for j in range(2000)])
@@ -410,12 +413,10 @@ def _control_of(name: str, results: dict):
     if name.startswith("swap:"):
         tag = name[name.rindex("("):]
         return next((a for n, a in results.items() if n.startswith("control: ") and n.endswith(tag)), None)
-    if name.startswith("swap after earning"):
-        tag = name[name.rindex("("):]
-        return next((a for n, a in results.items() if n.startswith("control for the above") and n.endswith(tag)), None)
-    if "look-alike" in name or "2,000 labels" in name:
-        return results.get("honest")
-    return None
+    if name.startswith("control"):
+        return None
+    before = [n for n in results if n != "honest"]       # the line before an attack is its control
+    return results.get(before[-2]) if len(before) >= 2 and before[-2].startswith("control for the next") else None
 
 
 def _two_similar(pool) -> tuple[str, str]:
@@ -549,6 +550,12 @@ def main() -> int:
 
     rec = Recorder("poisoning", args.out)
     tmp = Path(tempfile.mkdtemp(prefix="fruits-bench-poisoning-"))
+    # One signature key for every fresh state of this run (a deployment's is random, each --full a new one): the
+    # near-copy rule then decides alike wherever the rows are alike, so a case and its control differ only by what the
+    # attack sent, not by which of the honest near-identical frames a fresh key happened to keep.
+    import cloud_pca.trust as trust
+
+    trust.new_key = lambda: hashlib.sha256(b"bench-poisoning").hexdigest()
     spark = get_spark("fruits-bench-poisoning", master="local[2]")
     try:
         (training, test), seconds = timed("real vectors", lambda: real_vectors(args.photos, args.cache))

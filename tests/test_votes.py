@@ -169,3 +169,36 @@ def test_a_refresh_that_turns_the_components_is_held_until_the_operator_accepts_
     record = json.loads((tmp_path / "pca" / "run=shifted" / "publish.json").read_text())
     assert record["published"] and record["accepted_turn"] and not record["held"]
     assert (root / latest_projection_key("", honest.column("model_sha256")[0].as_py())).read_bytes() != pointer
+
+
+class _Index:
+    """Two fruits at fixed distances per row: what the trusted fit says of each row, and nothing else."""
+
+    labels = ["Apple", "Pear"]
+    unknown_distance, not_sure_ratio = 0.5, 0.8
+
+    def distances(self, y):
+        return np.asarray(y, np.float64)       # each row holds its distances to Apple and to Pear
+
+
+def test_a_heavy_identity_cannot_tip_a_close_call_only_add_where_the_trusted_fit_leans_its_way():
+    from cloud_pca.votes import AGREE, DISAGREE, LEANS, LEANS_ELSEWHERE, UNDECIDED, verdicts, weigh
+
+    ix = _Index()
+    rows = np.array([[0.1, 0.9],     # sure: Apple
+                     [0.40, 0.45],   # not sure, leans Apple
+                     [0.40, 0.45],
+                     [0.9, 0.95],    # unknown, leans Apple
+                     [0.9, 0.95]])
+    assert verdicts(ix, rows, ["Apple", "Apple", "Pear", "Apple", "Pear"]) == [AGREE, UNDECIDED, LEANS, UNDECIDED, LEANS]
+    assert verdicts(ix, rows[:1], ["Pear"]) == [DISAGREE]
+    assert verdicts(ix, rows[1:2], ["Plum"]) == [UNDECIDED], "a fruit the trusted fit does not know may be taught"
+    # one anonymous identity with 10 agreeing rows (weight 10/15), then two close calls: the one leaning its way
+    # counts, the one leaning to the other fruit does not, and does not cost the identity its weight
+    phone = "eu-west-3:" + str(uuid.UUID(int=7, version=4))
+    y = np.concatenate([[[0.1, 0.9]] * 10, rows[1:3], [[0.1, 0.9], [0.9, 0.1]]])
+    labels = ["Apple"] * 10 + ["Apple", "Pear"] + ["Apple", "Pear"]
+    clients = [phone] * 12 + ["laptop", "laptop"]
+    v = weigh(y, labels, clients, [None] * 14, [f"id{i}" for i in range(14)], fit=lambda r, labs: ix)
+    assert v.counted[:11].all() and not v.counted[11] and v.why[11] == LEANS_ELSEWHERE, (v.counted, v.why)
+    assert v.weights[phone] == (10, 0, 10 / 15)
