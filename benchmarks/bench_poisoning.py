@@ -348,6 +348,8 @@ def label_attacks(honest, pool, fruits: tuple[str, str], fracs=(0.167, 0.286)) -
         earners = [cognito(9000 + j // 10) for j in range(len(earn))] + [cognito(9000 + j % 120) for j in range(k)]
         out[f"control for the next: 120 identities label 10 photos rightly each, then {k} more rightly ({tag})"] = (
             earn + pick, [labels[i] for i in earn + pick], earners)
+        out[f"control for the next: the same, the {k} sent without a label ({tag})"] = (
+            earn + pick, [labels[i] for i in earn] + [None] * k, earners)
         out[f"swap after earning weight: the same 120 identities, the {k} swapped ({tag})"] = (
             earn + pick, [labels[i] for i in earn] + [b if labels[i] == a else a for i in pick], earners)
     lookalike = ["\u0410pple Red", "Apple Red ", "Apple\u200bRed", "\u202eApple Red", "unknown", "", "Not sure: A or B"]
@@ -370,7 +372,7 @@ def run_labels(spark, args, base, honest, pool, test, tmp, rec, honest_answers) 
     fruits = tuple(args.swap.split(",")) if args.swap else _two_similar(pool)
     attacks = label_attacks(honest, pool, fruits)
     results = {"honest": honest_answers}
-    print(f"\n| label attack ({fruits[0]} / {fruits[1]}) | rows added | honest Test answers changed vs its control | "
+    print(f"\n| label attack ({fruits[0]} / {fruits[1]}) | rows added | honest Test answers changed vs its control (/ vs the same photos unlabelled) | "
           f"right answers | labels in the index | index bytes | anonymous rows counted / sent |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     truth = test.column("label").to_pylist()
@@ -393,30 +395,37 @@ def run_labels(spark, args, base, honest, pool, test, tmp, rec, honest_answers) 
             continue
         got_answers = answers(done, test)
         results[name] = got_answers
-        control = _control_of(name, results)
-        changed = (None if control is None else
-                   float(np.mean([x != y for x, y in zip(control, got_answers)])))
+        controls = _controls_of(name, results)
+        changes = [float(np.mean([x != y for x, y in zip(c, got_answers)])) for c in controls if c is not None]
+        changed = changes[0] if changes else None
         right = float(np.mean([x == y for x, y in zip(got_answers, truth)]))
         v = done.record["labels"]
         size = len(done.index.to_bytes())
-        rec.add(measure="labels", attack=name, rows=len(pick), changed=changed, right=round(right, 4),
+        rec.add(measure="labels", attack=name, rows=len(pick), changed=changed,
+                changed_vs_unlabelled=changes[1] if len(changes) > 1 else None, right=round(right, 4),
                 labels=len(done.index.labels), index_bytes=size, anonymous_counted=v["anonymous_counted"],
                 anonymous_rows=v["anonymous_rows"], held_labels=v["held_labels"],
                 refused_labels=v["labels_refused_count"])
-        print(f"| {name} | {len(pick)} | {'' if changed is None else f'{changed:.1%}'} | {right:.1%} | "
+        shown = " / ".join(f"{c:.1%}" for c in changes)
+        print(f"| {name} | {len(pick)} | {shown} | {right:.1%} | "
               f"{len(done.index.labels)} | {size:,} | {v['anonymous_counted']} / {v['anonymous_rows']} "
               f"({v['held_labels']} labels held, {v['labels_refused_count']} refused) |", flush=True)
 
 
-def _control_of(name: str, results: dict):
-    """The answers of the control that goes with an attack (its own line, before it in the table)."""
+def _controls_of(name: str, results: dict) -> list:
+    """The answers of the controls that go with an attack: the lines "control for the next" just before it (the same
+    photos honestly labelled first; then, where there is one, the same photos sent without a label: what the attack's
+    labels did beyond taking its rows' honest labels away)."""
     if name.startswith("swap:"):
         tag = name[name.rindex("("):]
-        return next((a for n, a in results.items() if n.startswith("control: ") and n.endswith(tag)), None)
+        return [next((a for n, a in results.items() if n.startswith("control: ") and n.endswith(tag)), None)]
     if name.startswith("control"):
-        return None
-    before = [n for n in results if n != "honest"]       # the line before an attack is its control
-    return results.get(before[-2]) if len(before) >= 2 and before[-2].startswith("control for the next") else None
+        return []
+    before = [n for n in results if n != "honest"][:-1]
+    mine = []
+    while before and before[-1].startswith("control for the next"):
+        mine.insert(0, results[before.pop()])
+    return mine
 
 
 def _two_similar(pool) -> tuple[str, str]:
