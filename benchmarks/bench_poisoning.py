@@ -376,6 +376,22 @@ def run_labels(spark, args, base, honest, pool, test, tmp, rec, honest_answers) 
           f"right answers | labels in the index | index bytes | anonymous rows counted / sent |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     truth = test.column("label").to_pylist()
+    # The index's own noise, no attack: the honest set with some of its objects (20 rows each) left out. An attack
+    # whose rows count for nothing still changes which rows the index is fitted on; this is what that alone moves.
+    objects = sorted((base / "vectors").rglob("*.parquet"))
+    for n_out in (1, 5):
+        root = copy_base(base, tmp / f"n{n_out}")
+        for f in np.random.default_rng(n_out).choice(objects, n_out, replace=False):
+            (root / Path(f).relative_to(base)).unlink()
+        got = fit(spark, root, root / "pca", "noise", args.fit_k)
+        done = publish_run(spark, got["run_uri"], root, args.publish_k)
+        mine = answers(done, test)
+        changed = float(np.mean([x != y for x, y in zip(honest_answers, mine)]))
+        right = float(np.mean([x == y for x, y in zip(mine, truth)]))
+        name = f"no attack: the honest set with {n_out * 20} of its rows left out (the index's own noise)"
+        rec.add(measure="labels", attack=name, rows=-20 * n_out, changed=changed, right=round(right, 4))
+        print(f"| {name} | {-20 * n_out} | {changed:.1%} | {right:.1%} | {len(done.index.labels)} | "
+              f"{len(done.index.to_bytes()):,} | |", flush=True)
     for name, (pick, labels, clients) in attacks.items():
         if args.only and args.only not in name and "control" not in name:
             continue

@@ -98,9 +98,14 @@ def measure(model, published, y: np.ndarray, owners: list, anonymous: np.ndarray
             d[0] += float(s)
             d[1] += 1
         out["drivers"] = drivers(by, total, n)
+    return _hold(out, angle, mm, hold_deg)
+
+
+def _hold(out: dict, angle: float, m: int, hold_deg: float) -> dict:
+    """The record held, and why, when the turn passes ``hold_deg``."""
     if angle > hold_deg:
         out["held"] = True
-        out["why"] = (f"one of the top-{mm} components would lie {angle:.1f} degrees outside what the projection in force "
+        out["why"] = (f"one of the top-{m} components would lie {angle:.1f} degrees outside what the projection in force "
                       f"publishes (more than {hold_deg:g}): held for the operator, who publishes it with --accept-turn "
                       f"once the devices listed have been looked at")
     return out
@@ -166,9 +171,4 @@ def measure_in_spark(spark, model, published, proj, *, hold_deg: float = HOLD_TU
     total = sum(float(r["score"]) for r in rows) or 1.0
     out["drivers"] = drivers({r["owner"]: [float(r["score"]), int(r["rows"]), bool(r["anonymous"])] for r in rows},
                              total, n)
-    if out_angle > hold_deg:
-        out["held"] = True
-        out["why"] = (f"one of the top-{m} components would lie {out_angle:.1f} degrees outside what the projection in "
-                      f"force publishes (more than {hold_deg:g}): held for the operator, who publishes it with "
-                      f"--accept-turn once the devices listed have been looked at")
-    return out
+    return _hold(out, out_angle, m, hold_deg)
