@@ -108,3 +108,22 @@ def test_identify_smoke(tmp_path):
     assert {"nearest centroid, published space", "1-NN, published space", "1-NN, 1280-d"} <= set(r)
     if engine != "none":
         assert r["page_answers_differing"] == 0 and r["page_ms_per_photo"] > 0
+
+
+def test_poisoning_smoke(tmp_path):
+    """The poisoning bench on the project's real photos: an honest fit, a refused row, a label swap from new
+    identities against its control (which changes no answer: their labels weigh nothing), crafted near-copy rows,
+    a swapped state and damaged local-stack files (one error each)."""
+    bench("poisoning", tmp_path, timeout=900)
+    got = rows(tmp_path, "poisoning")
+    honest = [r for r in got if r["measure"] == "honest"][0]
+    assert honest["rows"] == 366 and honest["set_aside"] <= 3        # honest near-identical frames: 3 counted each
+    junk = [r for r in got if r["measure"] == "attack" and r["attack"] == "one row of 1e30"]
+    assert {r["mode"] for r in junk} == {"full", "incremental"} and all(r["rejected"] == 1 for r in junk), junk
+    assert all(not r["held"] and r["turn_deg"] < 5 for r in junk), junk
+    swap = [r for r in got if r["measure"] == "labels" and r["attack"].startswith("swap:")]
+    assert len(swap) == 1 and swap[0]["changed"] == 0.0, swap
+    crafted = [r for r in got if r["measure"] == "crafted"]
+    assert len(crafted) == 3 and all(r["trust_s"] > 0 and r["near_copies"] > 0 for r in crafted), crafted
+    broken = [r for r in got if r["measure"] in ("state", "stack")]
+    assert len(broken) == 4 and all(r["rc"] == 1 and r["says"].startswith("Error: ") for r in broken), broken
