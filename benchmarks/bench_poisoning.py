@@ -375,8 +375,8 @@ def run_labels(spark, args, base, honest, pool, test, tmp, rec, honest_answers) 
         attacks = dict(list(label_attacks(honest, pool, fruits, fracs=(0.167,)).items())[:2])
     results = {"honest": honest_answers}
     print(f"\n| label attack ({fruits[0]} / {fruits[1]}) | rows added | honest Test answers changed vs its control (/ vs the same photos unlabelled) | "
-          f"right answers | labels in the index | index bytes | anonymous rows counted / sent |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          f"newly given a wrong fruit's name | right answers | labels in the index | index bytes | anonymous rows counted / sent |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     truth = test.column("label").to_pylist()
     # The index's own noise, no attack: the honest set with some of its objects (20 rows each) left out. An attack
     # whose rows count for nothing still changes which rows the index is fitted on; this is what that alone moves.
@@ -391,8 +391,10 @@ def run_labels(spark, args, base, honest, pool, test, tmp, rec, honest_answers) 
         changed = float(np.mean([x != y for x, y in zip(honest_answers, mine)]))
         right = float(np.mean([x == y for x, y in zip(mine, truth)]))
         name = f"no attack: the honest set with {n_out * 20} of its rows left out (the index's own noise)"
-        rec.add(measure="labels", attack=name, rows=-20 * n_out, changed=changed, right=round(right, 4))
-        print(f"| {name} | {-20 * n_out} | {changed:.1%} | {right:.1%} | {len(done.index.labels)} | "
+        wrong = float(np.mean([_named_wrong(y, t) and x != y for x, y, t in zip(honest_answers, mine, truth)]))
+        rec.add(measure="labels", attack=name, rows=-20 * n_out, changed=changed, wrong_name_new=wrong,
+                right=round(right, 4))
+        print(f"| {name} | {-20 * n_out} | {changed:.1%} | {wrong:.1%} | {right:.1%} | {len(done.index.labels)} | "
               f"{len(done.index.to_bytes()):,} | |", flush=True)
     for name, (pick, labels, clients) in attacks.items():
         if args.only and args.only not in name and "control" not in name and not args.smoke:
@@ -409,25 +411,34 @@ def run_labels(spark, args, base, honest, pool, test, tmp, rec, honest_answers) 
         done = publish_run(spark, got["run_uri"], root, args.publish_k)
         if done.held:
             results[name] = None
-            print(f"| {name} | {len(pick)} | held ({done.record['turn']['turn_deg']:.1f} deg) | | | | |", flush=True)
+            print(f"| {name} | {len(pick)} | held ({done.record['turn']['turn_deg']:.1f} deg) | | | | | |", flush=True)
             continue
         got_answers = answers(done, test)
         results[name] = got_answers
         controls = _controls_of(name, results)
         changes = [float(np.mean([x != y for x, y in zip(c, got_answers)])) for c in controls if c is not None]
         changed = changes[0] if changes else None
+        # steering: honest photos the attack makes the phone give a wrong fruit's name that its control did not give
+        steered = [float(np.mean([_named_wrong(y, t) and x != y for x, y, t in zip(c, got_answers, truth)]))
+                   for c in controls if c is not None]
         right = float(np.mean([x == y for x, y in zip(got_answers, truth)]))
         v = done.record["labels"]
         size = len(done.index.to_bytes())
         rec.add(measure="labels", attack=name, rows=len(pick), changed=changed,
-                changed_vs_unlabelled=changes[1] if len(changes) > 1 else None, right=round(right, 4),
+                changed_vs_unlabelled=changes[1] if len(changes) > 1 else None,
+                wrong_name_new=steered[0] if steered else None, right=round(right, 4),
                 labels=len(done.index.labels), index_bytes=size, anonymous_counted=v["anonymous_counted"],
                 anonymous_rows=v["anonymous_rows"], held_labels=v["held_labels"],
                 refused_labels=v["labels_refused_count"])
         shown = " / ".join(f"{c:.1%}" for c in changes)
-        print(f"| {name} | {len(pick)} | {shown} | {right:.1%} | "
+        wrong = " / ".join(f"{c:.1%}" for c in steered)
+        print(f"| {name} | {len(pick)} | {shown} | {wrong} | {right:.1%} | "
               f"{len(done.index.labels)} | {size:,} | {v['anonymous_counted']} / {v['anonymous_rows']} "
               f"({v['held_labels']} labels held, {v['labels_refused_count']} refused) |", flush=True)
+
+
+def _named_wrong(answer: str, truth: str) -> bool:
+    return answer != truth and answer != "unknown" and not answer.startswith("not sure")
 
 
 def _controls_of(name: str, results: dict) -> list:
