@@ -370,9 +370,9 @@ def label_attacks(honest, pool, fruits: tuple[str, str], fracs=(0.167, 0.286)) -
 
 def run_labels(spark, args, base, honest, pool, test, tmp, rec, honest_answers) -> None:
     fruits = tuple(args.swap.split(",")) if args.swap else _two_similar(pool)
-    attacks = label_attacks(honest, pool, fruits)
+    attacks = label_attacks(honest, pool, fruits, fracs=(0.167,) if args.smoke else (0.167, 0.286))
     if args.smoke:     # the swap and its control
-        attacks = dict(list(label_attacks(honest, pool, fruits, fracs=(0.167,)).items())[:2])
+        attacks = dict(list(attacks.items())[:2])
     results = {"honest": honest_answers}
     print(f"\n| label attack ({fruits[0]} / {fruits[1]}) | rows added | honest Test answers changed vs its control (/ vs the same photos unlabelled) | "
           f"newly given a wrong fruit's name | right answers | labels in the index | index bytes | anonymous rows counted / sent |")
@@ -388,10 +388,9 @@ def run_labels(spark, args, base, honest, pool, test, tmp, rec, honest_answers) 
         got = fit(spark, root, root / "pca", "noise", args.fit_k)
         done = publish_run(spark, got["run_uri"], root, args.publish_k)
         mine = answers(done, test)
-        changed = float(np.mean([x != y for x, y in zip(honest_answers, mine)]))
+        changed, wrong = _compared(honest_answers, mine, truth)
         right = float(np.mean([x == y for x, y in zip(mine, truth)]))
         name = f"no attack: the honest set with {n_out * 20} of its rows left out (the index's own noise)"
-        wrong = float(np.mean([_named_wrong(y, t) and x != y for x, y, t in zip(honest_answers, mine, truth)]))
         rec.add(measure="labels", attack=name, rows=-20 * n_out, changed=changed, wrong_name_new=wrong,
                 right=round(right, 4))
         print(f"| {name} | {-20 * n_out} | {changed:.1%} | {wrong:.1%} | {right:.1%} | {len(done.index.labels)} | "
@@ -415,12 +414,9 @@ def run_labels(spark, args, base, honest, pool, test, tmp, rec, honest_answers) 
             continue
         got_answers = answers(done, test)
         results[name] = got_answers
-        controls = _controls_of(name, results)
-        changes = [float(np.mean([x != y for x, y in zip(c, got_answers)])) for c in controls if c is not None]
+        compared = [_compared(c, got_answers, truth) for c in _controls_of(name, results) if c is not None]
+        changes, steered = [c for c, _ in compared], [w for _, w in compared]
         changed = changes[0] if changes else None
-        # steering: honest photos the attack makes the phone give a wrong fruit's name that its control did not give
-        steered = [float(np.mean([_named_wrong(y, t) and x != y for x, y, t in zip(c, got_answers, truth)]))
-                   for c in controls if c is not None]
         right = float(np.mean([x == y for x, y in zip(got_answers, truth)]))
         v = done.record["labels"]
         size = len(done.index.to_bytes())
@@ -437,8 +433,13 @@ def run_labels(spark, args, base, honest, pool, test, tmp, rec, honest_answers) 
               f"({v['held_labels']} labels held, {v['labels_refused_count']} refused) |", flush=True)
 
 
-def _named_wrong(answer: str, truth: str) -> bool:
-    return answer != truth and answer != "unknown" and not answer.startswith("not sure")
+def _compared(before: list, after: list, truth: list) -> tuple[float, float]:
+    """(the share of answers that changed, the share newly given a wrong fruit's name: the steering)."""
+    def named_wrong(answer: str, t: str) -> bool:
+        return answer != t and answer != "unknown" and not answer.startswith("not sure")
+
+    return (float(np.mean([x != y for x, y in zip(before, after)])),
+            float(np.mean([x != y and named_wrong(y, t) for x, y, t in zip(before, after, truth)])))
 
 
 def _controls_of(name: str, results: dict) -> list:
