@@ -2,7 +2,7 @@
 an honest set of real photos and run as the daily chain runs it (``cloud_pca.job.run``, the gram solver, local[2],
 full and incremental; then ``publish`` against the projection in force, which holds a refit that turns too far).
 
-    ./run bench poisoning [--photos DIR] [--k 10] [--only TEXT] [--smoke]
+    ./run bench poisoning [--photos DIR] [--k 10] [--only TEXT] [--draws 5] [--smoke]
 
 Honest set: real Fruits-360 photos (``../shared/data/fruits360`` when it is there, else ``data/fruits360``), the
 Training frames split in two by image id: one half is what honest devices sent (70% from 100 anonymous phones, 30% from
@@ -15,7 +15,9 @@ frames are what honest answers are measured on. The honest fit is published firs
   10 degrees of the control, or held; no honest row lost.
 - **Label attacks**: honest answers on the Test photos that change against the control (the same photos honestly
   labelled by the same identities), the labels the index holds and its size. Goal: <= 1% changed for swaps from any
-  number of anonymous identities, up to 30% of the rows.
+  number of anonymous identities, up to 30% of the rows. Which ids the re-sent photos get decides the order the
+  index samples rows in, so the index's own noise and the earned-weight swap are measured over ``--draws`` draws
+  (mean and range).
 - **Crafted rows**: the trust stage's seconds (``timings_s.trust_s``) for 20,000 rows crafted to share one 32-bit
   signature half against 20,000 ordinary rows, in the same run. Goal: <= 2x.
 - **State and stack**: a swapped or rolled-back state, damaged local-stack files: the run's exit code and its one line.
@@ -378,59 +380,104 @@ def run_labels(spark, args, base, honest, pool, test, tmp, rec, honest_answers) 
           f"newly given a wrong fruit's name | right answers | labels in the index | index bytes | anonymous rows counted / sent |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     truth = test.column("label").to_pylist()
+    draws = 1 if args.smoke else max(1, args.draws)
     # The index's own noise, no attack: the honest set with some of its objects (20 rows each) left out. An attack
     # whose rows count for nothing still changes which rows the index is fitted on; this is what that alone moves.
     objects = sorted((base / "vectors").rglob("*.parquet"))
     for n_out in () if args.smoke else (1, 5):
-        root = copy_base(base, tmp / f"n{n_out}")
-        for f in np.random.default_rng(n_out).choice(objects, n_out, replace=False):
-            (root / Path(f).relative_to(base)).unlink()
-        got = fit(spark, root, root / "pca", "noise", args.fit_k)
-        done = publish_run(spark, got["run_uri"], root, args.publish_k)
-        mine = answers(done, test)
-        changed, wrong = _compared(honest_answers, mine, truth)
-        right = float(np.mean([x == y for x, y in zip(mine, truth)]))
+        seen_changes = []
+        for draw in range(draws):
+            root = copy_base(base, tmp / f"n{n_out}d{draw}")
+            rng = np.random.default_rng(n_out if draw == 0 else 1000 * n_out + draw)
+            for f in rng.choice(objects, n_out, replace=False):
+                (root / Path(f).relative_to(base)).unlink()
+            got = fit(spark, root, root / "pca", "noise", args.fit_k)
+            done = publish_run(spark, got["run_uri"], root, args.publish_k)
+            mine = answers(done, test)
+            seen_changes.append(_compared(honest_answers, mine, truth))
+            if draw == 0:
+                right = float(np.mean([x == y for x, y in zip(mine, truth)]))
+                labels_n, size = len(done.index.labels), len(done.index.to_bytes())
+        changed, wrong = seen_changes[0]
         name = f"no attack: the honest set with {n_out * 20} of its rows left out (the index's own noise)"
         rec.add(measure="labels", attack=name, rows=-20 * n_out, changed=changed, wrong_name_new=wrong,
-                right=round(right, 4))
-        print(f"| {name} | {-20 * n_out} | {changed:.1%} | {wrong:.1%} | {right:.1%} | {len(done.index.labels)} | "
-              f"{len(done.index.to_bytes()):,} | |", flush=True)
+                right=round(right, 4), draws=_draws(seen_changes))
+        print(f"| {name} | {-20 * n_out} | {changed:.1%}{_shown_draws(seen_changes, 0)} | {wrong:.1%}"
+              f"{_shown_draws(seen_changes, 1)} | {right:.1%} | {labels_n} | {size:,} | |", flush=True)
+    by_draw: dict = {}     # (name, draw) -> answers, for the cases measured over several draws
     for name, (pick, labels, clients) in attacks.items():
         if args.only and args.only not in name and "control" not in name and not args.smoke:
             continue
-        root = copy_base(base, tmp / f"l{len(rec.rows)}")
-        table = pool.take(pick)
-        seen: set = set()
-        ids = []
-        for j, i in enumerate(pick):   # a photo sent again is sent under a new id (a re-encoded copy)
-            ids.append(table.column("image_id")[j].as_py() if i not in seen else fresh_ids(1, f"{name} {j}")[0])
-            seen.add(i)
-        write_rows(root, T0 + 20 * DAY_MS, table, None, clients, labels=labels, valid=True, ids=ids)
-        got = fit(spark, root, root / "pca", "labels", args.fit_k)
-        done = publish_run(spark, got["run_uri"], root, args.publish_k)
-        if done.held:
-            results[name] = None
-            print(f"| {name} | {len(pick)} | held ({done.record['turn']['turn_deg']:.1f} deg) | | | | | |", flush=True)
-            continue
-        got_answers = answers(done, test)
-        results[name] = got_answers
-        compared = [_compared(c, got_answers, truth) for c in _controls_of(name, results) if c is not None]
-        changes, steered = [c for c, _ in compared], [w for _, w in compared]
-        changed = changes[0] if changes else None
-        right = float(np.mean([x == y for x, y in zip(got_answers, truth)]))
-        v = done.record["labels"]
-        size = len(done.index.to_bytes())
-        rec.add(measure="labels", attack=name, rows=len(pick), changed=changed,
-                changed_vs_unlabelled=changes[1] if len(changes) > 1 else None,
-                wrong_name_new=steered[0] if steered else None, right=round(right, 4),
-                labels=len(done.index.labels), index_bytes=size, anonymous_counted=v["anonymous_counted"],
-                anonymous_rows=v["anonymous_rows"], held_labels=v["held_labels"],
-                refused_labels=v["labels_refused_count"])
-        shown = " / ".join(f"{c:.1%}" for c in changes)
-        wrong = " / ".join(f"{c:.1%}" for c in steered)
-        print(f"| {name} | {len(pick)} | {shown} | {wrong} | {right:.1%} | "
-              f"{len(done.index.labels)} | {size:,} | {v['anonymous_counted']} / {v['anonymous_rows']} "
-              f"({v['held_labels']} labels held, {v['labels_refused_count']} refused) |", flush=True)
+        drawn = name.startswith("swap after earning") or name.startswith("control for the next: the same, the")
+        for draw in range(draws if drawn else 1):
+            done = _label_case(spark, args, base, pool, tmp, rec, name, pick, labels, clients, draw)
+            got_answers = None if done.held else answers(done, test)
+            by_draw[(name, draw)] = got_answers
+            if draw == 0:
+                _show_label_case(rec, name, pick, done, got_answers, results, truth)
+        if drawn and draws > 1 and name.startswith("swap after earning"):
+            control = [n for n in results if n.startswith("control for the next: the same, the")][-1]
+            per = [_compared(by_draw[(control, d)], by_draw[(name, d)], truth) for d in range(draws)
+                   if by_draw[(control, d)] is not None and by_draw[(name, d)] is not None]
+            rec.add(measure="labels draws", attack=name, vs="the same photos unlabelled", draws=_draws(per))
+            print(f"| (the same over {len(per)} draws of the re-sent photos' ids, vs unlabelled: changed "
+                  f"{_shown_draws(per, 0).strip(' ()')}; newly a wrong name {_shown_draws(per, 1).strip(' ()')}) "
+                  f"| | | | | | | |", flush=True)
+
+
+def _label_case(spark, args, base, pool, tmp, rec, name, pick, labels, clients, draw: int):
+    """One label case laid out on a copy of the honest set, fitted and published. ``draw`` picks the ids a photo sent
+    again gets (a re-encoded copy: a new id; which ids decides the index's sample order, so its noise)."""
+    root = copy_base(base, tmp / f"l{len(rec.rows)}d{draw}")
+    table = pool.take(pick)
+    seen: set = set()
+    ids = []
+    for j, i in enumerate(pick):   # a photo sent again is sent under a new id (a re-encoded copy)
+        tag = f"{name} {j}" if draw == 0 else f"{name} {j} draw {draw}"
+        ids.append(table.column("image_id")[j].as_py() if i not in seen else fresh_ids(1, tag)[0])
+        seen.add(i)
+    write_rows(root, T0 + 20 * DAY_MS, table, None, clients, labels=labels, valid=True, ids=ids)
+    got = fit(spark, root, root / "pca", "labels", args.fit_k)
+    return publish_run(spark, got["run_uri"], root, args.publish_k)
+
+
+def _show_label_case(rec, name, pick, done, got_answers, results, truth) -> None:
+    if done.held:
+        results[name] = None
+        print(f"| {name} | {len(pick)} | held ({done.record['turn']['turn_deg']:.1f} deg) | | | | | |", flush=True)
+        return
+    results[name] = got_answers
+    compared = [_compared(c, got_answers, truth) for c in _controls_of(name, results) if c is not None]
+    changes, steered = [c for c, _ in compared], [w for _, w in compared]
+    changed = changes[0] if changes else None
+    right = float(np.mean([x == y for x, y in zip(got_answers, truth)]))
+    v = done.record["labels"]
+    size = len(done.index.to_bytes())
+    rec.add(measure="labels", attack=name, rows=len(pick), changed=changed,
+            changed_vs_unlabelled=changes[1] if len(changes) > 1 else None,
+            wrong_name_new=steered[0] if steered else None, right=round(right, 4),
+            labels=len(done.index.labels), index_bytes=size, anonymous_counted=v["anonymous_counted"],
+            anonymous_rows=v["anonymous_rows"], held_labels=v["held_labels"],
+            refused_labels=v["labels_refused_count"])
+    shown = " / ".join(f"{c:.1%}" for c in changes)
+    wrong = " / ".join(f"{c:.1%}" for c in steered)
+    print(f"| {name} | {len(pick)} | {shown} | {wrong} | {right:.1%} | "
+          f"{len(done.index.labels)} | {size:,} | {v['anonymous_counted']} / {v['anonymous_rows']} "
+          f"({v['held_labels']} labels held, {v['labels_refused_count']} refused) |", flush=True)
+
+
+def _draws(per: list) -> dict:
+    """Several draws of one comparison: each, and their mean."""
+    return {"changed": [round(c, 4) for c, _ in per], "wrong_name_new": [round(w, 4) for _, w in per],
+            "changed_mean": round(float(np.mean([c for c, _ in per])), 4) if per else None,
+            "wrong_name_new_mean": round(float(np.mean([w for _, w in per])), 4) if per else None}
+
+
+def _shown_draws(per: list, at: int) -> str:
+    if len(per) < 2:
+        return ""
+    xs = [p[at] for p in per]
+    return f" (mean {np.mean(xs):.1%}, {min(xs):.1%}-{max(xs):.1%} over {len(xs)} draws)"
 
 
 def _compared(before: list, after: list, truth: list) -> tuple[float, float]:
@@ -578,6 +625,8 @@ def main() -> int:
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("FRUITS_CACHE", ROOT / ".cache")) / "bench-poisoning")
     ap.add_argument("--smoke", action="store_true", help="the project's own photos, the controls and one attack of each "
                                                          "kind, 500 crafted rows: that it runs and writes its results")
+    ap.add_argument("--draws", type=int, default=5, help="draws of the index's noise rows and of the earned-weight "
+                    "swap with its unlabelled control (which ids the re-sent photos get)")
     ap.add_argument("--only", help="run only the attacks whose name holds this text (and the controls)")
     args = ap.parse_args()
     if args.smoke:
