@@ -2,6 +2,7 @@
 it knows and fruits it was never sent, beside plain baselines on the same vectors.
 
     ./run bench identify [--train DIR] [--test DIR] [--unseen N] [--rounds R] [--k 32[,64...]] [--engine chromium]
+                         [--stability DRAWS] [--leave-out ROWS]
 
 Each round withholds N of the training fruits (never sent), fits as the daily chain does (the training photos'
 vectors -> ``fruits-cloud pca`` -> ``publish --k K``, in local mode), and identifies every test photo the way a
@@ -104,10 +105,14 @@ def main() -> int:
     ap.add_argument("--engine", default="none", choices=("none", "chromium", "firefox", "webkit"),
                     help="also answer in the page in this engine (same answers; its identify time per photo)")
     ap.add_argument("--out", type=Path, default=Path("out/benchmarks"))
+    ap.add_argument("--stability", type=int, default=3, metavar="DRAWS",
+                    help="in round 0, refit this many times with --leave-out random training rows left out and count "
+                         "the test answers that change (what a refresh with a few rows more or less moves)")
+    ap.add_argument("--leave-out", type=int, default=20)
     ap.add_argument("--smoke", action="store_true", help="the project's subset, 1 round, 3 withheld: that it runs")
     args = ap.parse_args()
     if args.smoke:
-        args.train, args.test, args.unseen, args.rounds = OWN / "Training", OWN / "Test", 3, 1
+        args.train, args.test, args.unseen, args.rounds, args.stability = OWN / "Training", OWN / "Test", 3, 1, 1
     ks = sorted({int(k) for k in args.k.split(",")})
     for folder in (args.train, args.test):
         if not folder.is_dir():
@@ -171,6 +176,9 @@ def main() -> int:
                         row["page_answers_differing"] = sum(p["answer"] != a.answer for p, a in zip(page, answers))
                     rec.add(**row)
                     show(row)
+                    if r == 0 and args.stability:
+                        stability(spark, args, rec, train, test, keep, tmp, k, sha, known,
+                                  [a.answer for a in answers])
         finally:
             if browser_cm is not None:
                 browser_cm.__exit__(None, None, None)
@@ -179,6 +187,30 @@ def main() -> int:
     summarize(rec.rows)
     print(f"\nwrote {rec.save()}")
     return 0
+
+
+def stability(spark, args, rec, train, test, keep, tmp: Path, k: int, sha: str, known: set, before: list) -> None:
+    """The same round refitted with ``--leave-out`` random training rows left out, ``--stability`` times: the share
+    of test answers that change, and the share newly given a wrong fruit's name."""
+    from edge_client.project import Published, identify_features
+
+    rows = np.flatnonzero(keep)
+    changed, wrong = [], []
+    for d in range(args.stability):
+        out = np.random.default_rng(1000 + d).choice(rows, min(args.leave_out, len(rows) - 1), replace=False)
+        mine = keep.copy()
+        mine[out] = False
+        root = fit_and_publish(spark, train["table"].filter(mine), tmp, f"s{k}-{d}", [k])[k]
+        projection, index = Published(str(root)).identifier(sha)
+        after = [identify_features(x, projection, index).answer for x in test["x"]]
+        changed.append(float(np.mean([a != b for a, b in zip(before, after)])))
+        wrong.append(float(np.mean([a != b and b != t and t in known and b != "unknown" and not b.startswith("not sure")
+                                    for a, b, t in zip(before, after, test["label"])])))
+    rec.add(measure="stability", k=k, leave_out=args.leave_out, training_rows=int(keep.sum()), changed=changed,
+            wrong_name_new=wrong)
+    print(f"        stability: {args.leave_out} of {int(keep.sum())} training rows left out ({len(changed)} draws): "
+          f"test answers changed {np.mean(changed):.1%} ({min(changed):.1%}-{max(changed):.1%}), newly a wrong "
+          f"fruit's name {np.mean(wrong):.1%}")
 
 
 def show(row: dict) -> None:
@@ -198,6 +230,7 @@ def show(row: dict) -> None:
 
 
 def summarize(rows: list[dict]) -> None:
+    rows = [r for r in rows if r["measure"] == "identify"]
     if len({r["round"] for r in rows}) < 2:
         return
     print("\nacross rounds (mean / min):")

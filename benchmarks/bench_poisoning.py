@@ -427,13 +427,14 @@ def run_labels(spark, args, base, honest, pool, test, tmp, rec, honest_answers) 
 
 def _label_case(spark, args, base, pool, tmp, rec, name, pick, labels, clients, draw: int):
     """One label case laid out on a copy of the honest set, fitted and published. ``draw`` picks the ids a photo sent
-    again gets (a re-encoded copy: a new id; which ids decides the index's sample order, so its noise)."""
+    again gets (a re-encoded copy: a new id, the same in a case and its controls; which ids decides the index's
+    sample and k-means' start, so its noise)."""
     root = copy_base(base, tmp / f"l{len(rec.rows)}d{draw}")
     table = pool.take(pick)
     seen: set = set()
     ids = []
-    for j, i in enumerate(pick):   # a photo sent again is sent under a new id (a re-encoded copy)
-        tag = f"{name} {j}" if draw == 0 else f"{name} {j} draw {draw}"
+    for j, i in enumerate(pick):   # a photo sent again is sent under a new id (a re-encoded copy): the same id in a
+        tag = f"sent again {j}" if draw == 0 else f"sent again {j} draw {draw}"   # case and in its controls
         ids.append(table.column("image_id")[j].as_py() if i not in seen else fresh_ids(1, tag)[0])
         seen.add(i)
     write_rows(root, T0 + 20 * DAY_MS, table, None, clients, labels=labels, valid=True, ids=ids)

@@ -261,3 +261,30 @@ def test_the_index_of_a_large_run_is_fitted_in_spark_as_the_driver_fits_a_small_
         films.setdefault((r["label"], film), set()).add(identifier.fold_of(r["label"], film))
     assert all(len(folds) == 1 for folds in films.values())
     assert len(films) < len(rows) / 2, "frames of one film share a fold (2 or 3 photos a film here)"
+
+
+def test_the_prototypes_start_from_rows_drawn_by_their_ids_not_their_positions():
+    """k-means' start is drawn by each row's key (its image id): the rows in another order give the same prototypes,
+    and a row that was not drawn, left out, changes no draw (a refresh with a few rows more or less keeps the start)."""
+    from cloud_pca import identifier
+    from contract.projection import unit_rows
+
+    rng = np.random.default_rng(7)
+    u = unit_rows(rng.normal(size=(300, 8)) + np.repeat(rng.normal(size=(6, 8)) * 3, 50, axis=0))
+    ids = [f"photo-{i}" for i in range(len(u))]
+    keys = identifier.row_keys(ids)
+    start = identifier.start_rows(u, 16, 5, keys)
+    assert len(set(start)) == 16
+    order = rng.permutation(len(u))
+    assert sorted(ids[order[i]] for i in identifier.start_rows(u[order], 16, 5, keys[order])) == \
+        sorted(ids[i] for i in start)
+    c = identifier.spherical_kmeans(u, 16, 5, keys)
+    shuffled = identifier.spherical_kmeans(u[order], 16, 5, keys[order])
+    assert np.allclose(np.sort(c, axis=0), np.sort(shuffled, axis=0), atol=1e-9)
+    not_drawn = [i for i in range(len(u)) if i not in set(start)][:20]
+    keep = np.setdiff1d(np.arange(len(u)), not_drawn)
+    assert [ids[keep[i]] for i in identifier.start_rows(u[keep], 16, 5, keys[keep])] == [ids[i] for i in start]
+    # and a row that was drawn, left out, changes the draws from it on only
+    gone = np.setdiff1d(np.arange(len(u)), [start[3]])
+    again = [ids[gone[i]] for i in identifier.start_rows(u[gone], 16, 5, keys[gone])]
+    assert again[:3] == [ids[i] for i in start[:3]] and ids[start[3]] not in again
