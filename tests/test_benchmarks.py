@@ -98,12 +98,14 @@ def test_refresh_smoke(tmp_path):
 
 def test_identify_smoke(tmp_path):
     """The identification bench on the project's real photos (3 fruits withheld), with the page in Chromium when it
-    is there: it reports the answers' shares, the baselines, and the page gives Python's answers."""
+    is there: it reports the answers' shares, the baselines, what leaving 20 training rows out changes, and the page
+    gives Python's answers."""
     engine = "chromium" if have_browser() else "none"
     bench("identify", tmp_path, "--engine", engine)
     got = rows(tmp_path, "identify")
-    assert [r["measure"] for r in got] == ["identify"] and got[0]["k"] == 32
-    r = got[0]
+    assert [r["measure"] for r in got] == ["identify", "stability"] and got[0]["k"] == 32
+    r, steady = got
+    assert steady["leave_out"] == 20 and len(steady["changed"]) == 1 and 0 <= steady["changed"][0] <= 1
     assert r["label_known_photos"] + r["label_never_sent_photos"] == 314 and 0 < r["download_bytes"] < 1_000_000
     assert {"nearest centroid, published space", "1-NN, published space", "1-NN, 1280-d"} <= set(r)
     if engine != "none":
