@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import Recorder, timed
+from common import Recorder, answers_changed, timed
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "fruits360"
@@ -177,7 +177,7 @@ def main() -> int:
                     rec.add(**row)
                     show(row)
                     if r == 0 and args.stability:
-                        stability(spark, args, rec, train, test, keep, tmp, k, sha, known,
+                        stability(spark, args, rec, train, test, keep, tmp, k, sha,
                                   [a.answer for a in answers])
         finally:
             if browser_cm is not None:
@@ -189,9 +189,10 @@ def main() -> int:
     return 0
 
 
-def stability(spark, args, rec, train, test, keep, tmp: Path, k: int, sha: str, known: set, before: list) -> None:
+def stability(spark, args, rec, train, test, keep, tmp: Path, k: int, sha: str, before: list) -> None:
     """The same round refitted with ``--leave-out`` random training rows left out, ``--stability`` times: the share
-    of test answers that change, and the share newly given a wrong fruit's name."""
+    of test answers that change, and the share newly given a wrong fruit's name (a never-sent fruit's photo named
+    counts too)."""
     from edge_client.project import Published, identify_features
 
     rows = np.flatnonzero(keep)
@@ -203,9 +204,9 @@ def stability(spark, args, rec, train, test, keep, tmp: Path, k: int, sha: str, 
         root = fit_and_publish(spark, train["table"].filter(mine), tmp, f"s{k}-{d}", [k])[k]
         projection, index = Published(str(root)).identifier(sha)
         after = [identify_features(x, projection, index).answer for x in test["x"]]
-        changed.append(float(np.mean([a != b for a, b in zip(before, after)])))
-        wrong.append(float(np.mean([a != b and b != t and t in known and b != "unknown" and not b.startswith("not sure")
-                                    for a, b, t in zip(before, after, test["label"])])))
+        c, w = answers_changed(before, after, list(test["label"]))
+        changed.append(c)
+        wrong.append(w)
     rec.add(measure="stability", k=k, leave_out=args.leave_out, training_rows=int(keep.sum()), changed=changed,
             wrong_name_new=wrong)
     print(f"        stability: {args.leave_out} of {int(keep.sum())} training rows left out ({len(changed)} draws): "

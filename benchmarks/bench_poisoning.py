@@ -15,8 +15,8 @@ frames are what honest answers are measured on. The honest fit is published firs
   10 degrees of the control, or held; no honest row lost.
 - **Label attacks**: honest answers on the Test photos that change against the control (the same photos honestly
   labelled by the same identities), the labels the index holds and its size. Goal: <= 1% changed for swaps from any
-  number of anonymous identities, up to 30% of the rows. Which ids the re-sent photos get decides the order the
-  index samples rows in, so the index's own noise and the earned-weight swap are measured over ``--draws`` draws
+  number of anonymous identities, up to 30% of the rows. Which ids the re-sent photos get decides the index's sample
+  and k-means' start, so the index's own noise and the earned-weight swap are measured over ``--draws`` draws
   (mean and range).
 - **Crafted rows**: the trust stage's seconds (``timings_s.trust_s``) for 20,000 rows crafted to share one 32-bit
   signature half against 20,000 ordinary rows, in the same run. Goal: <= 2x.
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import Recorder, timed
+from common import Recorder, answers_changed, timed
 
 from cloud_pca.pca import largest_angle
 
@@ -394,7 +394,7 @@ def run_labels(spark, args, base, honest, pool, test, tmp, rec, honest_answers) 
             got = fit(spark, root, root / "pca", "noise", args.fit_k)
             done = publish_run(spark, got["run_uri"], root, args.publish_k)
             mine = answers(done, test)
-            seen_changes.append(_compared(honest_answers, mine, truth))
+            seen_changes.append(answers_changed(honest_answers, mine, truth))
             if draw == 0:
                 right = float(np.mean([x == y for x, y in zip(mine, truth)]))
                 labels_n, size = len(done.index.labels), len(done.index.to_bytes())
@@ -417,7 +417,7 @@ def run_labels(spark, args, base, honest, pool, test, tmp, rec, honest_answers) 
                 _show_label_case(rec, name, pick, done, got_answers, results, truth)
         if drawn and draws > 1 and name.startswith("swap after earning"):
             control = [n for n in results if n.startswith("control for the next: the same, the")][-1]
-            per = [_compared(by_draw[(control, d)], by_draw[(name, d)], truth) for d in range(draws)
+            per = [answers_changed(by_draw[(control, d)], by_draw[(name, d)], truth) for d in range(draws)
                    if by_draw[(control, d)] is not None and by_draw[(name, d)] is not None]
             rec.add(measure="labels draws", attack=name, vs="the same photos unlabelled", draws=_draws(per))
             print(f"| (the same over {len(per)} draws of the re-sent photos' ids, vs unlabelled: changed "
@@ -448,7 +448,7 @@ def _show_label_case(rec, name, pick, done, got_answers, results, truth) -> None
         print(f"| {name} | {len(pick)} | held ({done.record['turn']['turn_deg']:.1f} deg) | | | | | |", flush=True)
         return
     results[name] = got_answers
-    compared = [_compared(c, got_answers, truth) for c in _controls_of(name, results) if c is not None]
+    compared = [answers_changed(c, got_answers, truth) for c in _controls_of(name, results) if c is not None]
     changes, steered = [c for c, _ in compared], [w for _, w in compared]
     changed = changes[0] if changes else None
     right = float(np.mean([x == y for x, y in zip(got_answers, truth)]))
@@ -479,15 +479,6 @@ def _shown_draws(per: list, at: int) -> str:
         return ""
     xs = [p[at] for p in per]
     return f" (mean {np.mean(xs):.1%}, {min(xs):.1%}-{max(xs):.1%} over {len(xs)} draws)"
-
-
-def _compared(before: list, after: list, truth: list) -> tuple[float, float]:
-    """(the share of answers that changed, the share newly given a wrong fruit's name: the steering)."""
-    def named_wrong(answer: str, t: str) -> bool:
-        return answer != t and answer != "unknown" and not answer.startswith("not sure")
-
-    return (float(np.mean([x != y for x, y in zip(before, after)])),
-            float(np.mean([x != y and named_wrong(y, t) for x, y, t in zip(before, after, truth)])))
 
 
 def _controls_of(name: str, results: dict) -> list:

@@ -180,3 +180,14 @@ def make_files(folder: Path, n: int, files: int, seed: int = 0, start: int = 0, 
         pq.write_table(table, path, **parquet_options())
         written.append(path)
     return written
+
+
+def answers_changed(before: list, after: list, truth: list) -> tuple[float, float]:
+    """Two runs' answers to the same photos: (the share that changed, the share newly given a wrong fruit's name,
+    i.e. a name that is not the photo's, where "unknown" and "not sure: ..." are not names)."""
+    def named_wrong(answer: str, t: str) -> bool:
+        return answer != t and answer != "unknown" and not answer.startswith("not sure")
+
+    n = max(1, len(before))
+    return (sum(x != y for x, y in zip(before, after)) / n,
+            sum(x != y and named_wrong(y, t) for x, y, t in zip(before, after, truth)) / n)
