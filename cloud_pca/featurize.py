@@ -174,6 +174,27 @@ def _vectorizer(model_file: str, threads: int, size: int, roots: list[str], max_
     return vectorize_batches
 
 
+def unreadable(path: str, size: int) -> str | None:
+    """Why a listed photo is refused unread (a device can upload any size; Spark's ``binaryFile`` reads a file whole),
+    or None: over :data:`featurizer.preprocess.MAX_PHOTO_BYTES`, or, on a local filesystem, not a regular file (a
+    named pipe would hang the reading task)."""
+    import stat
+    from urllib.parse import unquote, urlparse
+
+    from featurizer.preprocess import MAX_PHOTO_BYTES
+
+    if size > MAX_PHOTO_BYTES:
+        return f"{size:,} bytes, over the limit of {MAX_PHOTO_BYTES:,} bytes for a photo: not read"
+    if path.startswith("file:"):
+        try:
+            mode = os.stat(unquote(urlparse(path).path)).st_mode
+        except OSError as exc:
+            return f"cannot read: {exc.strerror or exc}"
+        if not stat.S_ISREG(mode):
+            return "not a regular file (a named pipe, a socket or a device): not read"
+    return None
+
+
 def list_photos(spark, uris: list[str], skip: set[str] | None = None) -> tuple[object, list[str], int, list[tuple[str, str]]]:
     """The ``binaryFile`` scan of the photos, the listed photo paths, the number of other files, and the photos
     refused unread: keys of ``raw/`` that are not of the layout's shape (a Hadoop path collapses '//' and
@@ -188,11 +209,11 @@ def list_photos(spark, uris: list[str], skip: set[str] | None = None) -> tuple[o
     listed, refused = [], []
     try:
         for uri in uris:
-            for path, *_ in list_files(spark, uri, suffixes=None):   # paths as the scan's path column spells them
+            for path, size, *_ in list_files(spark, uri, suffixes=None):   # paths as the scan's path column spells them
                 if skip and path in skip:
                     continue
-                problem = device_key_problem(path, uri) if os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS \
-                    else None
+                problem = (device_key_problem(path, uri) or unreadable(path, size)) \
+                    if os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS else None
                 (refused.append((path, problem)) if problem else listed.append(path))
     except Exception as exc:  # Py4JJavaError: no such bucket, no access
         raise FeaturizeError(f"cannot list photos under {', '.join(uris)}: {one_line(exc)[:300]}") from None

@@ -144,7 +144,7 @@ def identify_features(features: np.ndarray, projection: Projection, index: Refer
 
 def identify(photo: str | os.PathLike, model, projection: Projection, index: ReferenceIndex, top: int = 3) -> Answer:
     """The answer for one photo: a label, "unknown", or "not sure: A or B" (see :meth:`ReferenceIndex.answer`)."""
-    from featurizer.preprocess import ImageRejected, preprocess
+    from featurizer.preprocess import ImageRejected, preprocess, read_photo
 
     try:
         projection.check_model(model.sha256, f"projection {projection.projection_id}")
@@ -152,11 +152,7 @@ def identify(photo: str | os.PathLike, model, projection: Projection, index: Ref
     except ContractError as exc:
         raise UserError(str(exc)) from None
     try:
-        data = Path(photo).read_bytes()
-    except OSError as exc:
-        raise UserError(f"{photo}: cannot read ({exc.strerror or exc})") from None
-    try:
-        x, _, _ = preprocess(data, model.input_size)
+        x, _, _ = preprocess(read_photo(photo), model.input_size)
     except ImageRejected as exc:
         raise UserError(f"{photo}: {exc}") from None
     return identify_features(model.features(x), projection, index, top)
@@ -180,7 +176,7 @@ def identify_photos(photos: list, model, projection: Projection, index: Referenc
     import pyarrow.parquet as pq
 
     from edge_client.vectorize import printable, vectorize
-    from featurizer.preprocess import image_id
+    from featurizer.preprocess import ImageRejected, image_id, read_photo
 
     try:
         projection.check_model(model.sha256, f"projection {projection.projection_id}")
@@ -203,8 +199,8 @@ def identify_photos(photos: list, model, projection: Projection, index: Referenc
         x = by_source.get(photo.source)
         if x is None and photo.source not in reasons:     # a copy of another photo: vectorized once
             try:
-                x = by_id.get(image_id(photo.path.read_bytes()))
-            except OSError:
+                x = by_id.get(image_id(read_photo(photo.path)))
+            except ImageRejected:
                 x = None
         path = printable(photo.path)
         if x is None:

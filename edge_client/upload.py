@@ -359,7 +359,7 @@ def upload_raw(client, photos: list[Photo], bucket: str, root: str, *, manifest:
     from botocore.exceptions import BotoCoreError, ClientError
     from tqdm import tqdm
 
-    from featurizer.preprocess import image_id
+    from featurizer.preprocess import ImageRejected, image_id, read_photo
 
     try:
         check_client_id(client_id)
@@ -377,9 +377,9 @@ def upload_raw(client, photos: list[Photo], bucket: str, root: str, *, manifest:
     done = set() if recheck else manifest.uploaded_ids(bucket, root, "raw")
     for photo in tqdm(photos, desc="uploading photos", unit="img", disable=not progress, leave=False):
         try:
-            data = photo.path.read_bytes()
-        except OSError as exc:
-            summary.refused.append((photo.source, f"cannot read: {exc.strerror or exc}"))
+            data = read_photo(photo.path)
+        except ImageRejected as exc:
+            summary.refused.append((photo.source, str(exc)))
             continue
         iid = image_id(data)
         if iid in done:

@@ -27,7 +27,7 @@ from contract.errors import ContractError, FruitsError
 from contract.layout import check_client_id
 from contract.vectors import features_array, file_metadata, parquet_options, vector_schema
 from featurizer.preprocess import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, NOT_PHOTOS, ImageRejected, image_id, preprocess,
-                                   warm_up)
+                                   read_photo, warm_up)
 from featurizer.runtime import Model
 
 log = logging.getLogger(__name__)
@@ -269,9 +269,9 @@ def vectorize(photos: list[Photo], out: str | os.PathLike, *, model_path: str | 
 
     def work(photo: Photo):
         try:
-            data = photo.path.read_bytes()
-        except OSError as exc:
-            return photo, None, f"cannot read: {exc.strerror or exc}"
+            data = read_photo(photo.path)
+        except ImageRejected as exc:
+            return photo, None, str(exc)
         iid = image_id(data)
         if iid in skip_ids:
             return photo, iid, None

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 import warnings
 
 import numpy as np
@@ -33,6 +35,7 @@ PREPROCESSING = {
 }
 DRAFT_FACTOR = 4                  # JPEG decoded at >= 4x the model size (see step 2)
 DEFAULT_MAX_PIXELS = 120_000_000  # a 108 MP phone photo passes; bigger headers are refused unread
+MAX_PHOTO_BYTES = 64 * 2**20      # a photo file's bytes at most (a 108 MP JPEG is ~30 MB): larger files are not read
 # Photo formats: what phones and cameras save (HEIC is an iPhone camera's default; AVIF newer Androids').
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".gif")
 # Known image formats that are not photos: refused with a reason (never skipped silently).
@@ -59,6 +62,44 @@ HEIF_PLUGIN = _register_heif()
 
 class ImageRejected(ValueError):
     """A photo that cannot be vectorized; the message is the reason that goes in the rejects list."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_photo(path: str | os.PathLike, *, max_bytes: int = MAX_PHOTO_BYTES) -> bytes:
+    """A photo file's bytes, read only when it is a regular file (a link is followed to what it names) of at most
+    ``max_bytes``: a link to ``/dev/zero``, a named pipe, a socket or a 4 GB file is refused from its metadata, unread,
+    with the reason (:class:`ImageRejected`); it is opened without blocking, checked again once open (a file swapped
+    in between is refused too) and never read past ``max_bytes``."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise ImageRejected(f"cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageRejected(f"{_kind(info.st_mode)}, not a photo file: not read")
+    if info.st_size > max_bytes:
+        raise ImageRejected(f"{info.st_size:,} bytes, over the limit of {max_bytes:,} bytes for a photo: not read")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise ImageRejected(f"cannot read: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise ImageRejected(f"{_kind(mode)}, not a photo file: not read")
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as exc:
+            raise ImageRejected(f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise ImageRejected(f"over the limit of {max_bytes:,} bytes for a photo (it grew while read): not read")
+    return data
 
 
 def image_id(data: bytes) -> str:

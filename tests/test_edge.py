@@ -256,3 +256,64 @@ def test_conditional_put_never_overwrites_single_or_multipart(s3, bucket, monkey
     assert upload.put_if_absent(s3, bucket, "k/big", b"x" * len(big)) is None
     assert s3.get_object(Bucket=bucket, Key="k/big")["Body"].read() == big
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []  # the refused one was aborted
+
+
+def hostile_files(folder, photos):
+    """Files that are not photos to read: a link to /dev/zero, a named pipe, a socket and a 4 GB sparse file, each
+    named .jpg, beside one real photo."""
+    import socket
+
+    folder.mkdir(parents=True)
+    shutil.copy(next(photos.glob("*/*.jpg")), folder / "real.jpg")
+    os.symlink("/dev/zero", folder / "zero-device.jpg")
+    os.mkfifo(folder / "pipe.jpg")
+    with open(folder / "huge.jpg", "wb") as f:
+        f.truncate(4 * 2**30)                     # sparse: 4 GB long, nothing on disk
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(folder / "socket.jpg"))
+    return folder, sock
+
+
+def test_files_that_are_not_photos_are_refused_unread(tmp_path, photos):
+    """A link to /dev/zero grew the edge to 22 GB until the kernel killed it; a named pipe hung it; a 4 GB file took
+    4.2 GB and 54 s to refuse. Each is now refused from its metadata with one line, in a bounded process."""
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    folder, sock = hostile_files(tmp_path / "in", photos)
+    try:
+        t = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "edge_client.cli", "--quiet", "vectorize", str(folder), "--out",
+                               str(tmp_path / "v.parquet")], capture_output=True, text=True, timeout=60)
+        seconds = time.perf_counter() - t
+    finally:
+        sock.close()
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert done.returncode == 3, done.stderr        # done, with rejects
+    assert seconds < 30 and peak_mb < 500, (seconds, peak_mb)   # (start-up and the model: ~2 s, ~200 MB here)
+    with open(tmp_path / "v.rejects.csv", newline="") as f:
+        rejects = {r["source"]: r["reason"] for r in csv.DictReader(f)}
+    assert set(rejects) == {"zero-device.jpg", "pipe.jpg", "huge.jpg", "socket.jpg"}, rejects
+    assert rejects["zero-device.jpg"].startswith("a character device")
+    assert rejects["pipe.jpg"].startswith("a named pipe")
+    assert rejects["socket.jpg"].startswith("a socket")
+    assert rejects["huge.jpg"] == ("4,294,967,296 bytes, over the limit of 67,108,864 bytes for a photo: not read")
+    assert read_vectors(tmp_path / "v.parquet").num_rows == 1
+
+
+def test_read_photo_refuses_what_it_cannot_bound(tmp_path):
+    from featurizer.preprocess import ImageRejected, read_photo
+
+    (tmp_path / "small.jpg").write_bytes(b"x" * 10)
+    assert read_photo(tmp_path / "small.jpg", max_bytes=10) == b"x" * 10
+    import pytest
+
+    with pytest.raises(ImageRejected, match="11 bytes, over the limit of 10 bytes"):
+        (tmp_path / "small.jpg").write_bytes(b"x" * 11)
+        read_photo(tmp_path / "small.jpg", max_bytes=10)
+    with pytest.raises(ImageRejected, match="a folder"):
+        read_photo(tmp_path)
+    with pytest.raises(ImageRejected, match="cannot read: No such file"):
+        read_photo(tmp_path / "gone.jpg")

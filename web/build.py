@@ -60,7 +60,7 @@ def ensure_packages(quiet: bool = True) -> Path:
 
 def contract_spec(model_path: Path) -> dict:
     """What the page needs of the contract, from the Python definitions (keys as templates)."""
-    from featurizer.preprocess import DEFAULT_MAX_PIXELS, DRAFT_FACTOR, IMAGE_EXTENSIONS, NOT_PHOTOS
+    from featurizer.preprocess import DEFAULT_MAX_PIXELS, DRAFT_FACTOR, IMAGE_EXTENSIONS, MAX_PHOTO_BYTES, NOT_PHOTOS
     from contract.labels import rules as label_rules
     from web.server import CONFIG_SCHEMA
 
@@ -88,7 +88,7 @@ def contract_spec(model_path: Path) -> dict:
                  "projection": template(layout.projection_key("", pid)),
                  "index": template(layout.index_key("", pid)),
                  "catalog": template(layout.catalog_key("", pid))},
-        "preprocessing": {"draft_factor": DRAFT_FACTOR, "max_pixels": DEFAULT_MAX_PIXELS,
+        "preprocessing": {"draft_factor": DRAFT_FACTOR, "max_pixels": DEFAULT_MAX_PIXELS, "max_bytes": MAX_PHOTO_BYTES,
                           "extensions": list(IMAGE_EXTENSIONS), "not_photos": dict(NOT_PHOTOS),
                           "card": card.preprocessing},
         "model": {"file": f"model/{model_path.name}",   # the card, less what only the job uses (20 kB of floats)

@@ -157,7 +157,7 @@ class App {
     batch.labelsRefused = [];
     for (const file of files) {
       const rel = file.webkitRelativePath ? file.webkitRelativePath.split('/').slice(1).join('/') : file.name;
-      const verdict = this.contract.fileVerdict(file.name);
+      const verdict = this.contract.fileVerdict(file.name, file.size);
       if (verdict) {
         (verdict.rejected ? batch.rejects : batch.skipped).push({source: rel, reason: verdict.reason});
         continue;

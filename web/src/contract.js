@@ -68,10 +68,18 @@ export class Contract {
   }
 
   /** Why a file is not vectorized from its name alone (find_photos): null for a photo. */
-  fileVerdict(name) {
+  fileVerdict(name, size = 0) {
     const dot = name.lastIndexOf('.');
     const ext = dot > 0 ? name.slice(dot).toLowerCase() : '';
-    if (this.preprocessing.extensions.includes(ext)) return null;
+    if (this.preprocessing.extensions.includes(ext)) {
+      // featurizer.preprocess.read_photo: a file over the byte cap is refused from its size, never read
+      const max = this.preprocessing.max_bytes;
+      if (size > max) {
+        const n = (v) => v.toLocaleString('en-US');
+        return {rejected: true, reason: `${n(size)} bytes, over the limit of ${n(max)} bytes for a photo: not read`};
+      }
+      return null;
+    }
     if (ext in this.preprocessing.not_photos) return {rejected: true, reason: this.preprocessing.not_photos[ext]};
     return {rejected: false, reason: `skipped: not a photo (extension ${ext || 'none'})`};
   }
