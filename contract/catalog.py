@@ -24,11 +24,10 @@ import hashlib
 import json
 import math
 import re
-import unicodedata
 from dataclasses import dataclass
 
-from contract.errors import ContractError
-from contract.labels import check_label
+from contract.errors import ContractError, one_line
+from contract.labels import check_label, control_in
 
 CATALOG_FORMAT = 1
 LANGUAGES = ("en", "fr")                      # every name and description is in these; others are welcome
@@ -41,6 +40,8 @@ TEXT_LIMITS = {"name": 80, "scientific_name": 120, "description": 600, "season":
 _ID = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")         # (fullmatch: "$" would let a final newline through)
 _SOURCE_ID = re.compile(r"[a-z0-9][a-z0-9.-]{0,39}")
 _LANG = re.compile(r"[a-z]{2}")
+_URL = re.compile(r"https?://[!#-;=?-~]+")            # printable ASCII but space " < > (the page: the same class)
+_JS_SPACE = "\t\n\x0b\x0c\r \xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 _TOP = {"format", "version", "sources", "fruits"}
 _SOURCE_KEYS = {"name", "version", "licence", "url", "note"}
 _FRUIT_KEYS = {"id", "labels", "name", "scientific_name", "description", "season", "storage", "nutrition"}
@@ -51,12 +52,21 @@ class CatalogError(ContractError):
 
 
 def _bad_text(text: str) -> str | None:
-    """Why a text cannot be shown as it is (control, invisible or bidi-control characters), or None."""
-    for ch in text:
-        cat = unicodedata.category(ch)
-        if cat in ("Cc", "Cf", "Co", "Cs", "Zl", "Zp"):
-            return f"holds the character U+{ord(ch):04X}"
-    return None
+    """Why a text cannot be shown as it is (control, invisible or bidi-control characters: the same table the page
+    judges by, :func:`contract.labels.control_in`), or None."""
+    ch = control_in(text)
+    return None if ch is None else f"holds the character U+{ord(ch):04X}"
+
+
+def _strip(text: str) -> str:
+    """White space off both ends, as the page's ``strip`` (JavaScript's ``\\s``: Python's ``str.strip`` also takes
+    U+001C-U+001F and U+0085, and leaves U+FEFF)."""
+    return text.strip(_JS_SPACE)
+
+
+def _number(value) -> bool:
+    """A JSON number as the page sees one (never a boolean: ``True == 1`` in Python)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_catalog(data) -> list[str]:
@@ -66,7 +76,7 @@ def check_catalog(data) -> list[str]:
         return ["the catalog is not a JSON object"]
     for key in sorted(set(data) - _TOP):
         out.append(f"{key}: not a catalog field (fields: {', '.join(sorted(_TOP))})")
-    if data.get("format") != CATALOG_FORMAT:
+    if not _number(data.get("format")) or data.get("format") != CATALOG_FORMAT:
         out.append(f"format: must be {CATALOG_FORMAT}")
     if "version" in data and not (isinstance(data["version"], str) and len(data["version"]) <= 100):
         out.append("version: must be text of at most 100 characters")
@@ -85,13 +95,13 @@ def check_catalog(data) -> list[str]:
         for key in sorted(set(src) - _SOURCE_KEYS):
             out.append(f"{where}.{key}: not a source field (fields: {', '.join(sorted(_SOURCE_KEYS))})")
         for key in ("name", "version", "licence"):
-            if not (isinstance(src.get(key), str) and src[key].strip()):
+            if not (isinstance(src.get(key), str) and _strip(src[key])):
                 out.append(f"{where}.{key}: missing")
         for key in sorted(_SOURCE_KEYS & set(src)):
             if isinstance(src[key], str) and (len(src[key]) > 300 or _bad_text(src[key])):
                 out.append(f"{where}.{key}: at most 300 characters, no control characters")
         url = src.get("url", "")
-        if url not in ("", None) and not (isinstance(url, str) and re.fullmatch(r"https?://[^\s<>\"]+", url)):
+        if url not in ("", None) and not (isinstance(url, str) and _URL.fullmatch(url)):
             out.append(f"{where}.url: must be an http(s) address")
     fruits = data.get("fruits")
     if not isinstance(fruits, list) or not fruits:
@@ -164,17 +174,19 @@ def _check_sourced(item, where: str, sources: dict, *, limit: int | None = None,
     if not isinstance(item, dict) or set(item) != {"value", "source"}:
         return [f"{where}: must be {{\"value\": ..., \"source\": ...}}"]
     out = []
-    if not isinstance(item["source"], str) or item["source"] not in sources:
+    if not isinstance(item["source"], str):
+        out.append(f"{where}: the source must be text (a key of sources)")
+    elif item["source"] not in sources:
         out.append(f"{where}: source {json.dumps(item['source'], ensure_ascii=False)} is not in sources")
     value = item["value"]
     if number_max is None:
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str) or not _strip(value):
             out.append(f"{where}: the value must be text")
         elif len(value) > limit:
             out.append(f"{where}: {len(value)} characters, at most {limit}")
         elif _bad_text(value):
             out.append(f"{where}: the value {_bad_text(value)}")
-    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+    elif not _number(value) or not math.isfinite(value) \
             or not 0 <= value <= number_max:
         out.append(f"{where}: the value must be a number from 0 to {number_max:g}")
     return out
@@ -197,6 +209,10 @@ def _check_nutrition(value, where: str, sources: dict) -> list[str]:
 
 
 # -------------------------------------------------------------------------------------------------- reading
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
 def canonical_bytes(data: dict) -> bytes:
     """The catalog as published: sorted keys, ASCII, no spaces (its id is the sha256 of these bytes)."""
     return json.dumps(data, sort_keys=True, ensure_ascii=True, separators=(",", ":")).encode()
@@ -220,10 +236,11 @@ class Catalog:
             raise CatalogError(f"{origin}: {len(raw):,} bytes, at most {MAX_BYTES:,}")
         if catalog_id is not None and catalog_id_of(raw) != catalog_id:
             raise CatalogError(f"{origin}: content does not match its catalog id {catalog_id}")
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CatalogError(f"{origin}: not JSON ({exc})") from None
+        try:   # as the page reads it: UTF-8 only (json.loads would take UTF-16 too), no NaN or Infinity
+            text = raw.decode("utf-8")
+            data = json.loads(text[1:] if text.startswith("\ufeff") else text, parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise CatalogError(f"{origin}: not JSON ({one_line(exc)[:200]})") from None
         problems = check_catalog(data)
         if problems:
             raise CatalogError(f"{origin}: {len(problems)} problem(s): " + "; ".join(problems))

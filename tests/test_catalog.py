@@ -230,3 +230,93 @@ def test_catalog_check_lists_published_labels_without_an_entry_and_the_report_na
                       .replace("\\u003c", "<").replace("\\u003e", ">").replace("\\u0026", "&"))
     styles = {(t["marker"]["color"], t["marker"].get("symbol", "circle")) for t in plot}
     assert len(plot) == 18 and len(styles) == 18, styles
+
+
+HOSTILE_VALUES = [True, False, None, 0, 1, 1.0, -0.0, 1e308, 2**64, -1, "", " ", "\x1c", "\x1c\x1d", "\u0085", "\ufeff",
+                  "\u2028", "\U00013439", "\u180e", "x" * 700, [], {}, [1], {"value": True, "source": "ifct2017"},
+                  {"value": "x", "source": "nope"}, "http://a\ufeffb", "https://x.org/a b", "https://x.org/\x7f",
+                  "Apple\u034fRed", "Banana\U00011f04", "  padded  ", "ok"]
+
+
+def hostile_catalogs(n: int, seed_value: int = 11) -> dict[str, object]:
+    """``n`` catalogs, each the seed with one node changed: a value replaced by one of :data:`HOSTILE_VALUES`, a key
+    added or removed (a deterministic draw)."""
+    import random
+
+    rng = random.Random(seed_value)
+    base = seed()
+    out = {}
+    for i in range(n):
+        data = copy.deepcopy(base)
+        node, path = data, []
+        while isinstance(node, (dict, list)) and node and rng.random() < 0.8:
+            key = rng.choice(sorted(node)) if isinstance(node, dict) else rng.randrange(len(node))
+            if not isinstance(node[key], (dict, list)) or not node[key]:
+                break
+            node, path = node[key], path + [key]
+        what = rng.random()
+        if isinstance(node, dict) and what < 0.15:
+            node[rng.choice(["extra", "format", "labels", "value", "source", "en"])] = rng.choice(HOSTILE_VALUES)
+        elif isinstance(node, dict) and node and what < 0.25:
+            node.pop(rng.choice(sorted(node)))
+        elif node:
+            key = rng.choice(sorted(node)) if isinstance(node, dict) else rng.randrange(len(node))
+            node[key] = copy.deepcopy(rng.choice(HOSTILE_VALUES))
+        out[f"#{i} at {'/'.join(map(str, path))}"] = data
+    out["format true"] = {**base, "format": True}
+    out["format 1.0"] = {**base, "format": 1.0}
+    return out
+
+
+def test_python_refuses_every_catalog_the_page_refuses():
+    """A catalog that passes ``catalog check`` and ``publish`` but that every page refuses stops every phone from
+    identifying ("format": true did). 600 hostile catalogs: Python's check and the page's give the same lines."""
+    cases = hostile_catalogs(600)
+    python = {name: check_catalog(data) for name, data in cases.items()}
+    page = js_problems(cases)
+    differ = {name: (python[name], page[name]) for name in cases if python[name] != page[name]}
+    assert not differ, list(differ.items())[:3]
+    assert python["format true"] == ["format: must be 1"] and python["format 1.0"] == []
+    assert sum(bool(v) for v in python.values()) > 400, "most mutations break a rule"
+
+
+def js_from_bytes(blobs: dict[str, bytes]) -> dict[str, str | None]:
+    """The page's Catalog.fromBytes on raw bytes: None when it accepts them, else its message."""
+    import base64
+
+    from contract.labels import rules
+
+    script = ("import {Catalog} from './web/src/catalog.js';\n"
+              "import {LabelRules} from './web/src/labels.js';\n"
+              "let input = ''; process.stdin.on('data', (c) => { input += c; });\n"
+              "process.stdin.on('end', async () => { const {blobs, rules} = JSON.parse(input); const out = {};\n"
+              "  const labelRules = new LabelRules(rules);\n"
+              "  for (const [k, v] of Object.entries(blobs)) {\n"
+              "    try { await Catalog.fromBytes(Buffer.from(v, 'base64'), {origin: k, labelRules}); out[k] = null; }\n"
+              "    catch (err) { out[k] = err.message; } }\n"
+              "  process.stdout.write(JSON.stringify(out)); });\n")
+    done = subprocess.run(["node", "--input-type=module", "-e", script],
+                          input=json.dumps({"blobs": {k: base64.b64encode(v).decode() for k, v in blobs.items()},
+                                            "rules": rules()}), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_python_reads_catalog_bytes_as_the_page_does():
+    """Bytes the page cannot read are refused by Python too: UTF-16, NaN and Infinity (Python's json takes them),
+    nesting deeper than Python's stack; a UTF-8 byte-order mark is read by both."""
+    text = json.dumps(seed(), ensure_ascii=False)
+    blobs = {"utf-8": text.encode(), "bom": b"\xef\xbb\xbf" + text.encode(), "utf-16": text.encode("utf-16"),
+             "nan": text.replace('"format": 1', '"format": 1, "version": NaN', 1).encode(),
+             "infinity": text.replace('"format": 1', '"format": Infinity', 1).encode(),
+             "deep": ("[" * 100_000 + "]" * 100_000).encode()}
+    page = js_from_bytes(blobs)
+    python = {}
+    for name, raw in blobs.items():
+        try:
+            Catalog.from_bytes(raw, name)
+            python[name] = None
+        except CatalogError as exc:
+            python[name] = str(exc)
+    assert {k: v is None for k, v in python.items()} == {k: v is None for k, v in page.items()}, (python, page)
+    assert python["utf-8"] is None and python["bom"] is None and python["utf-16"] is not None

@@ -27,8 +27,8 @@ CASES = {
     "사과": ("사과", None),
     "Яблоко": ("Яблоко", None),                                    # all Cyrillic: one script
     "\u0410pple Red": (None, "mixes Cyrillic and Latin letters (a look-alike of another label)"),
-    "Apple\u200bRed": (None, "holds the character U+200B (only letters, digits, spaces and -'’.,()&/+ are allowed)"),
-    "\u202eApple Red": (None, "holds the character U+202E (only letters, digits, spaces and -'’.,()&/+ are allowed)"),
+    "Apple\u200bRed": (None, "holds the invisible character U+200B"),
+    "\u202eApple Red": (None, "holds the invisible character U+202E"),
     "Apple\u0000": (None, "holds the character U+0000 (only letters, digits, spaces and -'’.,()&/+ are allowed)"),
     "Apple 🍎": (None, "holds the character U+1F34E (only letters, digits, spaces and -'’.,()&/+ are allowed)"),
     "unknown": (None, "'unknown' is a reserved word (it cannot be told from an answer)"),
@@ -39,6 +39,17 @@ CASES = {
     "   ": (None, "empty"),
     "a" * 1000: (None, f"longer than {MAX_LABEL_CHARS} characters (1000)"),
     "<b>Apple</b>": (None, "holds the character U+003C (only letters, digits, spaces and -'’.,()&/+ are allowed)"),
+    # invisible characters Unicode calls marks or letters: "Banana" with one reads as "Banana"
+    "Bana\u034fna": (None, "holds the invisible character U+034F"),        # combining grapheme joiner
+    "Banana\ufe0f": (None, "holds the invisible character U+FE0F"),        # variation selector 16
+    "Ba\u3164nana": (None, "holds the invisible character U+1160"),        # Hangul filler (NFKC: U+1160)
+    "\u115fBanana": (None, "holds the invisible character U+115F"),
+    "Banana\U000e0101": (None, "holds the invisible character U+E0101"),   # variation selector 18
+    # letters new in Unicode 15-16 (browsers know them, Python 3.11's Unicode 14 does not): refused on both sides
+    "Banana\U00011f04": (None, "holds the character U+11F04 (only letters, digits, spaces and -'’.,()&/+ are allowed)"),
+    "\U0001e4d0": (None, "holds the character U+1E4D0 (only letters, digits, spaces and -'’.,()&/+ are allowed)"),
+    "\U0002ebf0": (None, "holds the character U+2EBF0 (only letters, digits, spaces and -'’.,()&/+ are allowed)"),
+    "Apple\U0001e030": (None, "holds the character U+1E030 (only letters, digits, spaces and -'’.,()&/+ are allowed)"),
 }
 
 
@@ -72,7 +83,9 @@ def test_the_page_and_python_give_every_label_the_same_answer():
     labels = list(CASES) + [lab for f in catalog["fruits"] for lab in f["labels"]]
     pool = ([chr(c) for c in range(0x20, 0x7F)] + [chr(c) for c in range(0xA0, 0x180)] + list("АаВЕКМНОРСТХаеорсухіјѕ")
             + list("ΑΒΕΗΙΚΜΝΟΡΤΥΧαβγδεοστ") + list("青林檎苹果りんごリンゴ사과") + ["\u0301", "\u0308", "\u200b", "\u200d",
-            "\u202e", "\u2066", "\ufeff", "\u00a0", "\u2003", "\u3000", "\t", "\n", "\x1c", "🍎", "\u00df", "ﬁ"])
+            "\u202e", "\u2066", "\ufeff", "\u00a0", "\u2003", "\u3000", "\t", "\n", "\x1c", "🍎", "\u00df", "ﬁ",
+            "\u034f", "\ufe0f", "\u3164", "\uffa0", "\U00011f04", "\U0001e4d0", "\U0002ebf0", "\U0001e030",
+            "\U0001e5d0", "\U00016d40", "\u1c89", "\ua7cb", "\U0001f8b0"])
     rng = random.Random(7)
     labels += ["".join(rng.choice(pool) for _ in range(rng.randint(0, 12))) for _ in range(2000)]
     python = [dict(zip(("label", "problem"), check_label(t))) for t in labels]
@@ -80,6 +93,19 @@ def test_the_page_and_python_give_every_label_the_same_answer():
     differ = [(t, p, j) for t, p, j in zip(labels, python, page) if p != j]
     assert not differ, differ[:5]
     assert sum(p["problem"] is None for p in python) > 200 and sum(p["problem"] is not None for p in python) > 200
+
+
+def test_the_unicode_table_is_this_pythons_or_said():
+    """contract/unicode.json is what ``python -m contract.labels`` writes from this Python's unicodedata (when its
+    Unicode is the table's): both sides judge by the table, never by their own Unicode."""
+    import unicodedata
+
+    from contract.labels import tables, unicode_tables
+
+    table = tables()
+    assert table["unicode"] == "14.0.0" and all(len(table[k]) % 2 == 0 for k in ("assigned", "letters", "marks_digits"))
+    if unicodedata.unidata_version == table["unicode"]:
+        assert unicode_tables() == table
 
 
 def test_the_python_edge_sends_a_refused_folder_label_as_no_label_and_says_so(tmp_path):

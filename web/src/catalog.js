@@ -3,6 +3,7 @@
 // it is shown. What a person reads comes from here: the fruit's name in the page's language, its variety, the
 // description, season, storage, and nutrition with its source.
 
+import {inRanges} from './labels.js';
 import {sha256Hex} from './sha256.js';
 
 export const CATALOG_FORMAT = 1;
@@ -19,8 +20,8 @@ const LANG = /^[a-z]{2}$/;
 const TOP = ['format', 'version', 'sources', 'fruits'];
 const SOURCE_KEYS = ['name', 'version', 'licence', 'url', 'note'];
 const FRUIT_KEYS = ['id', 'labels', 'name', 'scientific_name', 'description', 'season', 'storage', 'nutrition'];
-// Python's unicodedata categories Cc Cf Co Cs Zl Zp: control, format (invisible, bidi), private, surrogate, separators
-const BAD_CHAR = /[\p{Cc}\p{Cf}\p{Co}\p{Zl}\p{Zp}]|[\uD800-\uDFFF]/u;
+// contract.catalog._URL: printable ASCII but space " < >
+const URL_RE = /^https?:\/\/[!#-;=?-~]+$/;
 
 const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
 const isText = (v) => typeof v === 'string';
@@ -29,15 +30,21 @@ const q = (s) => JSON.stringify(s);   // json.dumps(s, ensure_ascii=False)
 const sorted = (xs) => [...xs].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
 const strip = (s) => s.replace(/^\s+|\s+$/g, '');
 
+// What a text shown as it is may not hold: Cc Cf Co Cs Zl Zp from the labels' own Unicode table (contract/unicode.json,
+// as contract.labels.control_in), never this browser's \p{Cf}, which knows characters Python's Unicode does not.
+let CONTROLS = null;
+
 function badText(text) {
   for (const ch of text) {
-    if (BAD_CHAR.test(ch)) return `holds the character U+${ch.codePointAt(0).toString(16).toUpperCase().padStart(4, '0')}`;
+    const cp = ch.codePointAt(0);
+    if (inRanges(CONTROLS, cp)) return `holds the character U+${cp.toString(16).toUpperCase().padStart(4, '0')}`;
   }
   return null;
 }
 
 /** check_catalog: every problem of a parsed catalog, one line each; [] for a good catalog. */
 export function checkCatalog(data, labelRules) {
+  CONTROLS = labelRules.rules.unicode.controls;
   const out = [];
   if (!isObject(data)) return ['the catalog is not a JSON object'];
   for (const key of sorted(Object.keys(data).filter((k) => !TOP.includes(k)))) {
@@ -72,7 +79,7 @@ export function checkCatalog(data, labelRules) {
       }
     }
     const url = 'url' in src ? src.url : '';
-    if (url !== '' && url !== null && !(isText(url) && /^https?:\/\/[^\s<>"]+$/.test(url))) {
+    if (url !== '' && url !== null && !(isText(url) && URL_RE.test(url))) {
       out.push(`${where}.url: must be an http(s) address`);
     }
   }
@@ -148,7 +155,9 @@ function checkSourced(item, where, sources, {limit = null, numberMax = null} = {
     return [`${where}: must be {"value": ..., "source": ...}`];
   }
   const out = [];
-  if (!(typeof item.source === 'string' && Object.prototype.hasOwnProperty.call(sources, item.source))) {
+  if (typeof item.source !== 'string') {
+    out.push(`${where}: the source must be text (a key of sources)`);
+  } else if (!Object.prototype.hasOwnProperty.call(sources, item.source)) {
     out.push(`${where}: source ${q(item.source)} is not in sources`);
   }
   const value = item.value;
