@@ -44,6 +44,7 @@ from cloud_pca.pca import largest_angle
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "fruits360"
 OWN = ROOT / "data" / "fruits360"
+GROCERY = ROOT.parent / "shared" / "data" / "grocery"
 DAY_MS = 86_400_000
 T0 = 1_790_000_000_000          # the honest uploads' first day (ms since the epoch)
 
@@ -299,6 +300,141 @@ def run_vectors(spark, args, base, honest, pool, owner, ref, tmp, rec) -> None:
             print(f"| {name} | {s['rows_in']} | {mode} | {angle:.2f} | {verdict} | "
                   f"{'' if kept is None else f'{kept}/{len(owner)}'} | {why}; {max(refused, 0)} refused by the "
                   f"contract |", flush=True)
+
+
+def extra_vectors(folder: Path, cache: Path, tag: str, limit: int):
+    """Vectors of up to ``limit`` photos of a folder (the committed model), cached: photos the honest set never had."""
+    from contract import read_vectors
+    from edge_client.vectorize import find_photos, vectorize
+    from models import model_path
+
+    f = cache / f"{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]}-{model_path().stem}-{tag}.parquet"
+    if not f.exists():
+        f.parent.mkdir(parents=True, exist_ok=True)
+        vectorize(find_photos([folder])[:limit], f, model_path=model_path(), progress=False, client_id="extra")
+    return read_vectors(f)
+
+
+def influence_cases(honest, pool, args) -> dict:
+    """name -> (writer(root, when), trusted device or None) of issue 49's cases: a handful of shifted rows, a Sybil
+    group of them, and honest growth that must publish."""
+    from contract.vectors import features_matrix
+    from models.synthetic import generate
+
+    hx = features_matrix(honest.column("features")).astype(np.float64)
+    px = features_matrix(pool.column("features")).astype(np.float64)
+    one, sybils, phone = cognito(8000), [cognito(8100 + i) for i in range(60)], cognito(8500)
+
+    def pool_rows(k, at=0):
+        return (np.arange(k) + at) % pool.num_rows
+
+    def honest_rows(k, clients, at=0):
+        idx = pool_rows(k, at)
+        return lambda root, when: write_rows(root, when, pool.take(idx), None, clients,
+                                             ids=[pool.column("image_id")[int(i)].as_py() for i in idx], valid=True)
+
+    cases = {
+        "control: 3 honest photos, one new identity": honest_rows(3, [one] * 3),
+        "3 real photos shifted 5 SD in the 300 lowest-variance columns, one identity": lambda root, when: write_rows(
+            root, when, honest, low_variance_shift(px[pool_rows(3)], hx, columns=300), [one] * 3, valid=True),
+        "60 identities of 1 shifted row each (Sybil)": lambda root, when: write_rows(
+            root, when, honest, low_variance_shift(px[pool_rows(60)], hx, columns=300), sybils, valid=True),
+        "40 honest photos, one anonymous phone": honest_rows(40, [phone] * 40, at=100),
+    }
+    synthetic = args.cache / "synthetic-40" / "Training"
+    if not synthetic.is_dir():
+        generate(synthetic.parent, per_class=7, n_classes=6, seed=49)
+    sx = extra_vectors(synthetic, args.cache, "synthetic", 40)
+    cases["40 honest synthetic photos, one anonymous phone"] = lambda root, when: write_rows(
+        root, when, sx, None, [phone] * sx.num_rows, ids=sx.column("image_id").to_pylist(), valid=True)
+    if GROCERY.is_dir():
+        new = extra_vectors(GROCERY / "train" / "Banana", args.cache, "banana", 10)
+        cases["10 photos of a new fruit (shop bananas), a trusted laptop"] = lambda root, when: write_rows(
+            root, when, new, None, ["laptop-new"] * new.num_rows, ids=new.column("image_id").to_pylist(), valid=True,
+            labels=["Banana"] * new.num_rows)
+    return cases
+
+
+def run_influence(spark, args, base, honest, pool, ref, tmp, rec) -> None:
+    """Issue 49's cases, each a refresh of the honest state then ``publish`` against the honest projection in force;
+    after the 3 shifted rows, 3 more days of honest photos (40 a day, new identities), each published."""
+    print("\n| case (one refresh of the honest state) | rows | publish (turn from the projection in force) | set aside for "
+          "their influence | listed as drivers |")
+    print("| --- | --- | --- | --- | --- |")
+    control = None
+    for name, write in influence_cases(honest, pool, args).items():
+        root = copy_base(base, tmp / f"i{len(rec.rows)}")
+        out = root / "pca"
+        fit(spark, root, out, "state", args.fit_k, full=True)
+        write(root, T0 + 20 * DAY_MS)
+        days = [(name, None)] + ([(f"  then honest day {d + 1}: 40 photos from 20 new identities", d) for d in range(3)]
+                                 if "one identity" in name and "shifted" in name else [])
+        for label, day in days:
+            if day is not None:
+                idx = (np.arange(40) + 200 + 40 * day) % pool.num_rows
+                write_rows(root, T0 + (21 + day) * DAY_MS, pool.take(idx), None,
+                           [cognito(9000 + 20 * day + i % 20) for i in range(40)],
+                           ids=[pool.column("image_id")[int(i)].as_py() for i in idx], valid=True)
+            run_id = f"r{len(rec.rows)}"
+            got = fit(spark, root, out, run_id, args.fit_k, incremental=True, reproject=True)
+            done = publish_run(spark, got["run_uri"], root, args.publish_k)
+            t, inf = done.record["turn"], got["summary"].get("influence") or {}
+            aside = [d["device"] for d in inf.get("set_aside", [])]
+            listed = [d["device"] for d in t.get("drivers", [])]
+            if label.startswith("control"):
+                control = t["turn_deg"]
+            verdict = ("HELD" if done.held else "published") + f" ({t['turn_deg']:.1f} deg" + (
+                f", control {control:.1f}" if control is not None and not label.startswith("control") else "") + (
+                "; explained by the trusted devices" if t.get("explained_by") else "") + ")"
+            rec.add(measure="influence", case=label, held=done.held, turn_deg=t["turn_deg"], control_deg=control,
+                    explained_by=t.get("explained_by"), set_aside=aside, drivers=listed[:60],
+                    rows_added=got["summary"]["incremental"]["rows_added"],
+                    groups=inf.get("groups"), influence_s=got["summary"]["timings_s"].get("influence_s"))
+            print(f"| {label} | {got['summary']['rows_in']} | {verdict} | {len(aside)} identities "
+                  f"({sum(d['rows'] for d in inf.get('set_aside', []))} rows) | {len(listed)} |", flush=True)
+
+
+def run_rename(spark, args, honest, pool, test, tmp, rec) -> None:
+    """Issue 49: one identity sent 6 right photos, then 8 plums labelled "Banana" (a fruit only the catalog knows), and 9
+    of 13 honest plums became "Banana", on a stack whose trusted rows had no plum (``./run web``'s seed). Here, on
+    such an honest set (its plums left out, as that seed does): how many identities, each with how many right labels,
+    it takes; the honest Test plums answered "Banana" after each publish (the catalog knows Banana, no trusted row has
+    it, and none has Plum either)."""
+    import pyarrow as pa
+
+    from cloud_pca.catalog import seed_bytes
+
+    base = tmp / "rename-base"
+    no_plum = honest.filter(pa.array([lab.split()[0] != "Plum" for lab in honest.column("label").to_pylist()]))
+    lay_out_honest(base, no_plum)
+    labels = pool.column("label").to_pylist()
+    plums = [i for i, lab in enumerate(labels) if lab.split()[0] == "Plum"]
+    right = [i for i, lab in enumerate(labels) if lab.split()[0] != "Plum"]
+    truth = test.column("label").to_pylist()
+    print("\n| label attack: plums labelled \"Banana\" (a fruit only the catalog knows; 6 plums of their own each) | "
+          "identities x right labels each | honest Test plums answered \"Banana\" |")
+    print("| --- | --- | --- |")
+    for ids, n_right in ((1, 6), (1, 40), (4, 40), (5, 11), (5, 12)):
+        root = copy_base(base, tmp / f"n{len(rec.rows)}")
+        (root / "models").mkdir(parents=True, exist_ok=True)
+        (root / "models" / "catalog.json").write_bytes(seed_bytes())
+        fit(spark, root, root / "pca", "state", args.fit_k, full=True)
+        for j in range(ids):
+            who = cognito(8600 + j)
+            theirs = [plums[(j * 6 + r) % len(plums)] for r in range(6)]   # photos of their own
+            mine = [right[(j * n_right + r) % len(right)] for r in range(n_right)] + theirs
+            write_rows(root, T0 + 20 * DAY_MS + j, pool.take(mine), None, [who] * len(mine),
+                       ids=fresh_ids(len(mine), f"rename {ids} {n_right} {j}"), valid=True,
+                       labels=[labels[i] for i in mine[:n_right]] + ["Banana"] * len(theirs))
+        got = fit(spark, root, root / "pca", "r", args.fit_k, incremental=True, reproject=True)
+        done = publish_run(spark, got["run_uri"], root, args.publish_k)
+        said = answers(done, test) if not done.held else []
+        plum_answers = [a for a, t in zip(said, truth) if t.split()[0] == "Plum"]
+        renamed = sum("Banana" in a for a in plum_answers)
+        rec.add(measure="rename", identities=ids, right_labels=n_right, held=done.held, plums=len(plum_answers),
+                renamed=renamed, banana_in_index="Banana" in (done.index.labels if done.index else []))
+        print(f"| {ids} x ({n_right} right + 6 plums as Banana) | {ids} x {n_right} | {renamed} of {len(plum_answers)}"
+              f"{' (Banana in the index)' if done.index and 'Banana' in done.index.labels else ''} |", flush=True)
 
 
 def run_drip(spark, args, base, honest, pool, ref, tmp, rec, refreshes: int = 8) -> None:
@@ -612,7 +748,7 @@ def main() -> int:
     ap.add_argument("--publish-k", type=int, default=32, help="components published (what phones identify with)")
     ap.add_argument("--swap", help="the two fruits the label swap exchanges, 'A,B' (default two similar ones)")
     ap.add_argument("--crafted", type=int, default=20000, help="rows of the crafted-signature case")
-    ap.add_argument("--sections", default="vectors,drip,labels,crafted,state")
+    ap.add_argument("--sections", default="vectors,drip,influence,rename,labels,crafted,state")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "benchmarks")
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("FRUITS_CACHE", ROOT / ".cache")) / "bench-poisoning")
     ap.add_argument("--smoke", action="store_true", help="the project's own photos, the controls and one attack of each "
@@ -661,6 +797,10 @@ def main() -> int:
             run_vectors(spark, args, base_published, honest, pool, owner, ref, tmp, rec)
         if "drip" in sections:
             run_drip(spark, args, base_published, honest, pool, ref, tmp, rec)
+        if "influence" in sections:
+            run_influence(spark, args, base_published, honest, pool, ref, tmp, rec)
+        if "rename" in sections:
+            run_rename(spark, args, honest, pool, test, tmp, rec)
         if "labels" in sections:
             run_labels(spark, args, base_published, honest, pool, test, tmp, rec, honest_answers)
         if "crafted" in sections:

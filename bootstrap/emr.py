@@ -150,6 +150,12 @@ class JobStep:
     name: str
     args: tuple[str, ...]
 
+    @property
+    def may_hold(self) -> bool:
+        """The publish step: it exits with :data:`contract.errors.EXIT_HELD` when the operator must look first; the
+        report after it still runs (it shows why), then the chain ends failed, saying so."""
+        return self.args[:1] == ("publish",)
+
 
 def model_sha256(name: str) -> str:
     """The fingerprint of the committed model ``name`` (from its card, ``models/<name>.json``)."""
@@ -208,7 +214,9 @@ def _spark_submit(spec: ClusterSpec, args: list[str]) -> list[str]:
 def build_request(spec: ClusterSpec) -> dict:
     """The exact ``run_job_flow`` request for ``spec``."""
     root = spec.prefix
-    steps = [{"Name": step.name, "ActionOnFailure": "TERMINATE_CLUSTER",
+    # A held publish fails its step but the report still runs (CONTINUE): the step list shows publish FAILED, its
+    # stderr says HELD, and the report shows why.
+    steps = [{"Name": step.name, "ActionOnFailure": "CONTINUE" if step.may_hold else "TERMINATE_CLUSTER",
               "HadoopJarStep": {"Jar": "command-runner.jar", "Args": _spark_submit(spec, list(step.args))}}
              for step in job_chain(spec)]
     groups = [

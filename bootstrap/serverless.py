@@ -127,12 +127,18 @@ def job_runs(spec: ClusterSpec, application_id: str, role_arn: str) -> list[dict
             for step in job_chain(spec)]
 
 
+HELD_REPORT = "Report, then stop: publish held or failed"
+
+
 def state_machine_definition(spec: ClusterSpec, application_id: str, role_arn: str) -> dict:
     """The daily chain for Step Functions: one ``startJobRun.sync`` state per job run, in order; a failed run
-    ends the execution (the job run's error and cause are the execution's)."""
+    ends the execution (the job run's error and cause are the execution's). A publish that does not publish (held
+    for the operator: it exits with :data:`contract.errors.EXIT_HELD`, or failed) still gets its report, then the
+    execution ends failed with the error ``FruitsPublishHeld``."""
     runs = job_runs(spec, application_id, role_arn)
     states, names = {}, [f"{i + 1}. {r['name'][len('fruits: '):]}"[:80] for i, r in enumerate(runs)]
-    for i, (name, run) in enumerate(zip(names, runs)):
+
+    def task(run: dict, on_error: str) -> dict:
         params = {"ApplicationId": application_id, "ExecutionRoleArn": role_arn, "Name": run["name"],
                   # One run id per execution: each day's run is named by its execution, not by plan's run id.
                   "JobDriver": {"SparkSubmit": {
@@ -141,13 +147,23 @@ def state_machine_definition(spec: ClusterSpec, application_id: str, role_arn: s
                       "SparkSubmitParameters": run["jobDriver"]["sparkSubmit"]["sparkSubmitParameters"]}},
                   "ConfigurationOverrides": {"MonitoringConfiguration": {"S3MonitoringConfiguration": {
                       "LogUri": logs_uri(spec)}}}}
-        state = {"Type": "Task", "Resource": "arn:aws:states:::emr-serverless:startJobRun.sync", "Parameters": params,
-                 "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Chain stopped"}]}
+        return {"Type": "Task", "Resource": "arn:aws:states:::emr-serverless:startJobRun.sync", "Parameters": params,
+                "Catch": [{"ErrorEquals": ["States.ALL"], "Next": on_error}]}
+
+    for i, (name, run) in enumerate(zip(names, runs)):
+        publish = run["jobDriver"]["sparkSubmit"]["entryPointArguments"][:1] == ["publish"] and i + 1 < len(runs)
+        state = task(run, HELD_REPORT if publish else "Chain stopped")
         if i + 1 < len(names):
             state["Next"] = names[i + 1]
         else:
             state["End"] = True
         states[name] = state
+        if publish:   # the report (the next run) still shows why; then the execution ends failed, saying so
+            states[HELD_REPORT] = {**task(runs[i + 1], "Publish held or failed"), "Next": "Publish held or failed"}
+            states["Publish held or failed"] = {
+                "Type": "Fail", "Error": "FruitsPublishHeld",
+                "Cause": "publish did not publish: HELD for the operator (the run's publish.json and report say why; "
+                         "fruits-cloud publish --accept-turn publishes it) or failed (its log)"}
     states["Chain stopped"] = {"Type": "Fail", "Error": "FruitsChainStopped",
                                "Cause": "a job run failed: its error and log location are in the execution history"}
     return {"Comment": f"Fruits! daily refresh of s3://{spec.bucket}/{spec.prefix}: the job chain, in order",
@@ -425,8 +441,9 @@ def prepare(spec: ClusterSpec, *, session, say=print, extra=None) -> dict:
 def run_chain(emrs, spec: ClusterSpec, application_id: str, role_arn: str, *, say=print, poll_s: float = 20.0,
               timeout_s: float = 6 * 3600) -> list[dict]:
     """Start the chain's job runs one after another, each when the previous succeeded; returns what ran. A run
-    that does not succeed stops the chain: :class:`EMRError` names it, its state and its logs."""
-    done = []
+    that does not succeed stops the chain: :class:`EMRError` names it, its state and its logs; a publish that does not
+    publish (HELD for the operator, or failed) still gets its report first."""
+    done, held = [], None
     requests = job_runs(spec, application_id, role_arn)
     for i, request in enumerate(requests):
         run_id = emrs.start_job_run(**request)["jobRunId"]
@@ -440,12 +457,19 @@ def run_chain(emrs, spec: ClusterSpec, application_id: str, role_arn: str, *, sa
                 raise EMRError(f"job run {run_id} ({request['name']}) still {run['state']} after {timeout_s:.0f} s")
             time.sleep(poll_s)
         done.append({"name": request["name"], "job_run_id": run_id, "state": run["state"]})
+        publish = request["jobDriver"]["sparkSubmit"]["entryPointArguments"][:1] == ["publish"]
+        if run["state"] != "SUCCESS" and publish and i + 1 < len(requests):
+            held = f"job run {run_id} ({request['name']}) ended {run['state']}: HELD for the operator, or failed"
+            continue
         if run["state"] != "SUCCESS":
             logs = f"{logs_uri(spec)}applications/{application_id}/jobs/{run_id}/"
             rest = ", ".join(r["name"] for r in requests[i + 1:]) or "nothing"
             raise EMRError(f"job run {run_id} ({request['name']}) ended {run['state']}: "
                            f"{run.get('stateDetails', '') or 'no details'}; logs: {logs}; the chain stopped "
                            f"({rest} not started)")
+    if held:
+        raise EMRError(f"{held}: nothing published; the run's publish.json and report say why (fruits-cloud emr "
+                       f"serverless status); fruits-cloud publish --accept-turn publishes a held run")
     return done
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 if __package__ in (None, ""):  # run as a file by spark-submit: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from contract.errors import FruitsError, add_command, main_parser, run_cli  # noqa: E402
+from contract.errors import EXIT_HELD, FruitsError, add_command, main_parser, run_cli  # noqa: E402
 from cloud_pca.pca import SOLVERS  # noqa: E402
 
 
@@ -172,8 +173,15 @@ def build_parser(extend=None):
                     description="From a run's summary.json: the devices, anonymous or trusted, the rows refused and set "
                                 "aside (screened, near-copies, conflicts), objects quarantined or held back.",
                     example="fruits-cloud contributions --run s3://b/team/pca/run=2026...")
-    c.add_argument("--run", required=True, help="a run folder (OUTPUT/run=<id>)")
+    c.add_argument("--run", help="a run folder (OUTPUT/run=<id>)")
     c.add_argument("--json", action="store_true", help="the summary's contributions record as JSON")
+    c.add_argument("--restore", metavar="DEVICE", action="append",
+                   help="count an identity set aside for its influence again (repeatable; with --output): its "
+                        "objects count from the next --full run")
+    c.add_argument("--accept-label", metavar="LABEL", action="append",
+                   help="accept a label no trusted row has (repeatable; with --output): one identity with earned "
+                        "weight may then teach it, instead of several")
+    c.add_argument("--output", help="the pca output whose state keeps the operator's decisions (OUTPUT of pca)")
     g = add_command(sub, "catalog", help="the fruit catalog: check it, fill its nutrition, publish it",
                     description="The catalog phones show under an answer (names in English and French, variety, "
                                 "description, season, storage, nutrition with its source): check a file against the "
@@ -268,11 +276,11 @@ def cmd_publish(args) -> int:
               if t.get("turn_deg") is not None else "first publish for this model")
     if done.held:
         print(f"HELD, not published: {t['why']}")
-        for d in t["drivers"][:5]:
+        for d in t["drivers"]:
             print(f"  {d['device']}{' (anonymous)' if d['anonymous'] else ''}: {d['share_of_turn']:.0%} of the turn, "
                   f"{d['share_of_rows']:.1%} of the rows")
         print(f"the projection in force stays; {_uri(args.run).rstrip('/')}/publish.json has the record")
-        return 0
+        return EXIT_HELD
     cal = index.calibration
     print(f"projection {projection.projection_id}: k={projection.k}, model {projection.model_sha256[:12]}...; {turned}"
           + (" (accepted by the operator)" if done.record.get("accepted_turn") else "") + f"; index "
@@ -339,6 +347,39 @@ def cmd_report(args) -> int:
 def cmd_contributions(args) -> int:
     from cloud_pca.report import ReportError, _read_json, check_summary, contributions_tables, publish_tables
 
+    if args.accept_label:
+        from cloud_pca.incremental import read_registry, write_registry
+        from contract.labels import check_label
+
+        if not args.output:
+            raise FruitsError("--accept-label needs --output (the pca output whose state keeps the labels accepted)")
+        spark = _spark(args, "contributions")
+        accepted = read_registry(spark, _uri(args.output), "accepted-labels.json")
+        for raw in args.accept_label:
+            label, problem = check_label(raw)
+            if problem:
+                raise FruitsError(f"--accept-label {raw!r}: {problem}")
+            accepted[label] = {"accepted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            print(f"accepted {label!r}: from the next publish, one identity with earned weight may teach it")
+        write_registry(spark, _uri(args.output), "accepted-labels.json", accepted)
+        return 0
+    if args.restore:
+        from cloud_pca.incremental import read_set_aside, write_set_aside
+
+        if not args.output:
+            raise FruitsError("--restore needs --output (the pca output whose state keeps the identities set aside)")
+        spark = _spark(args, "contributions")
+        devices = read_set_aside(spark, _uri(args.output))
+        unknown = [d for d in args.restore if d not in devices]
+        if unknown:
+            raise FruitsError(f"{unknown[0]} is not set aside under {args.output} (set aside: "
+                              f"{', '.join(sorted(devices)[:10]) or 'none'})")
+        write_set_aside(spark, _uri(args.output), {d: r for d, r in devices.items() if d not in args.restore})
+        for d in args.restore:
+            print(f"restored {d}: its objects count again from the next --full run of {args.output}")
+        return 0
+    if not args.run:
+        raise FruitsError("give --run (a run folder), or --restore DEVICE --output OUTPUT")
     run = _uri(args.run).rstrip("/")
     spark = _spark(args, "contributions")
     summary = _read_json(spark, f"{run}/summary.json")

@@ -338,6 +338,60 @@ def state_root(output: str) -> str:
     return f"{output.rstrip('/')}/{STATE}"
 
 
+SET_ASIDE = "set-aside.json"
+
+
+def set_aside_uri(output: str) -> str:
+    """The identities set aside for their influence (:mod:`cloud_pca.influence`), for every model of the output:
+    ``OUTPUT/state/set-aside.json``. The job adds to it; the operator restores one (``fruits-cloud contributions
+    --restore``)."""
+    return f"{state_root(output)}/{SET_ASIDE}"
+
+
+def read_set_aside(spark, output: str) -> dict[str, dict]:
+    """{device: the record of when and why it was set aside}; {} when none ever was. A damaged file is one error."""
+    return read_registry(spark, output, SET_ASIDE)
+
+
+def read_registry(spark, output: str, name: str) -> dict[str, dict]:
+    """An operator's registry in ``OUTPUT/state/`` (:data:`SET_ASIDE`: identities set aside; ``accepted-labels.json``:
+    labels accepted): its entries, {} when there is none; a damaged file is one error naming it."""
+    uri = f"{state_root(output)}/{name}"
+    try:
+        data = read_bytes(spark, uri)
+    except FileNotFoundError:
+        return {}
+    try:
+        got = json.loads(data)
+        if not isinstance(got, dict) or not isinstance(got.get("entries"), dict):
+            raise ValueError("no 'entries' object")
+        return got["entries"]
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StateError(f"{uri}: damaged ({exc}); restore it from the bucket's versions, or remove it (what it "
+                         f"lists is then forgotten)") from None
+
+
+def write_registry(spark, output: str, name: str, entries: dict[str, dict]) -> None:
+    write_bytes(spark, f"{state_root(output)}/{name}", json.dumps({"entries": entries}, indent=1,
+                                                                   sort_keys=True).encode())
+
+
+def write_set_aside(spark, output: str, devices: dict[str, dict]) -> None:
+    write_registry(spark, output, SET_ASIDE, devices)
+
+
+def record_set_aside(spark, output: str, found: list[dict], *, run_id: str) -> None:
+    """Add the identities a run set aside (``influence.set_aside`` records) to the registry."""
+    if not found:
+        return
+    devices = read_set_aside(spark, output)
+    for r in found:
+        devices.setdefault(r["device"], {"run": run_id, "rows": r["rows"], "component": r["component"],
+                                         "share_of_component": r["share_of_component"],
+                                         "angle_without_deg": r["angle_without_deg"]})
+    write_set_aside(spark, output, devices)
+
+
 def load_state(spark, output: str, model_sha256: str | None) -> State | None:
     """The state of ``model_sha256`` (or of the only model that has one); None when there is none yet."""
     root = state_root(output)

@@ -685,9 +685,11 @@ def read_stage(spark, cfg: JobConfig, say) -> Prepared:
             raise JobError(str(exc)) from None
         if not listed:
             raise JobError(f"no Parquet files under {', '.join(cfg.inputs)} (empty input prefix?)")
+        from cloud_pca.incremental import read_set_aside
         from cloud_pca.trust import hold_back
 
-        files, held = hold_back(check_files(spark, listed))
+        aside = read_set_aside(spark, cfg.output) if cfg.full else None
+        files, held = hold_back(check_files(spark, listed), set_aside=aside)
         data = scan_stage(spark, cfg, files, where=", ".join(cfg.inputs), held=held)
         data.held = held
         return data
@@ -796,6 +798,106 @@ def fit_stage(spark, cfg: JobConfig, data: Prepared, say, before: GramSums | Non
     return model, traffic.totals, sums
 
 
+def influence_stage(spark, cfg: JobConfig, data, model: FruitsPCAModel, sums, say):
+    """The anonymous identities whose rows pull a component of ``model`` out of all proportion to their number, set
+    aside (:mod:`cloud_pca.influence`): their rows leave the batch's fitted rows, statistics and projections (rejects
+    with the reason), and the model is fitted without them. Returns (model, statistics) and records what it found as
+    ``data.influence``. Runs where the rows were read as files (the gram solver's path)."""
+    from cloud_pca import influence
+    from cloud_pca.pca import GramSums
+    from cloud_pca.scan import owner_energies
+
+    if not isinstance(data, Scanned) or sums is None or data.model_sha256 is None or not data.counts["projected"]:
+        return model, sums
+    say("weighing the anonymous identities' influence on the components")
+    m = min(influence.COMPONENTS, model.n_components_)
+    per = owner_energies(spark, data.found, data.model_sha256, model, data.excluded, m)
+    paths = [f.path for f in data.found.files]
+    cache: dict = {}
+
+    def rows_of(owners: set) -> list[tuple[int, int, str]]:
+        """(file index, row, owner) of the fitted rows of ``owners``."""
+        if data.in_driver:
+            t = data.unique
+            return [(f, r, o) for f, r, o in zip(t.column("file").to_pylist(), t.column("row").to_pylist(),
+                                                 t.column("owner").to_pylist()) if o in owners]
+        from pyspark.sql import functions as F
+
+        return [(r["file"], r["row"], r["owner"]) for r in data.unique.filter(F.col("owner").isin(sorted(owners)))
+                .select("file", "row", "owner").collect()]
+
+    def group_rows(owners: set) -> tuple[list, np.ndarray]:
+        key = tuple(sorted(owners))
+        if key not in cache:
+            got = rows_of(owners)
+            where = [(paths[f], r) for f, r, _ in got]
+            vectors = feature_reader(data.found)(where)
+            if len(vectors) != len(where):
+                raise JobError(f"{len(where) - len(vectors)} row(s) of the identities weighed cannot be read again "
+                               f"(first: {where[0][0]})")
+            cache[key] = ([o for _, _, o in got], np.stack([vectors[w] for w in where]))
+        return cache[key]
+
+    found, without = influence.screen(model, sums, per, group_rows)
+    data.influence = found.record
+    if not found.owners:
+        return model, sums
+    who, x = group_rows(found.weighed)
+    mine = np.isin(np.asarray(who, dtype=object), sorted(found.owners))
+    set_aside_rows(spark, data, [(f, r) for f, r, o in rows_of(found.owners)], influence.REASON)
+    if data.contributions is not None:
+        data.contributions["influence_set_aside"] = found.record["set_aside"]
+    data.sums = data.sums - GramSums.of(x[mine])
+    say(f"set aside {len(found.owners)} anonymous identities pulling a component out of proportion to their rows "
+        f"({sum(r['rows'] for r in found.record['set_aside'])} rows)")
+    return FruitsPCAModel.from_moments(without.moments(), k=cfg.k, variance=cfg.variance, solver=cfg.solver), without
+
+
+def set_aside_rows(spark, data, where: list[tuple[int, int]], reason: str) -> None:
+    """Rows (file index, row) of a scanned batch left out after the trust stage: out of the fitted rows (``unique``,
+    ``excluded``), into the rejects with ``reason``, counted per device in the contributions."""
+    import pyarrow as pa
+
+    rids = np.array(sorted((f << 32) | r for f, r in where), np.int64)
+    data.excluded = np.union1d(data.excluded, rids)
+    paths = [f.path for f in data.found.files]
+    if data.in_driver:
+        import pyarrow.compute as pc
+
+        t = data.unique
+        rid = (t.column("file").to_numpy().astype(np.int64) << 32) | t.column("row").to_numpy().astype(np.int64)
+        gone = np.isin(rid, rids)
+        data.unique = t.filter(pa.array(~gone))
+        thin = data.found.thin
+        trid = (thin.column("file").to_numpy().astype(np.int64) << 32) | thin.column("row").to_numpy().astype(np.int64)
+        aside = thin.filter(pa.array(np.isin(trid, rids) & pc.is_null(thin.column("reason")).to_numpy(
+            zero_copy_only=False)))
+        owners = aside.column("owner").to_pylist()
+        data.rejects = pa.concat_tables([data.rejects, pa.table({
+            "image_id": aside.column("image_id"), "source": aside.column("source"),
+            "client_id": aside.column("client_id"),
+            "file": pa.array([paths[i] for i in aside.column("file").to_pylist()], pa.string()),
+            "reason": pa.array([reason] * aside.num_rows, pa.string())})])
+    else:
+        from pyspark.sql import functions as F
+
+        drop = F.broadcast(spark.createDataFrame([(int(r),) for r in rids], "_rid long"))
+        data.unique = (data.unique.withColumn("_rid", _rid("file", "row")).join(drop, "_rid", "left_anti")
+                       .drop("_rid"))
+        files = F.broadcast(spark.createDataFrame(list(enumerate(paths)), "file int, path string"))
+        aside = (data.found.thin.filter(F.col("reason").isNull()).withColumn("_rid", _rid("file", "row"))
+                 .join(drop, "_rid").join(files, "file"))
+        owners = [r["owner"] for r in aside.select("owner").collect()]
+        data.rejects = data.rejects.unionByName(aside.select("image_id", "source", "client_id",
+                                                             F.col("path").alias("file"), F.lit(reason).alias("reason")))
+    data.counts["projected"] -= len(rids)
+    data.counts["rejected"] += len(rids)
+    c = data.contributions or {}
+    c["influence"] = c.get("influence", 0) + len(rids)
+    for d in c.get("by_device", []):
+        d["set_aside"] += owners.count(d["device"])
+
+
 # ---------------------------------------------------------------------------------------- write stage
 def prepare_output(spark, run_uri: str, *, overwrite: bool) -> None:
     """Refuse an existing run folder unless ``overwrite``; then remove its marker first, then the rest."""
@@ -886,7 +988,7 @@ def incremental_stage(spark, cfg: JobConfig, say):
         raise JobError(f"no Parquet files under {', '.join(cfg.inputs)} (empty input prefix?)")
     from cloud_pca.trust import hold_back
 
-    kept, held = hold_back(new, state.objects if state else None)
+    kept, held = hold_back(new, state.objects if state else None, set_aside=incremental.read_set_aside(spark, cfg.output))
     good = [f for f in kept if f.reason is None]
     if good:
         small = sum(f.size for f in good) <= cfg.driver_batch_bytes
@@ -954,9 +1056,14 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
             model, fit_traffic, sums = fit_stage(spark, cfg, data, say, before=state.sums if state else None)
             timings["fit_s"] = time.perf_counter() - t
             t = time.perf_counter()
+            model, sums = influence_stage(spark, cfg, data, model, sums, say)
+            timings["influence_s"] = time.perf_counter() - t
+            t = time.perf_counter()
             if cfg.reproject:
                 say("re-projecting every counted row with the new model")
-                files = incremental.counted_files(spark, state) + batch.good
+                aside = {**incremental.read_set_aside(spark, cfg.output),
+                         **{r["device"]: r for r in (getattr(data, "influence", None) or {}).get("set_aside", [])}}
+                files = [f for f in incremental.counted_files(spark, state) + batch.good if f.owner not in aside]
                 where = f"{state.uri} (counted) and the new objects"
                 # As the batch: read by the driver when all of it is one task's worth (a small dataset: the local
                 # stack's refresh starts no Spark job for it), else by Spark tasks.
@@ -984,6 +1091,7 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
                 "projections_rows": shown.counts["projected"],
                 "passes": feature_passes(data, shown),
                 "contributions": getattr(data, "contributions", None),
+                "influence": getattr(data, "influence", None),
             }
             refreshes = None
             if cfg.incremental or cfg.full:
@@ -1018,6 +1126,9 @@ def _run(spark, cfg: JobConfig, say) -> JobResult:
             # The incremental state is committed after the run's own files, before its marker: the new total is
             # in force from there on, and a run killed before leaves no marker naming a generation not in force.
             decision = getattr(data, "decision", None)
+            found_aside = (getattr(data, "influence", None) or {}).get("set_aside", [])
+            if found_aside and (cfg.incremental or cfg.full):
+                incremental.record_set_aside(spark, cfg.output, found_aside, run_id=run_id)
             commit = (lambda: incremental.commit(
                 spark, state, generation, sums, batch.new if batch else data.inputs.files, data.unique, run_id=run_id,
                 scanned=data.found.files if isinstance(data, Scanned) else None,

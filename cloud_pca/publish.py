@@ -93,7 +93,8 @@ def _nothing_counts(run_uri: str, record: dict) -> PublishError:
 
 
 def index_from_run(spark, run_uri: str, k: int, projection_id: str, *, driver_read_bytes: int | None = None,
-                   catalog_labels: set | None = None, small=False) -> tuple[ReferenceIndex, dict]:
+                   catalog_labels: set | None = None, accepted: set | None = None, small=False
+                   ) -> tuple[ReferenceIndex, dict]:
     """What devices identify with (:mod:`cloud_pca.identifier`), fitted on the run's labelled rows' first k
     components that count (:mod:`cloud_pca.votes`: labels are votes): by the driver from a small run's projections
     (one task's worth), else in Spark. Returns the index and the votes' record."""
@@ -121,7 +122,7 @@ def index_from_run(spark, run_uri: str, k: int, projection_id: str, *, driver_re
                                          [iids[i] for i in chosen], projection_id)
 
         v = votes.weigh(y, [labels[i] for i in rows], [clients[i] for i in rows], srcs, iids,
-                        catalog_labels=catalog_labels, fit=fit)
+                        catalog_labels=catalog_labels, accepted=accepted, fit=fit)
         record = v.record()
         chosen = np.flatnonzero(v.counted)
         if not len(chosen):
@@ -132,7 +133,7 @@ def index_from_run(spark, run_uri: str, k: int, projection_id: str, *, driver_re
         if col not in proj.columns:
             proj = proj.withColumn(col, F.lit(None).cast("string"))
     chosen, record = votes.weigh_in_spark(spark, proj.filter(F.col("label").isNotNull()), k, projection_id,
-                                          catalog_labels=catalog_labels)
+                                          catalog_labels=catalog_labels, accepted=accepted)
     try:
         if not record["counted"]:
             raise _nothing_counts(run_uri, record)
@@ -141,6 +142,13 @@ def index_from_run(spark, run_uri: str, k: int, projection_id: str, *, driver_re
         raise PublishError(f"{run_uri}/projections: {exc}") from None
     finally:
         chosen.unpersist()
+
+
+def accepted_labels(spark, run_uri: str) -> set:
+    """The labels the operator accepted for the run's output (``OUTPUT/state/accepted-labels.json``)."""
+    from cloud_pca.incremental import read_registry
+
+    return set(read_registry(spark, run_uri.rstrip("/").rsplit("/", 1)[0], "accepted-labels.json"))
 
 
 @dataclass
@@ -225,7 +233,8 @@ def publish(spark, run_uri: str, root_uri: str, k: int | None = None, *, driver_
         return Publication(projection, None, [], record)
     index, votes = index_from_run(spark, run_uri, projection.k, projection.projection_id,
                                   driver_read_bytes=driver_read_bytes, small=small,
-                                  catalog_labels=set(catalog.labels) if catalog is not None else None)
+                                  catalog_labels=set(catalog.labels) if catalog is not None else None,
+                                  accepted=accepted_labels(spark, run_uri))
     root = root_uri.rstrip("/")
     files = [(projection_key("", projection.projection_id), projection.to_bytes()),
              (index_key("", index.index_id), index.to_bytes())]

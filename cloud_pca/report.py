@@ -374,7 +374,8 @@ def contributions_tables(c: dict) -> list[tuple[str, list[dict]]]:
         ("near_copies", "near-copies of other anonymous vectors (a dense cluster)"),
         ("conflicts", "conflicts: another vector for a photo already given"),
         ("replaced_counted", "counted rows replaced by a better-ranked copy"),
-        ("held_back", "objects held back (one anonymous device's daily cap)"),
+        ("influence", "rows of identities set aside for their influence on the components"),
+        ("held_back", "objects held back (one anonymous device's daily cap, or set aside before)"),
         ("quarantined", "objects quarantined (unreadable, or off the layout)"))]
     tables = [("Set aside by the trust model", counts)]
     devices = [d for d in c.get("by_device") or [] if d.get("refused") or d.get("set_aside")]
@@ -382,6 +383,11 @@ def contributions_tables(c: dict) -> list[tuple[str, list[dict]]]:
         tables.append(("Devices with rows refused or set aside", [
             {"device": d["device"], "anonymous": "yes" if d.get("anonymous") else "no", "rows": d.get("rows"),
              "refused by the contract": d.get("refused"), "set aside": d.get("set_aside")} for d in devices[:30]]))
+    if c.get("influence_set_aside"):
+        tables.append(("Identities set aside for their influence (fruits-cloud contributions --restore DEVICE)", [
+            {"device": d["device"], "rows": d["rows"], "share of the rows": f"{d['share_of_rows']:.2%}",
+             "component": d["component"], "share of that component": f"{d['share_of_component']:.0%}",
+             "angle without them": f"{d['angle_without_deg']:.0f} deg"} for d in c["influence_set_aside"][:200]]))
     if c.get("quarantined_objects"):
         tables.append(("Objects quarantined", c["quarantined_objects"][:50]))
     if c.get("held_back_objects"):

@@ -418,3 +418,78 @@ def project(spark, found, model_sha256: str, pca, excluded: np.ndarray, *, label
                               owners)
 
     return _over_groups(spark, groups, projected, PROJECTED_DDL), skip
+
+
+# ------------------------------------------------------------------- the anonymous rows' energy (influence)
+def _energy_files(options, indices, paths, dim, select, model_sha256, params, left_out, owners, anonymous, m):
+    """{owner: [rows, energy (m x m)]} of the anonymous fitted rows of some files (but ``left_out`` ones), projected with
+    ``params``: what :mod:`cloud_pca.influence` weighs."""
+    from cloud_pca.influence import add_energies, energies
+    from contract.layout import is_anonymous
+    from contract.vectors import features_matrix
+
+    mean, inv, comps_t = params
+    out: dict = {}
+    for idx in indices:
+        start = 0
+        for batch in _batches(options, paths[idx]):
+            table, reasons = _conformed(batch, paths[idx], dim, select, owners[idx] if owners else None)
+            shas = np.asarray(table.column("model_sha256").to_numpy(zero_copy_only=False), dtype=object)
+            keep = (reasons == None) & (shas == model_sha256)   # noqa: E711
+            keep &= ~np.isin(rid(idx, np.arange(start, start + table.num_rows)), left_out)
+            start += table.num_rows
+            take = np.flatnonzero(keep)
+            if not len(take):
+                continue
+            t = table.take(take)
+            who = (np.full(len(take), owners[idx], dtype=object) if owners and owners[idx] is not None
+                   else _source_owner(t.column("source").to_numpy(zero_copy_only=False)))
+            anon = np.array([bool(anonymous[idx]) or is_anonymous(o) for o in who], bool)
+            if not anon.any():
+                continue
+            y = ((features_matrix(t.column("features")) - mean) * inv) @ comps_t
+            add_energies(out, energies(list(who), anon, y, m))
+    return out
+
+
+def owner_energies(spark, found, model_sha256: str, pca, excluded: np.ndarray, m: int) -> dict:
+    """Per anonymous owner, its fitted rows (but ``excluded``) and their energy along ``pca``'s first ``m``
+    components: a pass over the anonymous devices' files only (in Spark tasks for a :class:`Scan`, in the driver for
+    a :class:`LocalScan`); the driver receives m + 1 numbers per identity."""
+    import pyarrow as pa
+
+    from cloud_pca.influence import add_energies
+    from contract.vectors import safe_inverse
+
+    from contract.layout import is_anonymous
+
+    paths, dim, select = [f.path for f in found.files], found.dim, found.select
+    owners = [f.owner for f in found.files]
+    anonymous = [bool(f.anonymous) or (f.owner is not None and is_anonymous(f.owner)) for f in found.files]
+    # files of keyed devices hold no anonymous row (featurized photos name their uploader per row: read those too)
+    wanted = [i for i, f in enumerate(found.files) if anonymous[i] or f.owner is None]
+    if not wanted:
+        return {}
+    params = (pca.mean_, safe_inverse(pca.scale_), pca.components_[:m].T)
+    excluded = np.asarray(excluded, dtype=np.int64)
+    if isinstance(found, LocalScan):
+        return _energy_files(found.options, wanted, paths, dim, select, model_sha256, params, excluded, owners,
+                             anonymous, m)
+    options = found.options
+    skip = spark.sparkContext.broadcast(excluded)
+
+    def per_task(indices):
+        got = _energy_files(options, indices, paths, dim, select, model_sha256, params, skip.value, owners, anonymous,
+                            m)
+        if got:
+            yield pa.RecordBatch.from_pydict({"owner": list(got), "rows": [v[0] for v in got.values()],
+                                              "energy": [v[1].ravel().tolist() for v in got.values()]})
+
+    groups = [g for g in (sorted(set(grp) & set(wanted)) for grp in found.groups) if g]
+    try:
+        out: dict = {}
+        for r in _over_groups(spark, groups, per_task, "owner string, rows long, energy array<double>").collect():
+            add_energies(out, {r["owner"]: [int(r["rows"]), np.array(r["energy"], np.float64).reshape(m, m)]})
+        return out
+    finally:
+        skip.unpersist()

@@ -145,9 +145,11 @@ def load_screen(card: dict | None, factor: float = SCREEN_FACTOR) -> Screen | No
 
 
 # ------------------------------------------------------------------------------- per-device daily cap
-def hold_back(files: list, counted: list[dict] | None = None, cap: int = DAILY_ROWS) -> tuple[list, list[dict]]:
+def hold_back(files: list, counted: list[dict] | None = None, cap: int = DAILY_ROWS, *,
+              set_aside: dict | None = None) -> tuple[list, list[dict]]:
     """``files`` (InputFiles) without the objects an anonymous device uploaded beyond ``cap`` rows on one day (the
-    store's clock), earliest first; the objects it counted before on that day (``counted``: state objects) count
+    store's clock), earliest first, and without any object of a device ``set_aside`` for its influence
+    (:mod:`cloud_pca.influence`); the objects it counted before on that day (``counted``: state objects) count
     first. Returns (files kept, [{file, device, day, rows, reason}] held back)."""
     import datetime as dt
 
@@ -161,6 +163,12 @@ def hold_back(files: list, counted: list[dict] | None = None, cap: int = DAILY_R
             used[key] = used.get(key, 0) + int(o.get("rows") or 0)
     kept, held = [], []
     for f in sorted(files, key=lambda f: (f.mtime, f.path)):
+        if f.reason is None and f.owner and f.owner in (set_aside or {}):
+            held.append({"file": f.path, "device": f.owner, "day": day(f.mtime), "rows": int(f.rows or 0),
+                         "reason": f"held back: device {f.owner} was set aside for its influence on the components "
+                                   f"(run {set_aside[f.owner].get('run')}); fruits-cloud contributions --restore "
+                                   f"{f.owner} counts it again from the next --full run"})
+            continue
         if f.reason is None and f.anonymous and f.owner:
             key = (f.owner, day(f.mtime))
             rows = int(f.rows or 0)

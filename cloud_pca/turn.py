@@ -16,9 +16,16 @@ their influence is stated and checked at ``publish`` (README, *Threat model*):
   beside the anonymous tier's weight and the bound says little (often 90°): stated as it is.
 - **Who turned it**: the new subspace's direction farthest from the published one, and each identity's share of
   the rows' energy along it (the rows that pulled the components that way), the largest first.
-- **Held**: a turn beyond ``hold_deg`` (default :data:`HOLD_TURN_DEG`) is not published: the projection in force stays,
-  ``publish.json`` in the run folder says why and who, and the report, ``fruits-cloud contributions`` and the EMR
-  Serverless status show it; ``fruits-cloud publish --accept-turn`` publishes it once the operator has looked.
+- **Explained by the operator's devices**: a turn beyond ``hold_deg`` that the trusted rows carry (their share of the
+  energy along it at least their share of the rows: a new fruit from a laptop, the operator's own growth) is
+  published and said so. Anonymous identities whose rows pull a component out of all proportion were set aside by
+  the run itself (:mod:`cloud_pca.influence`), so a handful of rows no longer turns it.
+- **Held**: a turn beyond ``hold_deg`` (default :data:`HOLD_TURN_DEG`) that no group of identities explains and the
+  trusted rows do not carry is not published: the projection in force stays, ``publish.json`` in the run folder says
+  why and lists every identity that pulled along it out of proportion to its rows, the report, ``fruits-cloud
+  contributions`` and the EMR Serverless status show it, and ``fruits-cloud publish`` (and the refresh chains) exit
+  with :data:`contract.errors.EXIT_HELD`; ``fruits-cloud publish --accept-turn`` publishes it once the operator has
+  looked.
 """
 from __future__ import annotations
 
@@ -32,7 +39,9 @@ def _largest_angle(a: np.ndarray, b: np.ndarray) -> float:
 
     return largest_angle(a, b)
 HOLD_TURN_DEG = 20.0
-DRIVERS = 10            # identities listed as turning the components
+DRIVERS = 10            # identities listed as turning the components, the largest shares first ...
+OUT_OF_PROPORTION = 2.0  # ... and every identity whose share of the turn is this many times its share of the rows
+MAX_LISTED = 200
 
 
 def direction(new: np.ndarray, published: np.ndarray) -> tuple[float, np.ndarray]:
@@ -98,11 +107,26 @@ def measure(model, published, y: np.ndarray, owners: list, anonymous: np.ndarray
             d[0] += float(s)
             d[1] += 1
         out["drivers"] = drivers(by, total, n)
+        out["trusted"] = trusted_share(by, total, n)
     return _hold(out, angle, mm, hold_deg)
 
 
+def trusted_share(by: dict, total: float, n: int) -> dict:
+    """The trusted rows' share of the energy along the turn, and of the rows."""
+    energy = sum(e for e, _, anon in by.values() if not anon)
+    rows = sum(r for _, r, anon in by.values() if not anon)
+    return {"share_of_turn": round(energy / total, 4) if total else 0.0, "share_of_rows": round(rows / max(1, n), 4)}
+
+
 def _hold(out: dict, angle: float, m: int, hold_deg: float) -> dict:
-    """The record held, and why, when the turn passes ``hold_deg``."""
+    """The record held, and why, when the turn passes ``hold_deg`` and the trusted rows do not carry it."""
+    t = out.get("trusted") or {}
+    if angle > hold_deg and t.get("share_of_rows", 0) > 0 and t["share_of_turn"] >= t["share_of_rows"]:
+        out["explained_by"] = "trusted devices"
+        out["why"] = (f"one of the top-{m} components lies {angle:.1f} degrees outside what the projection in force "
+                      f"publishes, and the operator's devices carry it ({t['share_of_turn']:.0%} of the energy along "
+                      f"it, {t['share_of_rows']:.0%} of the rows): published")
+        return out
     if angle > hold_deg:
         out["held"] = True
         out["why"] = (f"one of the top-{m} components would lie {angle:.1f} degrees outside what the projection in force "
@@ -112,12 +136,15 @@ def _hold(out: dict, angle: float, m: int, hold_deg: float) -> dict:
 
 
 def drivers(by: dict, total: float, n: int, limit: int = DRIVERS) -> list[dict]:
-    """The identities pulling the components along the turn: {device: [energy, rows, anonymous]} -> the largest shares
-    of the energy, with their share of the rows."""
-    ranked = sorted(by.items(), key=lambda kv: -kv[1][0])[:limit]
+    """The identities pulling the components along the turn: {device: [energy, rows, anonymous]} -> the ``limit``
+    largest shares of the energy and every identity whose share is :data:`OUT_OF_PROPORTION` times its share of the
+    rows (at most :data:`MAX_LISTED`), the largest first, with their share of the rows."""
+    ranked = sorted(by.items(), key=lambda kv: (-kv[1][0], str(kv[0])))
+    listed = [kv for i, kv in enumerate(ranked)
+              if i < limit or kv[1][0] / total >= OUT_OF_PROPORTION * kv[1][1] / max(1, n)][:MAX_LISTED]
     return [{"device": o or "(operator files)", "anonymous": bool(a), "rows": int(r),
              "share_of_rows": round(r / max(1, n), 4), "share_of_turn": round(e / total, 4)}
-            for o, (e, r, a) in ranked]
+            for o, (e, r, a) in listed]
 
 
 def measure_in_spark(spark, model, published, proj, *, hold_deg: float = HOLD_TURN_DEG) -> dict:
@@ -169,6 +196,7 @@ def measure_in_spark(spark, model, published, proj, *, hold_deg: float = HOLD_TU
     out["turn_deg"] = round(out_angle, 3)
     out["subspace_angle_deg"] = round(subspace, 3)
     total = sum(float(r["score"]) for r in rows) or 1.0
-    out["drivers"] = drivers({r["owner"]: [float(r["score"]), int(r["rows"]), bool(r["anonymous"])] for r in rows},
-                             total, n)
+    by = {r["owner"]: [float(r["score"]), int(r["rows"]), bool(r["anonymous"])] for r in rows}
+    out["drivers"] = drivers(by, total, n)
+    out["trusted"] = trusted_share(by, total, n)
     return _hold(out, out_angle, m, hold_deg)

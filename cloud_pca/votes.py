@@ -18,12 +18,20 @@ counts only where the system can check it, and its weight is bounded:
    anonymous label can add photos where the trusted fit already leans its way, or teach a fruit it does not know,
    never tip a close call between two fruits it knows.
 4. **Each identity earns its weight** (as Pl@ntNet weighs its users by how often their labels agree with the
-   validated ones): ``agree / (agree + disagree + PRIOR)``. A new identity weighs nothing; one that labels what the
-   trusted fit knows, rightly, earns weight; a label-swapper's weight stays near 0. Only rows of identities
-   weighing at least :data:`MIN_WEIGHT` count, and never a row that disagrees.
-5. **Bounded per label**: the anonymous rows counted for a label are at most :data:`ANON_SHARE` times its trusted
-   rows (at least :data:`ANON_FLOOR`, for a fruit only the catalog knows), the heaviest identities first.
-6. **At most** :data:`contract.labels.MAX_LABELS` labels in an index (the most trusted rows first).
+   validated ones): ``agree / (agree + DISAGREE_COST * disagree + PRIOR)``. A new identity weighs nothing; one that
+   labels what the trusted fit knows, rightly, earns weight slowly (:data:`PRIOR` agreements more than
+   disagreements to reach 1/2: 12 right labels, not 6); each disagreement costs :data:`DISAGREE_COST` agreements.
+   Only rows of identities weighing at least :data:`MIN_WEIGHT` count, and never a row that disagrees.
+5. **Bounded per identity and per label**: one identity's rows counted for a label are at most
+   :data:`IDENTITY_FLOOR` or :data:`IDENTITY_SHARE` of the label's trusted rows, whichever is more; the anonymous rows
+   counted for a label are at most :data:`ANON_SHARE` times its trusted rows (at least :data:`ANON_FLOOR`), the
+   heaviest identities first.
+6. **A fruit no trusted row shows takes several identities**: its rows count only when at least
+   :data:`NEW_FRUIT_IDENTITIES` identities with earned weight send it (so adding a fruit, or renaming one the trusted
+   fit cannot see, takes that many identities, each with :data:`PRIOR` right labels first, README *Threat model*),
+   or when the operator has accepted the label (``fruits-cloud contributions --accept-label``: then one identity with
+   earned weight is enough).
+7. **At most** :data:`contract.labels.MAX_LABELS` labels in an index (the most trusted rows first).
 
 What it bounds: label swaps from any number of new identities count for nothing, and identities that earned their
 weight cannot tip a close call; they can still add rows where the trusted fit already leans wrong (reinforcing its
@@ -37,8 +45,12 @@ import numpy as np
 
 from contract.labels import MAX_LABELS, check_label, skeleton
 
-PRIOR = 5.0             # the weight's prior: an identity needs PRIOR more agreements than disagreements to reach 1/2
+PRIOR = 12.0            # the weight's prior: an identity needs PRIOR more agreements than disagreements to reach 1/2
+DISAGREE_COST = 2.0     # a disagreement weighs this many agreements
 MIN_WEIGHT = 0.5        # an anonymous identity's rows count from this weight on
+IDENTITY_FLOOR = 10     # one identity's rows counted per label: at most this many ...
+IDENTITY_SHARE = 0.25   # ... or this share of the label's trusted rows, whichever is more
+NEW_FRUIT_IDENTITIES = 5   # a label no trusted row has counts only when this many identities with weight send it
 ANON_SHARE = 1.0        # anonymous rows counted per label: at most this many times its trusted rows
 ANON_FLOOR = 200        # ... and at least this many (a fruit only the operator's catalog knows)
 MIN_TRUSTED_LABELS = 2  # the trusted fit needs this many labels (else every anonymous row is undecided)
@@ -51,6 +63,9 @@ CONTRADICTED = "the trusted fit names another fruit"
 LEANS_ELSEWHERE = "the trusted fit is not sure of it and leans to another fruit"
 WEIGHTLESS = "its identity has not earned the weight to count (too few labels agreeing with the trusted fit)"
 OVER_CAP = "over the anonymous rows counted for its label"
+OVER_IDENTITY = "over the rows one identity may add to a label"
+FEW_IDENTITIES = (f"a fruit no trusted row shows, sent by fewer than {NEW_FRUIT_IDENTITIES} identities with earned "
+                  f"weight")
 OVER_LABELS = "over the labels an index holds"
 
 
@@ -87,7 +102,9 @@ class Votes:
                 reasons[w] = reasons.get(w, 0) + 1
         ranked = sorted(self.weights.items(), key=lambda kv: (-kv[1][1], kv[1][2], kv[0]))
         return {
-            "rules": {"prior": PRIOR, "min_weight": MIN_WEIGHT, "anonymous_share": ANON_SHARE,
+            "rules": {"prior": PRIOR, "disagree_cost": DISAGREE_COST, "min_weight": MIN_WEIGHT,
+                      "identity_floor": IDENTITY_FLOOR, "identity_share": IDENTITY_SHARE,
+                      "new_fruit_identities": NEW_FRUIT_IDENTITIES, "anonymous_share": ANON_SHARE,
                       "anonymous_floor": ANON_FLOOR, "max_labels": MAX_LABELS},
             "trusted_fit": self.trusted_fit,
             "rows": int(len(self.counted)), "counted": int(self.counted.sum()),
@@ -104,6 +121,16 @@ class Votes:
             "disagreeing_identities": [{"device": d, "agree": a, "disagree": b, "weight": round(w, 3)}
                                        for d, (a, b, w) in ranked if b > 0][:limit],
         }
+
+
+def weight(agree: int, disagree: int) -> float:
+    """An identity's weight from its labels the trusted fit judged (rule 4)."""
+    return agree / (agree + DISAGREE_COST * disagree + PRIOR)
+
+
+def identity_cap(trusted_rows: int) -> int:
+    """One identity's rows counted for a label with ``trusted_rows`` trusted rows (rule 5)."""
+    return max(IDENTITY_FLOOR, int(IDENTITY_SHARE * trusted_rows))
 
 
 def verdicts(index, y: np.ndarray, labels: list) -> list:
@@ -130,9 +157,10 @@ def verdicts(index, y: np.ndarray, labels: list) -> list:
 
 
 def weigh(y: np.ndarray, raw_labels: list, client_ids: list, sources: list, image_ids: list, *,
-          catalog_labels: set | None = None, fit=None) -> Votes:
+          catalog_labels: set | None = None, accepted: set | None = None, fit=None) -> Votes:
     """The rules of the module on labelled rows (``y``: their first k projected values). ``fit(rows, labels)``: the index
-    of the given rows with these (canonical) labels (the identifier's), for the trusted fit."""
+    of the given rows with these (canonical) labels (the identifier's), for the trusted fit; ``accepted``: the labels
+    the operator accepted (rule 6)."""
     from contract.layout import is_anonymous
 
     n = len(raw_labels)
@@ -186,7 +214,7 @@ def weigh(y: np.ndarray, raw_labels: list, client_ids: list, sources: list, imag
     for i in checkable:
         a, b, _ = weights.get(owners[i], (0, 0, 0.0))
         weights[owners[i]] = (a + (verdict[i] == AGREE), b + (verdict[i] == DISAGREE and labels[i] in in_fit), 0.0)
-    weights = {o: (a, b, a / (a + b + PRIOR)) for o, (a, b, _) in weights.items()}
+    weights = {o: (a, b, weight(a, b)) for o, (a, b, _) in weights.items()}
     counted = np.array([lab is not None for lab in labels], bool) & ~anonymous
     candidates: dict[str, list[int]] = {}
     for i in checkable:
@@ -204,11 +232,23 @@ def weigh(y: np.ndarray, raw_labels: list, client_ids: list, sources: list, imag
     from cloud_pca.identifier import sample_key
 
     for lab, rows in candidates.items():
-        cap = max(int(ANON_SHARE * trusted_count.get(lab, 0)), ANON_FLOOR)
+        trusted = trusted_count.get(lab, 0)
+        if not trusted and lab not in (accepted or ()) and len({owners[i] for i in rows}) < NEW_FRUIT_IDENTITIES:
+            for i in rows:
+                why[i] = FEW_IDENTITIES
+            continue
         rows.sort(key=lambda i: (-weights[owners[i]][2], sample_key(image_ids[i])))
-        for i in rows[:cap]:
+        per_identity, mine, kept = identity_cap(trusted), {}, []
+        for i in rows:
+            mine[owners[i]] = mine.get(owners[i], 0) + 1
+            if mine[owners[i]] > per_identity:
+                why[i] = OVER_IDENTITY
+            else:
+                kept.append(i)
+        cap = max(int(ANON_SHARE * trusted), ANON_FLOOR)
+        for i in kept[:cap]:
             counted[i] = True
-        for i in rows[cap:]:
+        for i in kept[cap:]:
             why[i] = OVER_CAP
     # at most MAX_LABELS labels: the ones with the most trusted rows, then the most rows counted
     per: dict[str, list[int]] = {}
@@ -230,7 +270,8 @@ def weigh(y: np.ndarray, raw_labels: list, client_ids: list, sources: list, imag
 
 
 # ------------------------------------------------------------------------------------------- in Spark
-def weigh_in_spark(spark, rows, k: int, projection_id: str, *, catalog_labels: set | None = None):
+def weigh_in_spark(spark, rows, k: int, projection_id: str, *, catalog_labels: set | None = None,
+                   accepted: set | None = None):
     """:func:`weigh` for projections too large for the driver: ``rows`` a DataFrame of labelled projections (image_id,
     label, source, client_id, pca). The same decisions, made in Spark where they are per row (the trusted fit's
     verdicts, the per-label bound) and in the driver where they are per label or per identity (a few numbers each).
@@ -297,29 +338,43 @@ def weigh_in_spark(spark, rows, k: int, projection_id: str, *, catalog_labels: s
 
         judged_df = rows.filter(F.col("anonymous")).select("image_id", "owner", "label", "pca").mapInArrow(
             judged, "image_id string, owner string, label string, verdict string, counts_against boolean").persist()
+        heavy_ok = None
         try:
             w = {r["owner"]: (int(r["a"]), int(r["b"])) for r in judged_df.groupBy("owner").agg(
                 F.sum((F.col("verdict") == AGREE).cast("int")).alias("a"),
                 F.sum(F.col("counts_against").cast("int")).alias("b")).collect()}
-            weights = {o: (a, b, a / (a + b + PRIOR)) for o, (a, b) in w.items()}
+            weights = {o: (a, b, weight(a, b)) for o, (a, b) in w.items()}
             heavy = spark.createDataFrame([(o, float(x[2])) for o, x in weights.items() if x[2] >= MIN_WEIGHT],
                                           "owner string, weight double")
             trusted_count = {r["label"]: int(r["count"]) for r in trusted.groupBy("label").count().collect()}
-            caps = spark.createDataFrame([(lab, max(int(ANON_SHARE * trusted_count.get(lab, 0)), ANON_FLOOR))
-                                          for lab in known | set(trusted_count)], "label string, cap int")
+            caps = spark.createDataFrame([(lab, max(int(ANON_SHARE * trusted_count.get(lab, 0)), ANON_FLOOR),
+                                           identity_cap(trusted_count.get(lab, 0)),
+                                           trusted_count.get(lab, 0) or int(lab in (accepted or ())))
+                                          for lab in known | set(trusted_count)],
+                                         "label string, cap int, per_identity int, trusted int")
             key = F.udf(identifier.sample_key, "double")
-            ranked = (judged_df.filter(~F.col("verdict").isin(DISAGREE, LEANS)).join(F.broadcast(heavy), "owner")
-                      .join(F.broadcast(caps), "label")
-                      .withColumn("_r", F.row_number().over(Window.partitionBy("label").orderBy(
-                          F.col("weight").desc(), key("image_id"), F.col("image_id")))))
+            order = (F.col("weight").desc(), key("image_id"), F.col("image_id"))
+            heavy_ok = (judged_df.filter(~F.col("verdict").isin(DISAGREE, LEANS)).join(F.broadcast(heavy), "owner")
+                        .join(F.broadcast(caps), "label")
+                        .withColumn("_ids", F.size(F.collect_set("owner").over(Window.partitionBy("label"))))
+                        .persist())
+            few = heavy_ok.filter((F.col("trusted") == 0) & (F.col("_ids") < NEW_FRUIT_IDENTITIES))
+            mine = (heavy_ok.filter((F.col("trusted") > 0) | (F.col("_ids") >= NEW_FRUIT_IDENTITIES))
+                    .withColumn("_m", F.row_number().over(Window.partitionBy("label", "owner").orderBy(*order))))
+            ranked = (mine.filter(F.col("_m") <= F.col("per_identity"))
+                      .withColumn("_r", F.row_number().over(Window.partitionBy("label").orderBy(*order))))
             counted_anon = ranked.filter(F.col("_r") <= F.col("cap")).select("image_id", "label")
             by_verdict = {r["verdict"]: int(r["count"]) for r in judged_df.groupBy("verdict").count().collect()}
             reasons = {CONTRADICTED: by_verdict.get(DISAGREE, 0), LEANS_ELSEWHERE: by_verdict.get(LEANS, 0)}
             n_judged = sum(by_verdict.values())
-            n_heavy_ok = ranked.count()
+            n_heavy_ok = heavy_ok.count()
+            n_few = few.count()
+            n_ranked = ranked.count()
             n_counted_anon = counted_anon.count()
             reasons[WEIGHTLESS] = n_judged - reasons[CONTRADICTED] - reasons[LEANS_ELSEWHERE] - n_heavy_ok
-            reasons[OVER_CAP] = n_heavy_ok - n_counted_anon
+            reasons[FEW_IDENTITIES] = n_few
+            reasons[OVER_IDENTITY] = n_heavy_ok - n_few - n_ranked
+            reasons[OVER_CAP] = n_ranked - n_counted_anon
             reasons[HELD] = sum(h["rows"] for h in held.values())
             reasons[REFUSED] = sum(int(r["n"]) for r in per if r["anonymous"] and r["label"] not in usable) - reasons[HELD]
             anon_rows = rows.filter(F.col("anonymous")).join(counted_anon, ["image_id", "label"], "left_semi")
@@ -349,5 +404,7 @@ def weigh_in_spark(spark, rows, k: int, projection_id: str, *, catalog_labels: s
             return chosen.select("image_id", "label", "source", "pca").persist(), record
         finally:
             judged_df.unpersist()
+            if heavy_ok is not None:
+                heavy_ok.unpersist()
     finally:
         rows.unpersist()

@@ -2,7 +2,8 @@
 
 A :class:`FruitsError` is a mistake the user can fix or a refusal with its reason (a bad file, a missing
 bucket, a k out of range): each command line turns it into one ``Error: ...`` line and exit code 1, never
-a traceback. Anything else is a bug and keeps its traceback.
+a traceback. Anything else is a bug and keeps its traceback. A publish held for the operator (nothing published: the
+components would turn too far, :mod:`cloud_pca.turn`) exits with :data:`EXIT_HELD` and says HELD.
 """
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import logging
 import os
 import sys
 from typing import Callable, Mapping
+
+
+EXIT_HELD = 4   # a publish held for the operator (the turn): fruits-cloud publish, ./run web refresh, the chains
 
 
 class FruitsError(Exception):

@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contract.errors import FruitsError, add_command, main_parser, one_line, run_cli
+from contract.errors import EXIT_HELD, FruitsError, add_command, main_parser, one_line, run_cli
 from demo.s3server import TEST_CREDENTIALS, LocalS3, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -299,7 +299,7 @@ class LocalStack:
         run_id = run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
         spec = ClusterSpec(bucket=BUCKET, prefix=PREFIX, images=raw, incremental=True, publish_k=PUBLISH_K,
                            run_id=run_id)
-        steps = []
+        steps, held = [], None
         for step in job_chain(spec):
             self.say(f"[refresh] {step.name}")
             t = time.perf_counter()
@@ -312,6 +312,9 @@ class LocalStack:
                 if kept:
                     print("\n".join(kept), file=sys.stderr)
             steps.append((step.name, time.perf_counter() - t))
+            if code == EXIT_HELD and step.args[0] == "publish":   # the report still shows why; then it says HELD
+                held = step
+                continue
             if code != 0:
                 errors = [line[len("Error: "):] for line in said.getvalue().splitlines() if line.startswith("Error: ")]
                 raise StackError(f"the refresh stopped at '{step.name}' (exit {code}"
@@ -320,7 +323,11 @@ class LocalStack:
 
         summary = json.loads(s3.get_object(Bucket=BUCKET, Key=run_prefix(PREFIX, run_id) + "summary.json")["Body"]
                              .read())
-        return {"run_id": run_id, "steps": steps, "summary": summary, "published": self.published(),
+        record = None
+        if held is not None:
+            record = json.loads(s3.get_object(Bucket=BUCKET, Key=run_prefix(PREFIX, run_id) + "publish.json")["Body"]
+                                .read())
+        return {"run_id": run_id, "steps": steps, "summary": summary, "published": self.published(), "held": record,
                 "report": f"{self.root}/{run_prefix('', run_id).lstrip('/')}report.html"}
 
 
@@ -344,6 +351,10 @@ def build_parser():
     r = add_command(sub, "refresh", help="run the refresh chain once against the local stack",
                     example="./run web refresh")
     r.add_argument("--run-id")
+    a = add_command(sub, "accept", help="accept a label no trusted row has: one phone with earned weight may then "
+                                        "teach it (fruits-cloud contributions --accept-label)",
+                    example="./run web accept Plum")
+    a.add_argument("label", nargs="+")
     st = add_command(sub, "stack", help="where the local stack is and what it holds", example="./run web stack")
     st.add_argument("--stop", action="store_true", help="stop a local stack left running")
     return parser
@@ -353,6 +364,13 @@ def _summary_line(result: dict) -> str:
     s, p = result["summary"], result["published"] or {}
     inc = s.get("incremental") or {}
     took = sum(t for _, t in result["steps"])
+    if result.get("held"):
+        t = result["held"].get("turn") or {}
+        drivers = [d["device"] for d in t.get("drivers", []) if d.get("anonymous")][:3]
+        return (f"HELD: refresh {result['run_id']} not published, the projection {p.get('projection_id', '?')} stays: "
+                f"{t.get('why', 'held for the operator')}" + (f"; pulled by {', '.join(drivers)}" if drivers else "")
+                + f". Look: fruits-cloud contributions --run {result['report'].rsplit('/', 1)[0]}; publish it: "
+                  f"fruits-cloud publish --accept-turn. Report: {result['report']}")
     return (f"refresh {result['run_id']}: {inc.get('rows_added', 0)} new rows ({inc.get('rows_total', s.get('projected'))}"
             f" in all), k={s.get('k')}; published projection {p.get('projection_id', '?')} (k={p.get('k', '?')}) in "
             f"{took:.1f} s; the page uses it on its next visit. Report: {result['report']}")
@@ -365,7 +383,10 @@ def cmd_refresh(args) -> int:
             stack.ensure([])
             if stack.published() is None and not _has_vectors(stack):
                 stack.seed()
-            print(_summary_line(stack.refresh(run_id=args.run_id)))
+            result = stack.refresh(run_id=args.run_id)
+            print(_summary_line(result))
+            if result.get("held"):
+                return EXIT_HELD
         except Exception as exc:
             if stack.lost():   # the server stopped under the refresh (Ctrl-C on ./run web, killed): one line
                 raise StackError(f"the local stack at {stack.endpoint} stopped during the refresh ({one_line(exc)[:300]}); "
@@ -378,6 +399,17 @@ def cmd_refresh(args) -> int:
 def _has_vectors(stack: LocalStack) -> bool:
     return stack.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/vectors/", MaxKeys=1).get("KeyCount",
                                                                                                         0) > 0
+
+
+def cmd_accept(args) -> int:
+    from cloud_pca.cli import main as cloud_main
+    from contract.layout import pca_prefix
+
+    with LocalStack(say=_say(args)) as stack:
+        stack.ensure([])
+        return cloud_main(["--quiet", "--endpoint-url", stack.endpoint, "contributions", "--output",
+                           f"s3://{BUCKET}/{pca_prefix(PREFIX).rstrip('/')}",
+                           *[x for label in args.label for x in ("--accept-label", label)]])
 
 
 def cmd_stack(args) -> int:
@@ -451,14 +483,15 @@ def cmd_local(args) -> int:
 def refresh_process(*, say=None, quiet: bool = False) -> tuple[int, str]:
     """``./run web refresh`` as a scheduled job runs it: a fresh process (Spark's JVM started and stopped with it), on
     the stack this process runs (it finds it in the folder). Its progress goes to our stderr unless ``quiet``; returns
-    (exit code, its last line)."""
+    (exit code, its last line: ``HELD: ...`` with exit code :data:`contract.errors.EXIT_HELD` when nothing was
+    published)."""
     import subprocess
 
     t = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "demo.stack", *(["--quiet"] if quiet else []), "refresh"], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE if quiet else None, text=True)
     out = done.stdout.strip().splitlines()
-    line = out[-1] if done.returncode == 0 and out else \
+    line = out[-1] if done.returncode in (0, EXIT_HELD) and out else \
         f"exit {done.returncode}: {((done.stderr or '').strip().splitlines() or out or [''])[-1]}"
     if say:
         say(f"[refresh] {line} ({time.perf_counter() - t:.1f} s with start-up)")
@@ -482,9 +515,9 @@ def main(argv: list[str] | None = None) -> int:
         from web.__main__ import main as web_main
 
         return web_main(argv)
-    if not any(a in ("local", "refresh", "stack", "--help", "-h") for a in argv):
+    if not any(a in ("local", "refresh", "stack", "accept", "--help", "-h") for a in argv):
         argv = ["local", *argv]          # `./run web [options]`: the local stack (`--quiet refresh` is the refresh)
-    return run_cli(build_parser(), {"local": cmd_local, "refresh": cmd_refresh, "stack": cmd_stack}, argv)
+    return run_cli(build_parser(), {"local": cmd_local, "refresh": cmd_refresh, "stack": cmd_stack, "accept": cmd_accept}, argv)
 
 
 if __name__ == "__main__":

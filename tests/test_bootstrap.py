@@ -418,3 +418,13 @@ def test_cost_estimate_uses_the_billed_prices():
     s.region = "us-east-1"
     virginia = emr.estimate_cost(s, vectors=1_000_000, hours=1.0)
     assert virginia.ec2_on_demand == pytest.approx(3 * 0.192) and virginia.total < paris.total
+
+
+def test_a_held_publish_fails_its_step_and_the_report_still_runs():
+    """publish exits with EXIT_HELD when the operator must look first: its step fails (the step list shows it) but
+    the report after it runs (CONTINUE), every other step still ends the cluster on failure."""
+    request = emr.build_request(spec(publish_k=32, incremental=True))
+    actions = {s["Name"]: s["ActionOnFailure"] for s in request["Steps"]}
+    assert actions == {"fruits: StandardScaler + PCA": "TERMINATE_CLUSTER",
+                       "fruits: publish projection + index for the devices": "CONTINUE",
+                       "fruits: report": "TERMINATE_CLUSTER"}

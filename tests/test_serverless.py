@@ -84,9 +84,16 @@ def test_schedule_roles_start_only_that_chain():
     assert not allowed(sched["PolicyDocument"], {}, Request("states:StartExecution",
                                                              "arn:aws:states:eu-west-3:123456789012:stateMachine:other"))
     definition = serverless.state_machine_definition(s, app, job_role)
-    tasks = [st for st in definition["States"].values() if st["Type"] == "Task"]
+    states = definition["States"]
+    tasks = [st for name, st in states.items() if st["Type"] == "Task" and name != serverless.HELD_REPORT]
     assert len(tasks) == 5 and all(t["Resource"] == "arn:aws:states:::emr-serverless:startJobRun.sync" for t in tasks)
-    assert all(t["Catch"][0]["Next"] == "Chain stopped" for t in tasks) and tasks[-1].get("End") is True
+    assert [t["Catch"][0]["Next"] for t in tasks] == ["Chain stopped"] * 3 + [serverless.HELD_REPORT, "Chain stopped"]
+    assert tasks[-1].get("End") is True
+    # a publish held for the operator (or failed) still gets its report, then the execution fails saying so
+    after = states[serverless.HELD_REPORT]
+    assert after["Parameters"] == tasks[-1]["Parameters"] and after["Next"] == "Publish held or failed"
+    assert states["Publish held or failed"] == {**states["Publish held or failed"], "Type": "Fail",
+                                                "Error": "FruitsPublishHeld"}
     pca_args = tasks[1]["Parameters"]["JobDriver"]["SparkSubmit"]["EntryPointArguments.$"]
     assert "States.Format('{}', $$.Execution.Name)" in pca_args and "'r1'" not in pca_args, "a run id per day"
     with pytest.raises(emr.EMRError, match="HH:MM"):
