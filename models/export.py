@@ -9,7 +9,9 @@ module stays cheap and the edge client never pays for it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import logging
 import os
 import platform
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 
 INPUT_SIZES = (96, 128, 160, 192, 224)
 PRECISIONS = ("fp32", "fp16", "int8")
-PARITY_GOALS = {"fp32": 0.99999, "fp16": 0.9999, "int8": 0.99}
+PARITY_GOALS = {"fp32": 0.99999, "fp16": 0.9999, "int8": 0.99}   # fp32: the worst photo; fp16, int8: the mean
 
 
 class ExportError(FruitsError, ValueError):
@@ -63,8 +65,43 @@ def _find_mobilenetv2(model):
     return None
 
 
-def build_extractor(weights: str, input_size: int):
-    """A Keras model: (input_size, input_size, 3) in [-1, 1] -> 1280 floats (global average pooling)."""
+def build_extractor(weights: str, input_size: int, top_weights: str | os.PathLike | None = None):
+    """A Keras model: (input_size, input_size, 3) in [-1, 1] -> 1280 floats (global average pooling); with
+    ``top_weights``, the layers fine-tuned on fruit photos (:mod:`models.finetune`) set on top of ``weights``."""
+    model = _base_extractor(weights, input_size)
+    if top_weights is not None:
+        apply_weights(model, top_weights)
+    return model
+
+
+def apply_weights(model, path: str | Path) -> dict:
+    """Set the layers a top-weights file names (the layers :mod:`models.finetune` trained, ``<layer>/<index>`` arrays
+    and a ``meta`` JSON) on a model from :func:`build_extractor`; returns its meta. Every layer it names must exist with
+    the same shapes."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"--top-weights {path}: not a readable .npz ({exc})") from None
+    meta = json.loads(str(arrays.pop("meta"))) if "meta" in arrays else {}
+    layers: dict[str, dict[int, np.ndarray]] = {}
+    for key, value in arrays.items():
+        name, _, i = key.rpartition("/")
+        layers.setdefault(name, {})[int(i)] = value
+    names = {layer.name: layer for layer in model.layers}
+    for name, ws in sorted(layers.items()):
+        if name not in names:
+            raise ExportError(f"--top-weights {path}: layer {name} is not in the model")
+        current = names[name].get_weights()
+        new = [ws[i] for i in range(len(ws))]
+        if len(new) != len(current) or any(a.shape != b.shape for a, b in zip(new, current)):
+            raise ExportError(f"--top-weights {path}: layer {name}'s weights do not fit the model")
+        names[name].set_weights(new)
+    return meta
+
+
+def _base_extractor(weights: str, input_size: int):
     import keras
 
     if input_size not in INPUT_SIZES:
@@ -129,18 +166,23 @@ def convert(model, precision: str, representative: Callable[[], Iterable[list[np
         return converter.convert()
 
 
-def load_inputs(folder: str | os.PathLike, size: int, limit: int | None = None) -> np.ndarray:
-    """Preprocessed images of a folder (recursive, sorted), as (n, size, size, 3) float32."""
+def load_inputs(folder, size: int, limit: int | None = None) -> np.ndarray:
+    """Preprocessed images of a folder or folders (recursive, sorted), as (n, size, size, 3) float32."""
     return load_named_inputs(folder, size, limit)[0]
 
 
-def load_named_inputs(folder: str | os.PathLike, size: int,
-                      limit: int | None = None) -> tuple[np.ndarray, list[str]]:
-    """:func:`load_inputs` and the paths (relative to ``folder``) of the images it kept, in the same order."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ExportError(f"calibration folder {folder} does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+def load_named_inputs(folder, size: int, limit: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """:func:`load_inputs` and the paths (relative to their folder) of the images it kept, in the same order; with
+    several folders, the first ``limit`` photos spread over them (every n-th photo of their sorted union)."""
+    folders = [Path(f) for f in (folder if isinstance(folder, (list, tuple)) else [folder])]
+    files = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise ExportError(f"calibration folder {folder} does not exist")
+        files += sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if limit is not None and len(files) > limit and len(folders) > 1:
+        files = files[::-(-len(files) // limit)]
+    folder = Path(os.path.commonpath([str(f) for f in folders])) if len(folders) > 1 else folders[0]
     arrays, names = [], []
     for p in files:
         if limit is not None and len(arrays) >= limit:
@@ -235,7 +277,8 @@ def _versions() -> dict:
 def export(weights: str, *, input_size: int, precisions: Sequence[str] = PRECISIONS,
            calibration: np.ndarray, parity: np.ndarray, out_dir: str | os.PathLike,
            provenance: dict | None = None, calibration_source: str = "", parity_source: str = "",
-           parity_names: Sequence[str] | None = None) -> list[ExportResult]:
+           parity_names: Sequence[str] | None = None, top_weights: str | os.PathLike | None = None
+           ) -> list[ExportResult]:
     """Export the requested precisions into ``out_dir``; every .tflite gets its model card.
 
     ``calibration`` and ``parity`` are preprocessed image batches (see :func:`load_inputs`); the parity
@@ -246,7 +289,7 @@ def export(weights: str, *, input_size: int, precisions: Sequence[str] = PRECISI
             raise ExportError(f"--precision={p} must be one of {', '.join(PRECISIONS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = build_extractor(weights, input_size)
+    model = build_extractor(weights, input_size, top_weights)
     keras_ref = model.predict(parity, batch_size=32, verbose=0).astype(np.float32)
 
     def representative():
@@ -300,10 +343,12 @@ def export(weights: str, *, input_size: int, precisions: Sequence[str] = PRECISI
 
 def export_models(weights: str, *, input_size: int, out_dir: str | os.PathLike,
                   precisions: Sequence[str] = PRECISIONS, calibration_dir: str | os.PathLike | None = None,
-                  tmp_dir: str | os.PathLike | None = None) -> list[ExportResult]:
-    """:func:`export` from photos: ``calibration_dir`` for the int8 calibration and the parity figures, or
-    by default generated synthetic fruit photos (seed 101 to calibrate, a held-out seed 202 for parity).
-    Weights given as the offline stand-in get its provenance in the cards."""
+                  parity_dir: str | os.PathLike | None = None, tmp_dir: str | os.PathLike | None = None,
+                  top_weights: str | os.PathLike | None = None) -> list[ExportResult]:
+    """:func:`export` from photos: ``calibration_dir`` for the int8 calibration and the parity figures (``parity_dir``
+    for held-out parity photos), or by default generated synthetic fruit photos (seed 101 to calibrate, a held-out
+    seed 202 for parity). Weights given as the offline stand-in get its provenance in the cards; ``top_weights`` (the
+    fine-tuned layers, :mod:`models.finetune`) theirs."""
     import importlib.util
 
     if importlib.util.find_spec("tensorflow") is None:
@@ -311,8 +356,11 @@ def export_models(weights: str, *, input_size: int, out_dir: str | os.PathLike,
     from models.standin import PROVENANCE, standin_path
 
     if calibration_dir is not None:
-        cal_dir, parity_dir, cal_src = Path(calibration_dir), Path(calibration_dir), str(calibration_dir)
-        parity_src = f"{calibration_dir} (same as calibration)"
+        cal_dir = [Path(p) for p in (calibration_dir if isinstance(calibration_dir, (list, tuple)) else [calibration_dir])]
+        cal_src = ", ".join(map(str, cal_dir))
+        parity_dir = [Path(p) for p in (parity_dir if isinstance(parity_dir, (list, tuple)) else [parity_dir])] \
+            if parity_dir is not None else cal_dir
+        parity_src = ", ".join(map(str, parity_dir)) if parity_dir is not cal_dir else f"{cal_src} (same as calibration)"
     else:
         from models.synthetic import generate
 
@@ -326,6 +374,11 @@ def export_models(weights: str, *, input_size: int, out_dir: str | os.PathLike,
     provenance = {"source": "keras.applications.MobileNetV2(weights='imagenet')"} if weights == "imagenet" else None
     if weights != "imagenet" and Path(weights).resolve() == standin_path(fetch=False).resolve():
         provenance = PROVENANCE
+    if top_weights is not None:
+        meta = apply_weights(build_extractor(weights, input_size), top_weights)   # checked before the long work
+        provenance = {**(provenance or {"source": weights}), "fine_tuned": {
+            "file": Path(top_weights).name, "sha256": hashlib.sha256(Path(top_weights).read_bytes()).hexdigest(),
+            **{k: v for k, v in meta.items() if k != "classes"}, "classes": len(meta.get("classes", []))}}
     return export(weights, input_size=input_size, precisions=precisions, calibration=calibration, parity=parity,
                   out_dir=out_dir, provenance=provenance, calibration_source=cal_src, parity_names=parity_names,
-                  parity_source=parity_src)
+                  parity_source=parity_src, top_weights=top_weights)
