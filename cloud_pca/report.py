@@ -327,7 +327,7 @@ def marker_style(i: int) -> dict:
     return {"color": PALETTE[i % len(PALETTE)], "symbol": SYMBOLS[(i // len(PALETTE)) % len(SYMBOLS)]}
 
 
-def published_for(spark, run_uri: str, summary: dict) -> dict | None:
+def published_for(spark, run_uri: str, summary: dict, lang: str = "en") -> dict | None:
     """The projection published from this run, if the run lies in a dataset root (``ROOT/pca/run=<id>``) whose
     pointer names a projection made from it: its id, k, labels and identify's calibration."""
     from contract.catalog import Catalog
@@ -362,7 +362,8 @@ def published_for(spark, run_uri: str, summary: dict) -> dict | None:
             "unknown_distance": index.unknown_distance, "not_sure_ratio": index.not_sure_ratio,
             "calibration": index.calibration, "catalog": catalog,
             "bytes": len(projection.to_bytes()) + len(index.to_bytes()) + (len(catalog.to_bytes()) if catalog else 0),
-            "labels": [{"fruit": catalog.name(lab) if catalog else lab, "label": lab, "rows": int(n), "prototypes": int(p)}
+            "labels": [{"fruit": catalog.name(lab, lang) if catalog else lab, "label": lab, "rows": int(n),
+                        "prototypes": int(p)}
                        for lab, n, p in zip(index.labels, index.counts, per_label)]}
 
 
@@ -440,6 +441,11 @@ def publish_tables(record: dict) -> tuple[list[str], list[tuple[str, list[dict]]
             tables.append(("Labels refused", v["labels_refused"][:50]))
         if v.get("disagreeing_identities"):
             tables.append(("Identities whose labels the trusted fit contradicts", v["disagreeing_identities"][:30]))
+    if record.get("labels_without_card"):
+        lines.append(f"{len(record['labels_without_card'])} label(s) published without a card in the catalog (phones "
+                     f"show them as they are).")
+        tables.append(("Labels published without a card (add them to the catalog)",
+                       [{"label": label} for label in record["labels_without_card"][:200]]))
     return lines, tables
 
 
@@ -505,16 +511,16 @@ def history_section(page: Report, history) -> None:
          "yaxis2": {"title": {"text": "degrees"}, "overlaying": "y", "side": "right", "rangemode": "tozero"}})
 
 
-def build_report(spark, run_uri: str, *, max_points: int = DEFAULT_POINTS, extra=None) -> Report:
-    """The report of the run at ``run_uri``. ``extra(page)`` adds sections after the run's own (the demo's
-    devices and identification)."""
+def build_report(spark, run_uri: str, *, max_points: int = DEFAULT_POINTS, extra=None, lang: str = "en") -> Report:
+    """The report of the run at ``run_uri``, its fruits named by the published catalog in ``lang``. ``extra(page)``
+    adds sections after the run's own (the demo's devices and identification)."""
     run_uri = run_uri.rstrip("/")
     summary = _read_json(spark, f"{run_uri}/summary.json")
     if summary is None:
         raise ReportError(f"{run_uri}/summary.json is missing: not a run folder, or a run that did not finish")
     summary = check_summary(summary, f"{run_uri}/summary.json")
     try:
-        return _page(spark, run_uri, summary, max_points=max_points, extra=extra)
+        return _page(spark, run_uri, summary, max_points=max_points, extra=extra, lang=lang)
     except ReportError:
         raise
     except Exception as exc:  # a Spark read of a damaged rejects/ or projections/ (not Parquet, a stale .crc)
@@ -523,7 +529,7 @@ def build_report(spark, run_uri: str, *, max_points: int = DEFAULT_POINTS, extra
         raise ReportError(f"{run_uri}: a run file cannot be read ({java_reason(exc)}); the run folder is damaged") from None
 
 
-def _page(spark, run_uri: str, summary: dict, *, max_points: int, extra) -> Report:
+def _page(spark, run_uri: str, summary: dict, *, max_points: int, extra, lang: str = "en") -> Report:
     from cloud_pca.storage import path_exists
 
     marker = _read_json(spark, f"{run_uri}/_SUCCESS.json")
@@ -594,11 +600,11 @@ def _page(spark, run_uri: str, summary: dict, *, max_points: int, extra) -> Repo
              "shapes": [{"type": "line", "x0": s.get("k"), "x1": s.get("k"), "y0": 0, "y1": 1, "yref": "paper",
                          "line": {"dash": "dot", "color": "#b3261e"}}]})
 
-    published = published_for(spark, run_uri, s)
+    published = published_for(spark, run_uri, s, lang)
     catalog = (published or {}).get("catalog")
 
     def fruit(label: str) -> str:     # the catalog's name, the label kept in brackets; the label where none
-        return catalog.name(label, with_label=True) if catalog is not None else label
+        return catalog.name(label, lang, with_label=True) if catalog is not None else label
 
     if projections is not None and s.get("k", 0) >= 3:
         rows, total, n_labels = sample_3d(spark, projections, max_points)

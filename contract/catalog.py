@@ -8,7 +8,8 @@ version and licence); a value no source gives is left out, never filled in::
     {"format": 1, "version": "2026-12-05",
      "sources": {"ifct2017": {"name": ..., "version": ..., "licence": ..., "url": ..., "note": ...}, ...},
      "fruits": [{"id": "apple",
-                 "labels": {"Apple Braeburn": "Braeburn", "Apple Red": "Red"},      # label -> variety ("" if none)
+                 "labels": {"Apple Braeburn": "Braeburn", "Apple Red": {"en": "Red", "fr": "rouge"}},
+                                                        # label -> variety ("" if none; one text, or texts by language)
                  "name": {"en": {"value": "Apple", "source": "editorial"}, "fr": {...}},
                  "scientific_name": {"value": "Malus domestica", "source": "ifct2017"},
                  "description": {"en": {...}, "fr": {...}}, "season": {...}, "storage": {...},
@@ -139,8 +140,9 @@ def check_catalog(data) -> list[str]:
                 out.append(f"{where}.labels: {json.dumps(label, ensure_ascii=False)} is also a label of {owner[label]}")
             else:
                 owner[label] = where
-            if not isinstance(variety, str) or len(variety) > 60 or _bad_text(variety):
-                out.append(f"{where}.labels.{json.dumps(label, ensure_ascii=False)}: the variety must be text of at most 60 characters")
+            if not _good_variety(variety):
+                out.append(f"{where}.labels.{json.dumps(label, ensure_ascii=False)}: the variety must be text of at "
+                           f"most 60 characters, or an object of such texts by language (en at least)")
         for field in ("name", "description"):
             out += _check_texts(fruit.get(field), f"{where}.{field}", TEXT_LIMITS[field], sources, required=True)
         for field in ("season", "storage"):
@@ -152,6 +154,22 @@ def check_catalog(data) -> list[str]:
         if "nutrition" in fruit:
             out += _check_nutrition(fruit["nutrition"], f"{where}.nutrition", sources)
     return out
+
+
+def _good_variety(variety) -> bool:
+    """A variety: one text for every language (a cultivar's name: "Granny Smith"), or texts by language ({"en": "in
+    its husk", "fr": "dans son calice"}), English at least; each at most 60 characters, no control character."""
+    def text(v) -> bool:
+        return isinstance(v, str) and len(v) <= 60 and not _bad_text(v)
+
+    if isinstance(variety, dict):
+        return "en" in variety and all(isinstance(k, str) and _LANG.fullmatch(k) and text(v) for k, v in variety.items())
+    return text(variety)
+
+
+def variety_in(variety, lang: str) -> str:
+    """A variety (:func:`_good_variety`) in ``lang``: its text for that language, else English, else the one text."""
+    return (variety.get(lang) or variety["en"]) if isinstance(variety, dict) else variety
 
 
 def _check_texts(value, where: str, limit: int, sources: dict, *, required: bool) -> list[str]:
@@ -260,6 +278,17 @@ class Catalog:
     def lookup(self, label: str) -> tuple[dict, str] | None:
         return self.labels.get(label)
 
+    def species_name(self, species: str, lang: str = "en") -> str:
+        """A species (a fruit's id) as a person reads it, in ``lang``; the id itself when the catalog lacks it."""
+        fruit = next((f for f in self.data["fruits"] if f["id"] == species), None)
+        return _in(fruit["name"], lang) if fruit else species
+
+    def species(self, label: str) -> str | None:
+        """The fruit a label is a variety of (its catalog id: "Granny-Smith" and "Apple Braeburn" -> "apple"), or
+        None when the catalog does not have it."""
+        found = self.lookup(label)
+        return found[0]["id"] if found else None
+
     def name(self, label: str, lang: str = "en", *, with_label: bool = False) -> str:
         """How a person reads a label: ``Apple (Braeburn)``; the label itself when the catalog does not have it.
         ``with_label``: the label kept in brackets, ``Apple (Braeburn) [Apple Braeburn]``."""
@@ -267,6 +296,7 @@ class Catalog:
         if found is None:
             return label
         fruit, variety = found
+        variety = variety_in(variety, lang)
         text = _in(fruit["name"], lang) + (f" ({variety})" if variety else "")
         return f"{text} [{label}]" if with_label and text != label else text
 

@@ -4,6 +4,7 @@ projection and index."""
 from __future__ import annotations
 
 import copy
+import re
 import json
 import subprocess
 from pathlib import Path
@@ -21,15 +22,33 @@ def seed() -> dict:
     return json.loads(SEED.read_text(encoding="utf-8"))
 
 
-def test_the_seed_catalog_covers_every_fruit_of_the_demo_and_of_the_real_photos():
+def fruits360_2018_classes() -> set[str]:
+    """The 81 classes of Fruits-360's 2018 release (the shared data's CLASSES.md lists them; the same list is kept here
+    for a machine without the shared data)."""
+    listed = ROOT.parent / "shared" / "data" / "fruits360" / "CLASSES.md"
+    if listed.is_file():
+        part = listed.read_text().split("## Release 2018.09.07")[1].split("## Release 2020")[0]
+        return {line.strip() for line in part.splitlines()[1:] if line.strip()}
+    return set(json.loads((ROOT / "tests" / "fruits360_2018_classes.json").read_text()))
+
+
+def test_the_seed_catalog_covers_every_label_the_system_can_name():
+    """Every class of the project's data, of the shared lab and shop photos, the 81 of Fruits-360's 2018 release and the
+    demo's synthetic fruits has a card; varieties grouped under their species."""
     from models.synthetic import class_names
 
     catalog = Catalog.from_bytes(SEED.read_bytes(), str(SEED))
-    real = {d.name for d in (ROOT / "data" / "fruits360" / "Training").iterdir()}
-    shared = ROOT.parent / "shared" / "data" / "fruits360" / "Training"
-    if shared.is_dir():
-        real |= {d.name for d in shared.iterdir()}
-    assert catalog.missing(real | set(class_names())) == []
+    real = set()
+    for folder in ("data/fruits360/Training", "data/grocery/train", "../shared/data/fruits360/Training",
+                   "../shared/data/grocery/train", "../shared/data/grocery/val"):
+        if (ROOT / folder).is_dir():
+            real |= {d.name for d in (ROOT / folder).iterdir() if d.is_dir()}
+    classes = fruits360_2018_classes()
+    assert len(classes) == 81
+    assert catalog.missing(real | classes | set(class_names())) == []
+    assert catalog.species("Granny-Smith") == catalog.species("Apple Granny Smith") == "apple"
+    assert catalog.species("Satsumas") == catalog.species("Mandarine") == "mandarin"
+    assert catalog.name("Physalis with Husk", "fr") == "Physalis (coqueret du Pérou) (dans son calice)", "no English"
     assert catalog.name("Apple Braeburn") == "Apple (Braeburn)" and catalog.name("Apple Braeburn", "fr") == "Pomme (Braeburn)"
     assert catalog.name("Apple Braeburn", with_label=True) == "Apple (Braeburn) [Apple Braeburn]"
     assert catalog.name("Durian") == "Durian", "a label without an entry is shown as itself"
@@ -38,12 +57,13 @@ def test_the_seed_catalog_covers_every_fruit_of_the_demo_and_of_the_real_photos(
             assert fruit["name"][lang]["source"] in catalog.data["sources"] and fruit["description"][lang]["value"]
 
 
-def test_the_seed_nutrition_is_the_ifct_tables_own(capsys):
-    """Nothing made up: every number of the seed comes from the IFCT 2017 row its fruit names (fill_nutrition would
-    change nothing), and a fruit the table does not hold has no nutrition at all."""
-    from cloud_pca.catalog import IFCT_CSV, ifct_rows
+def test_the_seed_nutrition_is_the_tables_own(capsys):
+    """Nothing made up: every number of the seed comes from the IFCT 2017 or USDA SR28 row its fruit names
+    (fill_nutrition would change nothing), a fruit neither table holds has no nutrition at all, and at least 90% of
+    the fruits have it."""
+    from cloud_pca.catalog import IFCT_CSV, USDA_JSON, ifct_rows, usda_rows
 
-    assert IFCT_CSV.is_file(), "./run setup installs data/catalog's npm package (IFCT 2017)"
+    assert IFCT_CSV.is_file() and USDA_JSON.is_file(), "./run setup installs data/catalog's npm packages"
     assert cloud_main(["--quiet", "catalog", "nutrition", str(SEED)]) == 0
     assert "0 fruit(s) would change" in capsys.readouterr().out
     table = ifct_rows()
@@ -52,9 +72,15 @@ def test_the_seed_nutrition_is_the_ifct_tables_own(capsys):
     assert apple["food"]["value"] == "E001 Apple, big"
     assert apple["per_100g"]["energy_kj"]["value"] == float(table["E001"]["enerc"])          # kJ as given
     assert apple["per_100g"]["vitamin_c_mg"]["value"] == pytest.approx(float(table["E001"]["vitc"]) * 1000)
+    kiwi = next(f for f in data["fruits"] if f["id"] == "kiwi")["nutrition"]
+    usda = usda_rows()
+    assert kiwi["food"] == {"value": "09148 KIWIFRUIT, GRN, RAW", "source": "usda-sr28"}
+    assert kiwi["per_100g"]["energy_kcal"]["value"] == usda["09148"]["kcal"] and \
+        kiwi["per_100g"]["energy_kj"]["value"] == pytest.approx(usda["09148"]["kcal"] * 4.184, abs=0.05)
     with_nutrition = {f["id"] for f in data["fruits"] if "nutrition" in f}
-    assert {"granadilla", "grapefruit", "persimmon", "raspberry", "tamarillo", "nectarine"}.isdisjoint(with_nutrition)
-    assert len(with_nutrition) == 14
+    assert {f["id"] for f in data["fruits"]} - with_nutrition == {"granadilla", "tamarillo", "tangelo", "pepino",
+                                                                   "pitahaya", "salak"}
+    assert len(with_nutrition) >= 0.9 * len(data["fruits"])
 
 
 def broken_catalogs() -> dict[str, object]:
@@ -124,9 +150,9 @@ def test_python_and_the_page_apply_the_same_rules_with_the_same_messages():
     assert any("holds the character" in line or "is not a label" in line for line in lines)
     assert sum("is not a label" in line for line in lines) == 3, lines       # leading space, U+200B, U+202E
     assert any("the variety must be text of at most 60 characters" in line for line in lines)
-    assert 'fruits[24] (apple).labels: "Apple Braeburn" is also a label of fruits[0] (apple)' in \
+    assert 'fruits[67] (apple).labels: "Apple Braeburn" is also a label of fruits[0] (apple)' in \
         python["duplicate id and label, a bad id"]
-    assert "fruits[24] (apple).id: also the id of fruits[0]" in python["duplicate id and label, a bad id"]
+    assert "fruits[67] (apple).id: also the id of fruits[0]" in python["duplicate id and label, a bad id"]
 
 
 def test_catalog_check_prints_one_line_per_problem(tmp_path, capsys):
@@ -144,7 +170,7 @@ def test_catalog_check_prints_one_line_per_problem(tmp_path, capsys):
         "fruits[0] (apple).nutrition.per_100g.water_g: the value must be a number from 0 to 100"]
     assert err.strip() == f"{bad}: 5 problem(s)"
     assert cloud_main(["--quiet", "catalog", "check", str(SEED)]) == 0
-    assert "good; 24 fruits, 30 labels, 14 with nutrition" in capsys.readouterr().out
+    assert "good; 67 fruits, 164 labels, 61 with nutrition" in capsys.readouterr().out
     (tmp_path / "not.json").write_text("{nope")
     assert cloud_main(["--quiet", "catalog", "check", str(tmp_path / "not.json")]) == 1
     assert "not JSON" in capsys.readouterr().out
@@ -320,3 +346,34 @@ def test_python_reads_catalog_bytes_as_the_page_does():
             python[name] = str(exc)
     assert {k: v is None for k, v in python.items()} == {k: v is None for k, v in page.items()}, (python, page)
     assert python["utf-8"] is None and python["bom"] is None and python["utf-16"] is not None
+
+
+LATEST_SPECIES = {   # Fruits-360's latest release, its README's species (../shared/data/fruits360/CLASSES.md) -> card
+    "Apples": "apple", "Apricot": "apricot", "Avocado": "avocado", "Avocado ripe": "avocado", "Banana": "banana",
+    "Beetroot Red": "beetroot", "Blueberry": "blueberry", "Cactus fruit": "cactus-fruit", "Cantaloupe": "melon",
+    "Carambula": "carambola", "Cauliflower": "cauliflower", "Cherry": "cherry", "Cherry Wax": "cherry",
+    "Chestnut": "chestnut", "Clementine": "clementine", "Cocos": "coconut", "Corn": "corn", "Cucumber": "cucumber",
+    "Dates": "date", "Eggplant": "eggplant", "Fig": "fig", "Ginger Root": "ginger", "Granadilla": "granadilla",
+    "Grape": "grape", "Grapefruit": "grapefruit", "Guava": "guava", "Hazelnut": "hazelnut",
+    "Huckleberry": "huckleberry", "Kiwi": "kiwi", "Kaki": "persimmon", "Kohlrabi": "kohlrabi", "Kumsquats": "kumquat",
+    "Lemon": "lemon", "Lime": "lime", "Lychee": "lychee", "Mandarine": "mandarin", "Mango": "mango",
+    "Mangostan": "mangosteen", "Maracuja": "passion-fruit", "Melon Piel de Sapo": "melon", "Mulberry": "mulberry",
+    "Nectarine": "nectarine", "Nut": "hazelnut", "Onion": "onion", "Orange": "orange", "Papaya": "papaya",
+    "Passion fruit": "passion-fruit", "Peach": "peach", "Pepino": "pepino", "Pear": "pear", "Pepper": "pepper",
+    "Physalis": "physalis", "Pineapple": "pineapple", "Pitahaya Red": "pitahaya", "Plum": "plum",
+    "Pomegranate": "pomegranate", "Pomelo Sweetie": "pomelo", "Potato": "potato", "Quince": "quince",
+    "Rambutan": "rambutan", "Raspberry": "raspberry", "Redcurrant": "redcurrant", "Salak": "salak",
+    "Strawberry": "strawberry", "Tamarillo": "tamarillo", "Tangelo": "tangelo", "Tomato": "tomato", "Walnut": "walnut",
+    "Watermelon": "watermelon"}
+
+
+def test_every_species_of_fruits360s_latest_release_has_a_card():
+    listed = ROOT.parent / "shared" / "data" / "fruits360" / "CLASSES.md"
+    if listed.is_file():    # the list there, its brackets (varieties) dropped: every species is in the table above
+        text = listed.read_text().split("## Release 2020")[1].split("\n", 1)[1]
+        flat = re.sub(r"\s*\([^()]*(\([^()]*\)[^()]*)*\)", "", re.sub(r"\s+", " ", text))   # brackets dropped
+        names = {part.strip() for part in flat.split(",")}
+        assert {n.rstrip(".") for n in names if n} <= set(LATEST_SPECIES), sorted(names - set(LATEST_SPECIES))
+    ids = {f["id"] for f in seed()["fruits"]}
+    assert set(LATEST_SPECIES.values()) <= ids
+    assert {"pecan", "sweet-potato"} <= ids        # Nut (Pecan), Potato (Sweet): species of their own
