@@ -1,21 +1,28 @@
-"""Identification on real photos: how often the phone's answer is right, wrong, "unknown" or "not sure", for fruits
-it knows and fruits it was never sent, beside plain baselines on the same vectors.
+"""Identification on real photos, per set (lab frames, shop photos): how often the phone's answer is right, wrong,
+"unknown" or "not sure", for fruits it knows and fruits it was never sent, at the variety and the species level, beside
+plain baselines on the same vectors.
 
-    ./run bench identify [--train DIR] [--test DIR] [--unseen N] [--rounds R] [--k 32[,64...]] [--engine chromium]
-                         [--stability DRAWS] [--leave-out ROWS]
+    ./run bench identify [--train DIR ...] [--test DIR ...] [--withhold card|N] [--rounds R] [--k 32[,64...]]
+                         [--engine chromium] [--stability DRAWS] [--leave-out ROWS] [--no-transfer]
 
-Each round withholds N of the training fruits (never sent), fits as the daily chain does (the training photos'
-vectors -> ``fruits-cloud pca`` -> ``publish --k K``, in local mode), and identifies every test photo the way a
-phone does: its vector, the published projection and index read back from where publish wrote them
-(``fruits-edge identify``'s code path), and, with ``--engine``, the page's code on the same vectors in a browser
-(its answers must be the same; its identify time per photo is reported). Test photos of withheld fruits, or of
-fruits not in the training folder, count as never sent. Baselines on the same vectors, fitted on the same known
-training rows, with no refusal: nearest centroid in the published space (what was published before), 1-NN in the
-published space, 1-NN in 1280-d (standardized); and 1-NN with an *oracle* distance threshold set on the test's own
-known photos to refuse 5% of them (what a threshold could do at best).
+Each round withholds some training classes (never sent): by default the classes the model's fine-tuning never saw
+(its card's ``fine_tuned.held_out``: the backbone has not seen them either), or ``--withhold N`` random ones. It fits
+as the daily chain does (the training photos' vectors -> ``fruits-cloud pca`` -> ``publish --k K``, in local mode,
+with the project's catalog, so the index knows its labels' species) and identifies every test photo the way a phone
+does: its vector, the published projection and index read back from where publish wrote them (``fruits-edge
+identify``'s code path), and, with ``--engine``, the page's code on the same vectors in a browser (its answers must be
+the same; its identify time per photo is reported). Test photos of withheld classes, or of classes not in the
+training folders, count as never sent.
 
-Defaults: ``../shared/data/fruits360`` when it is there (its Test/ = other frames of the Training films), else the
-project's own subset ``data/fruits360``.
+Each test folder is reported on its own, at the variety (label) and the species level (the catalog's fruit: "Granny-
+Smith" and "Apple Braeburn" are both apples; "not sure: A or B" between two varieties of the right species names the
+species): named right, wrong name, refused, precision of named answers, the right label or species among the 3
+candidates shown, never-sent classes refused. Baselines fitted on the same known training rows, no refusal: 1-NN on
+the standardized 1280-d vectors, and a linear classifier on them (ridge, one vs all); "lab -> shop" fits lab photos
+only and asks shop photos (species level): how far lab references carry.
+
+Defaults: ``../shared/data/fruits360`` (Training, Test) and ``../shared/data/grocery`` (train, val) when they are
+there, else the project's own subsets in ``data/``.
 """
 from __future__ import annotations
 
@@ -31,28 +38,48 @@ import numpy as np
 from common import Recorder, answers_changed, timed
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data" / "fruits360"
-OWN = ROOT / "data" / "fruits360"
+SHARED = ROOT.parent / "shared" / "data"
+OWN = ROOT / "data"
+LAB, SHOP = "fruits360", "grocery"
 
 
-def vectors(folder: Path, out: Path) -> dict:
-    """The photos' vectors (fruits-edge vectorize): features, labels, sources, image ids."""
+def default_sets() -> tuple[list[Path], list[Path]]:
+    """(training folders, test folders): the shared lab and shop photos when there, else the project's subsets."""
+    root = SHARED if (SHARED / LAB).is_dir() and (SHARED / SHOP).is_dir() else OWN
+    return [root / LAB / "Training", root / SHOP / "train"], [root / LAB / "Test", root / SHOP / "val"]
+
+
+def set_name(folder: Path) -> str:
+    return f"{folder.parent.name}/{folder.name}"
+
+
+def vectors(folders: list[Path], out: Path) -> dict:
+    """The photos' vectors (fruits-edge vectorize), each folder's: features, labels, sources, image ids, set."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from contract.vectors import features_matrix
     from edge_client.vectorize import find_photos, vectorize
     from models import model_path
 
-    vectorize(find_photos([folder]), out, model_path=model_path(), progress=False, client_id="bench-identify")
-    t = pq.read_table(out)
+    tables, sets = [], []
+    for i, folder in enumerate(folders):
+        part = out.with_name(f"{out.stem}-{i}.parquet")
+        vectorize(find_photos([folder]), part, model_path=model_path(), progress=False, client_id="bench-identify")
+        t = pq.read_table(part)
+        tables.append(t)
+        sets += [set_name(folder)] * t.num_rows
+    t = pa.concat_tables(tables)
     return {"x": features_matrix(t.column("features")), "label": np.array(t.column("label").to_pylist(), object),
-            "source": t.column("source").to_pylist(), "table": t}
+            "source": t.column("source").to_pylist(), "table": t, "set": np.array(sets, object)}
 
 
 def fit_and_publish(spark, table, tmp: Path, name: str, ks: list[int]) -> dict[int, Path]:
-    """The daily chain on ``table``'s rows: pca (variance 0.95) then publish at each k; {k: the root it wrote}."""
+    """The daily chain on ``table``'s rows: pca (variance 0.95) then publish at each k, with the project's catalog
+    (the index learns its labels' species from it); {k: the root it wrote}."""
     import pyarrow.parquet as pq
 
+    from cloud_pca.catalog import seed_bytes
     from cloud_pca.job import JobConfig, run
     from cloud_pca.publish import publish
 
@@ -63,43 +90,59 @@ def fit_and_publish(spark, table, tmp: Path, name: str, ks: list[int]) -> dict[i
     roots = {}
     for k in ks:
         root = tmp / name / f"root-k{k}"
+        (root / "models").mkdir(parents=True)
+        (root / "models" / "catalog.json").write_bytes(seed_bytes())
         publish(spark, result.run_uri, f"file://{root}", k=min(k, result.summary["k"]))
         roots[k] = root
     return roots
 
 
-def baselines(projection, train_x, train_y, test_x, test_y, known: set[str]) -> dict:
-    """Plain identifiers on the same vectors (no refusal), and 1-NN with an oracle threshold."""
-    yt, ye = projection.project(train_x).astype(np.float64), projection.project(test_x).astype(np.float64)
-    labels = sorted(set(train_y))
-    cents = np.stack([yt[train_y == lab].mean(axis=0) for lab in labels])
+def baselines(train_x, train_y, test_x, test_y, known: set, species_of) -> dict:
+    """Plain identifiers on the same 1280-d vectors, standardized on the training rows, no refusal: 1-NN and a ridge
+    classifier (one vs all): the share of known test photos whose label and species they name right."""
+    mean, std = train_x.mean(axis=0), train_x.std(axis=0)
+    inv = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
+    a, b = (train_x - mean) * inv, (test_x - mean) * inv
     kn = np.array([t in known for t in test_y])
-
-    def nn(a, b):
-        d = (a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None, :]
-        return np.argmin(d, axis=1), np.sqrt(np.clip(d.min(axis=1), 0, None))
-
-    z = lambda x: (x - projection.mean) * projection.scale   # noqa: E731
+    if not kn.any():
+        return {}
+    d = (b * b).sum(1)[:, None] - 2 * b @ a.T + (a * a).sum(1)[None, :]
+    nn = train_y[np.argmin(d, axis=1)]
+    labels = np.array(sorted(set(train_y)), object)
+    target = (train_y[:, None] == labels[None, :]).astype(np.float64) * 2 - 1
+    xa = np.hstack([a, np.ones((len(a), 1))])
+    w = np.linalg.solve(xa.T @ xa + 0.1 * len(a) * np.eye(xa.shape[1]), xa.T @ target)
+    ridge = labels[np.argmax(np.hstack([b, np.ones((len(b), 1))]) @ w, axis=1)]
+    sp = np.vectorize(species_of, otypes=[object])
     out = {}
-    i, _ = nn(ye, cents)
-    out["nearest centroid, published space"] = np.mean(np.array(labels)[i][kn] == test_y[kn])
-    i, dist = nn(ye, yt)
-    out["1-NN, published space"] = np.mean(train_y[i][kn] == test_y[kn])
-    i, _ = nn(z(test_x), z(train_x))
-    out["1-NN, 1280-d"] = np.mean(train_y[i][kn] == test_y[kn])
-    if kn.any() and (~kn).any():
-        t = np.quantile(dist[kn], 0.95)
-        out["oracle 1-NN threshold: never-sent refused at 5% known refused"] = float(np.mean(dist[~kn] > t))
-    return {key: round(float(v), 4) for key, v in out.items()}
+    for name, guess in (("1-NN", nn), ("ridge", ridge)):
+        out[f"{name} label"] = float(np.mean(guess[kn] == test_y[kn]))
+        out[f"{name} species"] = float(np.mean(sp(guess[kn]) == sp(test_y[kn])))
+    return {key: round(v, 4) for key, v in out.items()}
+
+
+def withheld_classes(args, fruits: list[str], r: int) -> list[str]:
+    """The round's never-sent classes: the model's fine-tuning hold-outs (its card) that the training folders hold,
+    or ``--withhold N`` drawn as the demo draws them."""
+    from edge_client.project import never_sent
+
+    if args.withhold == "card":
+        from contract.card import load_model_card
+        from models import model_path
+
+        held = (load_model_card(model_path()).weights.get("fine_tuned") or {}).get("held_out") or []
+        return sorted(set(held) & set(fruits))
+    return never_sent(fruits, int(args.withhold), args.seed + r)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    default = SHARED if SHARED.is_dir() else OWN
-    ap.add_argument("--train", type=Path, default=default / "Training")
-    ap.add_argument("--test", type=Path, default=default / "Test")
-    ap.add_argument("--unseen", type=int, default=5, help="training fruits withheld as never sent (default 5)")
-    ap.add_argument("--rounds", type=int, default=1, help="rounds, each withholding other fruits (default 1)")
+    train_default, test_default = default_sets()
+    ap.add_argument("--train", type=Path, nargs="+", default=train_default, help="training folders (class folders)")
+    ap.add_argument("--test", type=Path, nargs="+", default=test_default, help="test folders, each reported apart")
+    ap.add_argument("--withhold", default="card",
+                    help="'card': the classes the model's fine-tuning never saw (default); or N random classes")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds, each withholding other classes (default 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--k", default="32", help="components published, a list to compare (default 32)")
     ap.add_argument("--engine", default="none", choices=("none", "chromium", "firefox", "webkit"),
@@ -109,20 +152,30 @@ def main() -> int:
                     help="in round 0, refit this many times with --leave-out random training rows left out and count "
                          "the test answers that change (what a refresh with a few rows more or less moves)")
     ap.add_argument("--leave-out", type=int, default=20)
-    ap.add_argument("--smoke", action="store_true", help="the project's subset, 1 round, 3 withheld: that it runs")
+    ap.add_argument("--no-transfer", action="store_true", help="skip the lab -> shop row")
+    ap.add_argument("--smoke", action="store_true", help="the project's subsets, 1 round, 3 withheld: that it runs")
     args = ap.parse_args()
     if args.smoke:
-        args.train, args.test, args.unseen, args.rounds, args.stability = OWN / "Training", OWN / "Test", 3, 1, 1
+        args.train = [OWN / LAB / "Training", OWN / SHOP / "train"]
+        args.test = [OWN / LAB / "Test", OWN / SHOP / "val"]
+        args.withhold, args.rounds, args.stability = "3", 1, 1
     ks = sorted({int(k) for k in args.k.split(",")})
-    for folder in (args.train, args.test):
+    for folder in [*args.train, *args.test]:
         if not folder.is_dir():
             print(f"Error: {folder} is not a folder", file=sys.stderr)
             return 1
 
+    from cloud_pca.catalog import seed_bytes
     from cloud_pca.spark import get_spark
-    from edge_client.project import Published, figures, identify_features, never_sent
+    from contract.catalog import Catalog
+    from edge_client.project import Published, figures, identify_features
     from models import model_path
     from featurizer.runtime import Model
+
+    catalog = Catalog.from_bytes(seed_bytes())
+
+    def species_of(label: str) -> str:
+        return catalog.species(label) or label.split()[0].lower()
 
     rec = Recorder("identify", args.out)
     sha = Model(model_path(), threads=1).sha256
@@ -130,8 +183,9 @@ def main() -> int:
         tmp = Path(t)
         train, s_train = timed("vectorize train", lambda: vectors(args.train, tmp / "train.parquet"))
         test, s_test = timed("vectorize test", lambda: vectors(args.test, tmp / "test.parquet"))
-        print(f"train: {len(train['x'])} photos of {len(set(train['label']))} fruits ({args.train}); test: "
-              f"{len(test['x'])} photos ({args.test}); vectorized in {s_train + s_test:.1f} s")
+        print(f"train: {len(train['x'])} photos of {len(set(train['label']))} classes "
+              f"({', '.join(map(set_name, args.train))}); test: {len(test['x'])} photos "
+              f"({', '.join(map(set_name, args.test))}); vectorized in {s_train + s_test:.1f} s; model {model_path().name}")
         spark = get_spark("bench-identify", master="local[2]")
         fruits = sorted(set(train["label"]))
         phone = browser_cm = server_cm = None
@@ -146,39 +200,48 @@ def main() -> int:
             phone = browser_cm.__enter__().open(server.url)
         try:
             for r in range(args.rounds):
-                withheld = never_sent(fruits, args.unseen, args.seed + r)
+                withheld = withheld_classes(args, fruits, r)
                 known = set(fruits) - set(withheld)
                 keep = np.array([lab in known for lab in train["label"]])
                 roots, s_fit = timed(f"round {r}: pca + publish", lambda: fit_and_publish(
                     spark, train["table"].filter(keep), tmp, f"r{r}", ks))
-                print(f"\nround {r}: withheld (never sent): {', '.join(withheld)}; fit and publish {s_fit:.1f} s")
+                print(f"\nround {r}: withheld (never sent): {', '.join(withheld) or 'none'}; fit and publish "
+                      f"{s_fit:.1f} s")
                 for k, root in roots.items():
                     projection, index = Published(str(root)).identifier(sha)
                     t0 = time.perf_counter()
                     answers = [identify_features(x, projection, index) for x in test["x"]]
                     py_ms = (time.perf_counter() - t0) * 1000 / len(answers)
-                    fig = figures(list(zip(test["label"], [a.answer for a in answers])), known)
                     files = sorted((root / "models").iterdir())
-                    download = sum(f.stat().st_size for f in files)
-                    row = {"measure": "identify", "round": r, "k": projection.k, "withheld": ";".join(withheld),
-                           "known_fruits": len(known), "test_photos": len(answers), "download_bytes": download,
-                           "python_ms_per_photo": round(py_ms, 4), "calibration": index.calibration}
-                    for level, f in fig.items():
-                        row.update({f"{level}_{key}": v for key, v in f.items()})
-                    row.update(baselines(projection, train["x"][keep], train["label"][keep], test["x"], test["label"],
-                                         known))
+                    download = sum(f.stat().st_size for f in files if not f.name.startswith("catalog"))
+                    for name in dict.fromkeys(test["set"]):
+                        at = np.flatnonzero(test["set"] == name)
+                        rows = [(test["label"][i], answers[i].answer, [x[0] for x in answers[i].ranked])
+                                for i in at]
+                        row = {"measure": "identify", "round": r, "set": name, "k": projection.k,
+                               "withheld": ";".join(withheld), "known_classes": len(known), "test_photos": len(at),
+                               "download_bytes": download, "python_ms_per_photo": round(py_ms, 4),
+                               "calibration": index.calibration}
+                        for level, f in figures(rows, known, species_of).items():
+                            row.update({f"{level}_{key}": v for key, v in f.items()})
+                        row.update(baselines(train["x"][keep], train["label"][keep], test["x"][at], test["label"][at],
+                                             known, species_of))
+                        rec.add(**row)
+                        show(row)
                     if phone is not None:
                         index_file = next(f for f in files if f.name.startswith("index-"))
                         page, page_ms = phone.identify_vectors(
                             next(f for f in files if f.name.startswith("projection-") and f.suffix == ".npz").read_bytes(),
                             index_file.read_bytes(), index_file.stem.split("-", 1)[1], test["x"])
-                        row["page_ms_per_photo"] = round(page_ms, 4)
-                        row["page_answers_differing"] = sum(p["answer"] != a.answer for p, a in zip(page, answers))
-                    rec.add(**row)
-                    show(row)
+                        differ = sum(p["answer"] != a.answer for p, a in zip(page, answers))
+                        rec.add(measure="page", round=r, k=projection.k, page_ms_per_photo=round(page_ms, 4),
+                                page_answers_differing=differ)
+                        print(f"  page ({args.engine}): {page_ms:.3f} ms a photo; {differ} answers differ from Python's")
                     if r == 0 and args.stability:
                         stability(spark, args, rec, train, test, keep, tmp, k, sha,
                                   [a.answer for a in answers])
+            if not args.no_transfer:
+                transfer(spark, args, rec, train, test, tmp, ks[0], sha, species_of)
         finally:
             if browser_cm is not None:
                 browser_cm.__exit__(None, None, None)
@@ -187,6 +250,31 @@ def main() -> int:
     summarize(rec.rows)
     print(f"\nwrote {rec.save()}")
     return 0
+
+
+def transfer(spark, args, rec, train, test, tmp: Path, k: int, sha: str, species_of) -> None:
+    """Lab -> shop: an index fitted on the lab photos alone asks the shop photos, at the species level (its labels are
+    lab varieties: a shop photo's answer is right when it names a lab variety of the photo's species)."""
+    from edge_client.project import Published, figures, identify_features
+
+    lab = np.array([s.startswith(LAB) for s in train["set"]])
+    shop = np.flatnonzero(np.array([s.startswith(SHOP) for s in test["set"]]))
+    if not lab.any() or not len(shop):
+        return
+    root = fit_and_publish(spark, train["table"].filter(lab), tmp, "transfer", [k])[k]
+    projection, index = Published(str(root)).identifier(sha)
+    known = set(train["label"][lab])
+    rows = [(test["label"][i], (a := identify_features(test["x"][i], projection, index)).answer,
+             [x[0] for x in a.ranked]) for i in shop]
+    kinds = {species_of(x) for x in known}
+    f = figures([r for r in rows if species_of(r[0]) in kinds], set(test["label"][shop]) | known, species_of)["species"]
+    base = baselines(train["x"][lab], train["label"][lab], test["x"][shop], test["label"][shop],
+                     {lab_ for lab_ in test["label"][shop] if species_of(lab_) in kinds} | known, species_of)
+    rec.add(measure="transfer", set="lab -> shop", k=projection.k, species_photos=f["known_photos"],
+            **{f"species_{key}": v for key, v in f.items()}, **{key: v for key, v in base.items() if "species" in key})
+    print(f"\nlab -> shop ({f['known_photos']} shop photos of species the lab photos show): named right "
+          f"{pct(f['named_right'])}, wrong {pct(f['wrong'])}, precision {pct(f['precision'])}; 1-NN "
+          f"{pct(base.get('1-NN species'))}, ridge {pct(base.get('ridge species'))}")
 
 
 def stability(spark, args, rec, train, test, keep, tmp: Path, k: int, sha: str, before: list) -> None:
@@ -214,36 +302,40 @@ def stability(spark, args, rec, train, test, keep, tmp: Path, k: int, sha: str, 
           f"fruit's name {np.mean(wrong):.1%}")
 
 
+def pct(v) -> str:
+    return "-" if v is None else f"{v:.1%}"
+
+
 def show(row: dict) -> None:
-    pct = lambda v: "-" if v is None else f"{v:.1%}"   # noqa: E731
-    print(f"  k={row['k']}: known fruits ({row['label_known_photos']} photos): named right "
-          f"{pct(row['label_named_right'])}, wrong {pct(row['label_wrong'])}, unknown {pct(row['label_unknown'])}, "
-          f"not sure {pct(row['label_not_sure'])}; precision {pct(row['label_precision'])}")
-    print(f"        never sent ({row['label_never_sent_photos']} photos): unknown or not sure "
-          f"{pct(row['label_never_sent_refused'])} (unknown {pct(row['label_never_sent_unknown'])}); species never "
-          f"sent ({row['species_never_sent_photos']} photos): {pct(row['species_never_sent_refused'])}; species "
-          f"known: named right {pct(row['species_named_right'])}, precision {pct(row['species_precision'])}")
-    print(f"        a phone downloads {row['download_bytes']:,} bytes to identify; identify {row['python_ms_per_photo']:.3f}"
-          f" ms/photo in Python" + (f", {row['page_ms_per_photo']:.3f} ms in the page ({row['page_answers_differing']} "
-                                   f"answers differ)" if "page_ms_per_photo" in row else ""))
-    print("        baselines (no refusal): " + "; ".join(f"{k} {v:.1%}" for k, v in row.items()
-                                                     if k.startswith(("nearest", "1-NN", "oracle"))))
+    print(f"  {row['set']} (k={row['k']}, {row['test_photos']} photos):")
+    for level in ("label", "species"):
+        print(f"    {level}: known ({row[f'{level}_known_photos']}) named right {pct(row[f'{level}_named_right'])}, wrong "
+              f"{pct(row[f'{level}_wrong'])}, unknown {pct(row[f'{level}_unknown'])}, not sure "
+              f"{pct(row[f'{level}_not_sure'])}; precision {pct(row[f'{level}_precision'])}; among the 3 candidates "
+              f"{pct(row[f'{level}_among_candidates'])}; never sent ({row[f'{level}_never_sent_photos']}) refused "
+              f"{pct(row[f'{level}_never_sent_refused'])}")
+    print("    baselines (no refusal): " + "; ".join(f"{k} {pct(v)}" for k, v in row.items()
+                                                     if k.startswith(("1-NN", "ridge"))))
 
 
 def summarize(rows: list[dict]) -> None:
+    """The README's table: per set, mean over rounds (worst round in brackets when there are several)."""
     rows = [r for r in rows if r["measure"] == "identify"]
-    if len({r["round"] for r in rows}) < 2:
+    if not rows:
         return
-    print("\nacross rounds (mean / min):")
-    for k in sorted({r["k"] for r in rows}):
-        sel = [r for r in rows if r["k"] == k]
-        line = []
-        for key in ("label_named_right", "label_wrong", "label_precision", "label_never_sent_refused",
-                    "species_never_sent_refused"):
-            vals = [r[key] for r in sel if r[key] is not None]
-            if vals:
-                line.append(f"{key} {statistics.mean(vals):.1%} / {min(vals):.1%}")
-        print(f"  k={k}: " + "; ".join(line))
+    keys = ("species_named_right", "species_wrong", "species_precision", "species_among_candidates",
+            "species_never_sent_refused", "label_named_right", "label_precision", "1-NN species", "ridge species")
+    print("\n| set | k | " + " | ".join(k.replace("_", " ") for k in keys) + " |")
+    print("|" + " --- |" * (len(keys) + 2))
+    for name in dict.fromkeys(r["set"] for r in rows):
+        for k in sorted({r["k"] for r in rows if r["set"] == name}):
+            sel = [r for r in rows if r["set"] == name and r["k"] == k]
+            cells = []
+            for key in keys:
+                vals = [r.get(key) for r in sel if r.get(key) is not None]
+                cells.append("-" if not vals else pct(statistics.mean(vals)) +
+                             (f" ({pct(min(vals))})" if len(vals) > 1 else ""))
+            print(f"| {name} | {k} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

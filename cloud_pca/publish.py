@@ -93,7 +93,7 @@ def _nothing_counts(run_uri: str, record: dict) -> PublishError:
 
 
 def index_from_run(spark, run_uri: str, k: int, projection_id: str, *, driver_read_bytes: int | None = None,
-                   catalog_labels: set | None = None, accepted: set | None = None, small=False
+                   catalog_labels: set | None = None, accepted: set | None = None, species_of=None, small=False
                    ) -> tuple[ReferenceIndex, dict]:
     """What devices identify with (:mod:`cloud_pca.identifier`), fitted on the run's labelled rows' first k
     components that count (:mod:`cloud_pca.votes`: labels are votes): by the driver from a small run's projections
@@ -117,9 +117,9 @@ def index_from_run(spark, run_uri: str, k: int, projection_id: str, *, driver_re
         y = np.array([pca[i][:k] for i in rows], np.float64)
         srcs, iids = [sources[i] for i in rows], [ids[i] for i in rows]
 
-        def fit(chosen, names):
+        def fit(chosen, names, species_of=None):
             return identifier.fit_arrays(y[chosen], [names[i] for i in chosen], [srcs[i] for i in chosen],
-                                         [iids[i] for i in chosen], projection_id)
+                                         [iids[i] for i in chosen], projection_id, species_of=species_of)
 
         v = votes.weigh(y, [labels[i] for i in rows], [clients[i] for i in rows], srcs, iids,
                         catalog_labels=catalog_labels, accepted=accepted, fit=fit)
@@ -127,7 +127,7 @@ def index_from_run(spark, run_uri: str, k: int, projection_id: str, *, driver_re
         chosen = np.flatnonzero(v.counted)
         if not len(chosen):
             raise _nothing_counts(run_uri, record)
-        return fit(chosen, v.labels), record
+        return fit(chosen, v.labels, species_of), record
     proj = spark.read.parquet(f"{run_uri.rstrip('/')}/projections")
     for col in ("source", "client_id"):
         if col not in proj.columns:
@@ -137,7 +137,7 @@ def index_from_run(spark, run_uri: str, k: int, projection_id: str, *, driver_re
     try:
         if not record["counted"]:
             raise _nothing_counts(run_uri, record)
-        return identifier.fit(spark, chosen, k, projection_id), record
+        return identifier.fit(spark, chosen, k, projection_id, species_of=species_of), record
     except ValueError as exc:
         raise PublishError(f"{run_uri}/projections: {exc}") from None
     finally:
@@ -234,7 +234,8 @@ def publish(spark, run_uri: str, root_uri: str, k: int | None = None, *, driver_
     index, votes = index_from_run(spark, run_uri, projection.k, projection.projection_id,
                                   driver_read_bytes=driver_read_bytes, small=small,
                                   catalog_labels=set(catalog.labels) if catalog is not None else None,
-                                  accepted=accepted_labels(spark, run_uri))
+                                  accepted=accepted_labels(spark, run_uri),
+                                  species_of=catalog.species if catalog is not None else None)
     root = root_uri.rstrip("/")
     files = [(projection_key("", projection.projection_id), projection.to_bytes()),
              (index_key("", index.index_id), index.to_bytes())]
@@ -247,6 +248,7 @@ def publish(spark, run_uri: str, root_uri: str, k: int | None = None, *, driver_
         write_bytes(spark, f"{root}/{key}", data)   # the pointer last: devices see a complete set
         written.append(f"{root}/{key}")
     record.update({"published": True, "index_id": index.index_id, "catalog_id": catalog.catalog_id if catalog else None,
-                   "labels": votes})
+                   "labels": votes,
+                   "labels_without_card": catalog.missing(index.labels) if catalog else sorted(index.labels)})
     write_bytes(spark, f"{run_uri.rstrip('/')}/publish.json", json.dumps(record, indent=1).encode())
     return Publication(projection, index, written, record)

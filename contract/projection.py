@@ -139,7 +139,7 @@ class Projection:
 
 UNKNOWN = "unknown"
 NOT_SURE = "not sure"
-INDEX_FORMAT = 2
+INDEX_FORMAT = 3
 
 
 def not_sure_answer(first: str, second: str) -> str:
@@ -156,19 +156,29 @@ def unit_rows(a: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Answer:
-    """What a device answers for one photo: ``answer`` is a label, :data:`UNKNOWN`, or ``not sure: A or B``;
-    ``ranked`` the labels nearest first as (label, score, distance). A label's score is 1 on one of its prototypes
-    and falls to 0 at the index's unknown distance."""
+    """What a device answers for one photo (or a few of one fruit): ``answer`` is a label, :data:`UNKNOWN`, or ``not
+    sure: A or B``; ``ranked`` the labels nearest first as (label, score, distance): the candidates a person is shown.
+    A label's score is 1 on one of its prototypes and falls to 0 at the index's unknown distance (a distance scale,
+    not a chance). ``species`` is the species the answer names: the label's, or the one two varieties it is not sure
+    between share ("Apple: Granny Smith or Golden?"), "" when it names none. ``confidence``: of the photos held out of
+    the fit that were named with such a margin, the share named right (the index's ``confidence`` table); None when
+    nothing is named or the index has no table."""
 
     answer: str
     label: str            # the nearest label (also when the answer is unknown or not sure)
     runner_up: str        # the next label ("" with a one-label index)
     score: float
     ranked: tuple
+    species: str = ""
+    confidence: float | None = None
 
     @property
     def named(self) -> bool:
         return self.answer == self.label
+
+    @property
+    def candidates(self) -> list[str]:
+        return [label for label, _, _ in self.ranked]
 
 
 @dataclass
@@ -181,11 +191,15 @@ class ReferenceIndex:
     distance ``1 - u . p`` to its nearest prototype ``p`` (a few unit vectors per label, chosen by the cloud job in
     Spark from that label's rows). The answer is the nearest label, unless
 
-    - its distance is beyond ``unknown_distance``: :data:`UNKNOWN`;
+    - its distance is beyond its label's unknown distance (``unknown_distances``, each label's own, calibrated on its
+      held-out photos and shrunk toward the index's ``unknown_distance``): :data:`UNKNOWN`;
     - the nearest label's distance over the runner-up's is above ``not_sure_ratio``: ``not sure: A or B``.
 
     Both thresholds are calibrated on rows held out of the fit (by film: see :mod:`cloud_pca.identifier`), for the
-    false-refusal rate ``calibration["refusal"]``; ``calibration`` records what they gave on those rows.
+    false-refusal rate ``calibration["refusal"]``; ``calibration`` records what they gave on those rows. ``species``
+    names each label's species (the catalog's fruit, from publish); ``confidence`` maps the margin of a named answer
+    (the nearest label's distance over the runner-up's) to the share of held-out answers with that margin that were
+    right: ``{"ratio_upper": [...], "right": [...], "rows": [...]}``, bins of increasing ratio, or None.
     """
 
     labels: list[str]             # (c,) sorted
@@ -197,6 +211,16 @@ class ReferenceIndex:
     unknown_distance: float
     not_sure_ratio: float
     calibration: dict
+    species: list | None = None   # (c,) each label's species; None: each label its own first word
+    confidence: dict | None = None
+    unknown_distances: np.ndarray | None = None   # (c,) each label's own unknown distance; None: all unknown_distance
+
+    def __post_init__(self):
+        if self.species is None:
+            self.species = [label.split()[0] if label.split() else label for label in self.labels]
+        if self.unknown_distances is None:
+            self.unknown_distances = np.full(len(self.labels), float(self.unknown_distance))
+        self.unknown_distances = np.asarray(self.unknown_distances, np.float64)
 
     @property
     def k(self) -> int:
@@ -206,7 +230,9 @@ class ReferenceIndex:
         """The index's numbers that are not arrays, as the JSON text stored in the file (sorted keys, ASCII)."""
         return json.dumps({"format": INDEX_FORMAT, "projection_id": self.projection_id, "labels": list(self.labels),
                            "counts": [int(n) for n in self.counts], "unknown_distance": float(self.unknown_distance),
-                           "not_sure_ratio": float(self.not_sure_ratio), "calibration": self.calibration},
+                           "not_sure_ratio": float(self.not_sure_ratio), "calibration": self.calibration,
+                           "species": list(self.species), "confidence": self.confidence,
+                           "unknown_distances": [round(float(v), 6) for v in self.unknown_distances]},
                           sort_keys=True)
 
     def _arrays(self) -> dict[str, np.ndarray]:
@@ -240,7 +266,9 @@ class ReferenceIndex:
             index = cls([str(v) for v in meta["labels"]], z["prototypes"].astype(np.float64),
                         np.atleast_1d(z["owner"]).astype(np.int64), z["whiten"].astype(np.float64),
                         np.array(meta["counts"], np.int64), str(meta["projection_id"]),
-                        float(meta["unknown_distance"]), float(meta["not_sure_ratio"]), dict(meta["calibration"]))
+                        float(meta["unknown_distance"]), float(meta["not_sure_ratio"]), dict(meta["calibration"]),
+                        [str(v) for v in meta["species"]], _confidence(meta.get("confidence")),
+                        np.array(meta["unknown_distances"], np.float64))
         except ContractError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -266,6 +294,11 @@ class ReferenceIndex:
         if not (0 <= index.unknown_distance <= 2 and index.not_sure_ratio >= 0):
             raise ContractError(f"{origin}: thresholds out of range (unknown distance {index.unknown_distance} must "
                                 f"be in [0, 2], the not-sure ratio >= 0)")
+        if len(index.species) != c:
+            raise ContractError(f"{origin}: {len(index.species)} species for {c} labels")
+        if index.unknown_distances.shape != (c,) or not np.isfinite(index.unknown_distances).all() \
+                or not ((index.unknown_distances >= 0) & (index.unknown_distances <= 2)).all():
+            raise ContractError(f"{origin}: its labels' unknown distances are not {c} numbers in [0, 2]")
         if index_id is not None and index.index_id != index_id:
             raise ContractError(f"{origin}: content does not match its index id {index_id}")
         return index
@@ -286,21 +319,57 @@ class ReferenceIndex:
         return d[0] if np.ndim(y) == 1 else d
 
     def answer(self, y: np.ndarray, top: int = 3) -> Answer:
-        """The answer for one projected vector (see the class): the page's ``answerVector`` is this, line for line."""
-        d = self.distances(np.asarray(y, np.float64).reshape(-1))
+        """The answer for one projected vector (see the class): the page's ``answer`` is this, line for line."""
+        return self.decide(self.distances(np.asarray(y, np.float64).reshape(-1)), top)
+
+    def answer_photos(self, ys: np.ndarray, top: int = 3) -> Answer:
+        """The answer for several photos of one fruit (``ys``: their projected vectors): each label's distance is the
+        mean of its distances to the photos, then as :meth:`answer`."""
+        return self.decide(np.atleast_2d(self.distances(np.atleast_2d(np.asarray(ys, np.float64)))).mean(axis=0), top)
+
+    def decide(self, d: np.ndarray, top: int = 3) -> Answer:
+        """The answer from each label's distance (:meth:`answer`)."""
         order = np.argsort(d, kind="stable")
         first = int(order[0])
         second = int(order[1]) if len(order) > 1 else -1
         t = self.unknown_distance
         ranked = tuple((self.labels[i], float(max(0.0, 1.0 - d[i] / t)) if t > 0 else float(d[i] <= 0),
                         float(d[i])) for i in order[:max(1, top)])
-        if d[first] > t:
+        ratio = float(d[first] / d[second]) if second >= 0 and d[second] > 0 else 0.0
+        species, confidence = "", None
+        if d[first] > self.unknown_distances[first]:
             text = UNKNOWN
-        elif second >= 0 and d[second] > 0 and d[first] / d[second] > self.not_sure_ratio:
+        elif second >= 0 and d[second] > 0 and ratio > self.not_sure_ratio:
             text = not_sure_answer(self.labels[first], self.labels[second])
+            if self.species[first] == self.species[second]:
+                species = self.species[first]
         else:
-            text = self.labels[first]
-        return Answer(text, self.labels[first], self.labels[second] if second >= 0 else "", ranked[0][1], ranked)
+            text, species = self.labels[first], self.species[first]
+            confidence = confidence_of(self.confidence, ratio)
+        return Answer(text, self.labels[first], self.labels[second] if second >= 0 else "", ranked[0][1], ranked,
+                      species, confidence)
+
+
+def confidence_of(table: dict | None, ratio: float) -> float | None:
+    """The share right of held-out answers named with this margin (the first bin whose upper ratio holds it, else the
+    last); None without a table."""
+    if not table or not table.get("ratio_upper"):
+        return None
+    for upper, right in zip(table["ratio_upper"], table["right"]):
+        if ratio <= upper:
+            return float(right)
+    return float(table["right"][-1])
+
+
+def _confidence(table) -> dict | None:
+    """A confidence table read from an index's meta, checked (bins of increasing ratio, shares in [0, 1])."""
+    if table is None:
+        return None
+    upper, right, rows = table["ratio_upper"], table["right"], table["rows"]
+    if not (len(upper) == len(right) == len(rows) >= 1) or list(upper) != sorted(upper) \
+            or not all(0 <= float(v) <= 1 for v in right) or not np.isfinite(np.array(upper, np.float64)).all():
+        raise ValueError("its confidence table is not bins of increasing ratio with shares in [0, 1]")
+    return {"ratio_upper": [float(v) for v in upper], "right": [float(v) for v in right], "rows": [int(v) for v in rows]}
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", type=Path, help="with --projection and --index: a catalog JSON file for the names")
     p.add_argument("--csv", type=Path, help="also write the answers here (path, answer, label, score, runner_up, ...)")
     p.add_argument("--top", type=int, default=3, help="labels shown per photo (default 3)")
+    p.add_argument("--lang", default="en", choices=("en", "fr"), help="fruit names in this language (default en)")
     p.add_argument("--threads", type=int, default=None, help="parallel workers (default: cores + 2)")
     p.add_argument("--model", type=Path, help="the .tflite (default: the committed model, int8)")
     p.add_argument("--endpoint-url", default=os.environ.get("FRUITS_S3_ENDPOINT"))
@@ -251,20 +252,31 @@ def cmd_identify(args) -> int:
         raise UserError(f"no photos found in {', '.join(args.photos)}")
     answers = identify_photos(photos, model, projection, index, threads=args.threads, progress=not args.quiet,
                               top=args.top)
+    lang = args.lang
+
+    def name(label: str) -> str:
+        return catalog.name(label, lang) if catalog is not None else label
+
     for a in answers:
         if a.answer is None:
             print(f"{a.path}: not read ({a.reason})")
             continue
-        print(f"{a.path}: {a.answer.answer}  (score {a.answer.score:.2f}; nearest: " + ", ".join(
-            f"{lab} {d:.3f}" for lab, _, d in a.answer.ranked) + ")")
-        if catalog is not None and a.answer.named and catalog.lookup(a.answer.label):
-            print(f"    {catalog.line(a.answer.label)}")
-        elif catalog is not None and not a.answer.named and a.answer.answer != "unknown":
-            print(f"    not sure: {catalog.name(a.answer.label)} or {catalog.name(a.answer.runner_up)}")
+        x = a.answer
+        sure = "" if x.confidence is None else f"{x.confidence:.0%} of such answers right; "
+        print(f"{a.path}: {name(x.label) if x.named else x.answer}  ({sure}candidates: "
+              + ", ".join(f"{name(lab)} {d:.3f}" for lab, _, d in x.ranked) + ")")
+        if catalog is not None and x.named and catalog.lookup(x.label):
+            print(f"    {catalog.line(x.label, lang)}")
+        elif x.answer != "unknown" and not x.named:
+            print(f"    not sure: {name(x.label)} or {name(x.runner_up)}"
+                  + (f" (both {catalog.species_name(x.species, lang) if catalog else x.species})" if x.species else ""))
     if args.csv:
-        write_answers(answers, args.csv, catalog)
-    report = figures_text([(a.truth, a.answer.answer) for a in answers if a.answer is not None and a.truth],
-                          set(index.labels))
+        write_answers(answers, args.csv, catalog, lang)
+    species = dict(zip(index.labels, index.species))
+    report = figures_text([(a.truth, a.answer.answer, a.answer.candidates) for a in answers
+                           if a.answer is not None and a.truth], set(index.labels),
+                          lambda label: species.get(label) or (catalog.species(label) if catalog else None)
+                          or label.split()[0])
     if report:
         print(report)
     return EXIT_REJECTS if summary.rejects or any(a.answer is None for a in answers) else 0

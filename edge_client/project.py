@@ -210,21 +210,27 @@ def identify_photos(photos: list, model, projection: Projection, index: Referenc
     return out
 
 
-def write_answers(answers: list[PhotoAnswer], path: str | os.PathLike, catalog: Catalog | None = None) -> None:
+def write_answers(answers: list[PhotoAnswer], path: str | os.PathLike, catalog: Catalog | None = None,
+                  lang: str = "en") -> None:
     """The answers as CSV: path, answer (a label, "unknown" or "not sure: A or B"), the nearest label, score,
-    runner-up, the fruit's name from the catalog (named answers), the folder's label and, for a photo not read, why."""
+    runner-up, the fruit's name from the catalog (named answers, in ``lang``), the species the answer names, its
+    confidence (the share of held-out answers with its margin that were right), the candidates shown (labels, best
+    first, ``;``-separated), the folder's label and, for a photo not read, why."""
     import csv
 
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["path", "answer", "label", "score", "runner_up", "fruit", "folder_label", "not_read"])
+        w.writerow(["path", "answer", "label", "score", "runner_up", "fruit", "species", "confidence", "candidates",
+                    "folder_label", "not_read"])
         for a in answers:
             if a.answer is None:
-                w.writerow([a.path, "", "", "", "", "", a.truth or "", a.reason])
+                w.writerow([a.path, "", "", "", "", "", "", "", "", a.truth or "", a.reason])
             else:
-                fruit = catalog.name(a.answer.label) if catalog is not None and a.answer.named else ""
-                w.writerow([a.path, a.answer.answer, a.answer.label, f"{a.answer.score:.4f}", a.answer.runner_up,
-                            fruit, a.truth or "", ""])
+                x = a.answer
+                fruit = catalog.name(x.label, lang) if catalog is not None and x.named else ""
+                w.writerow([a.path, x.answer, x.label, f"{x.score:.4f}", x.runner_up, fruit, x.species,
+                            "" if x.confidence is None else f"{x.confidence:.4f}", ";".join(x.candidates),
+                            a.truth or "", ""])
 
 
 def never_sent(labels, n: int, seed: int = 0) -> list[str]:
@@ -238,44 +244,64 @@ def never_sent(labels, n: int, seed: int = 0) -> list[str]:
 
 
 def species(label: str) -> str:
-    """A label's species: its first word (Fruits-360's varieties: "Apple Red 2" -> "Apple")."""
+    """A label's species when nothing better is known: its first word (Fruits-360's varieties: "Apple Red 2" ->
+    "Apple"). The catalog knows better (``Catalog.species``: "Granny-Smith" -> "apple"), and a published index
+    carries its labels' species."""
     return label.split()[0] if label.split() else label
 
 
-def figures(rows: list[tuple[str, str]], known: set[str]) -> dict:
-    """How right the answers are, from (true label, answer) pairs: on photos of known labels, the shares named
-    right, given a wrong name, "unknown" and "not sure", and the precision of named answers; on photos of labels
+def figures(rows: list[tuple], known: set[str], species_of=species) -> dict:
+    """How right the answers are, from (true label, answer[, candidates]) rows: on photos of known labels, the shares
+    named right, given a wrong name, "unknown" and "not sure", and the precision of named answers; on photos of labels
     the index does not hold ("never sent"), the share answered "unknown" or "not sure"; and the same at the species
-    level (a variety's name is right if its species is)."""
+    level (``species_of``: a variety's name is right if its species is, and "not sure" between two varieties of the
+    right species names it). With candidates (the labels shown, best first), the share of known photos whose label
+    (species) is among them."""
     def share(n, d):
         return round(n / d, 4) if d else None
 
     out = {}
-    for level, norm in (("label", lambda x: x), ("species", species)):
+    for level, norm in (("label", lambda x: x), ("species", species_of)):
         held = {norm(x) for x in known}
-        seen = [(norm(t), a) for t, a in rows if t in known] if level == "label" else \
-            [(norm(t), a) for t, a in rows if norm(t) in held]
-        unseen = [(norm(t), a) for t, a in rows if t not in known] if level == "label" else \
-            [(norm(t), a) for t, a in rows if norm(t) not in held]
-        kinds = [_kind(a) for _, a in seen]
-        right = sum(k == "named" and norm(a) == t for (t, a), k in zip(seen, kinds))
-        named = kinds.count("named")
+        mine = [(t, a, r[2] if len(r) > 2 else None) for r in rows for t, a in [r[:2]]]
+        seen = [(norm(t), a, c) for t, a, c in mine if (t in known if level == "label" else norm(t) in held)]
+        unseen = [(norm(t), a) for t, a, _ in mine if not (t in known if level == "label" else norm(t) in held)]
+        named_as = [_named(a, norm) for _, a, _ in seen]
+        right = sum(n is not None and n == t for (t, _, _), n in zip(seen, named_as))
+        named = sum(n is not None for n in named_as)
+        kinds = [_kind(a) for _, a, _ in seen]
+        shown = [c for _, _, c in seen if c is not None]
         out[level] = {
             "known_photos": len(seen), "named_right": share(right, len(seen)),
             "wrong": share(named - right, len(seen)), "unknown": share(kinds.count(UNKNOWN), len(seen)),
-            "not_sure": share(kinds.count(NOT_SURE), len(seen)), "precision": share(right, named),
+            "not_sure": share(sum(k == NOT_SURE and n is None for k, n in zip(kinds, named_as)), len(seen)),
+            "precision": share(right, named),
+            "among_candidates": share(sum(t in {norm(x) for x in c} for t, _, c in seen if c is not None), len(shown))
+            if shown else None,
             "never_sent_photos": len(unseen),
-            "never_sent_refused": share(sum(_kind(a) != "named" for _, a in unseen), len(unseen)),
+            "never_sent_refused": share(sum(_named(a, norm) is None for _, a in unseen), len(unseen)),
             "never_sent_unknown": share(sum(_kind(a) == UNKNOWN for _, a in unseen), len(unseen))}
     return out
 
 
-def figures_text(rows: list[tuple[str, str]], known: set[str]) -> str:
+def _named(answer: str, norm) -> str | None:
+    """What an answer names at a level (``norm`` of its label), or None when it names nothing: "not sure: A or B"
+    names the species A and B share."""
+    kind = _kind(answer)
+    if kind == UNKNOWN:
+        return None
+    if kind == NOT_SURE:
+        a, _, b = answer[len(NOT_SURE) + 2:].partition(" or ")
+        return norm(a) if norm(a) == norm(b) else None
+    return norm(answer)
+
+
+def figures_text(rows: list[tuple], known: set[str], species_of=species) -> str:
     """:func:`figures` as a few lines (empty without rows)."""
     if not rows:
         return ""
     lines = []
-    for level, f in figures(rows, known).items():
+    for level, f in figures(rows, known, species_of).items():
         level = "labels" if level == "label" else level
         if f["known_photos"]:
             lines.append(f"known {level} ({f['known_photos']} photos): named right {f['named_right']:.1%}, wrong "

@@ -87,7 +87,7 @@ export class Projection {
 }
 
 export const NOT_SURE = 'not sure';
-const INDEX_FORMAT = 2;
+const INDEX_FORMAT = 3;
 
 /** The answer when two labels are too close to tell apart (contract/projection.py not_sure_answer). */
 export function notSureAnswer(first, second) { return `${NOT_SURE}: ${first} or ${second}`; }
@@ -129,6 +129,14 @@ export class ReferenceIndex {
       const t = meta.unknown_distance;
       const rho = meta.not_sure_ratio;
       if (!Number.isFinite(t) || !Number.isFinite(rho) || t < 0 || t > 2 || rho < 0) throw new PublishedError('thresholds out of range');
+      if (!Array.isArray(meta.species) || meta.species.length !== c || meta.species.some((s) => typeof s !== 'string')) {
+        throw new PublishedError(`${Array.isArray(meta.species) ? meta.species.length : 0} species for ${c} labels`);
+      }
+      checkConfidence(meta.confidence);
+      const perLabel = meta.unknown_distances;
+      if (!Array.isArray(perLabel) || perLabel.length !== c || perLabel.some((v) => !Number.isFinite(v) || v < 0 || v > 2)) {
+        throw new PublishedError(`its labels' unknown distances are not ${c} numbers in [0, 2]`);
+      }
       if (projection && meta.projection_id !== projection.projectionId) {
         throw new PublishedError(`it belongs to projection ${meta.projection_id}, not ${projection.projectionId}`);
       }
@@ -152,6 +160,9 @@ export class ReferenceIndex {
     this.projectionId = meta.projection_id;
     this.counts = meta.counts;
     this.calibration = meta.calibration;
+    this.species = meta.species;
+    this.confidence = meta.confidence;
+    this.unknownDistances = meta.unknown_distances;
   }
 
   /** ReferenceIndex.distances: each label's cosine distance to its nearest prototype, in the whitened space. */
@@ -182,20 +193,64 @@ export class ReferenceIndex {
     return d;
   }
 
-  /** ReferenceIndex.answer: {answer, label, runnerUp, score, ranked: [{label, score, distance}]}. */
+  /** ReferenceIndex.answer: {answer, label, runnerUp, score, ranked: [{label, score, distance}], species,
+   *  confidence}. */
   answer(y, {top = 3} = {}) {
-    const d = this.distances(y);
+    return this.decide(this.distances(y), {top});
+  }
+
+  /** ReferenceIndex.answer_photos: several photos of one fruit (their projected vectors), each label's distance the
+   *  mean of its distances to them. */
+  answerPhotos(ys, {top = 3} = {}) {
+    const d = new Float64Array(this.labels.length);
+    for (const y of ys) {
+      const di = this.distances(y);
+      for (let l = 0; l < d.length; l++) d[l] += di[l];
+    }
+    for (let l = 0; l < d.length; l++) d[l] /= ys.length;
+    return this.decide(d, {top});
+  }
+
+  /** ReferenceIndex.decide: the answer from each label's distance. */
+  decide(d, {top = 3} = {}) {
     const order = Array.from(d.keys()).sort((a, b) => d[a] - d[b] || a - b);
     const [first, second = -1] = order;
     const t = this.unknownDistance;
     const ranked = order.slice(0, Math.max(1, top)).map((i) => ({
-      label: this.labels[i], distance: d[i], score: t > 0 ? Math.max(0, 1 - d[i] / t) : Number(d[i] <= 0)}));
+      label: this.labels[i], distance: d[i], score: t > 0 ? Math.max(0, 1 - d[i] / t) : Number(d[i] <= 0),
+      species: this.species[i]}));
+    const ratio = second >= 0 && d[second] > 0 ? d[first] / d[second] : 0;
     let text;
-    if (d[first] > t) text = UNKNOWN;
-    else if (second >= 0 && d[second] > 0 && d[first] / d[second] > this.notSureRatio) text = notSureAnswer(this.labels[first], this.labels[second]);
-    else text = this.labels[first];
-    return {answer: text, label: this.labels[first], runnerUp: second >= 0 ? this.labels[second] : '', score: ranked[0].score, ranked};
+    let species = '';
+    let confidence = null;
+    if (d[first] > this.unknownDistances[first]) text = UNKNOWN;
+    else if (second >= 0 && d[second] > 0 && ratio > this.notSureRatio) {
+      text = notSureAnswer(this.labels[first], this.labels[second]);
+      if (this.species[first] === this.species[second]) species = this.species[first];
+    } else {
+      text = this.labels[first];
+      species = this.species[first];
+      confidence = confidenceOf(this.confidence, ratio);
+    }
+    return {answer: text, label: this.labels[first], runnerUp: second >= 0 ? this.labels[second] : '', score: ranked[0].score,
+            ranked, species, confidence};
   }
+}
+
+/** contract.projection.confidence_of: the share right of held-out answers named with this margin, or null. */
+export function confidenceOf(table, ratio) {
+  if (!table || !table.ratio_upper || !table.ratio_upper.length) return null;
+  for (let i = 0; i < table.ratio_upper.length; i++) if (ratio <= table.ratio_upper[i]) return table.right[i];
+  return table.right[table.right.length - 1];
+}
+
+function checkConfidence(table) {
+  if (table === null || table === undefined) return;
+  const {ratio_upper: upper, right, rows} = table;
+  const ok = Array.isArray(upper) && Array.isArray(right) && Array.isArray(rows) && upper.length >= 1 &&
+    upper.length === right.length && upper.length === rows.length && upper.every((v, i) => Number.isFinite(v) &&
+    (i === 0 || v >= upper[i - 1])) && right.every((v) => typeof v === 'number' && v >= 0 && v <= 1);
+  if (!ok) throw new PublishedError('its confidence table is not bins of increasing ratio with shares in [0, 1]');
 }
 
 /** fruits-edge identify on a vector (edge_client/project.py identify_features): the answer. */
