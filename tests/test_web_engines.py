@@ -11,6 +11,7 @@ Before the engines were probed, Firefox and WebKit turned every photo with an EX
 from __future__ import annotations
 
 import base64
+import re
 import hashlib
 import shutil
 from pathlib import Path
@@ -414,3 +415,136 @@ def test_first_visit_downloads_at_most_6_mb_and_the_second_at_most_10_kb(engine,
     assert sum(first.values()) <= 6_000_000, (sum(first.values()), first)
     heavy = {k: v for k, v in second.items() if k.startswith(("model/", "wasm/")) or (k.endswith(".js") and k != "sw.js")}
     assert heavy == {} and sum(second.values()) <= 10_000, second
+
+
+LANGUAGE_STATES = ("ready", "named", "not sure (one fruit)", "not sure", "unknown", "chosen", "refused", "offline")
+
+
+def other_language_fragments(messages: dict, lang: str) -> list[str]:
+    """Pieces of the other language's messages (their fixed text between {placeholders}, 12 characters or more) that
+    this language does not share: none may show on a page in ``lang``."""
+    other = "fr" if lang == "en" else "en"
+    out = set()
+    for key, text in messages[other].items():
+        if text == messages[lang].get(key):
+            continue
+        for piece in re.split(r"\{\w+\}", text):
+            piece = piece.strip(" .:,;()…?\u00a0")
+            if len(piece) >= 12 and piece not in messages[lang].get(key, "") and not any(
+                    piece in t for t in messages[lang].values()):
+                out.add(piece)
+    return sorted(out)
+
+
+@pytest.mark.parametrize("engine", SEVERAL)
+def test_the_page_speaks_one_language_in_every_state(engine, catalog_published, web_dist, tmp_path):
+    """The page in French (and in English), chosen in Settings, in every state a person meets: ready, a fruit named
+    (with its confidence and card), not sure between two varieties of one fruit (the fruit named), not sure between
+    two fruits (the candidates as buttons), unknown, a candidate tapped (its label sent with the vector), a photo
+    refused, the bucket gone: no string of the other language anywhere on it."""
+    require_browser(engine)
+    import boto3
+
+    from conftest import REAL
+    from demo.s3server import LocalS3
+
+    files, projection = catalog_published
+    kaki = sorted((REAL / "Test" / "Kaki").iterdir())[0]
+    walnut = sorted((REAL / "Test" / "Walnut").iterdir())[1]
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    texts: dict = {}
+    sent: dict = {}
+    with LocalS3(mode="process") as bucket_server, browser(engine, tmp_path / "profile") as b:
+        s3 = boto3.client("s3", endpoint_url=bucket_server.endpoint_url, region_name="us-east-1")
+        s3.create_bucket(Bucket="lang-bucket")
+        for key, data in files.items():
+            s3.put_object(Bucket="lang-bucket", Key=key, Body=data)
+        pool = boto3.client("cognito-identity", endpoint_url=bucket_server.endpoint_url, region_name="us-east-1") \
+            .create_identity_pool(IdentityPoolName="lang", AllowUnauthenticatedIdentities=True)["IdentityPoolId"]
+        from bootstrap.policies import bucket_cors
+        from web.server import page_config
+
+        config = page_config(bucket="lang-bucket", prefix=ROOT_PREFIX, identity_pool=pool,
+                             endpoint_url=bucket_server.endpoint_url)
+        server = WebServer(web_dist, config).start()
+        try:
+            s3.put_bucket_cors(Bucket="lang-bucket", CORSConfiguration=bucket_cors([server.url.rstrip("/")]))
+            for lang in ("fr", "en"):
+                phone = b.open(server.url)
+                phone.evaluate("(l) => { const s = document.getElementById('lang'); s.value = l; "
+                               "s.dispatchEvent(new Event('change')); }", lang)
+                assert phone.wait_published() == projection.projection_id
+                messages = phone.evaluate("() => fruits.debug.messages")
+                seen = texts.setdefault(lang, {})
+                body = lambda: phone.evaluate("() => document.body.innerText")   # noqa: E731
+                seen["ready"] = body()
+                phone.pick([kaki])
+                seen["named"] = body()
+                named = phone.attribute("#answer .big", "data-label")
+                a = phone.evaluate("() => fruits.current.answer")
+                phone.evaluate("(a) => fruits.debug.showAnswer({...a, answer: 'not sure: Apple Braeburn or Apple "
+                               "Granny Smith', label: 'Apple Braeburn', runnerUp: 'Apple Granny Smith', species: "
+                               "'apple', confidence: null})", a)
+                seen["not sure (one fruit)"] = body()
+                one_fruit = phone.text("#answer .big")
+                phone.evaluate("(a) => fruits.debug.showAnswer({...a, answer: 'not sure: Kaki or Mango', label: 'Kaki',"
+                               " runnerUp: 'Mango', species: '', confidence: null, ranked: [{label: 'Kaki'}, "
+                               "{label: 'Mango'}, {label: 'Plum'}]})", a)
+                seen["not sure"] = body()
+                buttons = phone.evaluate("() => Array.from(document.querySelectorAll('#answer [data-candidate]'))"
+                                         ".map((b) => b.dataset.candidate)")
+                phone.pick([walnut])
+                seen["unknown"] = body()
+                held = phone.evaluate("() => fruits.current.held")
+                answer = phone.evaluate("() => fruits.current.answer.answer")
+                if held:                     # taken alone and not named: it waits for the person's choice
+                    phone.evaluate("() => document.querySelector('#answer [data-candidate]').click()")
+                    phone.wait_for("fruits.current.queued", 30, "the choice queued")
+                    phone.wait_uploaded()
+                    sent[lang] = sent_label(s3, "lang-bucket", hashlib.sha256(walnut.read_bytes()).hexdigest())
+                seen["chosen"] = body()
+                chosen = phone.attribute("#answer .chosen", "data-chosen")
+                phone.pick([bad])
+                seen["refused"] = body()
+                phone.screenshot(tmp_path / f"{engine}-{lang}-refused.png")
+                phone.close()
+        finally:
+            server.stop()
+        bucket_server.stop()
+        phone = b.open(server.url)                  # the bucket gone: offline from its point of view, in French
+        phone.evaluate("() => { const s = document.getElementById('lang'); s.value = 'fr'; "
+                       "s.dispatchEvent(new Event('change')); }")
+        phone.wait_published()
+        phone.pick([kaki])
+        texts["fr"]["offline"] = phone.evaluate("() => document.body.innerText")
+        phone.screenshot(tmp_path / f"{engine}-fr-offline.png")
+    for lang, states in texts.items():
+        leaks = {state: [p for p in other_language_fragments(messages, lang) if p in text]
+                 for state, text in states.items()}
+        assert not any(leaks.values()), (engine, lang, leaks)
+        assert set(states) >= set(LANGUAGE_STATES) - ({"offline"} if lang == "en" else set())
+    assert named == "Kaki" and buttons[:3] == ["Kaki", "Mango", "Plum"] and "" in buttons
+    fr = texts["fr"]
+    assert "Prendre une photo" in fr["ready"] and "Pomme\u00a0: Braeburn ou Granny Smith\u00a0?" in fr["not sure (one fruit)"] \
+        or "Pomme : Braeburn ou Granny Smith ?" in fr["not sure (one fruit)"], fr["not sure (one fruit)"]
+    assert one_fruit.startswith("Apple: Braeburn or Granny Smith"), one_fruit     # (the English pass came last)
+    assert "Est-ce" in fr["not sure"] and "Aucun de ceux-là" in fr["not sure"]
+    assert "illisible" in fr["refused"] and "pas une image que cette page sait lire" in fr["refused"]
+    if held:       # the candidate tapped went as the photo's label, with its vector
+        assert "Merci" in fr["chosen"] and sent == {"fr": chosen, "en": chosen}, (fr["chosen"], sent, chosen)
+    assert answer == "unknown" or answer.startswith("not sure"), answer      # a walnut was never sent
+
+
+def sent_label(s3, bucket: str, image_id: str):
+    """The label the bucket holds for a photo (every vectors object read): None when sent without one."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{ROOT_PREFIX}/vectors/").get("Contents", []):
+        t = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()))
+        for r in t.select(["image_id", "label"]).to_pylist():
+            if r["image_id"] == image_id:
+                return r["label"]
+    raise AssertionError(f"{image_id} not in the bucket")

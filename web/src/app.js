@@ -15,6 +15,7 @@ import {loadPublished} from './published.js';
 import {EntryRefused, UploadQueue} from './queue.js';
 import {HAS_WEBCRYPTO, sha256Hex} from './sha256.js';
 import * as storage from './storage.js';
+import {MESSAGES, t} from './i18n.js';
 import * as ui from './ui.js';
 
 const MAX_WORKERS = 4;
@@ -24,6 +25,7 @@ class App {
     this.state = 'starting';
     this.timings = {};
     this.lastBatch = null;
+    this.current = null;   // the fruit in front of the person: {rows, answer, held, chosen} (ui.renderAnswer)
     this.published = null;
     this.problems = [];
     this.errors = [];      // every error the page and its workers met, kept where a test (and a person) can read it
@@ -35,7 +37,7 @@ class App {
   }
 
   async start() {
-    ui.status('Starting…');
+    ui.status(t('starting'));
     await this.serviceWorker();
     const contract = await loadContract();
     const config = await loadConfig(contract.config_schema);
@@ -53,7 +55,7 @@ class App {
   /** The service worker caches the app, the model and the Wasm files: a second visit downloads none. */
   async serviceWorker() {
     if (!('serviceWorker' in navigator) || !window.isSecureContext) {
-      this.problems.push('no offline cache here (service workers need https or localhost)');
+      this.problems.push({key: 'noOfflineCache'});
       return;
     }
     try {
@@ -64,7 +66,7 @@ class App {
                             new Promise((r) => setTimeout(r, 3000))]);
       }
     } catch (err) {
-      this.problems.push(`no offline cache (${err.message})`);
+      this.problems.push({key: 'noOfflineCacheWhy', params: {reason: err.message}});
     }
   }
 
@@ -84,7 +86,7 @@ class App {
     this.modelSha256 = sha;
     const workers = Math.max(1, Math.min(this.config.workers || navigator.hardwareConcurrency || 2, MAX_WORKERS));
     const probes = await fetch('probes.json').then((r) => (r.ok ? r.json() : null)).catch(() => null);
-    if (!probes) this.problems.push('decode probes missing: every photo is marked as decoded differently from the cloud');
+    if (!probes) this.problems.push({key: 'probesMissing'});
     const wasm = await wasmLoading;
     this.timings.wasmFetchMs = wasm.fetchMs;
     this.timings.wasmCompileMs = wasm.compileMs;
@@ -109,7 +111,7 @@ class App {
       try {
         this.clientId = await this.identity.identityId();
       } catch (err) {
-        this.problems.push(`no device identity yet (${err.message}): vectors are made and identified, not sent`);
+        this.problems.push({key: 'noIdentity', params: {reason: err.message}});
       }
     }
     if (!this.clientId) {
@@ -146,9 +148,82 @@ class App {
    * their webkitRelativePath gives the source and label as find_photos does.
    */
   async handleFiles(files, {label = null} = {}) {
+    await this.release();         // the photo waiting for the person's choice goes as it is
+    const batch = await this.vectorizeFiles(files, {label});
+    this.lastBatch = batch;
+    this.current = null;
+    if (batch.rows.length) {
+      const first = batch.rows[0];
+      const a = first.answer;
+      // A photo taken (one at a time) that the page is not sure of waits for the person (a tap on a candidate names
+      // it, "None of these" does not) before its vector goes; one named with confidence, or named by the person
+      // already, or picked with others (a gallery, a folder: nobody answers for each), goes at once.
+      const held = Boolean(this.queue && batch.rows.length === 1 && a && a.answer !== a.label && first.label === null);
+      this.current = {rows: [first], answer: a, held};
+    }
+    ui.results(this, batch);
+    try {
+      if (this.queue) await this.contribute(batch.rows.filter((r) => !(this.current?.held && this.current.rows.includes(r))), batch);
+    } finally {
+      ui.batchDone(batch);
+    }
+    return batch;
+  }
+
+  /** The person names the photo in front of them (a candidate's label) or says it is none of them (null): its
+   *  vectors go, with that label. */
+  async choose(label) {
+    const cur = this.current;
+    if (!cur || cur.chosen !== undefined) return;
+    if (label !== null) {
+      const c = (this.labelRules || new LabelRules(this.contract.labels)).check(label);
+      label = c.problem ? null : c.label;
+    }
+    cur.chosen = label;
+    for (const row of cur.rows) row.label = label;
+    const rows = cur.held ? cur.rows : [];
+    cur.held = false;
+    ui.renderAnswer(this);
+    if (this.queue && rows.length) await this.contribute(rows);
+    cur.queued = true;     // (scripts wait for this mark)
+  }
+
+  /** The photo waiting for the person's choice goes without a label (a new pick, the page hidden). */
+  async release() {
+    const cur = this.current;
+    if (!cur || !cur.held) return;
+    cur.held = false;
+    if (this.queue) await this.contribute(cur.rows);
+  }
+
+  /** Another photo of the fruit in front of the person: vectorized, and the answer made from all its photos. */
+  async addPhoto(file) {
+    const cur = this.current;
+    if (!cur) return this.handleFiles([file]);
+    const batch = await this.vectorizeFiles([file], {label: cur.rows[0].label});
+    const row = batch.rows[0];
+    if (!row) {
+      ui.status(t('error', {reason: batch.rejects[0] ? batch.rejects[0].reason : 'not read'}), 'error');
+      return batch;
+    }
+    if (cur.chosen !== undefined) row.label = cur.chosen;
+    cur.rows.push(row);
+    const p = this.published;
+    if (p && p.projection) cur.answer = p.index.answerPhotos(cur.rows.map((r) => p.projection.project(r.features)));
+    if (cur.held && cur.answer && cur.answer.answer === cur.answer.label) {   // now named with confidence: they go
+      cur.held = false;
+      if (this.queue) await this.contribute(cur.rows);
+    } else if (!cur.held && this.queue) {
+      await this.contribute([row]);
+    }
+    ui.renderAnswer(this);
+    return batch;
+  }
+
+  /** Picked files -> vectors in the workers, identified: {rows, rejects, skipped, ...}; nothing shown or queued. */
+  async vectorizeFiles(files, {label = null} = {}) {
     const batch = {rows: [], results: [], rejects: [], skipped: [], duplicates: 0, queuedRows: 0, alreadySent: 0,
                    approximate: 0, approximateRows: [], started: performance.now()};
-    this.lastBatch = batch;
     const items = [];
     // Labels follow contract/labels.py's rules (web/src/labels.js): canonical, or refused with the reason, shown;
     // a refused label's photos are still vectorized and sent, without a label.
@@ -204,31 +279,25 @@ class App {
     batch.seconds = (performance.now() - batch.started) / 1000;
     batch.msPerPhoto = medians(results.filter((r) => r && r.ms).map((r) => r.ms));
     batch.imagesPerS = items.length / Math.max(batch.seconds, 1e-9);
-    ui.results(this, batch);
-    try {
-      if (this.queue) await this.contribute(batch);
-    } finally {
-      ui.batchDone(batch);
-    }
     return batch;
   }
 
   /** New rows (not confirmed, not already waiting) -> Parquet files of at most rows_per_object rows -> queue. */
-  async contribute(batch) {
-    const ids = batch.rows.map((r) => r.imageId);
+  async contribute(rowsToSend, batch = null) {
+    const ids = rowsToSend.map((r) => r.imageId);
     const known = await storage.knownIds(this.scope, ids);
     for (const entry of await storage.all('queue')) {
       if (entry.state !== 'aside' && Array.isArray(entry.imageIds)) for (const id of entry.imageIds) known.add(id);
     }
-    const fresh = batch.rows.filter((r) => !known.has(r.imageId)).sort((a, b) => (a.imageId < b.imageId ? -1 : 1));
-    batch.alreadySent = batch.rows.length - fresh.length;
+    const fresh = rowsToSend.filter((r) => !known.has(r.imageId)).sort((a, b) => (a.imageId < b.imageId ? -1 : 1));
+    if (batch) batch.alreadySent = rowsToSend.length - fresh.length;
     const per = this.contract.rows_per_object;
     for (let start = 0; start < fresh.length; start += per) {
       const rows = fresh.slice(start, start + per);
       const bytes = await this.parquet(rows);
       const key = await this.contract.vectorsObjectKey(this.root, this.modelSha256, this.clientId, rows.map((r) => r.imageId));
       await this.queue.enqueue({key, bytes, rows: rows.length, imageIds: rows.map((r) => r.imageId), scope: this.scope});
-      batch.queuedRows += rows.length;
+      if (batch) batch.queuedRows += rows.length;
     }
     ui.queueLine(this);
     await this.queue.drain();
@@ -321,7 +390,7 @@ class App {
 
   /** The last batch's vectors as one Parquet file (what `fruits-edge vectorize --out` writes). */
   async lastBatchParquet() {
-    if (!this.lastBatch || !this.lastBatch.rows.length) throw new Error('no vectors yet: pick photos first');
+    if (!this.lastBatch || !this.lastBatch.rows.length) throw new Error(t('noVectorsYet'));
     return this.parquet(this.lastBatch.rows);
   }
 }
@@ -343,7 +412,13 @@ window.addEventListener('error', (e) => app.error(e.message || String(e.error)))
 window.addEventListener('unhandledrejection', (e) => app.error((e.reason && e.reason.message) || String(e.reason)));
 // What the tests run on both sides (the page's step and Python's on the same input):
 app.debug = {
-  hasWebCrypto: HAS_WEBCRYPTO, UNKNOWN, sha256Hex,
+  hasWebCrypto: HAS_WEBCRYPTO, UNKNOWN, sha256Hex, messages: MESSAGES,
+  // The answer section for a given answer (tests show each kind of answer without hunting for such a photo).
+  showAnswer: (answer, held = true) => {
+    if (!app.current) throw new Error('pick a photo first');
+    app.current = {...app.current, answer, held, chosen: undefined};
+    ui.renderAnswer(app);
+  },
   preprocess: (bytes, options = {}) => app.pool.call(app.pool.workers[0], {type: 'preprocess', bytes, options}, [bytes]),
   heapBytes: () => app.pool.heapBytes(),
   // The page's identification on given vectors (base64 float32, n x dim) with given published files (base64):
@@ -359,7 +434,9 @@ app.debug = {
     for (let r = 0; r < n; r++) out.push(identifyVector(v.subarray(r * dim, (r + 1) * dim), p, i));
     const ms = (performance.now() - t0) / Math.max(1, n);
     return {msPerPhoto: ms, answers: out.map((a) => ({answer: a.answer, label: a.label, runnerUp: a.runnerUp,
-                                                      score: a.score, distances: a.ranked.map((r) => r.distance)}))};
+                                                      score: a.score, distances: a.ranked.map((r) => r.distance),
+                                                      species: a.species, confidence: a.confidence,
+                                                      candidates: a.ranked.map((r) => r.label)}))};
   },
   keys: async (root, sha, client, ids, pid, day) => ({
     vectors: await app.contract.vectorsObjectKey(root, sha, client, ids, day),
@@ -372,3 +449,5 @@ window.fruits.ready = app.start().catch((err) => {
   ui.fatal(err);
 });
 ui.bind(app);
+// A photo waiting for the person's choice goes, without a label, when the page is left (it is queued in IndexedDB).
+document.addEventListener('visibilitychange', () => { if (document.visibilityState === 'hidden') app.release(); });

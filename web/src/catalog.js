@@ -120,8 +120,9 @@ export function checkCatalog(data, labelRules) {
       } else {
         owner.set(label, where);
       }
-      if (!isText(variety) || chars(variety) > 60 || badText(variety)) {
-        out.push(`${where}.labels.${q(label)}: the variety must be text of at most 60 characters`);
+      if (!goodVariety(variety)) {
+        out.push(`${where}.labels.${q(label)}: the variety must be text of at most 60 characters, or an object of ` +
+                 'such texts by language (en at least)');
       }
     }
     for (const field of ['name', 'description']) out.push(...checkTexts(fruit[field], `${where}.${field}`, TEXT_LIMITS[field], sources, true));
@@ -224,7 +225,8 @@ export class Catalog {
   name(label, lang = 'en') {
     const found = this.lookup(label);
     if (!found) return label;
-    return textIn(found.fruit.name, lang) + (found.variety ? ` (${found.variety})` : '');
+    const variety = varietyIn(found.variety, lang);
+    return textIn(found.fruit.name, lang) + (variety ? ` (${variety})` : '');
   }
 
   /** What the card shows for a label, in `lang`: every value with its source's name. */
@@ -239,7 +241,7 @@ export class Catalog {
       rows: Object.keys(NUTRIENTS).filter((k) => k in fruit.nutrition.per_100g).map((k) => ({
         key: k, value: fruit.nutrition.per_100g[k].value, unit: NUTRIENTS[k][0], source: src(fruit.nutrition.per_100g[k])})),
     } : null;
-    return {id: fruit.id, label, name: textIn(fruit.name, lang), variety,
+    return {id: fruit.id, label, name: textIn(fruit.name, lang), variety: varietyIn(variety, lang),
             scientific: fruit.scientific_name ? {value: fruit.scientific_name.value, source: src(fruit.scientific_name)} : null,
             description: text(fruit.description), season: text(fruit.season), storage: text(fruit.storage), nutrition};
   }
@@ -247,8 +249,15 @@ export class Catalog {
 
 function textIn(texts, lang) { return (texts[lang] || texts.en).value; }
 
-/** The page's language among the catalog's: navigator.language's first two letters when the catalog speaks it. */
-export function pageLanguage(preferred) {
-  const lang = String(preferred || (typeof navigator !== 'undefined' ? navigator.language : '') || 'en').slice(0, 2).toLowerCase();
-  return LANGUAGES.includes(lang) ? lang : 'en';
+/** contract.catalog._good_variety: one text, or texts by language with English. */
+function goodVariety(variety) {
+  const text = (v) => isText(v) && chars(v) <= 60 && !badText(v);
+  if (isObject(variety)) return 'en' in variety && Object.entries(variety).every(([k, v]) => LANG.test(k) && text(v));
+  return text(variety);
 }
+
+/** contract.catalog.variety_in: a variety in `lang`, else English, else its one text. */
+export function varietyIn(variety, lang) {
+  return isObject(variety) ? (variety[lang] || variety.en) : variety;
+}
+

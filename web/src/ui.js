@@ -1,9 +1,11 @@
-// What the person sees: buttons, progress, the answer, the photos' list with their reasons, the queue.
-// Plain DOM, no framework; every number shown comes from the app's state.
+// What the person sees: buttons, progress, the answer and its candidates, the photos' list with their reasons, the
+// queue. Plain DOM, no framework; every word from i18n.js in the page's language, every number from the app's state.
 
-import {pageLanguage} from './catalog.js';
+import * as i18n from './i18n.js';
 import {UNKNOWN} from './identify.js';
+import {varietyIn} from './catalog.js';
 
+const {t} = i18n;
 const $ = (id) => document.getElementById(id);
 const MAX_LISTED = 60;
 let thumbUrls = [];
@@ -19,8 +21,6 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-const pct = (score) => `${Math.round(score * 100)}%`;
-
 export function status(text, kind = '') {
   const s = $('status');
   s.textContent = text;
@@ -28,8 +28,8 @@ export function status(text, kind = '') {
 }
 
 export function modelLine(card, file) {
-  $('model').textContent = `Model ${card.name} (${(card.size_bytes / 1e6).toFixed(1)} MB, fingerprint ` +
-    `${card.sha256.slice(0, 12)}…), run in this page by LiteRT.js`;
+  $('model').textContent = t('modelLine', {name: card.name, mb: i18n.number(card.size_bytes / 1e6),
+                                           sha: card.sha256.slice(0, 12)});
   $('model').dataset.sha256 = card.sha256;
   $('model').dataset.file = file;
 }
@@ -39,46 +39,47 @@ export function engineLine(engine) {
   if (!engine || !engine.caps) return '';
   const c = engine.caps;
   const off = [];
-  if (!c.draft) off.push('large JPEGs are decoded fully, then averaged (no exact scaled decode)');
-  else if (!c.draft.exact) off.push('large JPEGs use a scaled decode close to, not equal to, the cloud\'s');
-  if (!c.alpha) off.push('transparency is composited 1 level off');
-  if (!c.deep) off.push('16-bit photos are reduced to 8 bits differently');
-  for (const [f, exact] of Object.entries(c.exact)) if (exact === false) off.push(`${f} decodes differently`);
-  const wasm = engine.wasm === 'compat' ? ' LiteRT.js runs its compat Wasm here (no relaxed SIMD): vectors equal ' +
-    'the cloud\'s to float rounding.' : '';
-  return (off.length ? `In this browser ${off.join('; ')}: such photos are marked.` : 'This browser decodes photos as the cloud does.') + wasm;
+  if (!c.draft) off.push(t('engineFull'));
+  else if (!c.draft.exact) off.push(t('engineClose'));
+  if (!c.alpha) off.push(t('engineAlpha'));
+  if (!c.deep) off.push(t('engineDeep'));
+  for (const [f, exact] of Object.entries(c.exact)) if (exact === false) off.push(t('engineFormat', {format: f}));
+  return (off.length ? t('decodesDifferently', {what: off.join('; ')}) : t('decodesAsCloud')) +
+    (engine.wasm === 'compat' ? t('engineCompat') : '');
 }
 
 /** Where this page's vectors go: the bucket and root, and on which server (the local stack, or AWS's region). */
 export function whereLine(config, root) {
   if (!config.bucket || !config.identityPoolId) return '';
-  let on = `AWS, ${config.region || 'its region'}`;
+  let on = t('awsRegion', {region: config.region || t('itsRegion')});
   if (config.endpoint) {
     const host = new URL(config.endpoint).host;
-    on = /^(127\.0\.0\.1|localhost|\[::1\])(:|$)/.test(host) ? `the local stack on this machine, ${host}` : host;
+    on = /^(127\.0\.0\.1|localhost|\[::1\])(:|$)/.test(host) ? t('localStack', {host}) : host;
   }
-  return `Contributes to s3://${config.bucket}/${root ? `${root}/` : ''} (${on})`;
+  return t('contributesTo', {where: `s3://${config.bucket}/${root ? `${root}/` : ''}`, on});
 }
 
 export function ready(app) {
   for (const id of ['take', 'choose', 'folder']) $(id).disabled = false;
-  const t = app.timings;
-  status(`Ready: model started in ${(t.modelStartMs / 1000).toFixed(1)} s on ${t.workers} worker${t.workers > 1 ? 's' : ''}.`, 'ok');
+  const tm = app.timings;
+  status(t('ready', {s: i18n.number(tm.modelStartMs / 1000), n: tm.workers,
+                     workers: t('worker', {n: tm.workers})}), 'ok');
+  app.readyShown = true;
   $('engine').textContent = engineLine(app.engine);
   if (app.engine) {
     $('engine').dataset.wasm = app.engine.wasm;
     $('engine').dataset.caps = JSON.stringify({...app.engine.caps, report: undefined});
   }
-  $('device').textContent = `This device: ${app.clientId}`;
+  $('device').textContent = t('thisDevice', {id: app.clientId});
   $('device').dataset.clientId = app.clientId;
   $('where').textContent = whereLine(app.config, app.root);
-  $('problems').textContent = app.problems.join(' · ');
+  $('problems').textContent = app.problems.map((p) => t(p.key, p.params)).join(' · ');
   document.body.dataset.state = 'ready';
   queueLine(app);
 }
 
 export function fatal(err) {
-  status(`Cannot start: ${err.message}`, 'error');
+  status(t('cannotStart', {reason: i18n.reason(err.message)}), 'error');
   document.body.dataset.state = 'error';
 }
 
@@ -86,19 +87,18 @@ export function publishedLine(app) {
   const p = app.published;
   const line = $('published');
   if (!p || p.missing) {
-    line.textContent = p ? `Identification unavailable: ${p.missing}` : '';
+    line.textContent = p ? t('identificationUnavailable', {reason: i18n.reason(p.missing)}) : '';
     line.dataset.projectionId = '';
     return;
   }
-  line.textContent = `Identifies ${p.index.labels.length} fruits (projection ${p.projection.projectionId}, ` +
-    `${p.projection.k} components)`;
+  line.textContent = t('identifies', {n: p.index.labels.length, id: p.projection.projectionId, k: p.projection.k});
   line.dataset.projectionId = p.projection.projectionId;
 }
 
 export async function queueLine(app) {
   const q = $('queue');
   if (!app.queue) {
-    q.textContent = 'Contribution is off: this page has no bucket and identity pool configured.';
+    q.textContent = t('contributionOff');
     return;
   }
   const waiting = await app.queue.pending();
@@ -106,10 +106,10 @@ export async function queueLine(app) {
   q.dataset.pending = String(waiting);
   q.dataset.sent = String(app.queue.sent);
   q.dataset.aside = String(aside.length);
-  const parts = [`${app.queue.sent} file${app.queue.sent === 1 ? '' : 's'} of vectors sent this visit`];
-  parts.push(waiting ? `${waiting} waiting` : 'nothing waiting');
-  if (aside.length) parts.push(`${aside.length} set aside, not sent (${aside[0].reason})`);
-  if (app.queue.lastError && !aside.some((a) => a.reason === app.queue.lastError)) parts.push(app.queue.lastError);
+  const parts = [t('sent', {n: app.queue.sent})];
+  parts.push(waiting ? t('waiting', {n: waiting}) : t('nothingWaiting'));
+  if (aside.length) parts.push(t('setAside', {n: aside.length, reason: i18n.reason(aside[0].reason)}));
+  if (app.queue.lastError && !aside.some((a) => a.reason === app.queue.lastError)) parts.push(i18n.reason(app.queue.lastError));
   $('retry-aside').hidden = aside.length === 0;
   q.textContent = parts.join(' · ');
   q.className = app.queue.lastError ? 'warn' : '';
@@ -126,52 +126,63 @@ export function progress(done, total, batch) {
   bar.max = Math.max(total, 1);
   bar.value = done;
   const s = (performance.now() - batch.started) / 1000;
-  status(total ? `Vectorizing ${done} / ${total} photos${s > 0.5 ? ` · ${(done / s).toFixed(0)} per second` : ''}…` : 'No photos in that pick.');
+  status(total ? t('vectorizing', {done, total}) + (s > 0.5 ? ` · ${t('perSecond', {n: i18n.number(done / s, 0)})}` : '')
+    : t('noPhotos'));
 }
 
-// The card's own words, in the languages the catalog speaks (contract/catalog.py LANGUAGES).
-const WORDS = {
-  en: {season: 'Season', storage: 'Keeping', per100: 'Per 100 g', sources: 'Sources', notSure: 'Not sure',
-       or: 'or', from: 'from', colon: ': ',
-       energy_kj: 'Energy', energy_kcal: 'Energy', water_g: 'Water', sugars_g: 'Sugars', fibre_g: 'Fibre',
-       vitamin_c_mg: 'Vitamin C', potassium_mg: 'Potassium'},
-  fr: {season: 'Saison', storage: 'Conservation', per100: 'Pour 100 g', sources: 'Sources', notSure: 'Pas sûr',
-       or: 'ou', from: 'd\'après', colon: '\u00a0: ',
-       energy_kj: 'Énergie', energy_kcal: 'Énergie', water_g: 'Eau', sugars_g: 'Sucres', fibre_g: 'Fibres',
-       vitamin_c_mg: 'Vitamine C', potassium_mg: 'Potassium'},
-};
-
-/** The page's language for the catalog: the one chosen in Settings, else navigator.language (English otherwise). */
+/** The page's language: the one chosen in Settings (remembered), else the browser's first the page speaks. */
 export function language() {
   let chosen = '';
   try { chosen = localStorage.getItem('fruits.lang') || ''; } catch { /* storage refused: automatic */ }
-  return pageLanguage(chosen || navigator.language);
+  return i18n.pickLanguage(chosen, navigator.languages && navigator.languages.length ? navigator.languages
+    : [navigator.language]);
 }
 
-function named(catalog, label, lang) { return catalog ? catalog.name(label, lang) : label; }
+function named(catalog, label) { return catalog ? catalog.name(label, i18n.language()) : label; }
 
-function answerText(answer, catalog, lang) {
-  if (!answer) return {title: 'Vectorized', detail: 'no projection published yet to identify it'};
-  const [best, next] = answer.ranked;
-  if (answer.answer === UNKNOWN) {
-    return {title: 'Not a fruit I know', detail: `nearest: ${named(catalog, best.label, lang)} (too far to say)`};
-  }
+/** A label's fruit and variety, apart: {fruit, variety} in the page's language (the label itself without a card). */
+function parts(catalog, label) {
+  const found = catalog && catalog.lookup(label);
+  if (!found) return {fruit: label, variety: ''};
+  const c = catalog.card(label, i18n.language());
+  return {fruit: c.name, variety: varietyIn(found.variety, i18n.language()) || ''};
+}
+
+/** One line about a label's fruit from its card: the description's first sentence, or ''. */
+function cardLine(catalog, label) {
+  const c = catalog && catalog.card(label, i18n.language());
+  return c && c.description ? `${c.description.value.split('. ')[0].replace(/\.$/, '')}.` : '';
+}
+
+/** The answer as a person reads it: a title, a line under it, and whether candidates are offered. */
+function answerText(answer, catalog, photos = 1) {
+  if (!answer) return {title: t('vectorizedOnly'), detail: t('noProjection'), ask: false};
+  const combined = photos > 1 ? ` ${t('combined', {n: photos})}` : '';
+  if (answer.answer === UNKNOWN) return {title: t('unknown'), detail: t('unknownDetail') + combined, ask: true};
   if (answer.answer !== answer.label) {    // "not sure: A or B"
-    const w = WORDS[lang] || WORDS.en;
-    return {title: `${w.notSure}: ${named(catalog, answer.label, lang)} ${w.or} ${named(catalog, answer.runnerUp, lang)}?`,
-            detail: `${best.label} ${pct(best.score)}, ${next.label} ${pct(next.score)}: too close to tell apart`};
+    if (answer.species) {                  // two varieties of one fruit: the fruit is named
+      const a = parts(catalog, answer.label);
+      const b = parts(catalog, answer.runnerUp);
+      if (a.variety && b.variety && a.fruit === b.fruit) {
+        return {title: t('notSureSpecies', {species: a.fruit, a: a.variety, b: b.variety}), detail: combined.trim(), ask: true,
+                species: true};
+      }
+    }
+    return {title: t('notSure', {a: named(catalog, answer.label), b: named(catalog, answer.runnerUp)}),
+            detail: combined.trim(), ask: true};
   }
-  return {title: `${named(catalog, best.label, lang)} · ${pct(best.score)}`,
-          detail: answer.ranked.slice(1).map((r) => `${named(catalog, r.label, lang)} ${pct(r.score)}`).join(', ')};
+  const sure = answer.confidence === null || answer.confidence === undefined ? '' :
+    t('confidence', {p: i18n.percent(answer.confidence)});
+  return {title: named(catalog, answer.label), detail: [sure, combined.trim()].filter(Boolean).join(' '), ask: false};
 }
 
-const number = (v, lang) => v.toLocaleString(lang === 'fr' ? 'fr-FR' : 'en-GB', {maximumFractionDigits: v < 10 ? 1 : 0});
+const number = (v) => i18n.number(v, v < 10 ? 1 : 0);
 
 /** What the catalog says of a label's fruit, as text only (every value set with textContent: never markup). */
-export function fruitCard(catalog, label, lang) {
+export function fruitCard(catalog, label) {
+  const lang = i18n.language();
   const c = catalog && catalog.card(label, lang);
   if (!c) return null;
-  const w = WORDS[lang] || WORDS.en;
   const used = new Map();
   const cite = (item) => { if (item && item.source) used.set(item.source.name, item.source); return item; };
   const box = el('section', {class: 'fruit-card', 'data-fruit': c.id, 'data-label': label, 'data-lang': lang});
@@ -179,7 +190,7 @@ export function fruitCard(catalog, label, lang) {
   if (c.scientific) box.append(el('p', {class: 'scientific'}, cite(c.scientific).value));
   if (c.description) box.append(el('p', {class: 'description'}, cite(c.description).value));
   for (const key of ['season', 'storage']) {
-    if (c[key]) box.append(el('p', {class: key}, el('b', {}, `${w[key]}${w.colon}`), cite(c[key]).value));
+    if (c[key]) box.append(el('p', {class: key}, el('b', {}, `${t(key)}${t('colon')}`), cite(c[key]).value));
   }
   if (c.nutrition && c.nutrition.rows.length) {
     const food = c.nutrition.food ? cite(c.nutrition.food) : null;
@@ -188,13 +199,16 @@ export function fruitCard(catalog, label, lang) {
     for (const r of c.nutrition.rows) {
       cite(r);
       if (r.key === 'energy_kcal') continue;
-      const value = `${number(r.value, lang)} ${r.unit}` + (r.key === 'energy_kj' && kcal ? ` (${number(kcal.value, lang)} kcal)` : '');
-      table.append(el('tr', {'data-nutrient': r.key}, el('th', {}, w[r.key] || r.key), el('td', {}, value)));
+      const value = `${number(r.value)} ${r.unit}` + (r.key === 'energy_kj' && kcal ? ` (${number(kcal.value)} kcal)` : '');
+      table.append(el('tr', {'data-nutrient': r.key}, el('th', {}, t(r.key)), el('td', {}, value)));
     }
-    box.append(el('p', {class: 'per100'}, el('b', {}, w.per100),
-                  food ? ` (${w.from} ${food.source ? food.source.name.split(' (')[0] : ''}: ${food.value})` : ''), table);
+    box.append(el('p', {class: 'per100'}, el('b', {}, t('per100')),
+                  food ? ` (${t('from')} ${food.source ? food.source.name.split(' (')[0] : ''}${t('colon')}${food.value})` : ''),
+               table);
+  } else {
+    box.append(el('p', {class: 'no-nutrition small'}, t('noNutrition')));
   }
-  const sources = el('p', {class: 'sources small'}, `${w.sources}${w.colon}`);
+  const sources = el('p', {class: 'sources small'}, `${t('sources')}${t('colon')}`);
   [...used.values()].forEach((src, i) => {
     if (i) sources.append(' · ');
     sources.append(el('span', {title: `${src.version}; ${src.licence}`}, src.name));
@@ -209,54 +223,95 @@ function thumb(file) {
   return el('img', {src: url, alt: '', loading: 'lazy', width: 56, height: 56});
 }
 
+/** The answer for the fruit in front of the person (the first photo of the last pick, and any added of it): its name
+ *  and calibrated confidence, or "not sure" / "unknown" with the candidates as buttons ("Is it…?": a tap records the
+ *  person's choice as the photo's label, sent with its vector), the fruit's card, and a button to add a photo. */
+export function renderAnswer(app) {
+  const answer = $('answer');
+  const cur = app.current;
+  answer.hidden = !cur;
+  answer.replaceChildren();
+  if (!cur) return;
+  const catalog = app.published && app.published.catalog;
+  const a = cur.answer;
+  const txt = answerText(a, catalog, cur.rows.length);
+  answer.append(thumb(cur.rows[0].file), el('div', {},
+    el('p', {class: 'big', 'data-label': a ? a.answer : '', 'data-species': a ? a.species || '' : ''}, txt.title),
+    el('p', {class: 'small', 'data-confidence': a && a.confidence !== null && a.confidence !== undefined ? String(a.confidence) : ''},
+       txt.detail)));
+  if (cur.chosen !== undefined) {
+    answer.append(el('p', {class: 'chosen ok', 'data-chosen': cur.chosen || ''},
+                     cur.chosen ? t('chosen', {name: named(catalog, cur.chosen)}) : t('noneChosen')));
+  } else if (a && txt.ask && cur.held) {
+    const box = el('div', {class: 'candidates'}, el('p', {class: 'ask'}, a.answer === UNKNOWN ? t('mayBe') : t('isIt')));
+    for (const r of a.ranked.slice(0, 3)) {
+      const button = el('button', {type: 'button', class: 'button candidate', 'data-candidate': r.label},
+                        el('span', {class: 'candidate-name'}, named(catalog, r.label)),
+                        el('span', {class: 'candidate-line small'}, cardLine(catalog, r.label)));
+      button.addEventListener('click', () => app.choose(r.label));
+      box.append(button);
+    }
+    const none = el('button', {type: 'button', class: 'button quiet', 'data-candidate': ''}, t('noneOfThese'));
+    none.addEventListener('click', () => app.choose(null));
+    box.append(none);
+    answer.append(box);
+  }
+  const add = el('label', {class: 'button quiet add-photo'},
+                 el('input', {type: 'file', accept: 'image/*', capture: 'environment', hidden: true, id: 'add-photo'}),
+                 t('addPhoto'));
+  add.firstChild.addEventListener('change', async (e) => {
+    const file = e.target.files && e.target.files[0];
+    e.target.value = '';
+    if (file) {
+      try { await app.addPhoto(file); } catch (err) { status(t('error', {reason: i18n.reason(err.message)}), 'error'); }
+    }
+  });
+  answer.append(add);
+  if (a && a.answer !== UNKNOWN) {       // a card for the fruit named; for "not sure", both; none for "unknown"
+    const labels = cur.chosen ? [cur.chosen] : a.answer === a.label ? [a.label] : [a.label, a.runnerUp];
+    const cards = labels.map((l) => fruitCard(catalog, l)).filter(Boolean);
+    if (cards.length) answer.append(el('div', {class: 'cards'}, ...cards));
+  } else if (cur.chosen) {
+    const card = fruitCard(catalog, cur.chosen);
+    if (card) answer.append(el('div', {class: 'cards'}, card));
+  }
+}
+
 export function results(app, batch) {
   for (const url of thumbUrls) URL.revokeObjectURL(url);
   thumbUrls = [];
   $('progress').hidden = true;
   const n = batch.rows.length;
-  status(`${n} photo${n === 1 ? '' : 's'} vectorized in ${batch.seconds.toFixed(1)} s` +
-         (batch.rejects.length ? ` · ${batch.rejects.length} could not be read` : '') + '.', n ? 'ok' : 'warn');
-  // The answer for the first photo, large: the one a person just took.
-  const answer = $('answer');
-  answer.hidden = n === 0;
-  answer.replaceChildren();
+  status(t('vectorized', {n, s: i18n.number(batch.seconds)}).replace(/\.$/, '') +
+         (batch.rejects.length ? ` · ${t('unread', {n: batch.rejects.length})}` : '') + '.', n ? 'ok' : 'warn');
+  renderAnswer(app);
   const catalog = app.published && app.published.catalog;
-  const lang = language();
-  if (n) {
-    const first = batch.rows[0];
-    const t = answerText(first.answer, catalog, lang);
-    answer.append(thumb(first.file), el('div', {}, el('p', {class: 'big', 'data-label': first.answer ? first.answer.answer : ''}, t.title),
-                                           el('p', {class: 'small'}, t.detail)));
-    const a = first.answer;
-    if (a && a.answer !== UNKNOWN) {       // a card for the fruit named; for "not sure", both; none for "unknown"
-      const cards = (a.answer === a.label ? [a.label] : [a.label, a.runnerUp]).map((l) => fruitCard(catalog, l, lang)).filter(Boolean);
-      if (cards.length) answer.append(el('div', {class: 'cards'}, ...cards));
-    }
-  }
   $('batch').hidden = false;
-  $('batch-summary').textContent = [`${n} vectorized`, `${batch.rejects.length} rejected`, `${batch.duplicates} duplicates`,
-    batch.skipped.length ? `${batch.skipped.length} skipped (not photos)` : '',
-    batch.approximate ? `${batch.approximate} decoded differently from the cloud (close: sent all the same; see the list)` : '',
-    ...(batch.labelsRefused || []).map((r) => `label "${r.label}" refused (${r.problem}): sent without a label`)]
+  $('batch-summary').textContent = [t('summaryVectorized', {n}), t('summaryRejected', {n: batch.rejects.length}),
+    t('summaryDuplicates', {n: batch.duplicates}),
+    batch.skipped.length ? t('summarySkipped', {n: batch.skipped.length}) : '',
+    batch.approximate ? t('summaryApproximate', {n: batch.approximate}) : '',
+    ...(batch.labelsRefused || []).map((r) => t('labelRefused', {label: r.label, problem: i18n.reason(r.problem)}))]
     .filter(Boolean).join(' · ');
   const list = $('rows');
   list.replaceChildren(...batch.rows.slice(0, MAX_LISTED).map((row) => {
-    const t = answerText(row.answer, catalog, lang);
+    const what = answerText(row.answer, catalog);
     const item = el('li', {'data-image-id': row.imageId, 'data-label': row.answer ? row.answer.answer : ''},
-                    thumb(row.file), el('span', {class: 'name'}, row.source), el('span', {class: 'what'}, t.title));
+                    thumb(row.file), el('span', {class: 'name'}, row.source), el('span', {class: 'what'}, what.title));
     if (row.approximate) {
       item.dataset.approximate = row.approximate;
-      item.append(el('span', {class: 'note', title: row.approximate}, 'decoded differently from the cloud'));
+      item.append(el('span', {class: 'note', title: i18n.reason(row.approximate)}, t('decodedDifferently')));
     }
     return item;
   }));
-  if (n > MAX_LISTED) list.append(el('li', {class: 'small'}, `… and ${n - MAX_LISTED} more`));
+  if (n > MAX_LISTED) list.append(el('li', {class: 'small'}, t('andMore', {n: n - MAX_LISTED})));
   const box = $('rejects-box');
   const problems = [...batch.rejects, ...batch.skipped];
   box.hidden = problems.length === 0;
-  $('rejects-summary').textContent = `${batch.rejects.length} photo${batch.rejects.length === 1 ? '' : 's'} could not be read` +
-    (batch.skipped.length ? `, ${batch.skipped.length} other files skipped` : '');
-  $('rejects').replaceChildren(...problems.map((r) => el('li', {'data-source': r.source}, el('b', {}, r.source), `: ${r.reason}`)));
+  $('rejects-summary').textContent = t('rejectsSummary', {n: batch.rejects.length}) +
+    (batch.skipped.length ? t('otherSkipped', {n: batch.skipped.length}) : '');
+  $('rejects').replaceChildren(...problems.map((r) => el('li', {'data-source': r.source, 'data-reason': r.reason},
+                                                          el('b', {}, r.source), `${t('colon')}${i18n.reason(r.reason)}`)));
   box.open = batch.rows.length === 0;
 }
 
@@ -265,7 +320,27 @@ export function batchDone(batch) {
   document.body.dataset.batch = String(batch.started);
 }
 
+/** Every word of the page in the language now chosen (at start, and when Settings changes it). */
+export function relabel(app) {
+  i18n.setLanguage(language());
+  i18n.localize();
+  net();
+  if (app.readyShown) ready(app);
+  else if (app.state === 'starting') status(t('starting'));
+  if (app.card) modelLine(app.card, app.contract.model.file);
+  if (app.published) publishedLine(app);
+  if (app.lastBatch) results(app, app.lastBatch);
+  else renderAnswer(app);
+}
+
+function net() {
+  $('net').textContent = navigator.onLine ? t('online') : t('offline');
+  $('net').className = `pill ${navigator.onLine ? '' : 'off'}`;
+}
+
 export function bind(app) {
+  i18n.setLanguage(language());
+  i18n.localize();
   const onPick = (input) => async () => {
     const files = Array.from(input.files || []);
     input.value = '';
@@ -275,7 +350,7 @@ export function bind(app) {
       await app.ready;
       await app.handleFiles(files, {label: $('label').value.trim() || null});
     } catch (err) {
-      status(`Error: ${err.message}`, 'error');
+      status(t('error', {reason: i18n.reason(err.message)}), 'error');
     } finally {
       for (const id of ['take', 'choose', 'folder']) $(id).disabled = false;
     }
@@ -289,33 +364,27 @@ export function bind(app) {
       a.download = 'vectors.parquet';
       a.click();
     } catch (err) {
-      status(`Error: ${err.message}`, 'error');
+      status(t('error', {reason: i18n.reason(err.message)}), 'error');
     }
   });
   $('retry-aside').addEventListener('click', () => app.queue && app.queue.retryAside());
   try { $('lang').value = localStorage.getItem('fruits.lang') || ''; } catch { /* storage refused: automatic */ }
   $('lang').addEventListener('change', () => {
     try { localStorage.setItem('fruits.lang', $('lang').value); } catch { /* storage refused: for this visit only */ }
-    document.documentElement.lang = language();
-    if (app.lastBatch) results(app, app.lastBatch);     // the answer's card again, in the language chosen
+    relabel(app);
   });
-  document.documentElement.lang = language();
   $('reset-identity').addEventListener('click', async () => {
-    if (!app.identity || !confirm('Start a new device identity? New vectors will go to a new folder.')) return;
+    if (!app.identity || !confirm(t('confirmReset'))) return;
     try {
       app.clientId = await app.identity.resetIdentity();
-      $('device').textContent = `This device: ${app.clientId}`;
+      $('device').textContent = t('thisDevice', {id: app.clientId});
       $('device').dataset.clientId = app.clientId;
       // What waits, or was refused, under the old identity is this device's own: sent again under the new one.
       if (app.queue) await app.queue.retryAside();
     } catch (err) {
-      status(`Error: ${err.message}`, 'error');
+      status(t('error', {reason: i18n.reason(err.message)}), 'error');
     }
   });
-  const net = () => {
-    $('net').textContent = navigator.onLine ? 'online' : 'offline';
-    $('net').className = `pill ${navigator.onLine ? '' : 'off'}`;
-  };
   window.addEventListener('online', net);
   window.addEventListener('offline', net);
   net();
