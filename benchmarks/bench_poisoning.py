@@ -414,7 +414,7 @@ def run_rename(spark, args, honest, pool, test, tmp, rec) -> None:
     print("\n| label attack: plums labelled \"Banana\" (a fruit only the catalog knows; 6 plums of their own each) | "
           "identities x right labels each | honest Test plums answered \"Banana\" |")
     print("| --- | --- | --- |")
-    for ids, n_right in ((1, 6), (1, 40), (4, 40), (5, 11), (5, 12)):
+    for ids, n_right in ((1, 6), (1, 40), (4, 40), (5, 40), (10, 40)):
         root = copy_base(base, tmp / f"n{len(rec.rows)}")
         (root / "models").mkdir(parents=True, exist_ok=True)
         (root / "models" / "catalog.json").write_bytes(seed_bytes())
@@ -431,10 +431,13 @@ def run_rename(spark, args, honest, pool, test, tmp, rec) -> None:
         said = answers(done, test) if not done.held else []
         plum_answers = [a for a, t in zip(said, truth) if t.split()[0] == "Plum"]
         renamed = sum("Banana" in a for a in plum_answers)
+        v = done.record.get("labels") or {}
+        counted = (v.get("labels", {}).get("Banana") or {}).get("anonymous_rows", 0)
+        why = {k: n for k, n in (v.get("anonymous_not_counted") or {}).items() if n}
         rec.add(measure="rename", identities=ids, right_labels=n_right, held=done.held, plums=len(plum_answers),
-                renamed=renamed, banana_in_index="Banana" in (done.index.labels if done.index else []))
+                renamed=renamed, banana_rows_counted=counted, not_counted=why)
         print(f"| {ids} x ({n_right} right + 6 plums as Banana) | {ids} x {n_right} | {renamed} of {len(plum_answers)}"
-              f"{' (Banana in the index)' if done.index and 'Banana' in done.index.labels else ''} |", flush=True)
+              f" (\"Banana\" rows counted: {counted} of {6 * ids}) |", flush=True)
 
 
 def run_drip(spark, args, base, honest, pool, ref, tmp, rec, refreshes: int = 8) -> None:

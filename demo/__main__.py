@@ -32,6 +32,8 @@ from demo.s3server import TEST_CREDENTIALS, LocalS3, prefix_bytes
 
 BUCKET = "fruits-demo"
 REAL = Path(__file__).resolve().parent.parent / "data" / "fruits360"
+SHOP = Path(__file__).resolve().parent.parent / "data" / "grocery"
+TEST_OF = {"Training": "Test", "train": "val"}       # a photos folder's held-out sibling
 
 
 def stage(msg: str) -> None:
@@ -72,9 +74,15 @@ def split_photos(src: Path, dirs: dict[str, Path], raw_fraction: float, browser_
     return counts
 
 
+def set_name(folder: Path) -> str:
+    """A set of photos by its folder's last two names: "fruits360-Test" (lab frames), "grocery-val" (shop photos)."""
+    return f"{folder.parent.name}-{folder.name}"
+
+
 def identify_held_out(held: Path, s3, bucket: str, root: str, endpoint: str | None, never: list[str]) -> dict:
-    """Photos never uploaded (other frames of the sent films, and fruits never sent), identified on the 'device'
-    from what the cloud published, as `fruits-edge identify` does; with figures, per fruit and in all."""
+    """Photos never uploaded (other frames of the sent films, shop photos of another visit, and fruits never sent),
+    identified on the 'device' from what the cloud published, as `fruits-edge identify` does; with figures, per fruit,
+    per set (``held/<set>/``: lab frames, shop photos) and in all, at the label and the species level."""
     from edge_client.project import Published, figures, identify_photos
     from edge_client.vectorize import find_photos
     from featurizer.runtime import Model
@@ -85,6 +93,18 @@ def identify_held_out(held: Path, s3, bucket: str, root: str, endpoint: str | No
                                            endpoint_url=endpoint).published(model.sha256)
     answers = identify_photos(find_photos([held]), model, projection, index)
     pairs = [(a.truth, a.answer.answer) for a in answers if a.answer is not None and a.truth]
+    species = dict(zip(index.labels, index.species))
+
+    def species_of(label: str) -> str:
+        return species.get(label) or (catalog.species(label) if catalog else None) or label.split()[0]
+
+    where = {a.path: Path(a.path).relative_to(held).parts for a in answers}
+    per_set = {}
+    if answers and all(len(parts) > 2 for parts in where.values()):    # held/<set>/<fruit>/<photo>
+        for name in sorted({parts[0] for parts in where.values()}):
+            rows = [(a.truth, a.answer.answer, a.answer.candidates) for a in answers
+                    if a.answer is not None and a.truth and where[a.path][0] == name]
+            per_set[name] = figures(rows, set(index.labels), species_of)
     per_fruit = []
     for fruit in sorted({t for t, _ in pairs}):
         got = [a for t, a in pairs if t == fruit]
@@ -93,7 +113,8 @@ def identify_held_out(held: Path, s3, bucket: str, root: str, endpoint: str | No
                           "named right": sum(a == fruit for a in got),
                           "wrong name": sum(a not in (fruit, "unknown") and not a.startswith("not sure: ") for a in got),
                           "unknown": got.count("unknown"), "not sure": sum(a.startswith("not sure: ") for a in got)})
-    return {"figures": figures(pairs, set(index.labels)), "per_fruit": per_fruit, "k": projection.k,
+    return {"figures": figures(pairs, set(index.labels), species_of), "per_set": per_set, "per_fruit": per_fruit,
+            "k": projection.k,
             "projection_id": projection.projection_id, "index_id": index.index_id, "classes": len(index.labels),
             "never_sent": never, "calibration": index.calibration, "photos": len(pairs),
             "rows": [{"photo": a.path.rsplit("/", 2)[-2] + "/" + a.path.rsplit("/", 1)[-1], "answer": a.answer.answer,
@@ -150,10 +171,12 @@ def _interrupt(signum, frame):
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="./run demo", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--photos", type=Path, help="a folder of labelled photos, a folder per fruit (default: the project's "
-                                                "real Fruits-360 photos, data/fruits360/Training)")
-    ap.add_argument("--test", type=Path, help="photos to identify at the end, never uploaded (default: the Test folder "
-                                              "beside --photos, else 2 photos of each fruit held out of --photos)")
+    ap.add_argument("--photos", type=Path, action="append",
+                    help="a folder of labelled photos, a folder per fruit (repeatable; default: the project's real photos, "
+                         "lab frames data/fruits360/Training and shop photos data/grocery/train)")
+    ap.add_argument("--test", type=Path, action="append",
+                    help="photos to identify at the end, never uploaded (repeatable; default: the Test or val folder "
+                         "beside each --photos, else 2 photos of each fruit held out of --photos)")
     ap.add_argument("--never-sent", type=int, default=3,
                     help="fruits of --photos never sent, so that identifying their photos shows 'unknown' (default 3)")
     ap.add_argument("--synthetic", action="store_true", help="synthetic photos instead (10 fruits; easy: use them for "
@@ -178,13 +201,17 @@ def parse_args(argv):
     if args.synthetic and args.photos:
         raise SystemExit("Error: give --photos or --synthetic, not both")
     if not args.synthetic and args.photos is None:
-        args.photos = REAL / "Training"
-    if args.photos and not args.photos.is_dir():
-        raise SystemExit(f"Error: --photos {args.photos} is not a folder")
-    if args.test is None and args.photos and (args.photos.parent / "Test").is_dir() and args.photos.name != "Test":
-        args.test = args.photos.parent / "Test"
-    if args.test is not None and not args.test.is_dir():
-        raise SystemExit(f"Error: --test {args.test} is not a folder")
+        args.photos = [REAL / "Training", SHOP / "train"]
+    for folder in args.photos or []:
+        if not folder.is_dir():
+            raise SystemExit(f"Error: --photos {folder} is not a folder")
+    if args.test is None and args.photos:
+        siblings = [p.parent / TEST_OF[p.name] for p in args.photos if p.name in TEST_OF]
+        if siblings and all(s.is_dir() for s in siblings) and len(siblings) == len(args.photos):
+            args.test = siblings
+    for folder in args.test or []:
+        if not folder.is_dir():
+            raise SystemExit(f"Error: --test {folder} is not a folder")
     if args.never_sent < 0:
         raise SystemExit(f"Error: --never-sent {args.never_sent} must be at least 0")
     return args
@@ -214,16 +241,17 @@ class Demo:
         from edge_client.project import never_sent
 
         if self.args.photos:
-            src = self.args.photos.resolve()
-            stage(f"1/5 photos: {src}" + (f"; identified at the end: {self.args.test.resolve()}" if self.args.test
-                                           else ""))
+            sources = [p.resolve() for p in self.args.photos]
+            stage(f"1/5 photos: {', '.join(map(str, sources))}" + (
+                f"; identified at the end: {', '.join(str(p.resolve()) for p in self.args.test)}" if self.args.test
+                else ""))
         else:
             from models.synthetic import generate
 
             stage(f"1/5 generating {self.args.per_class * 10} synthetic fruit photos")
-            src = generate(self.out / "photos", per_class=self.args.per_class, progress=True)
-        self.never = never_sent([d.name for d in src.iterdir() if d.is_dir()], self.args.never_sent) \
-            if self.args.photos else []
+            sources = [generate(self.out / "photos", per_class=self.args.per_class, progress=True)]
+        self.never = never_sent(sorted({d.name for src in sources for d in src.iterdir() if d.is_dir()}),
+                                self.args.never_sent) if self.args.photos else []
         browser = self.args.browser_fraction
         if browser and self.args.s3:
             stage("    no browser phone with --s3 (it needs an identity pool): its photos go to the Python edge")
@@ -232,13 +260,17 @@ class Demo:
             stage("    no Chromium here (./run setup installs it): the browser phone's photos go to the Python edge")
             browser = 0.0
         dev = self.out / "devices"
-        counts = split_photos(src, {k: dev / k for k in ("edge", "browser", "raw", "held")}, self.args.raw_fraction,
-                              browser, held_per_class=0 if self.args.test else 2, never_sent=tuple(self.never))
+        counts = {"edge": 0, "browser": 0, "raw": 0, "held": 0}
+        for src in sources:
+            got = split_photos(src, {k: dev / k for k in ("edge", "browser", "raw", "held")}, self.args.raw_fraction,
+                               browser, held_per_class=0 if self.args.test else 2, never_sent=tuple(self.never))
+            counts = {k: counts[k] + got[k] for k in counts}
         if counts["edge"] + counts["browser"] + counts["raw"] == 0:
-            raise DemoError(f"no photos under {src}")
-        if self.args.test:     # what the device identifies: the test folder (never-sent fruits' photos in it)
+            raise DemoError(f"no photos under {', '.join(map(str, sources))}")
+        if self.args.test:     # what the device identifies: the test folders (never-sent fruits' photos in them)
             shutil.rmtree(dev / "held", ignore_errors=True)
-            shutil.copytree(self.args.test.resolve(), dev / "held")
+            for test in self.args.test:     # held/<set>/<fruit>/<photo>: the figures per set
+                shutil.copytree(test.resolve(), dev / "held" / set_name(test.resolve()))
             counts["held"] = sum(1 for p in (dev / "held").rglob("*") if p.is_file())
         stage(f"    {counts['edge']} photos on Python devices that vectorize, {counts['browser']} on a phone's web "
               f"app, {counts['raw']} on devices that upload raw photos, {counts['held']} never uploaded, to identify"
@@ -448,12 +480,14 @@ def summarize(out: Path, s: dict, storage: dict, evaluation, identified: dict, r
           f"of 1280-d vectors ({s['solver']} solver)")
     for clf, a in evaluation.answer.items():
         print(f"store:    {clf}: {a['sentence']}")
-    f = identified["figures"]["label"]
     print(f"identify: {identified['photos']} photos never uploaded, from a {identified['k']}-component projection "
-          f"and index published to the bucket: known fruits ({f['known_photos']} photos) named right "
-          f"{_pct(f['named_right'])}, wrong {_pct(f['wrong'])}, unknown {_pct(f['unknown'])}, not sure "
-          f"{_pct(f['not_sure'])}; never-sent fruits ({f['never_sent_photos']} photos) unknown or not sure "
-          f"{_pct(f['never_sent_refused'])}")
+          f"and index published to the bucket (species level: the catalog's fruit)")
+    for name, figs in (identified.get("per_set") or {"all": identified["figures"]}).items():
+        f = figs["species"]
+        print(f"          {name}: known fruits ({f['known_photos']} photos) named right {_pct(f['named_right'])}, wrong "
+              f"{_pct(f['wrong'])}, refused {_pct((f['unknown'] or 0) + (f['not_sure'] or 0))}, right among the 3 "
+              f"candidates {_pct(f['among_candidates'])}; never-sent fruits ({f['never_sent_photos']} photos) "
+              f"refused {_pct(f['never_sent_refused'])}")
     print(f"wall:     {wall:.0f} s")
 
 

@@ -37,7 +37,7 @@ def stack_folder() -> Path:
 BUCKET, PREFIX, REGION = "fruits-local", "fruits", "us-east-1"
 POOL_NAME = "fruits_devices"
 SEED_CLIENT = "operator-seed"          # a keyed device folder: the trusted tier (cloud_pca.trust)
-SEED_PHOTOS = ROOT / "data" / "fruits360" / "Training"   # real photos: the first fit
+SEED_PHOTOS = (ROOT / "data" / "fruits360" / "Training", ROOT / "data" / "grocery" / "train")  # lab + shop: the first fit
 SEED_WITHOUT = ("Plum",)               # left out of the first fit: a fruit a person can teach the page
 PUBLISH_K = 32
 LOCK_WAIT_S = 60.0                     # a second process waits this long for the first to start the folder's server
@@ -262,27 +262,31 @@ class LocalStack:
         return out
 
     # ------------------------------------------------------------------------------------------------ the loop
-    def seed(self, *, photos: Path = SEED_PHOTOS, without: tuple[str, ...] = SEED_WITHOUT) -> None:
-        """Real photos (a folder per fruit; the project's Fruits-360 subset by default) vectorized by the Python edge
-        and sent as the operator's keyed device (the trusted tier): what the first projection is fitted on. Fruits in
-        ``without`` are left out, for the page to teach."""
+    def seed(self, *, photos=SEED_PHOTOS, without: tuple[str, ...] = SEED_WITHOUT) -> None:
+        """Real photos (folders of fruit folders; the project's lab frames and shop photos by default) vectorized by
+        the Python edge and sent as the operator's keyed device (the trusted tier): what the first projection is fitted
+        on. Fruits in ``without`` are left out, for the page to teach."""
         import tempfile
 
         from edge_client.cli import main as edge_main
 
-        if not photos.is_dir():
-            raise StackError(f"--seed-photos {photos}: not a folder of fruit folders")
-        fruits = sorted(d.name for d in photos.iterdir() if d.is_dir() and d.name not in without)
+        photos = [Path(photos)] if isinstance(photos, (str, Path)) else [Path(p) for p in photos]
+        for folder in photos:
+            if not folder.is_dir():
+                raise StackError(f"--seed-photos {folder}: not a folder of fruit folders")
+        fruits = [(i, d.name) for i, folder in enumerate(photos) for d in sorted(folder.iterdir())
+                  if d.is_dir() and d.name not in without]
         if not fruits:
-            raise StackError(f"--seed-photos {photos}: no fruit folders" + (" left" if without else ""))
-        self.say(f"[stack] nothing published yet: fitting a first projection on the photos of {len(fruits)} fruits in "
-                 f"{photos} ({', '.join(fruits)}" + (f"; not {', '.join(without)}" if without else "") +
-                 f"), sent as the operator's device '{SEED_CLIENT}'")
+            raise StackError(f"--seed-photos {', '.join(map(str, photos))}: no fruit folders" + (" left" if without else ""))
+        names = sorted({f for _, f in fruits})
+        self.say(f"[stack] nothing published yet: fitting a first projection on the photos of {len(names)} fruits in "
+                 f"{', '.join(map(str, photos))} ({', '.join(names)}" + (f"; not {', '.join(without)}" if without else "")
+                 + f"), sent as the operator's device '{SEED_CLIENT}'")
         with tempfile.TemporaryDirectory(prefix="fruits-seed-") as tmp:
             chosen = Path(tmp) / "photos"        # the fruits' folders linked under one root: labels from folder names
-            chosen.mkdir()
-            for fruit in fruits:
-                (chosen / fruit).symlink_to((photos / fruit).resolve(), target_is_directory=True)
+            for i, fruit in fruits:
+                (chosen / str(i)).mkdir(parents=True, exist_ok=True)
+                (chosen / str(i) / fruit).symlink_to((photos[i] / fruit).resolve(), target_is_directory=True)
             code = edge_main(["--quiet", "sync", str(chosen), self.root, "--endpoint-url", self.endpoint,
                               "--client-id", SEED_CLIENT, "--manifest", str(Path(tmp) / "m.sqlite")])
             if code != 0:
@@ -344,8 +348,9 @@ def build_parser():
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--refresh-every", type=float, metavar="MINUTES",
                    help="run the refresh chain every so many minutes while serving")
-    s.add_argument("--seed-photos", type=Path, default=SEED_PHOTOS,
-                   help="photos of the first fit, a folder per fruit (default: the project's real Fruits-360 photos)")
+    s.add_argument("--seed-photos", type=Path, action="append",
+                   help="photos of the first fit, a folder per fruit (repeatable; default: the project's real lab "
+                        "frames and shop photos)")
     s.add_argument("--seed-without", action="append", metavar="FRUIT",
                    help=f"a fruit folder to leave out of the first fit (repeatable; default: {', '.join(SEED_WITHOUT)})")
     r = add_command(sub, "refresh", help="run the refresh chain once against the local stack",
@@ -449,7 +454,7 @@ def cmd_local(args) -> int:
         pool = stack.ensure([origin, origin.replace("127.0.0.1", "localhost")])
         if stack.published() is None:
             if not _has_vectors(stack):
-                stack.seed(photos=args.seed_photos, without=tuple(args.seed_without or SEED_WITHOUT))
+                stack.seed(photos=args.seed_photos or SEED_PHOTOS, without=tuple(args.seed_without or SEED_WITHOUT))
             code, line = refresh_process(say=say)
             if code != 0:
                 raise StackError(f"the first refresh failed: {line}")

@@ -220,7 +220,7 @@ def test_run_web_identifies_out_of_the_box_keeps_contributions_and_learns_a_new_
     proc = _start_web(env, port, tmp_path / "web1.log")
     try:
         text = _wait_serving(proc, tmp_path / "web1.log")
-        assert "nothing published yet: fitting a first projection on the photos of 20 fruits" in text, text
+        assert "nothing published yet: fitting a first projection on the photos of 59 fruits" in text, text
         assert "; not Plum)" in text, text
         endpoint = json.loads((tmp_path / "stack" / "server.json").read_text())["endpoint"]
         with Chromium(tmp_path / "profile") as b:
