@@ -78,17 +78,7 @@ def apply_weights(model, path: str | Path) -> dict:
     """Set the layers a top-weights file names (the layers :mod:`models.finetune` trained, ``<layer>/<index>`` arrays
     and a ``meta`` JSON) on a model from :func:`build_extractor`; returns its meta. Every layer it names must exist with
     the same shapes."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"--top-weights {path}: not a readable .npz ({exc})") from None
-    meta = json.loads(str(arrays.pop("meta"))) if "meta" in arrays else {}
-    layers: dict[str, dict[int, np.ndarray]] = {}
-    for key, value in arrays.items():
-        name, _, i = key.rpartition("/")
-        layers.setdefault(name, {})[int(i)] = value
+    meta, layers = read_top_weights(path)
     names = {layer.name: layer for layer in model.layers}
     for name, ws in sorted(layers.items()):
         if name not in names:
@@ -101,8 +91,30 @@ def apply_weights(model, path: str | Path) -> dict:
     return meta
 
 
+def read_top_weights(path: str | os.PathLike) -> tuple[dict, dict[str, dict[int, np.ndarray]]]:
+    """A top-weights file's meta and its arrays by layer name and index; one :class:`ExportError` if unreadable."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(str(arrays.pop("meta"))) if "meta" in arrays else {}
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"--top-weights {path}: not a readable .npz ({exc})") from None
+    layers: dict[str, dict[int, np.ndarray]] = {}
+    for key, value in arrays.items():
+        name, _, i = key.rpartition("/")
+        if not i.isdigit():
+            raise ExportError(f"--top-weights {path}: {key!r} is not <layer>/<index>")
+        layers.setdefault(name, {})[int(i)] = value
+    return meta, layers
+
+
 def _base_extractor(weights: str, input_size: int):
     import keras
+
+    # Keras names unnamed layers (the input, the pooling) by how many it has built in this process: a fresh session
+    # gives every export the same names, so the same .tflite bytes whatever was built before
+    keras.backend.clear_session()
 
     if input_size not in INPUT_SIZES:
         raise ExportError(f"--input-size={input_size} must be one of {', '.join(map(str, INPUT_SIZES))}")
@@ -375,7 +387,7 @@ def export_models(weights: str, *, input_size: int, out_dir: str | os.PathLike,
     if weights != "imagenet" and Path(weights).resolve() == standin_path(fetch=False).resolve():
         provenance = PROVENANCE
     if top_weights is not None:
-        meta = apply_weights(build_extractor(weights, input_size), top_weights)   # checked before the long work
+        meta, _ = read_top_weights(top_weights)   # readable before the long work; its layers checked on the model
         provenance = {**(provenance or {"source": weights}), "fine_tuned": {
             "file": Path(top_weights).name, "sha256": hashlib.sha256(Path(top_weights).read_bytes()).hexdigest(),
             **{k: v for k, v in meta.items() if k != "classes"}, "classes": len(meta.get("classes", []))}}
