@@ -98,18 +98,24 @@ def test_refresh_smoke(tmp_path):
 
 def test_identify_smoke(tmp_path):
     """The identification bench on the project's real photos (3 fruits withheld), with the page in Chromium when it
-    is there: it reports the answers' shares, the baselines, what leaving 20 training rows out changes, and the page
-    gives Python's answers."""
+    is there: each test set (lab, shop) reported apart with its baselines, the page gives Python's answers, what
+    leaving 20 training rows out changes, and the lab -> shop row."""
     engine = "chromium" if have_browser() else "none"
     bench("identify", tmp_path, "--engine", engine)
     got = rows(tmp_path, "identify")
-    assert [r["measure"] for r in got] == ["identify", "stability"] and got[0]["k"] == 32
-    r, steady = got
+    page = ["page"] if engine != "none" else []
+    assert [r["measure"] for r in got] == ["identify", "identify", *page, "stability", "transfer"]
+    lab, shop = got[:2]
+    assert (lab["set"], shop["set"]) == ("fruits360/Test", "grocery/val") and lab["k"] == shop["k"] == 32
+    assert (lab["test_photos"], shop["test_photos"]) == (314, 68) and 0 < lab["download_bytes"] < 1_000_000
+    for r in (lab, shop):
+        assert r["label_known_photos"] + r["label_never_sent_photos"] == r["test_photos"]
+        assert {"1-NN species", "ridge species"} <= set(r) and 0 <= r["species_named_right"] <= 1
+    steady, transfer = got[-2:]
     assert steady["leave_out"] == 20 and len(steady["changed"]) == 1 and 0 <= steady["changed"][0] <= 1
-    assert r["label_known_photos"] + r["label_never_sent_photos"] == 314 and 0 < r["download_bytes"] < 1_000_000
-    assert {"nearest centroid, published space", "1-NN, published space", "1-NN, 1280-d"} <= set(r)
+    assert transfer["set"] == "lab -> shop" and transfer["species_photos"] > 0
     if engine != "none":
-        assert r["page_answers_differing"] == 0 and r["page_ms_per_photo"] > 0
+        assert got[2]["page_answers_differing"] == 0 and got[2]["page_ms_per_photo"] > 0
 
 
 def test_poisoning_smoke(tmp_path):

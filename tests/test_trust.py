@@ -93,7 +93,9 @@ def test_the_cards_state_the_output_range_their_models_give(tmp_path):
         path = model_path(f"mobilenetv2_160_{precision}.tflite")
         data = path.read_bytes()
         assert list(output_range(data, tflite_features(data, x))) == load_model_card(path).output_range, precision
-    assert load_model_card(model_path("mobilenetv2_160_int8.tflite")).output_range[1] < 5.0   # dequantization's top
+    # the int8 range is its dequantization's, within ReLU6's (the fine-tuned model's reaches the bound: 6.0)
+    low, high = load_model_card(model_path("mobilenetv2_160_int8.tflite")).output_range
+    assert 0.0 <= low < high <= 6.0
 
 
 # ------------------------------------------------------------------------------ 2. the trust model

@@ -30,7 +30,7 @@ export const MESSAGES = {
     summarySkipped_one: '{n} skipped (not a photo)', summarySkipped_other: '{n} skipped (not photos)',
     summaryApproximate_one: '{n} decoded differently from the cloud (close: sent all the same; see the list)',
     summaryApproximate_other: '{n} decoded differently from the cloud (close: sent all the same; see the list)',
-    labelRefused: 'label “{label}” refused ({problem}): sent without a label',
+    labelRefused: 'label "{label}" refused ({problem}): sent without a label',
     andMore: '… and {n} more',
     decodedDifferently: 'decoded differently from the cloud',
     rejectsSummary_one: '{n} photo could not be read', rejectsSummary_other: '{n} photos could not be read',
