@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from bootstrap import policies
@@ -166,7 +167,7 @@ def test_a_device_is_refused(what):
 
 
 def test_every_key_a_writer_produces_is_writable_by_that_writer_only(device_run, tmp_path, s3, s3_server, bucket,
-                                                                     spark, model_path):
+                                                                     spark, model_path, photos):
     """The writers (devices above; the job, featurization, publish here; what launch uploads; EMR's logs) put
     their keys in the bucket; each key belongs to an area of the table, and exactly that area's writers may
     write it (a device: only in its own folder)."""
@@ -180,9 +181,20 @@ def test_every_key_a_writer_produces_is_writable_by_that_writer_only(device_run,
     featurized = base + "/" + layout.featurized_prefix("", "r1").strip("/")
     assert cloud_main(["--quiet", "featurize", "--images", f"{base}/raw/", "--output", featurized,
                        "--model", f"s3a://{bucket}/{layout.model_key(ROOT, model_path.name)}"]) == 0
+    # the operator's laptop (the edge-uploader's role) sends labelled rows too: anonymous rows alone name no fruit
+    from edge_client.vectorize import find_photos, vectorize
+
+    laptop = vectorize(find_photos([photos]), tmp_path / "laptop.parquet", model_path=model_path, threads=1,
+                       client_id="laptop-1", progress=False)
+    table = pq.read_table(tmp_path / "laptop.parquet")
+    s3.put_object(Bucket=bucket, Body=(tmp_path / "laptop.parquet").read_bytes(), Key=layout.vectors_object_key(
+        ROOT, table.column("model_sha256")[0].as_py(), "laptop-1", table.column("image_id").to_pylist()))
+    assert laptop.ok == table.num_rows > 0
     assert cloud_main(["--quiet", "pca", "--input", f"{base}/vectors/", "--input", f"{featurized}/vectors/",
                        "--output", f"{base}/pca", "--k", "4", "--run-id", "r1"]) == 0
-    assert cloud_main(["--quiet", "publish", "--run", f"{base}/pca/run=r1", "--root", base, "--k", "2"]) == 0
+    # the projection in force is the fixture's made-up one (the first 4 raw columns): any fit turns far from it
+    assert cloud_main(["--quiet", "publish", "--run", f"{base}/pca/run=r1", "--root", base, "--k", "2",
+                       "--accept-turn"]) == 0
     s3.put_object(Bucket=bucket, Key=layout.logs_prefix(ROOT) + "j-1/steps/s-1/stderr.gz", Body=b"")
     docs = policies.policy_documents(bucket, ROOT)
     keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
