@@ -397,8 +397,8 @@ def card(phone) -> dict:
 def test_first_visit_downloads_at_most_6_mb_and_the_second_at_most_10_kb(engine, web_dist, tmp_path):
     """What a phone downloads: an empty profile's first visit (the page, the code, the one LiteRT.js build this browser
     runs, libjpeg-turbo, the int8 model; nothing of the build it does not run) at most 6 MB on the wire; a second
-    visit in the same browser (a new page load) at most 10 kB: the page, its settings and the contract, asked again
-    and answered 304 where unchanged, everything else from the service worker's cache. Before: 16.76 MB, and in
+    visit in the same browser (a new page load) at most 10 kB: the page and its settings, asked again and answered
+    304 where unchanged, everything else (the contract too) from the service worker's cache. Before: 16.76 MB, and in
     WebKit 8.6 MB again on the second visit (its workers' fetches do not go through the service worker)."""
     require_browser(engine)
     with WebServer(web_dist, {}) as server, browser(engine, tmp_path / "profile") as b:

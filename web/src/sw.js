@@ -1,7 +1,9 @@
 // The service worker: the app works offline and a second visit downloads neither the model nor the Wasm
-// files. Files that never change within a build (code, Wasm, the model, icons) come from the cache first;
-// the page, its settings and the contract are asked from the network first (so an update is seen at once)
-// and served from the cache when offline. Requests to other origins (S3, Cognito) are left alone.
+// files. Files that never change within a build (code, Wasm, the model, icons, the contract with its Unicode
+// table) come from the cache first; the page and its settings are asked from the network first (so an update
+// is seen at once) and served from the cache when offline. Requests to other origins (S3, Cognito) are left
+// alone. (The contract was asked each visit too: 10 kB again in WebKit, whose worker's fetch does not revalidate;
+// it is a file of the build, checked against the build's sha256, so a new one only ever comes with a new build.)
 //
 // Only what is right is kept: a file of the build is cached only when its size and sha256 are the build's
 // (build.mjs writes them in here), so a model cut short once, or a captive portal's page served in its place,
@@ -13,7 +15,7 @@ const CACHE = `fruits-${__BUILD__}`;
 const FILES = __FILES__;     // {path relative to the scope: {size, sha256}}
 const SHELL = ['index.html', 'app.js', 'style.css', 'manifest.webmanifest', 'icon.svg', 'icon-192.png',
                'contract.json', 'probes.json'];   // (the worker and Wasm of this browser's build: cached when first used)
-const FRESH = /^(index\.html|config\.json|contract\.json)?$/;   // relative to the scope
+const FRESH = /^(index\.html|config\.json)?$/;   // relative to the scope
 
 function relative(url) {
   const u = new URL(url);
