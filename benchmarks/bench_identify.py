@@ -22,7 +22,9 @@ the standardized 1280-d vectors, and a linear classifier on them (ridge, one vs 
 only and asks shop photos (species level): how far lab references carry.
 
 Defaults: ``../shared/data/fruits360`` (Training, Test) and ``../shared/data/grocery`` (train, val) when they are
-there, else the project's own subsets in ``data/``.
+there, else the project's own subsets in ``data/``. No film is on both sides: Fruits-360's Test frames are other
+frames of Training's films, so the lab training drops the frames of one film (``--lab-film r_``) and the lab test keeps
+only that film's; the shop photos are the dataset's own train and val splits.
 """
 from __future__ import annotations
 
@@ -53,19 +55,23 @@ def set_name(folder: Path) -> str:
     return f"{folder.parent.name}/{folder.name}"
 
 
-def vectors(folders: list[Path], out: Path) -> dict:
-    """The photos' vectors (fruits-edge vectorize), each folder's: features, labels, sources, image ids, set."""
+def vectors(folders: list[Path], out: Path, film: str = "", test: bool = False) -> dict:
+    """The photos' vectors (fruits-edge vectorize), each folder's: features, labels, sources, image ids, set; lab
+    folders split by ``film`` (:func:`film_split`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from contract.vectors import features_matrix
+    from edge_client.project import film_split
     from edge_client.vectorize import find_photos, vectorize
     from models import model_path
 
     tables, sets = [], []
     for i, folder in enumerate(folders):
         part = out.with_name(f"{out.stem}-{i}.parquet")
-        vectorize(find_photos([folder]), part, model_path=model_path(), progress=False, client_id="bench-identify")
+        keep = film_split(folder, film, test)
+        photos = [p for p in find_photos([folder]) if keep is None or keep(Path(p.source).name)]
+        vectorize(photos, part, model_path=model_path(), progress=False, client_id="bench-identify")
         t = pq.read_table(part)
         tables.append(t)
         sets += [set_name(folder)] * t.num_rows
@@ -123,8 +129,12 @@ def baselines(train_x, train_y, test_x, test_y, known: set, species_of) -> dict:
 
 def withheld_classes(args, fruits: list[str], r: int) -> list[str]:
     """The round's never-sent classes: the model's fine-tuning hold-outs (its card) that the training folders hold,
-    or ``--withhold N`` drawn as the demo draws them."""
+    ``--withhold N`` drawn as the demo draws them, or ``--withhold A,B,...`` named (another model's run withholding
+    the same classes)."""
     from edge_client.project import never_sent
+
+    if not args.withhold.isdigit() and args.withhold != "card":
+        return sorted(set(args.withhold.split(",")) & set(fruits))
 
     if args.withhold == "card":
         from contract.card import load_model_card
@@ -141,7 +151,8 @@ def main() -> int:
     ap.add_argument("--train", type=Path, nargs="+", default=train_default, help="training folders (class folders)")
     ap.add_argument("--test", type=Path, nargs="+", default=test_default, help="test folders, each reported apart")
     ap.add_argument("--withhold", default="card",
-                    help="'card': the classes the model's fine-tuning never saw (default); or N random classes")
+                    help="'card': the classes the model's fine-tuning never saw (default); N random classes; or "
+                         "class names, comma-separated")
     ap.add_argument("--rounds", type=int, default=1, help="rounds, each withholding other classes (default 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--k", default="32", help="components published, a list to compare (default 32)")
@@ -153,6 +164,8 @@ def main() -> int:
                          "the test answers that change (what a refresh with a few rows more or less moves)")
     ap.add_argument("--leave-out", type=int, default=20)
     ap.add_argument("--no-transfer", action="store_true", help="skip the lab -> shop row")
+    ap.add_argument("--lab-film", default="r_", help="the Fruits-360 film the lab test keeps and the lab training "
+                                                     "drops (default r_: no film on both sides; '' for all frames)")
     ap.add_argument("--smoke", action="store_true", help="the project's subsets, 1 round, 3 withheld: that it runs")
     args = ap.parse_args()
     if args.smoke:
@@ -181,8 +194,8 @@ def main() -> int:
     sha = Model(model_path(), threads=1).sha256
     with tempfile.TemporaryDirectory(prefix="bench-identify-") as t:
         tmp = Path(t)
-        train, s_train = timed("vectorize train", lambda: vectors(args.train, tmp / "train.parquet"))
-        test, s_test = timed("vectorize test", lambda: vectors(args.test, tmp / "test.parquet"))
+        train, s_train = timed("vectorize train", lambda: vectors(args.train, tmp / "train.parquet", args.lab_film))
+        test, s_test = timed("vectorize test", lambda: vectors(args.test, tmp / "test.parquet", args.lab_film, True))
         print(f"train: {len(train['x'])} photos of {len(set(train['label']))} classes "
               f"({', '.join(map(set_name, args.train))}); test: {len(test['x'])} photos "
               f"({', '.join(map(set_name, args.test))}); vectorized in {s_train + s_test:.1f} s; model {model_path().name}")
@@ -319,7 +332,7 @@ def show(row: dict) -> None:
 
 
 def summarize(rows: list[dict]) -> None:
-    """The README's table: per set, mean over rounds (worst round in brackets when there are several)."""
+    """The table of docs/benchmarks.md: per set, mean over rounds (worst round in brackets when there are several)."""
     rows = [r for r in rows if r["measure"] == "identify"]
     if not rows:
         return

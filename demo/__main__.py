@@ -4,9 +4,10 @@
     ./run demo --synthetic [--per-class N]                              # synthetic photos (controlled, easy)
     ./run demo --s3 s3://my-bucket/fruits-demo [--endpoint-url URL]     # any real S3 instead
 
-1. photos: real Fruits-360 photos (the project's ``data/fruits360``: ``Training/`` is sent, ``Test/``, other frames
-   of the same films, is identified at the end; a few fruits are never sent, so their photos show "unknown"), or
-   ``--photos`` (a folder of labelled photos), or ``--synthetic``;
+1. photos: the project's real lab and shop photos (``data/fruits360/Training`` and ``data/grocery/train`` are sent;
+   ``Test/`` and ``val/`` are identified at the end, split so that no film or photo session is on both sides: the lab
+   frames of one film, ``r_``, are never sent and only they are identified; a few fruits are never sent, so their
+   photos show "unknown"), or ``--photos`` (folders of labelled photos), or ``--synthetic``;
 2. a local S3-compatible server on 127.0.0.1 (moto, a child process; always stopped at the end);
 3. three kinds of devices: ``fruits-edge sync`` (Python, vectorizes on the device, uploads only vectors), a
    phone's web app in headless Chromium (LiteRT.js in the page, its own Cognito identity; where Chromium is
@@ -41,11 +42,11 @@ def stage(msg: str) -> None:
 
 
 def split_photos(src: Path, dirs: dict[str, Path], raw_fraction: float, browser_fraction: float = 0.0,
-                 held_per_class: int = 2, never_sent: tuple[str, ...] = ()) -> dict[str, int]:
+                 held_per_class: int = 2, never_sent: tuple[str, ...] = (), keep=None) -> dict[str, int]:
     """Every class folder split four ways: ``held_per_class`` photos held out (identified at the end, never
     uploaded); of the rest, about ``raw_fraction`` to the raw-upload devices, ``browser_fraction`` to the web app's
     phone, the others to the Python edge. ``dirs``: a folder for each of "edge", "browser", "raw", "held". Classes in
-    ``never_sent`` go to "held" whole."""
+    ``never_sent`` go to "held" whole. ``keep``: which file names are dealt at all (a film-disjoint split)."""
     from featurizer.preprocess import IMAGE_EXTENSIONS
 
     counts = {"edge": 0, "browser": 0, "raw": 0, "held": 0}
@@ -54,7 +55,7 @@ def split_photos(src: Path, dirs: dict[str, Path], raw_fraction: float, browser_
     n_raw = round(raw_fraction * cycle)
     n_browser = round(browser_fraction * cycle)
     for path in sorted(src.rglob("*")):
-        if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+        if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS or keep and not keep(path.name):
             continue
         rel = path.relative_to(src)
         seen = per_class.get(str(rel.parent), 0)
@@ -80,7 +81,7 @@ def set_name(folder: Path) -> str:
 
 
 def identify_held_out(held: Path, s3, bucket: str, root: str, endpoint: str | None, never: list[str]) -> dict:
-    """Photos never uploaded (other frames of the sent films, shop photos of another visit, and fruits never sent),
+    """Photos never uploaded (lab frames of a film never sent, the shop's val photos, and fruits never sent),
     identified on the 'device' from what the cloud published, as `fruits-edge identify` does; with figures, per fruit,
     per set (``held/<set>/``: lab frames, shop photos) and in all, at the label and the species level."""
     from edge_client.project import Published, figures, identify_photos
@@ -168,7 +169,34 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def parse_args(argv):
+def pick_never_sent(sources: list[Path], n: int) -> list[str]:
+    """``n`` fruits of the photo folders never sent: the classes the model's fine-tuning held out (its card names
+    them: photos the backbone never saw, so "unknown" is earned, as in ``./run bench identify``), taken in turn from
+    each folder (lab, then shop), in a seeded order; the rest, if the card names too few, of the other fruits."""
+    import numpy as np
+
+    from contract.card import load_model_card
+    from edge_client.project import never_sent
+    from models import model_path
+
+    held = set((load_model_card(model_path()).weights.get("fine_tuned") or {}).get("held_out") or [])
+    folders = [sorted(d.name for d in src.iterdir() if d.is_dir()) for src in sources]
+    pools = [list(np.random.RandomState(i).permutation([f for f in names if f in held])) for i, names in
+             enumerate(folders)]
+    if n <= 0 or not any(pools):
+        return never_sent(sorted({f for names in folders for f in names}), n)
+    chosen: list[str] = []
+    while len(chosen) < n and any(pools):
+        for pool in pools:
+            while pool and pool[0] in chosen:
+                pool.pop(0)
+            if pool and len(chosen) < n:
+                chosen.append(str(pool.pop(0)))
+    rest = sorted({f for names in folders for f in names} - set(chosen))
+    return sorted(chosen + never_sent(rest, n - len(chosen)))
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="./run demo", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=Path, action="append",
@@ -178,7 +206,8 @@ def parse_args(argv):
                     help="photos to identify at the end, never uploaded (repeatable; default: the Test or val folder "
                          "beside each --photos, else 2 photos of each fruit held out of --photos)")
     ap.add_argument("--never-sent", type=int, default=3,
-                    help="fruits of --photos never sent, so that identifying their photos shows 'unknown' (default 3)")
+                    help="fruits of --photos never sent, so that identifying their photos shows 'unknown' (default 3: "
+                         "classes the model's fine-tuning held out, taken in turn from each --photos folder)")
     ap.add_argument("--synthetic", action="store_true", help="synthetic photos instead (10 fruits; easy: use them for "
                                                              "the pipeline, not for accuracy)")
     ap.add_argument("--per-class", type=int, default=100, help="with --synthetic: photos per class")
@@ -192,7 +221,11 @@ def parse_args(argv):
                                      "from `./run cluster start`")
     ap.add_argument("--s3", help="use this S3 location (s3://BUCKET/PREFIX) instead of a local server")
     ap.add_argument("--endpoint-url", help="with --s3: an S3-compatible endpoint (default AWS)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def parse_args(argv):
+    args = build_parser().parse_args(argv)
     if not 0 <= args.raw_fraction < 1:
         raise SystemExit(f"Error: --raw-fraction {args.raw_fraction} must be in [0, 1)")
     if not 0 <= args.browser_fraction < 1 or args.raw_fraction + args.browser_fraction >= 1:
@@ -236,9 +269,8 @@ class Demo:
         return result
 
     def photos(self) -> dict[str, int]:
+        from edge_client.project import film_split
         from web.device import have_browser
-
-        from edge_client.project import never_sent
 
         if self.args.photos:
             sources = [p.resolve() for p in self.args.photos]
@@ -250,8 +282,7 @@ class Demo:
 
             stage(f"1/5 generating {self.args.per_class * 10} synthetic fruit photos")
             sources = [generate(self.out / "photos", per_class=self.args.per_class, progress=True)]
-        self.never = never_sent(sorted({d.name for src in sources for d in src.iterdir() if d.is_dir()}),
-                                self.args.never_sent) if self.args.photos else []
+        self.never = pick_never_sent(sources, self.args.never_sent) if self.args.photos else []
         browser = self.args.browser_fraction
         if browser and self.args.s3:
             stage("    no browser phone with --s3 (it needs an identity pool): its photos go to the Python edge")
@@ -263,14 +294,17 @@ class Demo:
         counts = {"edge": 0, "browser": 0, "raw": 0, "held": 0}
         for src in sources:
             got = split_photos(src, {k: dev / k for k in ("edge", "browser", "raw", "held")}, self.args.raw_fraction,
-                               browser, held_per_class=0 if self.args.test else 2, never_sent=tuple(self.never))
+                               browser, held_per_class=0 if self.args.test else 2, never_sent=tuple(self.never),
+                               keep=film_split(src, test=False) if self.args.test else None)
             counts = {k: counts[k] + got[k] for k in counts}
         if counts["edge"] + counts["browser"] + counts["raw"] == 0:
             raise DemoError(f"no photos under {', '.join(map(str, sources))}")
         if self.args.test:     # what the device identifies: the test folders (never-sent fruits' photos in them)
             shutil.rmtree(dev / "held", ignore_errors=True)
             for test in self.args.test:     # held/<set>/<fruit>/<photo>: the figures per set
-                shutil.copytree(test.resolve(), dev / "held" / set_name(test.resolve()))
+                keep = film_split(test.resolve(), test=True)   # lab frames: only the film no sent frame is of
+                shutil.copytree(test.resolve(), dev / "held" / set_name(test.resolve()), ignore=None if keep is None
+                                else lambda d, names: [n for n in names if (Path(d) / n).is_file() and not keep(n)])
             counts["held"] = sum(1 for p in (dev / "held").rglob("*") if p.is_file())
         stage(f"    {counts['edge']} photos on Python devices that vectorize, {counts['browser']} on a phone's web "
               f"app, {counts['raw']} on devices that upload raw photos, {counts['held']} never uploaded, to identify"

@@ -243,6 +243,20 @@ def never_sent(labels, n: int, seed: int = 0) -> list[str]:
                                                                      replace=False))
 
 
+LAB_FILM = "r_"   # the Fruits-360 film a lab test keeps and its training drops
+
+
+def film_split(folder: Path, film: str = LAB_FILM, test: bool = False):
+    """Which photos of a folder a film-disjoint split keeps, by file name (None: all). Fruits-360's photos are frames
+    of films of each fruit turning (``N_100.jpg``, ``r_N_100.jpg``, ``r2_N_100.jpg``: three films) and its Test frames
+    are other frames of Training's films: in a Fruits-360 folder (``fruits360/...``), training drops the frames of
+    ``film`` and the test keeps only them, so no film is on both sides. Other folders (the shop photos: the dataset's
+    own train and val splits) are kept whole."""
+    if not film or not Path(folder).parent.name.startswith("fruits360"):
+        return None
+    return (lambda name: name.startswith(film)) if test else (lambda name: not name.startswith(film))
+
+
 def species(label: str) -> str:
     """A label's species when nothing better is known: its first word (Fruits-360's varieties: "Apple Red 2" ->
     "Apple"). The catalog knows better (``Catalog.species``: "Granny-Smith" -> "apple"), and a published index
