@@ -1,4 +1,4 @@
-"""How far can anonymous phones move what others get? Each attack of the threat model (README, "Threat model") added to
+"""How far can anonymous phones move what others get? Each attack of the threat model (docs/trust.md) added to
 an honest set of real photos and run as the daily chain runs it (``cloud_pca.job.run``, the gram solver, local[2],
 full and incremental; then ``publish`` against the projection in force, which holds a refit that turns too far).
 
@@ -92,20 +92,25 @@ def fresh_ids(k: int, tag: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ data
-def real_vectors(photos: Path, cache: Path):
-    """The Training and Test photos vectorized once by the Python edge (the committed model), cached."""
+def cached_vectors(folder: Path, cache: Path, tag: str, client_id: str, limit: int | None = None):
+    """The photos of a folder (the first ``limit``) vectorized once by the Python edge with the committed model, cached
+    under the folder and the model's fingerprint (keyed by the file's name, an earlier model's vectors were reused)."""
     from contract import read_vectors
+    from contract.card import load_model_card
     from edge_client.vectorize import find_photos, vectorize
     from models import model_path
 
-    out = {}
-    for split in ("Training", "Test"):
-        f = cache / f"{hashlib.sha256(str(photos.resolve()).encode()).hexdigest()[:12]}-{model_path().stem}-{split}.parquet"
-        if not f.exists():
-            f.parent.mkdir(parents=True, exist_ok=True)
-            vectorize(find_photos([photos / split]), f, model_path=model_path(), progress=False, client_id="honest")
-        out[split] = read_vectors(f)
-    return out["Training"], out["Test"]
+    sha = load_model_card(model_path()).sha256
+    f = cache / f"{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]}-{sha[:16]}-{tag}.parquet"
+    if not f.exists():
+        f.parent.mkdir(parents=True, exist_ok=True)
+        vectorize(find_photos([folder])[:limit], f, model_path=model_path(), progress=False, client_id=client_id)
+    return read_vectors(f)
+
+
+def real_vectors(photos: Path, cache: Path):
+    """The Training and Test photos vectorized once by the Python edge (the committed model), cached."""
+    return tuple(cached_vectors(photos / split, cache, split, "honest") for split in ("Training", "Test"))
 
 
 def split_halves(training):
@@ -286,7 +291,7 @@ def run_vectors(spark, args, base, honest, pool, owner, ref, tmp, rec) -> None:
             kept = honest_kept(spark, got["run_uri"], owner) if mode == "full" else None
             c = s.get("contributions") or {}
             aside = {key: c.get(key, 0) for key in ("screened", "near_copies", "conflicts", "quarantined",
-                                                     "held_back", "replaced_counted")}
+                                                     "held_back", "replaced_counted", "influence")}
             refused = s["rejected"] - sum(v for v in aside.values() if isinstance(v, int))
             t = done.record["turn"]
             verdict = (f"held ({t['turn_deg']:.1f} deg from the projection in force)" if done.held
@@ -304,15 +309,7 @@ def run_vectors(spark, args, base, honest, pool, owner, ref, tmp, rec) -> None:
 
 def extra_vectors(folder: Path, cache: Path, tag: str, limit: int):
     """Vectors of up to ``limit`` photos of a folder (the committed model), cached: photos the honest set never had."""
-    from contract import read_vectors
-    from edge_client.vectorize import find_photos, vectorize
-    from models import model_path
-
-    f = cache / f"{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]}-{model_path().stem}-{tag}.parquet"
-    if not f.exists():
-        f.parent.mkdir(parents=True, exist_ok=True)
-        vectorize(find_photos([folder])[:limit], f, model_path=model_path(), progress=False, client_id="extra")
-    return read_vectors(f)
+    return cached_vectors(folder, cache, tag, "extra", limit)
 
 
 def influence_cases(honest, pool, args) -> dict:
