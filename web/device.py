@@ -124,9 +124,11 @@ class Browser:
     def _close(self) -> None:
         raise NotImplementedError
 
-    def open(self, url: str, *, timeout_s: float = 120) -> "Phone":
+    def open(self, url: str, *, timeout_s: float = 120, ready: bool = True) -> "Phone":
+        """The page at ``url``, once the app has started (``ready``; any other page: at once)."""
         phone = Phone(self._tab(url), self.engine)
-        phone.wait_ready(timeout_s)
+        if ready:
+            phone.wait_ready(timeout_s)
         return phone
 
     def set_offline(self, offline: bool) -> None:
