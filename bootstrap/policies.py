@@ -11,7 +11,7 @@ Documents:
   ``raw/``, with keys of the exact shape the edge client writes (IAM's ``?`` is one character: a 64-character
   fingerprint, a 32-character content name); ``GetObject`` of models and published projections; no list;
 - ``edge-uploader``: the same for a laptop's static key, without the per-device folder (a static key is
-  shared: it is the less safe choice, see the README);
+  shared: it is the less safe choice, see docs/aws.md);
 - ``bucket-policy``: every request without TLS denied; in the device areas, a creation without
   ``If-None-Match`` (``PutObject`` or ``CompleteMultipartUpload``; the multipart parts are exempted with
   ``s3:ObjectCreationOperation``) denied for everyone: no overwrite, ever; and a key with more ``/`` than its
@@ -164,7 +164,7 @@ def policy_documents(bucket: str, prefix: str = "", *, pool_id: str = POOL_PLACE
 def bucket_settings() -> dict:
     """The bucket's hardening besides its policy: block public access, encrypt at rest, owner owns objects,
     abort incomplete multipart uploads after a few days. Raw photos do not expire: they are the only copy of
-    what those devices saw, and featurizing them again is how a new model reaches them (README, *Lifecycle*)."""
+    what those devices saw, and featurizing them again is how a new model reaches them (docs/aws.md, *Lifecycle*)."""
     rules = [{"ID": "fruits-abort-incomplete-multipart", "Status": "Enabled", "Filter": {"Prefix": ""},
               "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": MULTIPART_DAYS}}]
     return {

@@ -10,7 +10,7 @@ copied) on the same ``.tflite`` the devices use. So a photo gets the same vector
   interpreter per Python worker (cached across tasks), one interpreter thread by default because Spark
   already runs one task per core.
 - Arrow batches of photos are bounded (``batch_rows``, default 32) so a worker holds at most that many
-  photos' bytes at once; see the README for memory per worker.
+  photos' bytes at once; see docs/benchmarks.md (server-side featurization) for memory per worker.
 - Photos that cannot be decoded become rejects with their path and reason; the run goes on.
 """
 from __future__ import annotations

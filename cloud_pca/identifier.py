@@ -1,7 +1,7 @@
 """What ``publish`` fits for the devices to identify a fruit: per-label prototypes in a whitened cosine space, and
 "unknown" / "not sure" thresholds calibrated on rows held out by film (:class:`contract.projection.ReferenceIndex`).
 
-Chosen by measurement on real Fruits-360 photos (``./run bench identify``; the README has the table). On the same
+Chosen by measurement on real Fruits-360 photos (``./run bench identify``; docs/benchmarks.md has the table). On the same
 32 components, against a nearest centroid per label (what was published before) and 1-NN among all rows:
 
 - **cosine, not Euclidean**: with thresholds that refuse the same share of held-out known photos, a cosine

@@ -1,7 +1,7 @@
 """Who moves the components, and how far: anonymous identities whose rows pull a component out of all proportion to
 their number are set aside before the fit is written (kept in the bucket, listed, reversible by the operator).
 
-Why (README, *Threat model*): one anonymous identity sent 3 vectors shifted 5 standard deviations in the columns where
+Why (docs/trust.md): one anonymous identity sent 3 vectors shifted 5 standard deviations in the columns where
 photos vary least. Standardized, such a row weighs thousands of ordinary rows along one direction: it became a top-10
 component, ``publish`` held the whole refresh (the turn rule), and since the rows stayed counted, the next days' honest
 refreshes were held too. A rule that holds everything is a lever for anyone; so the rows that make such a component

@@ -363,15 +363,9 @@ def _projected_schema():
                       ("residual", pa.float64())])
 
 
-def _project_files(options, indices, paths, dim, select, model_sha256, params, left_out, label_col, owners=None):
-    """Pass 2 over some files: their fitted rows of ``model_sha256`` but ``left_out`` ones, projected with
-    ``params`` (mean, inverse scale, components transposed, model id), as Arrow batches of PROJECTED_DDL."""
-    import pyarrow as pa
-
-    from contract.vectors import features_array, features_matrix
-
-    mean, inv, comps_t, model_id = params
-    schema = _projected_schema()
+def _fitted(options, indices, paths, dim, select, model_sha256, left_out, owners=None):
+    """(file index, table) of the fitted rows of ``model_sha256`` in some files, but ``left_out`` ones: what both
+    passes after the fit read (the projection, the identities' energies)."""
     for idx in indices:
         start = 0
         for batch in _batches(options, paths[idx]):
@@ -381,18 +375,29 @@ def _project_files(options, indices, paths, dim, select, model_sha256, params, l
             keep &= ~np.isin(rid(idx, np.arange(start, start + table.num_rows)), left_out)
             start += table.num_rows
             take = np.flatnonzero(keep)
-            if not len(take):
-                continue
-            t = table.take(take)
-            z = (features_matrix(t.column("features")) - mean) * inv
-            y = z @ comps_t
-            residual = np.clip((z * z).sum(axis=1) - (y * y).sum(axis=1), 0.0, None)
-            label = (t.column(label_col).combine_chunks().cast(pa.string()) if label_col in t.column_names
-                     else pa.nulls(len(take), pa.string()))
-            yield pa.RecordBatch.from_arrays([
-                t.column("image_id").combine_chunks(), label, t.column("client_id").combine_chunks(),
-                t.column("source").combine_chunks(), features_array(y),
-                pa.array([model_id] * len(take), pa.string()), pa.array(residual, pa.float64())], schema=schema)
+            if len(take):
+                yield idx, table.take(take)
+
+
+def _project_files(options, indices, paths, dim, select, model_sha256, params, left_out, label_col, owners=None):
+    """Pass 2 over some files: their fitted rows of ``model_sha256`` but ``left_out`` ones, projected with
+    ``params`` (mean, inverse scale, components transposed, model id), as Arrow batches of PROJECTED_DDL."""
+    import pyarrow as pa
+
+    from contract.vectors import features_array, features_matrix
+
+    mean, inv, comps_t, model_id = params
+    schema = _projected_schema()
+    for _, t in _fitted(options, indices, paths, dim, select, model_sha256, left_out, owners):
+        z = (features_matrix(t.column("features")) - mean) * inv
+        y = z @ comps_t
+        residual = np.clip((z * z).sum(axis=1) - (y * y).sum(axis=1), 0.0, None)
+        label = (t.column(label_col).combine_chunks().cast(pa.string()) if label_col in t.column_names
+                 else pa.nulls(t.num_rows, pa.string()))
+        yield pa.RecordBatch.from_arrays([
+            t.column("image_id").combine_chunks(), label, t.column("client_id").combine_chunks(),
+            t.column("source").combine_chunks(), features_array(y),
+            pa.array([model_id] * t.num_rows, pa.string()), pa.array(residual, pa.float64())], schema=schema)
 
 
 def project(spark, found, model_sha256: str, pca, excluded: np.ndarray, *, label_col: str = "label"):
@@ -430,23 +435,11 @@ def _energy_files(options, indices, paths, dim, select, model_sha256, params, le
 
     mean, inv, comps_t = params
     out: dict = {}
-    for idx in indices:
-        start = 0
-        for batch in _batches(options, paths[idx]):
-            table, reasons = _conformed(batch, paths[idx], dim, select, owners[idx] if owners else None)
-            shas = np.asarray(table.column("model_sha256").to_numpy(zero_copy_only=False), dtype=object)
-            keep = (reasons == None) & (shas == model_sha256)   # noqa: E711
-            keep &= ~np.isin(rid(idx, np.arange(start, start + table.num_rows)), left_out)
-            start += table.num_rows
-            take = np.flatnonzero(keep)
-            if not len(take):
-                continue
-            t = table.take(take)
-            who = (np.full(len(take), owners[idx], dtype=object) if owners and owners[idx] is not None
-                   else _source_owner(t.column("source").to_numpy(zero_copy_only=False)))
-            anon = np.array([bool(anonymous[idx]) or is_anonymous(o) for o in who], bool)
-            if not anon.any():
-                continue
+    for idx, t in _fitted(options, indices, paths, dim, select, model_sha256, left_out, owners):
+        who = (np.full(t.num_rows, owners[idx], dtype=object) if owners and owners[idx] is not None
+               else _source_owner(t.column("source").to_numpy(zero_copy_only=False)))
+        anon = np.array([bool(anonymous[idx]) or is_anonymous(o) for o in who], bool)
+        if anon.any():
             y = ((features_matrix(t.column("features")) - mean) * inv) @ comps_t
             add_energies(out, energies(list(who), anon, y, m))
     return out

@@ -1,4 +1,4 @@
-"""Who may move the shared model, and how much: the job's trust model for contributions (README, "Threat model").
+"""Who may move the shared model, and how much: the job's trust model for contributions (docs/trust.md).
 
 Anyone with the web app's address gets an anonymous Cognito identity that may write vectors, as many identities as
 they like. The rules, applied on every path (pca full and incremental, in Spark tasks or in the driver):

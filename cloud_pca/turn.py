@@ -1,7 +1,7 @@
 """How far a publish would turn what phones project onto, and whether it is held for the operator.
 
 Every refresh refits the components on everything counted; the anonymous tier's rows are in that fit. What bounds
-their influence is stated and checked at ``publish`` (README, *Threat model*):
+their influence is stated and checked at ``publish`` (docs/trust.md):
 
 - **The turn measured**: the largest angle between one of the new top-:data:`TURN_COMPONENTS` components and the
   subspace the projection in force publishes (its k components, 32 in the chains): how far the new components leave

@@ -28,14 +28,14 @@ counts only where the system can check it, and its weight is bounded:
    heaviest identities first.
 6. **A fruit no trusted row shows takes several identities**: its rows count only when at least
    :data:`NEW_FRUIT_IDENTITIES` identities with earned weight send it (so adding a fruit, or renaming one the trusted
-   fit cannot see, takes that many identities, each with :data:`PRIOR` right labels first, README *Threat model*),
+   fit cannot see, takes that many identities, each with :data:`PRIOR` right labels first, docs/trust.md),
    or when the operator has accepted the label (``fruits-cloud contributions --accept-label``: then one identity with
    earned weight is enough).
 7. **At most** :data:`contract.labels.MAX_LABELS` labels in an index (the most trusted rows first).
 
 What it bounds: label swaps from any number of new identities count for nothing, and identities that earned their
 weight cannot tip a close call; they can still add rows where the trusted fit already leans wrong (reinforcing its
-mistakes), or label a fruit it does not know, within the per-label bound (README, *Threat model*).
+mistakes), or label a fruit it does not know, within the per-label bound (docs/trust.md).
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ import argparse
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,15 +123,18 @@ def published_root(tmp: Path) -> tuple[Path, object]:
 
 def phones(root: Path, projection, engines: list[str], photo: Path, lang_photos: dict) -> list[Path]:
     """The app at a phone's size in each engine and language, answering ``photo``."""
+    import os
+
     import boto3
 
     from bootstrap.policies import bucket_cors
-    from demo.s3server import LocalS3
+    from demo.s3server import TEST_CREDENTIALS, LocalS3
     from web.build import build
     from web.device import browser
     from web.server import WebServer, page_config
 
     written = []
+    os.environ.update(TEST_CREDENTIALS, AWS_EC2_METADATA_DISABLED="true")   # the local server takes any; never real ones
     with LocalS3(mode="process") as s3server:
         s3 = boto3.client("s3", endpoint_url=s3server.endpoint_url, region_name="us-east-1")
         s3.create_bucket(Bucket="pictures")
@@ -149,6 +153,7 @@ def phones(root: Path, projection, engines: list[str], photo: Path, lang_photos:
                                        "s.dispatchEvent(new Event('change')); }", lang)
                         assert phone.wait_published() == projection.projection_id
                         phone.pick([lang_photos.get(lang, photo)])
+                        phone.wait_for("!document.getElementById('take').disabled", 60, "the pick to finish")
                         out = IMG / f"phone-{engine}-{lang}.png"
                         phone.screenshot(out, full_page=False)
                         written.append(out)
@@ -164,8 +169,9 @@ def report_3d(report: Path) -> Path:
     with tempfile.TemporaryDirectory() as profile, browser("chromium", profile,
                                                            viewport={"width": 1000, "height": 760}) as b:
         page = b.open(report.resolve().as_uri(), timeout_s=60, ready=False)
-        page.wait_for("document.querySelector('.js-plotly-plot')", 60, "the 3-D view")
-        page.evaluate("() => document.querySelector('.js-plotly-plot').scrollIntoView()")
+        page.wait_for("document.getElementById('pca3d') && document.getElementById('pca3d').data", 60, "the 3-D view")
+        page.evaluate("() => document.getElementById('pca3d').scrollIntoView({block: 'start'})")
+        time.sleep(2)   # WebGL draws after the layout settles
         page.screenshot(out, full_page=False)
     return out
 

@@ -3,7 +3,7 @@
 One SQLite file per device, keyed by **endpoint, bucket and root**: the same bucket name on another endpoint
 (a local server, another S3-compatible store) is another destination. The manifest is a cache of S3's
 answers, never the truth: ``--recheck`` ignores it and re-sends every object conditionally (S3 answers 412
-for what it has), and a lost or deleted manifest only costs those conditional PUTs (see the README for
+for what it has), and a lost or deleted manifest only costs those conditional PUTs (see docs/edge.md for
 what a lost manifest costs when photos were added meanwhile).
 """
 from __future__ import annotations

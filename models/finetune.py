@@ -1,6 +1,6 @@
 """Fine-tune MobileNetV2's top blocks on fruit photos, so that its 1280-d vectors carry to photos out of the lab.
 
-Chosen by measurement (README, *Models*; ``./run bench identify``): the stand-in's features (ImageNet, with blocks
+Chosen by measurement (docs/models.md; ``./run bench identify``): the stand-in's features (ImageNet, with blocks
 13-16 tuned on dog breeds) named 72.9% of shop photos' species right by 1-NN on shop references and 14% from lab
 references. What is trained, on 2 CPU cores in minutes:
 

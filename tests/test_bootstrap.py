@@ -44,10 +44,10 @@ def test_access_matrix_is_the_layout_tables(tmp_path):
     assert matrix["device (its own client= folder)"] == device
     assert matrix["device (another device's folder)"] == {**device, "vectors": "", "projected": "", "raw": ""}
     assert matrix["laptop uploader (static key)"] == device
-    # The README shows exactly this matrix.
-    readme = (ROOT / "README.md").read_text()
-    assert policies.matrix_markdown(policies.EXAMPLE_BUCKET, "fruits") in readme, \
-        "README: paste `python -m bootstrap.policies --prefix fruits` 's matrix"
+    # The manual's page on AWS shows exactly this matrix.
+    page = (ROOT / "docs" / "aws.md").read_text()
+    assert policies.matrix_markdown(policies.EXAMPLE_BUCKET, "fruits") in page, \
+        "docs/aws.md: paste `python -m bootstrap.policies --prefix fruits` 's matrix"
     docs = policies.policy_documents(BUCKET, "team")
     key = f"arn:aws:s3:::{BUCKET}/team/vectors/x.parquet"
     assert policies.allowed(docs["emr-instance-profile"], docs["bucket-policy"], "s3:GetObject", key)

@@ -282,7 +282,7 @@ export function results(app, batch) {
   thumbUrls = [];
   $('progress').hidden = true;
   const n = batch.rows.length;
-  status(t('vectorized', {n, s: i18n.number(batch.seconds)}).replace(/\.$/, '') +
+  status(t('vectorized', {n, s: i18n.number(batch.seconds, batch.seconds < 1 ? 2 : 1)}).replace(/\.$/, '') +
          (batch.rejects.length ? ` · ${t('unread', {n: batch.rejects.length})}` : '') + '.', n ? 'ok' : 'warn');
   renderAnswer(app);
   const catalog = app.published && app.published.catalog;
