@@ -317,10 +317,10 @@ def catalog_published(real_published, tmp_path_factory):
 def test_the_answer_shows_its_fruits_card_in_english_and_french_and_offline(engine, catalog_published, web_dist,
                                                                             tmp_path):
     """A real photo of a kaki, identified in the page: under the answer, the fruit's card (names, variety, description,
-    season, keeping, nutrition with its source) in English, and in French when chosen; hostile catalog text is shown
-    as text (no element made of it, nothing run). Then the bucket and the app's own server are gone (offline): the
-    next visit still identifies and shows the card, from what the first kept. A never-sent fruit (a walnut) gets no
-    card."""
+    season, keeping, nutrition with its source: USDA SR28, as IFCT 2017 has no persimmon) in English, and in French
+    when chosen; hostile catalog text is shown as text (no element made of it, nothing run). Then the bucket and the
+    app's own server are gone (offline): the next visit still identifies and shows the card, from what the first kept.
+    A never-sent fruit (a walnut) gets no card."""
     require_browser(engine)
     import boto3
 
@@ -376,7 +376,10 @@ def test_the_answer_shows_its_fruits_card_in_english_and_french_and_offline(engi
     assert en["elements"] == 0 and en["title"] != "owned", "catalog text is text, never markup"
     assert fr["description"].startswith("Le fruit orange d'un arbre d'Asie de l'Est")
     assert "Season: Autumn and early winter" in en["text"] and "Saison\u00a0: Automne" in fr["text"]
-    assert en["nutrition"] == [] and "Sources" in en["text"], "IFCT 2017 has no persimmon: no nutrition shown"
+    # IFCT 2017 has no persimmon: its values come from USDA SR28, and the card says so
+    assert en["nutrition"] == ["energy_kj", "water_g", "sugars_g", "fibre_g", "vitamin_c_mg", "potassium_mg"], en
+    assert "09263 PERSIMMONS, JAPANESE, RAW" in en["text"] and "USDA National Nutrient Database" in en["text"], en
+    assert fr["nutrition"] == en["nutrition"] and "Sources" in en["text"], fr
     assert seen["offline"]["fruit"] == "persimmon" and seen["offline"]["description"] == fr["description"]
 
 
