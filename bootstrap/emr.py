@@ -368,11 +368,12 @@ def estimate_cost(spec: ClusterSpec, *, vectors: int, raw_photos: int = 0, hours
 
 # --------------------------------------------------------------------------------------- AWS operations
 def code_zip() -> bytes:
-    """The job's packages as a zip for ``--py-files`` (no tests, no models, no caches)."""
+    """The job's packages as a zip for ``--py-files`` (no tests, no models, no caches): their modules and the data
+    files they read (``contract/unicode.json``: the label and catalog rules' Unicode table)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for package in CODE_PACKAGES:
-            for path in sorted((ROOT / package).rglob("*.py")):
+            for path in sorted([*(ROOT / package).rglob("*.py"), *(ROOT / package).rglob("*.json")]):
                 z.write(path, path.relative_to(ROOT).as_posix())
     return buf.getvalue()
 

@@ -154,7 +154,9 @@ def _run(spec: ClusterSpec, steps: list[tuple[str, list[str]]], conf: dict, *, m
         run = StepRun(name, full, proc.returncode, time.perf_counter() - start, proc.stdout, proc.stderr)
         done.steps.append(run)
         if proc.returncode != 0:
-            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-25:])
+            lines = ((proc.stdout or "") + "\n" + (proc.stderr or "")).strip().splitlines()
+            said = [line for line in lines if " INFO " not in line and " WARN " not in line]   # Spark's own log
+            tail = "\n".join((said or lines)[-25:])
             raise RehearsalError(f"step {name!r} failed with exit code {proc.returncode} after "
                                  f"{run.seconds:.0f} s:\n{tail}")
     return done

@@ -100,7 +100,10 @@ def unicode_tables() -> dict:
 @lru_cache(maxsize=1)
 def tables() -> dict:
     """``contract/unicode.json``: the classes both sides judge labels by."""
-    return json.loads(TABLES.read_text(encoding="utf-8"))
+    # through the package's loader, not the file system: on EMR the package is inside the --py-files zip
+    from importlib import resources
+
+    return json.loads(resources.files(__package__).joinpath(TABLES.name).read_text(encoding="utf-8"))
 
 
 def _in(flat: list[int], cp: int) -> bool:
