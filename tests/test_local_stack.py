@@ -291,6 +291,17 @@ def test_run_web_identifies_out_of_the_box_keeps_contributions_and_learns_a_new_
         _stop_web(proc)
 
 
+def real_photos(folder: Path, fruits: tuple, n: int) -> Path:
+    """``folder`` with the first ``n`` real Training frames of each fruit, a folder per fruit."""
+    from conftest import REAL
+
+    for fruit in fruits:
+        (folder / fruit).mkdir(parents=True)
+        for p in sorted((REAL / "Training" / fruit).iterdir())[:n]:
+            (folder / fruit / p.name).write_bytes(p.read_bytes())
+    return folder
+
+
 def _stack_with_objects(folder: Path) -> dict:
     """A stack folder holding a bucket with two objects; returns {key: bytes}."""
     import boto3
@@ -361,13 +372,7 @@ def test_a_refresh_that_loses_the_stack_ends_with_one_error_line(tmp_path):
     line saying what happened and what to do (before: a traceback)."""
     from demo import stack as stack_mod
 
-    photos = tmp_path / "photos"
-    from conftest import REAL
-
-    for fruit in ("Apple Braeburn", "Kaki", "Walnut"):
-        (photos / fruit).mkdir(parents=True)
-        for p in sorted((REAL / "Training" / fruit).iterdir())[:6]:
-            (photos / fruit / p.name).write_bytes(p.read_bytes())
+    photos = real_photos(tmp_path / "photos", ("Apple Braeburn", "Kaki", "Walnut"), 6)
     env = {**os.environ, "FRUITS_LOCAL_STACK": str(tmp_path / "stack"), "PYTHONPATH": str(ROOT)}
     with stack_mod.LocalStack(folder=tmp_path / "stack") as stack:
         stack.ensure([])
@@ -402,17 +407,12 @@ def test_a_held_refresh_says_held_and_exits_with_its_code(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from conftest import REAL
     from contract.errors import EXIT_HELD
     from contract.layout import vectors_object_key
     from contract.vectors import features_matrix, write_table
     from demo import stack as stack_mod
 
-    photos = tmp_path / "photos"
-    for fruit in ("Apple Braeburn", "Kaki", "Walnut", "Mango", "Plum", "Raspberry"):
-        (photos / fruit).mkdir(parents=True)
-        for p in sorted((REAL / "Training" / fruit).iterdir())[:10]:
-            (photos / fruit / p.name).write_bytes(p.read_bytes())
+    photos = real_photos(tmp_path / "photos", ("Apple Braeburn", "Kaki", "Walnut", "Mango", "Plum", "Raspberry"), 10)
     env = {**os.environ, "FRUITS_LOCAL_STACK": str(tmp_path / "stack"), "PYTHONPATH": str(ROOT)}
     with stack_mod.LocalStack(folder=tmp_path / "stack") as stack:
         stack.ensure([])

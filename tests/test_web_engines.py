@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EXACT_COS, FLAGGED_COS, ROOT_PREFIX, require_browser
+from conftest import EXACT_COS, FLAGGED_COS, ROOT_PREFIX, allow_page, cloud_for, require_browser
 from contract.vectors import cosine
 from web.device import ENGINES, browser
 from web.server import WebServer
@@ -322,8 +322,6 @@ def test_the_answer_shows_its_fruits_card_in_english_and_french_and_offline(engi
     app's own server are gone (offline): the next visit still identifies and shows the card, from what the first kept.
     A never-sent fruit (a walnut) gets no card."""
     require_browser(engine)
-    import boto3
-
     from conftest import REAL
     from demo.s3server import LocalS3
 
@@ -332,20 +330,10 @@ def test_the_answer_shows_its_fruits_card_in_english_and_french_and_offline(engi
     walnut = sorted((REAL / "Test" / "Walnut").iterdir())[0]
     seen = {}
     with LocalS3(mode="process") as bucket_server, browser(engine, tmp_path / "profile") as b:
-        s3 = boto3.client("s3", endpoint_url=bucket_server.endpoint_url, region_name="us-east-1")
-        s3.create_bucket(Bucket="card-bucket")
-        for key, data in files.items():
-            s3.put_object(Bucket="card-bucket", Key=key, Body=data)
-        pool = boto3.client("cognito-identity", endpoint_url=bucket_server.endpoint_url, region_name="us-east-1") \
-            .create_identity_pool(IdentityPoolName="cards", AllowUnauthenticatedIdentities=True)["IdentityPoolId"]
-        from bootstrap.policies import bucket_cors
-        from web.server import page_config
-
-        config = page_config(bucket="card-bucket", prefix=ROOT_PREFIX, identity_pool=pool,
-                             endpoint_url=bucket_server.endpoint_url)
-        server = WebServer(web_dist, config).start()
+        cloud = stocked_cloud(bucket_server, "card-bucket", files)
+        server = WebServer(web_dist, cloud["config"]).start()
         try:
-            s3.put_bucket_cors(Bucket="card-bucket", CORSConfiguration=bucket_cors([server.url.rstrip("/")]))
+            allow_page(cloud, server)
             phone = b.open(server.url)
             assert phone.wait_published() == projection.projection_id
             phone.pick([photo, walnut])
@@ -381,6 +369,18 @@ def test_the_answer_shows_its_fruits_card_in_english_and_french_and_offline(engi
     assert "09263 PERSIMMONS, JAPANESE, RAW" in en["text"] and "USDA National Nutrient Database" in en["text"], en
     assert fr["nutrition"] == en["nutrition"] and "Sources" in en["text"], fr
     assert seen["offline"]["fruit"] == "persimmon" and seen["offline"]["description"] == fr["description"]
+
+
+def stocked_cloud(bucket_server, bucket: str, files: dict) -> dict:
+    """A bucket of its own on ``bucket_server`` (which the test may stop: offline) holding ``files`` (key -> bytes),
+    and an identity pool beside it: the page's settings for them."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=bucket_server.endpoint_url, region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    for key, data in files.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=data)
+    return cloud_for(bucket_server.endpoint_url, s3, bucket)
 
 
 def card(phone) -> dict:
@@ -446,8 +446,6 @@ def test_the_page_speaks_one_language_in_every_state(engine, catalog_published, 
     two fruits (the candidates as buttons), unknown, a candidate tapped (its label sent with the vector), a photo
     refused, the bucket gone: no string of the other language anywhere on it."""
     require_browser(engine)
-    import boto3
-
     from conftest import REAL
     from demo.s3server import LocalS3
 
@@ -459,20 +457,10 @@ def test_the_page_speaks_one_language_in_every_state(engine, catalog_published, 
     texts: dict = {}
     sent: dict = {}
     with LocalS3(mode="process") as bucket_server, browser(engine, tmp_path / "profile") as b:
-        s3 = boto3.client("s3", endpoint_url=bucket_server.endpoint_url, region_name="us-east-1")
-        s3.create_bucket(Bucket="lang-bucket")
-        for key, data in files.items():
-            s3.put_object(Bucket="lang-bucket", Key=key, Body=data)
-        pool = boto3.client("cognito-identity", endpoint_url=bucket_server.endpoint_url, region_name="us-east-1") \
-            .create_identity_pool(IdentityPoolName="lang", AllowUnauthenticatedIdentities=True)["IdentityPoolId"]
-        from bootstrap.policies import bucket_cors
-        from web.server import page_config
-
-        config = page_config(bucket="lang-bucket", prefix=ROOT_PREFIX, identity_pool=pool,
-                             endpoint_url=bucket_server.endpoint_url)
-        server = WebServer(web_dist, config).start()
+        cloud = stocked_cloud(bucket_server, "lang-bucket", files)
+        server = WebServer(web_dist, cloud["config"]).start()
         try:
-            s3.put_bucket_cors(Bucket="lang-bucket", CORSConfiguration=bucket_cors([server.url.rstrip("/")]))
+            allow_page(cloud, server)
             for lang in ("fr", "en"):
                 phone = b.open(server.url)
                 phone.evaluate("(l) => { const s = document.getElementById('lang'); s.value = l; "
@@ -505,7 +493,7 @@ def test_the_page_speaks_one_language_in_every_state(engine, catalog_published, 
                     phone.evaluate("() => document.querySelector('#answer [data-candidate]').click()")
                     phone.wait_for("fruits.current.queued", 30, "the choice queued")
                     phone.wait_uploaded()
-                    sent[lang] = sent_label(s3, "lang-bucket", hashlib.sha256(walnut.read_bytes()).hexdigest())
+                    sent[lang] = sent_label(cloud["s3"], "lang-bucket", hashlib.sha256(walnut.read_bytes()).hexdigest())
                 seen["chosen"] = body()
                 chosen = phone.attribute("#answer .chosen", "data-chosen")
                 phone.pick([bad])
