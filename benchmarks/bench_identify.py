@@ -181,7 +181,7 @@ def main() -> int:
     from cloud_pca.catalog import seed_bytes
     from cloud_pca.spark import get_spark
     from contract.catalog import Catalog
-    from edge_client.project import Published, figures, identify_features
+    from edge_client.project import Published, figures, identify_features, lab_film_seen
     from models import model_path
     from featurizer.runtime import Model
 
@@ -192,6 +192,9 @@ def main() -> int:
 
     rec = Recorder("identify", args.out)
     sha = Model(model_path(), threads=1).sha256
+    seen = lab_film_seen(args.lab_film)
+    if seen:
+        print(f"WARNING: {seen}: the lab figures below are not film-disjoint", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-identify-") as t:
         tmp = Path(t)
         train, s_train = timed("vectorize train", lambda: vectors(args.train, tmp / "train.parquet", args.lab_film))
@@ -234,7 +237,7 @@ def main() -> int:
                         row = {"measure": "identify", "round": r, "set": name, "k": projection.k,
                                "withheld": ";".join(withheld), "known_classes": len(known), "test_photos": len(at),
                                "download_bytes": download, "python_ms_per_photo": round(py_ms, 4),
-                               "calibration": index.calibration}
+                               "calibration": index.calibration, "lab_film_seen_by_model": bool(seen)}
                         for level, f in figures(rows, known, species_of).items():
                             row.update({f"{level}_{key}": v for key, v in f.items()})
                         row.update(baselines(train["x"][keep], train["label"][keep], test["x"][at], test["label"][at],
@@ -319,8 +322,15 @@ def pct(v) -> str:
     return "-" if v is None else f"{v:.1%}"
 
 
+def film_seen(row: dict) -> bool:
+    """The row is a lab set and the model's fine-tuning trained on the film its test keeps
+    (``edge_client.project.lab_film_seen``)."""
+    return bool(row.get("lab_film_seen_by_model")) and row["set"].startswith(LAB)
+
+
 def show(row: dict) -> None:
-    print(f"  {row['set']} (k={row['k']}, {row['test_photos']} photos):")
+    print(f"  {row['set']} (k={row['k']}, {row['test_photos']} photos)"
+          + (" NOT FILM-DISJOINT: the model's fine-tuning saw this film" if film_seen(row) else "") + ":")
     for level in ("label", "species"):
         print(f"    {level}: known ({row[f'{level}_known_photos']}) named right {pct(row[f'{level}_named_right'])}, wrong "
               f"{pct(row[f'{level}_wrong'])}, unknown {pct(row[f'{level}_unknown'])}, not sure "
@@ -348,7 +358,8 @@ def summarize(rows: list[dict]) -> None:
                 vals = [r.get(key) for r in sel if r.get(key) is not None]
                 cells.append("-" if not vals else pct(statistics.mean(vals)) +
                              (f" ({pct(min(vals))})" if len(vals) > 1 else ""))
-            print(f"| {name} | {k} | " + " | ".join(cells) + " |")
+            seen = " (film seen in fine-tuning)" if any(map(film_seen, sel)) else ""
+            print(f"| {name}{seen} | {k} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

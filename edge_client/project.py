@@ -257,6 +257,21 @@ def film_split(folder: Path, film: str = LAB_FILM, test: bool = False):
     return (lambda name: name.startswith(film)) if test else (lambda name: not name.startswith(film))
 
 
+def lab_film_seen(film: str = LAB_FILM) -> str:
+    """Why a lab test of ``film`` is not film-disjoint for the model in use, "" when it is: the index never sees the
+    test's film, but a backbone fine-tuned on that film's Fruits-360 Training frames has seen its fruit turning (the
+    model card's ``fine_tuned``: its folders, and the film it dropped)."""
+    from contract.card import load_model_card
+    from models import model_path
+
+    tuned = load_model_card(model_path()).weights.get("fine_tuned") or {}
+    if not film or not any("fruits360" in str(f) for f in tuned.get("folders", ())) \
+            or tuned.get("dropped_film") == film:
+        return ""
+    return (f"the model's fine-tuning trained on the Fruits-360 Training frames of film {film!r}, the film the lab "
+            f"test keeps")
+
+
 def species(label: str) -> str:
     """A label's species when nothing better is known: its first word (Fruits-360's varieties: "Apple Red 2" ->
     "Apple"). The catalog knows better (``Catalog.species``: "Granny-Smith" -> "apple"), and a published index

@@ -36,6 +36,9 @@ def build_parser():
                         help="a class folder the fine-tuning never sees (repeatable: never-sent fruits are measured "
                              "on them)")
     parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default 6)")
+    parser.add_argument("--drop-film", default="", metavar="PREFIX",
+                        help="a Fruits-360 film the fine-tuning never sees (r_: the film the lab benchmark tests on, "
+                             "for a model it can measure film-disjoint; default: every frame, as the shipped model)")
     return parser
 
 
@@ -50,7 +53,7 @@ def cmd_export(args) -> int:
         print(f"fine-tuning the top blocks on {', '.join(map(str, args.fine_tune))} "
               f"(held out: {', '.join(args.hold_out) or 'none'}) -> {top}", flush=True)
         fine_tune(args.weights, args.fine_tune, top, input_size=args.input_size, hold_out=args.hold_out,
-                  epochs=args.epochs or EPOCHS)
+                  epochs=args.epochs or EPOCHS, drop_film=args.drop_film)
     for r in export_models(args.weights, input_size=args.input_size, out_dir=args.out,
                            precisions=args.precision or ("fp32", "fp16", "int8"), calibration_dir=args.calibration,
                            parity_dir=args.parity, top_weights=top):

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
+from edge_client.project import film_split
 from models.export import ExportError
 
 log = logging.getLogger(__name__)
@@ -46,19 +47,25 @@ class Photo:
     label: str
 
 
-def training_photos(folders: Sequence[str | Path], hold_out: Sequence[str] = ()) -> list[Photo]:
+def training_photos(folders: Sequence[str | Path], hold_out: Sequence[str] = (), drop_film: str = "") -> list[Photo]:
     """The photos of class folders (``<folder>/<label>/<photo>``), labels from the class folder, sorted; classes in
-    ``hold_out`` left out (the backbone must never see them: ``never sent`` is measured on them)."""
+    ``hold_out`` left out (the backbone must never see them: ``never sent`` is measured on them), and in a Fruits-360
+    folder the frames of ``drop_film`` (the film the lab benchmarks test on: Fruits-360's Test frames are other frames
+    of its Training films, so a backbone trained on that film's Training frames has seen the test's fruit turning;
+    ``edge_client.project.film_split``; "" keeps every frame, as the shipped model does: a model the lab benchmark
+    measures film-disjoint drops :data:`edge_client.project.LAB_FILM`)."""
     from featurizer.preprocess import IMAGE_EXTENSIONS
 
     out = []
     for folder in map(Path, folders):
         if not folder.is_dir():
             raise ExportError(f"--fine-tune {folder}: not a folder of class folders")
+        keep = film_split(folder, drop_film) or (lambda name: True)
         for cls in sorted(d for d in folder.iterdir() if d.is_dir()):
             if cls.name in hold_out:
                 continue
-            out += [Photo(p, cls.name) for p in sorted(cls.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
+            out += [Photo(p, cls.name) for p in sorted(cls.iterdir())
+                    if p.suffix.lower() in IMAGE_EXTENSIONS and keep(p.name)]
     if not out:
         raise ExportError(f"--fine-tune {', '.join(map(str, folders))}: no photos in class folders")
     return out
@@ -158,12 +165,12 @@ def trained_weights(top, frozen_to: int = 14) -> dict[str, np.ndarray]:
 
 def fine_tune(weights: str, folders: Sequence[str | Path], out: str | Path, *, input_size: int = 160,
               hold_out: Sequence[str] = (), epochs: int = EPOCHS, copies: int = AUGMENT, seed: int = 0,
-              progress=None) -> Path:
+              drop_film: str = "", progress=None) -> Path:
     """Train the top blocks on ``folders``' photos and write the trained weights to ``out`` (an ``.npz`` with its
     meta: base weights, photos, classes held out, training figures)."""
     from models.export import build_extractor
 
-    photos = training_photos(folders, hold_out)
+    photos = training_photos(folders, hold_out, drop_film)
     base = build_extractor(weights, input_size)
     lower, top = lower_and_top(base)
     log.info("fine-tuning on %d photos of %d classes (%d augmented copies each)", len(photos),
@@ -174,6 +181,7 @@ def fine_tune(weights: str, folders: Sequence[str | Path], out: str | Path, *, i
     digest = hashlib.sha256("\n".join(f"{p.label}/{p.path.name}" for p in photos).encode()).hexdigest()[:16]
     meta = {"base": str(weights), "input_size": input_size, "cut": CUT, "photos": len(photos),
             "folders": [str(f) for f in folders], "photos_digest": digest, "held_out": sorted(hold_out),
+            "dropped_film": drop_film,
             "augmented_copies": copies, "seed": seed, "label_smoothing": LABEL_SMOOTHING,
             "learning_rate": LEARNING_RATE, **did}
     out = Path(out)

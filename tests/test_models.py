@@ -179,3 +179,43 @@ def test_snapped_weights_are_exactly_what_the_int8_converter_stores(tmp_path):
     for e in expected:
         same = [s for s in stored if s.shape == e.shape and np.allclose(s, e, rtol=1e-5, atol=1e-7)]
         assert same, f"no stored int8 weights equal the snapped {e.shape} weights"
+
+
+def test_fine_tuning_can_leave_out_the_film_the_lab_benchmark_tests_on(tmp_path):
+    """Fruits-360's Test frames are other frames of its Training films: a model the lab benchmark measures
+    film-disjoint is fine-tuned without the Training frames of the film the test keeps (``--drop-film r_``); shop
+    folders are kept whole, and by default every frame is kept (the shipped model)."""
+    from edge_client.project import LAB_FILM
+    from models.finetune import training_photos
+
+    for folder, names in (("fruits360/Training/Kiwi", ("0_100.jpg", "r_0_100.jpg", "r_12_100.jpg", "5_100.jpg")),
+                          ("grocery/train/Kiwi", ("r_1.jpg", "Kiwi_001.jpg"))):
+        (tmp_path / folder).mkdir(parents=True)
+        for name in names:
+            (tmp_path / folder / name).write_bytes(b"x")
+    folders = [tmp_path / "fruits360" / "Training", tmp_path / "grocery" / "train"]
+    dropped = training_photos(folders, drop_film=LAB_FILM)
+    assert [p.path.name for p in dropped] == ["0_100.jpg", "5_100.jpg", "Kiwi_001.jpg", "r_1.jpg"]
+    assert len(training_photos(folders)) == 6
+
+
+def test_a_lab_test_on_a_film_the_fine_tuning_saw_is_said(tmp_path, monkeypatch):
+    """The shipped model's card shows its fine-tuning trained on every Fruits-360 Training frame: the lab test's film
+    is named as seen; a card that dropped that film (``--drop-film r_``), or a model never fine-tuned on lab frames, is
+    film-disjoint."""
+    import json
+    import shutil
+
+    from edge_client.project import LAB_FILM, lab_film_seen
+
+    assert LAB_FILM in lab_film_seen()
+    model = MODELS / "mobilenetv2_160_int8.tflite"
+    card = json.loads(model.with_suffix(".json").read_text())
+    shutil.copy(model, tmp_path / model.name)
+    monkeypatch.setenv("FRUITS_MODEL", str(tmp_path / model.name))
+    for tuned, seen in (({"dropped_film": LAB_FILM}, False), ({"dropped_film": ""}, True),
+                        ({"folders": ["../shared/data/grocery/train"]}, False)):
+        card["weights"]["fine_tuned"].update(tuned)
+        (tmp_path / model.with_suffix(".json").name).write_text(json.dumps(card))
+        assert bool(lab_film_seen()) is seen, tuned
+    assert lab_film_seen("") == ""
