@@ -17,6 +17,7 @@ from contract.layout import catalog_key, index_key, latest_projection_key, proje
 from contract.projection import NOT_SURE, UNKNOWN, Answer, Pointer, Projection, ReferenceIndex, read_pointer
 from contract.vectors import PROJECTION_COLUMN, features_array, features_matrix, file_metadata, parquet_options
 from edge_client.vectorize import UserError
+from featurizer.preprocess import LAB_FILM, film_split  # noqa: F401  (the split's home; callers import it here too)
 
 
 class Published:
@@ -241,20 +242,6 @@ def never_sent(labels, n: int, seed: int = 0) -> list[str]:
         return []
     return sorted(str(f) for f in np.random.RandomState(seed).choice(fruits, size=min(n, max(0, len(fruits) - 2)),
                                                                      replace=False))
-
-
-LAB_FILM = "r_"   # the Fruits-360 film a lab test keeps and its training drops
-
-
-def film_split(folder: Path, film: str = LAB_FILM, test: bool = False):
-    """Which photos of a folder a film-disjoint split keeps, by file name (None: all). Fruits-360's photos are frames
-    of films of each fruit turning (``N_100.jpg``, ``r_N_100.jpg``, ``r2_N_100.jpg``: three films) and its Test frames
-    are other frames of Training's films: in a Fruits-360 folder (``fruits360/...``), training drops the frames of
-    ``film`` and the test keeps only them, so no film is on both sides. Other folders (the shop photos: the dataset's
-    own train and val splits) are kept whole."""
-    if not film or not Path(folder).parent.name.startswith("fruits360"):
-        return None
-    return (lambda name: name.startswith(film)) if test else (lambda name: not name.startswith(film))
 
 
 def lab_film_seen(film: str = LAB_FILM) -> str:

@@ -38,6 +38,21 @@ DEFAULT_MAX_PIXELS = 120_000_000  # a 108 MP phone photo passes; bigger headers 
 MAX_PHOTO_BYTES = 64 * 2**20      # a photo file's bytes at most (a 108 MP JPEG is ~30 MB): larger files are not read
 # Photo formats: what phones and cameras save (HEIC is an iPhone camera's default; AVIF newer Androids').
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".gif")
+
+LAB_FILM = "r_"   # the Fruits-360 film a lab test keeps and its training drops
+
+
+def film_split(folder: str | os.PathLike, film: str = LAB_FILM, test: bool = False):
+    """Which photos of a folder a film-disjoint split keeps, by file name (None: all). Fruits-360's photos are frames
+    of films of each fruit turning (``N_100.jpg``, ``r_N_100.jpg``, ``r2_N_100.jpg``: three films) and its Test frames
+    are other frames of Training's films: in a Fruits-360 folder (``fruits360/...``), training drops the frames of
+    ``film`` and the test keeps only them, so no film is on both sides. Other folders (the shop photos: the dataset's
+    own train and val splits) are kept whole."""
+    if not film or not os.path.basename(os.path.dirname(os.path.abspath(folder))).startswith("fruits360"):
+        return None
+    return (lambda name: name.startswith(film)) if test else (lambda name: not name.startswith(film))
+
+
 # Known image formats that are not photos: refused with a reason (never skipped silently).
 NOT_PHOTOS = {".svg": "an SVG is a vector drawing, not a photo: export it as JPEG or PNG",
               ".svgz": "an SVG is a vector drawing, not a photo: export it as JPEG or PNG",

@@ -27,7 +27,6 @@ from typing import Sequence
 
 import numpy as np
 
-from edge_client.project import film_split
 from models.export import ExportError
 
 log = logging.getLogger(__name__)
@@ -52,9 +51,9 @@ def training_photos(folders: Sequence[str | Path], hold_out: Sequence[str] = (),
     ``hold_out`` left out (the backbone must never see them: ``never sent`` is measured on them), and in a Fruits-360
     folder the frames of ``drop_film`` (the film the lab benchmarks test on: Fruits-360's Test frames are other frames
     of its Training films, so a backbone trained on that film's Training frames has seen the test's fruit turning;
-    ``edge_client.project.film_split``; "" keeps every frame, as the shipped model does: a model the lab benchmark
-    measures film-disjoint drops :data:`edge_client.project.LAB_FILM`)."""
-    from featurizer.preprocess import IMAGE_EXTENSIONS
+    ``featurizer.preprocess.film_split``; "" keeps every frame, as the shipped model does: a model the lab benchmark
+    measures film-disjoint drops :data:`featurizer.preprocess.LAB_FILM`)."""
+    from featurizer.preprocess import IMAGE_EXTENSIONS, film_split
 
     out = []
     for folder in map(Path, folders):
