@@ -62,7 +62,7 @@ def vectors(folders: list[Path], out: Path, film: str = "", test: bool = False) 
     import pyarrow.parquet as pq
 
     from contract.vectors import features_matrix
-    from edge_client.project import film_split
+    from featurizer.preprocess import film_split
     from edge_client.vectorize import find_photos, vectorize
     from models import model_path
 

@@ -269,7 +269,7 @@ class Demo:
         return result
 
     def photos(self) -> dict[str, int]:
-        from edge_client.project import film_split
+        from featurizer.preprocess import film_split
         from web.device import have_browser
 
         if self.args.photos:

@@ -17,7 +17,7 @@ from contract.layout import catalog_key, index_key, latest_projection_key, proje
 from contract.projection import NOT_SURE, UNKNOWN, Answer, Pointer, Projection, ReferenceIndex, read_pointer
 from contract.vectors import PROJECTION_COLUMN, features_array, features_matrix, file_metadata, parquet_options
 from edge_client.vectorize import UserError
-from featurizer.preprocess import LAB_FILM, film_split  # noqa: F401  (the split's home; callers import it here too)
+from featurizer.preprocess import LAB_FILM, film_split
 
 
 class Published:
@@ -252,8 +252,7 @@ def lab_film_seen(film: str = LAB_FILM) -> str:
     from models import model_path
 
     tuned = load_model_card(model_path()).weights.get("fine_tuned") or {}
-    if not film or not any("fruits360" in str(f) for f in tuned.get("folders", ())) \
-            or tuned.get("dropped_film") == film:
+    if tuned.get("dropped_film") == film or not any(film_split(f, film) for f in tuned.get("folders", ())):
         return ""
     return (f"the model's fine-tuning trained on the Fruits-360 Training frames of film {film!r}, the film the lab "
             f"test keeps")

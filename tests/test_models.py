@@ -185,7 +185,7 @@ def test_fine_tuning_can_leave_out_the_film_the_lab_benchmark_tests_on(tmp_path)
     """Fruits-360's Test frames are other frames of its Training films: a model the lab benchmark measures
     film-disjoint is fine-tuned without the Training frames of the film the test keeps (``--drop-film r_``); shop
     folders are kept whole, and by default every frame is kept (the shipped model)."""
-    from edge_client.project import LAB_FILM
+    from featurizer.preprocess import LAB_FILM
     from models.finetune import training_photos
 
     for folder, names in (("fruits360/Training/Kiwi", ("0_100.jpg", "r_0_100.jpg", "r_12_100.jpg", "5_100.jpg")),
