@@ -218,7 +218,13 @@ def test_a_turn_no_identity_explains_is_held_until_the_operator_accepts_it(hones
     record = json.loads((tmp_path / "pca" / "run=shifted" / "publish.json").read_text())
     assert record["held"] and not record["published"] and record["turn"]["turn_deg"] > 20, json.dumps(record, indent=1)[:3000]
     drivers = {d["device"] for d in record["turn"]["drivers"]}
-    assert set(many) <= drivers, len(set(many) - drivers)              # every one of them listed
+    # The near-copy screen draws its planes from a fresh secret per state, so now and then (1.4% of 1,000 draws on
+    # these rows) it takes one or more of these alike rows for a dense cluster and sets it aside before the fit:
+    # such an identity is listed where the run shows it, among the rows set aside, not among the drivers.
+    seen = attacked.summary["contributions"]
+    aside = {d["device"] for d in seen["by_device"] if d["set_aside"]} & set(many)
+    assert len(aside) == seen["near_copies"] <= 5, seen
+    assert set(many) - aside <= drivers, len(set(many) - aside - drivers)      # every other one listed
     assert out.startswith("HELD, not published") and many[0] in out, out
     assert pointer.read_bytes() == before
     assert cloud_main(["contributions", "--run", attacked.run_uri]) == 0      # what an operator reads
