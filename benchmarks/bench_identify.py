@@ -17,7 +17,8 @@ training folders, count as never sent.
 Each test folder is reported on its own, at the variety (label) and the species level (the catalog's fruit: "Granny-
 Smith" and "Apple Braeburn" are both apples; "not sure: A or B" between two varieties of the right species names the
 species): named right, wrong name, refused, precision of named answers, the right label or species among the 3
-candidates shown, never-sent classes refused. Baselines fitted on the same known training rows, no refusal: 1-NN on
+candidates shown, never-sent classes refused; the summary table gives each of these shares its 95% interval
+(Wilson) from the number of photos behind it. Baselines fitted on the same known training rows, no refusal: 1-NN on
 the standardized 1280-d vectors, and a linear classifier on them (ridge, one vs all); "lab -> shop" fits lab photos
 only and asks shop photos (species level): how far lab references carry.
 
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import Recorder, answers_changed, timed
+from common import Recorder, answers_changed, timed, wilson
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -341,8 +342,34 @@ def show(row: dict) -> None:
                                                      if k.startswith(("1-NN", "ridge"))))
 
 
+def counted(row: dict, key: str) -> tuple[int, int] | None:
+    """(hits, photos) behind one of a row's species shares that :func:`summarize` gives an interval: named right, the
+    right species among the candidates and never-sent refused of their photos, precision of the named answers (shares are kept to 4 decimals: exact counts)."""
+    known, never = row.get("species_known_photos") or 0, row.get("species_never_sent_photos") or 0
+    share = row.get(key)
+    if share is None:
+        return None
+    if key in ("species_named_right", "species_among_candidates"):     # the bench shows candidates for every photo
+        return round(share * known), known
+    if key == "species_never_sent_refused":
+        return round(share * never), never
+    if key == "species_precision":
+        named = round((row["species_named_right"] + row["species_wrong"]) * known)
+        return round(share * named), named
+    return None
+
+
+def interval(row: dict, key: str) -> str:
+    """" (lo-hi)": the 95% Wilson interval of a share (:func:`counted`), or "" for the shares without one."""
+    c = counted(row, key)
+    w = wilson(*c) if c else None
+    return f" ({w[0] * 100:.1f}-{w[1] * 100:.1f})" if w else ""
+
+
 def summarize(rows: list[dict]) -> None:
-    """The table of docs/benchmarks.md: per set, mean over rounds (worst round in brackets when there are several)."""
+    """The table of docs/benchmarks.md: per set, mean over rounds (worst round in brackets when there are several;
+    with one round, the 95% interval of named right, precision, among the candidates and never-sent refused, from
+    their photo counts)."""
     rows = [r for r in rows if r["measure"] == "identify"]
     if not rows:
         return
@@ -357,7 +384,7 @@ def summarize(rows: list[dict]) -> None:
             for key in keys:
                 vals = [r.get(key) for r in sel if r.get(key) is not None]
                 cells.append("-" if not vals else pct(statistics.mean(vals)) +
-                             (f" ({pct(min(vals))})" if len(vals) > 1 else ""))
+                             (f" ({pct(min(vals))})" if len(vals) > 1 else interval(sel[0], key)))
             seen = " (film seen in fine-tuning)" if any(map(film_seen, sel)) else ""
             print(f"| {name}{seen} | {k} | " + " | ".join(cells) + " |")
 

@@ -118,6 +118,25 @@ def test_identify_smoke(tmp_path):
         assert got[2]["page_answers_differing"] == 0 and got[2]["page_ms_per_photo"] > 0
 
 
+def test_the_identify_table_gives_each_share_its_interval_from_the_photos_behind_it(monkeypatch):
+    """A share measured on few photos says how little it pins down: the table's 95% interval (Wilson) for named right,
+    precision, among the candidates and never-sent refused, from the counts behind each share (textbook values: 0 of 10 is 0-27.8%)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from bench_identify import counted, interval
+    from common import wilson
+
+    assert wilson(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4)) and wilson(0, 0) is None
+    lo, hi = wilson(8, 24)
+    assert lo == pytest.approx(0.1797, abs=1e-4) and hi == pytest.approx(0.5329, abs=1e-4)
+    row = {"species_known_photos": 144, "species_never_sent_photos": 24, "species_named_right": round(119 / 144, 4),
+           "species_wrong": round(9 / 144, 4), "species_precision": round(119 / 128, 4),
+           "species_never_sent_refused": round(8 / 24, 4), "species_among_candidates": 0.986}
+    assert counted(row, "species_named_right") == (119, 144) and counted(row, "species_precision") == (119, 128)
+    assert counted(row, "species_never_sent_refused") == (8, 24) and counted(row, "species_among_candidates") == (142, 144)
+    assert counted(row, "species_wrong") is None
+    assert interval(row, "species_never_sent_refused") == " (18.0-53.3)" and interval(row, "1-NN species") == ""
+
+
 def test_poisoning_smoke(tmp_path):
     """The poisoning bench on the project's real photos: an honest fit, a refused row, a label swap from new
     identities against its control (which changes no answer: their labels weigh nothing), crafted near-copy rows,
