@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import Recorder, answers_changed, timed, wilson
+from common import Recorder, answers_changed, timed
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -361,6 +361,8 @@ def counted(row: dict, key: str) -> tuple[int, int] | None:
 
 def interval(row: dict, key: str) -> str:
     """" (lo-hi)": the 95% Wilson interval of a share (:func:`counted`), or "" for the shares without one."""
+    from edge_client.project import wilson
+
     c = counted(row, key)
     w = wilson(*c) if c else None
     return f" ({w[0] * 100:.1f}-{w[1] * 100:.1f})" if w else ""

@@ -192,13 +192,3 @@ def answers_changed(before: list, after: list, truth: list) -> tuple[float, floa
     return (sum(x != y for x, y in zip(before, after)) / n,
             sum(x != y and named_wrong(y, t) for x, y, t in zip(before, after, truth)) / n)
 
-
-def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
-    """The Wilson score interval (95% with the default ``z``) of a share ``hits / n``: what the share could be, given
-    how few photos measured it (144 shop photos at 82.6% named right: about 75.6-87.9%). None without photos."""
-    if n <= 0:
-        return None
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
-    return max(0.0, centre - half), min(1.0, centre + half)

@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def summarize(out: Path, s: dict, storage: dict, evaluation, identified: dict, report: Path, n_edge: int,
               wall: float, stage_s: dict) -> None:
-    from edge_client.project import lab_film_seen
+    from edge_client.project import lab_film_seen, share_interval
 
     (out / "demo-summary.json").write_text(json.dumps({**s, "storage": storage, "stages_s": stage_s,
                                                        "wall_s": wall, "identified": identified}, indent=1))
@@ -520,10 +520,11 @@ def summarize(out: Path, s: dict, storage: dict, evaluation, identified: dict, r
           f"and index published to the bucket (species level: the catalog's fruit)")
     for name, figs in (identified.get("per_set") or {"all": identified["figures"]}).items():
         f = figs["species"]
-        print(f"          {name}: known fruits ({f['known_photos']} photos) named right {_pct(f['named_right'])}, wrong "
-              f"{_pct(f['wrong'])}, refused {_pct((f['unknown'] or 0) + (f['not_sure'] or 0))}, right among the 3 "
-              f"candidates {_pct(f['among_candidates'])}; never-sent fruits ({f['never_sent_photos']} photos) "
-              f"refused {_pct(f['never_sent_refused'])}")
+        print(f"          {name}: known fruits ({f['known_photos']} photos) named right {_pct(f['named_right'])}"
+              f"{share_interval(f['named_right'], f['known_photos'])}, wrong {_pct(f['wrong'])}, refused "
+              f"{_pct((f['unknown'] or 0) + (f['not_sure'] or 0))}, right among the 3 candidates "
+              f"{_pct(f['among_candidates'])}; never-sent fruits ({f['never_sent_photos']} photos) refused "
+              f"{_pct(f['never_sent_refused'])}{share_interval(f['never_sent_refused'], f['never_sent_photos'])}")
         if name.startswith("fruits360") and lab_film_seen():
             print("          (the model's fine-tuning saw other frames of this lab film: docs/benchmarks.md has lab "
                   "figures on a film it never saw)")

@@ -265,6 +265,17 @@ def species(label: str) -> str:
     return label.split()[0] if label.split() else label
 
 
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """The Wilson score interval (95% with the default ``z``) of a share ``hits / n``: what the share could be, given
+    how few photos measured it (144 shop photos at 82.6% named right: 75.6-88.0%). None without photos."""
+    if n <= 0:
+        return None
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def figures(rows: list[tuple], known: set[str], species_of=species) -> dict:
     """How right the answers are, from (true label, answer[, candidates]) rows: on photos of known labels, the shares
     named right, given a wrong name, "unknown" and "not sure", and the precision of named answers; on photos of labels
@@ -309,6 +320,13 @@ def _named(answer: str, norm) -> str | None:
         a, _, b = answer[len(NOT_SURE) + 2:].partition(" or ")
         return norm(a) if norm(a) == norm(b) else None
     return norm(answer)
+
+
+def share_interval(share: float | None, n: int) -> str:
+    """" (95% interval lo-hi%)" of a share of ``n`` photos (:func:`wilson`; shares are kept to 4 decimals, so the count
+    is exact), or "" without photos."""
+    w = wilson(round(share * n), n) if share is not None and n else None
+    return f" (95% interval {w[0]:.1%}-{w[1]:.1%})" if w else ""
 
 
 def figures_text(rows: list[tuple], known: set[str], species_of=species) -> str:

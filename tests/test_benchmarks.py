@@ -123,7 +123,8 @@ def test_the_identify_table_gives_each_share_its_interval_from_the_photos_behind
     precision, among the candidates and never-sent refused, from the counts behind each share (textbook values: 0 of 10 is 0-27.8%)."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from bench_identify import counted, interval
-    from common import wilson
+
+    from edge_client.project import share_interval, wilson
 
     assert wilson(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4)) and wilson(0, 0) is None
     lo, hi = wilson(8, 24)
@@ -135,6 +136,8 @@ def test_the_identify_table_gives_each_share_its_interval_from_the_photos_behind
     assert counted(row, "species_never_sent_refused") == (8, 24) and counted(row, "species_among_candidates") == (142, 144)
     assert counted(row, "species_wrong") is None
     assert interval(row, "species_never_sent_refused") == " (18.0-53.3)" and interval(row, "1-NN species") == ""
+    assert share_interval(row["species_never_sent_refused"], 24) == " (95% interval 18.0%-53.3%)"   # the demo's
+    assert share_interval(None, 0) == share_interval(0.5, 0) == ""
 
 
 def test_poisoning_smoke(tmp_path):

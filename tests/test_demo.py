@@ -44,6 +44,7 @@ def test_demo_end_to_end_on_real_photos(tmp_path):
     assert "The demo&#x27;s devices" in html and (out / "browser-phone.png").stat().st_size > 10_000
     assert "store:    knn5: storing" in proc.stdout
     assert "fruits360-Test: known fruits (133 photos)" in proc.stdout and "grocery-val: known fruits" in proc.stdout
+    assert proc.stdout.count("% (95% interval ") == 4, proc.stdout[-2000:]     # named right and never-sent, per set
     # the index never saw the lab test's films, but the shipped model's fine-tuning saw their Training frames: said
     assert "fine-tuning saw other frames of this lab film" in proc.stdout
     assert {p.name for p in (out / "results" / "plots").iterdir()} == {"scree.png", "pca_2d.png", "pca_3d.png"}

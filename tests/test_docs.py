@@ -22,7 +22,10 @@ FIGURE = re.compile(r"(?<![\w.])(\d+\.\d+ ?%|\d+\.\d+ ?(?:ms|s|MB|kB|GB|°)(?![\
 NOT_FIGURES = {"0.0%", "100.0%"}
 COINCIDENCES = {"50.0%": "README: the demo's 1 of 2 never-sent shop photos; benchmarks: the stand-in's shop refusal",
                 "90.2%": "README: the demo's lab photos named right; benchmarks: the identifier's shop precision in the "
-                         "head experiment"}
+                         "head experiment",
+                "84.0%": "README: the lower end of the demo's lab interval; benchmarks: the stand-in's lab named right",
+                "78.5%": "README: the lower end of the demo's never-sent lab interval; benchmarks: fine-tuning and head "
+                         "experiments"}
 
 
 def pages() -> list[Path]:
