@@ -344,7 +344,8 @@ def show(row: dict) -> None:
 
 def counted(row: dict, key: str) -> tuple[int, int] | None:
     """(hits, photos) behind one of a row's species shares that :func:`summarize` gives an interval: named right, the
-    right species among the candidates and never-sent refused of their photos, precision of the named answers (shares are kept to 4 decimals: exact counts)."""
+    right species among the candidates and never-sent refused of their photos, precision of the named answers (shares
+    are kept to 4 decimals: exact counts)."""
     known, never = row.get("species_known_photos") or 0, row.get("species_never_sent_photos") or 0
     share = row.get(key)
     if share is None:

@@ -191,4 +191,3 @@ def answers_changed(before: list, after: list, truth: list) -> tuple[float, floa
     n = max(1, len(before))
     return (sum(x != y for x, y in zip(before, after)) / n,
             sum(x != y and named_wrong(y, t) for x, y, t in zip(before, after, truth)) / n)
-

@@ -120,7 +120,8 @@ def test_identify_smoke(tmp_path):
 
 def test_the_identify_table_gives_each_share_its_interval_from_the_photos_behind_it(monkeypatch):
     """A share measured on few photos says how little it pins down: the table's 95% interval (Wilson) for named right,
-    precision, among the candidates and never-sent refused, from the counts behind each share (textbook values: 0 of 10 is 0-27.8%)."""
+    precision, among the candidates and never-sent refused, from the counts behind each share (textbook values: 0 of
+    10 is 0-27.8%)."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from bench_identify import counted, interval
 
