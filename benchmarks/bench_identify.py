@@ -12,7 +12,9 @@ with the project's catalog, so the index knows its labels' species) and identifi
 does: its vector, the published projection and index read back from where publish wrote them (``fruits-edge
 identify``'s code path), and, with ``--engine``, the page's code on the same vectors in a browser (its answers must be
 the same; its identify time per photo is reported). Test photos of withheld classes, or of classes not in the
-training folders, count as never sent.
+training folders, count as never sent; so do the training folders' photos of the withheld classes the model was never
+trained on either (each folder's its own set, "grocery/train (never-sent classes)"): more never-sent photos than the
+test folders hold, to pin their refusal down.
 
 Each test folder is reported on its own, at the variety (label) and the species level (the catalog's fruit: "Granny-
 Smith" and "Apple Braeburn" are both apples; "not sure: A or B" between two varieties of the right species names the
@@ -44,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 OWN = ROOT / "data"
 LAB, SHOP = "fruits360", "grocery"
+NEVER_TRAINED = "(never-sent classes)"
 
 
 def default_sets() -> tuple[list[Path], list[Path]]:
@@ -146,6 +149,27 @@ def withheld_classes(args, fruits: list[str], r: int) -> list[str]:
     return never_sent(fruits, int(args.withhold), args.seed + r)
 
 
+def never_trained(withheld: list[str]) -> list[str]:
+    """The withheld classes the model was never trained on either: the fine-tuning's hold-outs (its card) among them,
+    or all of them for a model its card shows no fine-tuning for (the base saw no fruit photos)."""
+    from contract.card import load_model_card
+    from models import model_path
+
+    tuned = load_model_card(model_path()).weights.get("fine_tuned")
+    return sorted(set(withheld) & set(tuned.get("held_out") or [])) if tuned else sorted(withheld)
+
+
+def with_never_trained(test: dict, train: dict, classes: list[str]) -> dict:
+    """The test photos and, as more never-sent photos, the training folders' photos of ``classes`` (never fitted:
+    withheld; never trained on: :func:`never_trained`), each folder's as its own set "<folder> (never-sent classes)":
+    the test folders hold few photos of the never-sent classes, and this pins their refusal down more tightly."""
+    extra = np.flatnonzero(np.isin(train["label"], classes))
+    return {"x": np.vstack([test["x"], train["x"][extra]]),
+            "label": np.concatenate([test["label"], train["label"][extra]]),
+            "set": np.concatenate([test["set"], np.array([f"{s} {NEVER_TRAINED}" for s in train["set"][extra]],
+                                                         object)])}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     train_default, test_default = default_sets()
@@ -167,12 +191,12 @@ def main() -> int:
     ap.add_argument("--no-transfer", action="store_true", help="skip the lab -> shop row")
     ap.add_argument("--lab-film", default="r_", help="the Fruits-360 film the lab test keeps and the lab training "
                                                      "drops (default r_: no film on both sides; '' for all frames)")
-    ap.add_argument("--smoke", action="store_true", help="the project's subsets, 1 round, 3 withheld: that it runs")
+    ap.add_argument("--smoke", action="store_true", help="the project's subsets, 1 round: that it runs")
     args = ap.parse_args()
     if args.smoke:
         args.train = [OWN / LAB / "Training", OWN / SHOP / "train"]
         args.test = [OWN / LAB / "Test", OWN / SHOP / "val"]
-        args.withhold, args.rounds, args.stability = "3", 1, 1
+        args.rounds, args.stability = 1, 1
     ks = sorted({int(k) for k in args.k.split(",")})
     for folder in [*args.train, *args.test]:
         if not folder.is_dir():
@@ -224,16 +248,17 @@ def main() -> int:
                     spark, train["table"].filter(keep), tmp, f"r{r}", ks))
                 print(f"\nround {r}: withheld (never sent): {', '.join(withheld) or 'none'}; fit and publish "
                       f"{s_fit:.1f} s")
+                asked = with_never_trained(test, train, never_trained(withheld))
                 for k, root in roots.items():
                     projection, index = Published(str(root)).identifier(sha)
                     t0 = time.perf_counter()
-                    answers = [identify_features(x, projection, index) for x in test["x"]]
+                    answers = [identify_features(x, projection, index) for x in asked["x"]]
                     py_ms = (time.perf_counter() - t0) * 1000 / len(answers)
                     files = sorted((root / "models").iterdir())
                     download = sum(f.stat().st_size for f in files if not f.name.startswith("catalog"))
-                    for name in dict.fromkeys(test["set"]):
-                        at = np.flatnonzero(test["set"] == name)
-                        rows = [(test["label"][i], answers[i].answer, [x[0] for x in answers[i].ranked])
+                    for name in dict.fromkeys(asked["set"]):
+                        at = np.flatnonzero(asked["set"] == name)
+                        rows = [(asked["label"][i], answers[i].answer, [x[0] for x in answers[i].ranked])
                                 for i in at]
                         row = {"measure": "identify", "round": r, "set": name, "k": projection.k,
                                "withheld": ";".join(withheld), "known_classes": len(known), "test_photos": len(at),
@@ -241,22 +266,23 @@ def main() -> int:
                                "calibration": index.calibration, "lab_film_seen_by_model": bool(seen)}
                         for level, f in figures(rows, known, species_of).items():
                             row.update({f"{level}_{key}": v for key, v in f.items()})
-                        row.update(baselines(train["x"][keep], train["label"][keep], test["x"][at], test["label"][at],
-                                             known, species_of))
+                        row.update(baselines(train["x"][keep], train["label"][keep], asked["x"][at],
+                                             asked["label"][at], known, species_of))
                         rec.add(**row)
                         show(row)
                     if phone is not None:
                         index_file = next(f for f in files if f.name.startswith("index-"))
                         page, page_ms = phone.identify_vectors(
                             next(f for f in files if f.name.startswith("projection-") and f.suffix == ".npz").read_bytes(),
-                            index_file.read_bytes(), index_file.stem.split("-", 1)[1], test["x"])
+                            index_file.read_bytes(), index_file.stem.split("-", 1)[1], asked["x"])
                         differ = sum(p["answer"] != a.answer for p, a in zip(page, answers))
                         rec.add(measure="page", round=r, k=projection.k, page_ms_per_photo=round(page_ms, 4),
-                                page_answers_differing=differ)
-                        print(f"  page ({args.engine}): {page_ms:.3f} ms a photo; {differ} answers differ from Python's")
+                                page_photos=len(page), page_answers_differing=differ)
+                        print(f"  page ({args.engine}): {page_ms:.3f} ms a photo; {differ} of {len(page)} answers "
+                              "differ from Python's")
                     if r == 0 and args.stability:
                         stability(spark, args, rec, train, test, keep, tmp, k, sha,
-                                  [a.answer for a in answers])
+                                  [a.answer for a in answers[:len(test["x"])]])
             if not args.no_transfer:
                 transfer(spark, args, rec, train, test, tmp, ks[0], sha, species_of)
         finally:
@@ -324,22 +350,24 @@ def pct(v) -> str:
 
 
 def film_seen(row: dict) -> bool:
-    """The row is a lab set and the model's fine-tuning trained on the film its test keeps
-    (``edge_client.project.lab_film_seen``)."""
-    return bool(row.get("lab_film_seen_by_model")) and row["set"].startswith(LAB)
+    """The row is a lab test set and the model's fine-tuning trained on the film its test keeps
+    (``edge_client.project.lab_film_seen``); not the never-sent classes' training photos (it never trained on them)."""
+    return bool(row.get("lab_film_seen_by_model")) and row["set"].startswith(LAB) and NEVER_TRAINED not in row["set"]
 
 
 def show(row: dict) -> None:
     print(f"  {row['set']} (k={row['k']}, {row['test_photos']} photos)"
           + (" NOT FILM-DISJOINT: the model's fine-tuning saw this film" if film_seen(row) else "") + ":")
     for level in ("label", "species"):
-        print(f"    {level}: known ({row[f'{level}_known_photos']}) named right {pct(row[f'{level}_named_right'])}, wrong "
-              f"{pct(row[f'{level}_wrong'])}, unknown {pct(row[f'{level}_unknown'])}, not sure "
-              f"{pct(row[f'{level}_not_sure'])}; precision {pct(row[f'{level}_precision'])}; among the 3 candidates "
-              f"{pct(row[f'{level}_among_candidates'])}; never sent ({row[f'{level}_never_sent_photos']}) refused "
+        known = (f"known ({row[f'{level}_known_photos']}) named right {pct(row[f'{level}_named_right'])}, wrong "
+                 f"{pct(row[f'{level}_wrong'])}, unknown {pct(row[f'{level}_unknown'])}, not sure "
+                 f"{pct(row[f'{level}_not_sure'])}; precision {pct(row[f'{level}_precision'])}; among the 3 candidates "
+                 f"{pct(row[f'{level}_among_candidates'])}; " if row[f"{level}_known_photos"] else "")
+        print(f"    {level}: {known}never sent ({row[f'{level}_never_sent_photos']}) refused "
               f"{pct(row[f'{level}_never_sent_refused'])}")
-    print("    baselines (no refusal): " + "; ".join(f"{k} {pct(v)}" for k, v in row.items()
-                                                     if k.startswith(("1-NN", "ridge"))))
+    base = [f"{k} {pct(v)}" for k, v in row.items() if k.startswith(("1-NN", "ridge"))]
+    if base:
+        print("    baselines (no refusal): " + "; ".join(base))
 
 
 def counted(row: dict, key: str) -> tuple[int, int] | None:

@@ -97,15 +97,28 @@ def test_refresh_smoke(tmp_path):
 
 
 def test_identify_smoke(tmp_path):
-    """The identification bench on the project's real photos (3 fruits withheld), with the page in Chromium when it
-    is there: each test set (lab frames of the film the training leaves out, shop val photos) reported apart with its
-    baselines, the page gives Python's answers, what leaving 20 training rows out changes, and the lab -> shop row."""
+    """The identification bench on the project's real photos (the 8 fruits the model's fine-tuning never saw withheld),
+    with the page in Chromium when it is there: each test set (lab frames of the film the training leaves out, shop val
+    photos) reported apart with its baselines, then the training folders' photos of the withheld fruits as more
+    never-sent photos (each folder apart, never fitted), the page gives Python's answers for all of them, what leaving
+    20 training rows out changes, and the lab -> shop row."""
+    from featurizer.preprocess import film_split
+
     engine = "chromium" if have_browser() else "none"
     bench("identify", tmp_path, "--engine", engine)
     got = rows(tmp_path, "identify")
     page = ["page"] if engine != "none" else []
-    assert [r["measure"] for r in got] == ["identify", "identify", *page, "stability", "transfer"]
-    lab, shop = got[:2]
+    assert [r["measure"] for r in got] == ["identify"] * 4 + page + ["stability", "transfer"]
+    lab, shop, lab_never, shop_never = got[:4]
+    withheld = ["Aubergine", "Granadilla", "Kiwi", "Pineapple", "Pomegranate", "Raspberry", "Red-Beet", "Walnut"]
+    assert lab["withheld"].split(";") == withheld
+    for r, folder in ((lab_never, "fruits360/Training"), (shop_never, "grocery/train")):
+        keep = film_split(ROOT / "data" / folder, "r_", False) or (lambda name: True)   # the lab training drops film r_
+        photos = sum(keep(f.name) for c in withheld if (ROOT / "data" / folder / c).is_dir()
+                     for f in (ROOT / "data" / folder / c).iterdir())
+        assert r["set"] == f"{folder} (never-sent classes)" and r["test_photos"] == photos > 0
+        assert r["species_known_photos"] == 0 and r["species_never_sent_photos"] == photos
+        assert 0 <= r["species_never_sent_refused"] <= 1 and "1-NN species" not in r
     assert (lab["set"], shop["set"]) == ("fruits360/Test", "grocery/val") and lab["k"] == shop["k"] == 32
     assert (lab["test_photos"], shop["test_photos"]) == (147, 68) and 0 < lab["download_bytes"] < 1_000_000
     for r in (lab, shop):
@@ -115,7 +128,8 @@ def test_identify_smoke(tmp_path):
     assert steady["leave_out"] == 20 and len(steady["changed"]) == 1 and 0 <= steady["changed"][0] <= 1
     assert transfer["set"] == "lab -> shop" and transfer["species_photos"] > 0
     if engine != "none":
-        assert got[2]["page_answers_differing"] == 0 and got[2]["page_ms_per_photo"] > 0
+        assert got[4]["page_answers_differing"] == 0 and got[4]["page_ms_per_photo"] > 0
+        assert got[4]["page_photos"] == sum(r["test_photos"] for r in got[:4])
 
 
 def test_the_identify_table_gives_each_share_its_interval_from_the_photos_behind_it(monkeypatch):
