@@ -141,22 +141,25 @@ def withheld_classes(args, fruits: list[str], r: int) -> list[str]:
         return sorted(set(args.withhold.split(",")) & set(fruits))
 
     if args.withhold == "card":
-        from contract.card import load_model_card
-        from models import model_path
-
-        held = (load_model_card(model_path()).weights.get("fine_tuned") or {}).get("held_out") or []
-        return sorted(set(held) & set(fruits))
+        return sorted(set(fine_tuning_held_out() or []) & set(fruits))
     return never_sent(fruits, int(args.withhold), args.seed + r)
 
 
-def never_trained(withheld: list[str]) -> list[str]:
-    """The withheld classes the model was never trained on either: the fine-tuning's hold-outs (its card) among them,
-    or all of them for a model its card shows no fine-tuning for (the base saw no fruit photos)."""
+def fine_tuning_held_out() -> list[str] | None:
+    """The classes the model's fine-tuning held out (its card's ``fine_tuned.held_out``), or None for a model its card
+    shows no fine-tuning for."""
     from contract.card import load_model_card
     from models import model_path
 
     tuned = load_model_card(model_path()).weights.get("fine_tuned")
-    return sorted(set(withheld) & set(tuned.get("held_out") or [])) if tuned else sorted(withheld)
+    return (tuned.get("held_out") or []) if tuned else None
+
+
+def never_trained(withheld: list[str]) -> list[str]:
+    """The withheld classes the model was never trained on either: the fine-tuning's hold-outs among them, or all of
+    them for a model without fine-tuning (the base saw no fruit photos)."""
+    held = fine_tuning_held_out()
+    return sorted(withheld) if held is None else sorted(set(withheld) & set(held))
 
 
 def with_never_trained(test: dict, train: dict, classes: list[str]) -> dict:
